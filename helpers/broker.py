@@ -1,0 +1,211 @@
+"""An MQTT broker for the lessons: embedded (amqtt, in-process) or real (MQTT_URL).
+
+Learners should not need to install anything, so by default we start an amqtt broker
+inside the running event loop, bound to 127.0.0.1 on a free port. Setting
+``MQTT_URL=mqtt://[user:pass@]host:port`` points every notebook at a real broker
+(Mosquitto, EMQX, HiveMQ) instead, with no code change.
+
+The embedded broker is configured so that persistent sessions really queue messages
+for offline clients: amqtt only does that when anonymous access is off and each
+client sends a username, so every client made by :meth:`Broker.client` identifies
+itself with one.
+
+    async with mqtt_broker() as broker:
+        async with broker.client("sensor") as client:
+            await client.publish("temp", b"21.5", qos=1)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import uuid
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import aiomqtt
+
+CONNECT_TIMEOUT_S = 5.0
+"""A broker that does not answer within this many seconds is reported, never waited on."""
+
+_running: dict[str, Broker] = {}
+
+
+class BrokerError(RuntimeError):
+    """The broker could not be configured, started or reached; the message says why."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a broker listens and how to log in to it."""
+
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+
+    @property
+    def url(self) -> str:
+        """The URL with any password hidden, safe to print in a notebook."""
+        auth = f"{self.username}:***@" if self.password else (f"{self.username}@" if self.username else "")
+        return f"mqtt://{auth}{self.host}:{self.port}"
+
+
+def parse_mqtt_url(url: str) -> Endpoint:
+    """Turn ``mqtt://[user:pass@]host[:port]`` into an :class:`Endpoint`, or say what is wrong."""
+    text = url.strip()
+    hint = "expected mqtt://[user:pass@]host[:port], e.g. mqtt://127.0.0.1:1883"
+    if "://" not in text:
+        raise BrokerError(f"MQTT_URL {url!r} has no scheme; {hint}")
+    parts = urlsplit(text)
+    if parts.scheme not in ("mqtt", "tcp"):
+        raise BrokerError(f"MQTT_URL scheme {parts.scheme!r} is not supported (only mqtt://); {hint}")
+    if not parts.hostname:
+        raise BrokerError(f"MQTT_URL {url!r} has no host; {hint}")
+    try:
+        port = parts.port or 1883
+    except ValueError as exc:
+        raise BrokerError(f"MQTT_URL {url!r} has a bad port ({exc}); {hint}") from None
+    if parts.path not in ("", "/") or parts.query:
+        raise BrokerError(f"MQTT_URL {url!r} has an unexpected path or query; {hint}")
+    return Endpoint(
+        host=parts.hostname,
+        port=port,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+    )
+
+
+class Broker:
+    """A running broker (embedded or external) and a factory for named clients.
+
+    Use ``async with mqtt_broker() as broker`` in scripts and tests; in a notebook,
+    ``broker = await start_broker()`` in one cell and ``await broker.stop()`` at the end.
+    """
+
+    def __init__(self, url: str | None = None, name: str = "default") -> None:
+        self.name = name
+        self._url = url if url is not None else os.environ.get("MQTT_URL") or None
+        self.endpoint: Endpoint | None = parse_mqtt_url(self._url) if self._url else None
+        self._amqtt: Any = None
+
+    @property
+    def embedded(self) -> bool:
+        """True when the broker runs inside this process (no MQTT_URL)."""
+        return self._url is None
+
+    @property
+    def kind(self) -> str:
+        """A label for tables and plots: which broker answered."""
+        return "embedded amqtt" if self.embedded else f"external ({self.endpoint.host if self.endpoint else '?'})"
+
+    @property
+    def url(self) -> str:
+        """Where the broker listens (password hidden)."""
+        if self.endpoint is None:
+            raise BrokerError("the broker is not started yet; use 'async with mqtt_broker()' or start_broker()")
+        return self.endpoint.url
+
+    @property
+    def supports_shared_subscriptions(self) -> bool:
+        """amqtt 0.12 has no ``$share/...``; real brokers we target do (MQTT 5 and 3.1.1 extensions)."""
+        return not self.embedded
+
+    async def start(self) -> Broker:
+        """Start the embedded broker, or check the external one answers within 5 s."""
+        previous = _running.get(self.name)
+        if previous is not None and previous is not self:
+            await previous.stop()
+        if self.embedded:
+            await self._start_embedded()
+        await self.ping()
+        _running[self.name] = self
+        return self
+
+    async def _start_embedded(self) -> None:
+        from amqtt.broker import Broker as AmqttBroker
+
+        for noisy in ("amqtt", "transitions"):
+            logging.getLogger(noisy).setLevel(logging.CRITICAL)
+        config = {
+            "listeners": {"default": {"type": "tcp", "bind": "127.0.0.1:0"}},
+            # Only these plugins: no $SYS chatter, and anonymous OFF so offline queueing works.
+            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": False}},
+        }
+        self._amqtt = AmqttBroker(config)
+        await self._amqtt.start()
+        server = self._amqtt._servers["default"].instance  # amqtt keeps the asyncio Server here
+        port = server.sockets[0].getsockname()[1]
+        self.endpoint = Endpoint("127.0.0.1", port)
+
+    async def stop(self) -> None:
+        """Stop the embedded broker (external brokers are left running)."""
+        if self._amqtt is not None:
+            amqtt, self._amqtt = self._amqtt, None
+            await amqtt.shutdown()
+        if _running.get(self.name) is self:
+            del _running[self.name]
+
+    async def __aenter__(self) -> Broker:
+        return await self.start()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    def client(self, name: str | None = None, *, clean_session: bool = True, **kwargs: Any) -> aiomqtt.Client:
+        """An aiomqtt client whose MQTT client id is ``name``.
+
+        The same name plus ``clean_session=False`` resumes the same persistent session,
+        which is what lets a consumer pick up messages sent while it was away.
+        """
+        if self.endpoint is None:
+            raise BrokerError("the broker is not started yet; use 'async with mqtt_broker()' or start_broker()")
+        ident = name or f"client-{uuid.uuid4().hex[:8]}"
+        username = self.endpoint.username or ident
+        kwargs.setdefault("timeout", CONNECT_TIMEOUT_S)
+        return aiomqtt.Client(
+            self.endpoint.host,
+            self.endpoint.port,
+            identifier=ident,
+            username=username,
+            password=self.endpoint.password,
+            clean_session=clean_session,
+            **kwargs,
+        )
+
+    async def ping(self) -> float:
+        """Round-trip one QoS 1 message through the broker; return seconds, or raise BrokerError."""
+        try:
+            return await asyncio.wait_for(self._round_trip(), CONNECT_TIMEOUT_S)
+        except (asyncio.TimeoutError, aiomqtt.MqttError, OSError) as exc:
+            timed_out = isinstance(exc, asyncio.TimeoutError)
+            reason = f"no answer within {CONNECT_TIMEOUT_S:g} s" if timed_out else str(exc) or type(exc).__name__
+            where = self.endpoint.url if self.endpoint else "?"
+            fix = "" if self.embedded else " Is it running? Unset MQTT_URL to use the embedded broker."
+            raise BrokerError(f"cannot reach the MQTT broker at {where}: {reason}.{fix}") from None
+
+    async def _round_trip(self) -> float:
+        loop = asyncio.get_running_loop()
+        topic = f"helpers/ping/{uuid.uuid4().hex}"
+        async with self.client() as client:
+            await client.subscribe(topic, qos=1)
+            start = loop.time()
+            await client.publish(topic, b"ping", qos=1)
+            async for _ in client.messages:
+                return loop.time() - start
+        raise BrokerError("the broker closed the ping subscription without a message")
+
+
+def mqtt_broker(url: str | None = None, name: str = "default") -> Broker:
+    """A broker to use with ``async with``: MQTT_URL if set (or ``url``), else embedded."""
+    return Broker(url, name=name)
+
+
+async def start_broker(url: str | None = None, name: str = "default") -> Broker:
+    """Start (or restart) the notebook's broker; re-running the cell replaces the old one."""
+    return await Broker(url, name=name).start()
