@@ -1,0 +1,52 @@
+# The course's public interface. Every target creates .venv from the pins if needed.
+# Quickstart:  make lab   (open the course)   |   make test   (run every check)
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+NB     ?= notebooks/00_welcome.ipynb
+
+.PHONY: lab test run bench labs grade doctor clean help
+
+help:
+	@echo "make lab    - set up .venv and open JupyterLab on $(NB)"
+	@echo "make test   - set up .venv and run the whole test suite (helpers, brokers, notebooks, grader)"
+	@echo "make run    - execute every notebook headless into build/ (ipynb + html)"
+	@echo "make bench  - measure HTTP, MQTT and load-generator performance; print a table"
+	@echo "make labs   - regenerate labs/ from solutions/"
+	@echo "make grade DIR=submissions/  - grade every notebook in DIR (writes grades.csv)"
+	@echo "make doctor - check this machine can run the course"
+
+# Re-created only when the pins change: re-running any target is fast.
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	@touch $(STAMP)
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 $(NB)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests notebooks solutions --nbval-lax
+
+run: $(STAMP)
+	$(BIN)/python -m helpers.run_all --out build
+
+bench: $(STAMP)
+	$(BIN)/python -m helpers.bench
+
+labs: $(STAMP)
+	$(BIN)/python -m helpers.labs
+
+grade: $(STAMP)
+	@test -n "$(DIR)" || (echo "usage: make grade DIR=folder-of-submissions" && exit 2)
+	$(BIN)/python -m helpers.grade $(DIR)/*.ipynb --csv grades.csv
+
+doctor: $(STAMP)
+	$(BIN)/python -m helpers doctor
+
+clean:
+	rm -rf build .pytest_cache
