@@ -88,11 +88,11 @@ async def run_doctor(print_fn=print) -> bool:  # type: ignore[no-untyped-def]
         ok = False
         print_fn(f"  HTTP round trip    FAILED: {type(exc).__name__}: {exc}")
     try:
-        async with mqtt_broker() as broker:
+        async with mqtt_broker(name="doctor") as broker:
             mqtt_s = await broker.ping()
             print_fn(f"  MQTT round trip    {mqtt_s * 1000:.1f} ms via {broker.kind} at {broker.url} (ok)")
     except BrokerError as exc:
         ok = False
         print_fn(f"  MQTT round trip    FAILED: {exc}")
-    print_fn("All good: open notebooks/00_welcome.ipynb." if ok else "Some checks failed; see the lines above.")
+    print_fn("All good: this machine can run the course." if ok else "Some checks failed; see the lines above.")
     return ok
