@@ -36,7 +36,7 @@ run: $(STAMP)
 	$(BIN)/python -m helpers.run_all --out build
 
 bench: $(STAMP)
-	$(BIN)/python -m helpers.bench
+	$(BIN)/python -m helpers.bench --out build/bench.md --readme README.md
 
 labs: $(STAMP)
 	$(BIN)/python -m helpers.labs

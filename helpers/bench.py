@@ -218,9 +218,23 @@ def as_markdown(rows: list[Row]) -> str:
     return "\n".join(lines) + "\n"
 
 
+START, END = "<!-- BENCH:START -->", "<!-- BENCH:END -->"
+
+
+def update_readme(path: Path, table: str) -> None:
+    """Put ``table`` between the BENCH markers, so the README shows measured numbers only."""
+    text = path.read_text()
+    if START not in text or END not in text:
+        raise SystemExit(f"{path} has no {START} ... {END} markers to fill")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    path.write_text(f"{head}{START}\n{table}{END}{tail}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m helpers.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="also write the Markdown table to this file")
+    parser.add_argument("--readme", type=Path, help="replace the table between the BENCH markers of this README")
     args = parser.parse_args(argv)
     rows = asyncio.run(run_all(lambda line: print(line, file=sys.stderr, flush=True)))
     table = as_markdown(rows)
@@ -228,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(table)
+    if args.readme:
+        update_readme(args.readme, table)
     return 0 if all("MISSES" not in row[3] for row in rows) else 1
 
 

@@ -80,3 +80,13 @@ def test_run_all_executes_a_notebook_into_html(tmp_path: Path) -> None:
     assert ok, message
     assert (tmp_path / "00_welcome.html").stat().st_size > 10_000
     assert "blue mug" in (tmp_path / "00_welcome.ipynb").read_text()
+
+
+def test_bench_fills_the_readme_between_markers(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{bench.START}\nold table\n{bench.END}\noutro\n")
+    bench.update_readme(readme, "| new | table |\n")
+    assert readme.read_text() == f"intro\n{bench.START}\n| new | table |\n{bench.END}\noutro\n"
+    readme.write_text("no markers")
+    with pytest.raises(SystemExit):
+        bench.update_readme(readme, "x")
