@@ -30,7 +30,7 @@ lab: $(STAMP)
 	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 $(NB)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest tests notebooks solutions --nbval-lax
+	$(BIN)/python -m pytest tests $(wildcard notebooks solutions) --nbval-lax
 
 run: $(STAMP)
 	$(BIN)/python -m helpers.run_all --out build
