@@ -27,7 +27,7 @@ $(STAMP): requirements.txt pyproject.toml
 	@touch $(STAMP)
 
 lab: $(STAMP)
-	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 $(NB)
+	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 $(if $(filter 0,$(shell id -u)),--allow-root) $(NB)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests $(wildcard notebooks solutions) --nbval-lax
