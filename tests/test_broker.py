@@ -1,0 +1,187 @@
+"""helpers.broker: URL parsing, clear errors that come fast, the embedded broker's lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from helpers.broker import CONNECT_TIMEOUT_S, Broker, BrokerError, Endpoint, mqtt_broker, parse_mqtt_url, start_broker
+from helpers.mosquitto import free_port
+
+# --- MQTT_URL parsing ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("mqtt://127.0.0.1:1883", Endpoint("127.0.0.1", 1883)),
+        ("mqtt://localhost", Endpoint("localhost", 1883)),
+        ("tcp://broker.example:2883", Endpoint("broker.example", 2883)),
+        ("  mqtt://127.0.0.1:1884/  ", Endpoint("127.0.0.1", 1884)),
+        ("mqtt://alice:s3cret@127.0.0.1:1883", Endpoint("127.0.0.1", 1883, "alice", "s3cret")),
+        ("mqtt://al%40ce:p%3Ass@10.0.0.5:1883", Endpoint("10.0.0.5", 1883, "al@ce", "p:ss")),
+        ("mqtt://bob@127.0.0.1:1883", Endpoint("127.0.0.1", 1883, "bob", None)),
+    ],
+)
+def test_parse_good_urls(url: str, expected: Endpoint) -> None:
+    assert parse_mqtt_url(url) == expected
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("127.0.0.1:1883", "no scheme"),
+        ("   ", "no scheme"),
+        ("http://127.0.0.1:1883", "scheme 'http' is not supported"),
+        ("mqtts://127.0.0.1:8883", "scheme 'mqtts' is not supported"),
+        ("ws://127.0.0.1:9001", "not supported"),
+        ("mqtt://", "no host"),
+        ("mqtt://:1883", "no host"),
+        ("mqtt://127.0.0.1:99999", "bad port"),
+        ("mqtt://127.0.0.1:port", "bad port"),
+        ("mqtt://127.0.0.1:1883/sensors", "unexpected path or query"),
+        ("mqtt://127.0.0.1:1883?x=1", "unexpected path or query"),
+    ],
+)
+def test_malformed_url_gives_clear_error_fast(monkeypatch: pytest.MonkeyPatch, url: str, says: str) -> None:
+    monkeypatch.setenv("MQTT_URL", url)
+    start = time.perf_counter()
+    with pytest.raises(BrokerError) as info:
+        mqtt_broker()  # reads MQTT_URL, as every notebook does
+    assert time.perf_counter() - start < 0.5
+    message = str(info.value)
+    assert says in message
+    assert "mqtt://[user:pass@]host[:port]" in message, "the error should show the expected form"
+
+
+def test_endpoint_url_hides_the_password() -> None:
+    assert Endpoint("h", 1, "alice", "s3cret").url == "mqtt://alice:***@h:1"
+    assert Endpoint("h", 1, "bob").url == "mqtt://bob@h:1"
+    assert Endpoint("h", 1).url == "mqtt://h:1"
+
+
+def test_empty_mqtt_url_means_embedded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MQTT_URL", "")
+    broker = mqtt_broker()
+    assert broker.embedded and broker.kind == "embedded amqtt"
+    assert not broker.supports_shared_subscriptions
+
+
+def test_external_broker_properties() -> None:
+    broker = Broker("mqtt://u:p@127.0.0.1:1999")
+    assert not broker.embedded
+    assert broker.kind == "external (127.0.0.1)"
+    assert broker.url == "mqtt://u:***@127.0.0.1:1999"
+    assert broker.supports_shared_subscriptions
+
+
+def test_unstarted_embedded_broker_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MQTT_URL", raising=False)
+    broker = mqtt_broker()
+    for attempt in (lambda: broker.url, lambda: broker.client("x")):
+        with pytest.raises(BrokerError, match="not started"):
+            attempt()
+
+
+# --- unreachable brokers: an error within ~5 s, never a hang --------------------------------------
+
+
+async def test_nothing_listening_fails_fast() -> None:
+    port = free_port()
+    start = time.perf_counter()
+    with pytest.raises(BrokerError) as info:
+        await Broker(f"mqtt://127.0.0.1:{port}").start()
+    elapsed = time.perf_counter() - start
+    assert elapsed < 6.5
+    assert f"127.0.0.1:{port}" in str(info.value)
+    assert "Unset MQTT_URL" in str(info.value), "the error should say how to fall back to the embedded broker"
+
+
+@pytest.fixture
+async def black_hole() -> AsyncIterator[int]:
+    """A TCP port that accepts connections and then never says a word (a wedged broker)."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def accept(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    yield server.sockets[0].getsockname()[1]
+    for writer in held:
+        writer.close()
+    server.close()
+    await server.wait_closed()
+
+
+async def test_silent_broker_times_out_instead_of_hanging(black_hole: int) -> None:
+    start = time.perf_counter()
+    with pytest.raises(BrokerError) as info:
+        await Broker(f"mqtt://127.0.0.1:{black_hole}").start()
+    elapsed = time.perf_counter() - start
+    assert elapsed < 6.5, f"took {elapsed:.1f} s"
+    assert elapsed >= CONNECT_TIMEOUT_S * 0.9, "it gave up before its own timeout"
+    assert f"no answer within {CONNECT_TIMEOUT_S:g} s" in str(info.value)
+
+
+# --- a running broker (embedded, or MQTT_URL's) -------------------------------------------------------
+
+
+async def test_ping_round_trips(broker: Broker) -> None:
+    seconds = await broker.ping()
+    assert 0 < seconds < CONNECT_TIMEOUT_S
+
+
+async def test_client_identifies_with_its_name(broker: Broker, topic: str) -> None:
+    name = topic.replace("/", "-")
+    client = broker.client(name)
+    assert client.identifier == name
+    async with client:
+        await client.subscribe(topic, qos=1)
+        await client.publish(topic, b"hello", qos=1)
+        message = await asyncio.wait_for(client.messages.__anext__(), 5)
+    assert message.payload == b"hello"
+    assert broker.client().identifier.startswith("client-"), "unnamed clients get a generated id"
+
+
+async def test_fixture_broker_matches_environment(broker: Broker) -> None:
+    assert broker.embedded == (not os.environ.get("MQTT_URL"))
+    assert broker.url.startswith("mqtt://")
+
+
+# --- the embedded broker's lifecycle (always embedded, whatever MQTT_URL says) ---------------------------
+
+
+def _accepts(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+async def test_embedded_broker_binds_loopback_and_stops(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MQTT_URL", raising=False)
+    async with mqtt_broker(name="lifecycle") as broker:
+        assert broker.embedded
+        endpoint = broker.endpoint
+        assert endpoint is not None and endpoint.host == "127.0.0.1" and endpoint.port > 0
+        assert _accepts(endpoint.port)
+    assert not _accepts(endpoint.port)
+    await broker.stop()  # stopping twice is harmless
+
+
+async def test_start_broker_again_replaces_the_old_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Re-running a notebook cell must not leave the first broker running."""
+    monkeypatch.delenv("MQTT_URL", raising=False)
+    first = await start_broker(name="rerun")
+    second = await start_broker(name="rerun")
+    try:
+        assert first.endpoint and second.endpoint
+        assert first.endpoint.port != second.endpoint.port
+        assert not _accepts(first.endpoint.port), "the replaced broker still listens"
+        assert await second.ping() > 0
+    finally:
+        await second.stop()
