@@ -161,10 +161,10 @@ async def start_service(name: str, target: AppLike, *, faults: Faults | None = N
     """Start ``target`` on 127.0.0.1 (free port) as service ``name``, replacing any old one."""
     if not name or not isinstance(name, str):
         raise ValueError("a service needs a non-empty name, e.g. start_service('inventory', handler)")
+    app = _as_app(target)  # a bad target fails here, before the old service is stopped
     old = _services.pop(name, None)
     if old is not None:
         await old.stop()
-    app = _as_app(target)
     app[FAULTS] = faults or Faults()
     app[STATS] = Stats()
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
