@@ -18,7 +18,8 @@ retries) lives in :class:`Downstream`, and can be changed while the chain runs:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import functools
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,26 +116,48 @@ class Node:
 
 
 Respond = Callable[[web.Request, Any], dict[str, Any]]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def traced(service: str) -> Callable[[Handler], Handler]:
+    """Decorator: run an aiohttp handler inside a SERVER span of ``service`` that
+    continues the caller's trace (read from the ``traceparent`` request header).
+
+    A 5xx answer marks the span as an error, so failures stand out in a waterfall.
+    """
+    tracer = get_tracer(service)
+
+    def wrap(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        async def handle(request: web.Request) -> web.StreamResponse:
+            route = request.match_info.route.resource.canonical if request.match_info.route.resource else request.path
+            ctx = extract_headers(request.headers)
+            with tracer.start_as_current_span(f"{request.method} {route}", context=ctx, kind=SpanKind.SERVER) as span:
+                response = await handler(request)
+                if response.status >= 500:
+                    span.set_status(Status(StatusCode.ERROR, f"HTTP {response.status}"))
+                return response
+
+        return handle
+
+    return wrap
 
 
 def node_app(node: Node, route: str, next_path: Callable[[web.Request], str], respond: Respond) -> web.Application:
     """An aiohttp app for ``node``: trace, work, call next (if any), answer."""
-    tracer = get_tracer(node.name)
 
+    @traced(node.name)
     async def handle(request: web.Request) -> web.Response:
-        ctx = extract_headers(request.headers)
-        with tracer.start_as_current_span(f"{request.method} {route}", context=ctx, kind=SpanKind.SERVER) as span:
-            if node.work_s > 0:
-                await asyncio.sleep(node.work_s)
-            answer = None
-            if node.next is not None:
-                try:
-                    answer = await node.next.get(next_path(request))
-                except (asyncio.TimeoutError, CircuitOpenError, ServiceError, aiohttp.ClientError) as exc:
-                    status, why = failure_status(exc)
-                    span.set_status(Status(StatusCode.ERROR, why))
-                    return web.json_response({"error": f"{node.name}: next service {why}"}, status=status)
-            return web.json_response(respond(request, answer))
+        if node.work_s > 0:
+            await asyncio.sleep(node.work_s)
+        answer = None
+        if node.next is not None:
+            try:
+                answer = await node.next.get(next_path(request))
+            except (asyncio.TimeoutError, CircuitOpenError, ServiceError, aiohttp.ClientError) as exc:
+                status, why = failure_status(exc)
+                return web.json_response({"error": f"{node.name}: next service {why}"}, status=status)
+        return web.json_response(respond(request, answer))
 
     app = web.Application()
     app.router.add_get(route, handle)

@@ -102,7 +102,8 @@ def waterfall(rows: Sequence[SpanRow], *, ax: Axes | None = None, title: str = "
     ax.set_yticks(range(len(rows)), ["  " * r.depth + f"{r.service}: {r.name}" for r in rows])
     ax.invert_yaxis()
     handles = [plt.Rectangle((0, 0), 1, 1, color=COLORS[i % len(COLORS)]) for i in range(len(services))]
-    ax.legend(handles, services, title="service", loc="lower right", fontsize=8)
+    # outside the axes: the deepest (last) span ends at the lower right, where a legend would hide it
+    ax.legend(handles, services, title="service", loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     ax.set(xlabel="time since the trace began (ms)", title=title)
     ax.grid(axis="x", alpha=0.3)
     return ax

@@ -31,6 +31,8 @@ from types import SimpleNamespace
 from typing import Any, TypeVar
 
 import aiohttp
+import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
 
 from helpers.measure import LoadRun, open_loop, percentile
 
@@ -77,6 +79,8 @@ class Bulkhead:
 class PoolRecord:
     """One call: how it ended, how long it queued for a connection, how long in all."""
 
+    started: float
+    """``time.perf_counter()`` when the call began."""
     ok: bool
     pool_wait_s: float
     total_s: float
@@ -121,7 +125,7 @@ class PooledClient:
     def _record(self, ok: bool, info: dict[str, float], start: float, error: str | None = None) -> None:
         now = time.perf_counter()
         waited = info.get("waited", now - info["queued"] if "queued" in info else 0.0)  # still queued: waited till now
-        self.records.append(PoolRecord(ok, waited, now - start, error))
+        self.records.append(PoolRecord(start, ok, waited, now - start, error))
 
     def report(self) -> dict[str, Any]:
         """Calls, failures, and how long calls waited for a connection (ms)."""
@@ -138,6 +142,24 @@ class PooledClient:
 
     async def aclose(self) -> None:
         await self.session.close()
+
+    def plot(self, title: str, ax: Axes | None = None) -> Axes:
+        """Each call at the time it began: its pool wait and its total time (x = failed)."""
+        if ax is None:
+            _, ax = plt.subplots(figsize=(9, 3.8), layout="constrained")
+        t0 = min(r.started for r in self.records)
+        t = [r.started - t0 for r in self.records]
+        ax.scatter(t, [r.total_s * 1000 for r in self.records], s=14, label="whole call", color="tab:blue")
+        ax.scatter(t, [r.pool_wait_s * 1000 for r in self.records], s=14, label="of which: waiting for a connection",
+                   color="tab:orange")
+        failed = [(ti, r.total_s * 1000) for ti, r in zip(t, self.records) if not r.ok]
+        if failed:
+            ax.scatter(*zip(*failed), s=40, marker="x", color="tab:red", label="failed (timeout)")
+        ax.axhline(self.timeout_s * 1000, color="gray", linestyle=":", label=f"timeout {self.timeout_s:g} s")
+        ax.set(xlabel="time the call began (s)", ylabel="ms", title=title)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
+        ax.grid(alpha=0.3)
+        return ax
 
 
 @dataclass
