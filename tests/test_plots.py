@@ -1,0 +1,119 @@
+"""helpers.plots: every plot returns its Axes with a title, labelled axes (with units) and a legend."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: no display needed, whatever ran before
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+
+from helpers import plots  # noqa: E402
+from helpers.measure import summarize  # noqa: E402
+from helpers.tracing import SpanRow  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _close_figures() -> Iterator[None]:
+    yield
+    plt.close("all")
+
+
+def legend_labels(ax: Axes) -> list[str]:
+    legend = ax.get_legend()
+    assert legend is not None, "every plot needs a legend"
+    return [text.get_text() for text in legend.get_texts()]
+
+
+def assert_labelled(ax: Axes, *, x_unit: str | None, y_unit: str | None) -> None:
+    assert isinstance(ax, Axes)
+    assert ax.get_title(), "missing title"
+    if x_unit is not None:
+        assert ax.get_xlabel() and x_unit in ax.get_xlabel(), f"x label {ax.get_xlabel()!r} lacks {x_unit!r}"
+    if y_unit is not None:
+        assert ax.get_ylabel() and y_unit in ax.get_ylabel(), f"y label {ax.get_ylabel()!r} lacks {y_unit!r}"
+
+
+def test_latency_vs_hops() -> None:
+    ax = plots.latency_vs_hops([1, 2, 3], [51, 102, 153], [60, 120, 190], per_hop_ms=50)
+    assert_labelled(ax, x_unit="hops", y_unit="(ms)")
+    assert legend_labels(ax) == ["p50 measured", "p99 measured", "n × 50 ms (work alone)"]
+    ideal = ax.get_lines()[2]
+    assert list(ideal.get_ydata()) == [50, 100, 150]
+    assert list(ax.get_xticks()) == [1, 2, 3]
+
+
+def test_percentile_bars_heights_match_summaries() -> None:
+    fast = summarize([0.001 * i for i in range(1, 101)])
+    slow = summarize([0.01 * i for i in range(1, 101)])
+    ax = plots.percentile_bars({"fast": fast, "slow": slow}, title="Two services")
+    assert_labelled(ax, x_unit=None, y_unit="(ms)")
+    assert ax.get_title() == "Two services"
+    assert legend_labels(ax) == ["p50", "p90", "p99"]
+    heights = [patch.get_height() for patch in ax.patches]
+    assert heights == pytest.approx([50, 500, 90, 900, 99, 990])
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["fast", "slow"]
+
+
+def test_cdf_reaches_one_and_draws_on_a_given_axes() -> None:
+    _, given = plt.subplots()
+    ax = plots.cdf({"open loop": [3, 1, 2], "closed loop": [1, 1, 1, 1]}, ax=given, unit="s")
+    assert ax is given
+    assert_labelled(ax, x_unit="(s)", y_unit="fraction")
+    assert legend_labels(ax) == ["open loop", "closed loop"]
+    first = ax.get_lines()[0]
+    assert list(first.get_xdata()) == [1, 2, 3] and list(first.get_ydata())[-1] == pytest.approx(1.0)
+
+
+def test_timeline_shades_states_once_per_label() -> None:
+    t = np.linspace(0, 10, 11)
+    ax = plots.timeline(
+        t,
+        {"queue depth": t * 2},
+        ylabel="messages waiting",
+        title="Queue depth",
+        states=[(0, 3, "closed"), (3, 6, "open"), (6, 7, "half-open"), (7, 10, "closed")],
+    )
+    assert_labelled(ax, x_unit="(s)", y_unit="messages")
+    assert legend_labels(ax) == ["queue depth", "closed", "open", "half-open"]
+
+
+def test_waterfall_from_span_rows() -> None:
+    rows = [
+        SpanRow("gateway", "GET /order", 0.0, 120.0, 0, "t" * 32, "a" * 16, None),
+        SpanRow("orders", "load", 10.0, 100.0, 1, "t" * 32, "b" * 16, "a" * 16),
+        SpanRow("stock", "reserve", 20.0, 80.0, 2, "t" * 32, "c" * 16, "b" * 16),
+    ]
+    ax = plots.waterfall(rows)
+    assert_labelled(ax, x_unit="(ms)", y_unit=None)
+    assert legend_labels(ax) == ["gateway", "orders", "stock"]
+    bars = ax.patches
+    assert [b.get_width() for b in bars] == pytest.approx([120, 90, 60])
+    assert [b.get_x() for b in bars] == pytest.approx([0, 10, 20])
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels == ["gateway: GET /order", "  orders: load", "    stock: reserve"], "indentation shows depth"
+
+
+def test_histogram_shares_bins() -> None:
+    rng = np.random.default_rng(1)
+    ax = plots.histogram(
+        {"no jitter": rng.normal(1, 0.01, 200), "full jitter": rng.uniform(0, 2, 200)},
+        xlabel="retry time (s)",
+        title="Retries",
+        bins=20,
+    )
+    assert_labelled(ax, x_unit="(s)", y_unit="count")
+    assert legend_labels(ax) == ["no jitter", "full jitter"]
+    assert sum(p.get_height() for p in ax.patches) == 400
+
+
+def test_plots_render_to_png(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    ax = plots.latency_vs_hops([1, 2], [50, 100], [55, 110])
+    out = tmp_path / "plot.png"
+    ax.figure.savefig(out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
