@@ -1,0 +1,287 @@
+"""Unit tests of helpers.resilience: the breaker's state machine, the retry policies, get_json."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from types import SimpleNamespace
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from helpers.chain import Downstream
+from helpers.http import Faults, start_service
+from helpers.resilience import (
+    CircuitBreaker,
+    CircuitOpenError,
+    ServiceError,
+    call_with_retries,
+    get_json,
+    retry_policy,
+)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def fail() -> None:
+    raise ServiceError(503, "http://x")
+
+
+async def succeed() -> str:
+    return "ok"
+
+
+# --------------------------------------------------------------------------- breaker
+
+
+async def test_breaker_opens_after_threshold_and_refuses_without_calling() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(failure_threshold=3, reset_timeout_s=1.0, clock=clock)
+    for _ in range(2):
+        with pytest.raises(ServiceError):
+            await breaker.call(fail)
+    assert breaker.state == "closed"
+    with pytest.raises(ServiceError):
+        await breaker.call(fail)
+    assert breaker.state == "open"
+
+    calls = 0
+
+    async def counted() -> str:
+        nonlocal calls
+        calls += 1
+        return "ok"
+
+    for _ in range(5):
+        with pytest.raises(CircuitOpenError):
+            await breaker.call(counted)
+    assert calls == 0 and breaker.rejected == 5
+
+
+async def test_success_resets_the_failure_count() -> None:
+    breaker = CircuitBreaker(failure_threshold=3, clock=FakeClock())
+    for _ in range(5):
+        with pytest.raises(ServiceError):
+            await breaker.call(fail)
+        with pytest.raises(ServiceError):
+            await breaker.call(fail)
+        await breaker.call(succeed)
+    assert breaker.state == "closed", "failures must be consecutive to open the breaker"
+
+
+async def test_half_open_lets_one_trial_through_then_closes_on_success() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(failure_threshold=1, reset_timeout_s=1.0, clock=clock)
+    with pytest.raises(ServiceError):
+        await breaker.call(fail)
+    clock.now += 0.5
+    assert not breaker.allow() and breaker.state == "open"
+    clock.now += 0.6
+    trial_started, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_trial() -> str:
+        trial_started.set()
+        await release.wait()
+        return "ok"
+
+    trial = asyncio.ensure_future(breaker.call(slow_trial))
+    await trial_started.wait()
+    assert breaker.state == "half-open"
+    with pytest.raises(CircuitOpenError):
+        await breaker.call(succeed)  # only ONE trial at a time
+    release.set()
+    assert await trial == "ok"
+    assert breaker.state == "closed"
+    assert breaker.transitions() == ["closed", "open", "half-open", "closed"]
+
+
+async def test_failed_trial_reopens_for_a_full_reset_timeout() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(failure_threshold=1, reset_timeout_s=1.0, clock=clock)
+    with pytest.raises(ServiceError):
+        await breaker.call(fail)
+    clock.now += 1.0
+    with pytest.raises(ServiceError):
+        await breaker.call(fail)  # the trial fails
+    assert breaker.state == "open"
+    clock.now += 0.9
+    assert not breaker.allow()
+    clock.now += 0.2
+    assert breaker.allow() and breaker.state == "half-open"
+
+
+async def test_stragglers_do_not_move_an_open_breaker() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(failure_threshold=2, reset_timeout_s=1.0, clock=clock)
+    breaker.record_failure()
+    breaker.record_failure()
+    opened_at = breaker.opened_at
+    clock.now += 0.5
+    breaker.record_failure()  # a call that started before the breaker opened
+    breaker.record_success()
+    assert breaker.state == "open" and breaker.opened_at == opened_at
+
+
+async def test_other_errors_pass_through_uncounted() -> None:
+    breaker = CircuitBreaker(failure_threshold=1, clock=FakeClock())
+
+    async def bug() -> None:
+        raise ValueError("a bug in the caller, not a sick dependency")
+
+    with pytest.raises(ValueError):
+        await breaker.call(bug)
+    assert breaker.state == "closed"
+
+
+def test_spans_cover_the_window_in_relative_seconds() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(failure_threshold=1, reset_timeout_s=1.0, clock=clock)
+    start = clock.now
+    clock.now += 2.0
+    breaker.record_failure()
+    clock.now += 1.5
+    assert breaker.allow()
+    clock.now += 0.25
+    breaker.record_success()
+    spans = breaker.spans(start, start + 5.0)
+    assert [s[2] for s in spans] == ["closed", "open", "half-open", "closed"]
+    assert spans[0][0] == 0 and spans[-1][1] == 5.0
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:])), "spans are contiguous"
+
+
+def test_breaker_rejects_nonsense_settings() -> None:
+    with pytest.raises(ValueError):
+        CircuitBreaker(failure_threshold=0)
+    with pytest.raises(ValueError):
+        CircuitBreaker(reset_timeout_s=0)
+
+
+# --------------------------------------------------------------------------- retries
+
+
+def _window(base: float, cap: float, attempt: int) -> float:
+    return min(cap, base * 2 ** (attempt - 1))
+
+
+def test_full_jitter_draws_the_whole_wait_at_random_below_the_cap() -> None:
+    random.seed(3)
+    wait = retry_policy(jitter="full", base_s=0.05, cap_s=0.3).wait
+    for attempt in range(1, 7):
+        draws = [wait(SimpleNamespace(attempt_number=attempt)) for _ in range(200)]
+        top = _window(0.05, 0.3, attempt)
+        assert all(0 <= d <= top for d in draws)
+        assert min(draws) < 0.2 * top and max(draws) > 0.8 * top, "full jitter spans the whole window"
+
+
+def test_no_jitter_waits_are_fixed_and_capped() -> None:
+    wait = retry_policy(jitter="none", base_s=0.05, cap_s=0.3).wait
+    assert [round(wait(SimpleNamespace(attempt_number=n)), 6) for n in range(1, 6)] == [0.05, 0.1, 0.2, 0.3, 0.3]
+    assert retry_policy(jitter="immediate").wait(SimpleNamespace(attempt_number=3)) == 0
+
+
+def test_policy_rejects_nonsense() -> None:
+    with pytest.raises(ValueError):
+        retry_policy(attempts=0)
+    with pytest.raises(ValueError):
+        retry_policy(jitter="some")  # type: ignore[arg-type]
+
+
+async def test_retries_stop_at_the_attempt_budget_and_reraise() -> None:
+    attempts = 0
+
+    async def flaky() -> None:
+        nonlocal attempts
+        attempts += 1
+        raise ServiceError(503, "http://x")
+
+    with pytest.raises(ServiceError):
+        await call_with_retries(flaky, retry_policy(attempts=4, jitter="immediate"))
+    assert attempts == 4
+
+
+async def test_retries_return_the_first_success_and_skip_non_retryable() -> None:
+    outcomes = [ServiceError(503, "u"), asyncio.TimeoutError(), "done"]
+
+    async def recovering() -> str:
+        item = outcomes.pop(0)
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    assert await call_with_retries(recovering, retry_policy(attempts=5, base_s=0.001)) == "done"
+
+    calls = 0
+
+    async def bad_request() -> None:
+        nonlocal calls
+        calls += 1
+        raise ValueError("4xx-like: retrying will not help")
+
+    with pytest.raises(ValueError):
+        await call_with_retries(bad_request, retry_policy(attempts=5, jitter="immediate"))
+    assert calls == 1
+
+
+async def test_a_policy_object_can_be_reused() -> None:
+    policy = retry_policy(attempts=2, jitter="immediate")
+    for _ in range(3):
+        with pytest.raises(ServiceError):
+            await call_with_retries(fail, policy)
+
+
+async def test_deadline_stops_before_a_wait_would_cross_it() -> None:
+    policy = retry_policy(attempts=50, jitter="none", base_s=0.1, cap_s=0.1, deadline_s=0.35)
+    started = time.perf_counter()
+    with pytest.raises(ServiceError):
+        await call_with_retries(fail, policy)
+    assert time.perf_counter() - started < 0.45
+
+
+# --------------------------------------------------------------------------- get_json / Downstream
+
+
+async def _ok(_: web.Request) -> web.Response:
+    return web.json_response({"ok": True})
+
+
+async def test_get_json_timeout_5xx_and_4xx() -> None:
+    svc = await start_service("resilience-target", _ok, faults=Faults(latency=0.5))
+    async with aiohttp.ClientSession() as session:
+        started = time.perf_counter()
+        with pytest.raises(asyncio.TimeoutError):
+            await get_json(session, svc.url, timeout_s=0.1)
+        assert time.perf_counter() - started < 0.3
+        svc.faults.latency, svc.faults.down = 0.0, True
+        with pytest.raises(ServiceError) as info:
+            await get_json(session, svc.url)
+        assert info.value.status == 503
+        svc.faults.down = False
+        assert await get_json(session, svc.url) == {"ok": True}
+
+    async def missing(_: web.Request) -> web.Response:
+        return web.json_response({"error": "no such thing"}, status=404)
+
+    gone = await start_service("resilience-404", missing)
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(aiohttp.ClientResponseError):
+            await get_json(session, gone.url)
+
+
+async def test_downstream_breaker_spares_a_dead_service() -> None:
+    svc = await start_service("resilience-dead", _ok, faults=Faults(down=True))
+    client = Downstream("caller", svc.url, timeout_s=0.2, breaker=CircuitBreaker(failure_threshold=3, reset_timeout_s=5))
+    try:
+        for _ in range(10):
+            with pytest.raises((ServiceError, CircuitOpenError)):
+                await client.get("/")
+        assert svc.stats.requests == 3, "after 3 failures the breaker stops calling"
+    finally:
+        await client.aclose()

@@ -1,0 +1,159 @@
+"""The claims of lessons 01-02 (M1-M4, sync half of M12), measured again with generous bounds.
+
+Each test drives the same helper functions the notebooks use, on shorter runs, and
+asserts the claim as a comparison or a bound that leaves room for two busy cores.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+from aiohttp import web
+
+from helpers import tracing
+from helpers.cascade import Phase, replay
+from helpers.chain import Downstream, start_chain, start_shop, stop_chain
+from helpers.http import Faults, start_service
+from helpers.measure import open_loop
+from helpers.pools import Bulkhead, PooledClient, async_batch, blocking_batch, pool_load
+from helpers.resilience import CircuitBreaker
+from helpers.retry_storm import start_struggling, storm
+
+
+async def _chain_p50(hops: int) -> float:
+    chain = await start_chain(hops, work_s=0.05)
+    client = Downstream("load", chain.url)
+    try:
+        await client.get(chain.path)
+        run = await open_loop(lambda: client.get(chain.path), rate=20, count=20, timeout=2.0)
+        assert run.summary().errors == 0
+        return run.summary().p50_ms
+    finally:
+        await client.aclose()
+        await stop_chain(chain)
+
+
+async def test_m1_latency_adds_up_per_hop() -> None:
+    one, five = await _chain_p50(1), await _chain_p50(5)
+    assert 250 <= five < 300, f"5 hops x 50 ms: p50 {five:.1f} ms"
+    assert 50 <= one < 70, f"1 hop of 50 ms: p50 {one:.1f} ms"
+    per_hop_overhead = (five - one) / 4 - 50
+    assert 0 < per_hop_overhead < 10, f"each extra hop should cost 50 ms plus a little, got +{per_hop_overhead:.1f} ms"
+
+
+SHORT_SCRIPT = (
+    Phase("healthy", 0.5),
+    Phase("slow 2 s", 1.5, latency_s=2.0),
+    Phase("down", 0.5, down=True),
+    Phase("healed", 1.2),
+)
+
+
+async def test_m2_cascade_then_breaker_fails_fast_and_recovers() -> None:
+    shop = await start_shop(work_s=0.01)
+    user = Downstream("user", shop.url)
+    try:
+        await user.get("/products/42")
+        naive = await replay(lambda: user.get("/products/42"), shop.inventory.service, shop.gateway.service,
+                             phases=SHORT_SCRIPT, rate=20)
+        assert naive.window(["slow 2 s"]).p50_ms > 1900, "without a timeout the gateway waits for the slow inventory"
+        naive_peak = max(n for _, n in naive.in_flight)
+        assert naive_peak >= 15, f"requests pile up at the gateway, peak {naive_peak}"
+
+        breaker = CircuitBreaker(failure_threshold=5, reset_timeout_s=0.4)
+        shop.product.next.timeout_s, shop.product.next.breaker = 0.2, breaker
+        shop.gateway.next.timeout_s = 0.4
+        guarded = await replay(lambda: user.get("/products/42"), shop.inventory.service, shop.gateway.service,
+                               phases=SHORT_SCRIPT, rate=20, breaker=breaker)
+        sick = guarded.window(["slow 2 s", "down"])
+        assert sick.p99_ms < 300, f"with the breaker the gateway's p99 is {sick.p99_ms:.0f} ms while inventory sleeps 2 s"
+        assert max(n for _, n in guarded.in_flight) < naive_peak / 2
+        states = breaker.transitions()
+        assert "open" in states and "half-open" in states and breaker.state == "closed"
+        assert breaker.rejected > 10, "while open the breaker refuses calls without touching inventory"
+        last = [s for s in guarded.run.samples if s.intended - guarded.start >= guarded.phases[-1][0] + 0.7]
+        assert last and all(s.ok for s in last), "recovers by itself after inventory heals"
+    finally:
+        await user.aclose()
+
+
+async def test_m3_naive_retries_hit_harder_and_jitter_spreads_them() -> None:
+    random.seed(5)
+    svc = await start_struggling("struggling", capacity=5, work_s=0.05)
+    naive = await storm(svc, policy="immediate", users=40)
+    fixed = await storm(svc, policy="none", users=40)
+    jitter = await storm(svc, policy="full", users=40)
+    assert naive.per_user > jitter.per_user + 0.5, (naive.per_user, jitter.per_user)
+    assert naive.requests == len(naive.arrivals_s), "the service counted every arrival"
+    assert jitter.success_rate > naive.success_rate
+    assert jitter.busy_bins() > 1.5 * fixed.busy_bins(), "jittered retries spread over a wider window"
+
+
+async def _recommend(_: web.Request) -> web.Response:
+    return web.json_response({"also_bought": []})
+
+
+async def test_m4_small_pool_queues_and_times_out() -> None:
+    slow = await start_service("recommendations", _recommend, faults=Faults(latency=0.2))
+    client = PooledClient(limit=4, timeout_s=0.8)
+    try:
+        run = await pool_load(client, slow.url, rate=40, duration=1.5)
+    finally:
+        await client.aclose()
+    report = client.report()
+    assert report["failed"] > 0 and report["pool wait p99 ms"] > 400, report
+    assert run.summary().throughput < 30
+
+
+async def test_m4_bounded_async_concurrency_fixes_it() -> None:
+    slow = await start_service("recommendations", _recommend, faults=Faults(latency=0.2))
+    client = PooledClient(limit=20, timeout_s=0.8)
+    bulkhead = Bulkhead(limit=12)
+    try:
+        run = await pool_load(client, slow.url, rate=40, duration=1.0, bulkhead=bulkhead)
+    finally:
+        await client.aclose()
+    assert run.summary().errors == 0 and run.summary().p99_ms < 500
+    assert bulkhead.max_in_flight <= 12
+
+    slow.faults.latency = 0.6
+    slow.stats.reset()
+    client = PooledClient(limit=20, timeout_s=1.0)
+    bulkhead = Bulkhead(limit=8)
+    try:
+        run = await pool_load(client, slow.url, rate=40, duration=1.0, bulkhead=bulkhead)
+    finally:
+        await client.aclose()
+    refused = [s.latency for s in run.samples if not s.ok and "BulkheadFull" in (s.error or "")]
+    assert bulkhead.max_in_flight <= 8 and slow.stats.max_in_flight <= 8
+    assert refused and np.percentile(refused, 99) < 0.1, "beyond the bound calls are refused at once"
+
+
+async def test_s9_blocking_threads_cap_concurrency_async_does_not() -> None:
+    slow = await start_service("recommendations", _recommend, faults=Faults(latency=0.2))
+    blocking = await blocking_batch(slow.url, calls=12, threads=3)
+    non_blocking = await async_batch(slow.url, calls=12, bound=12)
+    assert blocking.seconds > 0.75, "3 threads serve 12 calls of 200 ms in 4 rounds"
+    assert non_blocking.seconds < 0.5 < blocking.seconds
+
+
+async def test_m12_sync_trace_is_one_nested_trace_across_services() -> None:
+    shop = await start_shop(work_s=0.02)
+    front = Downstream("frontend", shop.url)
+    try:
+        tracing.clear()
+        with tracing.get_tracer("frontend").start_as_current_span("page") as root:
+            await front.get("/products/7")
+        rows = tracing.span_rows(tracing.finished_spans(tracing.trace_id_of(root)))
+    finally:
+        await front.aclose()
+    assert {r.service for r in rows} == {"frontend", "gateway", "product", "inventory"}
+    by_id = {r.span_id: r for r in rows}
+    for r in rows:
+        if r.parent_id in by_id:
+            parent = by_id[r.parent_id]
+            assert parent.start_ms <= r.start_ms and r.end_ms <= parent.end_ms, f"{r} escapes its parent"
+    assert max(r.depth for r in rows) >= 5, "frontend > gateway (server, client) > product (server, client) > inventory"
+    gateway = next(r for r in rows if r.service == "gateway" and r.depth == 2)
+    assert gateway.duration_ms >= 60, "the gateway's span covers the whole wait for product and inventory"
