@@ -71,7 +71,7 @@ ROOT = HELPERS_DIR.parent
 CELL_TIMEOUT_S = 15.0
 TOTAL_TIMEOUT_S = 120.0
 MAX_RESTARTS = 2
-CHECK_MARGIN_S = 4.0
+CHECK_MARGIN_S = 2.0
 """A check cell may run this much longer than the check's own timeout before the grader interrupts it."""
 PROBE_TIMEOUT_S = 4.0
 BOOT_TIMEOUT_S = 30.0
@@ -90,6 +90,8 @@ class Options:
     max_restarts: int = MAX_RESTARTS
     checks_dir: Path = CHECKS_DIR
     kernel_name: str = "python3"
+    check_timeout: float | None = None
+    """Cap on each check's own time limit (None: what the check declares, 10 s by default)."""
 
 
 @dataclass
@@ -371,8 +373,9 @@ class _Grading:
                         self.results.setdefault(j, _failed(c, f"the grader could not start the checks ({reason})"))
                     return False
                 booted = True
-            limit = min(check.timeout + CHECK_MARGIN_S, self.remaining())
-            out = await kernel.run_source(grade_kernel.run_source(self.nonce, step.index), limit)
+            own = check.timeout if self.options.check_timeout is None else min(check.timeout, self.options.check_timeout)
+            limit = min(own + CHECK_MARGIN_S, self.remaining())
+            out = await kernel.run_source(grade_kernel.run_source(self.nonce, step.index, own), limit)
             payloads = [p for p in _tagged(out.cell, self.nonce) if p.get("index") == step.index]
             if payloads:
                 self.results[step.index] = payloads[0]["result"]
@@ -541,6 +544,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write every check's result to this JSON file")
     parser.add_argument("--cell-timeout", type=float, default=CELL_TIMEOUT_S, help=f"seconds per cell (default {CELL_TIMEOUT_S:g})")
     parser.add_argument("--timeout", type=float, default=TOTAL_TIMEOUT_S, help=f"seconds per submission, all included (default {TOTAL_TIMEOUT_S:g})")
+    parser.add_argument("--check-timeout", type=float, help="cap every check's own time limit at this many seconds")
     parser.add_argument("--max-restarts", type=int, default=MAX_RESTARTS, help="kernel restarts after a cell that cannot be interrupted")
     parser.add_argument("--checks", type=Path, default=CHECKS_DIR, help="folder of checks modules (default helpers/labchecks)")
     args = parser.parse_args(argv)
@@ -549,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print("error: no submissions given", file=sys.stderr)
         return 2
-    options = Options(args.cell_timeout, args.timeout, args.max_restarts, args.checks)
+    options = Options(args.cell_timeout, args.timeout, args.max_restarts, args.checks, check_timeout=args.check_timeout)
     labs, broken = known_labs(options.checks_dir)
     for name, why in broken.items():
         print(f"warning: checks file {name} cannot be loaded: {why}", file=sys.stderr)

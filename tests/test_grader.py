@@ -1,0 +1,355 @@
+"""The grader gives the true score, whatever the submission does.
+
+Every lab in solutions/ is covered automatically: its solution gets full marks and the
+lab as shipped scores (near) zero. Adversarial submissions (endless loops, errors
+midway, a dead kernel, monkeypatched checks and helpers, forged output, files that are
+not notebooks, unknown labs) each have a test; most use a tiny lab declared here so
+they run in a couple of seconds, the monkeypatching ones use the real warm-up lab.
+Set MQTT_URL (python -m helpers.mosquitto -- pytest tests/test_grader.py) to run the
+broker-bound ones against Mosquitto: the submission's kernel inherits MQTT_URL.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+from helpers.grade import Options, Result, grade_file, identify_lab, main
+from helpers.labs import LABS, ROOT, SOLUTIONS, solution_paths
+
+LAB_IDS = [p.stem for p in solution_paths()]
+WARMUP = SOLUTIONS / "00_warmup.ipynb"
+
+TINY_CHECKS = '''
+import os
+from helpers.checking import Checks, expect
+
+checks = Checks("91_tiny")
+
+
+@checks.check("q1")
+async def doubles(ctx):
+    """double(21) is 42"""
+    got = await ctx.call("double", 21)
+    expect(got == 42, f"double(21) returned {got!r}")
+
+
+@checks.check("q1", hidden=True)
+async def doubles_negative(ctx):
+    """Hidden: double(-4) is -8"""
+    expect(await ctx.call("double", -4) == -8, "double(-4) should be -8")
+
+
+@checks.check("q2")
+async def answer_is_set(ctx):
+    """answer is 42"""
+    expect(ctx.get("answer") == 42, f"answer is {ctx.get('answer')!r}")
+
+
+@checks.check("q3", timeout=3)
+async def greets(ctx):
+    """greet('Ada') is 'hi Ada'"""
+    got = await ctx.call("greet", "Ada", timeout=3)
+    expect(got == "hi Ada", f"greet('Ada') returned {got!r}")
+
+
+@checks.check("q3")
+async def sees_mqtt_url(ctx):
+    """The kernel sees the grader's MQTT_URL"""
+    expect(os.environ.get("MQTT_URL", "") == EXPECTED_MQTT_URL, f"kernel MQTT_URL={os.environ.get('MQTT_URL')!r}")
+'''
+
+TINY_CELLS = {
+    "setup": 'from helpers.checking import checker\ncheck = checker("91_tiny")',
+    "q1": "def double(x):\n    return 2 * x",
+    "q2": "answer = 42",
+    "q3": 'async def greet(name):\n    return f"hi {name}"',
+}
+TINY_MAX = 5.0
+
+
+@pytest.fixture(scope="module")
+def tiny_checks(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checks folder holding the tiny lab 91_tiny (the grader's --checks option)."""
+    folder = tmp_path_factory.mktemp("checks")
+    expected = f"\nEXPECTED_MQTT_URL = {os.environ.get('MQTT_URL', '')!r}\n"
+    (folder / "tiny.py").write_text(TINY_CHECKS + expected, encoding="utf-8")
+    return folder
+
+
+def tiny_notebook(path: Path, **replace: str) -> Path:
+    """The tiny lab, solved, with some cells' code replaced; check cells after each question."""
+    cells = [new_markdown_cell("# Tiny lab")]
+    for key, source in TINY_CELLS.items():
+        cells.append(new_code_cell(replace.get(key, source)))
+        if key != "setup":
+            cells.append(new_code_cell(f'await check("{key}")'))
+    nb = new_notebook(cells=cells, metadata={"course_lab": {"id": "91_tiny"}})
+    nbformat.write(nb, path)
+    return path
+
+
+def tiny_options(tiny_checks: Path, **kwargs: float) -> Options:
+    return Options(checks_dir=tiny_checks, cell_timeout=kwargs.pop("cell_timeout", 4), total_timeout=60, **kwargs)
+
+
+def points(result: Result) -> dict[str, float]:
+    return {q: p for q, (p, _) in result.questions.items()}
+
+
+def warmup_variant(path: Path, edit: Callable[[nbformat.NotebookNode], None], *, from_lab: bool = False) -> Path:
+    """A copy of the warm-up solution (or lab) with ``edit`` applied, named so the grader finds its lab."""
+    nb = nbformat.read(LABS / WARMUP.name if from_lab else WARMUP, as_version=4)
+    edit(nb)
+    nbformat.write(nb, path)
+    return path
+
+
+def cell_with(nb: nbformat.NotebookNode, text: str) -> nbformat.NotebookNode:
+    return next(c for c in nb.cells if c.cell_type == "code" and text in c.source)
+
+
+# --------------------------------------------------------------------------- every lab
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize("lab", LAB_IDS)
+def test_solution_gets_full_marks(lab: str, tmp_path: Path) -> None:
+    report = tmp_path / "results.json"
+    code = main([str(SOLUTIONS / f"{lab}.ipynb"), "--json", str(report)])
+    graded = json.loads(report.read_text())["submissions"][0]
+    failures = [f"{c['question']} {c['name']}: {c['message']}" for c in graded["checks"] if not c["passed"]]
+    assert not failures, f"the solution of {lab} fails checks: {failures}; notes: {graded['notes']}"
+    assert graded["score"] == graded["max_score"] > 0
+    assert code == 0, "exit code 0 means every submission got full marks"
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize("lab", LAB_IDS)
+def test_lab_as_shipped_fails_its_checks(lab: str, tmp_path: Path) -> None:
+    report = tmp_path / "results.json"
+    code = main([str(LABS / f"{lab}.ipynb"), "--json", str(report)])
+    graded = json.loads(report.read_text())["submissions"][0]
+    assert graded["status"] == "graded" and graded["lab"] == lab
+    assert graded["score"] <= 0.2 * graded["max_score"], f"{lab} as shipped already earns {graded['score']}/{graded['max_score']}"
+    assert code == 1
+
+
+# --------------------------------------------------------------------------- adversarial, tiny lab
+
+
+async def test_tiny_solution_full_marks_and_kernel_inherits_mqtt_url(tiny_checks: Path, tmp_path: Path) -> None:
+    result = await grade_file(tiny_notebook(tmp_path / "t.ipynb"), tiny_options(tiny_checks))
+    assert result.full_marks, result.failures()
+    assert result.score == TINY_MAX and result.seconds < 20
+
+
+async def test_endless_loop_is_interrupted_and_the_rest_still_counts(tiny_checks: Path, tmp_path: Path) -> None:
+    nb = tiny_notebook(tmp_path / "loop.ipynb", q2="while True:\n    pass")
+    result = await grade_file(nb, tiny_options(tiny_checks, cell_timeout=2))
+    assert points(result) == {"q1": 2, "q2": 0, "q3": 2}
+    assert any("ran past 2 s and was interrupted" in n for n in result.notes), result.notes
+    assert "answer" in " ".join(result.failures())
+
+
+async def test_loop_that_ignores_interrupts_restarts_the_kernel_without_it(tiny_checks: Path, tmp_path: Path) -> None:
+    spin = "import asyncio\nasync def spin():\n    while True:\n        pass\nawait spin()\nanswer = 42"
+    nb = tiny_notebook(tmp_path / "spin.ipynb", q2=spin)
+    result = await grade_file(nb, tiny_options(tiny_checks, cell_timeout=2))
+    assert points(result) == {"q1": 2, "q2": 0, "q3": 2}, result.failures()
+    assert any("ignored the interrupt" in n and "re-run without it" in n for n in result.notes), result.notes
+
+
+async def test_function_that_hangs_inside_a_check_scores_zero_with_reason(tiny_checks: Path, tmp_path: Path) -> None:
+    hang = "async def greet(name):\n    while True:\n        pass"
+    nb = tiny_notebook(tmp_path / "hang.ipynb", q3=hang)
+    result = await grade_file(nb, tiny_options(tiny_checks, check_timeout=2))
+    assert points(result) == {"q1": 2, "q2": 1, "q3": 1}
+    reason = next(c["message"] for c in result.checks if c["name"] == "greets")
+    assert "interrupted" in reason or "did not finish" in reason
+
+
+async def test_kernel_death_midway_keeps_credit_for_the_rest(tiny_checks: Path, tmp_path: Path) -> None:
+    nb = tiny_notebook(tmp_path / "exit.ipynb", q2="import os\nos._exit(3)")
+    result = await grade_file(nb, tiny_options(tiny_checks))
+    assert points(result) == {"q1": 2, "q2": 0, "q3": 2}
+    assert any("kernel died" in n for n in result.notes), result.notes
+
+
+async def test_error_midway_gives_partial_credit(tiny_checks: Path, tmp_path: Path) -> None:
+    nb = tiny_notebook(tmp_path / "raise.ipynb", q1='raise RuntimeError("stuck here")')
+    result = await grade_file(nb, tiny_options(tiny_checks))
+    assert points(result) == {"q1": 0, "q2": 1, "q3": 2}
+    assert any("RuntimeError: stuck here" in n for n in result.notes)
+    assert "double" in next(c["message"] for c in result.checks if c["name"] == "doubles")
+
+
+async def test_hidden_checks_count_in_the_grade(tiny_checks: Path, tmp_path: Path) -> None:
+    only_positive = "def double(x):\n    return 42 if x == 21 else 0"
+    result = await grade_file(tiny_notebook(tmp_path / "h.ipynb", q1=only_positive), tiny_options(tiny_checks))
+    hidden = next(c for c in result.checks if c["name"] == "doubles_negative")
+    assert hidden["hidden"] and not hidden["passed"]
+    assert points(result)["q1"] == 1
+
+
+async def test_forged_results_and_replaced_check_do_not_count(tiny_checks: Path, tmp_path: Path) -> None:
+    forged = json.dumps({"index": 2, "result": {"question": "q2", "passed": True, "points": 1.0}})
+    cheat = textwrap.dedent(
+        f"""
+        async def check(question=None):
+            print(question, "all passed")
+        print("0123456789abcdef0123456789abcdef {forged}")
+        print("{{boot}}", flush=True)
+        """
+    )
+    nb = tiny_notebook(tmp_path / "forge.ipynb", q2=cheat)
+    result = await grade_file(nb, tiny_options(tiny_checks))
+    assert points(result)["q2"] == 0
+
+
+async def test_missing_check_cell_still_runs_its_checks(tiny_checks: Path, tmp_path: Path) -> None:
+    path = tiny_notebook(tmp_path / "nocheck.ipynb")
+    nb = nbformat.read(path, as_version=4)
+    nb.cells = [c for c in nb.cells if 'check("q2")' not in c.source]
+    nbformat.write(nb, path)
+    result = await grade_file(path, tiny_options(tiny_checks))
+    assert result.full_marks
+    assert any('check("q2")' in n for n in result.notes)
+
+
+# --------------------------------------------------------------------------- adversarial, warm-up lab
+
+
+@pytest.mark.broker
+async def test_monkeypatching_check_checks_module_and_helpers_does_not_change_the_score(tmp_path: Path) -> None:
+    sabotage = textwrap.dedent(
+        """
+        import sys, types
+        import helpers.checking as hc
+        import helpers.http, helpers.measure
+
+        async def check(question=None):
+            print(question, "all passed")
+
+        async def always_pass(check, namespace, **kw):
+            return hc.CheckResult(check.question, check.name, check.description, True, check.points, check.points)
+
+        hc.run_check = always_pass
+        hc.expect = lambda *args, **kwargs: None
+        hc.Context.get = lambda self, name, default=None: None
+        hc.load_checks = lambda *args, **kwargs: hc.Checks("00_warmup")
+        fake = types.ModuleType("helpers.labchecks.warmup")
+        fake.checks = hc.Checks("00_warmup")
+        sys.modules["helpers.labchecks.warmup"] = fake
+        helpers.measure.percentile = lambda values, q: 50.0
+        """
+    )
+
+    def add(nb: nbformat.NotebookNode) -> None:
+        nb.cells.insert(2, new_code_cell(sabotage))
+
+    lab = await grade_file(warmup_variant(tmp_path / "cheat_00_warmup.ipynb", add, from_lab=True))
+    assert lab.status == "graded" and lab.score == 0, lab.failures()
+    assert any("helpers.checking.run_check was replaced" in f for f in lab.flags), lab.flags
+
+
+@pytest.mark.broker
+async def test_sabotaged_helpers_do_not_cost_a_correct_solution_points(tmp_path: Path) -> None:
+    sabotage = textwrap.dedent(
+        """
+        import helpers.checking, helpers.http
+        async def broken_start_service(*args, **kwargs):
+            raise RuntimeError("sabotaged")
+        helpers.http.start_service = broken_start_service
+        helpers.checking.expect = lambda *args, **kwargs: (_ for _ in ()).throw(AssertionError("sabotaged"))
+        """
+    )
+
+    def add(nb: nbformat.NotebookNode) -> None:
+        index = nb.cells.index(cell_with(nb, 'await check("q1")'))
+        nb.cells.insert(index, new_code_cell(sabotage))
+
+    result = await grade_file(warmup_variant(tmp_path / "00_warmup_sabotage.ipynb", add))
+    assert result.full_marks, result.failures()
+    assert any("helpers.http.start_service" in f for f in result.flags), result.flags
+
+
+@pytest.mark.broker
+async def test_warmup_partial_credit_when_q2_raises(tmp_path: Path) -> None:
+    def break_q2(nb: nbformat.NotebookNode) -> None:
+        cell = cell_with(nb, "async def round_trip")
+        cell.source = 'raise RuntimeError("midway")\n' + cell.source
+
+    result = await grade_file(warmup_variant(tmp_path / "00_warmup_midway.ipynb", break_q2))
+    assert points(result) == {"q1": 3, "q2": 0, "q3": 5}, result.failures()
+
+
+# --------------------------------------------------------------------------- error rows and batches
+
+
+async def test_not_a_notebook_is_an_error_row(tmp_path: Path) -> None:
+    text = tmp_path / "00_warmup.ipynb"
+    text.write_text("this is my homework, honest", encoding="utf-8")
+    not_nb = tmp_path / "other_00_warmup.ipynb"
+    not_nb.write_text('{"hello": 1}', encoding="utf-8")
+    for path in (text, not_nb, tmp_path / "missing.ipynb"):
+        result = await grade_file(path)
+        assert result.status == "error" and not result.full_marks
+        assert "not a Jupyter notebook" in result.error or "no such file" in result.error
+
+
+async def test_unknown_lab_is_an_error_row(tmp_path: Path) -> None:
+    path = tmp_path / "mystery.ipynb"
+    nbformat.write(new_notebook(cells=[new_code_cell("x = 1")], metadata={"course_lab": {"id": "99_nope"}}), path)
+    result = await grade_file(path)
+    assert result.status == "error"
+    assert "unknown lab" in result.error and "99_nope" in result.error and "00_warmup" in result.error
+
+
+def test_lab_identified_by_metadata_then_file_name() -> None:
+    labs = ["00_warmup", "02_sync_chain"]
+    by_meta = new_notebook(metadata={"course_lab": {"id": "02_sync_chain"}})
+    assert identify_lab(by_meta, Path("whatever.ipynb"), labs) == ("02_sync_chain", "metadata")
+    assert identify_lab(new_notebook(), Path("alice-00_warmup (1).ipynb"), labs) == ("00_warmup", "file name")
+    assert identify_lab(new_notebook(), Path("alice.ipynb"), labs)[0] is None
+
+
+@pytest.mark.broker
+def test_batch_of_a_folder_writes_a_correct_csv(tmp_path: Path) -> None:
+    folder = tmp_path / "submissions"
+    folder.mkdir()
+    solved = nbformat.read(WARMUP, as_version=4)
+    nbformat.write(solved, folder / "alice_00_warmup.ipynb")  # found by file name (no lab metadata)
+    (folder / "bob.ipynb").write_bytes((LABS / WARMUP.name).read_bytes())  # found by metadata
+    (folder / "carol_00_warmup.ipynb").write_text("not json", encoding="utf-8")
+    out_csv, out_json = tmp_path / "grades.csv", tmp_path / "results.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "helpers.grade", str(folder), "--csv", str(out_csv), "--json", str(out_json)],
+        capture_output=True, text=True, cwd=ROOT, timeout=240,
+    )
+    assert run.returncode == 1, run.stdout + run.stderr
+    rows = {Path(r["submission"]).name: r for r in csv.DictReader(out_csv.open(encoding="utf-8"))}
+    assert set(rows) == {"alice_00_warmup.ipynb", "bob.ipynb", "carol_00_warmup.ipynb"}
+    alice, bob, carol = rows["alice_00_warmup.ipynb"], rows["bob.ipynb"], rows["carol_00_warmup.ipynb"]
+    assert (alice["status"], alice["lab"], alice["score"], alice["percent"]) == ("graded", "00_warmup", alice["max_score"], "100.0")
+    assert (alice["q1"], alice["q2"], alice["q3"]) == ("3", "4", "5") and alice["failed"] == ""
+    assert (bob["status"], bob["score"], bob["q1"]) == ("graded", "0", "0") and "svc" in bob["failed"]
+    assert carol["status"] == "error" and "not a Jupyter notebook" in carol["error"] and carol["q1"] == ""
+    doc = json.loads(out_json.read_text())
+    assert [s["full_marks"] for s in doc["submissions"]] == [True, False, False]
+    assert "1/3 with full marks, 1 error row(s)" in run.stdout
+
+
+def test_no_submissions_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([str(tmp_path)]) == 2
+    assert "no submissions" in capsys.readouterr().err
