@@ -176,8 +176,10 @@ class _Outcome:
 
 @dataclass
 class _Step:
-    kind: str  # "cell" or "check"
-    index: int
+    kind: str  # "cell" (index = notebook cell) or "question" (checks = indices into the lab's checks)
+    index: int = -1
+    question: str = ""
+    checks: tuple[int, ...] = ()
 
 
 def plan_steps(nb: nbformat.NotebookNode, checks: Sequence[Check]) -> tuple[list[_Step], list[str]]:
@@ -185,6 +187,10 @@ def plan_steps(nb: nbformat.NotebookNode, checks: Sequence[Check]) -> tuple[list
     steps: list[_Step] = []
     anchored: set[str] = set()
     questions = list(dict.fromkeys(c.question for c in checks))
+
+    def question(q: str) -> _Step:
+        return _Step("question", question=q, checks=tuple(j for j, c in enumerate(checks) if c.question == q))
+
     for index, cell in enumerate(nb.cells):
         if cell.get("cell_type") != "code":
             continue
@@ -193,10 +199,9 @@ def plan_steps(nb: nbformat.NotebookNode, checks: Sequence[Check]) -> tuple[list
             q = match.group("q")
             if q in questions and q not in anchored:
                 anchored.add(q)
-                steps.extend(_Step("check", j) for j, c in enumerate(checks) if c.question == q)
+                steps.append(question(q))
     missing = [q for q in questions if q not in anchored]
-    for q in missing:
-        steps.extend(_Step("check", j) for j, c in enumerate(checks) if c.question == q)
+    steps.extend(question(q) for q in missing)
     notes = [f"no check(\"{q}\") cell found: its checks ran after the last cell" for q in missing]
     return steps, notes
 
@@ -228,6 +233,7 @@ class _Kernel:
             resources={"metadata": {"path": cwd}},
         )
         self._reply: dict[str, Any] = {}
+        self.alive = True
         self.client.on_cell_executed = self._on_executed
 
     def _on_executed(self, cell: Any, cell_index: int, execute_reply: dict[str, Any]) -> None:
@@ -237,17 +243,20 @@ class _Kernel:
         """``async with kernel.setup():`` start the kernel (and always shut it down)."""
         return self.client.async_setup_kernel(env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-    async def run(self, cell: Any, index: int, timeout: float) -> _Outcome:
+    async def run(self, cell: Any, index: int, timeout: float, *, trusted: bool = False) -> _Outcome:
+        """Execute one cell; trusted (grader) cells stay out of the kernel's history (In/Out)."""
         from nbclient.exceptions import DeadKernelError
 
         self.client.timeout = max(1, math.ceil(timeout))
         self._reply = {}
         try:
-            await self.client.async_execute_cell(cell, index, store_history=True)
+            await self.client.async_execute_cell(cell, index, store_history=not trusted)
         except DeadKernelError:
+            self.alive = False
             return _Outcome("dead", cell=cell)
         except Exception as exc:  # noqa: BLE001 - a kernel/channel failure is an outcome, not a crash
-            return _Outcome("dead", type(exc).__name__, str(exc), cell)
+            self.alive = bool(self.client.kc) and await self.client.kc.is_alive()
+            return _Outcome("error" if self.alive else "dead", type(exc).__name__, str(exc), cell)
         content = self._reply
         if content.get("ename") == _TIMEOUT_REPLY["ename"]:
             return _Outcome("timeout", cell=cell)
@@ -256,7 +265,7 @@ class _Kernel:
         return _Outcome("ok", cell=cell)
 
     async def run_source(self, source: str, timeout: float) -> _Outcome:
-        return await self.run(nbformat.v4.new_code_cell(source), 0, timeout)
+        return await self.run(nbformat.v4.new_code_cell(source), 0, timeout, trusted=True)
 
     async def responsive(self) -> bool:
         """After a timeout: did the interrupt work, i.e. does the kernel answer a trivial cell?"""
@@ -298,7 +307,6 @@ class _Grading:
 
     def __init__(self, nb: nbformat.NotebookNode, lab: str, checks: list[Check], options: Options) -> None:
         self.nb, self.lab, self.checks, self.options = nb, lab, checks, options
-        self.nonce = secrets.token_hex(16)
         self.steps, self.notes = plan_steps(nb, checks)
         self.results: dict[int, dict[str, Any]] = {}
         self.flags: list[str] = []
@@ -329,68 +337,84 @@ class _Grading:
 
     async def _attempt(self, kernel: _Kernel) -> bool:
         """Run the plan once in ``kernel``; True when the kernel must be restarted."""
-        booted = False
         for step in self.steps:
             if self.remaining() <= 1:
                 self.out_of_time = True
                 return False
             if step.kind == "cell":
-                if step.index in self.skip:
-                    continue
-                where = _describe(self.nb, step.index)
-                limit = min(self.options.cell_timeout, self.remaining())
-                out = await kernel.run(self.nb.cells[step.index], step.index, limit)
-                if out.status == "error":
-                    self.cell_notes.setdefault(step.index, f"{where} raised {out.ename}: {out.evalue}"[:300])
-                elif out.status == "timeout":
-                    if await kernel.responsive():
-                        self.cell_notes[step.index] = f"{where} ran past {limit:g} s and was interrupted"
-                        continue
-                    self.skip.add(step.index)
-                    self.cell_notes[step.index] = (
-                        f"{where} ran past {limit:g} s and ignored the interrupt (an endless loop?): "
-                        "the notebook was re-run without it"
-                    )
-                    return True
-                elif out.status == "dead":
-                    self.skip.add(step.index)
-                    self.cell_notes[step.index] = f"the kernel died in {where}: the notebook was re-run without it"
-                    return True
-                continue
-            # a check
-            if step.index in self.results:
-                continue
-            check = self.checks[step.index]
-            if not booted:
-                source = grade_kernel.boot_source(self.nonce, self.lab, str(HELPERS_DIR), str(self.options.checks_dir))
-                out = await kernel.run_source(source, min(BOOT_TIMEOUT_S, self.remaining()))
-                boot = [p for p in _tagged(out.cell, self.nonce) if p.get("boot") == "ok"]
-                if not boot or boot[0].get("checks") != [c.name for c in self.checks]:
-                    if out.status in ("dead", "timeout"):
-                        return out.status == "dead" or not await kernel.responsive()
-                    reason = f"{out.ename}: {out.evalue}" if out.ename else "the checks did not load"
-                    for j, c in enumerate(self.checks):
-                        self.results.setdefault(j, _failed(c, f"the grader could not start the checks ({reason})"))
-                    return False
-                booted = True
-            own = check.timeout if self.options.check_timeout is None else min(check.timeout, self.options.check_timeout)
-            limit = min(own + CHECK_MARGIN_S, self.remaining())
-            out = await kernel.run_source(grade_kernel.run_source(self.nonce, step.index, own), limit)
-            payloads = [p for p in _tagged(out.cell, self.nonce) if p.get("index") == step.index]
-            if payloads:
-                self.results[step.index] = payloads[0]["result"]
-                self.flags.extend(f for f in payloads[0].get("flags", []) if f not in self.flags)
-                continue
-            if out.status == "timeout":
-                self.results[step.index] = _failed(check, f"did not finish within {limit:g} s (an endless loop?)")
-                if not await kernel.responsive():
-                    self.notes.append(f"check {check.name} hung the kernel: it was restarted")
-                    return True
-            elif out.status == "dead":
-                self.results[step.index] = _failed(check, "the kernel died while this check ran")
-                return True
+                restart = await self._cell(kernel, step.index)
             else:
-                self.results[step.index] = _failed(check, f"the check could not run ({out.ename}: {out.evalue})")
+                restart = await self._question(kernel, step)
+            if restart:
+                return True
+        return False
+
+    async def _cell(self, kernel: _Kernel, index: int) -> bool:
+        """One learner cell. True when the kernel is stuck or dead (restart without this cell)."""
+        if index in self.skip:
+            return False
+        where = _describe(self.nb, index)
+        limit = min(self.options.cell_timeout, self.remaining())
+        out = await kernel.run(self.nb.cells[index], index, limit)
+        if out.status == "error":
+            self.cell_notes.setdefault(index, f"{where} raised {out.ename}: {out.evalue}"[:300])
+        elif out.status == "timeout":
+            if await kernel.responsive():
+                self.cell_notes[index] = f"{where} ran past {limit:g} s and was interrupted"
+                return False
+            self.skip.add(index)
+            self.cell_notes[index] = (
+                f"{where} ran past {limit:g} s and ignored the interrupt (an endless loop?): "
+                "the notebook was re-run without it"
+            )
+            return True
+        elif out.status == "dead":
+            self.skip.add(index)
+            self.cell_notes[index] = f"the kernel died in {where}: the notebook was re-run without it"
+            return True
+        return False
+
+    async def _question(self, kernel: _Kernel, step: _Step) -> bool:
+        """Every check of one question, from a fresh session with its own nonce."""
+        todo = [j for j in step.checks if j not in self.results]
+        if not todo:
+            return False
+        nonce = secrets.token_hex(16)  # new for every question: a nonce seen by later cells is already dead
+        source = grade_kernel.boot_source(nonce, self.lab, str(HELPERS_DIR), str(self.options.checks_dir))
+        out = await kernel.run_source(source, min(BOOT_TIMEOUT_S, self.remaining()))
+        boot = [p for p in _tagged(out.cell, nonce) if p.get("boot") == "ok"]
+        if not boot or boot[0].get("checks") != [c.name for c in self.checks]:
+            if out.status == "dead" or (out.status == "timeout" and not await kernel.responsive()):
+                return True
+            reason = f"{out.ename}: {out.evalue}" if out.ename else "the checks did not load"
+            for j in todo:
+                self.results[j] = _failed(self.checks[j], f"the grader could not start the checks ({reason})")
+            return False
+        try:
+            for j in todo:
+                check = self.checks[j]
+                own = check.timeout if self.options.check_timeout is None else min(check.timeout, self.options.check_timeout)
+                limit = max(1.0, min(own + CHECK_MARGIN_S, self.remaining()))
+                out = await kernel.run_source(grade_kernel.run_source(nonce, j, own), limit)
+                payloads = [p for p in _tagged(out.cell, nonce) if p.get("index") == j]
+                if payloads:
+                    self.results[j] = payloads[0]["result"]
+                    self.flags.extend(f for f in payloads[0].get("flags", []) if f not in self.flags)
+                elif out.status == "timeout":
+                    self.results[j] = _failed(check, f"did not finish within {limit:g} s (an endless loop?)")
+                    if not await kernel.responsive():
+                        self.notes.append(f"check {check.name} hung the kernel: it was restarted")
+                        return True
+                elif out.status == "dead":
+                    self.results[j] = _failed(check, "the kernel died while this check ran")
+                    return True
+                else:
+                    self.results[j] = _failed(check, f"the check could not run ({out.ename}: {out.evalue})")
+                if self.remaining() <= 1:
+                    return False
+        finally:
+            if kernel.alive:
+                await kernel.run_source(grade_kernel.close_source(nonce), PROBE_TIMEOUT_S)
         return False
 
 

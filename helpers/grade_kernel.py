@@ -149,6 +149,19 @@ class Session:
         self._leave(restore_only=True)
         self.emit({"boot": "ok", "checks": [c.name for c in self.checks]})
 
+    def close(self) -> None:
+        """Drop the session from the notebook's namespace and the nonce from cached cell sources,
+        so cells that run later find neither (their results would be ignored anyway: the next
+        question gets a new nonce)."""
+        import linecache
+
+        self.user_ns.pop(session_name(self.nonce), None)
+        for key, entry in list(linecache.cache.items()):
+            lines = entry[2] if len(entry) > 2 and isinstance(entry[2], list) else []
+            if any(self.nonce in line for line in lines):
+                linecache.cache.pop(key, None)
+        self.checks = []
+
     def emit(self, payload: dict[str, Any]) -> None:
         """One result line, tagged with this run's nonce (the only output the grader reads)."""
         print(f"\n{self.nonce} {json.dumps(payload)}", flush=True)
@@ -226,6 +239,11 @@ def boot_source(nonce: str, lab: str, helpers_dir: str, checks_dir: str) -> str:
         checks_dir=checks_dir,
         session=session_name(nonce),
     ).strip()
+
+
+def close_source(nonce: str) -> str:
+    """The cell that ends a session: forget it, and the cached source of the cells that named its nonce."""
+    return f"{session_name(nonce)}.close()"
 
 
 def session_name(nonce: str) -> str:

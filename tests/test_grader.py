@@ -217,6 +217,23 @@ async def test_forged_results_and_replaced_check_do_not_count(tiny_checks: Path,
     assert points(result)["q2"] == 0
 
 
+async def test_cells_after_a_check_cannot_find_the_graders_nonce(tiny_checks: Path, tmp_path: Path) -> None:
+    snoop = textwrap.dedent(
+        """
+        import linecache, re
+        places = [repr(list(globals())), repr(In), repr(Out)]
+        places += ["".join(entry[2]) for entry in list(linecache.cache.values()) if len(entry) > 2 and entry[2]]
+        leaks = [p for p in places if re.search(r"[0-9a-f]{32}", p)]  # a nonce is 32 hex digits
+        if leaks:
+            raise RuntimeError("leaked " + leaks[0][:200])
+        answer = 42
+        """
+    )
+    result = await grade_file(tiny_notebook(tmp_path / "snoop.ipynb", q2=snoop), tiny_options(tiny_checks))
+    assert not any("leaked" in n for n in result.notes), result.notes
+    assert result.full_marks, result.failures()
+
+
 async def test_missing_check_cell_still_runs_its_checks(tiny_checks: Path, tmp_path: Path) -> None:
     path = tiny_notebook(tmp_path / "nocheck.ipynb")
     nb = nbformat.read(path, as_version=4)
