@@ -61,6 +61,14 @@ Authoring a lab: the whole pattern
    * ``points=`` weights a check (default 1); ``timeout=`` seconds (default 10).
    * Keep each check under ~2 s: the grader runs every check of every submission.
    * Timing bounds: generous (2 shared cores), compare against your own re-measurement.
+   * The grader runs qN's checks right after the notebook's ``await check("qN")`` cell,
+     so checks see what the learner's own check() sees (services still running, even if
+     the last cell stops them). Checks of one question must not rely on another
+     question's checks having run; they may rely on the learner's earlier cells.
+   * Context tools: ``ctx.get(name)``, ``ctx.function(name)``, ``await ctx.call(...)``,
+     ``await ctx.http(method, url)`` -> :class:`HttpAnswer`, ``await ctx.service(name,
+     handler, faults=...)``, ``await ctx.broker()``, ``ctx.topic()``, ``ctx.rng``,
+     ``ctx.on_cleanup(async_fn)``; :func:`finite` for measured numbers.
 
 3. ``python -m helpers.labs`` (``make labs``) writes ``labs/NN_slug.ipynb``; execute
    the solution in place so its outputs are stored. ``pytest tests/test_labs.py

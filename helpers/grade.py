@@ -418,6 +418,20 @@ class _Grading:
         return False
 
 
+def _clean(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """A well-formed copy with the submission's code and text only: stored outputs count for
+    nothing, and odd cells (no source, a list source, unknown keys) cannot trip the runner."""
+    cells = []
+    for cell in nb.get("cells", []):
+        if not isinstance(cell, dict):
+            continue
+        source = cell.get("source", "")
+        source = "".join(map(str, source)) if isinstance(source, list) else str(source or "")
+        make = nbformat.v4.new_code_cell if cell.get("cell_type") == "code" else nbformat.v4.new_markdown_cell
+        cells.append(make(source))
+    return nbformat.v4.new_notebook(cells=cells)
+
+
 def _error(path: Path, message: str, lab: str = "", started: float | None = None) -> Result:
     took = round(time.monotonic() - started, 2) if started else 0.0
     return Result(str(path), lab=lab, status="error", error=message, seconds=took)
@@ -445,10 +459,7 @@ async def grade_file(path: Path | str, options: Options | None = None, labs: dic
         checks = list(load_checks(lab, options.checks_dir))
     except Exception as exc:  # noqa: BLE001
         return _error(path, f"the checks of lab {lab} cannot be loaded: {exc}", lab, started)
-    for cell in nb.cells:
-        if cell.get("cell_type") == "code":
-            cell["outputs"], cell["execution_count"] = [], None  # stored outputs count for nothing
-    grading = _Grading(nb, lab, checks, options)
+    grading = _Grading(_clean(nb), lab, checks, options)
     env = {**os.environ, GRADING_ENV: "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     try:
         with tempfile.TemporaryDirectory(prefix="grade-") as cwd:

@@ -325,6 +325,21 @@ async def test_not_a_notebook_is_an_error_row(tmp_path: Path) -> None:
         assert "not a Jupyter notebook" in result.error or "no such file" in result.error
 
 
+async def test_malformed_cells_are_graded_not_crashed(tiny_checks: Path, tmp_path: Path) -> None:
+    path = tmp_path / "odd.ipynb"
+    doc = {
+        "nbformat": 4, "nbformat_minor": 5, "metadata": {"course_lab": {"id": "91_tiny"}, "kernelspec": {"name": "nope"}},
+        "cells": [
+            {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None},  # no source at all
+            {"cell_type": "code", "metadata": {}, "source": ["def double(x):\n", "    return 2 * x\n"], "outputs": []},
+            {"cell_type": "raw", "metadata": {}, "source": "answer = 41"},
+        ],
+    }
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    result = await grade_file(path, tiny_options(tiny_checks))
+    assert result.status == "graded" and points(result) == {"q1": 2, "q2": 0, "q3": 1}, result.failures()
+
+
 async def test_unknown_lab_is_an_error_row(tmp_path: Path) -> None:
     path = tmp_path / "mystery.ipynb"
     nbformat.write(new_notebook(cells=[new_code_cell("x = 1")], metadata={"course_lab": {"id": "99_nope"}}), path)
