@@ -195,10 +195,27 @@ class Consumer:
             self.dead_letter_topic = f"dead-letter/{self.topic.replace('#', 'all').replace('+', 'any')}"
 
     async def run(self, ready: asyncio.Event | None = None) -> None:
-        """Subscribe and process forever; set ``ready`` once subscribed."""
-        await self.client.subscribe(self.topic, qos=self.qos)
-        if ready is not None:
-            ready.set()
+        """Subscribe and process forever; set ``ready`` once subscribed.
+
+        Messages are read while the SUBSCRIBE is in flight: a resumed persistent session
+        gets its queued messages first, and with manual acks amqtt answers the SUBSCRIBE
+        only after those are acked, so subscribe-then-read would hang until a timeout.
+        """
+        reading = asyncio.ensure_future(self._read_all())
+        subscribing = asyncio.ensure_future(self.client.subscribe(self.topic, qos=self.qos))
+        try:
+            done, _ = await asyncio.wait({reading, subscribing}, return_when=asyncio.FIRST_COMPLETED)
+            if subscribing in done:
+                subscribing.result()  # raises if the broker refused or the connection dropped
+                if ready is not None:
+                    ready.set()
+            await reading
+        finally:
+            for task in (subscribing, reading):
+                if not task.done():
+                    task.cancel()
+
+    async def _read_all(self) -> None:
         async for message in self.client.messages:
             await self.handle(message)
 
