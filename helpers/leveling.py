@@ -1,0 +1,168 @@
+"""Load leveling: a queue absorbs a burst that a synchronous service would have to refuse.
+
+Both experiments give the same burst (``n`` requests at ``rate`` per second) to the
+same capacity (``workers`` at a time, ``work_s`` seconds each, so ``workers / work_s``
+per second). The async side publishes to a topic and lets a consumer pool drain it;
+the queue (in the broker and the consumer's buffer) grows, then shrinks to zero, and
+every message is processed. The sync side sends HTTP requests whose callers give up
+after ``timeout`` seconds; everyone past the first few ``timeout x capacity`` requests
+waits too long.
+
+The queue is not free or infinite: it holds work in memory (Mosquitto's default
+``max_queued_messages`` is 1000 per client, beyond which it drops new messages), and
+the last message still waits ``n / capacity`` seconds. Leveling buys *acceptance now,
+work later*, which is only useful when "later" is acceptable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+
+from helpers.broker import Broker
+from helpers.http import start_service
+from helpers.measure import LoadRun, open_loop
+from helpers.messaging import Consumer, Event, make_event, manual_ack, publish
+from helpers.workers import run_pool
+
+
+@dataclass
+class BurstResult:
+    """What the queued side saw: when each message was sent and when each was processed."""
+
+    sent_at: list[float] = field(default_factory=list)
+    """Seconds since the burst began, per published message."""
+    done_at: list[float] = field(default_factory=list)
+    """Seconds since the burst began, per processed message."""
+    ids: set[str] = field(default_factory=set)
+    publish: LoadRun | None = None
+
+    @property
+    def sent(self) -> int:
+        return len(self.sent_at)
+
+    @property
+    def processed(self) -> int:
+        """Distinct events processed (a redelivered duplicate does not count twice)."""
+        return len(self.ids)
+
+    @property
+    def lost(self) -> int:
+        return self.sent - self.processed
+
+    @property
+    def drain_s(self) -> float:
+        """Seconds from the first send until the queue was empty again."""
+        return max(self.done_at, default=0.0)
+
+    def depth(self, step: float = 0.02) -> tuple[list[float], list[int]]:
+        """Queue depth (sent minus processed) sampled every ``step`` seconds."""
+        end = max(self.drain_s, max(self.sent_at, default=0.0)) + 3 * step
+        times = [i * step for i in range(int(end / step) + 1)]
+        sent, done = sorted(self.sent_at), sorted(self.done_at)
+        depth, s, d = [], 0, 0
+        for t in times:
+            while s < len(sent) and sent[s] <= t:
+                s += 1
+            while d < len(done) and done[d] <= t:
+                d += 1
+            depth.append(s - d)
+        return times, depth
+
+
+async def queued_burst(
+    broker: Broker, topic: str, *, n: int, rate: float, workers: int, work_s: float, timeout: float = 20.0
+) -> BurstResult:
+    """Publish ``n`` events at ``rate``/s to a pool of ``workers`` consumers; wait until all are done."""
+    result = BurstResult()
+    start = [0.0]
+
+    async def work(event: Event) -> None:
+        await asyncio.sleep(work_s)
+        result.done_at.append(time.perf_counter() - start[0])
+        result.ids.add(event.id)
+
+    run_id = uuid.uuid4().hex[:6]
+    async with manual_ack(broker.client(f"leveling-consumer-{run_id}")) as sub, broker.client(f"leveling-producer-{run_id}") as pub:
+        consumer = Consumer(sub, topic, work)
+        ready = asyncio.Event()
+        task = asyncio.create_task(run_pool(consumer, workers, ready))
+        await asyncio.wait_for(ready.wait(), 5)
+        start[0] = time.perf_counter()
+
+        async def send() -> None:
+            event = make_event("job.requested", {"n": len(result.sent_at)}, source="/burst")
+            result.sent_at.append(time.perf_counter() - start[0])
+            await publish(pub, topic, event, qos=1)
+
+        result.publish = await open_loop(send, rate=rate, count=n, timeout=10)
+        deadline = time.perf_counter() + timeout
+        while len(result.ids) < n and time.perf_counter() < deadline:
+            await asyncio.sleep(0.02)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    return result
+
+
+@dataclass
+class SyncBurst:
+    """What the synchronous side saw: the callers' run and the work the service did."""
+
+    run: LoadRun
+    served: int
+    """Requests the service finished, including those whose caller had already given up."""
+
+    @property
+    def answered(self) -> int:
+        return sum(s.ok for s in self.run.samples)
+
+    @property
+    def timed_out(self) -> int:
+        return sum(s.error == "timeout" for s in self.run.samples)
+
+    def waiting(self, step: float = 0.02) -> tuple[list[float], list[int]]:
+        """Callers waiting for an answer, sampled every ``step`` seconds since the burst began."""
+        samples = self.run.samples
+        if not samples:
+            return [], []
+        origin = min(s.intended for s in samples)
+        spans = [(s.intended - origin, s.done - origin) for s in samples]
+        end = max(e for _, e in spans) + 3 * step
+        times = [i * step for i in range(int(end / step) + 1)]
+        return times, [sum(a <= t < b for a, b in spans) for t in times]
+
+
+async def sync_burst(*, n: int, rate: float, workers: int, work_s: float, timeout: float) -> SyncBurst:
+    """Send the same burst as HTTP requests to a service that serves ``workers`` at a time."""
+    slots = asyncio.Semaphore(workers)
+    served = [0]
+
+    async def handle(_: web.Request) -> web.Response:
+        async with slots:
+            await asyncio.sleep(work_s)
+            served[0] += 1
+        return web.json_response({"ok": True})
+
+    service = await start_service(f"leveling-sync-{uuid.uuid4().hex[:4]}", handle)
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+            async def call() -> None:
+                async with session.post(f"{service.url}/jobs") as response:
+                    response.raise_for_status()
+
+            run = await open_loop(call, rate=rate, count=n, timeout=timeout)
+        # let the service finish what it accepted, so its count is complete (callers are gone)
+        deadline = time.perf_counter() + n * work_s / workers + 1
+        while served[0] < n and time.perf_counter() < deadline:
+            await asyncio.sleep(0.02)
+    finally:
+        await service.stop()
+    return SyncBurst(run, served[0])
