@@ -1,0 +1,430 @@
+"""Checks of lab 02_resilient_client: a timeout, retries with backoff and jitter, a breaker.
+
+Every check runs the learner's code: `fetch` and `ResilientClient` against services
+of the check's own with injected faults (slow, failing, down, then healed),
+`with_retries` and `Breaker` against small functions that fail on command and count
+their calls. Payloads and budgets are random, so hard-coded answers fail.
+
+The exception classes are the learner's own (`ServiceError`, `CircuitOpenError` from the
+notebook's namespace): the grader loads a fresh copy of ``helpers`` for the checks, and
+a fresh class would never match what the learner's code catches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from helpers.checking import CheckFailed, Checks, Context, expect
+
+checks = Checks("02_resilient_client")
+
+
+def _errors(ctx: Context) -> tuple[type[Exception], type[Exception]]:
+    """(ServiceError, CircuitOpenError) as the learner's notebook knows them."""
+    from helpers import resilience
+
+    service_error = ctx.get("ServiceError", resilience.ServiceError)
+    open_error = ctx.get("CircuitOpenError", resilience.CircuitOpenError)
+    return service_error, open_error
+
+
+async def _outcome(label: str, make: Callable[[], Awaitable[Any]], timeout: float) -> tuple[Any, BaseException | None, float]:
+    """Run one learner call: (result, exception or None, seconds). Unwritten code fails the check."""
+    started = time.perf_counter()
+    try:
+        result = await asyncio.wait_for(make(), timeout)
+    except NotImplementedError:
+        raise CheckFailed(f"{label} is not written yet (it raises NotImplementedError)") from None
+    except asyncio.TimeoutError as exc:
+        elapsed = time.perf_counter() - started
+        if elapsed >= timeout - 0.01:
+            raise CheckFailed(f"{label} did not finish within {timeout:g} s") from None
+        return None, exc, elapsed
+    except Exception as exc:  # noqa: BLE001 - the learner's exception is the thing we inspect
+        return None, exc, time.perf_counter() - started
+    return result, None, time.perf_counter() - started
+
+
+def _named(exc: BaseException | None) -> str:
+    return "no exception" if exc is None else f"{type(exc).__name__}: {exc}"
+
+
+def _token(ctx: Context) -> str:
+    return uuid.UUID(int=ctx.rng.getrandbits(128)).hex[:12]
+
+
+async def _json_service(ctx: Context, payload: dict[str, Any], **faults: Any) -> Any:
+    from helpers.http import Faults
+
+    async def answer(_: web.Request) -> web.Response:
+        return web.json_response(payload)
+
+    return await ctx.service("resilient", answer, faults=Faults(**faults))
+
+
+class Flaky:
+    """An async function that fails its first ``failures`` calls with ``error()``, then returns ``value``."""
+
+    def __init__(self, failures: float, error: Callable[[], BaseException], value: Any = "ok", hang_s: float = 0.0) -> None:
+        self.failures, self.error, self.value, self.hang_s = failures, error, value, hang_s
+        self.times: list[float] = []
+
+    @property
+    def calls(self) -> int:
+        return len(self.times)
+
+    async def __call__(self) -> Any:
+        self.times.append(time.perf_counter())
+        if self.hang_s:
+            await asyncio.sleep(self.hang_s)
+        if self.calls <= self.failures:
+            raise self.error()
+        return self.value
+
+
+# --------------------------------------------------------------------------- q1: fetch with a timeout
+
+
+@checks.check("q1", hint="async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout_s)) as response: ...")
+async def fetch_returns_json(ctx: Context) -> None:
+    """fetch(session, url) returns the service's JSON answer."""
+    import aiohttp
+
+    payload = {"item": _token(ctx), "in_stock": ctx.rng.randint(1, 99)}
+    svc = await _json_service(ctx, payload)
+    fetch = ctx.function("fetch")
+    async with aiohttp.ClientSession() as session:
+        got, exc, _ = await _outcome("fetch()", lambda: fetch(session, svc.url + "/"), 5.0)
+    expect(exc is None, f"fetch raised {_named(exc)} against a healthy service")
+    expect(got == payload, f"expected {payload}, got {got!r}")
+
+
+@checks.check("q1", hint="the timeout must cover the whole call: aiohttp.ClientTimeout(total=timeout_s)")
+async def fetch_gives_up_at_its_timeout(ctx: Context) -> str:
+    """Against a service that takes 1 s, fetch(..., timeout_s=0.2) raises asyncio.TimeoutError within 0.4 s."""
+    import aiohttp
+
+    svc = await _json_service(ctx, {"late": True}, latency=1.0)
+    fetch = ctx.function("fetch")
+    async with aiohttp.ClientSession() as session:
+        _, exc, took = await _outcome("fetch()", lambda: fetch(session, svc.url + "/", 0.2), 3.0)
+    expect(isinstance(exc, asyncio.TimeoutError), f"expected asyncio.TimeoutError, got {_named(exc)}")
+    expect(took < 0.4, f"fetch waited {took:.2f} s: a 200 ms timeout should end it by ~0.2 s")
+    return f"gave up after {took * 1000:.0f} ms"
+
+
+@checks.check("q1", hint="if response.status >= 500: raise ServiceError(response.status, url)")
+async def fetch_raises_service_error_on_5xx(ctx: Context) -> None:
+    """A 5xx answer raises ServiceError carrying the status."""
+    import aiohttp
+
+    service_error, _ = _errors(ctx)
+    status = ctx.rng.choice([500, 502, 503])
+
+    async def broken(_: web.Request) -> web.Response:
+        return web.json_response({"error": "broken"}, status=status)
+
+    svc = await ctx.service("broken", broken)
+    fetch = ctx.function("fetch")
+    async with aiohttp.ClientSession() as session:
+        _, exc, _ = await _outcome("fetch()", lambda: fetch(session, svc.url + "/"), 3.0)
+    expect(isinstance(exc, service_error), f"an HTTP {status} answer should raise ServiceError, got {_named(exc)}")
+    expect(getattr(exc, "status", None) == status, f"ServiceError.status should be {status}, got {getattr(exc, 'status', None)!r}")
+
+
+@checks.check("q1", hidden=True, hint="use the timeout_s you are given, not a constant")
+async def fetch_uses_the_timeout_it_is_given(ctx: Context) -> None:
+    """Hidden: timeout_s=0.6 waits for a 250 ms service; timeout_s=0.1 does not."""
+    import aiohttp
+
+    payload = {"token": _token(ctx)}
+    svc = await _json_service(ctx, payload, latency=0.25)
+    fetch = ctx.function("fetch")
+    async with aiohttp.ClientSession() as session:
+        got, exc, _ = await _outcome("fetch()", lambda: fetch(session, svc.url + "/", 0.6), 3.0)
+        expect(exc is None and got == payload, f"with timeout_s=0.6 a 250 ms service should answer, got {_named(exc)}")
+        _, exc, took = await _outcome("fetch()", lambda: fetch(session, svc.url + "/", 0.1), 3.0)
+    expect(isinstance(exc, asyncio.TimeoutError) and took < 0.25, f"timeout_s=0.1 should give up by ~0.1 s ({_named(exc)}, {took:.2f} s)")
+
+
+# --------------------------------------------------------------------------- q2: retries
+
+
+@checks.check("q2", hint="AsyncRetrying(..., retry=retry_if_exception_type(RETRY_ON)); return inside `with attempt:`")
+async def retries_until_success(ctx: Context) -> None:
+    """with_retries(call) retries a call that fails twice and returns its result."""
+    service_error, _ = _errors(ctx)
+    token = _token(ctx)
+    flaky = Flaky(2, lambda: service_error(503, "http://check"), token)
+    with_retries = ctx.function("with_retries")
+    got, exc, _ = await _outcome("with_retries()", lambda: with_retries(flaky, attempts=4, base_s=0.01, cap_s=0.05), 5.0)
+    expect(exc is None, f"with_retries raised {_named(exc)}; the call would have succeeded on its 3rd attempt")
+    expect(got == token, f"expected the call's result {token!r}, got {got!r}")
+    expect(flaky.calls == 3, f"the call was made {flaky.calls} times; it succeeds on the 3rd")
+
+
+@checks.check("q2", hint="stop=stop_after_attempt(attempts), and reraise=True so the caller sees the real error")
+async def stops_at_the_retry_budget(ctx: Context) -> str:
+    """A call that always fails is tried exactly `attempts` times, then its last error is raised."""
+    service_error, _ = _errors(ctx)
+    attempts = ctx.rng.randint(3, 5)
+    flaky = Flaky(float("inf"), lambda: service_error(503, "http://check"))
+    with_retries = ctx.function("with_retries")
+    _, exc, _ = await _outcome("with_retries()", lambda: with_retries(flaky, attempts=attempts, base_s=0.01, cap_s=0.02), 5.0)
+    expect(flaky.calls == attempts, f"attempts={attempts}, but the call was made {flaky.calls} times")
+    expect(isinstance(exc, service_error), f"after the last attempt the ServiceError should be raised, got {_named(exc)}")
+    return f"{attempts} attempts"
+
+
+@checks.check("q2", hint="wait=wait_random_exponential(multiplier=base_s, max=cap_s): full jitter, capped")
+async def waits_are_capped_exponential_with_full_jitter(ctx: Context) -> str:
+    """The waits between attempts are random in [0, min(cap, base * 2**n)]: growing, capped, jittered."""
+    service_error, _ = _errors(ctx)
+    with_retries = ctx.function("with_retries")
+    base, cap, fractions = 0.04, 0.1, []
+    for _ in range(4):
+        flaky = Flaky(float("inf"), lambda: service_error(503, "http://check"))
+        await _outcome("with_retries()", lambda: with_retries(flaky, attempts=4, base_s=base, cap_s=cap, deadline_s=5.0), 5.0)
+        expect(flaky.calls == 4, f"expected 4 attempts, saw {flaky.calls}")
+        for n, (a, b) in enumerate(zip(flaky.times, flaky.times[1:]), start=1):
+            window = min(cap, base * 2 ** (n - 1))
+            expect(b - a <= window + 0.03, f"wait {n} was {(b - a) * 1000:.0f} ms, above its cap of {window * 1000:.0f} ms")
+            fractions.append((b - a) / window)
+    spread = max(fractions) - min(fractions)
+    expect(sum(fractions) / len(fractions) > 0.15, "the attempts come (almost) immediately one after another: wait between them")
+    expect(spread > 0.3, f"the waits barely vary (spread {spread:.2f} of their windows): draw each one at random (full jitter)")
+    return f"waits used {min(fractions):.0%}-{max(fractions):.0%} of their windows"
+
+
+@checks.check("q2", hint="wrap the whole retry loop: await asyncio.wait_for(..., deadline_s)")
+async def respects_the_deadline(ctx: Context) -> str:
+    """A call that never answers ends with asyncio.TimeoutError at deadline_s, not later."""
+    flaky = Flaky(float("inf"), asyncio.TimeoutError, hang_s=30)
+    with_retries = ctx.function("with_retries")
+    deadline = ctx.rng.choice([0.3, 0.4, 0.5])
+    _, exc, took = await _outcome("with_retries()", lambda: with_retries(flaky, attempts=3, deadline_s=deadline), 3.0)
+    expect(isinstance(exc, asyncio.TimeoutError), f"expected asyncio.TimeoutError at the deadline, got {_named(exc)}")
+    expect(took < deadline + 0.15, f"deadline_s={deadline} but the call took {took:.2f} s")
+    return f"deadline {deadline} s, ended after {took:.2f} s"
+
+
+@checks.check("q2", hidden=True, hint="retry only RETRY_ON (timeouts and ServiceError); an open breaker or a bug must not be retried")
+async def does_not_retry_what_cannot_pass(ctx: Context) -> None:
+    """Hidden: a ValueError or a CircuitOpenError is raised at once, after one call."""
+    _, open_error = _errors(ctx)
+    with_retries = ctx.function("with_retries")
+    for error in (lambda: ValueError("bug"), lambda: open_error("open")):
+        flaky = Flaky(float("inf"), error)
+        _, exc, _ = await _outcome("with_retries()", lambda: with_retries(flaky, attempts=4, base_s=0.01), 3.0)
+        expect(flaky.calls == 1, f"{type(exc).__name__} was retried ({flaky.calls} calls): it will not pass by itself")
+
+
+@checks.check("q2", hidden=True, hint="asyncio.TimeoutError is retryable too")
+async def retries_timeouts(ctx: Context) -> None:
+    """Hidden: a call that times out once, then answers, succeeds."""
+    flaky = Flaky(1, asyncio.TimeoutError, "fine")
+    with_retries = ctx.function("with_retries")
+    got, exc, _ = await _outcome("with_retries()", lambda: with_retries(flaky, attempts=3, base_s=0.01), 3.0)
+    expect(exc is None and got == "fine", f"a timeout should be retried, got {_named(exc)}")
+
+
+# --------------------------------------------------------------------------- q3: the breaker
+
+
+async def _fail_n(breaker: Any, n: int, error: Callable[[], BaseException]) -> None:
+    for _ in range(n):
+        _, exc, _ = await _outcome("Breaker.call()", lambda: breaker.call(Flaky(1, error)), 2.0)
+        expect(exc is not None, "Breaker.call should let the call's exception through")
+
+
+def _breaker(ctx: Context, threshold: int, reset_s: float) -> Any:
+    cls = ctx.get("Breaker")
+    expect(isinstance(cls, type), "`Breaker` should be a class")
+    try:
+        return cls(failure_threshold=threshold, reset_timeout_s=reset_s)
+    except NotImplementedError:
+        raise CheckFailed("Breaker.__init__ is not written yet") from None
+
+
+@checks.check("q3", hint="count failures in a row in call(); at failure_threshold set state = 'open' and note the time")
+async def opens_after_threshold_failures(ctx: Context) -> str:
+    """Breaker opens after failure_threshold failures in a row, not before."""
+    service_error, _ = _errors(ctx)
+    threshold = ctx.rng.randint(2, 4)
+    breaker = _breaker(ctx, threshold, 0.3)
+    await _fail_n(breaker, threshold - 1, lambda: service_error(503, "x"))
+    expect(breaker.state == "closed", f"after {threshold - 1} failures (threshold {threshold}) state is {breaker.state!r}")
+    await _fail_n(breaker, 1, lambda: service_error(503, "x"))
+    expect(breaker.state == "open", f"after {threshold} failures in a row state is {breaker.state!r}, expected 'open'")
+    return f"threshold {threshold}"
+
+
+@checks.check("q3", hint="while open (and before reset_timeout_s has passed) raise CircuitOpenError without calling fn")
+async def refuses_while_open(ctx: Context) -> None:
+    """While open, call(fn) raises CircuitOpenError at once and never calls fn."""
+    service_error, open_error = _errors(ctx)
+    breaker = _breaker(ctx, 2, 5.0)
+    await _fail_n(breaker, 2, lambda: service_error(503, "x"))
+    spy = Flaky(0, RuntimeError, "should not run")
+    for _ in range(5):
+        _, exc, took = await _outcome("Breaker.call()", lambda: breaker.call(spy), 2.0)
+        expect(isinstance(exc, open_error), f"an open breaker should raise CircuitOpenError, got {_named(exc)}")
+        expect(took < 0.05, f"refusing took {took * 1000:.0f} ms: it should be instant")
+    expect(spy.calls == 0, f"the open breaker still called fn {spy.calls} times")
+
+
+@checks.check("q3", hint="after reset_timeout_s, go 'half-open' and let one call through; success -> 'closed'")
+async def half_open_trial_success_closes(ctx: Context) -> None:
+    """After reset_timeout_s one trial call goes through; its success closes the breaker."""
+    service_error, _ = _errors(ctx)
+    breaker = _breaker(ctx, 2, 0.2)
+    await _fail_n(breaker, 2, lambda: service_error(503, "x"))
+    await asyncio.sleep(0.25)
+    token = _token(ctx)
+    got, exc, _ = await _outcome("Breaker.call()", lambda: breaker.call(Flaky(0, RuntimeError, token)), 2.0)
+    expect(exc is None and got == token, f"after the reset timeout the trial call should run and return its result ({_named(exc)})")
+    expect(breaker.state == "closed", f"a successful trial should close the breaker, state is {breaker.state!r}")
+
+
+@checks.check("q3", hint="a failure while half-open opens the breaker again and restarts the reset timer")
+async def failed_trial_reopens(ctx: Context) -> None:
+    """A failed trial opens the breaker again for another reset_timeout_s."""
+    service_error, open_error = _errors(ctx)
+    breaker = _breaker(ctx, 2, 0.2)
+    await _fail_n(breaker, 2, lambda: service_error(503, "x"))
+    await asyncio.sleep(0.25)
+    await _fail_n(breaker, 1, lambda: service_error(503, "x"))
+    expect(breaker.state == "open", f"after a failed trial state should be 'open', got {breaker.state!r}")
+    spy = Flaky(0, RuntimeError)
+    _, exc, _ = await _outcome("Breaker.call()", lambda: breaker.call(spy), 2.0)
+    expect(isinstance(exc, open_error) and spy.calls == 0, "right after a failed trial the breaker should refuse calls")
+
+
+@checks.check("q3", hidden=True, hint="a success resets the count of failures in a row")
+async def failures_must_be_consecutive(ctx: Context) -> None:
+    """Hidden: fail, fail, succeed, fail, fail with threshold 3 leaves the breaker closed."""
+    service_error, _ = _errors(ctx)
+    breaker = _breaker(ctx, 3, 0.5)
+    for _ in range(2):
+        await _fail_n(breaker, 2, lambda: service_error(503, "x"))
+        await _outcome("Breaker.call()", lambda: breaker.call(Flaky(0, RuntimeError)), 2.0)
+    expect(breaker.state == "closed", f"no 3 failures were in a row, yet state is {breaker.state!r}")
+
+
+@checks.check("q3", hidden=True, hint="count only RETRY_ON failures; let other exceptions through uncounted")
+async def other_errors_do_not_count(ctx: Context) -> None:
+    """Hidden: ValueErrors (bugs, not a sick service) pass through and never open the breaker."""
+    breaker = _breaker(ctx, 2, 0.5)
+    for _ in range(3):
+        _, exc, _ = await _outcome("Breaker.call()", lambda: breaker.call(Flaky(1, lambda: ValueError("bug"))), 2.0)
+        expect(isinstance(exc, ValueError), f"the ValueError should pass through, got {_named(exc)}")
+    expect(breaker.state == "closed", f"3 ValueErrors opened the breaker (state {breaker.state!r}): they say nothing about the service")
+
+
+@checks.check("q3", hidden=True, hint="half-open lets ONE trial through; other calls are refused until it ends")
+async def one_trial_at_a_time(ctx: Context) -> None:
+    """Hidden: while a half-open trial runs, a second call is refused."""
+    service_error, open_error = _errors(ctx)
+    breaker = _breaker(ctx, 1, 0.15)
+    await _fail_n(breaker, 1, lambda: service_error(503, "x"))
+    await asyncio.sleep(0.2)
+    trial = asyncio.ensure_future(breaker.call(Flaky(0, RuntimeError, "ok", hang_s=0.2)))
+    await asyncio.sleep(0.05)
+    spy = Flaky(0, RuntimeError)
+    _, exc, _ = await _outcome("Breaker.call()", lambda: breaker.call(spy), 2.0)
+    await asyncio.wait_for(trial, 2.0)
+    expect(spy.calls == 0 and isinstance(exc, open_error), "a second call during the trial should be refused")
+
+
+# --------------------------------------------------------------------------- q4: all together
+
+
+async def _client(ctx: Context, url: str, **settings: Any) -> Any:
+    cls = ctx.get("ResilientClient")
+    expect(isinstance(cls, type), "`ResilientClient` should be a class")
+    client = cls(url, **settings)
+    ctx.on_cleanup(client.close)
+    return client
+
+
+async def _get(client: Any, timeout: float = 5.0) -> tuple[Any, BaseException | None, float]:
+    return await _outcome("ResilientClient.get()", lambda: client.get("/stock"), timeout)
+
+
+@checks.check("q4", hint="ResilientClient.get = with_retries(lambda: self.breaker.call(lambda: fetch(...)), deadline_s=...)")
+async def client_respects_the_deadline(ctx: Context) -> str:
+    """Against a service that sleeps 2 s, get() gives up by deadline_s (+0.15 s)."""
+    svc = await _json_service(ctx, {"late": True}, latency=2.0)
+    deadline = ctx.rng.choice([0.5, 0.6, 0.7])
+    client = await _client(ctx, svc.url, timeout_s=0.2, attempts=5, deadline_s=deadline, failure_threshold=100)
+    _, exc, took = await _get(client, 3.0)
+    expect(exc is not None, "a service that sleeps 2 s cannot have answered")
+    expect(took < deadline + 0.15, f"deadline_s={deadline}, but get() took {took:.2f} s")
+    return f"ended after {took:.2f} s"
+
+
+@checks.check("q4", hint="each attempt = one request; stop after `attempts`")
+async def client_stays_within_the_retry_budget(ctx: Context) -> str:
+    """Against an always-failing service, one get() sends exactly `attempts` requests."""
+    service_error, _ = _errors(ctx)
+    svc = await _json_service(ctx, {}, error_rate=1.0)
+    attempts = ctx.rng.randint(2, 4)
+    client = await _client(ctx, svc.url, timeout_s=0.2, attempts=attempts, deadline_s=2.0, failure_threshold=100)
+    _, exc, _ = await _get(client)
+    expect(isinstance(exc, service_error), f"get() should end with the last ServiceError, got {_named(exc)}")
+    expect(svc.stats.requests == attempts, f"attempts={attempts}, but the service got {svc.stats.requests} requests")
+    return f"{attempts} requests for one get()"
+
+
+async def _opened(ctx: Context, svc: Any, reset_s: float) -> Any:
+    client = await _client(ctx, svc.url, timeout_s=0.2, attempts=2, deadline_s=1.0, failure_threshold=3, reset_timeout_s=reset_s)
+    for _ in range(6):
+        await _get(client)
+        if getattr(client.breaker, "state", None) == "open":
+            break
+    return client
+
+
+@checks.check("q4", hint="keep one Breaker in self.breaker and send every attempt through it")
+async def client_opens_under_sustained_failure(ctx: Context) -> str:
+    """With the service down, the client's breaker opens within a few calls."""
+    svc = await _json_service(ctx, {}, down=True)
+    client = await _opened(ctx, svc, 5.0)
+    expect(hasattr(client, "breaker"), "ResilientClient should keep its breaker in `self.breaker`")
+    expect(client.breaker.state == "open", f"after repeated failures the breaker is {client.breaker.state!r}, expected 'open'")
+    return f"open after {svc.stats.requests} requests"
+
+
+@checks.check("q4", hint="CircuitOpenError must not be retried: it passes straight out of get()")
+async def client_stops_calling_while_open(ctx: Context) -> None:
+    """While the breaker is open, get() raises CircuitOpenError at once and sends nothing."""
+    _, open_error = _errors(ctx)
+    svc = await _json_service(ctx, {}, down=True)
+    client = await _opened(ctx, svc, 5.0)
+    expect(getattr(client.breaker, "state", None) == "open", "the breaker did not open (see the check above)")
+    before = svc.stats.requests
+    for _ in range(5):
+        _, exc, took = await _get(client)
+        expect(isinstance(exc, open_error), f"with the breaker open get() should raise CircuitOpenError, got {_named(exc)}")
+        expect(took < 0.05, f"refusing took {took * 1000:.0f} ms: it should be instant")
+    expect(svc.stats.requests == before, f"the service got {svc.stats.requests - before} requests while the breaker was open")
+
+
+@checks.check("q4", hint="after reset_timeout_s the next get() is the half-open trial; its success closes the breaker")
+async def client_closes_after_recovery(ctx: Context) -> None:
+    """Once the service heals, the next get() after reset_timeout_s succeeds and closes the breaker."""
+    payload = {"item": _token(ctx), "in_stock": ctx.rng.randint(1, 50)}
+    svc = await _json_service(ctx, payload, down=True)
+    client = await _opened(ctx, svc, 0.3)
+    expect(getattr(client.breaker, "state", None) == "open", "the breaker did not open (see the check above)")
+    svc.faults.down = False
+    await asyncio.sleep(0.35)
+    got, exc, _ = await _get(client)
+    expect(exc is None and got == payload, f"after recovery get() should return the answer, got {_named(exc)}")
+    expect(client.breaker.state == "closed", f"after a successful trial the breaker is {client.breaker.state!r}")
