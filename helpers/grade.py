@@ -73,7 +73,7 @@ TOTAL_TIMEOUT_S = 120.0
 MAX_RESTARTS = 2
 CHECK_MARGIN_S = 2.0
 """A check cell may run this much longer than the check's own timeout before the grader interrupts it."""
-PROBE_TIMEOUT_S = 4.0
+PROBE_TIMEOUT_S = 3.0
 BOOT_TIMEOUT_S = 30.0
 STARTUP_TIMEOUT_S = 60.0
 
@@ -209,7 +209,8 @@ def plan_steps(nb: nbformat.NotebookNode, checks: Sequence[Check]) -> tuple[list
 def _describe(nb: nbformat.NotebookNode, index: int) -> str:
     code_cells = [i for i, c in enumerate(nb.cells) if c.get("cell_type") == "code"]
     number = code_cells.index(index) + 1 if index in code_cells else index + 1
-    first = next((ln.strip() for ln in nb.cells[index].get("source", "").splitlines() if ln.strip()), "")
+    lines = [ln.strip() for ln in nb.cells[index].get("source", "").splitlines()]
+    first = next((ln for ln in lines if ln and not ln.startswith("# NBVAL")), "")
     return f"code cell {number} ({first[:40]!r})"
 
 
@@ -230,6 +231,7 @@ class _Kernel:
             error_on_timeout=_TIMEOUT_REPLY,
             iopub_timeout=2,
             record_timing=False,
+            shutdown_kernel="immediate",
             resources={"metadata": {"path": cwd}},
         )
         self._reply: dict[str, Any] = {}
@@ -561,11 +563,24 @@ def write_json(results: Sequence[Result], path: Path | str, options: Options) ->
         "grader": {
             "cell_timeout_s": options.cell_timeout,
             "total_timeout_s": options.total_timeout,
-            "broker": os.environ.get("MQTT_URL") and "MQTT_URL" or "embedded",
+            "broker": broker_label(),
         },
         "submissions": [{**asdict(r), "full_marks": r.full_marks} for r in results],
     }
     Path(path).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+
+
+def broker_label() -> str:
+    """Which broker the submissions' kernels use (MQTT_URL is inherited), password hidden."""
+    url = os.environ.get("MQTT_URL")
+    if not url:
+        return "embedded broker"
+    try:
+        from helpers.broker import parse_mqtt_url
+
+        return f"MQTT_URL={parse_mqtt_url(url).url}"
+    except Exception:  # noqa: BLE001 - a bad URL is the submissions' problem to report
+        return "MQTT_URL=(unparseable)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -581,6 +596,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=TOTAL_TIMEOUT_S, help=f"seconds per submission, all included (default {TOTAL_TIMEOUT_S:g})")
     parser.add_argument("--check-timeout", type=float, help="cap every check's own time limit at this many seconds")
     parser.add_argument("--max-restarts", type=int, default=MAX_RESTARTS, help="kernel restarts after a cell that cannot be interrupted")
+    parser.add_argument("-q", "--quiet", action="store_true", help="one line per submission (details stay in --csv/--json)")
     parser.add_argument("--checks", type=Path, default=CHECKS_DIR, help="folder of checks modules (default helpers/labchecks)")
     args = parser.parse_args(argv)
     paths = expand(args.submissions)
@@ -592,9 +608,12 @@ def main(argv: list[str] | None = None) -> int:
     labs, broken = known_labs(options.checks_dir)
     for name, why in broken.items():
         print(f"warning: checks file {name} cannot be loaded: {why}", file=sys.stderr)
-    broker = f"MQTT_URL={os.environ['MQTT_URL']}" if os.environ.get("MQTT_URL") else "embedded broker"
-    print(f"grading {len(paths)} submission(s) for labs {', '.join(sorted(labs)) or 'none'} ({broker})", flush=True)
-    results = asyncio.run(grade_many(paths, options, progress=lambda r: print(format_row(r), flush=True)))
+    print(f"grading {len(paths)} submission(s) for labs {', '.join(sorted(labs)) or 'none'} ({broker_label()})", flush=True)
+    def show(result: Result) -> None:
+        text = format_row(result)
+        print(text.splitlines()[0] + (f"  ERROR: {result.error}" if args.quiet and result.error else "") if args.quiet else text, flush=True)
+
+    results = asyncio.run(grade_many(paths, options, progress=show))
     full = sum(r.full_marks for r in results)
     errors = sum(r.status == "error" for r in results)
     print(f"{full}/{len(results)} with full marks, {errors} error row(s)")

@@ -25,9 +25,13 @@ def _name(ctx: Context) -> str:
 # --------------------------------------------------------------------------- q1: a service
 
 
+def _why(status: int) -> str:
+    return " (500 means the handler raised: see the error printed under your cell)" if status == 500 else ""
+
+
 async def _greeting(ctx: Context, url: str, params: dict[str, str] | None = None) -> object:
     answer = await ctx.http("GET", url, params=params)
-    expect(answer.status == 200, f"GET {url} answered HTTP {answer.status}, expected 200 ({answer.text[:80]!r})")
+    expect(answer.status == 200, f"GET {url} answered HTTP {answer.status}, expected 200{_why(answer.status)}")
     return answer.json()
 
 
@@ -57,7 +61,7 @@ async def handler_works_as_a_new_service(ctx: Context) -> None:
     svc = await ctx.service("hello", handler)
     name = f"Zo\u00eb O'Neil {_name(ctx)}"
     answer = await ctx.http("GET", f"{svc.url}/", params={"name": name})
-    expect(answer.status == 200, f"HTTP {answer.status}: {answer.text[:80]!r}")
+    expect(answer.status == 200, f"hello answered HTTP {answer.status}, expected 200{_why(answer.status)}")
     expect(answer.headers.get("Content-Type", "").startswith("application/json"), "the answer should be JSON")
     expect(answer.json() == {"hello": name}, f"for {name!r} got {answer.json()!r}")
 
