@@ -29,16 +29,24 @@ One broken submission never stops the batch.
 Exit code: 0 when every submission got full marks, 1 when any did not (or was an
 error row), 2 for a usage error (no submissions given).
 
-Trust and its limits. Checks are loaded fresh after the learner's code, from the
-grader's files, and results travel on lines tagged with a per-run random nonce that
-the notebook never sees before it has finished, so replacing ``check``, the checks
-module or a helper, or printing a fake score, does not change the score; obvious
-tampering is also reported in the ``flags`` column. But this is NOT a security
-sandbox: learner code runs as the grader's user, with the grader's files, network
-and permissions, in the same process as the checks. Grade untrusted submissions in a
-throw-away container or VM (for example nbgrader's or this grader inside
-``docker run --network none --read-only``, or a disposable VM), never on a machine
-with secrets.
+Trust and its limits. The checks that count are loaded fresh from the grader's own
+files after the learner's code has run, with the learner's ``helpers`` modules set
+aside, so replacing ``check``, the checks module or a helper does not change the score.
+Results travel on lines tagged with a random nonce made for each question's checks and
+written only into the grader's own cells (kept out of the kernel's history and
+forgotten after use); stored outputs and anything else the notebook prints are
+ignored, so printing a fake score does nothing. Signs of tampering (library functions
+replaced by notebook code, import hooks, trace functions, cell hooks) are reported in
+the ``flags`` column for a human to look at. But this is NOT a security sandbox:
+learner code runs as the grader's user, with the grader's files, network and
+permissions, in the same process as the checks; code called by a check could
+deliberately dig the nonce out of memory, and a notebook that rewrites the standard
+library or the import system can defeat any in-process check. When that matters
+(untrusted submissions, exams), run the grader in a throw-away container or VM with
+no secrets and no network beyond loopback, e.g. ``docker run --rm --network none
+-v "$PWD":/course -w /course IMAGE python -m helpers.grade submissions/`` (nbgrader
+users: the same idea, its autograder inside a container), and keep grading on a
+machine you can wipe.
 """
 
 from __future__ import annotations
@@ -55,6 +63,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -449,7 +458,9 @@ async def grade_file(path: Path | str, options: Options | None = None, labs: dic
     if not path.is_file():
         return _error(path, "no such file", started=started)
     try:
-        nb = nbformat.read(path, as_version=4)
+        with warnings.catch_warnings():  # a learner's odd notebook is graded, not lectured about
+            warnings.simplefilter("ignore")
+            nb = nbformat.read(path, as_version=4)
         if not isinstance(nb.get("cells"), list):
             raise ValueError("it has no cells")
     except Exception as exc:  # noqa: BLE001 - anything unreadable is "not a notebook"
