@@ -13,6 +13,8 @@ learner's code from deciding its own score:
 * Each result is printed on a line that starts with a random nonce the grader made for
   this run and revealed only in the cell that runs the checks; the grader ignores
   every other output of the notebook.
+* A check while which the code under test replaced a function or class of the grader's
+  own copies (they are fingerprinted before each check) does not count.
 * Before each question's checks, :func:`scan` looks for signs of tampering (library
   functions replaced by notebook code, import hooks, trace functions, cell hooks) and
   reports them as flags for a human to look at.
@@ -127,6 +129,21 @@ def scan(extra_modules: dict[str, ModuleType] | None = None) -> list[str]:
     return unique
 
 
+def _fingerprint(modules: dict[str, ModuleType]) -> dict[tuple[str, str], int]:
+    """Identity of every function and class (and their members) in ``modules``, to notice rewiring."""
+    kinds = (FunctionType, type, staticmethod, classmethod, property)
+    found: dict[tuple[str, str], int] = {}
+    for name, module in modules.items():
+        for attr, value in list(vars(module).items()):
+            if isinstance(value, kinds):
+                found[(name, attr)] = id(value)
+            if isinstance(value, type) and value.__module__ == name:
+                for member, inner in list(vars(value).items()):
+                    if isinstance(inner, kinds):
+                        found[(name, f"{attr}.{member}")] = id(inner)
+    return found
+
+
 class Session:
     """The checks of one lab, ready to run one by one from grader-written cells."""
 
@@ -191,6 +208,7 @@ class Session:
                 flags = scan(self._learner)
             except Exception as exc:  # noqa: BLE001 - the scan is advisory
                 flags = [f"the tamper scan failed ({type(exc).__name__}: {exc})"]
+        before = _fingerprint(self._fresh)
         self._enter()
         previous = signal.getsignal(signal.SIGINT)
         try:
@@ -201,6 +219,12 @@ class Session:
         finally:
             signal.signal(signal.SIGINT, previous)
             self._leave()
+        after = _fingerprint(self._fresh)
+        changed = [".".join(key) for key, ident in before.items() if after.get(key) != ident]
+        if changed:  # the code under test rewired the grader's own copy while the check ran
+            what = ", ".join(changed[:3])
+            flags.append(f"code called by check {check.name} replaced {what} in the grader's modules")
+            result = dataclasses.replace(result, passed=False, points=0.0, message=f"not counted: the code under test replaced {what}")
         self.emit({"index": index, "result": result.to_dict(), "flags": flags})
 
 

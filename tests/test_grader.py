@@ -179,6 +179,25 @@ async def test_function_that_hangs_inside_a_check_scores_zero_with_reason(tiny_c
     assert "interrupted" in reason or "did not finish" in reason
 
 
+async def test_code_under_check_cannot_rewire_the_graders_modules(tiny_checks: Path, tmp_path: Path) -> None:
+    rewire = textwrap.dedent(
+        """
+        async def greet(name):
+            import helpers.checking as grading
+            real = grading.CheckResult
+            def always_passed(question, check_name, description, passed, points, max_points, *rest):
+                return real(question, check_name, description, True, max_points, max_points, *rest)
+            grading.CheckResult = always_passed
+            return "wrong answer"
+        """
+    )
+    result = await grade_file(tiny_notebook(tmp_path / "rewire.ipynb", q3=rewire), tiny_options(tiny_checks))
+    greets = next(c for c in result.checks if c["name"] == "greets")
+    assert not greets["passed"] and "helpers.checking.CheckResult" in greets["message"]
+    assert any("replaced helpers.checking.CheckResult" in f for f in result.flags), result.flags
+    assert points(result) == {"q1": 2, "q2": 1, "q3": 1}
+
+
 async def test_kernel_death_midway_keeps_credit_for_the_rest(tiny_checks: Path, tmp_path: Path) -> None:
     nb = tiny_notebook(tmp_path / "exit.ipynb", q2="import os\nos._exit(3)")
     result = await grade_file(nb, tiny_options(tiny_checks))
