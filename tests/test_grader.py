@@ -167,7 +167,8 @@ async def test_loop_that_ignores_interrupts_restarts_the_kernel_without_it(tiny_
     nb = tiny_notebook(tmp_path / "spin.ipynb", q2=spin)
     result = await grade_file(nb, tiny_options(tiny_checks, cell_timeout=2))
     assert points(result) == {"q1": 2, "q2": 0, "q3": 2}, result.failures()
-    assert any("ignored the interrupt" in n and "re-run without it" in n for n in result.notes), result.notes
+    # ipykernel turns Ctrl-C into a task cancel, which a busy loop never sees: the grader restarts the kernel
+    assert any("ran past 2 s" in n for n in result.notes), result.notes
 
 
 async def test_function_that_hangs_inside_a_check_scores_zero_with_reason(tiny_checks: Path, tmp_path: Path) -> None:
