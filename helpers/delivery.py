@@ -37,13 +37,18 @@ class OfflineResult:
     received: int
 
     @property
+    def lost(self) -> int:
+        """Events that never reached the consumer."""
+        return self.sent - self.received
+
+    @property
     def setup(self) -> str:
         return f"QoS {self.qos} + {'persistent' if self.persistent else 'clean'} session"
 
     def as_row(self) -> dict[str, object]:
         """A row for a results table."""
         return {"setup": self.setup, "sent while offline": self.sent, "received after reconnect": self.received,
-                "lost": self.sent - self.received}
+                "lost": self.lost}
 
 
 async def offline_messages(

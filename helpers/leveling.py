@@ -17,13 +17,17 @@ work later*, which is only useful when "later" is acceptable.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
+import matplotlib.pyplot as plt
 from aiohttp import web
+from matplotlib.axes import Axes
 
 from helpers.broker import Broker
 from helpers.http import start_service
@@ -94,6 +98,7 @@ async def queued_burst(
         ready = asyncio.Event()
         task = asyncio.create_task(run_pool(consumer, workers, ready))
         await asyncio.wait_for(ready.wait(), 5)
+        pub.pending_calls_threshold = n + 1  # a burst means many publishes in flight at once: not a warning here
         start[0] = time.perf_counter()
 
         async def send() -> None:
@@ -127,6 +132,12 @@ class SyncBurst:
     def timed_out(self) -> int:
         return sum(s.error == "timeout" for s in self.run.samples)
 
+    @property
+    def over_s(self) -> float:
+        """Seconds from the first request until the last caller had an answer or gave up."""
+        samples = self.run.samples
+        return max(s.done for s in samples) - min(s.intended for s in samples) if samples else 0.0
+
     def waiting(self, step: float = 0.02) -> tuple[list[float], list[int]]:
         """Callers waiting for an answer, sampled every ``step`` seconds since the burst began."""
         samples = self.run.samples
@@ -137,6 +148,39 @@ class SyncBurst:
         end = max(e for _, e in spans) + 3 * step
         times = [i * step for i in range(int(end / step) + 1)]
         return times, [sum(a <= t < b for a, b in spans) for t in times]
+
+    def outcomes(self, step: float = 0.02) -> tuple[list[float], list[int], list[int]]:
+        """Cumulative (answered, timed out) callers every ``step`` seconds since the burst began."""
+        samples = self.run.samples
+        if not samples:
+            return [], [], []
+        origin = min(s.intended for s in samples)
+        end = max(s.done for s in samples) - origin + 3 * step
+        times = [i * step for i in range(int(end / step) + 1)]
+        ok = sorted(s.done - origin for s in samples if s.ok)
+        late = sorted(s.done - origin for s in samples if s.error == "timeout")
+        return times, [sum(x <= t for x in ok) for t in times], [sum(x <= t for x in late) for t in times]
+
+
+def plot_burst(queued: BurstResult, sync: SyncBurst, *, timeout: float) -> Sequence[Axes]:
+    """Left: backlog over time for both styles. Right: cumulative outcomes (done vs gave up)."""
+    _, (left, right) = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
+    t_q, depth = queued.depth()
+    t_s, waiting = sync.waiting()
+    left.plot(t_q, depth, label="messages queued (async)")
+    left.plot(t_s, waiting, label="callers waiting (sync)")
+    left.set(xlabel="time since the burst began (s)", ylabel="backlog (messages or callers)", title="Backlog")
+    done = sorted(queued.done_at)
+    right.plot(t_q, [bisect.bisect_right(done, t) for t in t_q], label="processed (async)")
+    t_o, answered, gave_up = sync.outcomes()
+    right.plot(t_o, answered, label="answered in time (sync)")
+    right.plot(t_o, gave_up, label="timed out (sync)", color="tab:red")
+    right.set(xlabel="time since the burst began (s)", ylabel="requests (cumulative)", title="Outcomes")
+    for ax in (left, right):
+        ax.axvline(timeout, color="gray", linestyle=":", label=f"caller timeout ({timeout:g} s)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return left, right
 
 
 async def sync_burst(*, n: int, rate: float, workers: int, work_s: float, timeout: float) -> SyncBurst:
