@@ -195,12 +195,20 @@ class Broker:
     async def _round_trip(self) -> float:
         loop = asyncio.get_running_loop()
         topic = f"helpers/ping/{uuid.uuid4().hex}"
-        async with self.client() as client:
-            await client.subscribe(topic, qos=1)
-            start = loop.time()
-            await client.publish(topic, b"ping", qos=1)
-            async for _ in client.messages:
-                return loop.time() - start
+        client = self.client()
+        try:
+            async with client:
+                await client.subscribe(topic, qos=1)
+                start = loop.time()
+                await client.publish(topic, b"ping", qos=1)
+                async for _ in client.messages:
+                    return loop.time() - start
+        except asyncio.CancelledError:
+            # Timed out (often while waiting for CONNACK): aiomqtt leaves that socket
+            # registered with the loop, and when the broker finally hangs up its callback
+            # fails with an "Exception in callback" log. Close it now; no-op if already closed.
+            client._client._sock_close()
+            raise
         raise BrokerError("the broker closed the ping subscription without a message")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import time
@@ -102,30 +103,53 @@ async def test_nothing_listening_fails_fast() -> None:
     assert "Unset MQTT_URL" in str(info.value), "the error should say how to fall back to the embedded broker"
 
 
-@pytest.fixture
-async def black_hole() -> AsyncIterator[int]:
+class BlackHole:
     """A TCP port that accepts connections and then never says a word (a wedged broker)."""
-    held: list[asyncio.StreamWriter] = []
 
-    async def accept(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        held.append(writer)
+    def __init__(self) -> None:
+        self.held: list[asyncio.StreamWriter] = []
+        self.server: asyncio.Server | None = None
 
-    server = await asyncio.start_server(accept, "127.0.0.1", 0)
-    yield server.sockets[0].getsockname()[1]
-    for writer in held:
-        writer.close()
-    server.close()
-    await server.wait_closed()
+    async def accept(self, _: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.held.append(writer)
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return self.server.sockets[0].getsockname()[1]
+
+    async def hang_up(self) -> None:
+        """Close every accepted connection, as a wedged broker finally does."""
+        for writer in self.held:
+            writer.close()
+        self.held.clear()
+        for _ in range(20):  # let the loop run the callbacks this triggers
+            await asyncio.sleep(0)
 
 
-async def test_silent_broker_times_out_instead_of_hanging(black_hole: int) -> None:
+@pytest.fixture
+async def black_hole() -> AsyncIterator[BlackHole]:
+    hole = BlackHole()
+    hole.server = await asyncio.start_server(hole.accept, "127.0.0.1", 0)
+    yield hole
+    await hole.hang_up()
+    hole.server.close()
+    await hole.server.wait_closed()
+
+
+async def test_silent_broker_times_out_instead_of_hanging(black_hole: BlackHole, caplog: pytest.LogCaptureFixture) -> None:
     start = time.perf_counter()
     with pytest.raises(BrokerError) as info:
-        await Broker(f"mqtt://127.0.0.1:{black_hole}").start()
+        await Broker(f"mqtt://127.0.0.1:{black_hole.port}").start()
     elapsed = time.perf_counter() - start
     assert elapsed < 6.5, f"took {elapsed:.1f} s"
     assert elapsed >= CONNECT_TIMEOUT_S * 0.9, "it gave up before its own timeout"
     assert f"no answer within {CONNECT_TIMEOUT_S:g} s" in str(info.value)
+    # The abandoned connection attempt must not linger: when the broker finally hangs up,
+    # nothing of it may still be registered with the loop (it used to log an error then).
+    await black_hole.hang_up()
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], errors
 
 
 # --- a running broker (embedded, or MQTT_URL's) -------------------------------------------------------
