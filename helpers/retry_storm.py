@@ -44,6 +44,9 @@ async def start_struggling(name: str = "inventory", *, capacity: int = 5, work_s
     return await start_service(name, handle)
 
 
+POLICY_LABELS = {"immediate": "immediate retries", "none": "backoff, no jitter", "full": "backoff + full jitter"}
+
+
 @dataclass(frozen=True)
 class StormResult:
     """What one crowd of users did to the service under one retry policy."""
@@ -71,7 +74,7 @@ class StormResult:
 
     def as_row(self) -> dict[str, float | int | str]:
         return {
-            "policy": self.policy,
+            "policy": POLICY_LABELS.get(self.policy, self.policy),
             "users": self.users,
             "requests at service": self.requests,
             "requests per user": round(self.per_user, 2),
