@@ -44,7 +44,7 @@ labs: $(STAMP)
 
 grade: $(STAMP)
 	@test -n "$(DIR)" || (echo "usage: make grade DIR=folder-of-submissions" && exit 2)
-	$(BIN)/python -m helpers.grade $(DIR)/*.ipynb --csv grades.csv
+	$(BIN)/python -m helpers.grade $(DIR) --csv grades.csv --json grades.json
 
 doctor: $(STAMP)
 	$(BIN)/python -m helpers doctor
