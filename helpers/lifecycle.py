@@ -68,3 +68,14 @@ async def until_offline(broker: Broker, name: str, timeout: float = 5.0) -> None
     deadline = loop.time() + timeout
     while name in sessions and sessions[name][0].transitions.state != "disconnected" and loop.time() < deadline:
         await asyncio.sleep(0.002)
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5.0, poll: float = 0.01) -> bool:
+    """Wait until ``condition()`` is true (True) or ``timeout`` seconds passed (False): no blind sleeps."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(poll)
+    return True

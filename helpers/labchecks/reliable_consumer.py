@@ -1,0 +1,387 @@
+"""Checks of lab 04_reliable_consumer: a consumer that loses nothing, charges once, dead-letters garbage.
+
+Every check runs the learner's code against a broker of its own (embedded, or MQTT_URL's),
+with fresh client names, topics and folders each time: it publishes real events, kills
+and restarts the learner's consumer, and counts charges in the ledger file. Where brokers
+differ (only spec-following brokers resend an un-acknowledged message after a restart),
+the check probes the broker and says what it expected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+
+from helpers.checking import Checks, Context, expect
+from helpers.idempotency import Ledger, order_event
+from helpers.inbox import collect, flush
+from helpers.lifecycle import kill, start, until, until_offline
+from helpers.messaging import Event, ack, decode, make_event, publish
+
+checks = Checks("04_reliable_consumer")
+
+
+def _folder(ctx: Context) -> Path:
+    path = Path(tempfile.mkdtemp(prefix="check04-"))
+
+    async def remove() -> None:
+        shutil.rmtree(path, ignore_errors=True)
+
+    ctx.on_cleanup(remove)
+    return path
+
+
+def _name(ctx: Context, role: str = "payments") -> str:
+    return f"{role}-{uuid.uuid4().hex[:8]}"
+
+
+def _forget_session(ctx: Context, broker: Any, name: str) -> None:
+    """After the check, drop the persistent session (keeps a shared broker tidy)."""
+
+    async def forget() -> None:
+        await until_offline(broker, name)
+        async with broker.client(name, clean_session=True):
+            pass
+
+    ctx.on_cleanup(forget)
+
+
+def _client(ctx: Context, broker: Any, name: str) -> aiomqtt.Client:
+    factory = ctx.function("consumer_client")
+    try:
+        client = factory(broker, name)
+    except NotImplementedError:
+        raise AssertionError("consumer_client() is not written yet (it raises NotImplementedError)") from None
+    expect(isinstance(client, aiomqtt.Client), f"consumer_client() should return broker.client(...), got {type(client).__name__}")
+    return client
+
+
+def _qos(ctx: Context) -> int:
+    qos = ctx.get("QOS")
+    expect(qos in (0, 1, 2), f"QOS should be an MQTT QoS level (0, 1 or 2), got {qos!r}")
+    return int(qos)
+
+
+# --------------------------------------------------------------------------- q1: the session
+
+
+async def _offline_count(ctx: Context, broker: Any, name: str, topic: str, n: int) -> int:
+    async with _client(ctx, broker, name) as client:
+        await client.subscribe(topic, qos=_qos(ctx))
+    await until_offline(broker, name)
+    async with broker.client() as shop:
+        for i in range(n):
+            await publish(shop, topic, order_event(i), qos=1)
+        await flush(shop)
+    async with _client(ctx, broker, name) as client:
+        messages = await collect(client, expected=n, idle=0.5, timeout=3)
+        for message in messages:
+            ack(client, message)
+    await until_offline(broker, name)
+    return len({decode(bytes(m.payload)).id for m in messages})  # type: ignore[arg-type]
+
+
+@checks.check("q1", hint="clean_session=False and the same name every time; QOS = 1")
+async def orders_wait_for_an_offline_consumer(ctx: Context) -> str:
+    """Orders published while the consumer is offline are delivered when it reconnects."""
+    broker = await ctx.broker()
+    name, n = _name(ctx), ctx.rng.randint(3, 6)
+    _forget_session(ctx, broker, name)
+    got = await _offline_count(ctx, broker, name, ctx.topic("orders"), n)
+    expect(got == n, f"{got} of {n} orders arrived after reconnecting: the broker only keeps them for a persistent "
+                     "session (clean_session=False, same client id) subscribed with QoS 1")
+    return f"{got} of {n} kept while offline"
+
+
+@checks.check("q1", hint="manual_ack(broker.client(...)): the client must not acknowledge on receipt")
+async def acknowledges_only_when_told(ctx: Context) -> None:
+    """The client acknowledges a message only when ack() is called (manual acks)."""
+    broker = await ctx.broker()
+    client = _client(ctx, broker, _name(ctx))
+    expect(getattr(client._client, "_manual_ack", False) is True,  # noqa: SLF001 - paho keeps the switch here
+           "the client acknowledges every message on receipt, before your work is done: wrap it with manual_ack(...)")
+
+
+@checks.check("q1", hidden=True, hint="use the name you are given as the client id")
+async def each_name_has_its_own_session(ctx: Context) -> None:
+    """Hidden: two consumer names get two separate sessions (no hard-coded client id)."""
+    broker = await ctx.broker()
+    a, b = _name(ctx, "fulfil"), _name(ctx, "notify")
+    for name in (a, b):
+        _forget_session(ctx, broker, name)
+    topic_a, topic_b = ctx.topic("a"), ctx.topic("b")
+    async with _client(ctx, broker, a) as client:
+        await client.subscribe(topic_a, qos=_qos(ctx))
+    await until_offline(broker, a)
+    got_b = await _offline_count(ctx, broker, b, topic_b, 2)
+    expect(got_b == 2, f"consumer {b!r} got {got_b} of its 2 orders")
+    async with broker.client() as shop:
+        await publish(shop, topic_a, order_event(9), qos=1)
+    async with _client(ctx, broker, a) as client:
+        got_a = await collect(client, expected=1, idle=0.5, timeout=3)
+        for message in got_a:
+            ack(client, message)
+    expect(len(got_a) == 1, f"consumer {a!r} got {len(got_a)} of its 1 order: are both sessions the same client id?")
+
+
+# --------------------------------------------------------------------------- q2: idempotency
+
+
+async def _apply(ctx: Context, event: Event, ledger: Ledger, applied: Any) -> Any:
+    return await ctx.call("apply_once", event, ledger, applied)
+
+
+async def _store(ctx: Context, folder: Path) -> Any:
+    store = await ctx.call("open_applied_ids", folder)
+    expect(store is not None and hasattr(store, "add") and hasattr(store, "__contains__"),
+           f"open_applied_ids() should return a store with `in` and .add(), got {store!r}")
+    return store
+
+
+@checks.check("q2", hint="if event.id in applied: return False; else charge, applied.add(event.id), return True")
+async def charges_each_event_once(ctx: Context) -> str:
+    """apply_once charges a new event, skips the same event delivered again, and says which it did."""
+    folder = _folder(ctx)
+    ledger, applied = Ledger(folder / "ledger.jsonl"), await _store(ctx, folder)
+    first, other = order_event(ctx.rng.randint(1, 999)), order_event(ctx.rng.randint(1000, 1999))
+    results = [await _apply(ctx, first, ledger, applied), await _apply(ctx, first, ledger, applied),
+               await _apply(ctx, other, ledger, applied)]
+    expect(len(ledger) == 2, f"3 deliveries of 2 distinct events made {len(ledger)} charges, expected 2")
+    expect(results == [True, False, True], f"apply_once returned {results}, expected [True, False, True]")
+    return "2 charges for 3 deliveries"
+
+
+@checks.check("q2", hint="keep the ids in a file inside workdir (SeenIds(path)), not in a variable")
+async def remembers_after_a_restart(ctx: Context) -> None:
+    """A store reopened on the same workdir (a restarted consumer) still knows the applied ids."""
+    folder = _folder(ctx)
+    ledger, event = Ledger(folder / "ledger.jsonl"), order_event(ctx.rng.randint(1, 999))
+    await _apply(ctx, event, ledger, await _store(ctx, folder))
+    again = await _apply(ctx, event, ledger, await _store(ctx, folder))  # the consumer restarted
+    expect(len(ledger) == 1, f"after a restart the same event was charged again ({len(ledger)} charges)")
+    expect(again is False, f"apply_once should return False for an event applied before the restart, got {again!r}")
+
+
+@checks.check("q2", hidden=True, hint="the store belongs to its workdir: another folder is another consumer")
+async def stores_belong_to_their_folder(ctx: Context) -> None:
+    """Hidden: a store in another folder does not know this folder's ids (no global set)."""
+    one, two = _folder(ctx), _folder(ctx)
+    event = order_event(ctx.rng.randint(1, 999))
+    await _apply(ctx, event, Ledger(one / "ledger.jsonl"), await _store(ctx, one))
+    ledger_two = Ledger(two / "ledger.jsonl")
+    charged = await _apply(ctx, event, ledger_two, await _store(ctx, two))
+    expect(len(ledger_two) == 1 and charged is True,
+           "a consumer with its own workdir skipped an event it never applied: is the store shared between folders?")
+
+
+@checks.check("q2", hidden=True, hint="dedupe on event.id: two distinct events about the same order are both applied")
+async def dedupes_on_event_id(ctx: Context) -> None:
+    """Hidden: two distinct events for the same order id are both charged (dedupe on the event id)."""
+    folder = _folder(ctx)
+    ledger, applied = Ledger(folder / "ledger.jsonl"), await _store(ctx, folder)
+    await _apply(ctx, order_event(5, amount=10.0), ledger, applied)
+    await _apply(ctx, order_event(5, amount=15.0), ledger, applied)  # same order, a second, different event
+    expect(len(ledger) == 2, f"2 distinct events made {len(ledger)} charge(s): dedupe on event.id, not on the order")
+
+
+# --------------------------------------------------------------------------- q3: dead letters
+
+
+async def _parse(ctx: Context, broker: Any, payload: bytes) -> tuple[Any, list[aiomqtt.Message]]:
+    topic = ctx.topic("orders")
+    dead_topic = f"{topic}/dead-letter"
+    message = aiomqtt.Message(topic, payload, 1, False, 1, None)
+    async with broker.client() as watcher, broker.client() as client:
+        await watcher.subscribe(dead_topic, qos=1)
+        result = await ctx.call("parse_or_dead_letter", client, message, dead_topic)
+        dead = await collect(watcher, expected=1, idle=0.5, timeout=3)
+    return result, dead
+
+
+def _record(messages: list[aiomqtt.Message]) -> dict[str, Any]:
+    expect(len(messages) == 1, f"expected 1 message on the dead-letter topic, got {len(messages)}")
+    try:
+        record = json.loads(bytes(messages[0].payload))  # type: ignore[arg-type]
+    except ValueError:
+        raise AssertionError("the dead letter is not JSON: publish dead_letter_payload(...)") from None
+    expect(isinstance(record, dict) and record.get("reason"), f"the dead letter should say why (a 'reason'), got {record!r}")
+    return record
+
+
+@checks.check("q3", hint="except InvalidEvent as exc: publish dead_letter_payload(topic, payload, reason) and return None")
+async def malformed_goes_to_dead_letters(ctx: Context) -> str:
+    """A payload that is not JSON is published to the dead-letter topic with a reason; None is returned."""
+    broker = await ctx.broker()
+    text = f"not an order #{ctx.rng.randint(1, 10**6)}"
+    result, dead = await _parse(ctx, broker, text.encode())
+    expect(result is None, f"parse_or_dead_letter returned {result!r} for a malformed payload, expected None")
+    record = _record(dead)
+    expect(record.get("payload") == text, f"the dead letter should carry the original payload {text!r}, got {record.get('payload')!r}")
+    return f"reason: {record['reason'][:60]}"
+
+
+@checks.check("q3", hint="return decode(payload) when it works, and publish nothing")
+async def valid_event_passes_through(ctx: Context) -> None:
+    """A valid event is returned decoded, and nothing goes to the dead-letter topic."""
+    broker = await ctx.broker()
+    event = order_event(ctx.rng.randint(1, 999))
+    result, dead = await _parse(ctx, broker, event.to_bytes())
+    expect(getattr(result, "id", None) == event.id, f"expected the decoded event (id {event.id}), got {result!r}")
+    expect(not dead, f"a valid event was dead-lettered: {bytes(dead[0].payload)[:80]!r}" if dead else "")
+
+
+@checks.check("q3", hidden=True, hint="anything decode() rejects is dead-lettered, including binary garbage")
+async def incomplete_and_binary_are_dead_lettered(ctx: Context) -> None:
+    """Hidden: JSON without CloudEvents attributes, and non-UTF-8 bytes, are both dead-lettered."""
+    broker = await ctx.broker()
+    for payload in (json.dumps({"order_id": "x", "amount": 1}).encode(), bytes([0xFF, 0xFE, 0x00, ctx.rng.randint(1, 255)])):
+        result, dead = await _parse(ctx, broker, payload)
+        expect(result is None, f"parse_or_dead_letter returned {result!r} for {payload[:20]!r}")
+        _record(dead)
+
+
+# --------------------------------------------------------------------------- q4: the consumer
+
+
+class _Run:
+    """The learner's run_consumer under test: started, killed and restarted like a process."""
+
+    def __init__(self, ctx: Context, broker: Any) -> None:
+        self.ctx, self.broker = ctx, broker
+        self.name, self.topic, self.folder = _name(ctx), ctx.topic("orders"), _folder(ctx)
+        self.ledger = Ledger(self.folder / "ledger.jsonl")
+        self.task: Any = None
+        _forget_session(ctx, broker, self.name)
+        ctx.on_cleanup(self.stop)
+
+    async def start(self) -> None:
+        run = self.ctx.function("run_consumer")
+        try:
+            self.task = await start(run, self.broker, self.name, self.topic, self.folder)
+        except NotImplementedError:
+            raise AssertionError("run_consumer() is not written yet (it raises NotImplementedError)") from None
+        except TimeoutError as exc:
+            raise AssertionError(str(exc)) from None
+        except AssertionError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the learner's error is the feedback
+            raise AssertionError(f"run_consumer() failed while starting: {type(exc).__name__}: {exc}") from None
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            error = await kill(self.task, self.broker, self.name)
+            self.task = None
+            if error is not None and not isinstance(error, NotImplementedError):
+                raise AssertionError(f"run_consumer() crashed: {type(error).__name__}: {error}")
+
+    def alive(self) -> bool:
+        return self.task is not None and not self.task.done()
+
+    async def publish(self, events: list[Event]) -> None:
+        async with self.broker.client() as shop:
+            for event in events:
+                await publish(shop, self.topic, event, qos=1)
+
+    def charged(self, events: list[Event]) -> dict[str, int]:
+        counts = {e.id: 0 for e in events}
+        for charge in self.ledger.charges():
+            counts[charge["event_id"]] = counts.get(charge["event_id"], 0) + 1
+        return counts
+
+    async def wait_charged(self, events: list[Event], timeout: float = 3.0) -> dict[str, int]:
+        wanted = {e.id for e in events}
+        await until(lambda: wanted <= {c["event_id"] for c in self.ledger.charges()}, timeout)
+        await until(lambda: False, 0.15)  # a moment more, so a late double charge shows up
+        return self.charged(events)
+
+
+def _orders(ctx: Context, n: int) -> list[Event]:
+    base = ctx.rng.randint(1, 10**5)
+    return [order_event(base + i, amount=float(ctx.rng.randint(5, 99))) for i in range(n)]
+
+
+def _exactly_once(counts: dict[str, int], label: str) -> None:
+    missing = [i for i, c in counts.items() if c == 0]
+    doubled = [i for i, c in counts.items() if c > 1]
+    expect(not missing, f"{label}: {len(missing)} of {len(counts)} orders were never charged")
+    expect(not doubled, f"{label}: {len(doubled)} order(s) charged more than once")
+
+
+@checks.check("q4", hint="read with subscribed_messages(client, topic, qos=QOS, ready=ready); apply_once; then ack", timeout=15)
+async def charges_orders_while_running(ctx: Context) -> str:
+    """Orders published while the consumer runs are each charged exactly once."""
+    run = _Run(ctx, await ctx.broker())
+    await run.start()
+    orders = _orders(ctx, ctx.rng.randint(4, 7))
+    await run.publish(orders)
+    _exactly_once(await run.wait_charged(orders), "while running")
+    return f"{len(orders)} orders, {len(orders)} charges"
+
+
+@checks.check("q4", hint="a persistent session keeps the orders; a store on disk remembers what was charged", timeout=15)
+async def survives_a_restart(ctx: Context) -> str:
+    """Killed and restarted: orders sent while it was down are charged, a repeated order is not charged again."""
+    run = _Run(ctx, await ctx.broker())
+    await run.start()
+    before = _orders(ctx, 3)
+    await run.publish(before)
+    _exactly_once(await run.wait_charged(before), "before the restart")
+    await run.stop()  # killed
+    during = _orders(ctx, 4)
+    await run.publish([*during, before[0]])  # new orders + a publisher retry of an old one, while it is down
+    await run.start()
+    _exactly_once(await run.wait_charged([*before, *during]), "after the restart")
+    return "7 orders, 7 charges across a restart"
+
+
+@checks.check("q4", hint="dead letters go to f\"{topic}/dead-letter\"; ack them too, and keep reading", timeout=15)
+async def dead_letters_and_keeps_going(ctx: Context) -> None:
+    """A malformed message goes to TOPIC/dead-letter and the next order is still charged."""
+    broker = await ctx.broker()
+    run = _Run(ctx, broker)
+    async with broker.client() as watcher:
+        await watcher.subscribe(f"{run.topic}/dead-letter", qos=1)
+        await run.start()
+        async with broker.client() as shop:
+            await shop.publish(run.topic, f"garbage {ctx.rng.random()}".encode(), qos=1)
+        after = _orders(ctx, 1)
+        await run.publish(after)
+        counts = await run.wait_charged(after)
+        dead = await collect(watcher, expected=1, idle=0.5, timeout=3)
+    expect(run.alive(), "the consumer stopped after the malformed message: dead-letter it and carry on")
+    _exactly_once(counts, "the order after the malformed message")
+    _record(dead)
+
+
+@checks.check("q4", hidden=True, points=2, hint="ack only after apply_once; the store must survive the kill", timeout=20)
+async def killed_mid_stream(ctx: Context) -> str:
+    """Hidden: killed in the middle of a stream, restarted: no order charged twice, none lost the broker kept."""
+    from helpers.probes import redelivers_unacked
+
+    broker = await ctx.broker()
+    run = _Run(ctx, broker)
+    await run.start()
+    stream = _orders(ctx, 300)  # long enough to be killed in the middle of it (below Mosquitto's 1000 queue limit)
+    publishing = asyncio.ensure_future(run.publish(stream))
+    await until(lambda: len(run.ledger) >= 30, 3)
+    await run.stop()  # killed while messages are in flight
+    await publishing
+    later = _orders(ctx, 5)
+    await run.publish(later)
+    await run.start()
+    counts = await run.wait_charged([*stream, *later], timeout=3)
+    doubled = [i for i, c in counts.items() if c > 1]
+    expect(not doubled, f"{len(doubled)} order(s) charged twice after the kill and restart")
+    expect(all(counts[e.id] == 1 for e in later), "orders published while the consumer was down were not all charged")
+    lost = [e.id for e in stream if counts[e.id] == 0]
+    if lost and await redelivers_unacked(broker):
+        raise AssertionError(f"{len(lost)} of {len(stream)} orders in flight at the kill were never charged, although this "
+                             "broker resends un-acknowledged messages: is ack() sent before the work is done?")
+    return f"no double charge; {len(lost)} in-flight orders not resent by this broker" if lost else "every order exactly once"

@@ -1,0 +1,134 @@
+"""Lab 04's checks catch the mistakes they are meant to catch, on the broker in use.
+
+The grader tests prove the solution notebook scores full marks and the lab as shipped
+scores zero. These tests go further: a correct consumer passes every check, and each
+classic mistake (clean session, auto-ack, no dedupe, an in-memory store, crashing on a
+malformed message) fails the check that names it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from helpers.checking import load_checks, run_check
+from helpers.idempotency import Ledger
+from helpers.inbox import subscribed_messages
+from helpers.messaging import InvalidEvent, SeenIds, ack, dead_letter_payload, decode, manual_ack
+
+CHECKS = load_checks("04_reliable_consumer")
+
+
+def solution(**overrides: Any) -> dict[str, Any]:
+    """A correct consumer as a namespace of functions; ``overrides`` swaps in a mistake."""
+    ns: dict[str, Any] = {"QOS": 1}
+
+    def consumer_client(broker: Any, name: str) -> Any:
+        return manual_ack(broker.client(name, clean_session=False))
+
+    def open_applied_ids(workdir: Any) -> Any:
+        return SeenIds(Path(workdir) / "applied-ids.txt")
+
+    def apply_once(event: Any, ledger: Ledger, applied: Any) -> bool:
+        if event.id in applied:
+            return False
+        ledger.charge(event)
+        applied.add(event.id)
+        return True
+
+    async def parse_or_dead_letter(client: Any, message: Any, dead_letter_topic: str) -> Any:
+        payload = bytes(message.payload)
+        try:
+            return decode(payload)
+        except InvalidEvent as exc:
+            await client.publish(dead_letter_topic, dead_letter_payload(str(message.topic), payload, str(exc)), qos=1)
+            return None
+
+    async def run_consumer(broker: Any, name: str, topic: str, workdir: Any, ready: Any = None) -> None:
+        ledger = Ledger(Path(workdir) / "ledger.jsonl")
+        applied = ns["open_applied_ids"](workdir)
+        async with ns["consumer_client"](broker, name) as client:
+            async for message in subscribed_messages(client, topic, qos=ns["QOS"], ready=ready):
+                event = await ns["parse_or_dead_letter"](client, message, f"{topic}/dead-letter")
+                if event is not None:
+                    ns["apply_once"](event, ledger, applied)
+                ack(client, message)
+
+    ns.update(consumer_client=consumer_client, open_applied_ids=open_applied_ids, apply_once=apply_once,
+              parse_or_dead_letter=parse_or_dead_letter, run_consumer=run_consumer)
+    ns.update(overrides)
+    return ns
+
+
+async def results(ns: dict[str, Any], names: set[str] | None = None) -> dict[str, Any]:
+    return {c.name: await run_check(c, ns) for c in CHECKS if names is None or c.name in names}
+
+
+async def test_a_correct_consumer_passes_every_check() -> None:
+    got = await results(solution())
+    failed = {name: r.message for name, r in got.items() if not r.passed}
+    assert not failed
+
+
+async def test_clean_session_loses_orders_while_down() -> None:
+    def clean(broker: Any, name: str) -> Any:
+        return manual_ack(broker.client(name, clean_session=True))
+
+    got = await results(solution(consumer_client=clean), {"orders_wait_for_an_offline_consumer", "survives_a_restart"})
+    assert not any(r.passed for r in got.values())
+    assert "persistent session" in got["orders_wait_for_an_offline_consumer"].message
+
+
+async def test_auto_ack_is_caught() -> None:
+    def auto(broker: Any, name: str) -> Any:
+        return broker.client(name, clean_session=False)
+
+    got = await results(solution(consumer_client=auto), {"acknowledges_only_when_told"})
+    assert not got["acknowledges_only_when_told"].passed
+
+
+async def test_a_consumer_without_dedupe_double_charges() -> None:
+    def always(event: Any, ledger: Ledger, applied: Any) -> bool:
+        ledger.charge(event)
+        return True
+
+    got = await results(solution(apply_once=always), {"charges_each_event_once", "survives_a_restart"})
+    assert not any(r.passed for r in got.values())
+    assert "more than once" in got["survives_a_restart"].message
+
+
+async def test_an_in_memory_store_is_caught() -> None:
+    shared: set[str] = set()
+
+    got = await results(solution(open_applied_ids=lambda workdir: shared), {"stores_belong_to_their_folder"})
+    assert not got["stores_belong_to_their_folder"].passed
+
+
+async def test_crashing_on_a_malformed_message_is_caught() -> None:
+    async def strict(client: Any, message: Any, dead_letter_topic: str) -> Any:
+        return decode(bytes(message.payload))  # raises InvalidEvent: the consumer dies
+
+    got = await results(solution(parse_or_dead_letter=strict), {"dead_letters_and_keeps_going", "malformed_goes_to_dead_letters"})
+    assert not any(r.passed for r in got.values())
+
+
+@pytest.mark.parametrize("qos", [0])
+async def test_qos_0_loses_orders_while_down(qos: int) -> None:
+    got = await results(solution(QOS=qos), {"orders_wait_for_an_offline_consumer"})
+    assert not got["orders_wait_for_an_offline_consumer"].passed
+
+
+async def test_auto_ack_loses_in_flight_orders_where_the_broker_would_resend(broker: Any) -> None:
+    from helpers.probes import redelivers_unacked
+
+    if not await redelivers_unacked(broker):
+        pytest.skip(f"{broker.kind} does not resend un-acknowledged messages: acking early loses nothing extra there")
+
+    def auto(broker: Any, name: str) -> Any:
+        return broker.client(name, clean_session=False)  # acks on receipt, before the work
+
+    got = await results(solution(consumer_client=auto), {"killed_mid_stream"})
+    assert not got["killed_mid_stream"].passed
+    assert "never charged" in got["killed_mid_stream"].message
