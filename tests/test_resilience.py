@@ -285,3 +285,61 @@ async def test_downstream_breaker_spares_a_dead_service() -> None:
         assert svc.stats.requests == 3, "after 3 failures the breaker stops calling"
     finally:
         await client.aclose()
+
+
+# --------------------------------------------------------------------------- lab 02: the checks catch classic mistakes
+
+LAB_MUTANTS = {
+    "no timeout": ("q1", "timeout=aiohttp.ClientTimeout(total=timeout_s)", "timeout=aiohttp.ClientTimeout(total=None)"),
+    "immediate retries": ("q2", "wait=wait_random_exponential(multiplier=base_s, max=cap_s)", "wait=wait_none()"),
+    "backoff without jitter": (
+        "q2",
+        "wait=wait_random_exponential(multiplier=base_s, max=cap_s)",
+        "wait=wait_exponential(multiplier=base_s, max=cap_s)",
+    ),
+    "no overall deadline": ("q2", "return await asyncio.wait_for(attempt_all(), deadline_s)", "return await attempt_all()"),
+    "retries everything": ("q2", "retry=retry_if_exception_type(RETRY_ON),", ""),
+    "never half-open": ("q3", '            self.state = "half-open"', "            pass"),
+    "breaker counts bugs": ("q3", "        except RETRY_ON:", "        except Exception:"),
+    "client without breaker": (
+        "q4",
+        "lambda: self.breaker.call(lambda: fetch(self.session, url, self.timeout_s))",
+        "lambda: fetch(self.session, url, self.timeout_s)",
+    ),
+}
+
+
+def _lab_namespace(old: str = "", new: str = "") -> dict:
+    """The solution's definitions (fetch, with_retries, Breaker, ResilientClient), optionally with one edit."""
+    import nbformat
+    import tenacity
+
+    from helpers.labs import SOLUTIONS
+    from helpers.resilience import CircuitOpenError as OpenError
+    from helpers.resilience import ServiceError as SvcError
+
+    nb = nbformat.read(SOLUTIONS / "02_resilient_client.ipynb", as_version=4)
+    heads = ("async def fetch", "RETRY_ON", "class Breaker", "class ResilientClient")
+    source = "\n\n".join(c.source for c in nb.cells if c.cell_type == "code" and c.source.startswith(heads))
+    if old:
+        assert old in source, f"the solution changed: {old!r} is gone"
+        source = source.replace(old, new)
+    namespace = {"asyncio": asyncio, "time": time, "aiohttp": aiohttp, "ServiceError": SvcError, "CircuitOpenError": OpenError}
+    namespace.update({name: getattr(tenacity, name) for name in tenacity.__all__})
+    exec(compile(source, "solution", "exec"), namespace)  # noqa: S102 - our own solution notebook
+    return namespace
+
+
+async def _question_passes(question: str, namespace: dict) -> list[str]:
+    from helpers.checking import load_checks, run_check
+
+    results = [await run_check(c, namespace) for c in load_checks("02_resilient_client").of(question)]
+    return [r.name for r in results if not r.passed]
+
+
+@pytest.mark.parametrize("mistake", sorted(LAB_MUTANTS))
+async def test_lab02_checks_catch_the_classic_mistakes(mistake: str) -> None:
+    question, old, new = LAB_MUTANTS[mistake]
+    assert await _question_passes(question, _lab_namespace()) == [], "the solution itself passes"
+    failed = await _question_passes(question, _lab_namespace(old, new))
+    assert failed, f"a solution with '{mistake}' still passes every check of {question}"
