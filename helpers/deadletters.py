@@ -25,7 +25,7 @@ from helpers.idempotency import Ledger, order_event
 from helpers.messaging import Event, EventHandler, InvalidEvent, decode, make_event
 
 
-def test_messages() -> list[tuple[str, bytes]]:
+def sample_messages() -> list[tuple[str, bytes]]:
     """(label, payload) pairs: good orders, a malformed one, an incomplete one, a poison one, a good one."""
     return [
         ("good order", order_event(1).to_bytes()),

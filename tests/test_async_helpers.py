@@ -1,0 +1,206 @@
+"""Unit tests of the helpers behind lessons 03-04 (pure logic first, then small broker runs)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import aiomqtt
+import pytest
+
+from helpers import lifecycle
+from helpers.broker import Broker
+from helpers.consistency import ReadYourWrites, View
+from helpers.deadletters import dead_letter_rows, sample_messages
+from helpers.delivery import OfflineResult, offline_delivery
+from helpers.idempotency import Ledger, die_before_ack, order_event
+from helpers.inbox import collect, flush, payloads
+from helpers.leveling import BurstResult
+from helpers.measure import LoadRun, Sample
+from helpers.messaging import Consumer, InvalidEvent, decode, make_event, publish
+from helpers.ordering import KEYS, Step, global_inversions, inversions, keyed_events, partition, work_time
+from helpers.probes import Finding
+from helpers.texttable import render
+from helpers.workers import run_pool
+
+# --------------------------------------------------------------------------- pure logic
+
+
+def test_inversions_count_events_applied_after_a_later_one_of_the_same_key() -> None:
+    steps = [Step("a", 0, 0), Step("b", 0, 1), Step("a", 2, 2), Step("a", 1, 3), Step("b", 1, 4), Step("a", 3, 5)]
+    assert inversions(steps) == {"a": 1, "b": 0}
+    assert global_inversions(steps) == 0  # publish positions only grow
+    assert global_inversions([Step("a", 0, 1), Step("b", 0, 0)]) == 1
+
+
+def test_keyed_events_number_each_key_in_publish_order_and_are_seeded() -> None:
+    events = keyed_events(count=50, seed=3)
+    assert [e.data["sent"] for e in events] == list(range(50))
+    for key in KEYS:
+        seqs = [e.data["seq"] for e in events if e.data["key"] == key]
+        assert seqs == list(range(len(seqs)))
+    again = keyed_events(count=50, seed=3)
+    assert [e.data["key"] for e in events] == [e.data["key"] for e in again]
+
+
+def test_partition_is_stable_and_the_course_keys_spread_over_four() -> None:
+    assert partition("alice", 4) == partition("alice", 4)
+    assert sorted(partition(k, 4) for k in KEYS) == [0, 1, 2, 3]
+    assert work_time("alice", 3, seed=1, max_s=0.01) == work_time("alice", 3, seed=1, max_s=0.01) <= 0.01
+
+
+def test_burst_depth_is_sent_minus_processed() -> None:
+    result = BurstResult(sent_at=[0.0, 0.0, 0.05, 0.05], done_at=[0.03, 0.07, 0.09, 0.11])
+    times, depth = result.depth(step=0.02)
+    assert depth[0] == 2 and max(depth) <= 4 and depth[-1] == 0
+    assert result.drain_s == pytest.approx(0.11)
+
+
+def test_ledger_survives_reopening_and_counts_per_order(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "sub" / "ledger.jsonl")
+    first = order_event(1)
+    ledger.charge(first)
+    ledger.charge(first)
+    ledger.charge(order_event(2))
+    reopened = Ledger(tmp_path / "sub" / "ledger.jsonl")
+    assert len(reopened) == 3 and reopened.per_order() == {"order-001": 2, "order-002": 1}
+    assert Ledger(tmp_path / "none.jsonl").charges() == []
+
+
+async def test_read_your_own_writes_prefers_the_newer_of_own_write_and_read_model() -> None:
+    class FakeSystem:
+        def __init__(self) -> None:
+            self.model: dict[str, View] = {}
+            self.versions: dict[str, int] = {}
+
+        async def write(self, order_id: str, status: str) -> int:
+            self.versions[order_id] = self.versions.get(order_id, 0) + 1
+            return self.versions[order_id]
+
+        async def read(self, order_id: str) -> View:
+            return self.model.get(order_id, View(None, 0))
+
+    system = FakeSystem()
+    session = ReadYourWrites(system)  # type: ignore[arg-type]
+    await session.write("o1", "paid")
+    assert (await session.read("o1")) == View("paid", 1, "own write")
+    system.model["o1"] = View("shipped", 2)  # the projection caught up, and someone else moved it on
+    assert (await session.read("o1")) == View("shipped", 2)
+
+
+def test_texttable_aligns_numbers_right_and_text_left() -> None:
+    text = render([{"name": "a", "n": 5}, {"name": "longer", "n": 1234}], title="T")
+    lines = text.splitlines()
+    assert lines[0] == "T" and lines[1].split() == ["name", "n"]
+    assert lines[3].startswith("a     ") and lines[3].endswith("    5") and lines[4].endswith("1234")
+    assert render([]) == "(no rows)"
+
+
+def test_dead_letter_rows_show_reason_and_a_stable_summary_of_the_original() -> None:
+    event = make_event("order.placed", {"order_id": "x"}, source="/s")
+    records = [
+        {"reason": "malformed: nope", "topic": "t", "payload": "garbage", "encoding": "utf-8"},
+        {"reason": "handler error: ValueError", "topic": "t", "payload": event.to_bytes().decode(), "encoding": "utf-8"},
+    ]
+    messages = [aiomqtt.Message("dl", json.dumps(r).encode(), 1, False, 1, None) for r in records]
+    rows = dead_letter_rows(messages)
+    assert rows[0] == {"reason": "malformed: nope", "original message": "garbage"}
+    assert rows[1]["original message"] == 'order.placed event, data={"order_id": "x"}'
+
+
+def test_sample_messages_are_three_good_and_three_bad() -> None:
+    decodable = []
+    for _, payload in sample_messages():
+        try:
+            decodable.append(decode(payload))
+        except InvalidEvent:
+            pass
+    assert len(sample_messages()) == 6 and len(decodable) == 4  # 2 malformed; the poison one decodes fine
+
+
+def test_rows_for_tables() -> None:
+    assert OfflineResult(1, True, 20, 18).as_row() == {"setup": "QoS 1 + persistent session", "sent while offline": 20,
+                                                       "received after reconnect": 18, "lost": 2}
+    assert Finding("x", "y", "z", None).as_row()["verdict"] == "broker's choice"
+    assert Finding("x", "y", "z", False).as_row()["verdict"] == "DIFFERS"
+
+
+async def test_lifecycle_until_and_start_report_clearly() -> None:
+    flag = []
+    asyncio.get_running_loop().call_later(0.05, flag.append, 1)
+    assert await lifecycle.until(lambda: bool(flag), timeout=1)
+    assert not await lifecycle.until(lambda: False, timeout=0.05)
+
+    async def never_ready(ready: asyncio.Event) -> None:
+        await asyncio.sleep(10)
+
+    async def fails(ready: asyncio.Event) -> None:
+        raise ValueError("boom")
+
+    with pytest.raises(TimeoutError, match="not ready"):
+        await lifecycle.start(never_ready, timeout=0.1)
+    with pytest.raises(ValueError, match="boom"):
+        await lifecycle.start(fails)
+
+    async def fine(ready: asyncio.Event) -> None:
+        ready.set()
+        await asyncio.sleep(10)
+
+    task = await lifecycle.start(fine)
+    assert await lifecycle.kill(task) is None and task.cancelled()
+
+
+async def test_run_pool_rejects_zero_workers() -> None:
+    with pytest.raises(ValueError, match="at least one worker"):
+        await run_pool(None, 0)  # type: ignore[arg-type]
+
+
+def test_sync_burst_outcomes_are_cumulative() -> None:
+    from helpers.leveling import SyncBurst
+
+    samples = [Sample(0.0, 0.0, 0.05, True), Sample(0.0, 0.0, 0.5, False, "timeout"), Sample(0.01, 0.01, 0.2, True)]
+    burst = SyncBurst(LoadRun(samples), served=3)
+    assert (burst.answered, burst.timed_out) == (2, 1)
+    times, answered, gave_up = burst.outcomes(step=0.1)
+    assert answered[-1] == 2 and gave_up[-1] == 1 and answered == sorted(answered)
+    assert burst.over_s == pytest.approx(0.5)
+
+
+# --------------------------------------------------------------------------- with a broker
+
+
+async def test_collect_stops_at_expected_or_when_quiet(broker: Broker, topic: str) -> None:
+    async with broker.client() as client:
+        await client.subscribe(topic, qos=1)
+        for i in range(3):
+            await client.publish(topic, str(i).encode(), qos=0)
+        await flush(client)
+        assert payloads(await collect(client, expected=2, idle=1)) == ["0", "1"]
+        assert payloads(await collect(client, idle=0.2)) == ["2"]
+        assert await collect(client, idle=0.1) == []
+
+
+async def test_offline_delivery_cleans_up_its_session(broker: Broker, topic: str) -> None:
+    result = await offline_delivery(broker, topic, n=3, qos=1, persistent=True)
+    assert (result.sent, result.received, result.lost) == (3, 3, 0)
+
+
+async def test_die_before_ack_escapes_the_consumers_error_handling(broker: Broker, topic: str) -> None:
+    from helpers.idempotency import ProcessDied
+    from helpers.messaging import manual_ack
+
+    handled = []
+
+    async def handler(event: object) -> None:
+        handled.append(event)
+
+    async with die_before_ack(manual_ack(broker.client())) as sub, broker.client() as pub:
+        consumer = Consumer(sub, topic, handler)
+        ready = asyncio.Event()
+        task = asyncio.create_task(consumer.run(ready))
+        await asyncio.wait_for(ready.wait(), 5)
+        await publish(pub, topic, order_event(1), qos=1)
+        with pytest.raises(ProcessDied):
+            await asyncio.wait_for(task, 5)
+    assert len(handled) == 1 and consumer.stats.dead_lettered == 0  # the work ran; no ack, no dead letter
