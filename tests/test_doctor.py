@@ -32,12 +32,6 @@ async def test_healthy_setup_passes_quickly() -> None:
     assert "FAILED" not in report and "All good" in report
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug in helpers/__init__.py (fix sent to the lead): importing the helpers.doctor submodule "
-    "rebinds the attribute helpers.doctor from the function to the module, so after the first call "
-    "(or any import of helpers.doctor) `await helpers.doctor()` raises TypeError: 'module' object is not callable",
-)
 async def test_helpers_doctor_shortcut_works_every_time(capsys: pytest.CaptureFixture[str]) -> None:
     """A notebook runs ``await helpers.doctor()``; Run All twice in one kernel must work."""
     for _ in range(2):
