@@ -169,7 +169,8 @@ class Broker:
         ident = name or f"client-{uuid.uuid4().hex[:8]}"
         username = self.endpoint.username or ident
         kwargs.setdefault("timeout", CONNECT_TIMEOUT_S)
-        client = aiomqtt.Client(
+        client = _SessionSafeClient(
+            self,
             self.endpoint.host,
             self.endpoint.port,
             identifier=ident,
@@ -180,6 +181,23 @@ class Broker:
         )
         _no_nagle(client)
         return client
+
+    async def until_offline(self, client_id: str, timeout: float = 1.0) -> bool:
+        """Wait until the embedded broker has finished closing ``client_id``'s last connection.
+
+        Returns False if it is still connected after ``timeout`` (a deliberate take-over
+        by a second client with the same id: MQTT lets the newcomer win, so go ahead).
+        """
+        if self._amqtt is None:
+            return True
+        sessions = self._amqtt._sessions  # amqtt's registry: client id -> (Session, handler)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while client_id in sessions and sessions[client_id][0].transitions.state != "disconnected":
+            if loop.time() > deadline:
+                return False
+            await asyncio.sleep(0.002)
+        return True
 
     async def ping(self) -> float:
         """Round-trip one QoS 1 message through the broker; return seconds, or raise BrokerError."""
@@ -210,6 +228,26 @@ class Broker:
             client._client._sock_close()
             raise
         raise BrokerError("the broker closed the ping subscription without a message")
+
+
+class _SessionSafeClient(aiomqtt.Client):
+    """An aiomqtt client that, on the embedded broker, reconnects only once its old connection is gone.
+
+    amqtt 0.12 closes a connection asynchronously; if the same client id reconnects
+    before that finishes, the old connection's clean-up marks the *resumed* session
+    offline and its messages pile up undelivered (seen in ~1 of 3 instant reconnects).
+    A real client reconnects after a delay anyway; we wait for the condition itself.
+    Mosquitto takes sessions over correctly, so nothing is waited for there.
+    """
+
+    def __init__(self, broker: Broker, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._course_broker = broker
+
+    async def __aenter__(self) -> _SessionSafeClient:
+        await self._course_broker.until_offline(self.identifier)
+        await super().__aenter__()
+        return self
 
 
 def _no_nagle(client: aiomqtt.Client) -> None:
