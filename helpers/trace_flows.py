@@ -69,7 +69,13 @@ async def traced_async_order(broker: Broker, topic: str, *, work: Mapping[str, f
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    return tracing.span_rows(tracing.finished_spans(trace_id))
+    return _in_service_order(tracing.span_rows(tracing.finished_spans(trace_id)), work)
+
+
+def _in_service_order(rows: list[SpanRow], work: Mapping[str, float]) -> list[SpanRow]:
+    """Producer first, then the services in a fixed order, so both waterfalls share rows and colours."""
+    order = ["order-service", *work]
+    return sorted(rows, key=lambda r: (r.depth, order.index(r.service) if r.service in order else len(order), r.start_ms))
 
 
 async def traced_sync_order(*, work: Mapping[str, float] = WORK) -> list[SpanRow]:
@@ -101,7 +107,7 @@ async def traced_sync_order(*, work: Mapping[str, float] = WORK) -> list[SpanRow
     finally:
         for service in services:
             await service.stop()
-    return tracing.span_rows(tracing.finished_spans(trace_id))
+    return _in_service_order(tracing.span_rows(tracing.finished_spans(trace_id)), work)
 
 
 def producer_gap_ms(rows: list[SpanRow], producer: str = "order-service") -> float:
