@@ -50,7 +50,11 @@ async def http_requests_per_second(n: int = 2000) -> float:
 
 
 async def _relay_chain(hops: int, work_s: float) -> Service:
-    """``hops`` services; each does ``work_s`` of (simulated) work then calls the next."""
+    """``hops`` services; each does ``work_s`` of (simulated) work then calls the next.
+
+    Deliberately bare (no tracing, no JSON), unlike :func:`helpers.chain.start_chain`
+    that the lessons use: the benchmark prices the HTTP hop alone.
+    """
     session = aiohttp.ClientSession()
     downstream: str | None = None
     first: Service | None = None
