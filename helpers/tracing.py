@@ -26,7 +26,10 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-_exporter = InMemorySpanExporter()
+MAX_SPANS = 20_000
+"""Keep the newest spans only: a long session of load tests must not grow memory without end."""
+
+_exporter = InMemorySpanExporter(max_spans=MAX_SPANS)
 _provider: TracerProvider | None = None
 
 
