@@ -7,11 +7,12 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 NB     ?= notebooks/00_welcome.ipynb
 
-.PHONY: lab test run bench labs grade doctor clean help
+.PHONY: lab test lint run bench labs grade doctor clean help
 
 help:
 	@echo "make lab    - set up .venv and open JupyterLab on $(NB)"
 	@echo "make test   - set up .venv and run the whole test suite (helpers, brokers, notebooks, grader)"
+	@echo "make lint   - ruff (lint + format check) and mypy; part of make test"
 	@echo "make run    - execute every notebook headless into build/ (ipynb + html)"
 	@echo "make bench  - measure HTTP, MQTT and load-generator performance; print a table"
 	@echo "make labs   - regenerate labs/ from solutions/"
@@ -23,28 +24,33 @@ $(STAMP): requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt
-	$(BIN)/python -m pip install --quiet --no-deps -e .
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.root_dir="$(CURDIR)" \
 	  --LabApp.default_url=/lab/tree/$(NB) $(if $(filter 0,$(shell id -u)),--allow-root)
 
-test: $(STAMP)
+test: lint
 	$(BIN)/python -m pytest tests $(wildcard notebooks solutions) --nbval-lax
 
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
 run: $(STAMP)
-	$(BIN)/python -m helpers.run_all --out build
+	$(BIN)/python -m helpers run --out build
 
 bench: $(STAMP)
-	$(BIN)/python -m helpers.bench --out build/bench.md --readme README.md
+	$(BIN)/python -m helpers bench --out build/bench.md --readme README.md
 
 labs: $(STAMP)
-	$(BIN)/python -m helpers.labs
+	$(BIN)/python -m helpers labs
 
 grade: $(STAMP)
 	@test -n "$(DIR)" || (echo "usage: make grade DIR=folder-of-submissions" && exit 2)
-	$(BIN)/python -m helpers.grade $(DIR) --csv grades.csv --json grades.json
+	$(BIN)/python -m helpers grade $(DIR) --csv grades.csv --json grades.json
 
 doctor: $(STAMP)
 	$(BIN)/python -m helpers doctor

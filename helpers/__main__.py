@@ -1,24 +1,43 @@
-"""Command line: ``python -m helpers doctor`` (more subcommands arrive with the lessons)."""
+"""``python -m helpers COMMAND [ARGS...]``: every course tool behind one entry point.
+
+Each command is a module with ``main(argv) -> int``, imported only when it is asked
+for, so ``python -m helpers --help`` works without the heavy dependencies.
+"""
 
 from __future__ import annotations
 
-import argparse
-import asyncio
+import importlib
 import sys
 
-from helpers.doctor import loop_problem, run_doctor
+COMMANDS: dict[str, tuple[str, str]] = {
+    "doctor": ("helpers.tools.doctor", "check versions, event loop, HTTP and MQTT round trips"),
+    "bench": ("helpers.tools.bench", "measure HTTP, MQTT and load-generator performance"),
+    "run": ("helpers.tools.run_all", "execute every lesson and solution headless into build/"),
+    "serve": ("helpers.tools.serve", "run one course service as its own process"),
+    "grade": ("helpers.grading.grader", "grade a folder of lab submissions"),
+    "labs": ("helpers.grading.labgen", "write labs/ from solutions/"),
+    "mosquitto": ("helpers.core.mosquitto", "run a command with a throw-away Mosquitto (MQTT_URL set)"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [f"  {name:<{width}}  {about}" for name, (_, about) in COMMANDS.items()]
+    return "usage: python -m helpers COMMAND [ARGS...]\n\ncommands:\n" + "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m helpers", description="Course helper commands.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("doctor", help="check versions, event loop, HTTP and MQTT round trips")
-    args = parser.parse_args(argv)
-    if args.command == "doctor":
-        if sys.platform == "win32" and loop_problem(asyncio.new_event_loop()):
-            asyncio.set_event_loop_policy(asyncio.WindowsSelectorEventLoopPolicy())  # type: ignore[attr-defined]
-        return 0 if asyncio.run(run_doctor()) else 1
-    return 2
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0 if args else 2
+    command, rest = args[0], args[1:]
+    if command not in COMMANDS:
+        print(f"unknown command {command!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[command][0])
+    result: int = module.main(rest)
+    return result
 
 
 if __name__ == "__main__":

@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from helpers.broker import Broker, mqtt_broker
-from helpers.http import stop_all
+from helpers.core.broker import Broker, mqtt_broker
+from helpers.core.http import stop_all
 
 
 @pytest.fixture

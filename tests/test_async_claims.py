@@ -1,7 +1,7 @@
 """The claims of lessons 03-04 (M5-M12), measured against the broker in use.
 
 Run on the embedded broker (``pytest tests/test_async_claims.py``) and on Mosquitto
-(``python -m helpers.mosquitto -- pytest tests/test_async_claims.py``). Bounds are
+(``python -m helpers mosquitto -- pytest tests/test_async_claims.py``). Bounds are
 generous (2 shared cores); where brokers legitimately differ, the test probes the broker
 and checks the branch it is on, never assumes.
 """
@@ -13,20 +13,20 @@ from pathlib import Path
 
 import pytest
 
-from helpers import probes
-from helpers.broker import Broker
-from helpers.consistency import ReadYourWrites, own_reads_after_write, staleness_trials, start_status_system
-from helpers.deadletters import strict_charging, sample_messages
-from helpers.delivery import MOSQUITTO_MAX_QUEUED, durability_matrix, queue_bound
-from helpers.idempotency import Ledger, crash_before_ack, publisher_retry
-from helpers.inbox import collect
-from helpers.leveling import queued_burst, sync_burst
-from helpers.measure import summarize
-from helpers.messaging import Consumer, manual_ack
-from helpers.ordering import MODES, global_inversions, inversions, run_ordering
-from helpers.scaling import POOL, SHARED, consumer_throughput
-from helpers.shop import DEFAULT_WORK, place_orders, start_shop, start_sync_shop
-from helpers.trace_flows import producer_gap_ms, traced_async_order, traced_sync_order
+from helpers.core.broker import Broker
+from helpers.core.measure import summarize
+from helpers.core.messaging import Consumer, manual_ack
+from helpers.core.receive import collect
+from helpers.pubsub import probes
+from helpers.pubsub.consistency import ReadYourWrites, own_reads_after_write, staleness_trials, start_status_system
+from helpers.pubsub.deadletters import sample_messages, strict_charging
+from helpers.pubsub.delivery import MOSQUITTO_MAX_QUEUED, durability_matrix, queue_bound
+from helpers.pubsub.idempotency import Ledger, crash_before_ack, publisher_retry
+from helpers.pubsub.leveling import queued_burst, sync_burst
+from helpers.pubsub.ordering import MODES, global_inversions, inversions, run_ordering
+from helpers.pubsub.scaling import POOL, SHARED, consumer_throughput
+from helpers.pubsub.shop import DEFAULT_WORK, place_orders, start_shop, start_sync_shop
+from helpers.pubsub.trace_flows import producer_gap_ms, traced_async_order, traced_sync_order
 
 pytestmark = pytest.mark.broker
 
@@ -85,8 +85,7 @@ async def test_m8_consumer_dies_before_ack(broker: Broker, topic: str, tmp_path:
 
 
 async def test_m9_pool_reorders_and_routing_keeps_per_key_order(broker: Broker, topic: str) -> None:
-    runs = {mode: await run_ordering(broker, f"{topic}/{i}", mode, workers=4, count=100, seed=7)
-            for i, mode in enumerate(MODES)}
+    runs = {mode: await run_ordering(broker, f"{topic}/{i}", mode, workers=4, count=100, seed=7) for i, mode in enumerate(MODES)}
     assert all(len(steps) == 100 for steps in runs.values())
     single, pool, routed = (runs[m] for m in MODES)
     assert sum(inversions(single).values()) == 0 and global_inversions(single) == 0
@@ -107,8 +106,9 @@ async def test_m6_queue_levels_a_burst_that_times_out_sync_callers(broker: Broke
 
 async def test_m11_throughput_scales_with_consumers(broker: Broker, topic: str) -> None:
     shared = await probes.shared_subscriptions(broker)
-    results = [await consumer_throughput(broker, f"{topic}/{k}", consumers=k, n=40, work_s=0.05, shared=shared)
-               for k in (1, 2, 4)]
+    results = [
+        await consumer_throughput(broker, f"{topic}/{k}", consumers=k, n=40, work_s=0.05, shared=shared) for k in (1, 2, 4)
+    ]
     assert all(r.processed == 40 for r in results)
     assert all(r.mode == (SHARED if shared else POOL) for r in results)
     assert results[1].throughput >= 1.5 * results[0].throughput

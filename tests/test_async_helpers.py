@@ -9,20 +9,20 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from helpers import lifecycle
-from helpers.broker import Broker
-from helpers.consistency import ReadYourWrites, View
-from helpers.deadletters import dead_letter_rows, sample_messages
-from helpers.delivery import OfflineResult, offline_delivery
-from helpers.idempotency import Ledger, die_before_ack, order_event
-from helpers.inbox import collect, flush, payloads
-from helpers.leveling import BurstResult
-from helpers.measure import LoadRun, Sample
-from helpers.messaging import Consumer, InvalidEvent, decode, make_event, publish
-from helpers.ordering import KEYS, Step, global_inversions, inversions, keyed_events, partition, work_time
-from helpers.probes import Finding
-from helpers.texttable import render
-from helpers.workers import run_pool
+from helpers.core import lifecycle
+from helpers.core.broker import Broker
+from helpers.core.measure import LoadRun, Sample
+from helpers.core.messaging import Consumer, InvalidEvent, decode, make_event, publish
+from helpers.core.receive import collect, flush, payloads
+from helpers.core.tables import render
+from helpers.core.worker_pool import run_pool
+from helpers.pubsub.consistency import ReadYourWrites, View
+from helpers.pubsub.deadletters import dead_letter_rows, sample_messages
+from helpers.pubsub.delivery import OfflineResult, offline_delivery
+from helpers.pubsub.idempotency import Ledger, die_before_ack, order_event
+from helpers.pubsub.leveling import BurstResult
+from helpers.pubsub.ordering import KEYS, Step, global_inversions, inversions, keyed_events, partition, work_time
+from helpers.pubsub.probes import Finding
 
 # --------------------------------------------------------------------------- pure logic
 
@@ -120,8 +120,12 @@ def test_sample_messages_are_three_good_and_three_bad() -> None:
 
 
 def test_rows_for_tables() -> None:
-    assert OfflineResult(1, True, 20, 18).as_row() == {"setup": "QoS 1 + persistent session", "sent while offline": 20,
-                                                       "received after reconnect": 18, "lost": 2}
+    assert OfflineResult(1, True, 20, 18).as_row() == {
+        "setup": "QoS 1 + persistent session",
+        "sent while offline": 20,
+        "received after reconnect": 18,
+        "lost": 2,
+    }
     assert Finding("x", "y", "z", None).as_row()["verdict"] == "broker's choice"
     assert Finding("x", "y", "z", False).as_row()["verdict"] == "DIFFERS"
 
@@ -157,7 +161,7 @@ async def test_run_pool_rejects_zero_workers() -> None:
 
 
 def test_sync_burst_outcomes_are_cumulative() -> None:
-    from helpers.leveling import SyncBurst
+    from helpers.pubsub.leveling import SyncBurst
 
     samples = [Sample(0.0, 0.0, 0.05, True), Sample(0.0, 0.0, 0.5, False, "timeout"), Sample(0.01, 0.01, 0.2, True)]
     burst = SyncBurst(LoadRun(samples), served=3)
@@ -187,8 +191,8 @@ async def test_offline_delivery_cleans_up_its_session(broker: Broker, topic: str
 
 
 async def test_die_before_ack_escapes_the_consumers_error_handling(broker: Broker, topic: str) -> None:
-    from helpers.idempotency import ProcessDied
-    from helpers.messaging import manual_ack
+    from helpers.core.messaging import manual_ack
+    from helpers.pubsub.idempotency import ProcessDied
 
     handled = []
 

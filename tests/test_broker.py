@@ -1,4 +1,4 @@
-"""helpers.broker: URL parsing, clear errors that come fast, the embedded broker's lifecycle."""
+"""helpers.core.broker: URL parsing, clear errors that come fast, the embedded broker's lifecycle."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from helpers.broker import CONNECT_TIMEOUT_S, Broker, BrokerError, Endpoint, mqtt_broker, parse_mqtt_url, start_broker
-from helpers.mosquitto import free_port
+from helpers.core.broker import CONNECT_TIMEOUT_S, Broker, BrokerError, Endpoint, mqtt_broker, parse_mqtt_url, start_broker
+from helpers.core.mosquitto import free_port
 
 # --- MQTT_URL parsing ----------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """Broker conformance: the MQTT 3.1.1 behaviours the lessons rely on, checked on a real broker.
 
 Runs against whatever the ``broker`` fixture gives: the embedded amqtt broker by default,
-or the broker ``MQTT_URL`` names (``python -m helpers.mosquitto -- pytest tests``).
+or the broker ``MQTT_URL`` names (``python -m helpers mosquitto -- pytest tests``).
 Where amqtt 0.12 departs from the spec, the test is marked ``xfail(strict=True)`` for the
 embedded broker only, with the departure as the reason: if amqtt ever fixes it, the
 strict xfail turns into a failure and we update the lessons that mention it.
@@ -22,8 +22,8 @@ from collections.abc import AsyncIterator
 import aiomqtt
 import pytest
 
-from helpers.broker import Broker
-from helpers.messaging import ack, manual_ack
+from helpers.core.broker import Broker
+from helpers.core.messaging import ack, manual_ack
 
 pytestmark = pytest.mark.broker
 
@@ -94,13 +94,7 @@ async def until_offline(broker: Broker, name: str, timeout: float = WAIT_S) -> N
     clients reconnect after a delay; tests must not rely on one, so they wait for the
     condition itself. Mosquitto takes sessions over correctly: nothing to wait for.
     """
-    if not broker.embedded:
-        return
-    sessions = broker._amqtt._sessions  # amqtt's registry: client id -> (Session, handler)
-    deadline = asyncio.get_running_loop().time() + timeout
-    while name in sessions and sessions[name][0].transitions.state != "disconnected":
-        assert asyncio.get_running_loop().time() < deadline, f"amqtt did not close {name!r} within {timeout:g} s"
-        await asyncio.sleep(0.002)
+    assert await broker.until_offline(name, timeout), f"the broker did not close {name!r} within {timeout:g} s"
 
 
 @pytest.fixture
@@ -275,9 +269,7 @@ async def test_no_last_will_on_clean_disconnect(broker: Broker, topic: str) -> N
 # --- delivered QoS -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("pub_qos", "sub_qos"), [pytest.param(p, s, id=f"pub{p}-sub{s}") for p in (0, 1, 2) for s in (0, 1, 2)]
-)
+@pytest.mark.parametrize(("pub_qos", "sub_qos"), [pytest.param(p, s, id=f"pub{p}-sub{s}") for p in (0, 1, 2) for s in (0, 1, 2)])
 async def test_delivered_qos_is_min_of_publish_and_subscription(
     request: pytest.FixtureRequest, broker: Broker, topic: str, pub_qos: int, sub_qos: int
 ) -> None:

@@ -2,7 +2,7 @@
 
 With manual acks, the embedded amqtt broker answers a SUBSCRIBE only after the queued
 messages it sent on connect are acked; a consumer that subscribed before reading hung
-until a timeout. Both helpers.messaging.Consumer.run and helpers.inbox.subscribed_messages
+until a timeout. Both helpers.core.messaging.Consumer.run and helpers.core.receive.subscribed_messages
 read while subscribing.
 """
 
@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from helpers.broker import Broker
-from helpers.inbox import subscribed_messages
-from helpers.messaging import Consumer, Event, ack, make_event, manual_ack, publish
+from helpers.core.broker import Broker
+from helpers.core.messaging import Consumer, Event, ack, make_event, manual_ack, publish
+from helpers.core.receive import subscribed_messages
 
 
 async def _publish(broker: Broker, topic: str, n: int) -> None:

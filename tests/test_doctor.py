@@ -1,4 +1,4 @@
-"""helpers.doctor: True on a healthy setup, a clear report (and False) when something is off."""
+"""helpers.tools.doctor: True on a healthy setup, a clear report (and False) when something is off."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import time
 import pytest
 
 import helpers
-from helpers.mosquitto import free_port
+from helpers.core.mosquitto import free_port
 
-doctor = importlib.import_module("helpers.doctor")  # the module (``helpers.doctor`` is also a function name)
+doctor = importlib.import_module("helpers.tools.doctor")  # the module (``helpers.tools.doctor`` is also a function name)
 
 
 async def run() -> tuple[bool, str]:
@@ -96,8 +96,6 @@ async def test_malformed_mqtt_url_is_reported(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_command_line_exits_zero() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "helpers", "doctor"], capture_output=True, text=True, timeout=60, check=False
-    )
+    done = subprocess.run([sys.executable, "-m", "helpers", "doctor"], capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "All good" in done.stdout

@@ -48,7 +48,9 @@ def test_conda_env_has_the_same_pins_as_requirements() -> None:
 def test_installed_versions_match_the_pins(name: str) -> None:
     python = f"{sys.version_info.major}.{sys.version_info.minor}"
     wanted = pins((ROOT / "requirements.txt").read_text(), python)[name]
-    assert metadata.version(name) == wanted, f"{name}: installed {metadata.version(name)}, pinned {wanted}; run make test to refresh .venv"
+    assert metadata.version(name) == wanted, (
+        f"{name}: installed {metadata.version(name)}, pinned {wanted}; run make test to refresh .venv"
+    )
 
 
 def test_aiomqtt_stays_below_3() -> None:

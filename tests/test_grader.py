@@ -5,7 +5,7 @@ lab as shipped scores (near) zero. Adversarial submissions (endless loops, error
 midway, a dead kernel, monkeypatched checks and helpers, forged output, files that are
 not notebooks, unknown labs) each have a test; most use a tiny lab declared here so
 they run in a couple of seconds, the monkeypatching ones use the real warm-up lab.
-Set MQTT_URL (python -m helpers.mosquitto -- pytest tests/test_grader.py) to run the
+Set MQTT_URL (python -m helpers mosquitto -- pytest tests/test_grader.py) to run the
 broker-bound ones against Mosquitto: the submission's kernel inherits MQTT_URL.
 """
 
@@ -24,15 +24,15 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from helpers.grade import Options, Result, grade_file, identify_lab, main
-from helpers.labs import LABS, ROOT, SOLUTIONS, solution_paths
+from helpers.grading.grader import Options, Result, grade_file, identify_lab, main
+from helpers.grading.labgen import LABS, ROOT, SOLUTIONS, solution_paths
 
 LAB_IDS = [p.stem for p in solution_paths()]
 WARMUP = SOLUTIONS / "00_warmup.ipynb"
 
 TINY_CHECKS = '''
 import os
-from helpers.checking import Checks, expect
+from helpers.grading.checks import Checks, expect
 
 checks = Checks("91_tiny")
 
@@ -70,7 +70,7 @@ async def sees_mqtt_url(ctx):
 '''
 
 TINY_CELLS = {
-    "setup": 'from helpers.checking import checker\ncheck = checker("91_tiny")',
+    "setup": 'from helpers.grading.checks import checker\ncheck = checker("91_tiny")',
     "q1": "def double(x):\n    return 2 * x",
     "q2": "answer = 42",
     "q3": 'async def greet(name):\n    return f"hi {name}"',
@@ -184,7 +184,7 @@ async def test_code_under_check_cannot_rewire_the_graders_modules(tiny_checks: P
     rewire = textwrap.dedent(
         """
         async def greet(name):
-            import helpers.checking as grading
+            import helpers.grading.checks as grading
             real = grading.CheckResult
             def always_passed(question, check_name, description, passed, points, max_points, *rest):
                 return real(question, check_name, description, True, max_points, max_points, *rest)
@@ -194,8 +194,8 @@ async def test_code_under_check_cannot_rewire_the_graders_modules(tiny_checks: P
     )
     result = await grade_file(tiny_notebook(tmp_path / "rewire.ipynb", q3=rewire), tiny_options(tiny_checks))
     greets = next(c for c in result.checks if c["name"] == "greets")
-    assert not greets["passed"] and "helpers.checking.CheckResult" in greets["message"]
-    assert any("replaced helpers.checking.CheckResult" in f for f in result.flags), result.flags
+    assert not greets["passed"] and "helpers.grading.checks.CheckResult" in greets["message"]
+    assert any("replaced helpers.grading.checks.CheckResult" in f for f in result.flags), result.flags
     assert points(result) == {"q1": 2, "q2": 1, "q3": 1}
 
 
@@ -272,8 +272,8 @@ async def test_monkeypatching_check_checks_module_and_helpers_does_not_change_th
     sabotage = textwrap.dedent(
         """
         import sys, types
-        import helpers.checking as hc
-        import helpers.http, helpers.measure
+        import helpers.grading.checks as hc
+        import helpers.core.http, helpers.core.measure
 
         async def check(question=None):
             print(question, "all passed")
@@ -288,7 +288,7 @@ async def test_monkeypatching_check_checks_module_and_helpers_does_not_change_th
         fake = types.ModuleType("helpers.labchecks.warmup")
         fake.checks = hc.Checks("00_warmup")
         sys.modules["helpers.labchecks.warmup"] = fake
-        helpers.measure.percentile = lambda values, q: 50.0
+        helpers.core.measure.percentile = lambda values, q: 50.0
         """
     )
 
@@ -297,18 +297,18 @@ async def test_monkeypatching_check_checks_module_and_helpers_does_not_change_th
 
     lab = await grade_file(warmup_variant(tmp_path / "cheat_00_warmup.ipynb", add, from_lab=True))
     assert lab.status == "graded" and lab.score == 0, lab.failures()
-    assert any("helpers.checking.run_check was replaced" in f for f in lab.flags), lab.flags
+    assert any("helpers.grading.checks.run_check was replaced" in f for f in lab.flags), lab.flags
 
 
 @pytest.mark.broker
 async def test_sabotaged_helpers_do_not_cost_a_correct_solution_points(tmp_path: Path) -> None:
     sabotage = textwrap.dedent(
         """
-        import helpers.checking, helpers.http
+        import helpers.grading.checks, helpers.core.http
         async def broken_start_service(*args, **kwargs):
             raise RuntimeError("sabotaged")
-        helpers.http.start_service = broken_start_service
-        helpers.checking.expect = lambda *args, **kwargs: (_ for _ in ()).throw(AssertionError("sabotaged"))
+        helpers.core.http.start_service = broken_start_service
+        helpers.grading.checks.expect = lambda *args, **kwargs: (_ for _ in ()).throw(AssertionError("sabotaged"))
         """
     )
 
@@ -318,7 +318,7 @@ async def test_sabotaged_helpers_do_not_cost_a_correct_solution_points(tmp_path:
 
     result = await grade_file(warmup_variant(tmp_path / "00_warmup_sabotage.ipynb", add))
     assert result.full_marks, result.failures()
-    assert any("helpers.http.start_service" in f for f in result.flags), result.flags
+    assert any("helpers.core.http.start_service" in f for f in result.flags), result.flags
 
 
 @pytest.mark.broker
@@ -348,7 +348,9 @@ async def test_not_a_notebook_is_an_error_row(tmp_path: Path) -> None:
 async def test_malformed_cells_are_graded_not_crashed(tiny_checks: Path, tmp_path: Path) -> None:
     path = tmp_path / "odd.ipynb"
     doc = {
-        "nbformat": 4, "nbformat_minor": 5, "metadata": {"course_lab": {"id": "91_tiny"}, "kernelspec": {"name": "nope"}},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+        "metadata": {"course_lab": {"id": "91_tiny"}, "kernelspec": {"name": "nope"}},
         "cells": [
             {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None},  # no source at all
             {"cell_type": "code", "metadata": {}, "source": ["def double(x):\n", "    return 2 * x\n"], "outputs": []},
@@ -386,14 +388,22 @@ def test_batch_of_a_folder_writes_a_correct_csv(tmp_path: Path) -> None:
     (folder / "carol_00_warmup.ipynb").write_text("not json", encoding="utf-8")
     out_csv, out_json = tmp_path / "grades.csv", tmp_path / "results.json"
     run = subprocess.run(
-        [sys.executable, "-m", "helpers.grade", str(folder), "--csv", str(out_csv), "--json", str(out_json)],
-        capture_output=True, text=True, cwd=ROOT, timeout=240,
+        [sys.executable, "-m", "helpers", "grade", str(folder), "--csv", str(out_csv), "--json", str(out_json)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=240,
     )
     assert run.returncode == 1, run.stdout + run.stderr
     rows = {Path(r["submission"]).name: r for r in csv.DictReader(out_csv.open(encoding="utf-8"))}
     assert set(rows) == {"alice_00_warmup.ipynb", "bob.ipynb", "carol_00_warmup.ipynb"}
     alice, bob, carol = rows["alice_00_warmup.ipynb"], rows["bob.ipynb"], rows["carol_00_warmup.ipynb"]
-    assert (alice["status"], alice["lab"], alice["score"], alice["percent"]) == ("graded", "00_warmup", alice["max_score"], "100.0")
+    assert (alice["status"], alice["lab"], alice["score"], alice["percent"]) == (
+        "graded",
+        "00_warmup",
+        alice["max_score"],
+        "100.0",
+    )
     assert (alice["q1"], alice["q2"], alice["q3"]) == ("3", "4", "5") and alice["failed"] == ""
     assert (bob["status"], bob["score"], bob["q1"]) == ("graded", "0", "0") and "svc" in bob["failed"]
     assert carol["status"] == "error" and "not a Jupyter notebook" in carol["error"] and carol["q1"] == ""

@@ -1,4 +1,4 @@
-"""helpers.http: in-loop services, the name registry, fault knobs turned while running, stats."""
+"""helpers.core.http: in-loop services, the name registry, fault knobs turned while running, stats."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from helpers.http import Faults, Stats, get_service, running_services, start_service, stop_all
+from helpers.core.http import Faults, Stats, get_service, running_services, start_service, stop_all
 
 
 async def ok(_: web.Request) -> web.Response:

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from helpers.checking import load_checks, run_check
-from helpers.idempotency import Ledger
-from helpers.inbox import subscribed_messages
-from helpers.messaging import InvalidEvent, SeenIds, ack, dead_letter_payload, decode, manual_ack
+from helpers.core.messaging import InvalidEvent, SeenIds, ack, dead_letter_payload, decode, manual_ack
+from helpers.core.receive import subscribed_messages
+from helpers.grading.checks import load_checks, run_check
+from helpers.pubsub.idempotency import Ledger
 
 CHECKS = load_checks("04_reliable_consumer")
 
@@ -56,8 +56,13 @@ def solution(**overrides: Any) -> dict[str, Any]:
                     ns["apply_once"](event, ledger, applied)
                 ack(client, message)
 
-    ns.update(consumer_client=consumer_client, open_applied_ids=open_applied_ids, apply_once=apply_once,
-              parse_or_dead_letter=parse_or_dead_letter, run_consumer=run_consumer)
+    ns.update(
+        consumer_client=consumer_client,
+        open_applied_ids=open_applied_ids,
+        apply_once=apply_once,
+        parse_or_dead_letter=parse_or_dead_letter,
+        run_consumer=run_consumer,
+    )
     ns.update(overrides)
     return ns
 
@@ -121,7 +126,7 @@ async def test_qos_0_loses_orders_while_down(qos: int) -> None:
 
 
 async def test_auto_ack_loses_in_flight_orders_where_the_broker_would_resend(broker: Any) -> None:
-    from helpers.probes import redelivers_unacked
+    from helpers.pubsub.probes import redelivers_unacked
 
     if not await redelivers_unacked(broker):
         pytest.skip(f"{broker.kind} does not resend un-acknowledged messages: acking early loses nothing extra there")

@@ -16,9 +16,9 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from helpers import checking
-from helpers.checking import Checks, Context, LabError, checker, expect, format_report, load_checks, run_check
-from helpers.labs import (
+from helpers.grading import checks as checking
+from helpers.grading.checks import Checks, Context, LabError, checker, expect, format_report, load_checks, run_check
+from helpers.grading.labgen import (
     LABS,
     PLACEHOLDER,
     SOLUTIONS,
@@ -40,7 +40,7 @@ CHECK_CALL = re.compile(r"""\bcheck\(\s*["']([^"']+)["']\s*\)""")
 
 
 def test_labs_folder_is_what_the_generator_writes() -> None:
-    assert stale() == [], "run 'make labs' (python -m helpers.labs) and commit labs/"
+    assert stale() == [], "run 'make labs' (python -m helpers labs) and commit labs/"
 
 
 def test_strip_code_keeps_hints_and_indentation() -> None:
@@ -94,7 +94,9 @@ def _solution() -> nbformat.NotebookNode:
     answer = new_code_cell("def f():\n    # BEGIN SOLUTION\n    return 1\n    # END SOLUTION", execution_count=3)
     answer.outputs = [new_output("stream", name="stdout", text="1\n")]
     only = new_code_cell("assert f() == 1", metadata={"tags": ["solution_only"]})
-    return new_notebook(cells=[new_markdown_cell("# Lab"), answer, only], metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}})
+    return new_notebook(
+        cells=[new_markdown_cell("# Lab"), answer, only], metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}}
+    )
 
 
 def test_make_lab_clears_outputs_drops_solution_only_cells_and_labels_the_lab() -> None:
@@ -247,7 +249,7 @@ async def test_check_in_a_notebook_must_be_awaited_and_is_skipped_while_grading(
 ) -> None:
     check = checker("00_warmup")
     pending = check("q1")
-    assert "await check(\"q1\")" in repr(pending)
+    assert 'await check("q1")' in repr(pending)
     report = await pending  # no svc in this namespace: both visible checks fail, with reasons
     assert not report.passed and "`svc` is not defined" in capsys.readouterr().out
     monkeypatch.setenv(checking.GRADING_ENV, "1")
@@ -258,6 +260,6 @@ async def test_check_in_a_notebook_must_be_awaited_and_is_skipped_while_grading(
 def test_load_checks_explains_what_is_wrong(tmp_path: Path) -> None:
     with pytest.raises(LabError, match="no checks for lab"):
         load_checks("55_missing", tmp_path)
-    (tmp_path / "wrong.py").write_text("from helpers.checking import Checks\nchecks = Checks('00_other')\n")
+    (tmp_path / "wrong.py").write_text("from helpers.grading.checks import Checks\nchecks = Checks('00_other')\n")
     with pytest.raises(LabError, match="declares Checks"):
         load_checks("12_wrong", tmp_path)

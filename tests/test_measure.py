@@ -1,4 +1,4 @@
-"""helpers.measure: percentile maths, summaries, and load generators that keep their promises.
+"""helpers.core.measure: percentile maths, summaries, and load generators that keep their promises.
 
 The key claim of the module, checked here with ratios rather than absolute times (the
 machine is shared): an open-loop generator reports a service stall that a closed-loop
@@ -14,8 +14,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from helpers.http import start_service
-from helpers.measure import LoadRun, Sample, Summary, closed_loop, open_loop, percentile, summarize, time_calls
+from helpers.core.http import start_service
+from helpers.core.measure import LoadRun, Sample, Summary, closed_loop, open_loop, percentile, summarize, time_calls
 
 # --- percentiles and summaries on known data ------------------------------------------------------
 
@@ -68,7 +68,13 @@ def test_summarize_nothing() -> None:
 def test_summary_row_and_text() -> None:
     summary = Summary(count=10, errors=1, duration_s=2, throughput=4.56, p50_ms=1.234, p90_ms=2.0, p99_ms=3.0, max_ms=9.99)
     assert summary.as_row() == {
-        "count": 10, "errors": 1, "req/s": 4.6, "p50 ms": 1.2, "p90 ms": 2.0, "p99 ms": 3.0, "max ms": 10.0
+        "count": 10,
+        "errors": 1,
+        "req/s": 4.6,
+        "p50 ms": 1.2,
+        "p90 ms": 2.0,
+        "p99 ms": 3.0,
+        "max ms": 10.0,
     }
     assert str(summary) == "10 requests, 1 errors, 4.6/s | p50 1.2 ms, p90 2.0 ms, p99 3.0 ms, max 10.0 ms"
 

@@ -1,4 +1,4 @@
-"""helpers.messaging: the CloudEvents envelope, decode errors, SeenIds, and the Consumer on a real broker."""
+"""helpers.core.messaging: the CloudEvents envelope, decode errors, SeenIds, and the Consumer on a real broker."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from helpers.broker import Broker
-from helpers.messaging import (
+from helpers.core.broker import Broker
+from helpers.core.messaging import (
     SPEC_VERSION,
     Consumer,
     Event,

@@ -1,4 +1,4 @@
-"""helpers.mosquitto: a real, throw-away Mosquitto on a free loopback port, started and stopped."""
+"""helpers.core.mosquitto: a real, throw-away Mosquitto on a free loopback port, started and stopped."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from helpers import mosquitto
-from helpers.broker import Broker
+from helpers.core import mosquitto
+from helpers.core.broker import Broker
 
 try:
     mosquitto.find_mosquitto()
@@ -65,7 +65,7 @@ def test_main_runs_the_command_with_mqtt_url(capsys: pytest.CaptureFixture[str])
 def test_main_without_a_command_prints_usage(capsys: pytest.CaptureFixture[str]) -> None:
     assert mosquitto.main([]) == 2
     assert mosquitto.main(["--"]) == 2
-    assert "usage: python -m helpers.mosquitto -- COMMAND" in capsys.readouterr().err
+    assert "usage: python -m helpers mosquitto -- COMMAND" in capsys.readouterr().err
 
 
 def test_missing_mosquitto_says_how_to_install(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,4 +1,4 @@
-"""helpers.plots: every plot returns its Axes with a title, labelled axes (with units) and a legend."""
+"""helpers.core.plots: every plot returns its Axes with a title, labelled axes (with units) and a legend."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: no display needed, whatever ran before
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+from matplotlib.axes import Axes
 
-from helpers import plots  # noqa: E402
-from helpers.measure import summarize  # noqa: E402
-from helpers.tracing import SpanRow  # noqa: E402
+from helpers.core import plots
+from helpers.core.measure import summarize
+from helpers.core.tracing import SpanRow
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""Unit tests of helpers.resilience: the breaker's state machine, the retry policies, get_json."""
+"""Unit tests of helpers.core.resilience: the breaker's state machine, the retry policies, get_json."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from helpers.chain import Downstream
-from helpers.http import Faults, start_service
-from helpers.resilience import (
+from helpers.core.http import Faults, start_service
+from helpers.core.resilience import (
     CircuitBreaker,
     CircuitOpenError,
     ServiceError,
@@ -21,6 +20,7 @@ from helpers.resilience import (
     get_json,
     retry_policy,
 )
+from helpers.sync.chain import Downstream
 
 
 class FakeClock:
@@ -208,7 +208,7 @@ async def test_retries_stop_at_the_attempt_budget_and_reraise() -> None:
 
 
 async def test_retries_return_the_first_success_and_skip_non_retryable() -> None:
-    outcomes = [ServiceError(503, "u"), asyncio.TimeoutError(), "done"]
+    outcomes = [ServiceError(503, "u"), TimeoutError(), "done"]
 
     async def recovering() -> str:
         item = outcomes.pop(0)
@@ -314,9 +314,9 @@ def _lab_namespace(old: str = "", new: str = "") -> dict:
     import nbformat
     import tenacity
 
-    from helpers.labs import SOLUTIONS
-    from helpers.resilience import CircuitOpenError as OpenError
-    from helpers.resilience import ServiceError as SvcError
+    from helpers.core.resilience import CircuitOpenError as OpenError
+    from helpers.core.resilience import ServiceError as SvcError
+    from helpers.grading.labgen import SOLUTIONS
 
     nb = nbformat.read(SOLUTIONS / "02_resilient_client.ipynb", as_version=4)
     heads = ("async def fetch", "RETRY_ON", "class Breaker", "class ResilientClient")
@@ -326,12 +326,12 @@ def _lab_namespace(old: str = "", new: str = "") -> dict:
         source = source.replace(old, new)
     namespace = {"asyncio": asyncio, "time": time, "aiohttp": aiohttp, "ServiceError": SvcError, "CircuitOpenError": OpenError}
     namespace.update({name: getattr(tenacity, name) for name in tenacity.__all__})
-    exec(compile(source, "solution", "exec"), namespace)  # noqa: S102 - our own solution notebook
+    exec(compile(source, "solution", "exec"), namespace)
     return namespace
 
 
 async def _question_passes(question: str, namespace: dict) -> list[str]:
-    from helpers.checking import load_checks, run_check
+    from helpers.grading.checks import load_checks, run_check
 
     results = [await run_check(c, namespace) for c in load_checks("02_resilient_client").of(question)]
     return [r.name for r in results if not r.passed]

@@ -11,14 +11,14 @@ import random
 import numpy as np
 from aiohttp import web
 
-from helpers import tracing
-from helpers.cascade import Phase, replay
-from helpers.chain import Downstream, start_chain, start_shop, stop_chain
-from helpers.http import Faults, start_service
-from helpers.measure import open_loop
-from helpers.pools import Bulkhead, PooledClient, async_batch, blocking_batch, pool_load
-from helpers.resilience import CircuitBreaker
-from helpers.retry_storm import start_struggling, storm
+from helpers.core import tracing
+from helpers.core.http import Faults, start_service
+from helpers.core.measure import open_loop
+from helpers.core.resilience import CircuitBreaker
+from helpers.sync.cascade import Phase, replay
+from helpers.sync.chain import Downstream, start_chain, start_shop, stop_chain
+from helpers.sync.pools import Bulkhead, PooledClient, async_batch, blocking_batch, pool_load
+from helpers.sync.retry_storm import start_struggling, storm
 
 
 async def _chain_p50(hops: int) -> float:
@@ -55,8 +55,9 @@ async def test_m2_cascade_then_breaker_fails_fast_and_recovers() -> None:
     user = Downstream("user", shop.url)
     try:
         await user.get("/products/42")
-        naive = await replay(lambda: user.get("/products/42"), shop.inventory.service, shop.gateway.service,
-                             phases=SHORT_SCRIPT, rate=20)
+        naive = await replay(
+            lambda: user.get("/products/42"), shop.inventory.service, shop.gateway.service, phases=SHORT_SCRIPT, rate=20
+        )
         assert naive.window(["slow 2 s"]).p50_ms > 1900, "without a timeout the gateway waits for the slow inventory"
         naive_peak = max(n for _, n in naive.in_flight)
         assert naive_peak >= 15, f"requests pile up at the gateway, peak {naive_peak}"
@@ -64,8 +65,14 @@ async def test_m2_cascade_then_breaker_fails_fast_and_recovers() -> None:
         breaker = CircuitBreaker(failure_threshold=5, reset_timeout_s=0.4)
         shop.product.next.timeout_s, shop.product.next.breaker = 0.2, breaker
         shop.gateway.next.timeout_s = 0.4
-        guarded = await replay(lambda: user.get("/products/42"), shop.inventory.service, shop.gateway.service,
-                               phases=SHORT_SCRIPT, rate=20, breaker=breaker)
+        guarded = await replay(
+            lambda: user.get("/products/42"),
+            shop.inventory.service,
+            shop.gateway.service,
+            phases=SHORT_SCRIPT,
+            rate=20,
+            breaker=breaker,
+        )
         sick = guarded.window(["slow 2 s", "down"])
         assert sick.p99_ms < 300, f"with the breaker the gateway's p99 is {sick.p99_ms:.0f} ms while inventory sleeps 2 s"
         assert max(n for _, n in guarded.in_flight) < naive_peak / 2

@@ -12,8 +12,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from helpers import bench, run_all
-from helpers.serve import load_target
+from helpers.tools import bench, run_all
+from helpers.tools.serve import load_target
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,8 +27,9 @@ def _free_port() -> int:
 async def test_serve_runs_a_service_in_its_own_process_with_fault_knobs() -> None:
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "helpers.serve", "helpers.serve:demo_app", "--port", str(port), "--latency", "0.1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [sys.executable, "-m", "helpers", "serve", "helpers.tools.serve:demo_app", "--port", str(port), "--latency", "0.1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         async with aiohttp.ClientSession() as session:
@@ -41,7 +42,7 @@ async def test_serve_runs_a_service_in_its_own_process_with_fault_knobs() -> Non
                 except aiohttp.ClientConnectionError:
                     await asyncio.sleep(0.1)
             else:
-                pytest.fail("helpers.serve did not start listening within 10 s")
+                pytest.fail("helpers.tools.serve did not start listening within 10 s")
         assert body == {"service": "demo", "path": "/x"}
         assert time.perf_counter() - started >= 0.1, "the --latency knob was not applied"
     finally:
@@ -49,7 +50,7 @@ async def test_serve_runs_a_service_in_its_own_process_with_fault_knobs() -> Non
         proc.wait(timeout=10)
 
 
-@pytest.mark.parametrize("spec", ["no-colon", "helpers.nothing_here:app", "helpers.serve:missing"])
+@pytest.mark.parametrize("spec", ["no-colon", "helpers.nothing_here:app", "helpers.tools.serve:missing"])
 def test_serve_rejects_bad_targets_with_a_message(spec: str) -> None:
     with pytest.raises(SystemExit) as excinfo:
         load_target(spec)

@@ -1,4 +1,4 @@
-"""helpers.tracing: one trace across two real HTTP services and across a message envelope."""
+"""helpers.core.tracing: one trace across two real HTTP services and across a message envelope."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pytest
 from aiohttp import web
 from opentelemetry import trace
 
-from helpers.broker import Broker
-from helpers.http import start_service
-from helpers.messaging import decode, make_event, publish
-from helpers.tracing import (
+from helpers.core.broker import Broker
+from helpers.core.http import start_service
+from helpers.core.messaging import decode, make_event, publish
+from helpers.core.tracing import (
     clear,
     context_from_traceparent,
     current_traceparent,
@@ -72,7 +72,11 @@ async def test_context_crosses_http_headers_between_two_services() -> None:
     assert order.start_time <= reserve.start_time and reserve.end_time <= order.end_time, "the sync call nests"
 
     rows = span_rows(spans)
-    assert [(r.service, r.name, r.depth) for r in rows] == [("user", "click", 0), ("gateway", "GET /order", 1), ("stock", "reserve", 2)]
+    assert [(r.service, r.name, r.depth) for r in rows] == [
+        ("user", "click", 0),
+        ("gateway", "GET /order", 1),
+        ("stock", "reserve", 2),
+    ]
     assert rows[0].start_ms == 0 and all(r.duration_ms >= 0 for r in rows)
     assert {r.trace_id for r in rows} == {f"{trace_id:032x}"}
     assert rows[2].parent_id == rows[1].span_id

@@ -19,11 +19,11 @@ from typing import Any
 
 import aiomqtt
 
-from helpers.checking import Checks, Context, expect
-from helpers.idempotency import Ledger, order_event
-from helpers.inbox import collect, flush
-from helpers.lifecycle import kill, start, until, until_offline
-from helpers.messaging import Event, ack, decode, make_event, publish
+from helpers.core.lifecycle import kill, start, until
+from helpers.core.messaging import Event, ack, decode, publish
+from helpers.core.receive import collect, flush
+from helpers.grading.checks import Checks, Context, expect
+from helpers.pubsub.idempotency import Ledger, order_event
 
 checks = Checks("04_reliable_consumer")
 
@@ -46,7 +46,7 @@ def _forget_session(ctx: Context, broker: Any, name: str) -> None:
     """After the check, drop the persistent session (keeps a shared broker tidy)."""
 
     async def forget() -> None:
-        await until_offline(broker, name)
+        await broker.until_offline(name, timeout=5.0)
         async with broker.client(name, clean_session=True):
             pass
 
@@ -75,7 +75,7 @@ def _qos(ctx: Context) -> int:
 async def _offline_count(ctx: Context, broker: Any, name: str, topic: str, n: int) -> int:
     async with _client(ctx, broker, name) as client:
         await client.subscribe(topic, qos=_qos(ctx))
-    await until_offline(broker, name)
+    await broker.until_offline(name, timeout=5.0)
     async with broker.client() as shop:
         for i in range(n):
             await publish(shop, topic, order_event(i), qos=1)
@@ -84,7 +84,7 @@ async def _offline_count(ctx: Context, broker: Any, name: str, topic: str, n: in
         messages = await collect(client, expected=n, idle=0.5, timeout=3)
         for message in messages:
             ack(client, message)
-    await until_offline(broker, name)
+    await broker.until_offline(name, timeout=5.0)
     return len({decode(bytes(m.payload)).id for m in messages})  # type: ignore[arg-type]
 
 
@@ -95,8 +95,11 @@ async def orders_wait_for_an_offline_consumer(ctx: Context) -> str:
     name, n = _name(ctx), ctx.rng.randint(3, 6)
     _forget_session(ctx, broker, name)
     got = await _offline_count(ctx, broker, name, ctx.topic("orders"), n)
-    expect(got == n, f"{got} of {n} orders arrived after reconnecting: the broker only keeps them for a persistent "
-                     "session (clean_session=False, same client id) subscribed with QoS 1")
+    expect(
+        got == n,
+        f"{got} of {n} orders arrived after reconnecting: the broker only keeps them for a persistent "
+        "session (clean_session=False, same client id) subscribed with QoS 1",
+    )
     return f"{got} of {n} kept while offline"
 
 
@@ -105,8 +108,10 @@ async def acknowledges_only_when_told(ctx: Context) -> None:
     """The client acknowledges a message only when ack() is called (manual acks)."""
     broker = await ctx.broker()
     client = _client(ctx, broker, _name(ctx))
-    expect(getattr(client._client, "_manual_ack", False) is True,  # noqa: SLF001 - paho keeps the switch here
-           "the client acknowledges every message on receipt, before your work is done: wrap it with manual_ack(...)")
+    expect(
+        getattr(client._client, "_manual_ack", False) is True,  # noqa: SLF001 - paho keeps the switch here
+        "the client acknowledges every message on receipt, before your work is done: wrap it with manual_ack(...)",
+    )
 
 
 @checks.check("q1", hidden=True, hint="use the name you are given as the client id")
@@ -119,7 +124,7 @@ async def each_name_has_its_own_session(ctx: Context) -> None:
     topic_a, topic_b = ctx.topic("a"), ctx.topic("b")
     async with _client(ctx, broker, a) as client:
         await client.subscribe(topic_a, qos=_qos(ctx))
-    await until_offline(broker, a)
+    await broker.until_offline(a, timeout=5.0)
     got_b = await _offline_count(ctx, broker, b, topic_b, 2)
     expect(got_b == 2, f"consumer {b!r} got {got_b} of its 2 orders")
     async with broker.client() as shop:
@@ -140,8 +145,10 @@ async def _apply(ctx: Context, event: Event, ledger: Ledger, applied: Any) -> An
 
 async def _store(ctx: Context, folder: Path) -> Any:
     store = await ctx.call("open_applied_ids", folder)
-    expect(store is not None and hasattr(store, "add") and hasattr(store, "__contains__"),
-           f"open_applied_ids() should return a store with `in` and .add(), got {store!r}")
+    expect(
+        store is not None and hasattr(store, "add") and hasattr(store, "__contains__"),
+        f"open_applied_ids() should return a store with `in` and .add(), got {store!r}",
+    )
     return store
 
 
@@ -151,8 +158,11 @@ async def charges_each_event_once(ctx: Context) -> str:
     folder = _folder(ctx)
     ledger, applied = Ledger(folder / "ledger.jsonl"), await _store(ctx, folder)
     first, other = order_event(ctx.rng.randint(1, 999)), order_event(ctx.rng.randint(1000, 1999))
-    results = [await _apply(ctx, first, ledger, applied), await _apply(ctx, first, ledger, applied),
-               await _apply(ctx, other, ledger, applied)]
+    results = [
+        await _apply(ctx, first, ledger, applied),
+        await _apply(ctx, first, ledger, applied),
+        await _apply(ctx, other, ledger, applied),
+    ]
     expect(len(ledger) == 2, f"3 deliveries of 2 distinct events made {len(ledger)} charges, expected 2")
     expect(results == [True, False, True], f"apply_once returned {results}, expected [True, False, True]")
     return "2 charges for 3 deliveries"
@@ -177,8 +187,10 @@ async def stores_belong_to_their_folder(ctx: Context) -> None:
     await _apply(ctx, event, Ledger(one / "ledger.jsonl"), await _store(ctx, one))
     ledger_two = Ledger(two / "ledger.jsonl")
     charged = await _apply(ctx, event, ledger_two, await _store(ctx, two))
-    expect(len(ledger_two) == 1 and charged is True,
-           "a consumer with its own workdir skipped an event it never applied: is the store shared between folders?")
+    expect(
+        len(ledger_two) == 1 and charged is True,
+        "a consumer with its own workdir skipped an event it never applied: is the store shared between folders?",
+    )
 
 
 @checks.check("q2", hidden=True, hint="dedupe on event.id: two distinct events about the same order are both applied")
@@ -223,7 +235,10 @@ async def malformed_goes_to_dead_letters(ctx: Context) -> str:
     result, dead = await _parse(ctx, broker, text.encode())
     expect(result is None, f"parse_or_dead_letter returned {result!r} for a malformed payload, expected None")
     record = _record(dead)
-    expect(record.get("payload") == text, f"the dead letter should carry the original payload {text!r}, got {record.get('payload')!r}")
+    expect(
+        record.get("payload") == text,
+        f"the dead letter should carry the original payload {text!r}, got {record.get('payload')!r}",
+    )
     return f"reason: {record['reason'][:60]}"
 
 
@@ -341,7 +356,7 @@ async def survives_a_restart(ctx: Context) -> str:
     return "7 orders, 7 charges across a restart"
 
 
-@checks.check("q4", hint="dead letters go to f\"{topic}/dead-letter\"; ack them too, and keep reading", timeout=15)
+@checks.check("q4", hint='dead letters go to f"{topic}/dead-letter"; ack them too, and keep reading', timeout=15)
 async def dead_letters_and_keeps_going(ctx: Context) -> None:
     """A malformed message goes to TOPIC/dead-letter and the next order is still charged."""
     broker = await ctx.broker()
@@ -363,7 +378,7 @@ async def dead_letters_and_keeps_going(ctx: Context) -> None:
 @checks.check("q4", hidden=True, points=2, hint="ack only after apply_once; the store must survive the kill", timeout=20)
 async def killed_mid_stream(ctx: Context) -> str:
     """Hidden: killed in the middle of a stream, restarted: no order charged twice, none lost the broker kept."""
-    from helpers.probes import redelivers_unacked
+    from helpers.pubsub.probes import redelivers_unacked
 
     broker = await ctx.broker()
     run = _Run(ctx, broker)
@@ -382,6 +397,8 @@ async def killed_mid_stream(ctx: Context) -> str:
     expect(all(counts[e.id] == 1 for e in later), "orders published while the consumer was down were not all charged")
     lost = [e.id for e in stream if counts[e.id] == 0]
     if lost and await redelivers_unacked(broker):
-        raise AssertionError(f"{len(lost)} of {len(stream)} orders in flight at the kill were never charged, although this "
-                             "broker resends un-acknowledged messages: is ack() sent before the work is done?")
+        raise AssertionError(
+            f"{len(lost)} of {len(stream)} orders in flight at the kill were never charged, although this "
+            "broker resends un-acknowledged messages: is ack() sent before the work is done?"
+        )
     return f"no double charge; {len(lost)} in-flight orders not resent by this broker" if lost else "every order exactly once"

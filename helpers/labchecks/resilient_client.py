@@ -20,14 +20,14 @@ from typing import Any
 
 from aiohttp import web
 
-from helpers.checking import CheckFailed, Checks, Context, expect
+from helpers.grading.checks import CheckFailed, Checks, Context, expect
 
 checks = Checks("02_resilient_client")
 
 
 def _errors(ctx: Context) -> tuple[type[Exception], type[Exception]]:
     """(ServiceError, CircuitOpenError) as the learner's notebook knows them."""
-    from helpers import resilience
+    from helpers.core import resilience
 
     service_error = ctx.get("ServiceError", resilience.ServiceError)
     open_error = ctx.get("CircuitOpenError", resilience.CircuitOpenError)
@@ -41,7 +41,7 @@ async def _outcome(label: str, make: Callable[[], Awaitable[Any]], timeout: floa
         result = await asyncio.wait_for(make(), timeout)
     except NotImplementedError:
         raise CheckFailed(f"{label} is not written yet (it raises NotImplementedError)") from None
-    except asyncio.TimeoutError as exc:
+    except TimeoutError as exc:
         elapsed = time.perf_counter() - started
         if elapsed >= timeout - 0.01:
             raise CheckFailed(f"{label} did not finish within {timeout:g} s") from None
@@ -60,7 +60,7 @@ def _token(ctx: Context) -> str:
 
 
 async def _json_service(ctx: Context, payload: dict[str, Any], **faults: Any) -> Any:
-    from helpers.http import Faults
+    from helpers.core.http import Faults
 
     async def answer(_: web.Request) -> web.Response:
         return web.json_response(payload)
@@ -135,7 +135,9 @@ async def fetch_raises_service_error_on_5xx(ctx: Context) -> None:
     async with aiohttp.ClientSession() as session:
         _, exc, _ = await _outcome("fetch()", lambda: fetch(session, svc.url + "/"), 3.0)
     expect(isinstance(exc, service_error), f"an HTTP {status} answer should raise ServiceError, got {_named(exc)}")
-    expect(getattr(exc, "status", None) == status, f"ServiceError.status should be {status}, got {getattr(exc, 'status', None)!r}")
+    expect(
+        getattr(exc, "status", None) == status, f"ServiceError.status should be {status}, got {getattr(exc, 'status', None)!r}"
+    )
 
 
 @checks.check("q1", hidden=True, hint="use the timeout_s you are given, not a constant")
@@ -150,7 +152,10 @@ async def fetch_uses_the_timeout_it_is_given(ctx: Context) -> None:
         got, exc, _ = await _outcome("fetch()", lambda: fetch(session, svc.url + "/", 0.6), 3.0)
         expect(exc is None and got == payload, f"with timeout_s=0.6 a 250 ms service should answer, got {_named(exc)}")
         _, exc, took = await _outcome("fetch()", lambda: fetch(session, svc.url + "/", 0.1), 3.0)
-    expect(isinstance(exc, asyncio.TimeoutError) and took < 0.25, f"timeout_s=0.1 should give up by ~0.1 s ({_named(exc)}, {took:.2f} s)")
+    expect(
+        isinstance(exc, asyncio.TimeoutError) and took < 0.25,
+        f"timeout_s=0.1 should give up by ~0.1 s ({_named(exc)}, {took:.2f} s)",
+    )
 
 
 # --------------------------------------------------------------------------- q2: retries
@@ -214,7 +219,9 @@ async def respects_the_deadline(ctx: Context) -> str:
     return f"deadline {deadline} s, ended after {took:.2f} s"
 
 
-@checks.check("q2", hidden=True, hint="retry only RETRY_ON (timeouts and ServiceError); an open breaker or a bug must not be retried")
+@checks.check(
+    "q2", hidden=True, hint="retry only RETRY_ON (timeouts and ServiceError); an open breaker or a bug must not be retried"
+)
 async def does_not_retry_what_cannot_pass(ctx: Context) -> None:
     """Hidden: a ValueError or a CircuitOpenError is raised at once, after one call."""
     _, open_error = _errors(ctx)
@@ -288,7 +295,9 @@ async def half_open_trial_success_closes(ctx: Context) -> None:
     await asyncio.sleep(0.25)
     token = _token(ctx)
     got, exc, _ = await _outcome("Breaker.call()", lambda: breaker.call(Flaky(0, RuntimeError, token)), 2.0)
-    expect(exc is None and got == token, f"after the reset timeout the trial call should run and return its result ({_named(exc)})")
+    expect(
+        exc is None and got == token, f"after the reset timeout the trial call should run and return its result ({_named(exc)})"
+    )
     expect(breaker.state == "closed", f"a successful trial should close the breaker, state is {breaker.state!r}")
 
 
@@ -324,7 +333,10 @@ async def other_errors_do_not_count(ctx: Context) -> None:
     for _ in range(3):
         _, exc, _ = await _outcome("Breaker.call()", lambda: breaker.call(Flaky(1, lambda: ValueError("bug"))), 2.0)
         expect(isinstance(exc, ValueError), f"the ValueError should pass through, got {_named(exc)}")
-    expect(breaker.state == "closed", f"3 ValueErrors opened the breaker (state {breaker.state!r}): they say nothing about the service")
+    expect(
+        breaker.state == "closed",
+        f"3 ValueErrors opened the breaker (state {breaker.state!r}): they say nothing about the service",
+    )
 
 
 @checks.check("q3", hidden=True, hint="half-open lets ONE trial through; other calls are refused until it ends")

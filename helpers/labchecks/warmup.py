@@ -13,7 +13,7 @@ import string
 
 from aiohttp import web
 
-from helpers.checking import Checks, Context, expect, finite
+from helpers.grading.checks import Checks, Context, expect, finite
 
 checks = Checks("00_warmup")
 
@@ -101,7 +101,7 @@ async def message_crosses_the_broker(ctx: Context) -> None:
         await _round_trip(ctx, broker, topic, text)
         try:
             message = await asyncio.wait_for(anext(aiter(observer.messages)), 3.0)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise AssertionError(f"no message reached the broker on {topic!r}: round_trip never published") from None
         expect(message.payload == text.encode(), f"the broker carried {message.payload!r}, not {text!r}")
 
@@ -117,7 +117,7 @@ async def unicode_text_survives(ctx: Context) -> None:
 
 
 async def _measure(ctx: Context, latency: float, n: int) -> tuple[float, int]:
-    from helpers.http import Faults
+    from helpers.core.http import Faults
 
     async def ok(_: web.Request) -> web.Response:
         return web.json_response({"ok": True})
@@ -148,7 +148,7 @@ async def p50_in_milliseconds(ctx: Context) -> str:
 @checks.check("q3", hint="p50_ms = await measure_p50(svc.url, 20)")
 async def notebook_p50_is_plausible(ctx: Context) -> str:
     """`p50_ms` in the notebook agrees with a fresh measurement of `svc`."""
-    from helpers.measure import time_calls
+    from helpers.core.measure import time_calls
 
     reported, svc = ctx.get("p50_ms"), ctx.get("svc")
     expect(finite(reported) and reported > 0, f"`p50_ms` should be a positive number of ms, got {reported!r}")

@@ -1,0 +1,6 @@
+"""What every lesson uses: the broker, in-kernel HTTP services, the message envelope and
+consumers, receiving and lifecycle, measurement, tracing, resilience, plots and tables.
+
+Nothing here knows about a particular lesson; lesson packages (``helpers.sync``,
+``helpers.pubsub``) and grading build on it, never the other way round.
+"""

@@ -1,0 +1,197 @@
+"""Toy HTTP services that run inside the notebook's event loop (aiohttp).
+
+A lesson needs several services that call each other, that it can make slow, flaky or
+dead while they run, and that it can count. Each service is an aiohttp app on
+127.0.0.1 with a free port, started with AppRunner + TCPSite so it shares the kernel's
+loop. A registry keyed by name means re-running a cell replaces the old service
+instead of failing with "address in use".
+
+    inventory = await start_service("inventory", handler)
+    inventory.faults.latency = 0.2     # every request now takes 200 ms longer
+    inventory.faults.down = True       # now it answers 503 at once
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+AppLike = web.Application | web.RouteTableDef | Handler
+
+SHUTDOWN_TIMEOUT_S = 0.25
+"""aiohttp waits 60 s for slow handlers on shutdown by default; a lesson cannot."""
+
+_services: dict[str, Service] = {}
+
+
+@dataclass
+class Faults:
+    """Knobs a lesson turns while the service runs; read on every request."""
+
+    latency: float = 0.0
+    """Seconds added before the handler runs."""
+    jitter: float = 0.0
+    """Up to this many extra seconds, uniformly random, on top of ``latency``."""
+    error_rate: float = 0.0
+    """Fraction (0..1) of requests answered with HTTP 500."""
+    down: bool = False
+    """When True the service answers 503 at once, as a sick instance behind a proxy would."""
+    seed: int | None = None
+    """Seed for the jitter and error draws, so a lesson's numbers repeat."""
+    _rng: random.Random = field(default_factory=random.Random, repr=False)
+
+    def __post_init__(self) -> None:
+        self.validate()
+        if self.seed is not None:
+            self._rng.seed(self.seed)
+
+    def validate(self) -> None:
+        """Reject knob values that make no sense, with a message that says which."""
+        if self.latency < 0 or self.jitter < 0:
+            raise ValueError(f"latency and jitter are seconds >= 0, got latency={self.latency}, jitter={self.jitter}")
+        if not 0.0 <= self.error_rate <= 1.0:
+            raise ValueError(f"error_rate is a fraction between 0 and 1, got {self.error_rate}")
+
+    def delay(self) -> float:
+        """The added delay for one request."""
+        return self.latency + (self._rng.uniform(0, self.jitter) if self.jitter else 0.0)
+
+    def should_fail(self) -> bool:
+        """Draw whether this request gets an injected 500."""
+        return self.error_rate > 0 and self._rng.random() < self.error_rate
+
+    def reset(self) -> None:
+        """Back to a healthy service."""
+        self.latency = self.jitter = self.error_rate = 0.0
+        self.down = False
+
+
+@dataclass
+class Stats:
+    """What the service saw: how many requests arrived, when, and how many at once."""
+
+    requests: int = 0
+    errors: int = 0
+    in_flight: int = 0
+    max_in_flight: int = 0
+    arrivals: list[float] = field(default_factory=list)
+    """``time.perf_counter()`` of each arrival, for retry-storm histograms."""
+
+    def reset(self) -> None:
+        """Zero the counters between experiments."""
+        self.requests = self.errors = self.in_flight = self.max_in_flight = 0
+        self.arrivals.clear()
+
+
+FAULTS = web.AppKey("faults", Faults)
+STATS = web.AppKey("stats", Stats)
+
+
+@web.middleware
+async def _fault_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    faults, stats = request.app[FAULTS], request.app[STATS]
+    stats.requests += 1
+    stats.arrivals.append(time.perf_counter())
+    stats.in_flight += 1
+    stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
+    try:
+        if faults.down:
+            stats.errors += 1
+            return web.json_response({"error": "service down"}, status=503)
+        delay = faults.delay()
+        if delay:
+            await asyncio.sleep(delay)
+        if faults.should_fail():
+            stats.errors += 1
+            return web.json_response({"error": "injected failure"}, status=500)
+        return await handler(request)
+    finally:
+        stats.in_flight -= 1
+
+
+def as_app(target: AppLike) -> web.Application:
+    """An aiohttp app with the course's fault knobs, from a handler, a RouteTableDef or an app."""
+    if isinstance(target, web.Application):
+        if target.frozen:
+            raise ValueError("this web.Application was already started once; build a fresh one for each start")
+        target.middlewares.insert(0, _fault_middleware)
+        return target
+    app = web.Application(middlewares=[_fault_middleware])
+    if isinstance(target, web.RouteTableDef):
+        app.add_routes(target)
+    elif callable(target):
+        app.router.add_route("*", "/{tail:.*}", target)
+    else:
+        raise TypeError(f"start_service needs a handler, a RouteTableDef or a web.Application, got {type(target).__name__}")
+    return app
+
+
+@dataclass
+class Service:
+    """A running service: its URL, its fault knobs and its counters."""
+
+    name: str
+    runner: web.AppRunner
+    port: int
+    faults: Faults
+    stats: Stats
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. http://127.0.0.1:41234"""
+        return f"http://127.0.0.1:{self.port}"
+
+    async def stop(self) -> None:
+        """Close the listener and cut in-flight requests after a short grace period."""
+        await self.runner.cleanup()
+        if _services.get(self.name) is self:
+            del _services[self.name]
+
+    def __repr__(self) -> str:
+        return f"<Service {self.name} {self.url} faults={self.faults}>"
+
+
+async def start_service(name: str, target: AppLike, *, faults: Faults | None = None) -> Service:
+    """Start ``target`` on 127.0.0.1 (free port) as service ``name``, replacing any old one."""
+    if not name or not isinstance(name, str):
+        raise ValueError("a service needs a non-empty name, e.g. start_service('inventory', handler)")
+    app = as_app(target)  # a bad target fails here, before the old service is stopped
+    old = _services.pop(name, None)
+    if old is not None:
+        await old.stop()
+    app[FAULTS] = faults or Faults()
+    app[STATS] = Stats()
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    service = Service(name, runner, port, app[FAULTS], app[STATS])
+    _services[name] = service
+    return service
+
+
+def get_service(name: str) -> Service:
+    """The running service called ``name``."""
+    try:
+        return _services[name]
+    except KeyError:
+        known = ", ".join(sorted(_services)) or "none"
+        raise KeyError(f"no service named {name!r} is running (running: {known})") from None
+
+
+def running_services() -> dict[str, Service]:
+    """A copy of the registry, for a quick look at what is up."""
+    return dict(_services)
+
+
+async def stop_all() -> None:
+    """Stop every service this kernel started (the last cell of each notebook calls it)."""
+    for service in list(_services.values()):
+        await service.stop()

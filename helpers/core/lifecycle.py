@@ -1,0 +1,75 @@
+"""Start, kill and restart a consumer inside one kernel, the way a process would live and die.
+
+Lessons and lab checks need "the consumer crashed, then came back": run the consumer
+as a task, cancel it (its connection closes, its persistent session stays on the
+broker), and start it again with the same client id.
+
+One embedded-broker detail: amqtt closes a dropped connection asynchronously, and if
+the same client id reconnects before it is done, the old connection's clean-up can
+mark the *new* session offline (its messages then queue instead of being delivered).
+A real process restart takes far longer than that, so :func:`kill` waits until the
+broker has let go of the old connection, exactly as a slow restart would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from helpers.core.broker import Broker
+from helpers.core.waiting import until
+
+__all__ = ["kill", "start", "until"]
+
+
+async def start(run: Callable[..., Awaitable[Any]], *args: Any, timeout: float = 5.0, **kwargs: Any) -> asyncio.Task[Any]:
+    """Run ``run(*args, ready=event, **kwargs)`` as a task; return once it set ``ready``.
+
+    If the task ends (or fails) before it is ready, its error is raised here instead.
+    """
+    ready = asyncio.Event()
+    task = asyncio.ensure_future(run(*args, ready=ready, **kwargs))
+    waiter = asyncio.ensure_future(ready.wait())
+    done, _ = await asyncio.wait({task, waiter}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    if waiter not in done:
+        waiter.cancel()
+        if task in done:
+            task.result()  # raises the consumer's own error
+            raise RuntimeError("the consumer returned before it was ready (did it set `ready`?)")
+        await _cancelled(task)
+        raise TimeoutError(f"the consumer was not ready within {timeout:g} s (did it call ready.set() after subscribing?)")
+    return task
+
+
+async def kill(task: asyncio.Task[Any], broker: Broker | None = None, name: str | None = None) -> BaseException | None:
+    """Cancel ``task`` (the consumer dies), wait for it; with ``broker`` and ``name`` also wait
+    until the broker has closed that client's connection. Returns the task's own error, if any."""
+    task.cancel()
+    error: BaseException | None = None
+    try:
+        await task
+    except asyncio.CancelledError:
+        if not task.cancelled():
+            raise
+    except Exception as exc:  # noqa: BLE001 - report, do not raise: the caller decides
+        error = exc
+    if broker is not None and name is not None:
+        await broker.until_offline(name, timeout=5.0)
+    return error
+
+
+async def _cancelled(task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` and wait for it to end; its own failure is not ours to raise here.
+
+    Only ``Exception`` is swallowed: a KeyboardInterrupt or SystemExit (the grader
+    stopping an endless loop) must travel on.
+    """
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        if not task.cancelled():  # we were cancelled ourselves, not just the task
+            raise
+    except Exception:  # noqa: BLE001 - the task failed while being stopped: the caller asked it to stop
+        pass

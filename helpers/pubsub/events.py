@@ -1,0 +1,10 @@
+"""The event types the lessons' services publish, defined once.
+
+A producer and its consumers must agree on the type string; a typo in one copy would
+be a silent mismatch, so every module that speaks of a placed order imports it here.
+"""
+
+from __future__ import annotations
+
+ORDER_PLACED = "order.placed"
+"""The Order service's event: a customer placed an order (data: ``order_id`` and the order)."""

@@ -1,0 +1,296 @@
+"""``make bench``: how fast are the course's building blocks on this machine?
+
+The lessons' claims rest on three assumptions this measures: an in-process HTTP hop
+costs well under a millisecond (so 5 x 50 ms really is ~250 ms), the brokers move
+thousands of messages per second (so queueing we show is the consumers', not the
+broker's), and the open-loop generator sends on time (so its latencies are honest).
+Prints a Markdown table; ``--out FILE`` also writes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import platform
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+import aiohttp
+from aiohttp import web
+
+from helpers.core.broker import mqtt_broker
+from helpers.core.http import Faults, Service, start_service, stop_all
+from helpers.core.measure import closed_loop, open_loop, percentile
+
+T = TypeVar("T")
+Row = tuple[str, str, str, str]
+TARGET_HOP_MS = 1.0
+TARGET_LATENESS_MS = 2.0
+
+
+async def _hello(_: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
+async def http_requests_per_second(n: int = 2000) -> float:
+    """Closed loop, 8 workers, one tiny service: raw request rate of an in-process hop."""
+    svc = await start_service("bench-hello", _hello)
+    async with aiohttp.ClientSession() as session:
+
+        async def call() -> None:
+            async with session.get(svc.url) as response:
+                await response.read()
+
+        run = await closed_loop(call, concurrency=8, count=n)
+    await svc.stop()
+    return run.summary().throughput
+
+
+async def _relay_chain(hops: int, work_s: float) -> tuple[Service, aiohttp.ClientSession]:
+    """``hops`` services; each does ``work_s`` of (simulated) work then calls the next.
+
+    Deliberately bare (no tracing, no JSON), unlike :func:`helpers.sync.chain.start_chain`
+    that the lessons use: the benchmark prices the HTTP hop alone.
+    """
+    session = aiohttp.ClientSession()
+    downstream: str | None = None
+    first: Service | None = None
+    for i in reversed(range(hops)):
+        target = downstream
+
+        async def handler(_: web.Request, target: str | None = target) -> web.Response:
+            if target is None:
+                return web.Response(text="ok")
+            async with session.get(target) as response:
+                return web.Response(text=await response.text(), status=response.status)
+
+        first = await start_service(f"bench-hop-{i}", handler, faults=Faults(latency=work_s))
+        downstream = first.url
+    assert first is not None
+    return first, session  # the caller closes the session
+
+
+async def per_hop_overhead_ms(hops: int = 5, work_ms: float = 50, n: int = 40) -> tuple[float, float]:
+    """p50 of a ``hops``-long chain of ``work_ms`` services; overhead per hop beyond the work."""
+    entry, session = await _relay_chain(hops, work_ms / 1000)
+    async with aiohttp.ClientSession() as client:
+
+        async def call() -> None:
+            async with client.get(entry.url) as response:
+                await response.read()
+
+        run = await closed_loop(call, concurrency=1, count=n)
+    await session.close()
+    await stop_all()
+    p50 = run.summary().p50_ms
+    return p50, (p50 - hops * work_ms) / hops
+
+
+async def timer_slack_ms(seconds: float = 0.05, n: int = 40) -> float:
+    """p50 of how much later than asked ``asyncio.sleep(seconds)`` returns.
+
+    The event loop wakes on a millisecond clock, so every simulated 50 ms of work
+    costs a little more; this is part of the per-hop overhead, not HTTP's fault.
+    """
+    loop = asyncio.get_running_loop()
+    overshoot = []
+    for _ in range(n):
+        start = loop.time()
+        await asyncio.sleep(seconds)
+        overshoot.append((loop.time() - start - seconds) * 1000)
+    return percentile(overshoot, 50)
+
+
+async def mqtt_messages_per_second(url: str | None, qos: int, n: int = 2000) -> float:
+    """Publish ``n`` messages and count them back on a subscriber: end-to-end msg/s."""
+    async with mqtt_broker(url, name=f"bench-{qos}") as broker:
+        topic = f"bench/{os.getpid()}/{qos}/{time.monotonic_ns()}"
+        async with broker.client() as sub, broker.client() as pub:
+            await sub.subscribe(topic, qos=qos)
+            done = asyncio.get_running_loop().create_future()
+
+            async def count() -> None:
+                seen = 0
+                async for _ in sub.messages:
+                    seen += 1
+                    if seen == n:
+                        done.set_result(time.perf_counter())
+                        return
+
+            reader = asyncio.create_task(count())
+            start = time.perf_counter()
+            for i in range(n):
+                await pub.publish(topic, str(i).encode(), qos=qos)
+            end = await asyncio.wait_for(done, 60)
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+    return n / (end - start)
+
+
+async def queue_messages_per_second(n: int = 100_000) -> float:
+    """The in-process ceiling: hand messages through an asyncio.Queue."""
+    queue: asyncio.Queue[int] = asyncio.Queue()
+
+    async def consume() -> None:
+        for _ in range(n):
+            await queue.get()
+
+    start = time.perf_counter()
+    consumer = asyncio.create_task(consume())
+    for i in range(n):
+        queue.put_nowait(i)
+        if i % 1000 == 0:
+            await asyncio.sleep(0)
+    await consumer
+    return n / (time.perf_counter() - start)
+
+
+async def generator_lateness_ms(rate: float = 1000, seconds: float = 3) -> tuple[float, float]:
+    """p50 and p99 of how late the open-loop generator sends at ``rate``/s (no-op calls)."""
+
+    async def noop() -> None:
+        await asyncio.sleep(0)
+
+    run = await open_loop(noop, rate=rate, duration=seconds)
+    late = run.lateness_ms
+    return percentile(late, 50), percentile(late, 99)
+
+
+async def _mosquitto_url() -> tuple[str | None, contextlib.ExitStack]:
+    stack = contextlib.ExitStack()
+    if os.environ.get("MQTT_URL"):
+        return os.environ["MQTT_URL"], stack
+    try:
+        from helpers.core.mosquitto import running_mosquitto
+
+        return stack.enter_context(running_mosquitto()), stack
+    except FileNotFoundError:
+        return None, stack
+
+
+def _verdict(value: float, target: float) -> str:
+    return "meets target" if value < target else "MISSES target"
+
+
+async def run_all(report: Callable[[str], None] = print) -> list[Row]:
+    """Run every benchmark; return rows (what, value, target, note)."""
+    rows: list[Row] = []
+
+    async def step(label: str, coro: Awaitable[T]) -> T:
+        report(f"... {label}")
+        return await coro
+
+    rps = await step("HTTP request rate", http_requests_per_second())
+    rows.append(
+        ("in-process HTTP, 8 concurrent callers", f"{rps:,.0f} req/s", "", "aiohttp client -> aiohttp service on 127.0.0.1")
+    )
+    p50, hop = await step("5-hop chain", per_hop_overhead_ms())
+    in_band = 250 <= p50 <= 275
+    rows.append(
+        ("5-hop chain of 50 ms services, p50", f"{p50:.1f} ms", "250-275 ms", "meets target" if in_band else "MISSES target")
+    )
+    rows.append(
+        ("per-hop overhead: (p50 - 250 ms) / 5", f"{hop:.2f} ms", "", "HTTP cost + event-loop timer wake-up, see next rows")
+    )
+    bare_p50, bare_hop = await step("5-hop chain, no work", per_hop_overhead_ms(work_ms=0, n=200))
+    rows.append(
+        (
+            "HTTP cost per hop: 5-hop chain of 0 ms services, p50 / 5",
+            f"{bare_hop:.2f} ms",
+            f"< {TARGET_HOP_MS:g} ms",
+            _verdict(bare_hop, TARGET_HOP_MS),
+        )
+    )
+    slack = await step("timer slack", timer_slack_ms())
+    rows.append(
+        (
+            "asyncio.sleep(50 ms) overshoot, p50",
+            f"{slack:.2f} ms",
+            "",
+            "the loop wakes on a 1 ms clock: paid once per simulated 50 ms of work",
+        )
+    )
+    mosquitto, stack = await _mosquitto_url()
+    with stack:
+        for qos in (0, 1):
+            embedded = await step(f"embedded broker QoS {qos}", mqtt_messages_per_second(None, qos))
+            rows.append(
+                (f"MQTT QoS {qos}, embedded amqtt", f"{embedded:,.0f} msg/s", "", "publish -> broker -> subscriber, same process")
+            )
+            if mosquitto:
+                real = await step(f"Mosquitto QoS {qos}", mqtt_messages_per_second(mosquitto, qos))
+                rows.append(
+                    (
+                        f"MQTT QoS {qos}, Mosquitto",
+                        f"{real:,.0f} msg/s",
+                        "",
+                        f"same client; {real / embedded:.1f}x the embedded broker",
+                    )
+                )
+            else:
+                rows.append((f"MQTT QoS {qos}, Mosquitto", "not installed", "", "install mosquitto to compare"))
+    ceiling = await step("asyncio.Queue", queue_messages_per_second())
+    rows.append(("asyncio.Queue hand-off (in-process ceiling)", f"{ceiling:,.0f} msg/s", "", "no network, no broker"))
+    late50, late99 = await step("generator accuracy", generator_lateness_ms())
+    rows.append(("open-loop generator at 1,000 req/s: p50 lateness", f"{late50:.3f} ms", "", "actual minus intended send time"))
+    rows.append(
+        (
+            "open-loop generator at 1,000 req/s: p99 lateness",
+            f"{late99:.3f} ms",
+            f"< {TARGET_LATENESS_MS:g} ms",
+            _verdict(late99, TARGET_LATENESS_MS),
+        )
+    )
+    return rows
+
+
+def as_markdown(rows: list[Row]) -> str:
+    """The table for README.md, with the machine it was measured on."""
+    lines = [
+        f"Measured by `make bench` on {platform.system()} {platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}.",
+        "",
+        "| measurement | result | target | note |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    return "\n".join(lines) + "\n"
+
+
+START, END = "<!-- BENCH:START -->", "<!-- BENCH:END -->"
+
+
+def update_readme(path: Path, table: str) -> None:
+    """Put ``table`` between the BENCH markers, so the README shows measured numbers only."""
+    text = path.read_text()
+    if START not in text or END not in text:
+        raise SystemExit(f"{path} has no {START} ... {END} markers to fill")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    path.write_text(f"{head}{START}\n{table}{END}{tail}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m helpers bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, help="also write the Markdown table to this file")
+    parser.add_argument("--readme", type=Path, help="replace the table between the BENCH markers of this README")
+    args = parser.parse_args(argv)
+    rows = asyncio.run(run_all(lambda line: print(line, file=sys.stderr, flush=True)))
+    table = as_markdown(rows)
+    print(table)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(table)
+    if args.readme:
+        update_readme(args.readme, table)
+    return 0 if all("MISSES" not in row[3] for row in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
