@@ -8,15 +8,16 @@ and checks the branch it is on, never assumes.
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
 
+from helpers.core import lifecycle
 from helpers.core.broker import Broker
 from helpers.core.measure import summarize
 from helpers.core.messaging import Consumer, manual_ack
 from helpers.core.receive import collect
+from helpers.core.waiting import until
 from helpers.pubsub import probes
 from helpers.pubsub.consistency import ReadYourWrites, own_reads_after_write, staleness_trials, start_status_system
 from helpers.pubsub.deadletters import sample_messages, strict_charging
@@ -25,7 +26,7 @@ from helpers.pubsub.idempotency import Ledger, crash_before_ack, publisher_retry
 from helpers.pubsub.leveling import queued_burst, sync_burst
 from helpers.pubsub.ordering import MODES, global_inversions, inversions, run_ordering
 from helpers.pubsub.scaling import POOL, SHARED, consumer_throughput
-from helpers.pubsub.shop import DEFAULT_WORK, place_orders, start_shop, start_sync_shop
+from helpers.pubsub.shop import DEFAULT_WORK, place_orders, start_event_shop, start_sync_shop
 from helpers.pubsub.trace_flows import producer_gap_ms, traced_async_order, traced_sync_order
 
 pytestmark = pytest.mark.broker
@@ -33,7 +34,7 @@ pytestmark = pytest.mark.broker
 
 async def test_m5_producer_does_not_wait_for_500ms_consumers(broker: Broker, topic: str) -> None:
     slow = {name: 0.5 for name in DEFAULT_WORK}
-    shop = await start_shop(broker, topic, work=slow, concurrency=10)
+    shop = await start_event_shop(broker, topic, work=slow, concurrency=10)
     try:
         run = await place_orders(shop.order_service.url, count=10, rate=10)
         assert await shop.wait_handled(10, timeout=10), f"consumers handled {shop.counts()}"
@@ -144,19 +145,13 @@ async def test_dead_letters_keep_the_consumer_running(broker: Broker, topic: str
     async with manual_ack(broker.client()) as sub, broker.client() as pub, broker.client() as watcher:
         await watcher.subscribe(f"{topic}/dead-letter", qos=1)
         consumer = Consumer(sub, topic, strict_charging(ledger), dead_letter_topic=f"{topic}/dead-letter")
-        ready = asyncio.Event()
-        task = asyncio.create_task(consumer.run(ready))
-        await asyncio.wait_for(ready.wait(), 5)
+        task = await lifecycle.start(consumer.run)
         for _, payload in messages:
             await pub.publish(topic, payload, qos=1)
         dead = await collect(watcher, expected=3, timeout=5)
-        for _ in range(300):
-            if consumer.stats.received == len(messages):
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: consumer.stats.received == len(messages), timeout=3)
         alive = not task.done()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        assert await lifecycle.kill(task) is None, "the consumer ended with an error"
     assert alive
     assert len(dead) == 3 and consumer.stats.dead_lettered == 3
     assert len(ledger) == 3 == consumer.stats.processed

@@ -82,7 +82,7 @@ async def test_read_your_own_writes_prefers_the_newer_of_own_write_and_read_mode
             return self.model.get(order_id, View(None, 0))
 
     system = FakeSystem()
-    session = ReadYourWrites(system)  # type: ignore[arg-type]
+    session = ReadYourWrites(system)  # type: ignore[arg-type]  # a duck-typed fake of StatusSystem
     await session.write("o1", "paid")
     assert (await session.read("o1")) == View("paid", 1, "own write")
     system.model["o1"] = View("shipped", 2)  # the projection caught up, and someone else moved it on
@@ -131,7 +131,7 @@ def test_rows_for_tables() -> None:
 
 
 async def test_lifecycle_until_and_start_report_clearly() -> None:
-    flag = []
+    flag: list[int] = []
     asyncio.get_running_loop().call_later(0.05, flag.append, 1)
     assert await lifecycle.until(lambda: bool(flag), timeout=1)
     assert not await lifecycle.until(lambda: False, timeout=0.05)
@@ -155,9 +155,39 @@ async def test_lifecycle_until_and_start_report_clearly() -> None:
     assert await lifecycle.kill(task) is None and task.cancelled()
 
 
+async def test_running_stops_the_consumer_and_raises_its_crash() -> None:
+    from helpers.core.lifecycle import running
+
+    async def fine(ready: asyncio.Event) -> None:
+        ready.set()
+        await asyncio.sleep(10)
+
+    async with running(fine) as task:
+        assert not task.done()
+    assert task.cancelled()
+
+    crash = asyncio.Event()
+
+    async def crashes(ready: asyncio.Event) -> None:
+        ready.set()
+        await crash.wait()
+        raise RuntimeError("consumer bug")
+
+    with pytest.raises(RuntimeError, match="consumer bug"):
+        async with running(crashes) as task:
+            crash.set()
+            await asyncio.wait([task])
+    with pytest.raises(KeyError) as caught:  # the block's own error wins; the consumer's is noted on it
+        async with running(crashes) as task:
+            crash.set()
+            await asyncio.wait([task])
+            raise KeyError("block")
+    assert any("consumer bug" in note for note in caught.value.__notes__)
+
+
 async def test_run_pool_rejects_zero_workers() -> None:
     with pytest.raises(ValueError, match="at least one worker"):
-        await run_pool(None, 0)  # type: ignore[arg-type]
+        await run_pool(None, 0)  # type: ignore[arg-type]  # no consumer on purpose: the check comes first
 
 
 def test_sync_burst_outcomes_are_cumulative() -> None:
@@ -201,10 +231,35 @@ async def test_die_before_ack_escapes_the_consumers_error_handling(broker: Broke
 
     async with die_before_ack(manual_ack(broker.client())) as sub, broker.client() as pub:
         consumer = Consumer(sub, topic, handler)
-        ready = asyncio.Event()
-        task = asyncio.create_task(consumer.run(ready))
-        await asyncio.wait_for(ready.wait(), 5)
+        task = await lifecycle.start(consumer.run)
         await publish(pub, topic, order_event(1), qos=1)
         with pytest.raises(ProcessDied):
             await asyncio.wait_for(task, 5)
     assert len(handled) == 1 and consumer.stats.dead_lettered == 0  # the work ran; no ack, no dead letter
+
+
+async def test_event_shop_reports_a_crashed_worker_instead_of_swallowing_it(broker: Broker, topic: str) -> None:
+    from helpers.pubsub.shop import place_orders, start_event_shop
+
+    shop = await start_event_shop(broker, topic, work={"fulfillment": 0.0, "broken": 0.0})
+
+    async def bug(message: aiomqtt.Message) -> None:  # escapes the consumer's dead-lettering: a crash
+        raise RuntimeError("worker bug")
+
+    shop.workers["broken"].consumer.handle = bug  # type: ignore[method-assign,union-attr]  # plant the bug on one worker
+    try:
+        await place_orders(shop.order_service.url, count=1, rate=10)
+        with pytest.raises(RuntimeError, match="worker bug"):
+            await shop.wait_handled(1, timeout=5)
+        assert await lifecycle.until(lambda: shop.counts()["fulfillment"] == 1), "the healthy worker kept working"
+    finally:
+        with pytest.raises(RuntimeError, match="worker bug") as caught:
+            await shop.stop()
+    assert "raised by the shop's 'broken' worker" in caught.value.__notes__
+
+
+def test_order_placed_has_one_definition() -> None:
+    from helpers.pubsub import deadletters, events, idempotency, shop
+
+    assert idempotency.ORDER_PLACED is shop.ORDER_PLACED is events.ORDER_PLACED == "order.placed"
+    assert {decode(p).type for _, p in deadletters.sample_messages()[:2]} == {events.ORDER_PLACED}

@@ -24,8 +24,10 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from helpers.grading.grader import Options, Result, grade_file, identify_lab, main
+from helpers.grading.cli import main
 from helpers.grading.labgen import LABS, ROOT, SOLUTIONS, solution_paths
+from helpers.grading.report import Result
+from helpers.grading.runner import Options, grade_file, identify_lab
 
 LAB_IDS = [p.stem for p in solution_paths()]
 WARMUP = SOLUTIONS / "00_warmup.ipynb"
@@ -70,7 +72,7 @@ async def sees_mqtt_url(ctx):
 '''
 
 TINY_CELLS = {
-    "setup": 'from helpers.grading.checks import checker\ncheck = checker("91_tiny")',
+    "setup": 'from helpers.grading.notebook import checker\ncheck = checker("91_tiny")',
     "q1": "def double(x):\n    return 2 * x",
     "q2": "answer = 42",
     "q3": 'async def greet(name):\n    return f"hi {name}"',
@@ -176,7 +178,7 @@ async def test_function_that_hangs_inside_a_check_scores_zero_with_reason(tiny_c
     nb = tiny_notebook(tmp_path / "hang.ipynb", q3=hang)
     result = await grade_file(nb, tiny_options(tiny_checks, check_timeout=2))
     assert points(result) == {"q1": 2, "q2": 1, "q3": 1}
-    reason = next(c["message"] for c in result.checks if c["name"] == "greets")
+    reason = next(c.message for c in result.checks if c.name == "greets")
     assert "interrupted" in reason or "did not finish" in reason
 
 
@@ -193,8 +195,8 @@ async def test_code_under_check_cannot_rewire_the_graders_modules(tiny_checks: P
         """
     )
     result = await grade_file(tiny_notebook(tmp_path / "rewire.ipynb", q3=rewire), tiny_options(tiny_checks))
-    greets = next(c for c in result.checks if c["name"] == "greets")
-    assert not greets["passed"] and "helpers.grading.checks.CheckResult" in greets["message"]
+    greets = next(c for c in result.checks if c.name == "greets")
+    assert not greets.passed and "helpers.grading.checks.CheckResult" in greets.message
     assert any("replaced helpers.grading.checks.CheckResult" in f for f in result.flags), result.flags
     assert points(result) == {"q1": 2, "q2": 1, "q3": 1}
 
@@ -211,14 +213,14 @@ async def test_error_midway_gives_partial_credit(tiny_checks: Path, tmp_path: Pa
     result = await grade_file(nb, tiny_options(tiny_checks))
     assert points(result) == {"q1": 0, "q2": 1, "q3": 2}
     assert any("RuntimeError: stuck here" in n for n in result.notes)
-    assert "double" in next(c["message"] for c in result.checks if c["name"] == "doubles")
+    assert "double" in next(c.message for c in result.checks if c.name == "doubles")
 
 
 async def test_hidden_checks_count_in_the_grade(tiny_checks: Path, tmp_path: Path) -> None:
     only_positive = "def double(x):\n    return 42 if x == 21 else 0"
     result = await grade_file(tiny_notebook(tmp_path / "h.ipynb", q1=only_positive), tiny_options(tiny_checks))
-    hidden = next(c for c in result.checks if c["name"] == "doubles_negative")
-    assert hidden["hidden"] and not hidden["passed"]
+    hidden = next(c for c in result.checks if c.name == "doubles_negative")
+    assert hidden.hidden and not hidden.passed
     assert points(result)["q1"] == 1
 
 

@@ -16,8 +16,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from helpers.grading import checks as checking
-from helpers.grading.checks import Checks, Context, LabError, checker, expect, format_report, load_checks, run_check
+from helpers.grading.checks import GRADING_ENV, Checks, Context, LabError, expect, load_checks, run_check
 from helpers.grading.labgen import (
     LABS,
     PLACEHOLDER,
@@ -31,6 +30,7 @@ from helpers.grading.labgen import (
     strip_code,
     strip_markdown,
 )
+from helpers.grading.notebook import checker, format_report
 
 LAB_IDS = [p.stem for p in solution_paths()]
 CHECK_CALL = re.compile(r"""\bcheck\(\s*["']([^"']+)["']\s*\)""")
@@ -227,7 +227,7 @@ def test_checks_registry_counts_hidden_points_and_rejects_mistakes() -> None:
     assert [c.name for c in demo.of("q1", hidden=False)] == ["doubles"]
     assert demo.max_points() == 4 and demo.max_points("q1") == 3
     with pytest.raises(LabError, match="async def"):
-        demo.check("q3")(lambda ctx: None)  # type: ignore[arg-type]
+        demo.check("q3")(lambda ctx: None)  # type: ignore[arg-type] # a sync lambda on purpose: the registry must refuse it
 
     async def doubles(ctx: Context) -> None:
         return None
@@ -252,7 +252,7 @@ async def test_check_in_a_notebook_must_be_awaited_and_is_skipped_while_grading(
     assert 'await check("q1")' in repr(pending)
     report = await pending  # no svc in this namespace: both visible checks fail, with reasons
     assert not report.passed and "`svc` is not defined" in capsys.readouterr().out
-    monkeypatch.setenv(checking.GRADING_ENV, "1")
+    monkeypatch.setenv(GRADING_ENV, "1")
     assert (await check("q1")).results == []
     assert "skipped while grading" in capsys.readouterr().out
 

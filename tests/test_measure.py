@@ -8,6 +8,7 @@ generator mostly hides (coordinated omission).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 
 import aiohttp
@@ -161,7 +162,7 @@ async def test_open_loop_sends_on_schedule() -> None:
     run = await open_loop(_noop, rate=rate, count=count)
     assert len(run.samples) == count
     intended = [s.intended for s in run.samples]
-    gaps = [b - a for a, b in zip(intended, intended[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(intended)]
     assert gaps == pytest.approx([1 / rate] * (count - 1)), "intended times are a fixed grid"
     lateness = run.lateness_ms
     assert min(lateness) >= 0, "never sent early"

@@ -25,6 +25,7 @@ from helpers.core.messaging import (
     manual_ack,
     publish,
 )
+from helpers.core.waiting import until
 
 WAIT_S = 5.0
 
@@ -136,11 +137,9 @@ class Harness:
         return json.loads(message.payload)
 
     async def until_processed(self, count: int) -> None:
-        async def wait() -> None:
-            while self.consumer.stats.processed < count:
-                await asyncio.sleep(0.005)
-
-        await asyncio.wait_for(wait(), WAIT_S)
+        assert await until(lambda: self.consumer.stats.processed >= count, WAIT_S, poll=0.005), (
+            f"processed {self.consumer.stats.processed} of {count} within {WAIT_S} s"
+        )
 
 
 @pytest.fixture
@@ -229,11 +228,8 @@ async def test_dedupe_survives_consumer_restart(broker: Broker, topic: str, tmp_
                 await asyncio.wait_for(ready.wait(), WAIT_S)
                 await publish(publisher, topic, event)
 
-                async def handled_once(c: Consumer = consumer) -> None:
-                    while c.stats.processed + c.stats.duplicates < 1:
-                        await asyncio.sleep(0.005)
-
-                await asyncio.wait_for(handled_once(), WAIT_S)
+                stats = consumer.stats
+                assert await until(lambda s=stats: s.processed + s.duplicates >= 1, WAIT_S, poll=0.005)
                 task.cancel()
                 with pytest.raises(asyncio.CancelledError):
                     await task

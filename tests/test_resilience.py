@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import time
 from types import SimpleNamespace
@@ -154,7 +155,7 @@ def test_spans_cover_the_window_in_relative_seconds() -> None:
     spans = breaker.spans(start, start + 5.0)
     assert [s[2] for s in spans] == ["closed", "open", "half-open", "closed"]
     assert spans[0][0] == 0 and spans[-1][1] == 5.0
-    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:])), "spans are contiguous"
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(spans)), "spans are contiguous"
 
 
 def test_breaker_rejects_nonsense_settings() -> None:

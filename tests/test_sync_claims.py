@@ -16,7 +16,7 @@ from helpers.core.http import Faults, start_service
 from helpers.core.measure import open_loop
 from helpers.core.resilience import CircuitBreaker
 from helpers.sync.cascade import Phase, replay
-from helpers.sync.chain import Downstream, start_chain, start_shop, stop_chain
+from helpers.sync.chain import Downstream, start_chain, start_http_shop, stop_chain
 from helpers.sync.pools import Bulkhead, PooledClient, async_batch, blocking_batch, pool_load
 from helpers.sync.retry_storm import start_struggling, storm
 
@@ -51,7 +51,7 @@ SHORT_SCRIPT = (
 
 
 async def test_m2_cascade_then_breaker_fails_fast_and_recovers() -> None:
-    shop = await start_shop(work_s=0.01)
+    shop = await start_http_shop(work_s=0.01)
     user = Downstream("user", shop.url)
     try:
         await user.get("/products/42")
@@ -149,7 +149,7 @@ async def test_s9_blocking_threads_cap_concurrency_async_does_not() -> None:
 
 
 async def test_m12_sync_trace_is_one_nested_trace_across_services() -> None:
-    shop = await start_shop(work_s=0.02)
+    shop = await start_http_shop(work_s=0.02)
     front = Downstream("frontend", shop.url)
     try:
         tracing.clear()

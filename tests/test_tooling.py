@@ -26,8 +26,8 @@ def _free_port() -> int:
 
 async def test_serve_runs_a_service_in_its_own_process_with_fault_knobs() -> None:
     port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "helpers", "serve", "helpers.tools.serve:demo_app", "--port", str(port), "--latency", "0.1"],
+    proc = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "helpers", "serve", "helpers.tools.serve:demo_app", "--port", str(port), "--latency", "0.1"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -47,7 +47,7 @@ async def test_serve_runs_a_service_in_its_own_process_with_fault_knobs() -> Non
         assert time.perf_counter() - started >= 0.1, "the --latency knob was not applied"
     finally:
         proc.terminate()
-        proc.wait(timeout=10)
+        await asyncio.wait_for(proc.wait(), 10)
 
 
 @pytest.mark.parametrize("spec", ["no-colon", "helpers.nothing_here:app", "helpers.tools.serve:missing"])

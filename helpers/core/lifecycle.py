@@ -14,13 +14,14 @@ broker has let go of the old connection, exactly as a slow restart would.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from helpers.core.broker import Broker
 from helpers.core.waiting import until
 
-__all__ = ["kill", "start", "until"]
+__all__ = ["kill", "running", "start", "until"]
 
 
 async def start(run: Callable[..., Awaitable[Any]], *args: Any, timeout: float = 5.0, **kwargs: Any) -> asyncio.Task[Any]:
@@ -42,11 +43,11 @@ async def start(run: Callable[..., Awaitable[Any]], *args: Any, timeout: float =
     return task
 
 
-async def kill(task: asyncio.Task[Any], broker: Broker | None = None, name: str | None = None) -> BaseException | None:
+async def kill(task: asyncio.Task[Any], broker: Broker | None = None, name: str | None = None) -> Exception | None:
     """Cancel ``task`` (the consumer dies), wait for it; with ``broker`` and ``name`` also wait
     until the broker has closed that client's connection. Returns the task's own error, if any."""
     task.cancel()
-    error: BaseException | None = None
+    error: Exception | None = None
     try:
         await task
     except asyncio.CancelledError:
@@ -73,3 +74,23 @@ async def _cancelled(task: asyncio.Task[Any]) -> None:
             raise
     except Exception:  # noqa: BLE001 - the task failed while being stopped: the caller asked it to stop
         pass
+
+
+@contextlib.asynccontextmanager
+async def running(run: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> AsyncIterator[asyncio.Task[Any]]:
+    """Run ``run(*args, ready=event, **kwargs)`` while the block runs; yield its task once ready.
+
+    On exit the task is cancelled and awaited. If it had failed, its error is raised (or,
+    when the block itself failed, attached to the block's error as a note).
+    """
+    task = await start(run, *args, **kwargs)
+    try:
+        yield task
+    except BaseException as exc:  # not swallowed: noted and re-raised below
+        error = await kill(task)
+        if error is not None:
+            exc.add_note(f"the consumer had failed too: {type(error).__name__}: {error}")
+        raise
+    error = await kill(task)
+    if error is not None:
+        raise error

@@ -18,7 +18,8 @@ from helpers.core.tracing import SpanRow
 COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 
 
-def _axes(ax: Axes | None, size: tuple[float, float] = (7, 4)) -> Axes:
+def axes(ax: Axes | None, size: tuple[float, float] = (7, 4)) -> Axes:
+    """``ax`` if the caller gave one (to draw into a grid of plots), else a new figure's axes."""
     if ax is not None:
         return ax
     _, new = plt.subplots(figsize=size, layout="constrained")
@@ -29,7 +30,7 @@ def latency_vs_hops(
     hops: Sequence[int], p50_ms: Sequence[float], p99_ms: Sequence[float], *, per_hop_ms: float = 50, ax: Axes | None = None
 ) -> Axes:
     """Measured p50/p99 per chain length next to the ideal n x per_hop_ms line."""
-    ax = _axes(ax)
+    ax = axes(ax)
     ax.plot(hops, p50_ms, "o-", label="p50 measured")
     ax.plot(hops, p99_ms, "s--", label="p99 measured")
     ax.plot(hops, [h * per_hop_ms for h in hops], ":", color="gray", label=f"n × {per_hop_ms:g} ms (work alone)")
@@ -42,7 +43,7 @@ def latency_vs_hops(
 
 def percentile_bars(summaries: Mapping[str, Summary], *, ax: Axes | None = None, title: str = "Latency percentiles") -> Axes:
     """Grouped p50/p90/p99 bars, one group per experiment."""
-    ax = _axes(ax)
+    ax = axes(ax)
     names = list(summaries)
     x = np.arange(len(names))
     for i, (label, attr) in enumerate((("p50", "p50_ms"), ("p90", "p90_ms"), ("p99", "p99_ms"))):
@@ -56,7 +57,7 @@ def percentile_bars(summaries: Mapping[str, Summary], *, ax: Axes | None = None,
 
 def cdf(series: Mapping[str, Sequence[float]], *, ax: Axes | None = None, title: str = "Latency CDF", unit: str = "ms") -> Axes:
     """Empirical CDFs, one line per series: read off any percentile by eye."""
-    ax = _axes(ax)
+    ax = axes(ax)
     for name, values in series.items():
         ordered = np.sort(np.asarray(values, dtype=float))
         if ordered.size:
@@ -77,7 +78,7 @@ def timeline(
     ax: Axes | None = None,
 ) -> Axes:
     """Values over time; ``states`` shades (start_s, end_s, label) spans, e.g. breaker states."""
-    ax = _axes(ax, (8, 4))
+    ax = axes(ax, (8, 4))
     for name, values in series.items():
         ax.plot(t_s, values, label=name)
     shade = {"closed": "#d9f2d9", "open": "#f8d0d0", "half-open": "#fff0c0"}
@@ -93,7 +94,7 @@ def timeline(
 
 def waterfall(rows: Sequence[SpanRow], *, ax: Axes | None = None, title: str = "Trace waterfall") -> Axes:
     """Spans as horizontal bars, one row each, indented by depth: nesting shows blocking."""
-    ax = _axes(ax, (8, 0.5 * max(len(rows), 3) + 1))
+    ax = axes(ax, (8, 0.5 * max(len(rows), 3) + 1))
     services = list(dict.fromkeys(r.service for r in rows))
     for i, row in enumerate(rows):
         color = COLORS[services.index(row.service) % len(COLORS)]
@@ -111,7 +112,7 @@ def waterfall(rows: Sequence[SpanRow], *, ax: Axes | None = None, title: str = "
 
 def histogram(series: Mapping[str, Sequence[float]], *, xlabel: str, title: str, bins: int = 30, ax: Axes | None = None) -> Axes:
     """Overlaid histograms on shared bins (e.g. retry arrival times with and without jitter)."""
-    ax = _axes(ax)
+    ax = axes(ax)
     values = [np.asarray(v, dtype=float) for v in series.values() if len(v)]
     if values:
         edges = np.histogram_bin_edges(np.concatenate(values), bins=bins)

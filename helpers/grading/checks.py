@@ -33,7 +33,7 @@ import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -296,7 +296,7 @@ class Context:
         """The learner's function ``name`` (fails clearly if it is not callable)."""
         value = self.get(name)
         expect(callable(value), f"`{name}` should be a function, but it is a {type(value).__name__}")
-        return value  # type: ignore[no-any-return] # ns values are Any; callable() was just checked
+        return value
 
     async def call(self, func: str | Callable[..., Any], *args: Any, timeout: float = 5.0, **kwargs: Any) -> Any:
         """Call a learner's function (sync or async) with a time limit; any error it raises fails the check.
@@ -382,10 +382,10 @@ class CheckResult:
         return cls(check.question, check.name, check.description, False, 0.0, check.points, message, check.hint, check.hidden)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> CheckResult:
+    def from_dict(cls, data: object) -> CheckResult:
         """The result :meth:`to_dict` wrote; ValueError when ``data`` is not one."""
         names = {f.name for f in fields(cls)}
-        required = {f.name for f in fields(cls) if f.default is f.default_factory}  # no default: must be given
+        required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
         if not isinstance(data, Mapping) or not required <= set(data):
             raise ValueError(f"not a check result: {data!r:.200}")
         result = cls(**{k: v for k, v in data.items() if k in names})

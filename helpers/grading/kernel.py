@@ -1,4 +1,4 @@
-"""The grader's side inside a submission's kernel (not for notebooks; see helpers/grade.py).
+"""The grader's side inside a submission's kernel (not for notebooks; see helpers/grading/runner.py).
 
 The grader runs the learner's notebook in a fresh kernel, and at each ``check("qN")``
 cell it runs that question's checks *itself*, through this module. To keep the
@@ -21,7 +21,8 @@ learner's code from deciding its own score:
 
 This raises the bar against copy-paste cheating and accidents; it is NOT a sandbox:
 the notebook runs as the grader's user in the same process as the checks, and a
-determined author can still read frames or the nonce (see the grader's docs).
+determined author can still read frames or the nonce (see CONTRIBUTING.md, "How the grader
+works and its trust model").
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def _take_helpers() -> dict[str, ModuleType]:
 
 def _cell_files() -> set[str]:
     try:
-        from IPython import get_ipython  # type: ignore[attr-defined]
+        from IPython import get_ipython
 
         shell = get_ipython()
         return set(getattr(shell.compile, "_filename_map", {})) if shell is not None else set()
@@ -109,7 +110,7 @@ def scan(extra_modules: dict[str, ModuleType] | None = None) -> list[str]:
     if sys.gettrace() is not None or sys.getprofile() is not None:
         flags.append("a trace/profile function is installed")
     try:
-        from IPython import get_ipython  # type: ignore[attr-defined]
+        from IPython import get_ipython
 
         shell = get_ipython()
         if shell is not None:

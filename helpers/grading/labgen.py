@@ -19,7 +19,7 @@ two marker lines, and the lab gets a placeholder instead::
 
 The lab gets no outputs, no execution counts, and ``metadata.course_lab`` (its id and
 source), which the grader reads to know which checks apply. Unbalanced markers are an
-error naming the notebook, cell and line. See ``helpers/checking.py`` for the whole
+error naming the notebook, cell and line. CONTRIBUTING.md ("Writing a lab") is the whole
 authoring guide (checks, hidden checks, tests).
 """
 
@@ -179,7 +179,7 @@ def stale(solutions_dir: Path = SOLUTIONS, labs_dir: Path = LABS) -> list[str]:
     """Why labs/ differs from what the generator would write (empty when up to date)."""
     problems = []
     expected = {w.lab.name: w for w in map(lambda p: render(p, labs_dir), solution_paths(solutions_dir))}
-    for name, written in expected.items():
+    for written in expected.values():
         if not written.lab.exists():
             problems.append(f"{written.lab} is missing")
         elif written.lab.read_text(encoding="utf-8") != written.text:

@@ -2,5 +2,5 @@
 
 These modules are loaded by file path under a fresh name (``helpers.grading.checks.load_checks``),
 never imported through ``sys.modules``, so a notebook cannot swap them for its own copy.
-See ``helpers/checking.py`` for the authoring guide and ``warmup.py`` for an example.
+See CONTRIBUTING.md ("Writing checks") for the guide and ``warmup.py`` for an example.
 """

@@ -15,12 +15,14 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from functools import partial
+from itertools import pairwise
 from typing import Any
 
 from aiohttp import web
 
-from helpers.grading.checks import CheckFailed, Checks, Context, expect
+from helpers.grading.checks import CheckFailed, Checks, Context, Outcome, expect, outcome
 
 checks = Checks("02_resilient_client")
 
@@ -32,27 +34,6 @@ def _errors(ctx: Context) -> tuple[type[Exception], type[Exception]]:
     service_error = ctx.get("ServiceError", resilience.ServiceError)
     open_error = ctx.get("CircuitOpenError", resilience.CircuitOpenError)
     return service_error, open_error
-
-
-async def _outcome(label: str, make: Callable[[], Awaitable[Any]], timeout: float) -> tuple[Any, BaseException | None, float]:
-    """Run one learner call: (result, exception or None, seconds). Unwritten code fails the check."""
-    started = time.perf_counter()
-    try:
-        result = await asyncio.wait_for(make(), timeout)
-    except NotImplementedError:
-        raise CheckFailed(f"{label} is not written yet (it raises NotImplementedError)") from None
-    except TimeoutError as exc:
-        elapsed = time.perf_counter() - started
-        if elapsed >= timeout - 0.01:
-            raise CheckFailed(f"{label} did not finish within {timeout:g} s") from None
-        return None, exc, elapsed
-    except Exception as exc:  # noqa: BLE001 - the learner's exception is the thing we inspect
-        return None, exc, time.perf_counter() - started
-    return result, None, time.perf_counter() - started
-
-
-def _named(exc: BaseException | None) -> str:
-    return "no exception" if exc is None else f"{type(exc).__name__}: {exc}"
 
 
 def _token(ctx: Context) -> str:
@@ -68,12 +49,31 @@ async def _json_service(ctx: Context, payload: dict[str, Any], **faults: Any) ->
     return await ctx.service("resilient", answer, faults=Faults(**faults))
 
 
+RESET_MARGIN_S = 0.05
+"""How long past a breaker's reset timeout the checks wait before its trial call."""
+
+
+async def _outwait_reset(reset_s: float) -> None:
+    """Let a breaker's reset timeout run out (plus a margin for the clock).
+
+    A sleep on purpose: what is under test is a clock (stay open for reset_timeout_s, then
+    allow one trial), and there is no event to wait for instead, because a correct breaker
+    may look at the clock only on its next call.
+    """
+    await asyncio.sleep(reset_s + RESET_MARGIN_S)
+
+
 class Flaky:
-    """An async function that fails its first ``failures`` calls with ``error()``, then returns ``value``."""
+    """An async function that fails its first ``failures`` calls with ``error()``, then returns ``value``.
+
+    ``hang_s`` makes every call take that long (a slow or silent dependency); ``called``
+    is set as soon as a call has started, so a check can wait until a call is in flight.
+    """
 
     def __init__(self, failures: float, error: Callable[[], BaseException], value: Any = "ok", hang_s: float = 0.0) -> None:
         self.failures, self.error, self.value, self.hang_s = failures, error, value, hang_s
         self.times: list[float] = []
+        self.called = asyncio.Event()
 
     @property
     def calls(self) -> int:
@@ -81,8 +81,9 @@ class Flaky:
 
     async def __call__(self) -> Any:
         self.times.append(time.perf_counter())
+        self.called.set()
         if self.hang_s:
-            await asyncio.sleep(self.hang_s)
+            await asyncio.sleep(self.hang_s)  # the fake dependency's latency: the behaviour the learner's code must survive
         if self.calls <= self.failures:
             raise self.error()
         return self.value
@@ -100,9 +101,9 @@ async def fetch_returns_json(ctx: Context) -> None:
     svc = await _json_service(ctx, payload)
     fetch = ctx.function("fetch")
     async with aiohttp.ClientSession() as session:
-        got, exc, _ = await _outcome("fetch()", lambda: fetch(session, svc.url + "/"), 5.0)
-    expect(exc is None, f"fetch raised {_named(exc)} against a healthy service")
-    expect(got == payload, f"expected {payload}, got {got!r}")
+        got = await outcome("fetch()", lambda: fetch(session, svc.url + "/"), 5.0)
+    expect(got.error is None, f"fetch raised {got.raised} against a healthy service")
+    expect(got.value == payload, f"expected {payload}, got {got.value!r}")
 
 
 @checks.check("q1", hint="the timeout must cover the whole call: aiohttp.ClientTimeout(total=timeout_s)")
@@ -113,10 +114,10 @@ async def fetch_gives_up_at_its_timeout(ctx: Context) -> str:
     svc = await _json_service(ctx, {"late": True}, latency=1.0)
     fetch = ctx.function("fetch")
     async with aiohttp.ClientSession() as session:
-        _, exc, took = await _outcome("fetch()", lambda: fetch(session, svc.url + "/", 0.2), 3.0)
-    expect(isinstance(exc, asyncio.TimeoutError), f"expected asyncio.TimeoutError, got {_named(exc)}")
-    expect(took < 0.4, f"fetch waited {took:.2f} s: a 200 ms timeout should end it by ~0.2 s")
-    return f"gave up after {took * 1000:.0f} ms"
+        got = await outcome("fetch()", lambda: fetch(session, svc.url + "/", 0.2), 3.0)
+    expect(isinstance(got.error, asyncio.TimeoutError), f"expected asyncio.TimeoutError, got {got.raised}")
+    expect(got.seconds < 0.4, f"fetch waited {got.seconds:.2f} s: a 200 ms timeout should end it by ~0.2 s")
+    return f"gave up after {got.seconds * 1000:.0f} ms"
 
 
 @checks.check("q1", hint="if response.status >= 500: raise ServiceError(response.status, url)")
@@ -133,11 +134,10 @@ async def fetch_raises_service_error_on_5xx(ctx: Context) -> None:
     svc = await ctx.service("broken", broken)
     fetch = ctx.function("fetch")
     async with aiohttp.ClientSession() as session:
-        _, exc, _ = await _outcome("fetch()", lambda: fetch(session, svc.url + "/"), 3.0)
-    expect(isinstance(exc, service_error), f"an HTTP {status} answer should raise ServiceError, got {_named(exc)}")
-    expect(
-        getattr(exc, "status", None) == status, f"ServiceError.status should be {status}, got {getattr(exc, 'status', None)!r}"
-    )
+        got = await outcome("fetch()", lambda: fetch(session, svc.url + "/"), 3.0)
+    expect(isinstance(got.error, service_error), f"an HTTP {status} answer should raise ServiceError, got {got.raised}")
+    carried = getattr(got.error, "status", None)
+    expect(carried == status, f"ServiceError.status should be {status}, got {carried!r}")
 
 
 @checks.check("q1", hidden=True, hint="use the timeout_s you are given, not a constant")
@@ -149,12 +149,15 @@ async def fetch_uses_the_timeout_it_is_given(ctx: Context) -> None:
     svc = await _json_service(ctx, payload, latency=0.25)
     fetch = ctx.function("fetch")
     async with aiohttp.ClientSession() as session:
-        got, exc, _ = await _outcome("fetch()", lambda: fetch(session, svc.url + "/", 0.6), 3.0)
-        expect(exc is None and got == payload, f"with timeout_s=0.6 a 250 ms service should answer, got {_named(exc)}")
-        _, exc, took = await _outcome("fetch()", lambda: fetch(session, svc.url + "/", 0.1), 3.0)
+        patient = await outcome("fetch()", lambda: fetch(session, svc.url + "/", 0.6), 3.0)
+        expect(
+            patient.error is None and patient.value == payload,
+            f"with timeout_s=0.6 a 250 ms service should answer, got {patient.raised}",
+        )
+        hasty = await outcome("fetch()", lambda: fetch(session, svc.url + "/", 0.1), 3.0)
     expect(
-        isinstance(exc, asyncio.TimeoutError) and took < 0.25,
-        f"timeout_s=0.1 should give up by ~0.1 s ({_named(exc)}, {took:.2f} s)",
+        isinstance(hasty.error, asyncio.TimeoutError) and hasty.seconds < 0.25,
+        f"timeout_s=0.1 should give up by ~0.1 s ({hasty.raised}, {hasty.seconds:.2f} s)",
     )
 
 
@@ -168,9 +171,9 @@ async def retries_until_success(ctx: Context) -> None:
     token = _token(ctx)
     flaky = Flaky(2, lambda: service_error(503, "http://check"), token)
     with_retries = ctx.function("with_retries")
-    got, exc, _ = await _outcome("with_retries()", lambda: with_retries(flaky, attempts=4, base_s=0.01, cap_s=0.05), 5.0)
-    expect(exc is None, f"with_retries raised {_named(exc)}; the call would have succeeded on its 3rd attempt")
-    expect(got == token, f"expected the call's result {token!r}, got {got!r}")
+    got = await outcome("with_retries()", lambda: with_retries(flaky, attempts=4, base_s=0.01, cap_s=0.05), 5.0)
+    expect(got.error is None, f"with_retries raised {got.raised}; the call would have succeeded on its 3rd attempt")
+    expect(got.value == token, f"expected the call's result {token!r}, got {got.value!r}")
     expect(flaky.calls == 3, f"the call was made {flaky.calls} times; it succeeds on the 3rd")
 
 
@@ -181,9 +184,9 @@ async def stops_at_the_retry_budget(ctx: Context) -> str:
     attempts = ctx.rng.randint(3, 5)
     flaky = Flaky(float("inf"), lambda: service_error(503, "http://check"))
     with_retries = ctx.function("with_retries")
-    _, exc, _ = await _outcome("with_retries()", lambda: with_retries(flaky, attempts=attempts, base_s=0.01, cap_s=0.02), 5.0)
+    got = await outcome("with_retries()", lambda: with_retries(flaky, attempts=attempts, base_s=0.01, cap_s=0.02), 5.0)
     expect(flaky.calls == attempts, f"attempts={attempts}, but the call was made {flaky.calls} times")
-    expect(isinstance(exc, service_error), f"after the last attempt the ServiceError should be raised, got {_named(exc)}")
+    expect(isinstance(got.error, service_error), f"after the last attempt the ServiceError should be raised, got {got.raised}")
     return f"{attempts} attempts"
 
 
@@ -195,9 +198,9 @@ async def waits_are_capped_exponential_with_full_jitter(ctx: Context) -> str:
     base, cap, fractions = 0.04, 0.1, []
     for _ in range(4):
         flaky = Flaky(float("inf"), lambda: service_error(503, "http://check"))
-        await _outcome("with_retries()", lambda: with_retries(flaky, attempts=4, base_s=base, cap_s=cap, deadline_s=5.0), 5.0)
+        await outcome("with_retries()", partial(with_retries, flaky, attempts=4, base_s=base, cap_s=cap, deadline_s=5.0), 5.0)
         expect(flaky.calls == 4, f"expected 4 attempts, saw {flaky.calls}")
-        for n, (a, b) in enumerate(zip(flaky.times, flaky.times[1:]), start=1):
+        for n, (a, b) in enumerate(pairwise(flaky.times), start=1):
             window = min(cap, base * 2 ** (n - 1))
             expect(b - a <= window + 0.03, f"wait {n} was {(b - a) * 1000:.0f} ms, above its cap of {window * 1000:.0f} ms")
             fractions.append((b - a) / window)
@@ -213,10 +216,10 @@ async def respects_the_deadline(ctx: Context) -> str:
     flaky = Flaky(float("inf"), asyncio.TimeoutError, hang_s=30)
     with_retries = ctx.function("with_retries")
     deadline = ctx.rng.choice([0.3, 0.4, 0.5])
-    _, exc, took = await _outcome("with_retries()", lambda: with_retries(flaky, attempts=3, deadline_s=deadline), 3.0)
-    expect(isinstance(exc, asyncio.TimeoutError), f"expected asyncio.TimeoutError at the deadline, got {_named(exc)}")
-    expect(took < deadline + 0.15, f"deadline_s={deadline} but the call took {took:.2f} s")
-    return f"deadline {deadline} s, ended after {took:.2f} s"
+    got = await outcome("with_retries()", lambda: with_retries(flaky, attempts=3, deadline_s=deadline), 3.0)
+    expect(isinstance(got.error, asyncio.TimeoutError), f"expected asyncio.TimeoutError at the deadline, got {got.raised}")
+    expect(got.seconds < deadline + 0.15, f"deadline_s={deadline} but the call took {got.seconds:.2f} s")
+    return f"deadline {deadline} s, ended after {got.seconds:.2f} s"
 
 
 @checks.check(
@@ -228,8 +231,8 @@ async def does_not_retry_what_cannot_pass(ctx: Context) -> None:
     with_retries = ctx.function("with_retries")
     for error in (lambda: ValueError("bug"), lambda: open_error("open")):
         flaky = Flaky(float("inf"), error)
-        _, exc, _ = await _outcome("with_retries()", lambda: with_retries(flaky, attempts=4, base_s=0.01), 3.0)
-        expect(flaky.calls == 1, f"{type(exc).__name__} was retried ({flaky.calls} calls): it will not pass by itself")
+        got = await outcome("with_retries()", partial(with_retries, flaky, attempts=4, base_s=0.01), 3.0)
+        expect(flaky.calls == 1, f"{type(got.error).__name__} was retried ({flaky.calls} calls): it will not pass by itself")
 
 
 @checks.check("q2", hidden=True, hint="asyncio.TimeoutError is retryable too")
@@ -237,26 +240,48 @@ async def retries_timeouts(ctx: Context) -> None:
     """Hidden: a call that times out once, then answers, succeeds."""
     flaky = Flaky(1, asyncio.TimeoutError, "fine")
     with_retries = ctx.function("with_retries")
-    got, exc, _ = await _outcome("with_retries()", lambda: with_retries(flaky, attempts=3, base_s=0.01), 3.0)
-    expect(exc is None and got == "fine", f"a timeout should be retried, got {_named(exc)}")
+    got = await outcome("with_retries()", lambda: with_retries(flaky, attempts=3, base_s=0.01), 3.0)
+    expect(got.error is None and got.value == "fine", f"a timeout should be retried, got {got.raised}")
 
 
 # --------------------------------------------------------------------------- q3: the breaker
 
 
-async def _fail_n(breaker: Any, n: int, error: Callable[[], BaseException]) -> None:
-    for _ in range(n):
-        _, exc, _ = await _outcome("Breaker.call()", lambda: breaker.call(Flaky(1, error)), 2.0)
-        expect(exc is not None, "Breaker.call should let the call's exception through")
-
-
-def _breaker(ctx: Context, threshold: int, reset_s: float) -> Any:
+async def _breaker(ctx: Context, threshold: int, reset_s: float) -> Any:
     cls = ctx.get("Breaker")
     expect(isinstance(cls, type), "`Breaker` should be a class")
+    return await ctx.call(cls, failure_threshold=threshold, reset_timeout_s=reset_s)
+
+
+async def _call(breaker: Any, fn: Flaky) -> Outcome:
+    """``breaker.call(fn)``, as an outcome."""
+    return await outcome("Breaker.call()", lambda: breaker.call(fn), 2.0)
+
+
+async def _fail_n(breaker: Any, n: int, error: Callable[[], BaseException]) -> None:
+    for _ in range(n):
+        got = await _call(breaker, Flaky(1, error))
+        expect(got.error is not None, "Breaker.call should let the call's exception through")
+
+
+async def _until_in_flight(fn: Flaky, call: asyncio.Future[Outcome], timeout: float = 2.0) -> None:
+    """Return once ``call`` has reached ``fn`` (``fn`` is running); fail if it ends or times out first."""
+    reached: asyncio.Future[Any] = asyncio.ensure_future(fn.called.wait())
     try:
-        return cls(failure_threshold=threshold, reset_timeout_s=reset_s)
-    except NotImplementedError:
-        raise CheckFailed("Breaker.__init__ is not written yet") from None
+        await asyncio.wait([reached, call], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        reached.cancel()
+    if fn.calls:
+        return
+    expect(call.done(), f"after reset_timeout_s the trial call did not reach fn within {timeout:g} s")
+    ended = call.result()  # raises the check failure of unwritten code
+    raise CheckFailed(f"after reset_timeout_s one trial call should reach fn, but the call ended with {ended.raised}")
+
+
+async def _finish(call: asyncio.Future[Any]) -> None:
+    """Cleanup: cancel ``call`` if it still runs, and wait for it."""
+    call.cancel()
+    await asyncio.gather(call, return_exceptions=True)
 
 
 @checks.check("q3", hint="count failures in a row in call(); at failure_threshold set state = 'open' and note the time")
@@ -264,7 +289,7 @@ async def opens_after_threshold_failures(ctx: Context) -> str:
     """Breaker opens after failure_threshold failures in a row, not before."""
     service_error, _ = _errors(ctx)
     threshold = ctx.rng.randint(2, 4)
-    breaker = _breaker(ctx, threshold, 0.3)
+    breaker = await _breaker(ctx, threshold, 0.3)
     await _fail_n(breaker, threshold - 1, lambda: service_error(503, "x"))
     expect(breaker.state == "closed", f"after {threshold - 1} failures (threshold {threshold}) state is {breaker.state!r}")
     await _fail_n(breaker, 1, lambda: service_error(503, "x"))
@@ -276,13 +301,13 @@ async def opens_after_threshold_failures(ctx: Context) -> str:
 async def refuses_while_open(ctx: Context) -> None:
     """While open, call(fn) raises CircuitOpenError at once and never calls fn."""
     service_error, open_error = _errors(ctx)
-    breaker = _breaker(ctx, 2, 5.0)
+    breaker = await _breaker(ctx, 2, 5.0)
     await _fail_n(breaker, 2, lambda: service_error(503, "x"))
     spy = Flaky(0, RuntimeError, "should not run")
     for _ in range(5):
-        _, exc, took = await _outcome("Breaker.call()", lambda: breaker.call(spy), 2.0)
-        expect(isinstance(exc, open_error), f"an open breaker should raise CircuitOpenError, got {_named(exc)}")
-        expect(took < 0.05, f"refusing took {took * 1000:.0f} ms: it should be instant")
+        got = await _call(breaker, spy)
+        expect(isinstance(got.error, open_error), f"an open breaker should raise CircuitOpenError, got {got.raised}")
+        expect(got.seconds < 0.05, f"refusing took {got.seconds * 1000:.0f} ms: it should be instant")
     expect(spy.calls == 0, f"the open breaker still called fn {spy.calls} times")
 
 
@@ -290,13 +315,14 @@ async def refuses_while_open(ctx: Context) -> None:
 async def half_open_trial_success_closes(ctx: Context) -> None:
     """After reset_timeout_s one trial call goes through; its success closes the breaker."""
     service_error, _ = _errors(ctx)
-    breaker = _breaker(ctx, 2, 0.2)
+    breaker = await _breaker(ctx, 2, 0.2)
     await _fail_n(breaker, 2, lambda: service_error(503, "x"))
-    await asyncio.sleep(0.25)
+    await _outwait_reset(0.2)
     token = _token(ctx)
-    got, exc, _ = await _outcome("Breaker.call()", lambda: breaker.call(Flaky(0, RuntimeError, token)), 2.0)
+    got = await _call(breaker, Flaky(0, RuntimeError, token))
     expect(
-        exc is None and got == token, f"after the reset timeout the trial call should run and return its result ({_named(exc)})"
+        got.error is None and got.value == token,
+        f"after the reset timeout the trial call should run and return its result ({got.raised})",
     )
     expect(breaker.state == "closed", f"a successful trial should close the breaker, state is {breaker.state!r}")
 
@@ -305,34 +331,34 @@ async def half_open_trial_success_closes(ctx: Context) -> None:
 async def failed_trial_reopens(ctx: Context) -> None:
     """A failed trial opens the breaker again for another reset_timeout_s."""
     service_error, open_error = _errors(ctx)
-    breaker = _breaker(ctx, 2, 0.2)
+    breaker = await _breaker(ctx, 2, 0.2)
     await _fail_n(breaker, 2, lambda: service_error(503, "x"))
-    await asyncio.sleep(0.25)
+    await _outwait_reset(0.2)
     await _fail_n(breaker, 1, lambda: service_error(503, "x"))
     expect(breaker.state == "open", f"after a failed trial state should be 'open', got {breaker.state!r}")
     spy = Flaky(0, RuntimeError)
-    _, exc, _ = await _outcome("Breaker.call()", lambda: breaker.call(spy), 2.0)
-    expect(isinstance(exc, open_error) and spy.calls == 0, "right after a failed trial the breaker should refuse calls")
+    got = await _call(breaker, spy)
+    expect(isinstance(got.error, open_error) and spy.calls == 0, "right after a failed trial the breaker should refuse calls")
 
 
 @checks.check("q3", hidden=True, hint="a success resets the count of failures in a row")
 async def failures_must_be_consecutive(ctx: Context) -> None:
     """Hidden: fail, fail, succeed, fail, fail with threshold 3 leaves the breaker closed."""
     service_error, _ = _errors(ctx)
-    breaker = _breaker(ctx, 3, 0.5)
+    breaker = await _breaker(ctx, 3, 0.5)
     for _ in range(2):
         await _fail_n(breaker, 2, lambda: service_error(503, "x"))
-        await _outcome("Breaker.call()", lambda: breaker.call(Flaky(0, RuntimeError)), 2.0)
+        await _call(breaker, Flaky(0, RuntimeError))
     expect(breaker.state == "closed", f"no 3 failures were in a row, yet state is {breaker.state!r}")
 
 
 @checks.check("q3", hidden=True, hint="count only RETRY_ON failures; let other exceptions through uncounted")
 async def other_errors_do_not_count(ctx: Context) -> None:
     """Hidden: ValueErrors (bugs, not a sick service) pass through and never open the breaker."""
-    breaker = _breaker(ctx, 2, 0.5)
+    breaker = await _breaker(ctx, 2, 0.5)
     for _ in range(3):
-        _, exc, _ = await _outcome("Breaker.call()", lambda: breaker.call(Flaky(1, lambda: ValueError("bug"))), 2.0)
-        expect(isinstance(exc, ValueError), f"the ValueError should pass through, got {_named(exc)}")
+        got = await _call(breaker, Flaky(1, lambda: ValueError("bug")))
+        expect(isinstance(got.error, ValueError), f"the ValueError should pass through, got {got.raised}")
     expect(
         breaker.state == "closed",
         f"3 ValueErrors opened the breaker (state {breaker.state!r}): they say nothing about the service",
@@ -343,15 +369,17 @@ async def other_errors_do_not_count(ctx: Context) -> None:
 async def one_trial_at_a_time(ctx: Context) -> None:
     """Hidden: while a half-open trial runs, a second call is refused."""
     service_error, open_error = _errors(ctx)
-    breaker = _breaker(ctx, 1, 0.15)
+    breaker = await _breaker(ctx, 1, 0.15)
     await _fail_n(breaker, 1, lambda: service_error(503, "x"))
-    await asyncio.sleep(0.2)
-    trial = asyncio.ensure_future(breaker.call(Flaky(0, RuntimeError, "ok", hang_s=0.2)))
-    await asyncio.sleep(0.05)
+    await _outwait_reset(0.15)
+    slow = Flaky(0, RuntimeError, "ok", hang_s=0.2)
+    trial = asyncio.ensure_future(_call(breaker, slow))
+    ctx.on_cleanup(partial(_finish, trial))
+    await _until_in_flight(slow, trial)
     spy = Flaky(0, RuntimeError)
-    _, exc, _ = await _outcome("Breaker.call()", lambda: breaker.call(spy), 2.0)
-    await asyncio.wait_for(trial, 2.0)
-    expect(spy.calls == 0 and isinstance(exc, open_error), "a second call during the trial should be refused")
+    second = await _call(breaker, spy)
+    await trial
+    expect(spy.calls == 0 and isinstance(second.error, open_error), "a second call during the trial should be refused")
 
 
 # --------------------------------------------------------------------------- q4: all together
@@ -360,13 +388,13 @@ async def one_trial_at_a_time(ctx: Context) -> None:
 async def _client(ctx: Context, url: str, **settings: Any) -> Any:
     cls = ctx.get("ResilientClient")
     expect(isinstance(cls, type), "`ResilientClient` should be a class")
-    client = cls(url, **settings)
+    client = await ctx.call(cls, url, **settings)
     ctx.on_cleanup(client.close)
     return client
 
 
-async def _get(client: Any, timeout: float = 5.0) -> tuple[Any, BaseException | None, float]:
-    return await _outcome("ResilientClient.get()", lambda: client.get("/stock"), timeout)
+async def _get(client: Any, timeout: float = 5.0) -> Outcome:
+    return await outcome("ResilientClient.get()", lambda: client.get("/stock"), timeout)
 
 
 @checks.check("q4", hint="ResilientClient.get = with_retries(lambda: self.breaker.call(lambda: fetch(...)), deadline_s=...)")
@@ -375,10 +403,10 @@ async def client_respects_the_deadline(ctx: Context) -> str:
     svc = await _json_service(ctx, {"late": True}, latency=2.0)
     deadline = ctx.rng.choice([0.5, 0.6, 0.7])
     client = await _client(ctx, svc.url, timeout_s=0.2, attempts=5, deadline_s=deadline, failure_threshold=100)
-    _, exc, took = await _get(client, 3.0)
-    expect(exc is not None, "a service that sleeps 2 s cannot have answered")
-    expect(took < deadline + 0.15, f"deadline_s={deadline}, but get() took {took:.2f} s")
-    return f"ended after {took:.2f} s"
+    got = await _get(client, 3.0)
+    expect(got.error is not None, "a service that sleeps 2 s cannot have answered")
+    expect(got.seconds < deadline + 0.15, f"deadline_s={deadline}, but get() took {got.seconds:.2f} s")
+    return f"ended after {got.seconds:.2f} s"
 
 
 @checks.check("q4", hint="each attempt = one request; stop after `attempts`")
@@ -388,8 +416,8 @@ async def client_stays_within_the_retry_budget(ctx: Context) -> str:
     svc = await _json_service(ctx, {}, error_rate=1.0)
     attempts = ctx.rng.randint(2, 4)
     client = await _client(ctx, svc.url, timeout_s=0.2, attempts=attempts, deadline_s=2.0, failure_threshold=100)
-    _, exc, _ = await _get(client)
-    expect(isinstance(exc, service_error), f"get() should end with the last ServiceError, got {_named(exc)}")
+    got = await _get(client)
+    expect(isinstance(got.error, service_error), f"get() should end with the last ServiceError, got {got.raised}")
     expect(svc.stats.requests == attempts, f"attempts={attempts}, but the service got {svc.stats.requests} requests")
     return f"{attempts} requests for one get()"
 
@@ -422,9 +450,9 @@ async def client_stops_calling_while_open(ctx: Context) -> None:
     expect(getattr(client.breaker, "state", None) == "open", "the breaker did not open (see the check above)")
     before = svc.stats.requests
     for _ in range(5):
-        _, exc, took = await _get(client)
-        expect(isinstance(exc, open_error), f"with the breaker open get() should raise CircuitOpenError, got {_named(exc)}")
-        expect(took < 0.05, f"refusing took {took * 1000:.0f} ms: it should be instant")
+        got = await _get(client)
+        expect(isinstance(got.error, open_error), f"with the breaker open get() should raise CircuitOpenError, got {got.raised}")
+        expect(got.seconds < 0.05, f"refusing took {got.seconds * 1000:.0f} ms: it should be instant")
     expect(svc.stats.requests == before, f"the service got {svc.stats.requests - before} requests while the breaker was open")
 
 
@@ -436,7 +464,7 @@ async def client_closes_after_recovery(ctx: Context) -> None:
     client = await _opened(ctx, svc, 0.3)
     expect(getattr(client.breaker, "state", None) == "open", "the breaker did not open (see the check above)")
     svc.faults.down = False
-    await asyncio.sleep(0.35)
-    got, exc, _ = await _get(client)
-    expect(exc is None and got == payload, f"after recovery get() should return the answer, got {_named(exc)}")
+    await _outwait_reset(0.3)
+    got = await _get(client)
+    expect(got.error is None and got.value == payload, f"after recovery get() should return the answer, got {got.raised}")
     expect(client.breaker.state == "closed", f"after a successful trial the breaker is {client.breaker.state!r}")

@@ -175,7 +175,7 @@ async def median_not_mean(ctx: Context) -> None:
     async def mostly_fast(_: web.Request) -> web.Response:
         calls[0] += 1
         if calls[0] % 10 in (3, 6, 9):
-            await asyncio.sleep(0.4)
+            await asyncio.sleep(0.4)  # the fake service's slow answers: the latency the median must ignore
         return web.json_response({"ok": True})
 
     svc = await ctx.service("mostly-fast", mostly_fast)

@@ -30,9 +30,9 @@ from aiohttp import web
 
 from helpers.core.broker import Broker
 from helpers.core.http import Service, start_service
+from helpers.core.lifecycle import running
 from helpers.core.messaging import Consumer, Event, make_event, manual_ack, publish
 from helpers.core.waiting import until
-from helpers.pubsub.running import running
 
 STATUS_CHANGED = "order.status_changed"
 

@@ -22,6 +22,7 @@ from typing import Any
 import aiomqtt
 
 from helpers.core.messaging import Event, EventHandler, InvalidEvent, decode, make_event
+from helpers.pubsub.events import ORDER_PLACED
 from helpers.pubsub.idempotency import Ledger, order_event
 
 
@@ -34,7 +35,7 @@ def sample_messages() -> list[tuple[str, bytes]]:
         ("JSON, not an event", json.dumps({"order_id": "order-004", "amount": 20}).encode()),
         (
             "poison: negative amount",
-            make_event("order.placed", {"order_id": "order-005", "amount": -20}, source="/shop/orders").to_bytes(),
+            make_event(ORDER_PLACED, {"order_id": "order-005", "amount": -20}, source="/shop/orders").to_bytes(),
         ),
         ("good order (after the bad ones)", order_event(6).to_bytes()),
     ]
@@ -56,7 +57,7 @@ def dead_letter_rows(messages: list[aiomqtt.Message], width: int = 64) -> list[d
     """The dead-letter records as table rows: the reason and what the original message was."""
     rows = []
     for message in messages:
-        record = json.loads(bytes(message.payload))  # type: ignore[arg-type]
+        record = json.loads(bytes(message.payload))
         original = str(record.get("payload", ""))
         try:  # a well-formed event: show its type and data (its id and time differ on every run)
             event = decode(original)

@@ -83,7 +83,7 @@ def distinct_ids(messages: list[aiomqtt.Message]) -> set[str]:
     ids = set()
     for message in messages:
         try:
-            ids.add(decode(bytes(message.payload)).id)  # type: ignore[arg-type]
+            ids.add(decode(bytes(message.payload)).id)
         except InvalidEvent:
             continue
     return ids

@@ -30,11 +30,11 @@ from matplotlib.axes import Axes
 
 from helpers.core.broker import Broker
 from helpers.core.http import start_service
+from helpers.core.lifecycle import running
 from helpers.core.measure import LoadRun, open_loop
 from helpers.core.messaging import Consumer, Event, make_event, manual_ack, publish
 from helpers.core.waiting import until
 from helpers.core.worker_pool import run_pool
-from helpers.pubsub.running import running
 
 
 @dataclass

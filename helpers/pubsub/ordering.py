@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from matplotlib.axes import Axes
 
 from helpers.core.broker import Broker
+from helpers.core.lifecycle import running
 from helpers.core.messaging import Consumer, Event, make_event, manual_ack, publish
-from helpers.core.plots import COLORS, _axes
+from helpers.core.plots import COLORS
 from helpers.core.waiting import until
 from helpers.core.worker_pool import run_pool
-from helpers.pubsub.running import running
 
 KEYS = ("alice", "bob", "erin", "frank")  # crc32 % 4 puts each on its own partition
 MODES = ("single consumer", "worker pool", "routed by key")
@@ -138,7 +138,6 @@ def plot_processing_order(
 
         _, axes = plt.subplots(1, len(results), figsize=(4 * len(results), 3.4), layout="constrained", sharey=True)
     for i, (ax, (mode, steps)) in enumerate(zip(axes, results.items(), strict=True)):
-        ax = _axes(ax)
         mine = [s.seq for s in steps if s.key == key]
         bad = inversions([s for s in steps if s.key == key]).get(key, 0)
         ax.plot(range(len(mine)), mine, "o-", ms=3, color=COLORS[i % len(COLORS)], label=f"{bad} inversions")

@@ -11,7 +11,6 @@ is measured, not argued. :data:`MOVING_PARTS` lists what each one makes you own.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import uuid
 
@@ -20,6 +19,7 @@ from aiohttp import web
 
 from helpers.core.broker import Broker
 from helpers.core.http import start_service
+from helpers.core.lifecycle import running
 from helpers.core.measure import Summary, time_calls
 from helpers.core.messaging import Consumer, Event, decode, make_event, publish
 
@@ -75,18 +75,14 @@ async def mqtt_lookup(broker: Broker, topic: str, n: int = 50) -> Summary:
             body = {**reply.to_dict(), "correlationid": event.id}  # a CloudEvents extension attribute
             await server.publish(event.data["reply_to"], json.dumps(body).encode(), qos=1)
 
-        responder = asyncio.create_task(Consumer(server, requests, answer).run(ready := asyncio.Event()))
-        await asyncio.wait_for(ready.wait(), 5)
-        await caller.subscribe(replies, qos=1)
-
-        async def route_replies() -> None:
+        async def route_replies(ready: asyncio.Event) -> None:
+            await caller.subscribe(replies, qos=1)
+            ready.set()
             async for message in caller.messages:
-                body = json.loads(bytes(message.payload))  # type: ignore[arg-type]
+                body = json.loads(bytes(message.payload))
                 future = waiting.pop(body.get("correlationid", ""), None)
                 if future is not None and not future.done():  # a late or unknown reply is dropped here
                     future.set_result(decode(json.dumps(body)).data["price"])
-
-        router = asyncio.create_task(route_replies())
 
         async def call() -> float:
             request = make_event("price.requested", {"item": "book", "reply_to": replies}, source="/shop")
@@ -97,10 +93,5 @@ async def mqtt_lookup(broker: Broker, topic: str, n: int = 50) -> Summary:
             finally:
                 waiting.pop(request.id, None)
 
-        try:
+        async with running(Consumer(server, requests, answer).run), running(route_replies):
             return (await time_calls(call, n, timeout=2)).summary()
-        finally:
-            for task in (responder, router):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task

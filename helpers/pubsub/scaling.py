@@ -24,7 +24,9 @@ import uuid
 from dataclasses import dataclass
 
 from helpers.core.broker import Broker
-from helpers.core.messaging import Consumer, Event, make_event, manual_ack, publish
+from helpers.core.lifecycle import running
+from helpers.core.messaging import Consumer, Event, EventHandler, make_event, manual_ack, publish
+from helpers.core.waiting import until
 from helpers.core.worker_pool import run_pool
 
 SHARED = "shared subscription ($share)"
@@ -78,7 +80,7 @@ async def consumer_throughput(
     counts = [0] * consumers
     done: set[str] = set()
 
-    def worker_for(index: int):
+    def worker_for(index: int) -> EventHandler:
         async def work(event: Event) -> None:
             await asyncio.sleep(work_s)  # I/O-bound: waiting, not computing
             counts[index] += 1
@@ -87,37 +89,19 @@ async def consumer_throughput(
         return work
 
     async with contextlib.AsyncExitStack() as stack:
-        tasks = []
         if use_shared:
             for i in range(consumers):
                 client = await stack.enter_async_context(manual_ack(broker.client(f"scale-{run_id}-{i}")))
                 consumer = Consumer(client, f"$share/workers-{run_id}/{topic}", worker_for(i))
-                ready = asyncio.Event()
-                tasks.append(asyncio.create_task(consumer.run(ready)))
-                await asyncio.wait_for(ready.wait(), 5)
-        else:
+                await stack.enter_async_context(running(consumer.run))
+        else:  # one connection: every message goes through the pool's single subscription, counted as member 0
             client = await stack.enter_async_context(manual_ack(broker.client(f"scale-{run_id}")))
-            pool_counts = [0]
-
-            async def pooled(event: Event) -> None:
-                await asyncio.sleep(work_s)
-                pool_counts[0] += 1
-                done.add(event.id)
-
-            consumer = Consumer(client, topic, pooled)
-            ready = asyncio.Event()
-            tasks.append(asyncio.create_task(run_pool(consumer, consumers, ready)))
-            await asyncio.wait_for(ready.wait(), 5)
+            await stack.enter_async_context(running(run_pool, Consumer(client, topic, worker_for(0)), consumers))
         publisher = await stack.enter_async_context(broker.client(f"scale-pub-{run_id}"))
         start = time.perf_counter()
         for i in range(n):
             await publish(publisher, topic, make_event("job.requested", {"i": i}, source="/scaling"), qos=1)
-        deadline = start + timeout
-        while len(done) < n and time.perf_counter() < deadline:
-            await asyncio.sleep(0.005)
+        await until(lambda: len(done) >= n, timeout - (time.perf_counter() - start), poll=0.005)
         elapsed = time.perf_counter() - start
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    per_consumer = tuple(counts) if use_shared else (pool_counts[0],)
+    per_consumer = tuple(counts) if use_shared else (counts[0],)
     return ScaleResult(consumers, SHARED if use_shared else POOL, n, len(done), elapsed, per_consumer)

@@ -33,7 +33,7 @@ from helpers.core.broker import Broker
 from helpers.core.http import Faults, Service, start_service
 from helpers.core.measure import LoadRun, open_loop
 from helpers.core.messaging import Consumer, Event, make_event, manual_ack, publish
-from helpers.core.plots import COLORS, _axes
+from helpers.core.plots import COLORS, axes
 from helpers.core.waiting import until
 from helpers.core.worker_pool import run_pool
 from helpers.pubsub.events import ORDER_PLACED
@@ -72,7 +72,10 @@ class Worker:
 
 @dataclass
 class EventShop:
-    """A running async shop: the Order service, the workers, and what happened."""
+    """A running async shop: the Order service, the workers, and what happened.
+
+    (The request/response shop of lessons 01-02 is :class:`helpers.sync.chain.HttpShop`.)
+    """
 
     broker: Broker
     topic: str
@@ -248,7 +251,7 @@ async def place_orders(url: str, *, count: int, rate: float, timeout: float = 5.
 
 def plot_handling(shop: EventShop, *, ax: Axes | None = None, title: str = "Who handled which order, when") -> Axes:
     """One row per service, one bar per handled order (start to finish); ticks mark publishes."""
-    ax = _axes(ax, (8, 3.2))
+    ax = axes(ax, (8, 3.2))
     names = list(shop.workers)
     for row, name in enumerate(names):
         spans = [(h.started - shop.t0, h.finished - h.started) for h in shop.workers[name].handled]

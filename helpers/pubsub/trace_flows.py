@@ -24,9 +24,11 @@ from aiohttp import web
 
 from helpers.core import tracing
 from helpers.core.broker import Broker
-from helpers.core.http import start_service
-from helpers.core.messaging import Consumer, Event, make_event, manual_ack, publish
+from helpers.core.http import Handler, Service, start_service
+from helpers.core.lifecycle import running
+from helpers.core.messaging import Consumer, Event, EventHandler, make_event, manual_ack, publish
 from helpers.core.tracing import SpanRow
+from helpers.pubsub.events import ORDER_PLACED
 
 WORK: dict[str, float] = {"fulfillment": 0.1, "notification": 0.05, "fraud-agent": 0.3}
 
@@ -36,7 +38,7 @@ async def traced_async_order(broker: Broker, topic: str, *, work: Mapping[str, f
     done = asyncio.Event()
     handled: list[str] = []
 
-    def consumer_for(service: str, seconds: float):
+    def consumer_for(service: str, seconds: float) -> EventHandler:
         tracer = tracing.get_tracer(service)
 
         async def handle(event: Event) -> None:
@@ -51,26 +53,31 @@ async def traced_async_order(broker: Broker, topic: str, *, work: Mapping[str, f
 
     run_id = uuid.uuid4().hex[:6]
     async with contextlib.AsyncExitStack() as stack:
-        tasks = []
         for service, seconds in work.items():
             client = await stack.enter_async_context(manual_ack(broker.client(f"{service}-traced-{run_id}")))
-            consumer = Consumer(client, topic, consumer_for(service, seconds))
-            ready = asyncio.Event()
-            tasks.append(asyncio.create_task(consumer.run(ready)))
-            await asyncio.wait_for(ready.wait(), 5)
+            await stack.enter_async_context(running(Consumer(client, topic, consumer_for(service, seconds)).run))
         publisher = await stack.enter_async_context(broker.client(f"orders-traced-{run_id}"))
         tracer = tracing.get_tracer("order-service")
         with tracer.start_as_current_span("POST /orders (async)") as span:
             event = make_event(
-                "order.placed", {"order_id": run_id}, source="/shop/orders", traceparent=tracing.current_traceparent()
+                ORDER_PLACED, {"order_id": run_id}, source="/shop/orders", traceparent=tracing.current_traceparent()
             )
             await publish(publisher, topic, event, qos=1)
         trace_id = tracing.trace_id_of(span)
         await asyncio.wait_for(done.wait(), 10)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
     return _in_service_order(tracing.span_rows(tracing.finished_spans(trace_id)), work)
+
+
+def _traced_handler(service: str, seconds: float) -> Handler:
+    """An HTTP handler that does ``seconds`` of work in a span continuing the caller's trace."""
+    tracer = tracing.get_tracer(service)
+
+    async def handle(request: web.Request) -> web.Response:
+        with tracer.start_as_current_span("handle POST /orders", context=tracing.extract_headers(request.headers)):
+            await asyncio.sleep(seconds)
+        return web.json_response({"ok": True})
+
+    return handle
 
 
 def _in_service_order(rows: list[SpanRow], work: Mapping[str, float]) -> list[SpanRow]:
@@ -81,19 +88,9 @@ def _in_service_order(rows: list[SpanRow], work: Mapping[str, float]) -> list[Sp
 
 async def traced_sync_order(*, work: Mapping[str, float] = WORK) -> list[SpanRow]:
     """Place one order with HTTP calls to the same services (in parallel); return the trace's spans."""
-    services = []
-    for service, seconds in work.items():
-        tracer = tracing.get_tracer(service)
-
-        def handler_for(tracer=tracer, seconds=seconds):
-            async def handle(request: web.Request) -> web.Response:
-                with tracer.start_as_current_span("handle POST /orders", context=tracing.extract_headers(request.headers)):
-                    await asyncio.sleep(seconds)
-                return web.json_response({"ok": True})
-
-            return handle
-
-        services.append(await start_service(f"traced-sync-{service}", handler_for()))
+    services: list[Service] = []
+    for name, seconds in work.items():
+        services.append(await start_service(f"traced-sync-{name}", _traced_handler(name, seconds)))
     try:
         async with aiohttp.ClientSession() as session:
 

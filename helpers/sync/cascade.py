@@ -119,12 +119,14 @@ def plot_replay(result: CascadeRun, title: str) -> Figure:
     ok = [(s.intended - result.start, s.latency * 1000) for s in result.run.samples if s.ok]
     bad = [(s.intended - result.start, s.latency * 1000) for s in result.run.samples if not s.ok]
     if ok:
-        top.scatter(*zip(*ok), s=12, color="tab:blue", label="answered OK", zorder=3)
+        ok_t, ok_ms = zip(*ok, strict=True)
+        top.scatter(ok_t, ok_ms, s=12, color="tab:blue", label="answered OK", zorder=3)
     if bad:
-        top.scatter(*zip(*bad), s=18, marker="x", color="tab:red", label="answered with an error", zorder=3)
+        bad_t, bad_ms = zip(*bad, strict=True)
+        top.scatter(bad_t, bad_ms, s=18, marker="x", color="tab:red", label="answered with an error", zorder=3)
     timeline([], {}, ylabel="latency (ms)", title=title, states=states, ax=top)
     top.set_ylim(0, max(lat for _, lat in ok + bad) * 1.35)  # room for the phase labels
-    t, n = zip(*result.in_flight) if result.in_flight else ((), ())
+    t, n = zip(*result.in_flight, strict=True) if result.in_flight else ((), ())
     timeline(list(t), {"requests open at the gateway": list(n)}, ylabel="open requests", title="", states=states, ax=bottom)
     for ax in (top, bottom):
         for start, stop, name in result.phases:

@@ -10,7 +10,7 @@ Step 3 is the whole point of the lessons: while the next service thinks, this on
 stuck holding its caller's request. How the wait is guarded (timeout, breaker,
 retries) lives in :class:`Downstream`, and can be changed while the chain runs:
 
-    shop = await start_shop()
+    shop = await start_http_shop()
     shop.product.next.timeout_s = 0.2
     shop.product.next.breaker = CircuitBreaker()
 """
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +28,7 @@ from aiohttp import web
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from tenacity import AsyncRetrying
 
-from helpers.core.http import Service, start_service
+from helpers.core.http import Handler, Service, start_service
 from helpers.core.resilience import CircuitBreaker, CircuitOpenError, ServiceError, call_with_retries, get_json
 from helpers.core.tracing import extract_headers, get_tracer, inject_headers
 
@@ -116,7 +116,6 @@ class Node:
 
 
 Respond = Callable[[web.Request, Any], dict[str, Any]]
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def traced(service: str) -> Callable[[Handler], Handler]:
@@ -172,15 +171,18 @@ async def start_node(node: Node, route: str, next_path: Callable[[web.Request], 
     return node
 
 
-# --- the shop: gateway -> product -> inventory -------------------------------------
+# --- the HTTP shop of lessons 01-02: gateway -> product -> inventory ---------------
 
 CATALOG = {"42": ("espresso cup", 9.5), "7": ("teapot", 24.0), "3": ("coffee grinder", 59.0)}
 STOCK = {"42": 17, "7": 0, "3": 4}
 
 
 @dataclass
-class Shop:
-    """The three services of lessons 01-02, and the knobs between them."""
+class HttpShop:
+    """The three services of lessons 01-02, and the knobs between them.
+
+    (The event-driven shop of lessons 03-04 is :class:`helpers.pubsub.shop.EventShop`.)
+    """
 
     gateway: Node
     product: Node
@@ -211,7 +213,7 @@ def _passthrough(_: web.Request, answer: Any) -> dict[str, Any]:
     return {**answer, "via": "gateway"}
 
 
-async def start_shop(*, work_s: float = 0.02, timeout_s: float | None = None) -> Shop:
+async def start_http_shop(*, work_s: float = 0.02, timeout_s: float | None = None) -> HttpShop:
     """Start inventory, product and gateway (in that order, so each knows the next URL).
 
     ``work_s`` is each service's own work; ``timeout_s`` guards both internal calls
@@ -222,7 +224,7 @@ async def start_shop(*, work_s: float = 0.02, timeout_s: float | None = None) ->
     await start_node(product, "/products/{item}", lambda r: f"/stock/{r.match_info['item']}", _product)
     gateway = Node("gateway", work_s, Downstream("gateway", product.url, timeout_s=timeout_s))
     await start_node(gateway, "/products/{item}", lambda r: f"/products/{r.match_info['item']}", _passthrough)
-    return Shop(gateway, product, inventory)
+    return HttpShop(gateway, product, inventory)
 
 
 # --- N hops of pure work: latency adds up ----------------------------------------
@@ -262,7 +264,7 @@ async def start_chain(hops: int, *, work_s: float = 0.05, prefix: str = "hop") -
     return Chain(nodes)
 
 
-async def stop_chain(chain: Chain | Shop) -> None:
+async def stop_chain(chain: Chain | HttpShop) -> None:
     """Stop every service of a chain or shop (their connection pools close with them)."""
     for node in chain.nodes:
         if node.service is not None:

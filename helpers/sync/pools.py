@@ -153,9 +153,10 @@ class PooledClient:
         ax.scatter(
             t, [r.pool_wait_s * 1000 for r in self.records], s=14, label="of which: waiting for a connection", color="tab:orange"
         )
-        failed = [(ti, r.total_s * 1000) for ti, r in zip(t, self.records) if not r.ok]
+        failed = [(ti, r.total_s * 1000) for ti, r in zip(t, self.records, strict=True) if not r.ok]
         if failed:
-            ax.scatter(*zip(*failed), s=40, marker="x", color="tab:red", label="failed (timeout)")
+            failed_t, failed_ms = zip(*failed, strict=True)
+            ax.scatter(failed_t, failed_ms, s=40, marker="x", color="tab:red", label="failed (timeout)")
         ax.axhline(self.timeout_s * 1000, color="gray", linestyle=":", label=f"timeout {self.timeout_s:g} s")
         ax.set(xlabel="time the call began (s)", ylabel="ms", title=title)
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)

@@ -29,7 +29,7 @@ from aiohttp import web
 
 from helpers.core.http import STATS, Service, start_service
 from helpers.core.measure import open_loop
-from helpers.core.resilience import call_with_retries, get_json, retry_policy
+from helpers.core.resilience import Jitter, call_with_retries, get_json, retry_policy
 
 
 async def start_struggling(name: str = "inventory", *, capacity: int = 5, work_s: float = 0.05) -> Service:
@@ -91,7 +91,7 @@ def _bins(values: Sequence[float], width: float) -> np.ndarray:
 async def storm(
     service: Service,
     *,
-    policy: str,
+    policy: Jitter,
     users: int = 50,
     attempts: int = 6,
     base_s: float = 0.05,
@@ -104,7 +104,7 @@ async def storm(
     full jitter); every policy has the same budget of ``attempts`` tries."""
     service.stats.reset()
     start = time.perf_counter()  # the clock service.stats.arrivals uses
-    rules = retry_policy(attempts=attempts, base_s=base_s, cap_s=cap_s, jitter=policy)  # type: ignore[arg-type]
+    rules = retry_policy(attempts=attempts, base_s=base_s, cap_s=cap_s, jitter=policy)
     url = service.url + "/item"
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
 

@@ -1,0 +1,71 @@
+"""helpers.core.internals: every reach into a third-party private name still works on the pinned versions.
+
+When aiomqtt, paho-mqtt or amqtt change an internal, these tests fail here, naming the
+function, instead of a lesson misbehaving somewhere else.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import paho.mqtt.client as paho_mqtt
+import pytest
+
+from helpers.core import internals
+from helpers.core.broker import Broker
+from helpers.core.receive import collect
+
+pytestmark = pytest.mark.broker
+
+
+async def test_paho_of_is_the_paho_client_and_manual_ack_switches(broker: Broker) -> None:
+    client = broker.client()
+    assert isinstance(internals.paho_of(client), paho_mqtt.Client)
+    assert not internals.acks_manually(client)
+    internals.set_manual_ack(client)
+    assert internals.acks_manually(client)
+
+
+async def test_replace_ack_intercepts_the_puback_and_send_ack_sends_it(broker: Broker, topic: str) -> None:
+    seen: list[tuple[int, int]] = []
+    consumer = broker.client()
+    internals.set_manual_ack(consumer)
+    original_ack = internals.paho_of(consumer).ack
+    async with consumer, broker.client() as producer:
+        internals.replace_ack(consumer, lambda mid, qos: seen.append((mid, qos)))
+        await consumer.subscribe(topic, qos=1)
+        await producer.publish(topic, b"x", qos=1)
+        [message] = await collect(consumer, expected=1)
+        internals.paho_of(consumer).ack(message.mid, message.qos)
+        assert seen == [(message.mid, 1)], "the replacement ack was not the one paho called"
+        internals.replace_ack(consumer, original_ack)
+        internals.send_ack(consumer, message.mid, message.qos)  # the real PUBACK: must not raise
+
+
+async def test_on_socket_open_runs_the_callback_with_the_tcp_socket(broker: Broker) -> None:
+    sockets: list[object] = []
+    client = broker.client()
+    internals.on_socket_open(client, lambda c, userdata, sock: sockets.append(sock))
+    async with client:
+        assert len(sockets) == 1 and isinstance(sockets[0], socket.socket)
+        assert sockets[0].getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), "broker.client() also set TCP_NODELAY"
+
+
+async def test_close_socket_is_safe_on_an_open_and_a_closed_client(broker: Broker) -> None:
+    client = broker.client()
+    internals.close_socket(client)  # never connected: no socket, no error
+    async with client:
+        pass
+    internals.close_socket(client)  # already closed: still no error
+
+
+async def test_amqtt_port_and_connected_on_the_embedded_broker(broker: Broker) -> None:
+    if not broker.embedded:
+        pytest.skip("amqtt internals: only the embedded broker has them (MQTT_URL is set)")
+    amqtt = broker._amqtt
+    assert broker.endpoint is not None and internals.amqtt_port(amqtt) == broker.endpoint.port
+    async with broker.client("probe-a"):
+        assert internals.amqtt_connected(amqtt, "probe-a")
+    assert await broker.until_offline("probe-a", timeout=5)
+    assert not internals.amqtt_connected(amqtt, "probe-a")
+    assert not internals.amqtt_connected(amqtt, "never-seen")
