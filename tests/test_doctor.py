@@ -35,7 +35,7 @@ async def test_healthy_setup_passes_quickly() -> None:
 async def test_helpers_doctor_shortcut_works_every_time(capsys: pytest.CaptureFixture[str]) -> None:
     """A notebook runs ``await helpers.doctor()``; Run All twice in one kernel must work."""
     for _ in range(2):
-        assert await helpers.doctor() is True  # type: ignore[operator]
+        assert await helpers.doctor() is True
         assert "Course doctor" in capsys.readouterr().out
 
 
@@ -58,7 +58,7 @@ class FakeProactorLoop:
 
 def test_loop_problem_detects_a_proactor_loop(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(asyncio, "ProactorEventLoop", FakeProactorLoop, raising=False)
-    message = doctor.loop_problem(FakeProactorLoop())  # type: ignore[arg-type]
+    message = doctor.loop_problem(FakeProactorLoop())  # type: ignore[arg-type]  # a stand-in loop on purpose
     assert message is not None
     assert "WindowsSelectorEventLoopPolicy" in message and "restart the kernel" in message
 

@@ -114,13 +114,13 @@ async def test_route_table_and_application_targets(session: aiohttp.ClientSessio
 @pytest.mark.parametrize("name", ["", None])
 async def test_service_needs_a_name(name: object) -> None:
     with pytest.raises(ValueError, match="non-empty name"):
-        await start_service(name, ok)  # type: ignore[arg-type]
+        await start_service(name, ok)  # type: ignore[arg-type]  # a bad argument on purpose
 
 
 @pytest.mark.parametrize("target", [42, "not a handler", None])
 async def test_bad_target_is_a_clear_type_error(target: object) -> None:
     with pytest.raises(TypeError, match="needs a handler, a RouteTableDef or a web.Application"):
-        await start_service("bad", target)  # type: ignore[arg-type]
+        await start_service("bad", target)  # type: ignore[arg-type]  # a bad argument on purpose
     assert "bad" not in running_services()
 
 
@@ -128,7 +128,7 @@ async def test_bad_target_leaves_the_running_service_alone(session: aiohttp.Clie
     """Re-running a cell with a typo must not take the working service down."""
     svc = await start_service("inventory", ok)
     with pytest.raises(TypeError):
-        await start_service("inventory", 42)  # type: ignore[arg-type]
+        await start_service("inventory", 42)  # type: ignore[arg-type]  # a bad argument on purpose
     assert get_service("inventory") is svc
     assert (await get(session, svc.url))[0] == 200
 

@@ -109,7 +109,7 @@ async def _noop() -> None:
 )
 async def test_open_loop_rejects_bad_arguments(kwargs: dict[str, object], says: str) -> None:
     with pytest.raises(ValueError, match=says):
-        await open_loop(_noop, **kwargs)  # type: ignore[arg-type]
+        await open_loop(_noop, **kwargs)  # type: ignore[arg-type]  # a bad argument on purpose
 
 
 @pytest.mark.parametrize(
@@ -122,7 +122,7 @@ async def test_open_loop_rejects_bad_arguments(kwargs: dict[str, object], says: 
 )
 async def test_closed_loop_rejects_bad_arguments(kwargs: dict[str, object], says: str) -> None:
     with pytest.raises(ValueError, match=says):
-        await closed_loop(_noop, **kwargs)  # type: ignore[arg-type]
+        await closed_loop(_noop, **kwargs)  # type: ignore[arg-type]  # a bad argument on purpose
 
 
 # --- failures are data points ------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import matplotlib
 
@@ -112,7 +113,7 @@ def test_histogram_shares_bins() -> None:
     assert sum(p.get_height() for p in ax.patches) == 400
 
 
-def test_plots_render_to_png(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_plots_render_to_png(tmp_path: Path) -> None:
     ax = plots.latency_vs_hops([1, 2], [50, 100], [55, 110])
     out = tmp_path / "plot.png"
     ax.figure.savefig(out)

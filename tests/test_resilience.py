@@ -192,7 +192,7 @@ def test_policy_rejects_nonsense() -> None:
     with pytest.raises(ValueError):
         retry_policy(attempts=0)
     with pytest.raises(ValueError):
-        retry_policy(jitter="some")  # type: ignore[arg-type]
+        retry_policy(jitter="some")  # type: ignore[arg-type]  # a bad argument on purpose
 
 
 async def test_retries_stop_at_the_attempt_budget_and_reraise() -> None:

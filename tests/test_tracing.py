@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from typing import Any
 
 import aiohttp
 import pytest
@@ -33,7 +34,7 @@ def _fresh_spans() -> None:
     clear()
 
 
-def by_name(spans: list, name: str):  # type: ignore[no-untyped-def]
+def by_name(spans: list[Any], name: str) -> Any:
     (span,) = [s for s in spans if s.name == name]
     return span
 
