@@ -13,7 +13,7 @@ from helpers.core.http import stop_all
 
 @pytest.fixture
 async def broker() -> AsyncIterator[Broker]:
-    """A started broker: embedded amqtt, or MQTT_URL's broker when that is set."""
+    """A started broker: the embedded rumqttd, or MQTT_URL's broker when that is set."""
     async with mqtt_broker(name=f"test-{uuid.uuid4().hex[:6]}") as running:
         yield running
 

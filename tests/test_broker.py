@@ -9,9 +9,19 @@ import socket
 import time
 from collections.abc import AsyncIterator
 
+import aiomqtt
 import pytest
 
-from helpers.core.broker import CONNECT_TIMEOUT_S, Broker, BrokerError, Endpoint, mqtt_broker, parse_mqtt_url, start_broker
+from helpers.core.broker import (
+    CONNECT_TIMEOUT_S,
+    Broker,
+    BrokerError,
+    ConnectRefused,
+    Endpoint,
+    mqtt_broker,
+    parse_mqtt_url,
+    start_broker,
+)
 from helpers.core.mosquitto import free_port
 
 # --- MQTT_URL parsing ----------------------------------------------------------------------
@@ -69,8 +79,8 @@ def test_endpoint_url_hides_the_password() -> None:
 def test_empty_mqtt_url_means_embedded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MQTT_URL", "")
     broker = mqtt_broker()
-    assert broker.embedded and broker.kind == "embedded amqtt"
-    assert not broker.supports_shared_subscriptions
+    assert broker.embedded and broker.kind == "embedded rumqttd"
+    assert broker.supports_shared_subscriptions
 
 
 def test_external_broker_properties() -> None:
@@ -194,6 +204,7 @@ async def test_embedded_broker_binds_loopback_and_stops(monkeypatch: pytest.Monk
         assert endpoint is not None and endpoint.host == "127.0.0.1" and endpoint.port > 0
         assert _accepts(endpoint.port)
     assert not _accepts(endpoint.port)
+    assert broker.started_in_s is not None and broker.started_in_s < 5, "started within the budget"
     await broker.stop()  # stopping twice is harmless
 
 
@@ -209,3 +220,40 @@ async def test_start_broker_again_replaces_the_old_one(monkeypatch: pytest.Monke
         assert await second.ping() > 0
     finally:
         await second.stop()
+
+
+async def test_embedded_broker_busy_port_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    """iotcore cannot bind port 0: the helper picks a free port and tries another if it was taken."""
+    from helpers.core import broker as broker_module
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    ports = iter([taken.getsockname()[1]])
+    real_free_port = broker_module.free_port
+    monkeypatch.setattr(broker_module, "free_port", lambda: next(ports, None) or real_free_port())
+    monkeypatch.delenv("MQTT_URL", raising=False)
+    try:
+        async with mqtt_broker(name="busy-port") as broker:
+            assert broker.endpoint is not None and broker.endpoint.port != taken.getsockname()[1]
+            await broker.ping()
+    finally:
+        taken.close()
+
+
+async def test_keepalive_zero_is_refused_with_a_reason(broker: Broker) -> None:
+    with pytest.raises(BrokerError, match="keepalive must be > 0"):
+        broker.client("no-keepalive", keepalive=0)
+
+
+async def test_a_client_that_cannot_connect_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stopped embedded broker: the client error names the broker and the likely cause, fast."""
+    monkeypatch.delenv("MQTT_URL", raising=False)
+    async with mqtt_broker(name="gone") as broker:
+        client = broker.client("late", timeout=1)
+    began = time.perf_counter()
+    with pytest.raises(ConnectRefused, match=r"client 'late' could not connect .* still running") as caught:
+        async with client:
+            pass
+    assert isinstance(caught.value, aiomqtt.MqttError), "still an aiomqtt.MqttError for code that catches those"
+    assert time.perf_counter() - began < 3

@@ -1,8 +1,8 @@
 """Consumer.run resumes a persistent session that has queued messages (regression test).
 
-With manual acks, the embedded amqtt broker answers a SUBSCRIBE only after the queued
-messages it sent on connect are acked; a consumer that subscribed before reading hung
-until a timeout. Both helpers.core.messaging.Consumer.run and helpers.core.receive.subscribed_messages
+With manual acks, some brokers (amqtt 0.12, the course's first embedded broker) answer a
+SUBSCRIBE only after the queued messages they sent on connect are acked; a consumer that
+subscribed before reading hung until a timeout. Both helpers.core.messaging.Consumer.run and helpers.core.receive.subscribed_messages
 read while subscribing.
 """
 

@@ -1,6 +1,6 @@
 """helpers.core.internals: every reach into a third-party private name still works on the pinned versions.
 
-When aiomqtt, paho-mqtt or amqtt change an internal, these tests fail here, naming the
+When aiomqtt or paho-mqtt change an internal, these tests fail here, naming the
 function, instead of a lesson misbehaving somewhere else.
 """
 
@@ -57,15 +57,3 @@ async def test_close_socket_is_safe_on_an_open_and_a_closed_client(broker: Broke
     async with client:
         pass
     internals.close_socket(client)  # already closed: still no error
-
-
-async def test_amqtt_port_and_connected_on_the_embedded_broker(broker: Broker) -> None:
-    if not broker.embedded:
-        pytest.skip("amqtt internals: only the embedded broker has them (MQTT_URL is set)")
-    amqtt = broker._amqtt
-    assert broker.endpoint is not None and internals.amqtt_port(amqtt) == broker.endpoint.port
-    async with broker.client("probe-a"):
-        assert internals.amqtt_connected(amqtt, "probe-a")
-    assert await broker.until_offline("probe-a", timeout=5)
-    assert not internals.amqtt_connected(amqtt, "probe-a")
-    assert not internals.amqtt_connected(amqtt, "never-seen")

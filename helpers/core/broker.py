@@ -1,14 +1,17 @@
-"""An MQTT broker for the lessons: embedded (amqtt, in-process) or real (MQTT_URL).
+"""An MQTT broker for the lessons: embedded (rumqttd, via iotcore) or real (MQTT_URL).
 
-Learners should not need to install anything, so by default we start an amqtt broker
-inside the running event loop, bound to 127.0.0.1 on a free port. Setting
-``MQTT_URL=mqtt://[user:pass@]host:port`` points every notebook at a real broker
+Learners should not need to install anything, so by default we start an embedded
+broker bound to 127.0.0.1 on a free port: rumqttd, a Rust MQTT broker that the
+``iotcore`` package ships as a wheel and runs in a child process of the kernel (the
+child exits when the kernel does). It behaves like Mosquitto in everything the lessons
+rely on: persistent sessions queue for offline clients, unacknowledged QoS 1 messages
+are redelivered on resume, ``$share/...`` subscriptions split work, keepalive is
+enforced and a silent client's will is sent (tests/test_broker_conformance.py proves
+each on both brokers). It is stricter than Mosquitto in one way the course respects:
+a client must acknowledge QoS 1 messages in the order they arrived.
+
+Setting ``MQTT_URL=mqtt://[user:pass@]host:port`` points every notebook at a real broker
 (Mosquitto, EMQX, HiveMQ) instead, with no code change.
-
-The embedded broker is configured so that persistent sessions really queue messages
-for offline clients: amqtt only does that when anonymous access is off and each
-client sends a username, so every client made by :meth:`Broker.client` identifies
-itself with one.
 
     async with mqtt_broker() as broker:
         async with broker.client("sensor") as client:
@@ -18,7 +21,6 @@ itself with one.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import socket
 import uuid
@@ -30,16 +32,31 @@ from urllib.parse import unquote, urlsplit
 import aiomqtt
 
 from helpers.core import internals
-from helpers.core.waiting import until
+from helpers.core.mosquitto import free_port
 
 CONNECT_TIMEOUT_S = 5.0
 """A broker that does not answer within this many seconds is reported, never waited on."""
+
+KEEPALIVE_S = 30
+"""Seconds between keepalive pings. Must be > 0: rumqttd never answers a CONNECT with keepalive 0."""
+
+MAX_PAYLOAD_BYTES = 1 << 20
+"""The embedded broker's payload limit (rumqttd's default is 20 KiB). The course's messages
+carry references, never image bytes (claim check), so 1 MiB leaves wide room; a larger
+publish closes the publisher's connection, which :class:`BrokerError` then explains."""
+
+EMBEDDED_START_TIMEOUT_S = 10.0
 
 _running: dict[str, Broker] = {}
 
 
 class BrokerError(RuntimeError):
     """The broker could not be configured, started or reached; the message says why."""
+
+
+class ConnectRefused(BrokerError, aiomqtt.MqttError):
+    """A client got no CONNACK in time. Also an ``aiomqtt.MqttError``, so code that
+    handles connection errors the aiomqtt way keeps working."""
 
 
 @dataclass(frozen=True)
@@ -90,21 +107,25 @@ class Broker:
     ``broker = await start_broker()`` in one cell and ``await broker.stop()`` at the end.
     """
 
-    def __init__(self, url: str | None = None, name: str = "default") -> None:
+    def __init__(self, url: str | None = None, name: str = "default", *, embedded: bool = False) -> None:
         self.name = name
-        self._url = url if url is not None else os.environ.get("MQTT_URL") or None
+        if embedded and url:
+            raise BrokerError("pass either a url or embedded=True, not both")
+        self._url = None if embedded else (url if url is not None else os.environ.get("MQTT_URL") or None)
         self.endpoint: Endpoint | None = parse_mqtt_url(self._url) if self._url else None
-        self._amqtt: Any = None
+        self._embedded: Any = None  # the iotcore.Broker while it runs
+        self.started_in_s: float | None = None
+        """How long the embedded broker took to accept connections (None for an external one)."""
 
     @property
     def embedded(self) -> bool:
-        """True when the broker runs inside this process (no MQTT_URL)."""
+        """True when the course starts the broker itself (no MQTT_URL)."""
         return self._url is None
 
     @property
     def kind(self) -> str:
         """A label for tables and plots: which broker answered."""
-        return "embedded amqtt" if self.embedded else f"external ({self.endpoint.host if self.endpoint else '?'})"
+        return "embedded rumqttd" if self.embedded else f"external ({self.endpoint.host if self.endpoint else '?'})"
 
     @property
     def url(self) -> str:
@@ -115,8 +136,12 @@ class Broker:
 
     @property
     def supports_shared_subscriptions(self) -> bool:
-        """amqtt 0.12 has no ``$share/...``; real brokers we target do (MQTT 5 and 3.1.1 extensions)."""
-        return not self.embedded
+        """Whether ``$share/GROUP/topic`` splits messages among a group's members.
+
+        rumqttd and every real broker the course targets (Mosquitto, EMQX, HiveMQ) do;
+        kept as a property so a lesson can say which design it runs.
+        """
+        return True
 
     async def start(self) -> Broker:
         """Start the embedded broker, or check the external one answers within 5 s."""
@@ -130,24 +155,36 @@ class Broker:
         return self
 
     async def _start_embedded(self) -> None:
-        from amqtt.broker import Broker as AmqttBroker
-
-        for noisy in ("amqtt", "transitions"):
-            logging.getLogger(noisy).setLevel(logging.CRITICAL)
-        config = {
-            "listeners": {"default": {"type": "tcp", "bind": "127.0.0.1:0"}},
-            # Only these plugins: no $SYS chatter, and anonymous OFF so offline queueing works.
-            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": False}},
-        }
-        self._amqtt = AmqttBroker(config)
-        await self._amqtt.start()
-        self.endpoint = Endpoint("127.0.0.1", internals.amqtt_port(self._amqtt))
+        """Start rumqttd (iotcore) on a free 127.0.0.1 port; retry if another program took the port first."""
+        try:
+            from iotcore import Broker as IotCoreBroker
+        except ImportError as exc:
+            raise BrokerError(
+                f"the embedded MQTT broker needs the iotcore package ({exc}): run 'make lab' or 'pip install -e .'"
+            ) from None
+        loop = asyncio.get_running_loop()
+        problem = "no attempt made"
+        for _attempt in range(3):
+            port = free_port()  # iotcore cannot bind port 0: pick one, and retry on a race
+            broker = IotCoreBroker(port=port, listen="127.0.0.1", max_payload_size=MAX_PAYLOAD_BYTES)
+            began = loop.time()
+            try:
+                await asyncio.to_thread(broker.start, EMBEDDED_START_TIMEOUT_S)  # blocks ~0.1-0.2 s: not on the loop
+            except OSError as exc:  # the port was taken between free_port() and the bind
+                problem = f"port {port} is busy ({exc})"
+                continue
+            except RuntimeError as exc:
+                raise BrokerError(f"the embedded MQTT broker did not start: {exc}") from None
+            self._embedded, self.started_in_s = broker, loop.time() - began
+            self.endpoint = Endpoint("127.0.0.1", port)
+            return
+        raise BrokerError(f"the embedded MQTT broker found no free port after 3 attempts: {problem}")
 
     async def stop(self) -> None:
-        """Stop the embedded broker (external brokers are left running)."""
-        if self._amqtt is not None:
-            amqtt, self._amqtt = self._amqtt, None
-            await amqtt.shutdown()
+        """Stop the embedded broker (external brokers are left running). Safe to call twice."""
+        if self._embedded is not None:
+            broker, self._embedded = self._embedded, None
+            await asyncio.to_thread(broker.stop)
         if _running.get(self.name) is self:
             del _running[self.name]
 
@@ -161,37 +198,29 @@ class Broker:
         """An aiomqtt client whose MQTT client id is ``name``.
 
         The same name plus ``clean_session=False`` resumes the same persistent session,
-        which is what lets a consumer pick up messages sent while it was away.
+        which is what lets a consumer pick up messages sent while it was away. A client
+        that gets no CONNACK raises :class:`ConnectRefused` saying why that may be.
         """
         if self.endpoint is None:
             raise BrokerError("the broker is not started yet; use 'async with mqtt_broker()' or start_broker()")
-        ident = name or f"client-{uuid.uuid4().hex[:8]}"
-        username = self.endpoint.username or ident
+        keepalive = kwargs.setdefault("keepalive", KEEPALIVE_S)
+        if not keepalive or keepalive <= 0:
+            raise BrokerError(
+                f"keepalive must be > 0 seconds, got {keepalive!r}: a broker may never answer a CONNECT without one"
+            )
         kwargs.setdefault("timeout", CONNECT_TIMEOUT_S)
-        client = _SessionSafeClient(
+        client = _CourseClient(
             self,
             self.endpoint.host,
             self.endpoint.port,
-            identifier=ident,
-            username=username,
+            identifier=name or f"client-{uuid.uuid4().hex[:8]}",
+            username=self.endpoint.username,
             password=self.endpoint.password,
             clean_session=clean_session,
             **kwargs,
         )
         _no_nagle(client)
         return client
-
-    async def until_offline(self, client_id: str, timeout: float = 1.0) -> bool:
-        """Wait until the embedded broker has finished closing ``client_id``'s last connection.
-
-        Returns False if it is still connected after ``timeout`` (a deliberate take-over
-        by a second client with the same id: MQTT lets the newcomer win, so go ahead).
-        Nothing to wait for on an external broker.
-        """
-        amqtt = self._amqtt
-        if amqtt is None:
-            return True
-        return await until(lambda: not internals.amqtt_connected(amqtt, client_id), timeout, poll=0.002)
 
     async def ping(self) -> float:
         """Round-trip one QoS 1 message through the broker; return seconds, or raise BrokerError."""
@@ -224,23 +253,32 @@ class Broker:
         raise BrokerError("the broker closed the ping subscription without a message")
 
 
-class _SessionSafeClient(aiomqtt.Client):
-    """An aiomqtt client that, on the embedded broker, reconnects only once its old connection is gone.
+class _CourseClient(aiomqtt.Client):
+    """An aiomqtt client whose failure to connect says what to check.
 
-    amqtt 0.12 closes a connection asynchronously; if the same client id reconnects
-    before that finishes, the old connection's clean-up marks the *resumed* session
-    offline and its messages pile up undelivered (seen in ~1 of 3 instant reconnects).
-    A real client reconnects after a delay anyway; we wait for the condition itself.
-    Mosquitto takes sessions over correctly, so nothing is waited for there.
+    A broker that ignores a CONNECT (wrong credentials on some brokers, keepalive 0 on
+    rumqttd, a firewall) leaves aiomqtt with a bare "Operation timed out".
     """
 
     def __init__(self, broker: Broker, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._course_broker = broker
 
-    async def __aenter__(self) -> _SessionSafeClient:
-        await self._course_broker.until_offline(self.identifier)
-        await super().__aenter__()
+    async def __aenter__(self) -> _CourseClient:
+        try:
+            await super().__aenter__()
+        except aiomqtt.MqttError as exc:
+            broker = self._course_broker
+            where = broker.endpoint.url if broker.endpoint else "?"
+            hint = (
+                "is the broker still running (did a cell stop it)?"
+                if broker.embedded
+                else "is it running, and are the user name and password in MQTT_URL right?"
+            )
+            internals.close_socket(self)
+            raise ConnectRefused(
+                f"client {self.identifier!r} could not connect to the MQTT broker at {where}: {exc}; {hint}"
+            ) from None
         return self
 
 
@@ -261,9 +299,12 @@ def _no_nagle(client: aiomqtt.Client) -> None:
     internals.on_socket_open(client, nodelay)
 
 
-def mqtt_broker(url: str | None = None, name: str = "default") -> Broker:
-    """A broker to use with ``async with``: MQTT_URL if set (or ``url``), else embedded."""
-    return Broker(url, name=name)
+def mqtt_broker(url: str | None = None, name: str = "default", *, embedded: bool = False) -> Broker:
+    """A broker to use with ``async with``: ``url``, else MQTT_URL if set, else embedded.
+
+    ``embedded=True`` starts the embedded broker whatever MQTT_URL says (benchmarks compare the two).
+    """
+    return Broker(url, name=name, embedded=embedded)
 
 
 async def start_broker(url: str | None = None, name: str = "default") -> Broker:

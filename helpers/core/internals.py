@@ -1,13 +1,12 @@
 """Every place the course touches a third-party library's private names, in one module.
 
-The course needs a few things that aiomqtt, paho-mqtt and amqtt do not expose publicly.
+The course needs a few things that aiomqtt and paho-mqtt do not expose publicly.
 Each is a small function here, with why we need it and the version it was checked
 against, so an upgrade breaks one file, in one obvious place, and nothing else in
 ``helpers`` reaches past a leading underscore. A test (tests/test_internals.py) runs
 every function here against the pinned versions.
 
-Checked against: aiomqtt 2.5.1 (``Client._client`` is its paho client), paho-mqtt
-2.2.0, amqtt 0.12.1.
+Checked against: aiomqtt 2.5.1 (``Client._client`` is its paho client), paho-mqtt 2.2.0.
 """
 
 from __future__ import annotations
@@ -53,6 +52,39 @@ def replace_ack(client: aiomqtt.Client, ack: Any) -> None:
     setattr(paho_of(client), "ack", ack)  # noqa: B010 - a method swapped on one instance, on purpose
 
 
+def on_receive(client: aiomqtt.Client, callback: Any) -> None:
+    """Run ``callback(paho_message)`` for every PUBLISH the client receives, before aiomqtt queues it.
+
+    paho's ``on_message`` is public; aiomqtt sets it to its own queueing callback, so we chain.
+    """
+    paho = paho_of(client)
+    queue_it = paho.on_message
+
+    def chained(c: Any, userdata: Any, message: Any) -> None:
+        callback(message)
+        if queue_it is not None:
+            queue_it(c, userdata, message)
+
+    paho.on_message = chained
+
+
+def on_puback(client: aiomqtt.Client, callback: Any) -> None:
+    """Run ``callback(mid)`` just before the client sends a PUBACK.
+
+    Both paths go through paho's private ``_send_puback``: the automatic ack on receipt
+    (the default) and :func:`send_ack` (manual acks). Lab checks use it to see whether a
+    message was acknowledged before its work was done, on any broker.
+    """
+    paho = paho_of(client)
+    send = paho._send_puback  # noqa: SLF001 - the one place every PUBACK passes through
+
+    def spied(mid: int) -> Any:
+        callback(mid)
+        return send(mid)
+
+    setattr(paho, "_send_puback", spied)  # noqa: B010 - swapped on this one client only
+
+
 def close_socket(client: aiomqtt.Client) -> None:
     """Close the socket of a connection attempt that was cut off by a timeout.
 
@@ -74,23 +106,3 @@ def on_socket_open(client: aiomqtt.Client, callback: Any) -> None:
             previous(c, userdata, sock)
 
     paho.on_socket_open = chained
-
-
-def amqtt_port(broker: Any, listener: str = "default") -> int:
-    """The TCP port an amqtt 0.12 broker bound (we ask for port 0, so the OS picks one).
-
-    amqtt keeps its asyncio servers in ``Broker._servers[name].instance``.
-    """
-    server = broker._servers[listener].instance  # noqa: SLF001 - amqtt 0.12 does not report the port
-    port: int = server.sockets[0].getsockname()[1]
-    return port
-
-
-def amqtt_connected(broker: Any, client_id: str) -> bool:
-    """True while amqtt 0.12 still holds an open connection for ``client_id``.
-
-    amqtt closes a connection asynchronously; its registry is ``Broker._sessions``
-    (client id -> (Session, handler)) and a session's state machine says when it is done.
-    """
-    sessions = broker._sessions  # noqa: SLF001 - amqtt 0.12 has no public session registry
-    return client_id in sessions and sessions[client_id][0].transitions.state != "disconnected"

@@ -4,11 +4,9 @@ Lessons and lab checks need "the consumer crashed, then came back": run the cons
 as a task, cancel it (its connection closes, its persistent session stays on the
 broker), and start it again with the same client id.
 
-One embedded-broker detail: amqtt closes a dropped connection asynchronously, and if
-the same client id reconnects before it is done, the old connection's clean-up can
-mark the *new* session offline (its messages then queue instead of being delivered).
-A real process restart takes far longer than that, so :func:`kill` waits until the
-broker has let go of the old connection, exactly as a slow restart would.
+A killed consumer's unacknowledged messages stay with its session on the broker, and a
+restarted consumer with the same client id gets them again: that is the redelivery
+at-least-once delivery is about.
 """
 
 from __future__ import annotations
@@ -18,7 +16,6 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from helpers.core.broker import Broker
 from helpers.core.waiting import until
 
 __all__ = ["kill", "running", "start", "until"]
@@ -43,9 +40,8 @@ async def start(run: Callable[..., Awaitable[Any]], *args: Any, timeout: float =
     return task
 
 
-async def kill(task: asyncio.Task[Any], broker: Broker | None = None, name: str | None = None) -> Exception | None:
-    """Cancel ``task`` (the consumer dies), wait for it; with ``broker`` and ``name`` also wait
-    until the broker has closed that client's connection. Returns the task's own error, if any."""
+async def kill(task: asyncio.Task[Any]) -> Exception | None:
+    """Cancel ``task`` (the consumer dies) and wait for it. Returns the task's own error, if any."""
     task.cancel()
     error: Exception | None = None
     try:
@@ -55,8 +51,6 @@ async def kill(task: asyncio.Task[Any], broker: Broker | None = None, name: str 
             raise
     except Exception as exc:  # noqa: BLE001 - report, do not raise: the caller decides
         error = exc
-    if broker is not None and name is not None:
-        await broker.until_offline(name, timeout=5.0)
     return error
 
 

@@ -123,6 +123,47 @@ def ack(client: aiomqtt.Client, message: aiomqtt.Message) -> None:
         internals.send_ack(client, message.mid, message.qos)
 
 
+class InOrderAcks:
+    """Release acknowledgements in the order messages arrived, whatever order the work ends in.
+
+    MQTT 3.1.1 (section 4.6) requires a client to send PUBACKs in the order the PUBLISH
+    packets arrived. A consumer that works on several messages at once finishes them in
+    any order; acking each as it finishes breaks the rule, and a strict broker (the
+    embedded rumqttd) disconnects such a client. So a finished message waits here until
+    every message that arrived before it is finished too, then the run is acked at once.
+
+    A message whose work never finishes (the process died) holds back the acks behind it:
+    the broker then redelivers them all, which is what at-least-once promises.
+    """
+
+    def __init__(self, client: aiomqtt.Client) -> None:
+        self.client = client
+        self._waiting: dict[int, tuple[aiomqtt.Message, bool]] = {}  # id(message) -> (message, done), arrival order
+
+    def received(self, message: aiomqtt.Message) -> None:
+        """Note a message's arrival (call in the order messages are read). No-op for QoS 0."""
+        if message.qos > 0 and id(message) not in self._waiting:
+            self._waiting[id(message)] = (message, False)
+
+    def done(self, message: aiomqtt.Message) -> None:
+        """The work on ``message`` is finished: ack it and every finished message queued behind it."""
+        if message.qos == 0:
+            return
+        if id(message) not in self._waiting:
+            self.received(message)
+        self._waiting[id(message)] = (message, True)
+        for key, (waiting, finished) in list(self._waiting.items()):
+            if not finished:
+                break
+            del self._waiting[key]
+            ack(self.client, waiting)
+
+    @property
+    def held(self) -> int:
+        """Finished messages whose ack waits for an earlier, unfinished one."""
+        return sum(finished for _, finished in self._waiting.values())
+
+
 class SeenIds:
     """The ids a consumer has already applied, kept in a file so they survive a restart.
 
@@ -192,8 +233,10 @@ class Consumer:
     dedupe: SeenIds | None = None
     dead_letter_topic: str | None = None
     stats: ConsumerStats = field(default_factory=ConsumerStats)
+    acks: InOrderAcks = field(init=False)
 
     def __post_init__(self) -> None:
+        self.acks = InOrderAcks(self.client)
         if self.dead_letter_topic is None:
             self.dead_letter_topic = f"dead-letter/{self.topic.replace('#', 'all').replace('+', 'any')}"
 
@@ -209,6 +252,7 @@ class Consumer:
     async def handle(self, message: aiomqtt.Message) -> None:
         """Process one message: decode, dedupe, handle or dead-letter, then ack."""
         self.stats.received += 1
+        self.acks.received(message)  # before any await: arrival order
         payload = bytes(message.payload) if isinstance(message.payload, (bytes, bytearray)) else str(message.payload).encode()
         try:
             event = decode(payload)
@@ -217,7 +261,7 @@ class Consumer:
             return
         if self.dedupe is not None and event.id in self.dedupe:
             self.stats.duplicates += 1
-            ack(self.client, message)
+            self.acks.done(message)
             return
         try:
             await self.handler(event)
@@ -227,10 +271,10 @@ class Consumer:
         if self.dedupe is not None:
             self.dedupe.add(event.id)
         self.stats.processed += 1
-        ack(self.client, message)
+        self.acks.done(message)
 
     async def _dead_letter(self, message: aiomqtt.Message, payload: bytes, reason: str) -> None:
         record = dead_letter_payload(str(message.topic), payload, reason)
         await self.client.publish(self.dead_letter_topic or "dead-letter", record, qos=1)
         self.stats.dead_lettered += 1
-        ack(self.client, message)
+        self.acks.done(message)

@@ -65,10 +65,10 @@ async def subscribed_messages(
 
     Why not ``await client.subscribe(...)`` and then read? A client resuming a persistent
     session gets its queued messages straight after connecting, before the broker
-    answers the SUBSCRIBE. With manual acks the embedded amqtt broker waits for those
-    messages' acks before it answers, and the acks only come once we read: subscribe
-    first, read later deadlocks until a timeout. Reading concurrently has no such trap
-    on any broker. ``ready`` is set once the broker confirmed the subscription.
+    answers the SUBSCRIBE. With manual acks some brokers (amqtt 0.12, the course's first
+    embedded broker) wait for those messages' acks before they answer, and the acks only
+    come once we read: subscribe first, read later deadlocks until a timeout. Reading
+    concurrently has no such trap on any broker. ``ready`` is set once the broker confirmed the subscription.
     """
     subscribing = asyncio.ensure_future(client.subscribe(topic, qos=qos))
     subscribing.add_done_callback(_retrieve)

@@ -9,7 +9,8 @@ overtake a slow one that arrived earlier.
 
 :func:`run_pool` is that pool. It still uses the consumer's own ``handle`` (decode,
 dedupe, dead-letter, ack after the work), so nothing about the delivery guarantees
-changes: only how many messages are in progress at once. It reads while subscribing,
+changes: only how many messages are in progress at once. Acknowledgements still leave
+in arrival order (:class:`helpers.core.messaging.InOrderAcks`). It reads while subscribing,
 like :meth:`Consumer.run`, and a worker that crashes stops the pool with its error
 instead of vanishing.
 """
@@ -53,6 +54,7 @@ async def run_pool(consumer: Consumer, workers: int, ready: asyncio.Event | None
 
     try:
         async for message in subscribed_messages(consumer.client, consumer.topic, qos=consumer.qos, ready=ready):
+            consumer.acks.received(message)  # acks leave in this order, whatever order the work ends in
             await slots.acquire()  # wait for a free worker before taking the next message
             if crashed:
                 raise crashed[0]

@@ -19,9 +19,10 @@ from typing import Any
 
 import aiomqtt
 
+from helpers.core import internals
 from helpers.core.internals import acks_manually
 from helpers.core.lifecycle import kill, start
-from helpers.core.messaging import Event, ack, decode, publish
+from helpers.core.messaging import Event, InvalidEvent, ack, decode, publish
 from helpers.core.receive import collect, flush
 from helpers.core.waiting import until, until_quiet
 from helpers.grading.checks import CheckFailed, Checks, Context, expect, outcome
@@ -55,7 +56,6 @@ def _forget_session(ctx: Context, broker: Any, name: str) -> None:
     """After the check, drop the persistent session (keeps a shared broker tidy)."""
 
     async def forget() -> None:
-        await broker.until_offline(name, timeout=5.0)
         async with broker.client(name, clean_session=True):
             pass
 
@@ -80,7 +80,6 @@ def _qos(ctx: Context) -> int:
 async def _offline_count(ctx: Context, broker: Any, name: str, topic: str, n: int) -> int:
     async with await _client(ctx, broker, name) as client:
         await client.subscribe(topic, qos=_qos(ctx))
-    await broker.until_offline(name, timeout=5.0)
     async with broker.client() as shop:
         for i in range(n):
             await publish(shop, topic, order_event(i), qos=1)
@@ -89,7 +88,6 @@ async def _offline_count(ctx: Context, broker: Any, name: str, topic: str, n: in
         messages = await collect(client, expected=n, idle=0.5, timeout=3)
         for message in messages:
             ack(client, message)
-    await broker.until_offline(name, timeout=5.0)
     return len({decode(bytes(m.payload)).id for m in messages})
 
 
@@ -129,7 +127,6 @@ async def each_name_has_its_own_session(ctx: Context) -> None:
     topic_a, topic_b = ctx.topic("a"), ctx.topic("b")
     async with await _client(ctx, broker, a) as client:
         await client.subscribe(topic_a, qos=_qos(ctx))
-    await broker.until_offline(a, timeout=5.0)
     got_b = await _offline_count(ctx, broker, b, topic_b, 2)
     expect(got_b == 2, f"consumer {b!r} got {got_b} of its 2 orders")
     async with broker.client() as shop:
@@ -270,20 +267,61 @@ async def incomplete_and_binary_are_dead_lettered(ctx: Context) -> None:
 # --------------------------------------------------------------------------- q4: the consumer
 
 
+class _AckWatch:
+    """The broker as the learner's consumer sees it: real clients, each watched on the wire.
+
+    For every order the consumer receives it notes the QoS it arrived at, and for every
+    PUBACK the client sends, whether that order was already charged. That shows an ack
+    sent before the work on any broker, whether or not the broker would resend.
+    """
+
+    def __init__(self, broker: Any, ledger: Ledger) -> None:
+        self._broker, self._ledger = broker, ledger
+        self.early: list[str] = []  # orders acknowledged before they were charged
+        self.qos0: list[str] = []  # orders that arrived at QoS 0 (never acknowledged, never resent)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._broker, name)
+
+    def client(self, *args: Any, **kwargs: Any) -> Any:
+        client = self._broker.client(*args, **kwargs)
+        in_flight: dict[int, str] = {}  # mid -> event id
+
+        def received(message: Any) -> None:
+            try:
+                event_id = decode(bytes(message.payload)).id
+            except InvalidEvent:
+                return  # malformed: dead-lettered, nothing to charge
+            if message.qos == 0:
+                self.qos0.append(event_id)
+            else:
+                in_flight[message.mid] = event_id
+
+        def acked(mid: int) -> None:
+            event_id = in_flight.pop(mid, None)
+            if event_id is not None and event_id not in {c["event_id"] for c in self._ledger.charges()}:
+                self.early.append(event_id)
+
+        internals.on_receive(client, received)
+        internals.on_puback(client, acked)
+        return client
+
+
 class _Run:
     """The learner's run_consumer under test: started, killed and restarted like a process."""
 
     def __init__(self, ctx: Context, broker: Any) -> None:
+        self.ledger = Ledger(_folder(ctx) / "ledger.jsonl")
+        self.watch = _AckWatch(broker, self.ledger)
         self.ctx, self.broker = ctx, broker
-        self.name, self.topic, self.folder = _name(ctx), ctx.topic("orders"), _folder(ctx)
-        self.ledger = Ledger(self.folder / "ledger.jsonl")
+        self.name, self.topic, self.folder = _name(ctx), ctx.topic("orders"), self.ledger.path.parent
         self.task: Any = None
         _forget_session(ctx, broker, self.name)
         ctx.on_cleanup(self.stop)
 
     async def start(self) -> None:
         run = self.ctx.function("run_consumer")
-        began = await outcome("run_consumer()", lambda: start(run, self.broker, self.name, self.topic, self.folder), START_S)
+        began = await outcome("run_consumer()", lambda: start(run, self.watch, self.name, self.topic, self.folder), START_S)
         if isinstance(began.error, TimeoutError):  # lifecycle.start's own: it says the consumer never set `ready`
             raise CheckFailed(str(began.error))
         expect(began.error is None, f"run_consumer() failed while starting: {began.raised}")
@@ -291,7 +329,7 @@ class _Run:
 
     async def stop(self) -> None:
         if self.task is not None:
-            error = await kill(self.task, self.broker, self.name)
+            error = await kill(self.task)
             self.task = None
             # An unwritten part (NotImplementedError) is reported by the checks of its own
             # question ("apply_once() is not written yet"), not a second time as a crash here.
@@ -341,6 +379,29 @@ async def charges_orders_while_running(ctx: Context) -> str:
     await run.publish(orders)
     _exactly_once(await run.wait_charged(orders), "while running")
     return f"{len(orders)} orders, {len(orders)} charges"
+
+
+@checks.check("q4", hint="subscribe with qos=QOS (1), and call ack() only after apply_once()", timeout=15)
+async def acks_each_order_after_charging_it(ctx: Context) -> str:
+    """Each order arrives at QoS 1 and is acknowledged only once it has been charged."""
+    run = _Run(ctx, await ctx.broker())
+    await run.start()
+    orders = _orders(ctx, 20)
+    await run.publish(orders)
+    _exactly_once(await run.wait_charged(orders), "orders published while it ran")
+    await run.stop()
+    expect(
+        not run.watch.qos0,
+        f"{len(run.watch.qos0)} of {len(orders)} orders arrived at QoS 0: a delivery is capped by the subscription's "
+        "QoS, and a QoS 0 message is never acknowledged nor resent (subscribe with qos=QOS, QOS = 1)",
+    )
+    early = [e for e in run.watch.early if e in {o.id for o in orders}]
+    expect(
+        not early,
+        f"{len(early)} of {len(orders)} orders were acknowledged before they were charged: if the consumer dies in "
+        "between, the broker forgets them and they are never charged (ack() must come after apply_once())",
+    )
+    return f"{len(orders)} orders, every ack after its charge"
 
 
 @checks.check("q4", hint="a persistent session keeps the orders; a store on disk remembers what was charged", timeout=15)

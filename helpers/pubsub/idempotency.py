@@ -6,8 +6,8 @@
   (a timeout, a dropped connection), so it sends the same event again. The broker
   cannot know it is a repeat: both copies are delivered. Happens on every broker.
 * **A consumer that dies after the work, before the ack.** The broker never learned the
-  message was handled, so it resends it when the session resumes. MQTT requires this;
-  the embedded amqtt broker does not do it (see :mod:`helpers.pubsub.probes`).
+  message was handled, so it resends it when the session resumes. MQTT requires this,
+  and both brokers the course runs on do it (see :mod:`helpers.pubsub.probes`).
 
 The effect here is a payment :class:`Ledger` kept in a file (a charge must survive a
 restart, or the story is pointless). A naive consumer charges once per *delivery*; an

@@ -1,7 +1,7 @@
 """Ask the broker in use what it really does, instead of trusting a table in a README.
 
 Brokers differ in the corners of the MQTT spec, and the lessons run on two of them
-(embedded amqtt and Mosquitto). Each probe below is a tiny experiment with real
+(the embedded rumqttd and Mosquitto). Each probe below is a tiny experiment with real
 clients; :func:`guarantee_table` runs them all and lines the result up with what
 MQTT 3.1.1 says, so a notebook shows *this* broker's behaviour, measured now.
 

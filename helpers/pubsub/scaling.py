@@ -4,8 +4,8 @@ Two ways to have several consumers share one stream of work:
 
 * **Shared subscription** (``$share/GROUP/topic``): several client connections join a
   group and the broker gives each message to *one* member. Consumers can live in
-  separate processes or machines. Mosquitto, EMQX and HiveMQ support it; the embedded
-  amqtt broker does not (it accepts the subscribe and then delivers nothing).
+  separate processes or machines. The embedded rumqttd broker, Mosquitto, EMQX and
+  HiveMQ support it.
 * **One subscription + a worker pool** (:func:`helpers.core.worker_pool.run_pool`): one
   connection, N workers in the same process. Works on every broker, scales only as far
   as one process does.

@@ -20,7 +20,7 @@ from aiohttp import web
 from helpers.core.broker import BrokerError, mqtt_broker
 from helpers.core.http import start_service
 
-PACKAGES = ("aiohttp", "aiomqtt", "amqtt", "paho-mqtt", "tenacity", "opentelemetry-sdk", "matplotlib", "numpy", "Pillow")
+PACKAGES = ("aiohttp", "aiomqtt", "iotcore", "paho-mqtt", "tenacity", "opentelemetry-sdk", "matplotlib", "numpy", "Pillow")
 
 WINDOWS_FIX = (
     "On Windows, aiomqtt needs the selector event loop. Before any asyncio code, run:\n"
