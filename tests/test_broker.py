@@ -257,3 +257,21 @@ async def test_a_client_that_cannot_connect_says_why(monkeypatch: pytest.MonkeyP
             pass
     assert isinstance(caught.value, aiomqtt.MqttError), "still an aiomqtt.MqttError for code that catches those"
     assert time.perf_counter() - began < 3
+
+
+async def test_embedded_broker_that_does_not_come_up_gives_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import iotcore
+
+    def never(self: object, timeout: float = 10.0) -> None:
+        raise RuntimeError("broker process exited with code 1 during startup")
+
+    monkeypatch.setattr(iotcore.Broker, "start", never)
+    with pytest.raises(BrokerError, match="the embedded MQTT broker did not start: broker process exited"):
+        await mqtt_broker(name="never-up", embedded=True).start()
+
+
+async def test_embedded_broker_ignores_mqtt_url_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MQTT_URL", "mqtt://127.0.0.1:1")
+    assert mqtt_broker(embedded=True).embedded
+    with pytest.raises(BrokerError, match="either a url or embedded=True"):
+        mqtt_broker("mqtt://127.0.0.1:1", embedded=True)

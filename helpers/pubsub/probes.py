@@ -3,7 +3,9 @@
 Brokers differ in the corners of the MQTT spec, and the lessons run on two of them
 (the embedded rumqttd and Mosquitto). Each probe below is a tiny experiment with real
 clients; :func:`guarantee_table` runs them all and lines the result up with what
-MQTT 3.1.1 says, so a notebook shows *this* broker's behaviour, measured now.
+MQTT 3.1.1 says, so a notebook shows *this* broker's behaviour, measured now. Most
+probes check a promise the broker makes; :func:`out_of_order_acks_tolerated` checks the
+other direction, what the broker does when a *client* breaks a rule of the spec.
 
 Every probe returns plain values (bool / int / str) so lessons can branch on them:
 e.g. use ``$share`` subscriptions only when :func:`shared_subscriptions` saw them work.
@@ -12,9 +14,13 @@ e.g. use ``$share`` subscriptions only when :func:`shared_subscriptions` saw the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from dataclasses import dataclass
 
+import aiomqtt
+
+from helpers.core import internals
 from helpers.core.broker import Broker
 from helpers.core.messaging import ack, make_event, manual_ack, publish
 from helpers.core.receive import collect, flush
@@ -64,6 +70,38 @@ async def redelivers_unacked(broker: Broker) -> bool:
     return bool(first) and bool(again)
 
 
+async def out_of_order_acks_tolerated(broker: Broker) -> bool:
+    """Three QoS 1 messages acknowledged 3rd, 1st, 2nd: is the client still served afterwards?
+
+    MQTT 3.1.1 (section 4.6) tells a client to send PUBACKs in the order the PUBLISH
+    packets arrived. A strict broker disconnects a client that breaks the rule (False:
+    the 4th message never arrives); a lenient one carries on (True). The client uses a
+    clean session, so the broker keeps nothing once it is gone.
+    """
+    topic = _topic("ackorder")
+    consumer = manual_ack(broker.client(f"probe-{uuid.uuid4().hex[:8]}"))
+    after: list[aiomqtt.Message] = []
+    try:
+        async with consumer, broker.client() as producer:
+            await consumer.subscribe(topic, qos=1)
+            for i in range(3):
+                await publish(producer, topic, make_event("probe", {"i": i}, source="/probe"), qos=1)
+            first = await collect(consumer, expected=3, idle=1.0)
+            if len(first) < 3:
+                raise RuntimeError(f"the probe expected 3 messages, the broker delivered {len(first)}")
+            for message in (first[2], first[0], first[1]):  # against the rule: not in arrival order
+                internals.send_ack(consumer, message.mid, message.qos)
+            await publish(producer, topic, make_event("probe", {"i": 3}, source="/probe"), qos=1)
+            after = await collect(consumer, expected=1, idle=2.0)  # a disconnect ends this at once
+    except aiomqtt.MqttError:
+        pass  # the broker hung up: "Disconnected during message iteration", or on the way out
+    # A hang-up that raced the end of the block is still stored in the client; reading once
+    # more raises and so consumes it (no "Future exception was never retrieved" later).
+    with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+        await asyncio.wait_for(consumer.messages.__anext__(), 0.05)
+    return len(after) == 1
+
+
 async def shared_subscriptions(broker: Broker, n: int = 10) -> bool:
     """Two members of one ``$share`` group: does each message reach exactly one of them?"""
     topic = _topic("share")
@@ -107,6 +145,7 @@ async def guarantee_table(broker: Broker, *, with_queue_limit: bool = True) -> l
     q0 = await qos0_queued(broker, n)
     dqos = await delivered_qos(broker)
     redelivered = await redelivers_unacked(broker)
+    tolerated = await out_of_order_acks_tolerated(broker)
     shared = await shared_subscriptions(broker)
     rows = [
         Finding(
@@ -133,6 +172,12 @@ async def guarantee_table(broker: Broker, *, with_queue_limit: bool = True) -> l
             "must resend (DUP=1)",
             "resent" if redelivered else "not resent",
             redelivered,
+        ),
+        Finding(
+            "PUBACKs sent out of arrival order",
+            "a client must send them in arrival order (4.6)",
+            "tolerated" if tolerated else "client disconnected",
+            None,
         ),
         Finding(
             "shared subscriptions ($share/group/topic)",
