@@ -6,6 +6,7 @@ function, instead of a lesson misbehaving somewhere else.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 
 import paho.mqtt.client as paho_mqtt
@@ -57,3 +58,29 @@ async def test_close_socket_is_safe_on_an_open_and_a_closed_client(broker: Broke
     async with client:
         pass
     internals.close_socket(client)  # already closed: still no error
+
+
+async def test_request_reply_over_the_broker_takes_no_delayed_ack_stall(broker: Broker, topic: str) -> None:
+    """Without quick acks a request/reply round trip sat 40 ms on the client's delayed TCP ACK."""
+    import statistics
+    import time
+
+    async with broker.client(cid := f"{topic.replace('/', '-')}-a") as responder, broker.client(f"{cid}-b") as caller:
+        await responder.subscribe(f"{topic}/req", qos=1)
+        await caller.subscribe(f"{topic}/rep", qos=1)
+
+        async def echo() -> None:
+            async for message in responder.messages:
+                await responder.publish(f"{topic}/rep", message.payload, qos=1)
+
+        task = asyncio.create_task(echo())
+        took = []
+        try:
+            for _ in range(15):
+                began = time.perf_counter()
+                await caller.publish(f"{topic}/req", b"x", qos=1)
+                await asyncio.wait_for(caller.messages.__anext__(), 5)
+                took.append(time.perf_counter() - began)
+        finally:
+            task.cancel()
+    assert statistics.median(took) < 0.02, f"median round trip {statistics.median(took) * 1000:.1f} ms: a 40 ms ACK stall is back"

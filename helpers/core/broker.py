@@ -220,6 +220,7 @@ class Broker:
             **kwargs,
         )
         _no_nagle(client)
+        internals.quick_acks(client)
         return client
 
     async def ping(self) -> float:

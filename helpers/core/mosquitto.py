@@ -59,7 +59,10 @@ def running_mosquitto(extra_config: str = "") -> Iterator[str]:
         for _attempt in range(3):
             port = free_port()
             conf = Path(folder) / "mosquitto.conf"
-            conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n{extra_config}\n")
+            # set_tcp_nodelay: small packets leave at once (as rumqttd with our clients); see internals.quick_acks
+            conf.write_text(
+                f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nset_tcp_nodelay true\n{extra_config}\n"
+            )
             proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
                 _wait_listening(port, proc)
