@@ -2,8 +2,8 @@
 
 With manual acks, some brokers (amqtt 0.12, the course's first embedded broker) answer a
 SUBSCRIBE only after the queued messages they sent on connect are acked; a consumer that
-subscribed before reading hung until a timeout. Both helpers.core.messaging.Consumer.run and helpers.core.receive.subscribed_messages
-read while subscribing.
+subscribed before reading hung until a timeout. Both helpers.core.messaging.Consumer.run and
+helpers.core.receive.subscribed_messages read while subscribing.
 """
 
 from __future__ import annotations

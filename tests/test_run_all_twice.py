@@ -1,4 +1,4 @@
-""""Run All" twice in one kernel works: every broker and service a lesson starts, it stops or replaces.
+"""Run All, twice, in one kernel works: every broker and service a lesson starts, it stops or replaces.
 
 A learner re-runs a notebook all the time. The embedded broker is a child process now,
 so a second run must replace it cleanly (no port clash, no orphan process), and the
