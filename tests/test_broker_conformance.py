@@ -453,3 +453,35 @@ async def test_out_of_order_acks_on_a_strict_broker(broker: Broker, topic: str) 
         assert disconnected, "rumqttd should drop a client that acks out of order"
     else:
         assert not disconnected and after is not None and after.payload == b"after"
+
+
+async def test_shared_member_that_dies_unacked_does_not_strand_its_message(
+    request: pytest.FixtureRequest, broker: Broker, topic: str
+) -> None:
+    """A ``$share`` member dies holding an unacknowledged QoS 1 message: it comes back (resumed or to another member).
+
+    Mosquitto keeps it in the dead member's persistent session and resends it on resume.
+    """
+    departs_on_embedded(
+        request,
+        broker,
+        "a shared-subscription member that disconnects with an unacknowledged message strands it until the "
+        "next publish to the group (and when the last member goes, rumqttd's router can panic); so the course "
+        "runs its processors as one subscription + a worker pool on the embedded broker",
+    )
+    group = f"$share/{cid(topic, 'g')}/{topic}"
+    name = cid(topic, "member")
+    member = manual_ack(broker.client(name, clean_session=False))
+    async with member:
+        await member.subscribe(group, qos=1)
+        await publish_all(broker, topic, [b"image-1"])
+        assert (await next_message(member)).payload == b"image-1"
+        await drop_connection(member)  # dies mid-work, never acked
+    again = manual_ack(broker.client(name, clean_session=False))
+    async with again:
+        message = await next_message(again, timeout=3)
+        ack(again, message)
+    assert message.payload == b"image-1"
+    await broker.ping()  # and the broker is still alive
+    async with broker.client(name, clean_session=True):
+        pass  # drop the session (only reached when the broker survived)

@@ -139,7 +139,10 @@ class Broker:
         """Whether ``$share/GROUP/topic`` splits messages among a group's members.
 
         rumqttd and every real broker the course targets (Mosquitto, EMQX, HiveMQ) do;
-        kept as a property so a lesson can say which design it runs.
+        kept as a property so a lesson can say which design it runs. Caveat (measured, see
+        tests/test_broker_conformance.py): on rumqttd a member that dies holding an
+        unacknowledged message strands it, so work that must survive a crash uses one
+        subscription + a worker pool there.
         """
         return True
 
