@@ -1,0 +1,200 @@
+"""The Notification service: tell each user, once, that their job finished.
+
+It consumes ``job.done`` and ``job.failed`` and, for each finished job, writes one entry
+to the user's in-app inbox and one "e-mail" to an outbox file (JSON lines; nothing is
+sent). Three choices make "once, and never lost" hold across crashes:
+
+* **a persistent session with a fixed client id, QoS 1**: while the service is down the
+  broker keeps what was published for it, and hands it over when the service returns
+  with the same client id;
+* **acknowledge after writing**: a crash between receiving and writing means the broker
+  delivers the event again;
+* **dedupe on the job id** in a file (:class:`helpers.core.messaging.SeenIds`) that
+  survives the restart: a redelivered event, or a second ``job.done`` for the same job,
+  notifies nobody twice.
+
+Its subscription is ``{prefix}/jobs/+`` (a single filter for ``done`` and ``failed``), so
+it also receives ``job.progress``, which it acknowledges and ignores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from helpers.capstone.jobs import JOB_DONE, JOB_FAILED, Topics, iso, now
+from helpers.core import lifecycle
+from helpers.core.broker import Broker
+from helpers.core.messaging import Consumer, Event, SeenIds, manual_ack
+
+EMAIL_DOMAIN = "example.invalid"
+"""Where the outbox pretends to send (``.invalid`` is reserved: nothing could ever be delivered there)."""
+
+
+@dataclass(frozen=True)
+class Notification:
+    """One inbox entry: who, which job, how it ended, and when the service wrote it."""
+
+    user: str
+    job_id: str
+    state: str
+    """"done" or "failed"."""
+    text: str
+    at: str
+    """ISO 8601 UTC."""
+
+    def as_row(self) -> dict[str, object]:
+        """A row for a results table."""
+        return {"user": self.user, "job": self.job_id[:8], "state": self.state, "message": self.text}
+
+
+def message_for(event: Event, status_url: str | None) -> tuple[str, str]:
+    """(state, text) of the notification for a ``job.done`` or ``job.failed`` event."""
+    data = event.data or {}
+    where = f" See {status_url}." if status_url else ""
+    if event.type == JOB_DONE:
+        count = len(data.get("results") or {})
+        return "done", f"Your image is ready: {count} renditions and a caption.{where}"
+    return "failed", f"Sorry, your image could not be processed: {data.get('reason', 'no reason given')}.{where}"
+
+
+class Notifier:
+    """The Notification service: start, kill and restart it; read its inboxes and outbox.
+
+    Everything it wrote lives in ``workdir`` (``inbox.jsonl``, ``outbox.jsonl``,
+    ``notified-jobs.txt``), so a new ``Notifier`` on the same folder and client id carries
+    on where the old one stopped.
+    """
+
+    def __init__(
+        self,
+        broker: Broker,
+        topics: Topics,
+        workdir: str | Path,
+        *,
+        client_id: str | None = None,
+        status_base: str | None = None,
+    ) -> None:
+        self.broker, self.topics = broker, topics
+        self.folder = Path(workdir)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.client_id = client_id or f"notifier-{uuid.uuid4().hex[:6]}"
+        self.status_base = status_base
+        """The Upload service's base URL, for a link to the job's status in each message."""
+        self.inbox_path = self.folder / "inbox.jsonl"
+        self.outbox_path = self.folder / "outbox.jsonl"
+        self.seen = SeenIds(self.folder / "notified-jobs.txt")
+        self.delivered_at: dict[str, float] = {}
+        """Job id -> ``time.perf_counter()`` when its notification was written (this process only)."""
+        self.duplicates = 0
+        """Finished-job events that found the job already notified (redeliveries, repeated job.done)."""
+        self.task: asyncio.Task[None] | None = None
+        self.consumer: Consumer | None = None
+        self._errors: list[Exception] = []
+
+    @property
+    def running(self) -> bool:
+        return self.task is not None and not self.task.done()
+
+    async def start(self) -> Notifier:
+        """Connect with the fixed client id and persistent session; returns once subscribed.
+
+        After a :meth:`kill` this is the restart: the broker hands over what arrived meanwhile.
+        """
+        if self.running:
+            raise RuntimeError("the notifier is running already; kill() it first")
+        self.task = await lifecycle.start(self._serve)
+        return self
+
+    async def kill(self) -> Exception | None:
+        """Stop the service abruptly (its session stays on the broker); returns the error it had died of, if any."""
+        if self.task is None:
+            return None
+        error = await lifecycle.kill(self.task)
+        self.task = None
+        if error is not None:
+            self._errors.append(error)
+        return error
+
+    def crashed(self) -> Exception | None:
+        """The error the service died of, if it died (a healthy one runs until killed)."""
+        task = self.task
+        if task is not None and task.done() and not task.cancelled():
+            error = task.exception()
+            if isinstance(error, Exception):
+                return error
+        return self._errors[-1] if self._errors else None
+
+    async def stop(self) -> Exception | None:
+        """Kill the service and drop its persistent session (the end of a run); returns what it had died of."""
+        error = await self.kill()
+        async with self.broker.client(self.client_id, clean_session=True):
+            pass
+        return error
+
+    async def _serve(self, ready: asyncio.Event) -> None:
+        async with manual_ack(self.broker.client(self.client_id, clean_session=False)) as client:
+            self.consumer = Consumer(
+                client, self.topics.jobs, self.handle, dead_letter_topic=f"{self.topics.prefix}/dead-letter/notifications"
+            )
+            await self.consumer.run(ready)
+
+    async def handle(self, event: Event) -> None:
+        """Notify the job's user once per finished job; ignore progress."""
+        if event.type not in (JOB_DONE, JOB_FAILED):
+            return
+        data = event.data if isinstance(event.data, dict) else {}
+        job_id, user = data.get("job_id"), data.get("user")
+        if not isinstance(job_id, str) or not isinstance(user, str):
+            raise ValueError(f"{event.type} event {event.id} names no job_id or user")  # dead-lettered by the consumer
+        if job_id in self.seen:
+            self.duplicates += 1
+            return
+        status_url = f"{self.status_base}/jobs/{job_id}" if self.status_base else None
+        state, text = message_for(event, status_url)
+        note = Notification(user, job_id, state, text, iso(now()))
+        self._append(self.inbox_path, note.__dict__)
+        subject = "Your image is ready" if state == "done" else "Your image could not be processed"
+        self._append(
+            self.outbox_path, {"to": f"{user}@{EMAIL_DOMAIN}", "subject": subject, "body": text, "job_id": job_id, "at": note.at}
+        )
+        self.seen.add(job_id)  # after the writes: a crash in between notifies again, never zero times
+        self.delivered_at[job_id] = time.perf_counter()
+
+    @staticmethod
+    def _append(path: Path, record: dict[str, Any]) -> None:
+        with path.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    def notifications(self) -> list[Notification]:
+        """Every inbox entry, oldest first (read from the file: what survives a restart is what counts)."""
+        if not self.inbox_path.exists():
+            return []
+        return [Notification(**json.loads(line)) for line in self.inbox_path.read_text().splitlines() if line.strip()]
+
+    def inbox(self, user: str) -> list[Notification]:
+        """``user``'s in-app inbox, oldest first."""
+        return [note for note in self.notifications() if note.user == user]
+
+    def outbox(self) -> list[dict[str, Any]]:
+        """Every "e-mail" written, oldest first."""
+        if not self.outbox_path.exists():
+            return []
+        return [json.loads(line) for line in self.outbox_path.read_text().splitlines() if line.strip()]
+
+
+async def start_notifier(
+    broker: Broker,
+    topics: Topics,
+    workdir: str | Path,
+    *,
+    client_id: str | None = None,
+    status_base: str | None = None,
+) -> Notifier:
+    """Start the Notification service; returns once it is subscribed (its session now queues for it)."""
+    return await Notifier(broker, topics, workdir, client_id=client_id, status_base=status_base).start()

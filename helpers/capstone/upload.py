@@ -1,0 +1,322 @@
+"""The Upload service: accept an image, answer ``202 Accepted`` at once, let the processor do the rest.
+
+``POST /images?user=NAME`` (body: the image bytes) does only what must happen before the
+user hears back, in this order:
+
+1. **Validate** the bytes (:func:`helpers.capstone.images.inspect_upload`): an empty,
+   oversized, non-image, decompression-bomb or truncated upload is refused here with a
+   problem+json answer and its own status, and leaves no trace (no job, no event).
+2. **Store** the original in Storage (over HTTP) under a key of its own.
+3. **Publish** ``image.uploaded`` at QoS 1 carrying a *claim check*: the storage key and
+   etag, never the bytes (the broker's payload limit is 1 MiB, and queues are not a
+   blob store).
+4. **Answer** ``202 Accepted`` with ``Location: /jobs/{id}`` and ``Retry-After: 1``.
+
+``GET /jobs/{id}`` reads the job store, which the service's own MQTT consumer keeps up
+to date from the processor's ``job.*`` events (eventually consistent; the body says so).
+
+An ``Idempotency-Key`` header makes a retried upload safe: the same key (per user) with
+the same bytes returns the same job and the same 202 body; with other bytes it is a
+``422``; while the first request with that key is still being stored, a ``409``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import aiomqtt
+from aiohttp import web
+
+from helpers.capstone import images
+from helpers.capstone.jobs import IMAGE_UPLOADED, IdempotencyConflict, Job, JobStore, Topics
+from helpers.capstone.problems import PROBLEM_BASE, problem, problem_for
+from helpers.capstone.storage import StorageClient, StorageError
+from helpers.core import lifecycle
+from helpers.core.broker import Broker
+from helpers.core.http import Service, start_service
+from helpers.core.messaging import Consumer, Event, make_event, manual_ack, publish
+
+USER_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
+"""User names: they end up in events, inboxes and e-mail addresses, so only plain characters."""
+KEY_PATTERN = re.compile(r"[\x21-\x7e]{1,255}")
+"""Idempotency keys: printable ASCII without spaces, at most 255 characters (what clients send: UUIDs)."""
+RETRY_AFTER_S = 1
+"""What the 202 (and an unfinished job's status) tells the client: ask again in about a second."""
+READ_CHUNK = 64 * 1024
+
+
+def original_key(job_id: str) -> str:
+    """Where the original of ``job_id`` is stored."""
+    return f"originals/{job_id}"
+
+
+@dataclass
+class UploadService:
+    """The running Upload service: its HTTP side, its job store and the consumer that feeds it."""
+
+    service: Service
+    store: JobStore
+    topics: Topics
+    storage: StorageClient
+    consumer: Consumer
+    task: asyncio.Task[None]
+    counters: Counters
+    _stack: contextlib.AsyncExitStack
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. http://127.0.0.1:41234"""
+        return self.service.url
+
+    @property
+    def published(self) -> int:
+        """``image.uploaded`` events this service published (a refused upload publishes none)."""
+        return self.counters.published
+
+    def crashed(self) -> BaseException | None:
+        """The error the job-event consumer died of, if it died."""
+        task = self.task
+        return task.exception() if task.done() and not task.cancelled() else None
+
+    async def stop(self) -> Exception | None:
+        """Stop answering, then stop the job-event consumer; returns what the consumer had died of, if anything."""
+        try:
+            await self.service.stop()
+            error = await lifecycle.kill(self.task)
+        finally:
+            await self._stack.aclose()
+        return error
+
+
+@dataclass
+class Counters:
+    """What the Upload service did, for tests and tables."""
+
+    published: int = 0
+    """``image.uploaded`` events published."""
+
+
+def problem_unknown_job(job_id: str) -> web.Response:
+    """The 404 for a job id the store does not know (never created, or from another run)."""
+    return problem(
+        404,
+        "Unknown job",
+        f"there is no job {job_id!r}; a job id comes from the Location header of POST /images",
+        f"{PROBLEM_BASE}unknown-job",
+    )
+
+
+async def read_limited(request: web.Request, limit: int) -> bytes | None:
+    """The request body, or None as soon as it is longer than ``limit`` bytes (never buffered past it)."""
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.read(READ_CHUNK):
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def accepted(job: Job) -> web.Response:
+    """The 202 for ``job``: the body it was first answered with, a Location and a Retry-After."""
+    return web.json_response(
+        job.accepted_body,
+        status=202,
+        headers={"Location": f"/jobs/{job.job_id}", "Retry-After": str(RETRY_AFTER_S)},
+    )
+
+
+@web.middleware
+async def problems_everywhere(request: web.Request, handler: Any) -> web.StreamResponse:
+    """aiohttp's own errors (no such route, wrong method) as problem+json too, like every other error here."""
+    try:
+        response: web.StreamResponse = await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return problem(exc.status, exc.reason, f"{request.method} {request.path}: {exc.reason}", "about:blank")
+    return response
+
+
+def build_app(
+    broker_client: aiomqtt.Client,
+    topics: Topics,
+    storage: StorageClient,
+    store: JobStore,
+    counters: Counters,
+    *,
+    max_bytes: int,
+    steps: Sequence[str],
+) -> web.Application:
+    """The Upload service's routes: ``POST /images`` and ``GET /jobs/{job_id}``."""
+    routes = web.RouteTableDef()
+
+    @routes.post("/images")
+    async def post_image(request: web.Request) -> web.Response:
+        user = request.query.get("user", "")
+        if not USER_PATTERN.fullmatch(user):
+            return problem(
+                400,
+                "Missing or invalid user",
+                "name the user as ?user=NAME: 1-64 letters, digits, '.', '_' or '-'",
+                f"{PROBLEM_BASE}invalid-user",
+            )
+        key = request.headers.get("Idempotency-Key")
+        if key is not None and not KEY_PATTERN.fullmatch(key):
+            return problem(
+                400,
+                "Invalid Idempotency-Key",
+                "an Idempotency-Key is 1-255 printable ASCII characters without spaces, e.g. a UUID",
+                f"{PROBLEM_BASE}invalid-idempotency-key",
+            )
+        data = await read_limited(request, max_bytes)
+        if data is None:
+            return problem(
+                413,
+                "Upload too large",
+                f"the upload is larger than {max_bytes} bytes; send a smaller image",
+                f"{PROBLEM_BASE}too-large",
+            )
+        digest = hashlib.sha256(data).hexdigest()
+        if key is not None and (repeat := _repeat(store, user, key, digest)) is not None:
+            return repeat  # a retry answers before any validation work: it was validated the first time
+        try:  # decoding is CPU work: off the event loop, so other requests keep flowing meanwhile
+            info = await asyncio.to_thread(images.inspect_upload, data, max_bytes=max_bytes)
+        except images.ImageRejected as exc:
+            return problem_for(exc)
+        try:
+            job, created = store.create(user, digest, len(steps), idempotency_key=key)
+        except IdempotencyConflict as exc:
+            return _conflict(exc.job)
+        if not created:  # the same key arrived twice at once; the other request creates the job
+            return _repeat(store, user, key or "", digest) or accepted(job)
+        job.accepted_body = {
+            "job_id": job.job_id,
+            "state": job.state,
+            "status_url": str(request.url.with_path(f"/jobs/{job.job_id}").with_query(None)),
+        }
+        content_type = info.content_type  # sniffed from the bytes, never the client's header
+        try:
+            etag = await storage.put(original_key(job.job_id), data, content_type)
+            event = make_event(
+                IMAGE_UPLOADED,
+                {
+                    "job_id": job.job_id,
+                    "user": user,
+                    "original": {"key": original_key(job.job_id), "etag": etag, "content_type": content_type},
+                    "image": {"format": info.format, "width": info.width, "height": info.height},
+                    "steps": list(steps),
+                },
+                source="/upload",
+            )
+            await publish(broker_client, topics.uploaded, event, qos=1)
+        except (StorageError, aiohttp.ClientError, aiomqtt.MqttError, OSError, TimeoutError) as exc:
+            store.discard(job.job_id)  # nothing was queued: a retry (same key or not) starts afresh
+            response = problem(
+                503,
+                "Upload could not be queued",
+                f"the image could not be stored or queued ({type(exc).__name__}: {exc}); try again",
+                f"{PROBLEM_BASE}not-queued",
+            )
+            response.headers["Retry-After"] = str(RETRY_AFTER_S)
+            return response
+        job.queued = True
+        counters.published += 1
+        return accepted(job)
+
+    @routes.get("/jobs/{job_id}")
+    async def get_job(request: web.Request) -> web.Response:
+        job = store.get(request.match_info["job_id"])
+        if job is None:
+            return problem_unknown_job(request.match_info["job_id"])
+        headers = {"Cache-Control": "no-store"}
+        if not job.final:
+            headers["Retry-After"] = str(RETRY_AFTER_S)
+        return web.json_response(job.to_json(storage.url), headers=headers)
+
+    app = web.Application(middlewares=[problems_everywhere])
+    app.add_routes(routes)
+    return app
+
+
+def _repeat(store: JobStore, user: str, key: str, digest: str) -> web.Response | None:
+    """The answer to a request whose Idempotency-Key was seen before, or None if it is new."""
+    job = store.by_key(user, key)
+    if job is None:
+        return None
+    if job.digest != digest:
+        return _conflict(job)
+    if not job.queued:
+        response = problem(
+            409,
+            "Same request in progress",
+            f"the first request with Idempotency-Key {key!r} is still being stored; ask again in a moment",
+            f"{PROBLEM_BASE}idempotency-in-progress",
+        )
+        response.headers["Retry-After"] = str(RETRY_AFTER_S)
+        return response
+    response = accepted(job)
+    response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+def _conflict(job: Job) -> web.Response:
+    return problem(
+        422,
+        "Idempotency-Key reused",
+        f"Idempotency-Key {job.idempotency_key!r} was already used for other bytes (job {job.job_id}); "
+        "use a new key for a new upload",
+        f"{PROBLEM_BASE}idempotency-key-reused",
+    )
+
+
+async def start_upload(
+    broker: Broker,
+    topics: Topics,
+    storage_url: str,
+    *,
+    name: str = "upload",
+    max_bytes: int = images.MAX_UPLOAD_BYTES,
+    steps: Sequence[str] = images.STEPS,
+) -> UploadService:
+    """Start the Upload service (HTTP on a free 127.0.0.1 port) and its job-event consumer."""
+    run_id = uuid.uuid4().hex[:6]
+    store = JobStore()
+    counters = Counters()
+    stack = contextlib.AsyncExitStack()
+    try:
+        storage = StorageClient(storage_url)
+        stack.push_async_callback(storage.close)
+        publisher = await stack.enter_async_context(broker.client(f"{name}-pub-{run_id}"))
+        publisher.pending_calls_threshold = 1000  # a burst of uploads means many publishes in flight: not a warning
+        listener = await stack.enter_async_context(manual_ack(broker.client(f"{name}-jobs-{run_id}")))
+
+        async def apply(event: Event) -> None:
+            store.apply(event)
+
+        consumer = Consumer(listener, topics.jobs, apply, dead_letter_topic=f"{topics.prefix}/dead-letter/upload")
+        task = await lifecycle.start(consumer.run)
+        stack.push_async_callback(_stopped, task)
+        app = build_app(publisher, topics, storage, store, counters, max_bytes=max_bytes, steps=steps)
+        service = await start_service(f"{name}-{run_id}", app)
+    except BaseException:  # not swallowed: close what did open, then re-raise
+        await stack.aclose()
+        raise
+    return UploadService(service, store, topics, storage, consumer, task, counters, stack)
+
+
+async def _stopped(task: asyncio.Task[None]) -> None:
+    """Cancel the job-event consumer on the way out of a failed start (its own error is not the start's)."""
+    await lifecycle.kill(task)

@@ -1,0 +1,345 @@
+"""Lesson 07's services and the claims of its experiments, against the broker in use.
+
+Run on the embedded broker (``pytest tests/test_capstone_pipeline.py``) and on Mosquitto
+(``python -m helpers mosquitto -- pytest tests/test_capstone_pipeline.py``). Images are
+processed with small ``work`` values (about 0.1-0.4 s each on 2 cores), and every timing
+claim is a ratio or an order, with wide margins: the machine may be busy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: no display needed
+
+import aiohttp
+import matplotlib.pyplot as plt
+import pytest
+from matplotlib.axes import Axes
+from PIL import Image
+
+from helpers.capstone import images
+from helpers.capstone.jobs import IMAGE_UPLOADED, JOB_DONE, JobStore, Topics
+from helpers.capstone.pipeline import (
+    Pipeline,
+    failing_transform,
+    head_of_line,
+    notifier_outage,
+    plot_head_of_line,
+    plot_notifier_outage,
+    plot_upload_latency,
+    start_pipeline,
+    start_sync_pipeline,
+    upload_latency,
+    worker_killed,
+)
+from helpers.capstone.problems import PROBLEM_JSON
+from helpers.capstone.processor import POOL, SHARED, Processor
+from helpers.core.broker import Broker
+from helpers.core.messaging import make_event
+from helpers.core.waiting import until, until_quiet
+
+pytestmark = pytest.mark.broker
+
+WORK = 0.1
+"""About 0.2 s of Pillow work per image here: enough to be measurable, cheap enough for many tests."""
+ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+
+
+@pytest.fixture(autouse=True)
+def _close_figures() -> Iterator[None]:
+    yield
+    plt.close("all")
+
+
+@pytest.fixture
+async def pipeline(broker: Broker, tmp_path: Path) -> AsyncIterator[Pipeline]:
+    running = await start_pipeline(broker, tmp_path, workers=2, work=WORK)
+    try:
+        yield running
+    finally:
+        await running.stop()
+
+
+async def fetch(url: str) -> tuple[int, str, bytes]:
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        return response.status, response.content_type, await response.read()
+
+
+def assert_problem(status: int, body: dict[str, object], content_type: str | None, expected: int) -> None:
+    assert status == expected, f"expected HTTP {expected}, got {status}: {body}"
+    assert content_type is not None and content_type.startswith(PROBLEM_JSON), content_type
+    assert {"type", "title", "status", "detail"} <= set(body), body
+    assert body["status"] == expected
+
+
+# --- the Upload service -----------------------------------------------------------------------
+
+
+async def test_upload_answers_202_at_once_with_location_retry_after_and_body(pipeline: Pipeline) -> None:
+    answer = await pipeline.upload(images.sample_photo(), "ann")
+    assert answer.status == 202, answer.body
+    assert answer.job_id is not None
+    assert answer.location == f"/jobs/{answer.job_id}"
+    assert answer.retry_after == "1"
+    assert answer.headers["Content-Type"].startswith("application/json")
+    assert set(answer.body) == {"job_id", "state", "status_url"}
+    assert answer.body["state"] == "accepted"
+    assert str(answer.body["status_url"]).endswith(answer.location)
+    assert await pipeline.wait_done([answer.job_id], 20)
+
+
+async def test_a_job_goes_to_done_and_its_result_links_serve_the_renditions(pipeline: Pipeline) -> None:
+    answer = await pipeline.upload(images.exif_rotated_jpeg(), "bea")
+    job_id = answer.job_id
+    assert job_id is not None
+    seen: list[str] = []
+
+    async def done_over_http() -> bool:
+        status, body = await pipeline.job(job_id)
+        assert status == 200, body
+        if not seen or seen[-1] != body["state"]:
+            seen.append(body["state"])
+        return body["state"] == "done"
+
+    assert await until(done_over_http, 20, poll=0.02)
+    assert seen[0] in ("accepted", "processing") and seen[-1] == "done"
+    assert set(seen) <= {"accepted", "processing", "done"}, seen
+    status, body = await pipeline.job(job_id)
+    assert ISO_UTC.fullmatch(body["created"]) and ISO_UTC.fullmatch(body["updated"]), body
+    assert body["created"] <= body["updated"]
+    assert body["progress"] == {"done": 4, "total": 4}
+    assert body["caption"] and "reason" not in body
+    assert "eventual" in body["consistency"]
+    assert set(body["results"]) == {"thumb-128", "thumb-512", "thumb-1024", images.FILTER_NAME}
+    for name, url in body["results"].items():
+        got, content_type, data = await fetch(url)
+        assert got == 200 and content_type == "image/jpeg", (name, got, content_type)
+        picture = Image.open(io.BytesIO(data))
+        assert picture.width > picture.height, f"{name} is not upright: {picture.size}"  # the EXIF rotation was applied
+    uploaded = pipeline.recorder.events(IMAGE_UPLOADED, job_id)
+    assert len(uploaded) == 1
+    record = next(r for r in pipeline.recorder.records if r.topic == pipeline.topics.uploaded)
+    assert len(record.payload) < 2048, "the event carries a reference, never the image"
+    assert uploaded[0][1].data["original"]["key"] == f"originals/{job_id}"
+
+
+async def test_an_idempotency_key_returns_the_same_job_and_refuses_other_bytes(pipeline: Pipeline) -> None:
+    photo = images.sample_photo()
+    first = await pipeline.upload(photo, "cy", idempotency_key="key-1")
+    again = await pipeline.upload(photo, "cy", idempotency_key="key-1")
+    assert first.status == again.status == 202
+    assert again.body == first.body and again.location == first.location
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    other = await pipeline.upload(images.generated_image(1), "cy", idempotency_key="key-1")
+    assert_problem(other.status, other.body, other.headers.get("Content-Type"), 422)
+    assert "key-1" in str(other.body["detail"])
+    someone_else = await pipeline.upload(photo, "dee", idempotency_key="key-1")  # keys belong to one user
+    assert someone_else.status == 202 and someone_else.job_id != first.job_id
+    assert len(pipeline.upload_service.store) == 2
+    assert pipeline.upload_service.published == 2
+    assert first.job_id is not None and someone_else.job_id is not None
+    assert await pipeline.wait_done([first.job_id, someone_else.job_id], 20)
+
+
+async def test_storage_down_is_a_503_problem_and_the_same_key_works_once_it_is_back(pipeline: Pipeline) -> None:
+    pipeline.storage.faults.down = True
+    refused = await pipeline.upload(images.sample_photo(), "joy", idempotency_key="retry-me")
+    assert_problem(refused.status, refused.body, refused.headers.get("Content-Type"), 503)
+    assert refused.retry_after == "1"
+    assert len(pipeline.upload_service.store) == 0 and pipeline.upload_service.published == 0
+    pipeline.storage.faults.down = False
+    retried = await pipeline.upload(images.sample_photo(), "joy", idempotency_key="retry-me")
+    assert retried.status == 202 and retried.job_id is not None
+    assert await pipeline.wait_done([retried.job_id], 20)
+
+
+async def test_unknown_job_and_unknown_route_are_404_problem_json(pipeline: Pipeline) -> None:
+    status, body = await pipeline.job("no-such-job")
+    assert status == 404 and body["status"] == 404 and "no-such-job" in body["detail"]
+    assert {"type", "title", "status", "detail"} <= set(body)
+    async with pipeline.session.get(f"{pipeline.url}/nowhere") as response:
+        assert response.status == 404 and response.content_type == PROBLEM_JSON
+
+
+HOSTILE = {
+    "empty": (b"", 400),
+    "not an image": (images.not_an_image(), 415),
+    "a GIF (valid, not accepted)": (images.generated_image(2, (40, 30), "GIF"), 415),
+    "decompression bomb": (images.decompression_bomb(), 413),
+    "truncated JPEG": (images.truncated_jpeg(), 422),
+    "corrupt PNG": (images.corrupt_png(), 422),
+    "over 8 MiB": (b"\xff\xd8" + bytes(images.MAX_UPLOAD_BYTES), 413),
+}
+
+
+async def test_hostile_uploads_are_refused_with_their_status_and_leave_no_job_and_no_event(pipeline: Pipeline) -> None:
+    for label, (data, expected) in HOSTILE.items():
+        answer = await pipeline.upload(data, "eve")
+        assert answer.status == expected, f"{label}: expected {expected}, got {answer.status} {answer.body}"
+        assert_problem(answer.status, answer.body, answer.headers.get("Content-Type"), expected)
+    missing_user = await pipeline.upload(images.sample_photo(), "")
+    assert_problem(missing_user.status, missing_user.body, missing_user.headers.get("Content-Type"), 400)
+    assert len(pipeline.upload_service.store) == 0
+    assert pipeline.upload_service.published == 0
+    # No event: a good upload's event arrives behind anything published before it (same connection, same topic)
+    good = await pipeline.upload(images.sample_photo(), "eve")
+    assert good.job_id is not None
+    assert await until(lambda: len(pipeline.recorder.events(IMAGE_UPLOADED)) >= 1, 5)
+    assert [e.data["job_id"] for _, e in pipeline.recorder.events(IMAGE_UPLOADED)] == [good.job_id]
+    assert await pipeline.wait_done([good.job_id], 20)
+
+
+async def test_the_processor_absorbs_a_duplicate_event_one_set_of_results_one_done(pipeline: Pipeline) -> None:
+    answer = await pipeline.upload(images.sample_photo(), "fay")
+    job_id = answer.job_id
+    assert job_id is not None and await pipeline.wait_done([job_id], 20)
+    (_, uploaded), *_ = pipeline.recorder.events(IMAGE_UPLOADED, job_id)
+    async with pipeline.broker.client() as again:  # the same event once more, as a redelivery would bring it
+        await again.publish(pipeline.topics.uploaded, uploaded.to_bytes(), qos=1)
+    stats = pipeline.processor.stats
+    assert await until(lambda: stats.skipped[job_id] >= 1, 10)
+    assert await until_quiet(lambda: len(pipeline.recorder.records), 0.3, 5)
+    assert stats.starts(job_id) == 1 and stats.published[JOB_DONE] == 1
+    assert len(pipeline.recorder.events(JOB_DONE, job_id)) == 1
+    assert len(pipeline.inbox("fay")) == 1
+
+
+async def test_a_job_event_applied_twice_or_late_changes_nothing() -> None:
+    store = JobStore()
+    job, created = store.create("gus", "digest", 4)
+    assert created
+
+    def event(kind: str, **data: object) -> bool:
+        return store.apply(make_event(kind, {"job_id": job.job_id, **data}))
+
+    assert event("job.progress", step="upright", done=1, total=4) and job.state == "processing"
+    assert event("job.done", results={"a": "results/x/a"}, caption="c") and job.state == "done"
+    assert not event("job.done", results={}, caption="other")  # a duplicate: the first one stands
+    assert not event("job.progress", step="filter", done=3, total=4)  # late: never backwards
+    assert not event("job.failed", reason="late")
+    assert job.state == "done" and job.results == {"a": "results/x/a"} and job.caption == "c"
+
+
+async def test_the_sync_design_answers_200_only_after_processing(tmp_path: Path) -> None:
+    sync = await start_sync_pipeline(tmp_path, workers=1, work=WORK)
+    try:
+        answer = await sync.upload(images.sample_photo(), "hal")
+        refused = await sync.upload(images.not_an_image(), "hal")
+    finally:
+        await sync.stop()
+    assert answer.status == 200 and answer.body["state"] == "done" and len(answer.body["results"]) == 4
+    assert answer.seconds >= sync.processing_s[0], "the caller waited for the whole processing"
+    assert refused.status == 415
+
+
+async def test_the_processor_picks_a_design_each_broker_handles_safely(broker: Broker, tmp_path: Path) -> None:
+    topics = Topics.fresh("test-capstone")
+    processor = Processor(broker, topics, "http://127.0.0.1:9", workers=3)
+    if broker.embedded:
+        assert processor.mode == POOL and len(processor.members) == 1
+        with pytest.raises(ValueError, match="rumqttd"):
+            Processor(broker, topics, "http://127.0.0.1:9", workers=3, shared=True)
+    else:
+        assert processor.mode == SHARED and len(processor.members) == 3
+        assert all(m.topic.startswith("$share/processors/") for m in processor.members)
+    await processor.storage.close()
+
+
+class ProcessDied(BaseException):
+    """Stands for a worker's process dying (not an Exception, so no handler turns it into a dead letter)."""
+
+
+async def test_a_crashed_worker_is_reported_not_swallowed(broker: Broker, tmp_path: Path) -> None:
+    def work_of(job: object) -> float:
+        raise ProcessDied("the worker's process died")
+
+    pipeline = await start_pipeline(broker, tmp_path, workers=1, shared=False, work_of=work_of)
+    try:
+        answer = await pipeline.upload(images.sample_photo(), "ida")
+        assert answer.job_id is not None
+        with pytest.raises(ProcessDied) as raised:
+            await pipeline.wait_done([answer.job_id], 10)
+        assert any("processor" in note for note in raised.value.__notes__)
+    finally:
+        with pytest.raises(ProcessDied):
+            await pipeline.stop()
+
+
+# --- the experiments ------------------------------------------------------------------------------
+
+
+def assert_plot(ax: Axes, *, x_unit: str | None, y_unit: str | None) -> None:
+    assert ax.get_title(), "missing title"
+    if x_unit is not None:
+        assert x_unit in ax.get_xlabel(), ax.get_xlabel()
+    if y_unit is not None:
+        assert y_unit in ax.get_ylabel(), ax.get_ylabel()
+    legend = ax.get_legend()
+    assert legend is not None and legend.get_texts(), "every plot needs a legend"
+    ax.figure.canvas.draw()
+    box = legend.get_window_extent()
+    axes_box = ax.get_window_extent()
+    assert box.x0 >= axes_box.x1 - 1, "the legend sits outside the axes, where it covers no data"
+
+
+async def test_upload_latency_async_answers_long_before_the_work_sync_waits_for_it(broker: Broker, tmp_path: Path) -> None:
+    began = time.perf_counter()  # this machine's speed today: one image alone, the yardstick for the timeout
+    await asyncio.to_thread(images.process_image, images.sample_photo(), work=0.3)
+    alone = time.perf_counter() - began
+    # 6 uploads, 2 at a time: the last ones wait ~3 images' time, past a timeout of 1.5 images' time
+    result = await upload_latency(broker, tmp_path, uploads=6, workers=2, work=0.3, client_timeout=1.5 * alone)
+    a = result.async_summary
+    assert a.errors == 0 and result.async_done == 6
+    assert a.p99_ms / 1000 < 0.5 * result.processing_p50_s, result.as_rows()
+    answered = [s for s in result.sync_run.samples if s.ok]
+    assert all(s.latency >= min(result.sync_processing_s) for s in answered), result.as_rows()
+    assert result.sync_timeouts >= 1, result.as_rows()
+    assert len(result.as_rows()) == 2 and result.as_row()["uploads"] == 6
+    assert_plot(plot_upload_latency(result), x_unit="upload", y_unit="(s")
+
+
+async def test_head_of_line_a_pool_finishes_normal_images_before_the_slow_one(broker: Broker, tmp_path: Path) -> None:
+    result = await head_of_line(broker, tmp_path, normal=4, work=0.05, slow_work=2.0, workers=4)
+    single, pool = result.runs
+    assert single.workers == 1 and pool.workers == 4 and pool.mode == POOL
+    assert single.normal_before_slow == 0, single.as_row()
+    assert pool.normal_before_slow == 4, pool.as_row()
+    assert max(pool.normal_done_s) < min(single.normal_done_s), result.as_rows()
+    assert_plot(plot_head_of_line(result), x_unit="(s)", y_unit="count")
+
+
+async def test_notifier_outage_loses_nothing_and_delivers_after_the_restart(broker: Broker, tmp_path: Path) -> None:
+    result = await notifier_outage(broker, tmp_path, jobs=3, workers=2, work=0.05, outage_s=0)
+    assert result.lost == 0 and result.duplicates == 0, result.as_row()
+    assert result.during_outage == 0
+    assert all(t >= result.up_s for t in result.notified_s)
+    assert all(result.down_s <= t < result.up_s for t in result.done_s), "every job finished while the service was down"
+    assert result.emails == 3
+    assert_plot(plot_notifier_outage(result), x_unit="(s)", y_unit=None)
+
+
+async def test_a_worker_killed_mid_image_redoes_it_and_the_user_hears_once(broker: Broker, tmp_path: Path) -> None:
+    result = await worker_killed(broker, tmp_path, workers=2, work=0.6)
+    assert result.killed_mid_image, result.as_row()
+    assert result.redelivered and result.starts == 2, result.as_row()
+    assert result.state == "done" and result.results == 4
+    assert result.done_events == 1 and result.notifications == 1, result.as_row()
+
+
+async def test_a_transform_that_always_fails_ends_failed_with_reason_and_dead_letter(broker: Broker, tmp_path: Path) -> None:
+    result = await failing_transform(broker, tmp_path, attempts=3, work=0.0)
+    assert result.attempts == 3
+    assert result.state == "failed"
+    assert result.reason is not None and "caption model crashed" in result.reason and "3 time" in result.reason
+    assert result.dead_letters == 1 and result.dead_letter_reason == result.reason
+    assert result.notification is not None and "could not be processed" in result.notification
+    assert result.next_job_state == "done", "the worker lived on after the failure"
+    assert result.as_row()["dead letters"] == 1
