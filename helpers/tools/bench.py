@@ -16,6 +16,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -160,6 +161,56 @@ async def embedded_start_stop_ms(times: int = 5) -> tuple[float, float]:
     return statistics.median(starts), statistics.median(stops)
 
 
+async def capstone_uploads_per_second(n: int = 40, concurrency: int = 8) -> float:
+    """Lesson 07's front door: uploads accepted (202) per second, validation and storage included.
+
+    Processing runs at ``work=0`` so the measurement is the Upload service, not the workers.
+    """
+    from helpers.capstone import images
+    from helpers.capstone.pipeline import start_pipeline
+
+    photo = images.generated_image(1, size=(640, 480), fmt="JPEG")
+    slots = asyncio.Semaphore(concurrency)
+    with tempfile.TemporaryDirectory(prefix="bench-capstone-") as folder:
+        async with mqtt_broker(name="bench-capstone", embedded=True) as broker:
+            pipeline = await start_pipeline(broker, folder, workers=2, work=0.0)
+            try:
+
+                async def one(i: int) -> int:
+                    async with slots:
+                        return (await pipeline.upload(photo, f"user-{i % 5}")).status
+
+                began = time.perf_counter()
+                statuses = await asyncio.gather(*(one(i) for i in range(n)))
+                took = time.perf_counter() - began
+                if set(statuses) != {202}:
+                    raise RuntimeError(f"uploads answered {sorted(set(statuses))}, expected only 202")
+            finally:
+                await pipeline.stop()
+    return n / took
+
+
+async def capstone_images_per_second(workers: int, n: int = 8, work: float = 0.5) -> float:
+    """Images fully processed per second (thumbnails, filter, caption, stored, notified) with ``workers`` workers."""
+    from helpers.capstone import images
+    from helpers.capstone.pipeline import start_pipeline
+
+    photo = images.sample_photo()
+    with tempfile.TemporaryDirectory(prefix="bench-capstone-") as folder:
+        async with mqtt_broker(name=f"bench-capstone-{workers}", embedded=True) as broker:
+            pipeline = await start_pipeline(broker, folder, workers=workers, work=work)
+            try:
+                began = time.perf_counter()
+                answers = [await pipeline.upload(photo, f"user-{i}") for i in range(n)]
+                ids = [a.job_id for a in answers if a.job_id]
+                if len(ids) != n or not await pipeline.wait_done(ids, timeout=120):
+                    raise RuntimeError(f"only {len(ids)} of {n} images were accepted and done")
+                took = time.perf_counter() - began
+            finally:
+                await pipeline.stop()
+    return n / took
+
+
 async def queue_messages_per_second(n: int = 100_000) -> float:
     """The in-process ceiling: hand messages through an asyncio.Queue."""
     queue: asyncio.Queue[int] = asyncio.Queue()
@@ -266,6 +317,22 @@ async def run_all(report: Callable[[str], None] = print) -> list[Row]:
                     "meets target" if ratio >= TARGET_BROKER_RATIO else "MISSES target",
                 )
             )
+    accepted = await step("capstone uploads", capstone_uploads_per_second())
+    rows.append(
+        ("lesson 07: uploads accepted (202), 8 concurrent clients", f"{accepted:,.0f} uploads/s", "", "validated and stored")
+    )
+    base: float | None = None
+    for workers in (1, 2, 4):
+        rate = await step(f"capstone images, {workers} worker(s)", capstone_images_per_second(workers))
+        base = base or rate
+        rows.append(
+            (
+                f"lesson 07: images processed, {workers} worker(s)",
+                f"{rate:.2f} images/s",
+                "",
+                f"{rate / base:.1f}x one worker; CPU-bound Pillow work in threads",
+            )
+        )
     ceiling = await step("asyncio.Queue", queue_messages_per_second())
     rows.append(("asyncio.Queue hand-off (in-process ceiling)", f"{ceiling:,.0f} msg/s", "", "no network, no broker"))
     late50, late99 = await step("generator accuracy", generator_lateness_ms())
