@@ -63,6 +63,18 @@ async def test_generator_lateness_is_small_at_1000_per_second() -> None:
     assert p99 < 20, "a generous bound for a busy 2-core machine; make bench reports the real figure"
 
 
+async def test_capstone_bench_uploads_and_images_per_second() -> None:
+    """The lesson 07 rows of make bench: every upload answered 202, every image processed."""
+    accepted = await bench.capstone_uploads_per_second(n=6, concurrency=3)
+    processed = await bench.capstone_images_per_second(1, n=2, work=0.0)
+    assert accepted > processed > 0, "accepting an upload must be far cheaper than processing it"
+
+
+async def test_embedded_broker_start_and_stop_are_timed() -> None:
+    started, stopped = await bench.embedded_start_stop_ms(times=2)
+    assert 0 < stopped < started < 10_000
+
+
 async def test_broker_rates_are_positive_and_queue_is_the_ceiling() -> None:
     mqtt = await bench.mqtt_messages_per_second(None, qos=0, n=300)
     queue = await bench.queue_messages_per_second(n=20_000)
