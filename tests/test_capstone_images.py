@@ -47,7 +47,7 @@ from helpers.capstone.images import (
     thumbnails,
     truncated_jpeg,
 )
-from helpers.capstone.problems import PROBLEM_BASE
+from helpers.core.problems import PROBLEM_BASE
 
 ROOT = Path(__file__).resolve().parents[1]
 

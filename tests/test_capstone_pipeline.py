@@ -40,10 +40,10 @@ from helpers.capstone.pipeline import (
     upload_latency,
     worker_killed,
 )
-from helpers.capstone.problems import PROBLEM_JSON
 from helpers.capstone.processor import POOL, SHARED, Processor
 from helpers.core.broker import Broker
 from helpers.core.messaging import make_event
+from helpers.core.problems import PROBLEM_JSON
 from helpers.core.waiting import until, until_quiet
 
 pytestmark = pytest.mark.broker

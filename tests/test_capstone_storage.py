@@ -19,7 +19,6 @@ import pytest
 import yarl
 
 from helpers.capstone import images
-from helpers.capstone.problems import PROBLEM_BASE, PROBLEM_JSON
 from helpers.capstone.storage import (
     MAX_KEY_LENGTH,
     MAX_OBJECT_BYTES,
@@ -31,6 +30,7 @@ from helpers.capstone.storage import (
     start_storage,
 )
 from helpers.core.http import Service, get_service
+from helpers.core.problems import PROBLEM_BASE, PROBLEM_JSON
 
 HOSTILE_KEYS = {
     "parent escape": "../../etc/passwd",

@@ -8,7 +8,7 @@
 * ``notifier``: notifications once per job, from a persistent session;
 * ``pipeline``: the whole system, the naive synchronous design, the scenarios and plots;
 * ``diagram``: read and judge a learner's Mermaid flowchart of the system;
-* ``problems``: RFC 9457 error bodies.
+* (RFC 9457 error bodies live in ``helpers.core.problems``.)
 
 This file imports nothing, so ``import helpers.capstone`` stays cheap (the modules import
 Pillow, aiohttp or OpenCV).

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Final
 
 from PIL import Image, ImageDraw, ImageFile, ImageFilter, ImageOps, ImageStat, UnidentifiedImageError
 
-from helpers.capstone.problems import PROBLEM_BASE
+from helpers.core.problems import PROBLEM_BASE
 
 if TYPE_CHECKING:
     import cv2

@@ -43,7 +43,6 @@ from matplotlib.axes import Axes
 from helpers.capstone import images
 from helpers.capstone.jobs import DONE, JOB_DONE, Topics
 from helpers.capstone.notifier import Notification, Notifier
-from helpers.capstone.problems import PROBLEM_BASE, problem, problem_for
 from helpers.capstone.processor import FailOn, Processor, WorkOf, result_key, start_processor
 from helpers.capstone.storage import StorageClient, start_storage
 from helpers.capstone.upload import USER_PATTERN, UploadService, original_key, problems_everywhere, read_limited, start_upload
@@ -53,6 +52,7 @@ from helpers.core.http import Service, start_service
 from helpers.core.measure import LoadRun, Summary, open_loop, percentile
 from helpers.core.messaging import Event, InvalidEvent, decode
 from helpers.core.plots import COLORS, axes
+from helpers.core.problems import PROBLEM_BASE, problem, problem_for
 from helpers.core.receive import subscribed_messages
 from helpers.core.waiting import until, until_quiet
 

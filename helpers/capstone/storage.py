@@ -40,8 +40,8 @@ import aiohttp
 import yarl
 from aiohttp import web
 
-from helpers.capstone.problems import PROBLEM_BASE, PROBLEM_JSON, problem, problem_for
 from helpers.core.http import Handler, Service, start_service
+from helpers.core.problems import PROBLEM_BASE, PROBLEM_JSON, problem, problem_for
 
 MAX_OBJECT_BYTES = 8 * 1024 * 1024
 """The largest object; the same as ``images.MAX_UPLOAD_BYTES`` (a test keeps them equal) without importing Pillow here."""

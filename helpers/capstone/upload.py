@@ -37,12 +37,12 @@ from aiohttp import web
 
 from helpers.capstone import images
 from helpers.capstone.jobs import IMAGE_UPLOADED, IdempotencyConflict, Job, JobStore, Topics
-from helpers.capstone.problems import PROBLEM_BASE, problem, problem_for
 from helpers.capstone.storage import StorageClient, StorageError
 from helpers.core import lifecycle
 from helpers.core.broker import Broker
 from helpers.core.http import Service, start_service
 from helpers.core.messaging import Consumer, Event, make_event, manual_ack, publish
+from helpers.core.problems import PROBLEM_BASE, problem, problem_for
 
 USER_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 """User names: they end up in events, inboxes and e-mail addresses, so only plain characters."""

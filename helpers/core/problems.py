@@ -1,0 +1,44 @@
+"""RFC 9457 error bodies (``application/problem+json``) for every course HTTP service that reports errors.
+
+Every error the course's services send (lesson 06's jobs, lesson 07's capstone) has the same four fields, so a client (or a
+learner reading a response in the notebook) can always tell what went wrong and why,
+whatever the service. The validation errors (``ImageRejected``, ``KeyRejected``) carry
+those four fields themselves; ``problem_for`` turns one into a response.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from aiohttp import web
+
+PROBLEM_JSON = "application/problem+json"
+PROBLEM_BASE = "https://course.invalid/problems/"
+"""Prefix of the ``type`` URIs; ``.invalid`` is reserved (RFC 2606), so nobody dereferences it by accident."""
+
+
+class ProblemLike(Protocol):
+    """Anything that knows its own problem fields, e.g. ``ImageRejected`` or ``KeyRejected``."""
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def title(self) -> str: ...
+
+    @property
+    def detail(self) -> str: ...
+
+    @property
+    def type(self) -> str: ...
+
+
+def problem(status: int, title: str, detail: str, type: str = "about:blank", **extra: object) -> web.Response:
+    """A problem+json response: ``type``, ``title``, ``status``, ``detail``, then any extension members."""
+    body = {"type": type, "title": title, "status": status, "detail": detail, **extra}
+    return web.json_response(body, status=status, content_type=PROBLEM_JSON)
+
+
+def problem_for(error: ProblemLike, **extra: object) -> web.Response:
+    """The problem+json response for a validation error that carries its own fields."""
+    return problem(error.status, error.title, error.detail, error.type, **extra)
