@@ -20,11 +20,15 @@ help:
 	@echo "make doctor - check this machine can run the course"
 
 # Re-created only when the pins change: re-running any target is fast.
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt pyproject.toml jupyter/overrides.json
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	@# The course's JupyterLab defaults (no news popup, no update checks: nothing leaves the machine),
+	@# in this virtualenv's settings folder: the learner's own JupyterLab settings stay untouched.
+	mkdir -p $(VENV)/share/jupyter/lab/settings
+	cp jupyter/overrides.json $(VENV)/share/jupyter/lab/settings/overrides.json
 	@touch $(STAMP)
 
 lab: $(STAMP)
