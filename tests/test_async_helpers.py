@@ -259,9 +259,13 @@ async def test_event_shop_reports_a_crashed_worker_instead_of_swallowing_it(brok
 
 
 def test_order_placed_has_one_definition() -> None:
-    from helpers.pubsub import deadletters, events, idempotency, shop
+    from helpers.core import events
+    from helpers.pubsub import deadletters, idempotency, shop
 
     assert idempotency.ORDER_PLACED is shop.ORDER_PLACED is events.ORDER_PLACED == "order.placed"
+    for path in Path(__file__).resolve().parents[1].joinpath("helpers").rglob("*.py"):
+        defines = [line for line in path.read_text().splitlines() if line.startswith("ORDER_PLACED =")]
+        assert not defines or path.name == "events.py", f"{path} defines ORDER_PLACED again"
     assert {decode(p).type for _, p in deadletters.sample_messages()[:2]} == {events.ORDER_PLACED}
 
 

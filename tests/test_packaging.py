@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SUBPACKAGES = ("core", "sync", "pubsub", "capstone", "grading", "labchecks", "tools")
+SUBPACKAGES = ("core", "sync", "pubsub", "choosing", "capstone", "grading", "labchecks", "tools")
 
 
 def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:

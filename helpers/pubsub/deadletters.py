@@ -21,8 +21,8 @@ from typing import Any
 
 import aiomqtt
 
+from helpers.core.events import ORDER_PLACED
 from helpers.core.messaging import Event, EventHandler, InvalidEvent, decode, make_event
-from helpers.pubsub.events import ORDER_PLACED
 from helpers.pubsub.idempotency import Ledger, order_event
 
 

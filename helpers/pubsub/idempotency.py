@@ -30,11 +30,11 @@ import aiomqtt
 
 from helpers.core import internals, lifecycle
 from helpers.core.broker import Broker
+from helpers.core.events import ORDER_PLACED
 from helpers.core.lifecycle import running
 from helpers.core.messaging import Consumer, Event, EventHandler, SeenIds, make_event, manual_ack, publish
 from helpers.core.receive import collect
 from helpers.core.waiting import until
-from helpers.pubsub.events import ORDER_PLACED
 
 
 class Ledger:

@@ -30,13 +30,13 @@ from matplotlib.axes import Axes
 
 from helpers.core import lifecycle
 from helpers.core.broker import Broker
+from helpers.core.events import ORDER_PLACED
 from helpers.core.http import Faults, Service, start_service
 from helpers.core.measure import LoadRun, open_loop
 from helpers.core.messaging import Consumer, Event, make_event, manual_ack, publish
 from helpers.core.plots import COLORS, axes
 from helpers.core.waiting import until
 from helpers.core.worker_pool import run_pool
-from helpers.pubsub.events import ORDER_PLACED
 
 DEFAULT_WORK: dict[str, float] = {"fulfillment": 0.1, "notification": 0.05, "fraud-agent": 0.5}
 """Seconds of (simulated, I/O-bound) work per order for each consuming service."""

@@ -24,11 +24,11 @@ from aiohttp import web
 
 from helpers.core import tracing
 from helpers.core.broker import Broker
+from helpers.core.events import ORDER_PLACED
 from helpers.core.http import Handler, Service, start_service
 from helpers.core.lifecycle import running
 from helpers.core.messaging import Consumer, Event, EventHandler, make_event, manual_ack, publish
 from helpers.core.tracing import SpanRow
-from helpers.pubsub.events import ORDER_PLACED
 
 WORK: dict[str, float] = {"fulfillment": 0.1, "notification": 0.05, "fraud-agent": 0.3}
 

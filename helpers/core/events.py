@@ -1,4 +1,4 @@
-"""The event types the lessons' services publish, defined once.
+"""The event types the lessons' services publish (lessons 03, 04 and 05), defined once.
 
 A producer and its consumers must agree on the type string; a typo in one copy would
 be a silent mismatch, so every module that speaks of a placed order imports it here.
