@@ -255,7 +255,7 @@ async def test_event_shop_reports_a_crashed_worker_instead_of_swallowing_it(brok
     finally:
         with pytest.raises(RuntimeError, match="worker bug") as caught:
             await shop.stop()
-    assert "raised by the shop's 'broken' worker" in caught.value.__notes__
+    assert "raised by the shop's worker 'broken'" in caught.value.__notes__
 
 
 def test_order_placed_has_one_definition() -> None:

@@ -200,13 +200,7 @@ class Design:
 
     def raise_crashed(self) -> None:
         """Raise what a downstream service died of, naming it."""
-        errors = self.crashed()
-        for name, error in errors.items():
-            error.add_note(f"raised by the {self.kind} design's {name!r} consumer")
-        if len(errors) == 1:
-            raise next(iter(errors.values()))
-        if errors:
-            raise BaseExceptionGroup(f"{self.kind} consumers crashed", list(errors.values()))
+        lifecycle.raise_crashed(self.crashed(), f"the {self.kind} design's consumer")
 
     async def stop(self) -> None:
         """Stop the Order service, the downstream services and every connection."""
@@ -353,17 +347,13 @@ class AsyncDesign(Design):
 
     async def kill_consumers(self) -> None:
         """Kill every consumer; raise what any of them had died of."""
-        errors = []
+        errors: dict[str, BaseException] = {}
         for name, task in list(self.tasks.items()):
             error = await lifecycle.kill(task)
             if error is not None:
-                error.add_note(f"raised by the async design's {name!r} consumer")
-                errors.append(error)
+                errors[name] = error
         self.tasks.clear()
-        if len(errors) == 1:
-            raise errors[0]
-        if errors:
-            raise ExceptionGroup("async consumers crashed", errors)
+        lifecycle.raise_crashed(errors, "the async design's consumer")
 
     async def forget_sessions(self) -> None:
         """Connect once with a clean session per client id: the broker drops the stored sessions."""

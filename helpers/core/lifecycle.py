@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 from helpers.core.waiting import until
 
-__all__ = ["kill", "running", "start", "until"]
+__all__ = ["kill", "raise_crashed", "running", "start", "until"]
 
 
 async def start(run: Callable[..., Awaitable[Any]], *args: Any, timeout: float = 5.0, **kwargs: Any) -> asyncio.Task[Any]:
@@ -88,3 +88,19 @@ async def running(run: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any)
     error = await kill(task)
     if error is not None:
         raise error
+
+
+def raise_crashed(errors: Mapping[str, BaseException], owner: str) -> None:
+    """Raise what named workers died of, each noted "raised by {owner} 'name'"; several become one group.
+
+    A scenario that runs many workers must never let one die quietly: its stop (or its
+    wait) calls this with the workers' errors. Nothing to raise when ``errors`` is empty.
+    """
+    for name, error in errors.items():
+        note = f"raised by {owner} {name!r}"
+        if note not in getattr(error, "__notes__", ()):
+            error.add_note(note)
+    if len(errors) == 1:
+        raise next(iter(errors.values()))
+    if errors:
+        raise BaseExceptionGroup(f"{len(errors)} of {owner} crashed", list(errors.values()))

@@ -113,7 +113,7 @@ class EventShop:
         A worker that crashed will never catch up: its error is raised at once.
         """
         done = await until(lambda: all(count >= n for count in self.counts().values()) or bool(self.crashed()), timeout)
-        _raise_crashed(self.crashed())
+        lifecycle.raise_crashed(self.crashed(), "the shop's worker")
         return done
 
     async def stop(self) -> None:
@@ -122,7 +122,7 @@ class EventShop:
             errors = await _stop_workers(self.workers, self._stack)
         finally:
             await self.order_service.stop()
-        _raise_crashed(errors)
+        lifecycle.raise_crashed(errors, "the shop's worker")
 
 
 async def _stop_workers(workers: Mapping[str, Worker], stack: contextlib.AsyncExitStack) -> dict[str, BaseException]:
@@ -135,18 +135,6 @@ async def _stop_workers(workers: Mapping[str, Worker], stack: contextlib.AsyncEx
     finally:
         await stack.aclose()
     return errors
-
-
-def _raise_crashed(errors: Mapping[str, BaseException]) -> None:
-    """Raise the error a worker died of, naming the worker (several: all of them, as a group)."""
-    for name, error in errors.items():
-        note = f"raised by the shop's {name!r} worker"
-        if note not in getattr(error, "__notes__", ()):
-            error.add_note(note)
-    if len(errors) == 1:
-        raise next(iter(errors.values()))
-    if errors:
-        raise BaseExceptionGroup("shop workers crashed", list(errors.values()))
 
 
 async def start_event_shop(
