@@ -205,7 +205,7 @@ class Pipeline:
         ids = list(job_ids)
         store = self.upload_service.store
         finished = await until(lambda: store.finished(ids) or bool(self.crashed()), timeout, poll=0.01)
-        _raise_crashed(self.crashed())
+        lifecycle.raise_crashed(self.crashed(), "the pipeline's service")
         return finished
 
     def crashed(self) -> dict[str, BaseException]:
@@ -241,19 +241,7 @@ class Pipeline:
     async def stop(self) -> None:
         """Stop every service and worker; then raise what any of them had died of (never swallowed)."""
         await self._stack.aclose()
-        _raise_crashed(self._errors)
-
-
-def _raise_crashed(errors: Mapping[str, BaseException]) -> None:
-    """Raise the error a worker or service died of, naming it (several: all of them, as a group)."""
-    for name, error in errors.items():
-        note = f"raised by the pipeline's {name!r}"
-        if note not in getattr(error, "__notes__", ()):
-            error.add_note(note)
-    if len(errors) == 1:
-        raise next(iter(errors.values()))
-    if errors:
-        raise BaseExceptionGroup("pipeline workers crashed", list(errors.values()))
+        lifecycle.raise_crashed(self._errors, "the pipeline's service")
 
 
 async def start_pipeline(
