@@ -134,26 +134,25 @@ def by_name(name: str, interactions: Iterable[Interaction] = EXAMPLES) -> Intera
 
 
 def recommendation_rows(
-    decide: Callable[[Interaction], Recommendation], interactions: Iterable[Interaction] = EXAMPLES, *, flows: bool = False
+    decide: Callable[[Interaction], Recommendation], interactions: Iterable[Interaction] = EXAMPLES
 ) -> list[dict[str, object]]:
-    """One table row per interaction: the facts, the style ``decide`` picked, and its reasons (and the flow)."""
+    """Rows for :func:`helpers.core.tables.show`: each interaction's facts, the style ``decide`` picked and its
+    reasons, one reason per row (the facts only on the first, so the table stays narrow)."""
     rows: list[dict[str, object]] = []
     for interaction in interactions:
         verdict = decide(interaction)
         if not isinstance(verdict, Recommendation):
             raise TypeError(f"decide() should return a Recommendation, got {type(verdict).__name__} for {interaction.name!r}")
-        row: dict[str, object] = {
+        facts: dict[str, object] = {
             "interaction": interaction.name,
             "answer now": "yes" if interaction.needs_answer_now else "no",
             "work": _duration(interaction.work_s),
             "outage-proof": "yes" if interaction.must_survive_outage else "no",
             "peak/s": _rate(interaction.per_second),
             "style": verdict.style,
-            "why": "; ".join(verdict.reasons),
         }
-        if flows:
-            row["flow"] = verdict.flow
-        rows.append(row)
+        for i, reason in enumerate(verdict.reasons or ["(no reason given)"]):
+            rows.append({**(facts if i == 0 else dict.fromkeys(facts, "")), "why": reason})
     return rows
 
 

@@ -1,0 +1,527 @@
+"""Checks of lab 06_hybrid_job: a slow synchronous endpoint turned into the 202 flow.
+
+Every check builds the hybrid of :mod:`helpers.choosing.hybrid` around the learner's
+functions (``start_job``, then ``apply_event``, ``job_status`` and ``cancel_job`` as the
+questions add them; the course's reference versions stand in for the parts a question
+does not ask about yet), on a broker of its own (embedded, or MQTT_URL's), with short
+steps. It sends real HTTP requests, never follows a redirect for the learner, drives
+jobs to success, to failure (a step made to fail) and to cancellation (a step made to
+hold), and reads what the service and the workers did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import aiohttp
+
+from helpers.choosing.hybrid import (
+    ACCEPTED,
+    CANCELLED,
+    FAILED,
+    FINAL,
+    JOB_FAILED,
+    JOB_SUCCEEDED,
+    RUNNING,
+    STEP_DONE,
+    STEP_STARTED,
+    SUCCEEDED,
+    Answer,
+    HybridSystem,
+    Job,
+    Topics,
+    poll_job,
+    quick_steps,
+    read_events,
+    request,
+    resolve,
+    start_hybrid,
+)
+from helpers.core.messaging import Event, make_event
+from helpers.core.problems import PROBLEM_JSON
+from helpers.core.waiting import until, until_quiet
+from helpers.grading.checks import CheckFailed, Checks, Context, expect
+
+checks = Checks("06_hybrid_job")
+
+STEPS = quick_steps(0.2)
+"""The checks' agent: the lesson's four steps at a fifth of their work time (about 0.36 s a job)."""
+JOB_TIMEOUT_S = 3.0
+"""How long a check waits for a job of :data:`STEPS` to end (ten times its work)."""
+TOPICS = ("a vector database", "three message brokers", "the incident reports", "next quarter's traffic", "two cloud regions")
+
+
+def _task(ctx: Context) -> str:
+    return f"compare {ctx.rng.choice(TOPICS)} #{ctx.rng.randint(1, 10**6)}"
+
+
+async def _system(
+    ctx: Context, *, apply: bool = False, status: bool = False, cancel: bool = False, scale: float | None = None
+) -> HybridSystem:
+    """The hybrid with the learner's kickoff, plus their status keeper, status resource and cancel when asked."""
+    kwargs: dict[str, Any] = {}
+    if apply:
+        kwargs["apply"] = ctx.function("apply_event")
+    if status:
+        kwargs["status"] = ctx.function("job_status")
+    if cancel:
+        kwargs["cancel"] = ctx.function("cancel_job")
+    broker = await ctx.broker()
+    steps = STEPS if scale is None else quick_steps(scale)
+    name = f"check06-{uuid.uuid4().hex[:8]}"  # never the name the learner's own system runs under
+    system = await start_hybrid(
+        broker, ctx.function("start_job"), steps=steps, topics=Topics.fresh("check06"), name=name, **kwargs
+    )
+    ctx.on_cleanup(system.stop)
+    return system
+
+
+async def _session(ctx: Context) -> aiohttp.ClientSession:
+    session = aiohttp.ClientSession()
+    ctx.on_cleanup(session.close)
+    return session
+
+
+def _handler_failed(system: HybridSystem, answer: Answer, what: str) -> None:
+    """A 500 from a handler that raised: say which function and what it raised."""
+    if answer.status != 500 or not system.errors:
+        return
+    failure = system.errors[-1]
+    if isinstance(failure.error, NotImplementedError):
+        raise CheckFailed(f"{failure.handler}() is not written yet (it raises NotImplementedError)")
+    raise CheckFailed(f"{what} answered 500: {failure.handler}() raised {type(failure.error).__name__}: {failure.error}")
+
+
+def _apply_failed(system: HybridSystem) -> None:
+    """The status keeper raised on a worker event: say so (the event was dead-lettered)."""
+    if not system.board.errors:
+        return
+    error = system.board.errors[-1]
+    if isinstance(error, NotImplementedError):
+        raise CheckFailed("apply_event() is not written yet (it raises NotImplementedError)")
+    raise CheckFailed(f"apply_event() raised {type(error).__name__}: {error}")
+
+
+async def _call(system: HybridSystem, http: aiohttp.ClientSession, method: str, path: str, **kwargs: Any) -> Answer:
+    """One request to the learner's service; a handler that raised fails the check with its error."""
+    try:
+        answer = await request(http, method, resolve(system.url, path), timeout=5.0, **kwargs)
+    except TimeoutError:
+        raise CheckFailed(f"{method} {path} got no answer within 5 s: does a handler wait for the job?") from None
+    except aiohttp.ClientError as exc:
+        raise CheckFailed(f"{method} {path} failed ({type(exc).__name__}: {exc})") from None
+    _handler_failed(system, answer, f"{method} {path}")
+    return answer
+
+
+def _describe(answer: Answer) -> str:
+    body = answer.body if isinstance(answer.body, str) else str(answer.body)
+    return f"{answer.status} {body[:100]}"
+
+
+async def _kick_off(system: HybridSystem, http: aiohttp.ClientSession, task: str, key: str | None = None) -> Answer:
+    """POST /jobs and insist on a usable 202 (the Q1 checks say what is wrong in detail)."""
+    headers = {"Idempotency-Key": key} if key else {}
+    answer = await _call(system, http, "POST", "/jobs", json={"task": task}, headers=headers)
+    expect(
+        answer.status == 202 and answer.location and isinstance(answer.body, dict) and answer.body.get("job_id"),
+        f"POST /jobs should answer 202 with a Location and a body with the job_id (question 1), got {_describe(answer)}",
+    )
+    return answer
+
+
+def _job_of(system: HybridSystem, answer: Answer) -> Job:
+    job = system.board.get(str(answer.body.get("job_id")))
+    expect(job is not None, f"the 202's job_id {answer.body.get('job_id')!r} is not a job on the board: answer with job.accepted")
+    assert job is not None
+    return job
+
+
+async def _finished(system: HybridSystem, job: Job, timeout: float = JOB_TIMEOUT_S) -> Job:
+    await until(lambda: job.final or bool(system.board.errors), timeout)
+    _apply_failed(system)
+    return job
+
+
+def _problem(answer: Answer, what: str, status: int) -> None:
+    expect(answer.status == status, f"{what} answered {_describe(answer)}, expected {status}")
+    expect(
+        answer.content_type == PROBLEM_JSON and isinstance(answer.body, dict) and answer.body.get("title"),
+        f"{what} answered {answer.status} as {answer.content_type or 'no content type'}: send a problem details "
+        "document, problem(status, title, detail, type), so the client reads what went wrong (application/problem+json)",
+    )
+
+
+# --------------------------------------------------------------------------- q1: the kickoff
+
+
+@checks.check("q1", hint="202 says accepted, not done; Location says where to look, Retry-After when")
+async def answers_202_with_location_and_retry_after(ctx: Context) -> str:
+    """POST /jobs answers 202 Accepted with Location (the job's status), Retry-After and the job id"""
+    system = await _system(ctx)
+    http = await _session(ctx)
+    answer = await _call(system, http, "POST", "/jobs", json={"task": _task(ctx)})
+    expect(
+        answer.status != 200,
+        "POST /jobs answered 200 OK, which says the work is done. It is not: the job was only accepted for later, "
+        "which is 202 Accepted",
+    )
+    expect(answer.status == 202, f"POST /jobs answered {_describe(answer)}, expected 202 Accepted")
+    location = answer.location
+    expect(
+        location,
+        "the 202 has no Location header, so the client cannot find its job: send Location: /jobs/{job.job_id}",
+    )
+    retry_after = answer.headers.get("Retry-After", "")
+    expect(
+        retry_after.isdigit() and int(retry_after) >= 1,
+        f"Retry-After should be a whole number of seconds (jobs.retry_after_s), got {retry_after or 'none'}",
+    )
+    body = answer.body if isinstance(answer.body, dict) else {}
+    expect(body.get("job_id") and body.get("state") == ACCEPTED, f"the 202 body should be job.accepted, got {body!r:.120}")
+    job = _job_of(system, answer)
+    expect(
+        resolve(system.url, str(location)) == resolve(system.url, job.path),
+        f"Location is {location!r}, but job {job.job_id}'s status lives at {job.path}",
+    )
+    status = await _call(system, http, "GET", str(location))
+    expect(status.status in (200, 303), f"GET {location} (the Location you sent) answered {_describe(status)}")
+    return f"202, Location /jobs/{job.job_id[:8]}..., Retry-After {retry_after}"
+
+
+@checks.check("q1", hint="queue the work, then answer: the 202 never waits for the steps")
+async def kickoff_answers_before_the_work(ctx: Context) -> str:
+    """The 202 comes back long before the job is done, and the job it started runs to its end"""
+    system = await _system(ctx)
+    http = await _session(ctx)
+    answer = await _kick_off(system, http, _task(ctx))
+    job = await _finished(system, _job_of(system, answer))
+    expect(
+        job.state == SUCCEEDED,
+        f"the job is still {job.state!r} {JOB_TIMEOUT_S:g} s later: did start_job call await jobs.start(job)? "
+        "(it publishes the first step to the workers)",
+    )
+    job_s = job.changes[-1].at - answer.sent
+    expect(
+        answer.seconds < job_s / 3,
+        f"POST /jobs took {answer.seconds * 1000:.0f} ms and the whole job {job_s * 1000:.0f} ms: answer right after "
+        "jobs.start(job), without waiting for the work to finish",
+    )
+    return f"202 after {answer.seconds * 1000:.1f} ms, the job took {job_s * 1000:.0f} ms"
+
+
+BAD_BODIES = (b"", b"not json at all", b"[1, 2, 3]", b'{"task": ""}', b'{"task": 42}', b'{"topic": "x"}')
+
+
+@checks.check("q1", hint="validate before anything else: a request that can never succeed gets a 400 at once")
+async def rejects_a_bad_task_at_once(ctx: Context) -> str:
+    """A body that is not a valid task gets 400 problem+json at once, and no job"""
+    system = await _system(ctx)
+    http = await _session(ctx)
+    bodies = ctx.rng.sample(BAD_BODIES, 2)
+    for body in bodies:
+        answer = await _call(system, http, "POST", "/jobs", data=body, headers={"Content-Type": "application/json"})
+        _problem(answer, f"POST /jobs with the body {body!r}", 400)
+    expect(len(system.board) == 0, f"bad requests created {len(system.board)} job(s): validate before jobs.create(...)")
+    return f"400 for {', '.join(repr(b) for b in bodies)}"
+
+
+@checks.check("q1", hint="a retry carries the same Idempotency-Key: find the job it made before making one")
+async def a_retry_with_the_same_key_gets_the_same_job(ctx: Context) -> str:
+    """A retried POST with the same Idempotency-Key gets the same job, and the work runs once"""
+    system = await _system(ctx)
+    http = await _session(ctx)
+    key, task = f"key-{uuid.uuid4()}", _task(ctx)
+    first = await _kick_off(system, http, task, key)
+    again = await _kick_off(system, http, task, key)  # the client timed out and retried
+    expect(
+        len(system.board) == 1,
+        f"two POSTs with the same Idempotency-Key created {len(system.board)} jobs: a retried request must get the "
+        "job the first one created (a new job per retry runs the work twice)",
+    )
+    expect(again.location == first.location, f"the retry was sent to {again.location!r}, the first to {first.location!r}")
+    await _finished(system, _job_of(system, first))
+    plans = [r for r in system.agent.runs if r.step == "plan"]
+    expect(len(plans) == 1, f"the work started {len(plans)} times for one key: start the job only when it is new")
+    return "one job, one run, the same Location twice"
+
+
+@checks.check("q1", hidden=True, hint="only the same key means the same request")
+async def different_requests_make_different_jobs(ctx: Context) -> None:
+    """Hidden: POSTs without a key, or with different keys, each get a job of their own"""
+    system = await _system(ctx)
+    http = await _session(ctx)
+    task = _task(ctx)
+    answers = [await _kick_off(system, http, task) for _ in range(2)]
+    answers += [await _kick_off(system, http, task, f"key-{uuid.uuid4()}") for _ in range(2)]
+    locations = {a.location for a in answers}
+    expect(len(locations) == 4 and len(system.board) == 4, f"4 distinct requests got {len(locations)} job(s)")
+
+
+@checks.check("q1", hidden=True, hint="a key reused for another task is the client's bug: say so with a 422")
+async def a_key_reused_for_another_task_is_422(ctx: Context) -> None:
+    """Hidden: the same Idempotency-Key with another task gets 422 problem+json, and the first job stays as it was"""
+    system = await _system(ctx)
+    http = await _session(ctx)
+    key = f"key-{uuid.uuid4()}"
+    first = await _kick_off(system, http, _task(ctx), key)
+    other = await _call(system, http, "POST", "/jobs", json={"task": _task(ctx) + " (changed)"}, headers={"Idempotency-Key": key})
+    _problem(other, "POST /jobs with a key already used for another task", 422)
+    expect(len(system.board) == 1, f"the reused key made a second job ({len(system.board)} jobs)")
+    expect(_job_of(system, first).key == key, "the first job lost its key")
+
+
+# --------------------------------------------------------------------------- q2: the status keeper
+
+
+def _event(kind: str, job: Job, **data: Any) -> Event:
+    return make_event(kind, {"job_id": job.job_id, **data}, source="/check")
+
+
+def _fresh_job(ctx: Context) -> Job:
+    return Job(uuid.uuid4().hex, {"task": _task(ctx)}, tuple(s.name for s in STEPS))
+
+
+@checks.check("q2", hint="each worker event moves the job on: a step started or done means running; success carries the result")
+async def follows_a_job_to_success(ctx: Context) -> str:
+    """A job goes accepted > running > succeeded, with every step counted and the result kept"""
+    system = await _system(ctx, apply=True)
+    http = await _session(ctx)
+    job = await _finished(system, _job_of(system, await _kick_off(system, http, _task(ctx))))
+    history = job.history()
+    expect(
+        job.state == SUCCEEDED,
+        f"after the last step the job is still {job.state!r} (it went {' > '.join(history)}): a job.succeeded event "
+        "makes it 'succeeded' and keeps data['result']",
+    )
+    expect(
+        history == [ACCEPTED, RUNNING, SUCCEEDED], f"the job went {' > '.join(history)}, expected accepted > running > succeeded"
+    )
+    expect(job.done == job.total, f"the job counts {job.done} of {job.total} steps done after it succeeded")
+    result = job.result if isinstance(job.result, dict) else {}
+    expect(
+        list(result.get("steps", {})) == list(job.steps),
+        f"job.result should be the event's data['result'], got {job.result!r:.100}",
+    )
+    return f"{' > '.join(history)}, {job.done} of {job.total} steps"
+
+
+@checks.check("q2", points=2, hint="a failure is an outcome too: the job ends as failed, with the step and the reason")
+async def a_failed_step_ends_the_job(ctx: Context) -> str:
+    """A step that fails ends the job as failed, naming the step and the reason (reported, not lost)"""
+    system = await _system(ctx, apply=True)
+    http = await _session(ctx)
+    step = ctx.rng.choice([s.name for s in STEPS])
+    system.faults.fail_step, system.faults.reason = step, f"the model timed out (#{ctx.rng.randint(1, 999)})"
+    job = await _finished(system, _job_of(system, await _kick_off(system, http, _task(ctx))))
+    expect(
+        job.state != RUNNING and job.state != ACCEPTED,
+        f"step {step!r} failed, but the job still says {job.state!r} {JOB_TIMEOUT_S:g} s later: apply job.failed, or a "
+        "failed step leaves the client polling a job that never leaves 'running'",
+    )
+    expect(job.state == FAILED, f"step {step!r} failed and the job says {job.state!r}, expected 'failed'")
+    expect(job.failed_step == step, f"job.failed_step is {job.failed_step!r}, the step that failed was {step!r}")
+    expect(job.reason == system.faults.reason, f"job.reason is {job.reason!r}, the worker said {system.faults.reason!r}")
+    return f"failed at {step!r}: {job.reason}"
+
+
+@checks.check("q2", hidden=True, hint="a finished job is final: late events change nothing")
+async def a_finished_job_never_moves(ctx: Context) -> None:
+    """Hidden: once succeeded, failed or cancelled, a late or repeated event changes nothing"""
+    done = _fresh_job(ctx)
+    await ctx.call("apply_event", done, _event(JOB_SUCCEEDED, done, result={"report": "r"}))
+    expect(done.state == SUCCEEDED, f"job.succeeded left the job {done.state!r}")
+    for late in (
+        _event(STEP_STARTED, done, step="review", index=3, total=4),
+        _event(STEP_DONE, done, step="review", done=4, total=4),
+        _event(JOB_FAILED, done, step="review", reason="late"),
+    ):
+        await ctx.call("apply_event", done, late)
+        expect(
+            done.state == SUCCEEDED and done.result == {"report": "r"},
+            f"a late {late.type} moved a succeeded job to {done.state!r}: once a job is final, no event changes it",
+        )
+    cancelled = _fresh_job(ctx)
+    cancelled.state = CANCELLED
+    await ctx.call("apply_event", cancelled, _event(STEP_STARTED, cancelled, step="draft", index=2, total=4))
+    expect(cancelled.state == CANCELLED, f"a step that started late moved a cancelled job to {cancelled.state!r}")
+
+
+@checks.check("q2", hidden=True, hint="events can arrive twice, or late: use the count the event carries, never add to yours")
+async def a_repeated_event_counts_once(ctx: Context) -> None:
+    """Hidden: the same job.step_done delivered twice counts once, and progress never goes backwards"""
+    job = _fresh_job(ctx)
+    await ctx.call("apply_event", job, _event(STEP_STARTED, job, step="plan", index=0, total=4))
+    repeated = _event(STEP_DONE, job, step="plan", done=1, total=4)
+    await ctx.call("apply_event", job, repeated)
+    await ctx.call("apply_event", job, repeated)  # at-least-once: the broker delivered it again
+    expect(job.done == 1, f"one step done, delivered twice, made job.done {job.done}: a repeat is not a new step")
+    await ctx.call("apply_event", job, _event(STEP_DONE, job, step="draft", done=3, total=4))
+    await ctx.call("apply_event", job, _event(STEP_DONE, job, step="research", done=2, total=4))  # arrived late
+    expect(job.done == 3, f"a late job.step_done (2 of 4) after 3 of 4 made job.done {job.done}: progress never goes backwards")
+    expect(job.state == RUNNING, f"a job with steps done says {job.state!r}, expected 'running'")
+
+
+# --------------------------------------------------------------------------- q3: the status resource
+
+
+@checks.check("q3", hint="a job that does not exist is a 404, as problem+json")
+async def unknown_job_is_404_problem(ctx: Context) -> None:
+    """GET /jobs/{id} of a job that does not exist answers 404 problem+json"""
+    system = await _system(ctx, apply=True, status=True)
+    http = await _session(ctx)
+    answer = await _call(system, http, "GET", f"/jobs/{uuid.uuid4().hex}")
+    _problem(answer, "GET of an unknown job", 404)
+
+
+@checks.check("q3", hint="an unfinished job: its status, and when to ask again")
+async def an_unfinished_job_reports_its_state(ctx: Context) -> str:
+    """A running job's status answers 200 with its state and progress, and Retry-After"""
+    system = await _system(ctx, apply=True, status=True)
+    http = await _session(ctx)
+    step = ctx.rng.choice([s.name for s in STEPS[1:]])
+    system.faults.hold_step = step  # the job waits at this step until released: surely running while we look
+    answer = await _kick_off(system, http, _task(ctx))
+    job = _job_of(system, answer)
+    at_step = await until(lambda: system.agent.running_step(job.job_id) == step or bool(system.board.errors), JOB_TIMEOUT_S)
+    _apply_failed(system)
+    expect(at_step, f"the job never reached its {step!r} step: did start_job start it?")
+    await until(lambda: job.state != ACCEPTED, 1.0)  # the service applies the workers' events a moment after they happen
+    status = await _call(system, http, "GET", str(answer.location))
+    system.agent.release()
+    expect(status.status == 200, f"GET of a running job answered {_describe(status)}, expected 200 with its status")
+    body = status.body if isinstance(status.body, dict) else {}
+    expect(body.get("state") == RUNNING, f"the job is running its {step!r} step, the status says {body.get('state')!r}")
+    expect(isinstance(body.get("progress"), dict), f"the status should be job.to_json() (state, progress), got {body!r:.100}")
+    retry_after = status.headers.get("Retry-After", "")
+    expect(retry_after.isdigit(), "no Retry-After while the job runs: tell the client when to ask again")
+    return f"running at {step!r}, Retry-After {retry_after}"
+
+
+@checks.check("q3", hint="a finished job points at its result with the redirect that means: go GET it there")
+async def a_finished_job_answers_303_to_its_result(ctx: Context) -> str:
+    """Once the job succeeded, its status answers 303 See Other with Location: its result"""
+    system = await _system(ctx, apply=True, status=True)
+    http = await _session(ctx)
+    answer = await _kick_off(system, http, _task(ctx))
+    job = await _finished(system, _job_of(system, answer))
+    expect(job.state == SUCCEEDED, f"the job ended {job.state!r}, so there is no result to point at (question 2)")
+    status = await _call(system, http, "GET", str(answer.location))
+    expect(
+        status.status != 302,
+        "the status of a finished job answered 302 Found, which says the status resource itself moved. Send 303 See "
+        "Other: the answer is at another address, GET it",
+    )
+    expect(status.status != 200, "a job that succeeded answered 200: answer 303 See Other with Location: its result")
+    expect(status.status == 303, f"a job that succeeded answered {_describe(status)}, expected 303 See Other")
+    expect(status.location, "the 303 has no Location: point it at job.result_path")
+    result = await _call(system, http, "GET", str(status.location))
+    expect(
+        result.status == 200 and isinstance(result.body, dict) and result.body.get("result") == job.result,
+        f"the 303 points at {status.location!r}, which answered {_describe(result)}; point it at job.result_path",
+    )
+    return f"303 to {status.location}"
+
+
+@checks.check("q3", hint="reading a failed job's status succeeds; the failure is the document, as problem+json")
+async def a_failed_job_is_problem_json(ctx: Context) -> str:
+    """A failed job's status stays readable: 200 with a problem+json document naming the failed step"""
+    system = await _system(ctx, apply=True, status=True)
+    http = await _session(ctx)
+    step = ctx.rng.choice([s.name for s in STEPS])
+    system.faults.fail_step = step
+    answer = await _kick_off(system, http, _task(ctx))
+    job = await _finished(system, _job_of(system, answer))
+    expect(job.state == FAILED, f"the failing job ended {job.state!r}, expected 'failed' (question 2)")
+    status = await _call(system, http, "GET", str(answer.location))
+    expect(
+        status.status == 200,
+        f"the status of a failed job answered {_describe(status)}: reading the status worked, so 200, with the failure "
+        "in the body (a 4xx or 5xx would say this GET failed)",
+    )
+    expect(status.content_type == PROBLEM_JSON, f"a failed job's status is {status.content_type}: send it as {PROBLEM_JSON}")
+    body = status.body if isinstance(status.body, dict) else {}
+    expect(body.get("state") == FAILED and body.get("failed_step") == step, f"send job.to_json() as the body, got {body!r:.100}")
+    expect("Retry-After" not in status.headers, "a failed job is final: no Retry-After (there is nothing to wait for)")
+    return f"problem+json: {body.get('detail')}"
+
+
+@checks.check("q3", hidden=True, timeout=15, hint="a poller needs Retry-After while the job runs and the 303 once it is done")
+async def a_poll_and_the_stream_see_the_same_states(ctx: Context) -> None:
+    """Hidden: a poller honoring Retry-After and the event stream see the same states, in a bounded number of requests"""
+    system = await _system(ctx, apply=True, status=True, scale=0.7)  # about 1.3 s: longer than Retry-After
+    http = await _session(ctx)
+    answer = await _kick_off(system, http, _task(ctx))
+    job = _job_of(system, answer)
+    try:
+        polled, stream = await asyncio.gather(
+            poll_job(http, system.url, answer, timeout=8), read_events(http, resolve(system.url, job.events_path), timeout=8)
+        )
+    except (RuntimeError, aiohttp.ClientError, TimeoutError) as exc:
+        raise CheckFailed(f"a client following the job failed: {exc}") from None
+    streamed = [str(e.json().get("state")) for e in stream]
+    seen = [s for i, s in enumerate(streamed) if i == 0 or streamed[i - 1] != s]
+    expect(polled.states == seen, f"polling saw {polled.states}, the event stream {seen}")
+    job_s = job.changes[-1].at - answer.sent
+    expect(
+        polled.requests <= job_s / answer.retry_after() + 3, f"polling took {polled.requests} requests for a {job_s:.1f} s job"
+    )
+
+
+# --------------------------------------------------------------------------- q4: cancel
+
+
+@checks.check("q4", points=2, hint="a cancel must reach the workers, not only the state the client reads")
+async def cancel_stops_the_running_step(ctx: Context) -> str:
+    """DELETE /jobs/{id} cancels a running job: state 'cancelled', its running step stops, no later step runs"""
+    system = await _system(ctx, apply=True, status=True, cancel=True)
+    http = await _session(ctx)
+    step = ctx.rng.choice([s.name for s in STEPS[1:-1]])
+    system.faults.hold_step = step  # the job waits in this step: it is surely running when we cancel it
+    answer = await _kick_off(system, http, _task(ctx))
+    job = _job_of(system, answer)
+    at_step = await until(lambda: system.agent.running_step(job.job_id) == step or bool(system.board.errors), JOB_TIMEOUT_S)
+    _apply_failed(system)
+    expect(at_step, f"the job never reached its {step!r} step: did start_job start it?")
+    cancel = await _call(system, http, "DELETE", str(answer.location))
+    expect(cancel.status in (200, 202, 204), f"DELETE of a running job answered {_describe(cancel)}, expected 200")
+    expect(job.state == CANCELLED, f"after DELETE the job says {job.state!r}, expected 'cancelled'")
+    stopped = await until(lambda: not system.agent.running(job.job_id), 2.0)
+    system.agent.release()
+    expect(
+        stopped,
+        f"the job says 'cancelled', but its {step!r} step kept running: await jobs.cancel(job) tells the workers to "
+        "stop; changing job.state alone only changes what the client reads",
+    )
+    await until_quiet(lambda: len(system.agent.runs_of(job.job_id)), idle=0.2, timeout=2.0)
+    names = [s.name for s in STEPS]
+    later = [r.step for r in system.agent.runs_of(job.job_id) if r.step in names[names.index(step) + 1 :]]
+    expect(not later, f"after the cancel, the step(s) {later} still ran")
+    status = await _call(system, http, "GET", str(answer.location))
+    expect(status.state == CANCELLED, f"GET of the cancelled job says {status.state!r}")
+    return f"cancelled during {step!r}; it stopped, and nothing ran after it"
+
+
+@checks.check("q4", hint="an unknown job is a 404 here too")
+async def cancel_of_an_unknown_job_is_404(ctx: Context) -> None:
+    """DELETE of a job that does not exist answers 404 problem+json"""
+    system = await _system(ctx, apply=True, status=True, cancel=True)
+    http = await _session(ctx)
+    answer = await _call(system, http, "DELETE", f"/jobs/{uuid.uuid4().hex}")
+    _problem(answer, "DELETE of an unknown job", 404)
+
+
+@checks.check("q4", hidden=True, hint="a job that ended cannot be cancelled: 409, and leave it as it is")
+async def cancel_of_a_finished_job_is_409(ctx: Context) -> None:
+    """Hidden: DELETE of a job that already ended answers 409 problem+json and leaves the job as it was"""
+    system = await _system(ctx, apply=True, status=True, cancel=True)
+    http = await _session(ctx)
+    answer = await _kick_off(system, http, _task(ctx))
+    job = await _finished(system, _job_of(system, answer))
+    expect(job.state in FINAL, f"the job did not end within {JOB_TIMEOUT_S:g} s")
+    ended = job.state
+    cancel = await _call(system, http, "DELETE", str(answer.location))
+    _problem(cancel, f"DELETE of a {ended} job", 409)
+    expect(job.state == ended, f"DELETE turned a {ended} job into {job.state!r}")
