@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from helpers.core.events import iso
 from helpers.core.messaging import Event
 
 IMAGE_UPLOADED = "image.uploaded"
@@ -84,11 +85,6 @@ class Topics:
     def everything(self) -> str:
         """A filter for every topic of the run (for recorders and debugging)."""
         return f"{self.prefix}/#"
-
-
-def iso(moment: datetime) -> str:
-    """ISO 8601 in UTC with milliseconds and a ``Z``, e.g. ``2025-01-31T12:00:00.123Z``."""
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def now() -> datetime:

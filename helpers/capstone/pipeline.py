@@ -45,14 +45,14 @@ from helpers.capstone.jobs import DONE, JOB_DONE, Topics
 from helpers.capstone.notifier import Notification, Notifier
 from helpers.capstone.processor import FailOn, Processor, WorkOf, result_key, start_processor
 from helpers.capstone.storage import StorageClient, start_storage
-from helpers.capstone.upload import USER_PATTERN, UploadService, original_key, problems_everywhere, read_limited, start_upload
+from helpers.capstone.upload import USER_PATTERN, UploadService, original_key, read_limited, start_upload
 from helpers.core import lifecycle
 from helpers.core.broker import Broker
 from helpers.core.http import Service, start_service
 from helpers.core.measure import LoadRun, Summary, open_loop, percentile
 from helpers.core.messaging import Event, InvalidEvent, decode
 from helpers.core.plots import COLORS, axes
-from helpers.core.problems import PROBLEM_BASE, problem, problem_for
+from helpers.core.problems import PROBLEM_BASE, problem, problem_for, problems_everywhere
 from helpers.core.receive import subscribed_messages
 from helpers.core.waiting import until, until_quiet
 

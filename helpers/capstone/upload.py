@@ -29,7 +29,6 @@ import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import aiohttp
 import aiomqtt
@@ -42,7 +41,7 @@ from helpers.core import lifecycle
 from helpers.core.broker import Broker
 from helpers.core.http import Service, start_service
 from helpers.core.messaging import Consumer, Event, make_event, manual_ack, publish
-from helpers.core.problems import PROBLEM_BASE, problem, problem_for
+from helpers.core.problems import PROBLEM_BASE, problem, problem_for, problems_everywhere
 
 USER_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 """User names: they end up in events, inboxes and e-mail addresses, so only plain characters."""
@@ -136,18 +135,6 @@ def accepted(job: Job) -> web.Response:
         status=202,
         headers={"Location": f"/jobs/{job.job_id}", "Retry-After": str(RETRY_AFTER_S)},
     )
-
-
-@web.middleware
-async def problems_everywhere(request: web.Request, handler: Any) -> web.StreamResponse:
-    """aiohttp's own errors (no such route, wrong method) as problem+json too, like every other error here."""
-    try:
-        response: web.StreamResponse = await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return problem(exc.status, exc.reason, f"{request.method} {request.path}: {exc.reason}", "about:blank")
-    return response
 
 
 def build_app(

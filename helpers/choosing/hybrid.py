@@ -52,10 +52,11 @@ from yarl import URL
 
 from helpers.core import lifecycle
 from helpers.core.broker import Broker
+from helpers.core.events import iso
 from helpers.core.http import Service, start_service
 from helpers.core.measure import Summary, summarize
 from helpers.core.messaging import Consumer, Event, decode, make_event, manual_ack, publish
-from helpers.core.problems import PROBLEM_BASE, PROBLEM_JSON, problem
+from helpers.core.problems import PROBLEM_BASE, PROBLEM_JSON, problem, problems_everywhere
 from helpers.core.waiting import until
 from helpers.core.worker_pool import run_pool
 
@@ -200,11 +201,6 @@ class Topics:
 
 
 # --------------------------------------------------------------------------- jobs
-
-
-def iso(moment: datetime) -> str:
-    """ISO 8601 in UTC with milliseconds and a ``Z``, e.g. ``2025-01-31T12:00:00.123Z``."""
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _now() -> datetime:
@@ -802,21 +798,13 @@ def build_app(
         return call
 
     @web.middleware
-    async def problems_and_no_store(request: web.Request, handler: Any) -> web.StreamResponse:
-        try:
-            response: web.StreamResponse = await handler(request)
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                raise
-            answer = problem(exc.status, exc.reason, exc.text or f"{request.method} {request.path}: {exc.reason}", "about:blank")
-            if "Retry-After" in exc.headers:
-                answer.headers["Retry-After"] = exc.headers["Retry-After"]
-            return answer
+    async def no_store(request: web.Request, handler: Any) -> web.StreamResponse:
+        response: web.StreamResponse = await handler(request)
         if not response.prepared and "Cache-Control" not in response.headers:
             response.headers["Cache-Control"] = "no-store"  # a status must never come from a cache
         return response
 
-    app = web.Application(middlewares=[problems_and_no_store])
+    app = web.Application(middlewares=[no_store, problems_everywhere])
     app.router.add_post("/jobs", route(kickoff))
     app.router.add_get("/jobs/{job_id}", route(status))
     app.router.add_delete("/jobs/{job_id}", route(cancel))

@@ -6,5 +6,12 @@ be a silent mismatch, so every module that speaks of a placed order imports it h
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 ORDER_PLACED = "order.placed"
 """The Order service's event: a customer placed an order (data: ``order_id`` and the order)."""
+
+
+def iso(moment: datetime) -> str:
+    """ISO 8601 in UTC with milliseconds and a ``Z`` (``2025-01-31T12:00:00.123Z``): how events and job resources write time."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -8,7 +8,7 @@ those four fields themselves; ``problem_for`` turns one into a response.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -42,3 +42,28 @@ def problem(status: int, title: str, detail: str, type: str = "about:blank", **e
 def problem_for(error: ProblemLike, **extra: object) -> web.Response:
     """The problem+json response for a validation error that carries its own fields."""
     return problem(error.status, error.title, error.detail, error.type, **extra)
+
+
+@web.middleware
+async def problems_everywhere(request: web.Request, handler: Any) -> web.StreamResponse:
+    """aiohttp's own errors (no such route, wrong method, a raised HTTPException) as problem+json too.
+
+    A service that answers its own errors as problem+json must not leave a 404 for an
+    unknown route or a 405 as aiohttp's plain text: a client would need two parsers.
+    ``Retry-After`` on the raised error is kept.
+    """
+    try:
+        response: web.StreamResponse = await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        detail = (
+            exc.text
+            if exc.text and exc.text != f"{exc.status}: {exc.reason}"
+            else f"{request.method} {request.path}: {exc.reason}"
+        )
+        answer = problem(exc.status, exc.reason, detail)
+        if "Retry-After" in exc.headers:
+            answer.headers["Retry-After"] = exc.headers["Retry-After"]
+        return answer
+    return response
