@@ -18,8 +18,8 @@ import pytest
 from helpers.capstone import images
 from helpers.capstone.diagram import check_design, find_mermaid, parse_flowchart
 from helpers.capstone.pipeline import Pipeline, start_pipeline
-from helpers.capstone.problems import PROBLEM_JSON
 from helpers.core.broker import Broker
+from helpers.core.problems import PROBLEM_JSON
 from helpers.core.waiting import until
 
 LESSON = Path(__file__).resolve().parents[1] / "notebooks" / "07_mini_challenge.ipynb"

@@ -8,6 +8,8 @@
 * ``notifier``: notifications once per job, from a persistent session;
 * ``pipeline``: the whole system, the naive synchronous design, the scenarios and plots;
 * ``diagram``: read and judge a learner's Mermaid flowchart of the system;
+* ``assembly``: lab 07's kit: the learner's upload, processor and notifier wired into a running
+  system (Storage that records who called it, fault drills), watched from outside;
 * (RFC 9457 error bodies live in ``helpers.core.problems``.)
 
 This file imports nothing, so ``import helpers.capstone`` stays cheap (the modules import

@@ -101,6 +101,10 @@ class Check:
     hidden: bool = False
     hint: str = ""
     timeout: float = DEFAULT_TIMEOUT_S
+    lab: str = ""
+    """The lab id (set by :class:`Checks`): where :meth:`Context.markdown` looks for the saved notebook."""
+    after: str | None = None
+    """In the grader, run with the checks of this later question (the check needs code written there)."""
 
 
 class Checks:
@@ -121,8 +125,15 @@ class Checks:
         hint: str = "",
         timeout: float = DEFAULT_TIMEOUT_S,
         name: str | None = None,
+        after: str | None = None,
     ) -> Callable[[CheckFunc], CheckFunc]:
-        """Decorator: register an ``async def f(ctx)`` as a check of ``question``."""
+        """Decorator: register an ``async def f(ctx)`` as a check of ``question``.
+
+        ``after="q4"``: the grader runs this check right after question q4's check cell
+        instead of q1's, because it needs code the learner writes later (a diagram drawn in
+        q1 compared with the services built in q2-q4). It still counts for ``question``;
+        in the notebook, ``await check("q1")`` runs it with q1 (if it is visible).
+        """
 
         def register(func: CheckFunc) -> CheckFunc:
             if not inspect.iscoroutinefunction(func):
@@ -133,8 +144,9 @@ class Checks:
             if any(c.name == check_name for c in self._checks):
                 raise LabError(f"lab {self.lab} has two checks named {check_name!r}")
             doc = inspect.getdoc(func) or check_name.replace("_", " ")
+            description = doc.strip().splitlines()[0].rstrip(".")
             self._checks.append(
-                Check(question, check_name, doc.strip().splitlines()[0].rstrip("."), func, float(points), hidden, hint, timeout)
+                Check(question, check_name, description, func, float(points), hidden, hint, timeout, self.lab, after)
             )
             return func
 
@@ -195,6 +207,9 @@ def load_checks(lab: str, checks_dir: Path | str | None = None) -> Checks:
         raise LabError(f"{path} declares Checks({checks.lab!r}) but is the checks file of {lab!r}")
     if not len(checks):
         raise LabError(f"{path} declares no checks")
+    for check in checks:
+        if check.after is not None and check.after not in checks.questions:
+            raise LabError(f"check {check.name} runs after question {check.after!r}, which {lab} does not have")
     return checks
 
 
@@ -273,12 +288,25 @@ _MISSING = object()
 class Context:
     """What a check gets: the learner's namespace plus tools that clean up after themselves."""
 
-    def __init__(self, namespace: dict[str, Any], check: Check | None = None) -> None:
+    def __init__(self, namespace: dict[str, Any], check: Check | None = None, *, markdown: list[str] | None = None) -> None:
         self.ns = namespace
         self.check = check
         self.rng = random.Random()
         """Fresh randomness for inputs (unseeded on purpose: hard-coded answers must fail)."""
         self._cleanups: list[Callable[[], Awaitable[Any]]] = []
+        self._markdown = None if markdown is None else [str(text) for text in markdown]
+
+    # -- the notebook's text
+    def markdown(self) -> list[str]:
+        """The sources of the notebook's Markdown cells, in order (a diagram, a written answer).
+
+        In the grader they come from the submitted file (the grader hands them to the
+        checks; nothing the notebook's code defines can change them). In the notebook,
+        ``await check("q1")`` reads the notebook as last saved: see :func:`saved_markdown`.
+        """
+        if self._markdown is not None:
+            return list(self._markdown)
+        return saved_markdown(self.check.lab if self.check is not None else "", Path.cwd())
 
     # -- the learner's objects
     def get(self, name: str, default: Any = _MISSING) -> Any:
@@ -358,6 +386,63 @@ class Context:
                 pass
 
 
+# --------------------------------------------------------------------------- the saved notebook
+
+SAVE_FIRST = "save the notebook (Ctrl+S), then check again"
+"""What to do when the saved notebook lacks what the learner just typed (Markdown is read from the file)."""
+
+
+def _lab_of(doc: Any) -> str | None:
+    meta = doc.get("metadata") if isinstance(doc, dict) else None
+    lab = meta.get("course_lab") if isinstance(meta, dict) else None
+    claimed = lab.get("id") if isinstance(lab, dict) else None
+    return claimed if isinstance(claimed, str) else None
+
+
+def _markdown_cells(doc: dict[str, Any]) -> list[str]:
+    texts = []
+    for cell in doc.get("cells") or []:
+        if isinstance(cell, dict) and cell.get("cell_type") == "markdown":
+            source = cell.get("source", "")
+            texts.append("".join(map(str, source)) if isinstance(source, list) else str(source or ""))
+    return texts
+
+
+def lab_notebooks(lab: str, folder: Path | str) -> list[Path]:
+    """The notebooks of ``lab`` in ``folder``, newest first.
+
+    A notebook belongs to the lab when its ``metadata.course_lab.id`` says so (the lab
+    generator writes it), or, without that metadata (a solution), when its file name
+    contains the lab id: the grader's own two rules (``runner.identify_lab``).
+    """
+    found: list[tuple[float, Path]] = []
+    for path in Path(folder).glob("*.ipynb"):
+        try:
+            claimed = _lab_of(json.loads(path.read_text(encoding="utf-8")))
+            modified = path.stat().st_mtime
+        except (OSError, ValueError):
+            continue  # unreadable, half-written or not a notebook: not the learner's lab
+        if claimed == lab or (claimed is None and lab and lab in path.stem):
+            found.append((modified, path))
+    return [path for _, path in sorted(found, key=lambda item: item[0], reverse=True)]
+
+
+def saved_markdown(lab: str, folder: Path | str) -> list[str]:
+    """The Markdown cells of the newest saved notebook of ``lab`` in ``folder`` (the kernel's working folder).
+
+    Raises :class:`CheckFailed` (telling the learner to save) when there is none: a
+    kernel cannot see what the browser has not saved yet.
+    """
+    for path in lab_notebooks(lab, folder):
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # replaced or removed since it was listed: try the next one
+        if isinstance(doc, dict):
+            return _markdown_cells(doc)
+    raise CheckFailed(f"found no saved notebook of lab {lab or '?'} in {Path(folder)}: {SAVE_FIRST}")
+
+
 # --------------------------------------------------------------------------- running and results
 
 
@@ -398,9 +483,15 @@ class CheckResult:
         return asdict(self)
 
 
-async def run_check(check: Check, namespace: dict[str, Any], *, catch_interrupt: bool = False) -> CheckResult:
-    """Run one check against ``namespace`` with its timeout; always returns a result."""
-    ctx = Context(namespace, check)
+async def run_check(
+    check: Check, namespace: dict[str, Any], *, catch_interrupt: bool = False, markdown: list[str] | None = None
+) -> CheckResult:
+    """Run one check against ``namespace`` with its timeout; always returns a result.
+
+    ``markdown``: the notebook's Markdown cell sources, when the caller has them (the
+    grader, from the submitted file); None makes :meth:`Context.markdown` read the saved notebook.
+    """
+    ctx = Context(namespace, check, markdown=markdown)
     start = time.perf_counter()
     passed, message = False, ""
     try:

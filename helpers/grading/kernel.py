@@ -156,9 +156,12 @@ class Session:
         user_ns: dict[str, Any],
         learner_modules: dict[str, ModuleType],
         learner_meta_path: list[Any],
+        markdown: list[str] | None = None,
     ) -> None:
         self.nonce = nonce
         self.user_ns = user_ns
+        self.markdown = list(markdown or [])
+        """The submission's Markdown cells, from the file the grader read (not from the notebook's namespace)."""
         self.checks = list(checking.load_checks(lab, checks_dir))
         self._scanned: set[str] = set()
         self._fresh = _take_helpers()  # our pristine copies, used only while checks run
@@ -216,7 +219,7 @@ class Session:
             # ipykernel turns Ctrl-C into a task cancel, which cannot stop `while True: pass`;
             # the default handler raises KeyboardInterrupt inside the loop, which run_check catches.
             signal.signal(signal.SIGINT, signal.default_int_handler)
-            result = await checking.run_check(check, self.user_ns, catch_interrupt=True)
+            result = await checking.run_check(check, self.user_ns, catch_interrupt=True, markdown=list(self.markdown))
         finally:
             signal.signal(signal.SIGINT, previous)
             self._leave()
@@ -244,7 +247,7 @@ def __course_grader_boot():
     try:
         spec.loader.exec_module(package)
         kernel_side = importlib.import_module("helpers.grading.kernel")
-        return kernel_side.Session({nonce!r}, {lab!r}, {checks_dir!r}, globals(), mine, meta)
+        return kernel_side.Session({nonce!r}, {lab!r}, {checks_dir!r}, globals(), mine, meta, {markdown!r})
     except BaseException:
         for k in [k for k in list(sys.modules) if k == "helpers" or k.startswith("helpers.")]:
             del sys.modules[k]
@@ -256,8 +259,13 @@ del __course_grader_boot
 """
 
 
-def boot_source(nonce: str, lab: str, helpers_dir: str, checks_dir: str) -> str:
-    """The cell that loads a pristine copy of helpers and the lab's checks into the kernel."""
+def boot_source(nonce: str, lab: str, helpers_dir: str, checks_dir: str, markdown: list[str] | None = None) -> str:
+    """The cell that loads a pristine copy of helpers and the lab's checks into the kernel.
+
+    ``markdown``, the submission's Markdown cell sources as the grader read them from the
+    file, travels in this grader-written cell as a Python literal (``repr`` of a list of
+    str), so checks read the submitted text and nothing the notebook's code made up.
+    """
     return BOOT.format(
         nonce=nonce,
         lab=lab,
@@ -265,6 +273,7 @@ def boot_source(nonce: str, lab: str, helpers_dir: str, checks_dir: str) -> str:
         helpers_init=f"{helpers_dir}/__init__.py",
         checks_dir=checks_dir,
         session=session_name(nonce),
+        markdown=[str(text) for text in markdown or []],
     ).strip()
 
 

@@ -130,13 +130,20 @@ class Step:
 
 
 def plan_steps(nb: nbformat.NotebookNode, checks: Sequence[Check]) -> tuple[list[Step], list[str]]:
-    """Notebook cells in order; each question's checks right after its first check("qN") cell."""
+    """Notebook cells in order; each question's checks right after its first check("qN") cell.
+
+    A check declared with ``after="qM"`` runs with question qM's checks (it needs code
+    written for qM), and still counts for its own question.
+    """
     steps: list[Step] = []
     anchored: set[str] = set()
     questions = list(dict.fromkeys(c.question for c in checks))
 
+    def anchor(c: Check) -> str:
+        return c.after if c.after in questions else c.question
+
     def question(q: str) -> Step:
-        return Step("question", question=q, checks=tuple(j for j, c in enumerate(checks) if c.question == q))
+        return Step("question", question=q, checks=tuple(j for j, c in enumerate(checks) if anchor(c) == q))
 
     for index, cell in enumerate(nb.cells):
         if cell.get("cell_type") != "code":
@@ -264,6 +271,8 @@ class _Grading:
     def __init__(self, nb: nbformat.NotebookNode, lab: str, checks: list[Check], options: Options) -> None:
         self.nb, self.lab, self.checks, self.options = nb, lab, checks, options
         self.steps, self.notes = plan_steps(nb, checks)
+        self.markdown = [str(c.get("source", "")) for c in nb.cells if c.get("cell_type") == "markdown"]
+        """The submission's Markdown cells, as read from its file: what Context.markdown() gives the checks."""
         self.results: dict[int, CheckResult] = {}
         self.flags: list[str] = []
         self.skip: set[int] = set()
@@ -339,7 +348,7 @@ class _Grading:
         if not todo:
             return False
         nonce = secrets.token_hex(16)  # new for every question: a nonce seen by later cells is already dead
-        source = grade_kernel.boot_source(nonce, self.lab, str(HELPERS_DIR), str(self.options.checks_dir))
+        source = grade_kernel.boot_source(nonce, self.lab, str(HELPERS_DIR), str(self.options.checks_dir), self.markdown)
         out = await kernel.run_source(source, min(BOOT_TIMEOUT_S, self.remaining()))
         boot = [p for p in _tagged(out.cell, nonce) if p.get("boot") == "ok"]
         if not boot or boot[0].get("checks") != [c.name for c in self.checks]:
