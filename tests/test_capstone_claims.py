@@ -14,6 +14,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from PIL import Image
 
 from helpers.capstone import images
 from helpers.capstone.diagram import check_design, find_mermaid, parse_flowchart
@@ -94,3 +95,22 @@ async def test_a_text_file_sent_as_a_jpeg_and_a_path_as_user_name_are_refused_ov
             assert response.status == expected, f"{label}: {response.status} {body}"
             assert response.content_type == PROBLEM_JSON and body["status"] == expected, (label, body)
     assert len(pipeline.upload_service.store) == 0 and pipeline.upload_service.published == 0
+
+
+async def test_caption_model_is_swapped_by_a_parameter(broker: Broker, tmp_path: Path) -> None:
+    """A learner's own caption function (a real model, say) replaces the default, with no monkeypatching."""
+    seen: list[tuple[int, int]] = []
+
+    def my_caption(img: Image.Image) -> str:
+        seen.append(img.size)
+        return f"my model saw a {img.width}x{img.height} picture"
+
+    pipeline = await start_pipeline(broker, tmp_path, workers=1, work=0.0, caption_fn=my_caption)
+    try:
+        answer = await pipeline.upload(images.sample_photo(), "ada")
+        assert answer.job_id is not None and await pipeline.wait_done([answer.job_id], timeout=30)
+        status, body = await pipeline.job(answer.job_id)
+    finally:
+        await pipeline.stop()
+    assert status in (200, 303) and body["caption"].startswith("my model saw a ")
+    assert len(seen) == 1

@@ -43,7 +43,7 @@ from matplotlib.axes import Axes
 from helpers.capstone import images
 from helpers.capstone.jobs import DONE, JOB_DONE, Topics
 from helpers.capstone.notifier import Notification, Notifier
-from helpers.capstone.processor import FailOn, Processor, WorkOf, result_key, start_processor
+from helpers.capstone.processor import CaptionFn, FailOn, Processor, WorkOf, result_key, start_processor
 from helpers.capstone.storage import StorageClient, start_storage
 from helpers.capstone.upload import USER_PATTERN, UploadService, original_key, read_limited, start_upload
 from helpers.core import lifecycle
@@ -253,6 +253,7 @@ async def start_pipeline(
     work: float = 1.0,
     work_of: WorkOf | None = None,
     fail_on: FailOn | None = None,
+    caption_fn: CaptionFn | None = None,
     attempts: int = 3,
     prefix: str = "capstone",
     name: str = "capstone",
@@ -261,7 +262,7 @@ async def start_pipeline(
 
     Everything of the run lives under ``workdir/<run id>/`` and on topics under
     ``{prefix}/<run id>/``, so runs never see each other's files or messages.
-    ``shared``, ``work``, ``work_of``, ``fail_on`` and ``attempts`` go to
+    ``shared``, ``work``, ``work_of``, ``fail_on``, ``caption_fn`` and ``attempts`` go to
     :func:`helpers.capstone.processor.start_processor`.
     """
     topics = Topics.fresh(prefix)
@@ -300,6 +301,7 @@ async def start_pipeline(
             work=work,
             work_of=work_of,
             fail_on=fail_on,
+            caption_fn=caption_fn,
             attempts=attempts,
             name=f"{name}-processor",
         )

@@ -89,6 +89,10 @@ FailOn = Callable[[Mapping[str, Any]], bool]
 """The job's event data -> True to make this job's caption model fail (a transform that always fails)."""
 
 
+CaptionFn = Callable[[Image.Image], str]
+"""A caption model: a Pillow image in, one sentence out (default: :func:`helpers.capstone.images.caption`)."""
+
+
 class TransformFailed(RuntimeError):
     """A processing step failed (the lesson injects it with ``fail_on``: "the caption model crashed")."""
 
@@ -192,6 +196,7 @@ class Processor:
         work: float = 1.0,
         work_of: WorkOf | None = None,
         fail_on: FailOn | None = None,
+        caption_fn: CaptionFn | None = None,
         attempts: int = DEFAULT_ATTEMPTS,
         retry_delay: float = DEFAULT_RETRY_DELAY_S,
         name: str = "processor",
@@ -206,6 +211,7 @@ class Processor:
         self.broker, self.topics = broker, topics
         self.storage = StorageClient(storage_url)
         self.work, self.work_of, self.fail_on = work, work_of, fail_on
+        self.caption_fn = caption_fn or images.caption
         self.attempts, self.retry_delay = attempts, retry_delay
         self.mode = SHARED if use_shared else POOL
         run_id = uuid.uuid4().hex[:6]
@@ -343,7 +349,7 @@ class Processor:
         if original.get("etag") and etag != original["etag"]:
             raise RuntimeError(f"the original changed since upload (etag {etag}, expected {original['etag']})")
         work = self.work_of(job) if self.work_of is not None else self.work
-        caption_fn = _failing_caption if self.fail_on is not None and self.fail_on(job) else images.caption
+        caption_fn = _failing_caption if self.fail_on is not None and self.fail_on(job) else self.caption_fn
         progress = _Progress(self, client, job_id)
         try:
             renditions, caption = await asyncio.to_thread(
@@ -468,6 +474,7 @@ async def start_processor(
     work: float = 1.0,
     work_of: WorkOf | None = None,
     fail_on: FailOn | None = None,
+    caption_fn: CaptionFn | None = None,
     attempts: int = DEFAULT_ATTEMPTS,
     retry_delay: float = DEFAULT_RETRY_DELAY_S,
     name: str = "processor",
@@ -476,7 +483,8 @@ async def start_processor(
 
     ``work`` (or ``work_of(job)`` per job) scales the CPU cost of each image; ``fail_on(job)``
     makes a job's transform fail every time; ``attempts`` tries per delivery before the job
-    is failed and dead-lettered.
+    is failed and dead-lettered; ``caption_fn(image) -> str`` replaces the default caption
+    (swap in a real model here).
     """
     processor = Processor(
         broker,
@@ -487,6 +495,7 @@ async def start_processor(
         work=work,
         work_of=work_of,
         fail_on=fail_on,
+        caption_fn=caption_fn,
         attempts=attempts,
         retry_delay=retry_delay,
         name=name,
