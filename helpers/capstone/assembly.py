@@ -337,39 +337,27 @@ class Worker:
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     name: str
-    task: asyncio.Task[Any] | None = None
+    life: lifecycle.Restartable = field(default_factory=lifecycle.Restartable)
     starts: int = 0
-    errors: list[Exception] = field(default_factory=list)
 
     @property
     def alive(self) -> bool:
-        return self.task is not None and not self.task.done()
+        return self.life.alive
 
     async def start(self, timeout: float = 5.0) -> None:
         """Start (or restart) it; returns once it set ``ready`` (subscribed), else raises its error."""
         if self.alive:
             raise RuntimeError(f"the {self.label} is running; kill it first")
-        self.task = await lifecycle.start(self.run, *self.args, timeout=timeout, **self.kwargs)
+        await self.life.launch(self.run, *self.args, timeout=timeout, **self.kwargs)
         self.starts += 1
 
     async def kill(self) -> Exception | None:
         """Kill it mid-work, like a crashed process; returns the error it had died of before, if any."""
-        if self.task is None:
-            return None
-        error = await lifecycle.kill(self.task)
-        self.task = None
-        if error is not None:
-            self.errors.append(error)
-        return error
+        return await self.life.kill()
 
     def crashed(self) -> Exception | None:
         """The error it died of, if it died by itself (a healthy loop runs until it is killed)."""
-        task = self.task
-        if task is not None and task.done() and not task.cancelled():
-            error = task.exception()
-            if isinstance(error, Exception):
-                return error
-        return self.errors[-1] if self.errors else None
+        return self.life.crashed()
 
 
 # --- the whole system ---------------------------------------------------------------------------------

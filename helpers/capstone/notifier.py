@@ -93,13 +93,12 @@ class Notifier:
         """Job id -> ``time.perf_counter()`` when its notification was written (this process only)."""
         self.duplicates = 0
         """Finished-job events that found the job already notified (redeliveries, repeated job.done)."""
-        self.task: asyncio.Task[None] | None = None
         self.consumer: Consumer | None = None
-        self._errors: list[Exception] = []
+        self._life = lifecycle.Restartable()
 
     @property
     def running(self) -> bool:
-        return self.task is not None and not self.task.done()
+        return self._life.alive
 
     async def start(self) -> Notifier:
         """Connect with the fixed client id and persistent session; returns once subscribed.
@@ -108,27 +107,16 @@ class Notifier:
         """
         if self.running:
             raise RuntimeError("the notifier is running already; kill() it first")
-        self.task = await lifecycle.start(self._serve)
+        await self._life.launch(self._serve)
         return self
 
     async def kill(self) -> Exception | None:
         """Stop the service abruptly (its session stays on the broker); returns the error it had died of, if any."""
-        if self.task is None:
-            return None
-        error = await lifecycle.kill(self.task)
-        self.task = None
-        if error is not None:
-            self._errors.append(error)
-        return error
+        return await self._life.kill()
 
     def crashed(self) -> Exception | None:
         """The error the service died of, if it died (a healthy one runs until killed)."""
-        task = self.task
-        if task is not None and task.done() and not task.cancelled():
-            error = task.exception()
-            if isinstance(error, Exception):
-                return error
-        return self._errors[-1] if self._errors else None
+        return self._life.crashed()
 
     async def stop(self) -> Exception | None:
         """Kill the service and drop its persistent session (the end of a run); returns what it had died of."""

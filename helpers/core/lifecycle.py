@@ -18,7 +18,7 @@ from typing import Any
 
 from helpers.core.waiting import until
 
-__all__ = ["kill", "raise_crashed", "running", "start", "until"]
+__all__ = ["Restartable", "kill", "raise_crashed", "running", "start", "until"]
 
 
 async def start(run: Callable[..., Awaitable[Any]], *args: Any, timeout: float = 5.0, **kwargs: Any) -> asyncio.Task[Any]:
@@ -104,3 +104,44 @@ def raise_crashed(errors: Mapping[str, BaseException], owner: str) -> None:
         raise next(iter(errors.values()))
     if errors:
         raise BaseExceptionGroup(f"{len(errors)} of {owner} crashed", list(errors.values()))
+
+
+class Restartable:
+    """A long-running loop (a consumer, a service) that a lesson kills and restarts like a process.
+
+    Keeps the running task and what it died of, so a scenario can ask "did it crash by
+    itself?" after a kill, and nothing it raised is lost.
+    """
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task[Any] | None = None
+        self.errors: list[Exception] = []
+
+    @property
+    def alive(self) -> bool:
+        return self.task is not None and not self.task.done()
+
+    async def launch(self, run: Callable[..., Awaitable[Any]], *args: Any, timeout: float = 5.0, **kwargs: Any) -> None:
+        """Start ``run`` with :func:`start` (returns once it set ``ready``); refuses while one runs."""
+        if self.alive:
+            raise RuntimeError("it is running already: kill it first")
+        self.task = await start(run, *args, timeout=timeout, **kwargs)
+
+    async def kill(self) -> Exception | None:
+        """Kill it mid-work, like a crashed process; returns the error it had died of before, if any."""
+        if self.task is None:
+            return None
+        error = await kill(self.task)
+        self.task = None
+        if error is not None:
+            self.errors.append(error)
+        return error
+
+    def crashed(self) -> Exception | None:
+        """The error it died of, if it died by itself (a healthy loop runs until it is killed)."""
+        task = self.task
+        if task is not None and task.done() and not task.cancelled():
+            error = task.exception()
+            if isinstance(error, Exception):
+                return error
+        return self.errors[-1] if self.errors else None
