@@ -109,13 +109,15 @@ async def traced_sync_order(*, work: Mapping[str, float] = WORK) -> list[SpanRow
 
 
 def producer_gap_ms(rows: list[SpanRow], producer: str = "order-service") -> float:
-    """Milliseconds from the end of the producer's span to the start of the first other span.
+    """Milliseconds from the end of the producer's span to the end of the first other span.
 
-    Positive: the producer was done before anyone else began (async). Negative: the
-    others ran inside the producer's span (sync).
+    Positive: the producer was done before any consumer had finished its work (async: it
+    did not wait). Negative: the producer's span outlasted its callees (sync: it waited).
+    Compared with the callees' *ends*, not their starts: on a fast loopback a consumer
+    can begin a fraction of a millisecond before the publisher has its acknowledgement.
     """
     mine = [r for r in rows if r.service == producer and r.depth == 0]
     others = [r for r in rows if r.service != producer]
     if not mine or not others:
         raise ValueError("need the producer's root span and at least one other span")
-    return min(r.start_ms for r in others) - max(r.end_ms for r in mine)
+    return min(r.end_ms for r in others) - max(r.end_ms for r in mine)
