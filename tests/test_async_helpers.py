@@ -313,3 +313,40 @@ async def test_out_of_order_acks_probe_strict_embedded_lenient_external(broker: 
     await asyncio.sleep(0)
     assert tolerated is (not broker.embedded)
     assert not [r.getMessage() for r in caplog.records if "never retrieved" in r.getMessage()]
+
+
+# --------------------------------------------------------------------------- lesson 04's plots
+
+
+def test_lesson04_plots_have_titles_units_and_no_legend_on_the_data() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from helpers.core.tracing import SpanRow
+    from helpers.pubsub.consistency import plot_staleness
+    from helpers.pubsub.ordering import MODES, plot_processing_order
+    from helpers.pubsub.trace_flows import plot_traces
+
+    def row(service: str, start: float, end: float, depth: int) -> SpanRow:
+        return SpanRow(service, "span", start, end, depth, "t", service, None)
+
+    sync = [row("order-service", 0, 300, 0), row("fulfillment", 1, 100, 1), row("agent", 1, 299, 1)]
+    asynchronous = [row("order-service", 0, 1, 0), row("fulfillment", 2, 100, 1), row("agent", 2, 302, 1)]
+    top, bottom = plot_traces(sync, asynchronous)
+    assert top.get_legend() is not None and bottom.get_legend() is None, "one legend for both panels"
+    assert top.get_xlabel() == "" and "(ms)" in bottom.get_xlabel(), "one x label, under the lower panel"
+    assert top.get_title() and bottom.get_title()
+    assert bottom.get_xlim()[1] > 302, "room for the duration label of the longest span"
+    plt.close("all")
+
+    ax = plot_staleness([10.0, 20.0, 30.0, 41.0])
+    assert ax.get_legend() is None and "(ms)" in ax.get_xlabel() and ax.get_ylabel() and "4 trials" in ax.get_title()
+    plt.close("all")
+
+    steps = {mode: [Step("alice", 1, 0), Step("alice", 0, 1)] for mode in MODES}
+    axes = plot_processing_order(steps, key="alice")
+    assert [a.get_title() for a in axes] == [f"{mode}: 1 inversion" for mode in MODES]
+    assert all(a.get_legend() is None and a.get_xlabel() for a in axes) and axes[0].get_ylabel()
+    plt.close("all")

@@ -178,6 +178,7 @@ def plot_staleness(windows_ms: list[float], *, ax: Axes | None = None) -> Axes:
     if legend is not None:
         legend.remove()
     median = statistics.median(windows_ms)
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.15)  # headroom: the median's label sits above the tallest bar
     ax.axvline(median, color="black", linestyle="--", linewidth=1)
     ax.annotate(f" median {median:.0f} ms", (median, 1), xycoords=("data", "axes fraction"), va="top", fontsize=9)
     ax.set(
