@@ -8,18 +8,23 @@ and checks the branch it is on, never assumes.
 
 from __future__ import annotations
 
+import dataclasses
+import random
+import zlib
 from pathlib import Path
 
 import pytest
+from opentelemetry import propagate
+from opentelemetry.context import Context
 
 from helpers.core import lifecycle
 from helpers.core.broker import Broker
 from helpers.core.measure import summarize
-from helpers.core.messaging import Consumer, manual_ack
+from helpers.core.messaging import Consumer, Event, SeenIds, manual_ack
 from helpers.core.receive import collect
 from helpers.core.waiting import until
 from helpers.pubsub import probes
-from helpers.pubsub.consistency import ReadYourWrites, own_reads_after_write, staleness_trials, start_status_system
+from helpers.pubsub.consistency import StatusSystem, View, own_reads_after_write, staleness_trials, start_status_system
 from helpers.pubsub.deadletters import sample_messages, strict_charging
 from helpers.pubsub.delivery import MOSQUITTO_MAX_QUEUED, durability_matrix, queue_bound
 from helpers.pubsub.idempotency import Ledger, crash_before_ack, publisher_retry
@@ -30,6 +35,51 @@ from helpers.pubsub.shop import DEFAULT_WORK, place_orders, start_event_shop, st
 from helpers.pubsub.trace_flows import producer_gap_ms, traced_async_order, traced_sync_order
 
 pytestmark = pytest.mark.broker
+
+# --------------------------------------------------------------------------- lesson 04's fixes, as the notebook writes them
+# The harnesses take the learner's functions; these are the notebook's correct versions. Each claim test
+# below also runs a broken version and asserts the harness catches it.
+
+
+async def charge_naively(event: Event, ledger: Ledger, seen: SeenIds) -> None:
+    ledger.charge(event)
+
+
+async def charge_once(event: Event, ledger: Ledger, seen: SeenIds) -> None:
+    if event.id in seen:
+        return
+    ledger.charge(event)
+    seen.add(event.id)
+
+
+def partition_for(key: str, partitions: int) -> int:
+    return zlib.crc32(key.encode()) % partitions
+
+
+class ReadYourWrites:
+    def __init__(self, system: StatusSystem) -> None:
+        self.system = system
+        self.mine: dict[str, View] = {}
+
+    async def write(self, order_id: str, status: str) -> int:
+        version = await self.system.write(order_id, status)
+        self.mine[order_id] = View(status, version, "own write")
+        return version
+
+    async def read(self, order_id: str) -> View:
+        seen = await self.system.read(order_id)
+        own = self.mine.get(order_id)
+        return own if own is not None and own.version > seen.version else seen
+
+
+def with_trace_context(event: Event) -> Event:
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return dataclasses.replace(event, traceparent=carrier.get("traceparent"))
+
+
+def trace_context_of(event: Event) -> Context:
+    return propagate.extract({"traceparent": event.traceparent} if event.traceparent else {})
 
 
 async def test_m5_producer_does_not_wait_for_500ms_consumers(broker: Broker, topic: str) -> None:
@@ -68,27 +118,71 @@ async def test_m7_broker_queue_bound(broker: Broker, topic: str) -> None:
 
 
 async def test_m8_idempotent_consumer_applies_publisher_retries_once(broker: Broker, topic: str, tmp_path: Path) -> None:
-    naive = await publisher_retry(broker, f"{topic}/n", tmp_path, orders=10, retried=(1, 4, 8), idempotent=False)
-    idem = await publisher_retry(broker, f"{topic}/i", tmp_path, orders=10, retried=(1, 4, 8), idempotent=True)
+    naive = await publisher_retry(broker, f"{topic}/n", tmp_path, charge_naively, orders=10, retried=(1, 4, 8))
+    idem = await publisher_retry(broker, f"{topic}/i", tmp_path, charge_once, orders=10, retried=(1, 4, 8))
     assert naive.deliveries == idem.deliveries == 13
-    assert naive.charges == 13
+    assert naive.charges == 13 and naive.double_charged == 3, "the naive function is caught charging the retries"
     assert idem.charges == 10 and idem.skipped == 3
+    assert (naive.consumer, idem.consumer) == ("charge_naively", "charge_once")
 
 
 async def test_m8_consumer_dies_before_ack(broker: Broker, topic: str, tmp_path: Path) -> None:
-    naive, redelivered = await crash_before_ack(broker, f"{topic}/n", tmp_path, idempotent=False)
-    idem, redelivered_again = await crash_before_ack(broker, f"{topic}/i", tmp_path, idempotent=True)
+    naive, redelivered = await crash_before_ack(broker, f"{topic}/n", tmp_path, charge_naively)
+    idem, redelivered_again = await crash_before_ack(broker, f"{topic}/i", tmp_path, charge_once)
     assert redelivered and redelivered_again, "both brokers the course runs on resend an un-acknowledged QoS 1 message"
+    assert (naive.deliveries, idem.deliveries) == (2, 2)
     assert (naive.charges, idem.charges, idem.skipped) == (2, 1, 1), "the duplicate is charged twice, once when idempotent"
 
 
+async def test_m8_crash_harness_catches_a_seen_store_kept_only_in_memory(broker: Broker, topic: str, tmp_path: Path) -> None:
+    """Each life of the crash scenario opens the store from its file: ids held in memory die with the process."""
+
+    async def charge_once_in_memory(event: Event, ledger: Ledger, seen: SeenIds) -> None:
+        forgetful = SeenIds()  # a fresh in-memory store, never the file the harness passed
+        if event.id not in forgetful:
+            ledger.charge(event)
+            forgetful.add(event.id)
+
+    outcome, redelivered = await crash_before_ack(broker, topic, tmp_path, charge_once_in_memory)
+    assert redelivered and outcome.charges == 2
+
+
+async def test_m8_harness_reports_a_function_that_raises(broker: Broker, topic: str, tmp_path: Path) -> None:
+    async def broken(event: Event, ledger: Ledger, seen: SeenIds) -> None:
+        raise KeyError("amount")
+
+    with pytest.raises(RuntimeError, match=r"broken\(\) raised on 3 event"):
+        await publisher_retry(broker, topic, tmp_path, broken, orders=3, retried=())
+
+
 async def test_m9_pool_reorders_and_routing_keeps_per_key_order(broker: Broker, topic: str) -> None:
-    runs = {mode: await run_ordering(broker, f"{topic}/{i}", mode, workers=4, count=100, seed=7) for i, mode in enumerate(MODES)}
+    runs = {
+        mode: await run_ordering(broker, f"{topic}/{i}", mode, workers=4, count=100, seed=7, route=partition_for)
+        for i, mode in enumerate(MODES)
+    }
     assert all(len(steps) == 100 for steps in runs.values())
     single, pool, routed = (runs[m] for m in MODES)
     assert sum(inversions(single).values()) == 0 and global_inversions(single) == 0
     assert sum(inversions(pool).values()) >= 1
     assert sum(inversions(routed).values()) == 0
+
+
+async def test_m9_routing_harness_catches_a_route_that_ignores_the_key(broker: Broker, topic: str) -> None:
+    rng = random.Random(5)
+
+    def random_partition(key: str, partitions: int) -> int:
+        return rng.randrange(partitions)
+
+    steps = await run_ordering(broker, topic, "routed by key", workers=4, count=100, seed=7, route=random_partition)
+    assert len(steps) == 100
+    assert sum(inversions(steps).values()) >= 1, "a key spread over parallel consumers is applied out of order"
+
+
+async def test_m9_routing_harness_refuses_a_partition_nobody_consumes(broker: Broker, topic: str) -> None:
+    with pytest.raises(ValueError, match=r"returned 4: expected a partition 0..3"):
+        await run_ordering(broker, topic, "routed by key", workers=4, count=5, route=lambda key, n: n)
+    with pytest.raises(ValueError, match="needs route="):
+        await run_ordering(broker, topic, "routed by key", workers=4, count=5)
 
 
 async def test_m6_queue_levels_a_burst_that_times_out_sync_callers(broker: Broker, topic: str) -> None:
@@ -119,21 +213,35 @@ async def test_m10_reads_are_stale_and_read_your_own_writes_fixes_the_writer(bro
     system = await start_status_system(broker, topic, delay_s=(0.005, 0.03), seed=1)
     try:
         trials = await staleness_trials(system, trials=15)
-        own, other = await own_reads_after_write(ReadYourWrites(system), trials=15)
+        own, other = await own_reads_after_write(system, ReadYourWrites(system), trials=15)
+        unfixed, _ = await own_reads_after_write(system, system, trials=15)  # broken: the writer reads like anyone
     finally:
         await system.stop()
     assert sum(t.stale_first_read for t in trials) >= 12
     assert all(0 < t.window_ms < 2000 for t in trials)
     assert sum(own) == 0
     assert sum(other) >= 12, "other readers still see the old value: only the writer's view is fixed"
+    assert sum(unfixed) >= 12, "the harness catches a session without read-your-own-writes"
 
 
 async def test_m12_async_producer_span_ends_before_consumers_begin(broker: Broker, topic: str) -> None:
-    async_rows = await traced_async_order(broker, topic, work={"fulfillment": 0.05, "notification": 0.02, "agent": 0.1})
-    sync_rows = await traced_sync_order(work={"fulfillment": 0.05, "notification": 0.02, "agent": 0.1})
+    work = {"fulfillment": 0.05, "notification": 0.02, "agent": 0.1}
+    async_rows = await traced_async_order(broker, topic, inject=with_trace_context, extract=trace_context_of, work=work)
+    sync_rows = await traced_sync_order(work=work)
     assert len(async_rows) == 4 and len({r.trace_id for r in async_rows}) == 1, "the traceparent crossed the broker"
     assert producer_gap_ms(async_rows) > 0
     assert producer_gap_ms(sync_rows) < 0
+
+
+@pytest.mark.parametrize("broken", ["inject", "extract"])
+async def test_m12_harness_shows_a_trace_broken_at_the_broker(broker: Broker, topic: str, broken: str) -> None:
+    """Without the context in the envelope (or without reading it) every consumer starts a trace of its own."""
+    work = {"fulfillment": 0.02, "notification": 0.01}
+    inject = (lambda event: event) if broken == "inject" else with_trace_context
+    extract = (lambda event: Context()) if broken == "extract" else trace_context_of
+    rows = await traced_async_order(broker, topic, inject=inject, extract=extract, work=work)
+    assert len(rows) == 3 and len({r.trace_id for r in rows}) == 3
+    assert all(r.depth == 0 for r in rows), "no consumer span has the producer as its parent"
 
 
 async def test_dead_letters_keep_the_consumer_running(broker: Broker, topic: str, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import zlib
 from pathlib import Path
 
 import aiomqtt
@@ -16,12 +17,12 @@ from helpers.core.messaging import Consumer, InvalidEvent, decode, make_event, p
 from helpers.core.receive import collect, flush, payloads
 from helpers.core.tables import render
 from helpers.core.worker_pool import run_pool
-from helpers.pubsub.consistency import ReadYourWrites, View
+from helpers.pubsub.consistency import View, own_reads_after_write
 from helpers.pubsub.deadletters import dead_letter_rows, sample_messages
 from helpers.pubsub.delivery import OfflineResult, offline_delivery
 from helpers.pubsub.idempotency import Ledger, die_before_ack, order_event
 from helpers.pubsub.leveling import BurstResult
-from helpers.pubsub.ordering import KEYS, Step, global_inversions, inversions, keyed_events, partition, work_time
+from helpers.pubsub.ordering import KEYS, Step, global_inversions, inversions, keyed_events, work_time
 from helpers.pubsub.probes import Finding
 
 # --------------------------------------------------------------------------- pure logic
@@ -44,9 +45,9 @@ def test_keyed_events_number_each_key_in_publish_order_and_are_seeded() -> None:
     assert [e.data["key"] for e in events] == [e.data["key"] for e in again]
 
 
-def test_partition_is_stable_and_the_course_keys_spread_over_four() -> None:
-    assert partition("alice", 4) == partition("alice", 4)
-    assert sorted(partition(k, 4) for k in KEYS) == [0, 1, 2, 3]
+def test_the_course_keys_spread_over_four_partitions_with_lesson_04s_crc32() -> None:
+    """Lesson 04's partition_for is crc32(key) % partitions: each course key gets a consumer of its own."""
+    assert sorted(zlib.crc32(k.encode()) % 4 for k in KEYS) == [0, 1, 2, 3]
     assert work_time("alice", 3, seed=1, max_s=0.01) == work_time("alice", 3, seed=1, max_s=0.01) <= 0.01
 
 
@@ -68,25 +69,54 @@ def test_ledger_survives_reopening_and_counts_per_order(tmp_path: Path) -> None:
     assert Ledger(tmp_path / "none.jsonl").charges() == []
 
 
+class FakeStatusSystem:
+    """The read model never catches up by itself: a test sets ``model`` to play the projection."""
+
+    def __init__(self) -> None:
+        self.model: dict[str, View] = {}
+        self.versions: dict[str, int] = {}
+
+    async def write(self, order_id: str, status: str) -> int:
+        self.versions[order_id] = self.versions.get(order_id, 0) + 1
+        return self.versions[order_id]
+
+    async def read(self, order_id: str) -> View:
+        return self.model.get(order_id, View(None, 0))
+
+
+class OwnWrites:
+    """Lesson 04's read-your-own-writes session, as the notebook writes it."""
+
+    def __init__(self, system: FakeStatusSystem) -> None:
+        self.system = system
+        self.mine: dict[str, View] = {}
+
+    async def write(self, order_id: str, status: str) -> int:
+        version = await self.system.write(order_id, status)
+        self.mine[order_id] = View(status, version, "own write")
+        return version
+
+    async def read(self, order_id: str) -> View:
+        seen = await self.system.read(order_id)
+        own = self.mine.get(order_id)
+        return own if own is not None and own.version > seen.version else seen
+
+
 async def test_read_your_own_writes_prefers_the_newer_of_own_write_and_read_model() -> None:
-    class FakeSystem:
-        def __init__(self) -> None:
-            self.model: dict[str, View] = {}
-            self.versions: dict[str, int] = {}
-
-        async def write(self, order_id: str, status: str) -> int:
-            self.versions[order_id] = self.versions.get(order_id, 0) + 1
-            return self.versions[order_id]
-
-        async def read(self, order_id: str) -> View:
-            return self.model.get(order_id, View(None, 0))
-
-    system = FakeSystem()
-    session = ReadYourWrites(system)  # type: ignore[arg-type]  # a duck-typed fake of StatusSystem
+    system = FakeStatusSystem()
+    session = OwnWrites(system)
     await session.write("o1", "paid")
     assert (await session.read("o1")) == View("paid", 1, "own write")
     system.model["o1"] = View("shipped", 2)  # the projection caught up, and someone else moved it on
     assert (await session.read("o1")) == View("shipped", 2)
+
+
+async def test_own_reads_harness_tells_a_working_session_from_a_broken_one() -> None:
+    system = FakeStatusSystem()
+    own, other = await own_reads_after_write(system, OwnWrites(system), trials=5)  # type: ignore[arg-type]  # a fake
+    assert own == [False] * 5 and other == [True] * 5
+    broken, _ = await own_reads_after_write(system, system, trials=5)  # type: ignore[arg-type]  # reads like anyone else
+    assert broken == [True] * 5
 
 
 def test_texttable_aligns_numbers_right_and_text_left() -> None:
@@ -283,3 +313,40 @@ async def test_out_of_order_acks_probe_strict_embedded_lenient_external(broker: 
     await asyncio.sleep(0)
     assert tolerated is (not broker.embedded)
     assert not [r.getMessage() for r in caplog.records if "never retrieved" in r.getMessage()]
+
+
+# --------------------------------------------------------------------------- lesson 04's plots
+
+
+def test_lesson04_plots_have_titles_units_and_no_legend_on_the_data() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from helpers.core.tracing import SpanRow
+    from helpers.pubsub.consistency import plot_staleness
+    from helpers.pubsub.ordering import MODES, plot_processing_order
+    from helpers.pubsub.trace_flows import plot_traces
+
+    def row(service: str, start: float, end: float, depth: int) -> SpanRow:
+        return SpanRow(service, "span", start, end, depth, "t", service, None)
+
+    sync = [row("order-service", 0, 300, 0), row("fulfillment", 1, 100, 1), row("agent", 1, 299, 1)]
+    asynchronous = [row("order-service", 0, 1, 0), row("fulfillment", 2, 100, 1), row("agent", 2, 302, 1)]
+    top, bottom = plot_traces(sync, asynchronous)
+    assert top.get_legend() is not None and bottom.get_legend() is None, "one legend for both panels"
+    assert top.get_xlabel() == "" and "(ms)" in bottom.get_xlabel(), "one x label, under the lower panel"
+    assert top.get_title() and bottom.get_title()
+    assert bottom.get_xlim()[1] > 302, "room for the duration label of the longest span"
+    plt.close("all")
+
+    ax = plot_staleness([10.0, 20.0, 30.0, 41.0])
+    assert ax.get_legend() is None and "(ms)" in ax.get_xlabel() and ax.get_ylabel() and "4 trials" in ax.get_title()
+    plt.close("all")
+
+    steps = {mode: [Step("alice", 1, 0), Step("alice", 0, 1)] for mode in MODES}
+    axes = plot_processing_order(steps, key="alice")
+    assert [a.get_title() for a in axes] == [f"{mode}: 1 inversion" for mode in MODES]
+    assert all(a.get_legend() is None and a.get_xlabel() for a in axes) and axes[0].get_ylabel()
+    plt.close("all")

@@ -11,7 +11,8 @@ new one is the **staleness window**.
 synchronous: the writer's session remembers what it wrote (with a version number)
 and, when the read model answers with an older version, shows its own write instead.
 Other readers still see the old value until the projection catches up; that is fine,
-they did not just click "save".
+they did not just click "save". The session is the learner's (:class:`Session`, written
+in lesson 04); :func:`own_reads_after_write` measures whose reads it keeps fresh.
 """
 
 from __future__ import annotations
@@ -20,18 +21,22 @@ import asyncio
 import contextlib
 import functools
 import random
+import statistics
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import aiohttp
 import aiomqtt
 from aiohttp import web
+from matplotlib.axes import Axes
 
 from helpers.core.broker import Broker
 from helpers.core.http import Service, start_service
 from helpers.core.lifecycle import running
 from helpers.core.messaging import Consumer, Event, make_event, manual_ack, publish
+from helpers.core.plots import histogram
 from helpers.core.waiting import until
 
 STATUS_CHANGED = "order.status_changed"
@@ -111,24 +116,12 @@ async def start_status_system(
         return StatusSystem(topic, query, read_model, pub, aiohttp.ClientSession(), stack.pop_all())
 
 
-@dataclass
-class ReadYourWrites:
-    """The writer's session: remembers its own writes and never shows itself anything older."""
+class Session(Protocol):
+    """What the learner's writer session offers: write through the system, read with its own view."""
 
-    system: StatusSystem
-    mine: dict[str, View] = field(default_factory=dict)
+    async def write(self, order_id: str, status: str) -> int: ...
 
-    async def write(self, order_id: str, status: str) -> int:
-        """Write through the system and remember the write locally."""
-        version = await self.system.write(order_id, status)
-        self.mine[order_id] = View(status, version, "own write")
-        return version
-
-    async def read(self, order_id: str) -> View:
-        """The read model's answer, unless it is older than what this session wrote."""
-        seen = await self.system.read(order_id)
-        own = self.mine.get(order_id)
-        return own if own is not None and own.version > seen.version else seen
+    async def read(self, order_id: str) -> View: ...
 
 
 def _applied(system: StatusSystem, order_id: str, version: int) -> bool:
@@ -164,12 +157,32 @@ async def staleness_trials(system: StatusSystem, trials: int = 40, *, poll_s: fl
     return results
 
 
-async def own_reads_after_write(session: ReadYourWrites, trials: int = 40) -> tuple[list[bool], list[bool]]:
-    """Write then read at once: (was the writer's read stale, was another reader's read stale), per trial."""
+async def own_reads_after_write(system: StatusSystem, session: Session, trials: int = 40) -> tuple[list[bool], list[bool]]:
+    """Write through ``session`` then read at once: (was its read stale, was another reader's read stale), per trial.
+
+    "Another reader" asks the query service directly at the same moment, like any other user.
+    """
     own, other = [], []
     for i in range(trials):
         order_id = f"r-{uuid.uuid4().hex[:6]}-{i}"
         version = await session.write(order_id, "paid")
         own.append((await session.read(order_id)).version < version)
-        other.append((await session.system.read(order_id)).version < version)
+        other.append((await system.read(order_id)).version < version)
     return own, other
+
+
+def plot_staleness(windows_ms: list[float], *, ax: Axes | None = None) -> Axes:
+    """The staleness windows as a histogram, with the median marked (one series: no legend to cover bars)."""
+    ax = histogram({"staleness window": windows_ms}, xlabel="staleness window (ms)", title="", bins=15, ax=ax)
+    legend = ax.get_legend()
+    if legend is not None:
+        legend.remove()
+    median = statistics.median(windows_ms)
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.15)  # headroom: the median's label sits above the tallest bar
+    ax.axvline(median, color="black", linestyle="--", linewidth=1)
+    ax.annotate(f" median {median:.0f} ms", (median, 1), xycoords=("data", "axes fraction"), va="top", fontsize=9)
+    ax.set(
+        ylabel="trials (count)",
+        title=f"How long a read stays stale after a write ({len(windows_ms)} trials)",
+    )
+    return ax

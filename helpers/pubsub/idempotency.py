@@ -10,9 +10,11 @@
   and both brokers the course runs on do it (see :mod:`helpers.pubsub.probes`).
 
 The effect here is a payment :class:`Ledger` kept in a file (a charge must survive a
-restart, or the story is pointless). A naive consumer charges once per *delivery*; an
-idempotent one remembers the event ids it applied in a :class:`helpers.core.messaging.SeenIds`
-file and charges once per *event*.
+restart, or the story is pointless). What a consumer does with each delivery is the
+learner's function (:data:`Apply`), written in lesson 04: a naive one charges once per
+*delivery*; an idempotent one remembers the event ids it applied in a
+:class:`helpers.core.messaging.SeenIds` file and charges once per *event*. The two
+scenarios here make the duplicates happen and count what the function charged.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import contextlib
 import json
 import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +35,7 @@ from helpers.core import internals, lifecycle
 from helpers.core.broker import Broker
 from helpers.core.events import ORDER_PLACED
 from helpers.core.lifecycle import running
-from helpers.core.messaging import Consumer, Event, EventHandler, SeenIds, make_event, manual_ack, publish
+from helpers.core.messaging import Consumer, Event, SeenIds, make_event, manual_ack, publish
 from helpers.core.receive import collect
 from helpers.core.waiting import until
 
@@ -65,18 +68,16 @@ class Ledger:
         return len(self.charges())
 
 
-def charging(ledger: Ledger) -> EventHandler:
-    """The consumer's handler: charge the order in the event."""
-
-    async def handle(event: Event) -> None:
-        ledger.charge(event)
-
-    return handle
-
-
 def order_event(i: int, amount: float = 20.0) -> Event:
     """An ``order.placed`` event for order number ``i``."""
     return make_event(ORDER_PLACED, {"order_id": f"order-{i:03d}", "amount": amount}, source="/shop/orders")
+
+
+Apply = Callable[[Event, Ledger, SeenIds], Awaitable[None]]
+"""The learner's consumer logic: apply one delivered event to the ledger, with the seen-ids store at hand.
+
+The notebook writes it (a naive one and an idempotent one); the scenarios below only
+deliver events to it, so what they count is what the learner's function did."""
 
 
 @dataclass(frozen=True)
@@ -88,10 +89,15 @@ class Outcome:
     orders: int
     deliveries: int
     charges: int
-    skipped: int
+
+    @property
+    def skipped(self) -> int:
+        """Deliveries that charged nothing (the repeats an idempotent consumer absorbed)."""
+        return self.deliveries - self.charges
 
     @property
     def double_charged(self) -> int:
+        """Charges beyond one per order."""
         return self.charges - self.orders
 
     def as_row(self) -> dict[str, object]:
@@ -101,28 +107,42 @@ class Outcome:
             "orders": self.orders,
             "deliveries": self.deliveries,
             "charges": self.charges,
-            "duplicates skipped": self.skipped,
+            "skipped": self.skipped,
         }
 
 
-def _consumer(client: aiomqtt.Client, topic: str, ledger: Ledger, seen: Path | None) -> Consumer:
-    return Consumer(client, topic, charging(ledger), dedupe=SeenIds(seen) if seen else None)
+def _consumer(client: aiomqtt.Client, topic: str, apply: Apply, ledger: Ledger, seen: SeenIds) -> Consumer:
+    """A consumer that hands every delivered event to ``apply`` (and acks after it returns)."""
+
+    async def handle(event: Event) -> None:
+        await apply(event, ledger, seen)
+
+    return Consumer(client, topic, handle)
+
+
+def _name(apply: Apply) -> str:
+    return getattr(apply, "__name__", type(apply).__name__)
 
 
 async def publisher_retry(
     broker: Broker,
     topic: str,
     workdir: str | Path,
+    apply: Apply,
     *,
     orders: int = 10,
     retried: tuple[int, ...] = (2, 5, 7),
-    idempotent: bool,
 ) -> Outcome:
-    """Publish ``orders`` events, sending those in ``retried`` twice (same id); count charges."""
-    folder = Path(workdir) / f"retry-{'idem' if idempotent else 'naive'}-{uuid.uuid4().hex[:6]}"
-    ledger = Ledger(folder / "ledger.jsonl")
+    """Publish ``orders`` events, sending those in ``retried`` twice (same id); count what ``apply`` charged.
+
+    The second send stands for a publisher that saw no PUBACK in time (a timeout, a
+    dropped connection) and sends the very same event again: the broker cannot tell it
+    from a new one and delivers both.
+    """
+    folder = Path(workdir) / f"retry-{uuid.uuid4().hex[:8]}"
+    ledger, seen = Ledger(folder / "ledger.jsonl"), SeenIds(folder / "seen.txt")
     async with manual_ack(broker.client()) as sub, broker.client() as pub:
-        consumer = _consumer(sub, topic, ledger, folder / "seen.txt" if idempotent else None)
+        consumer = _consumer(sub, topic, apply, ledger, seen)
         async with running(consumer.run):
             deliveries = 0
             for i in range(orders):
@@ -133,8 +153,17 @@ async def publisher_retry(
                     await publish(pub, topic, event, qos=1)
                     deliveries += 1
             await until(lambda: consumer.stats.received >= deliveries, timeout=5)
-    name = "idempotent (dedupe on event id)" if idempotent else "naive"
-    return Outcome(name, "publisher retry", orders, consumer.stats.received, len(ledger), consumer.stats.duplicates)
+    _raise_dead_letters(consumer, apply)
+    return Outcome(_name(apply), "publisher retry", orders, consumer.stats.received, len(ledger))
+
+
+def _raise_dead_letters(consumer: Consumer, apply: Apply) -> None:
+    """A learner's function that raised was dead-lettered by the consumer: say so instead of counting on."""
+    if consumer.stats.dead_lettered:
+        raise RuntimeError(
+            f"{_name(apply)}() raised on {consumer.stats.dead_lettered} event(s) (the consumer dead-lettered them): "
+            "look at the function for the error"
+        )
 
 
 class ProcessDied(BaseException):
@@ -159,35 +188,33 @@ def die_before_ack(client: aiomqtt.Client) -> aiomqtt.Client:
     return client
 
 
-async def crash_before_ack(broker: Broker, topic: str, workdir: str | Path, *, idempotent: bool) -> tuple[Outcome, bool]:
-    """One order; the consumer charges it, dies before the ack, restarts with the same session.
+async def crash_before_ack(broker: Broker, topic: str, workdir: str | Path, apply: Apply) -> tuple[Outcome, bool]:
+    """One order; ``apply`` charges it, the process dies before the ack, then restarts with the same session.
 
-    Returns the outcome and whether the broker delivered the order again after the restart.
+    Each life opens the ledger and the seen-ids store from their files, as a new process
+    would: whatever ``apply`` kept only in memory is gone after the crash. Returns the
+    outcome and whether the broker delivered the order again after the restart.
     """
-    folder = Path(workdir) / f"crash-{'idem' if idempotent else 'naive'}-{uuid.uuid4().hex[:6]}"
-    ledger, seen = Ledger(folder / "ledger.jsonl"), folder / "seen.txt" if idempotent else None
-    ident = f"payments-{uuid.uuid4().hex[:6]}"
-    deliveries = skipped = 0
+    folder = Path(workdir) / f"crash-{uuid.uuid4().hex[:8]}"
+    ledger_file, seen_file = folder / "ledger.jsonl", folder / "seen.txt"
+    ident = f"payments-{uuid.uuid4().hex[:8]}"
     # life 1: subscribe, receive the order, charge it, die before acking
     with contextlib.suppress(ProcessDied):
         async with die_before_ack(manual_ack(broker.client(ident, clean_session=False))) as sub:
-            consumer = _consumer(sub, topic, ledger, seen)
-            task = await lifecycle.start(consumer.run)
+            first = _consumer(sub, topic, apply, Ledger(ledger_file), SeenIds(seen_file))
+            task = await lifecycle.start(first.run)
             async with broker.client() as pub:
                 await publish(pub, topic, order_event(1), qos=1)
-            try:
-                await asyncio.wait_for(task, 5)
-            finally:
-                deliveries += consumer.stats.received
+            await asyncio.wait_for(task, 5)  # ends with ProcessDied at the ack
     # life 2: the restarted process resumes the same persistent session
     async with manual_ack(broker.client(ident, clean_session=False)) as sub:
-        consumer = _consumer(sub, topic, ledger, seen)
+        second = _consumer(sub, topic, apply, Ledger(ledger_file), SeenIds(seen_file))
         for message in await collect(sub, idle=0.7, timeout=3):
-            await consumer.handle(message)
-        deliveries += consumer.stats.received
-        skipped += consumer.stats.duplicates
-        redelivered = consumer.stats.received > 0
+            await second.handle(message)
     async with broker.client(ident, clean_session=True):
         pass  # drop the session
-    name = "idempotent (dedupe on event id)" if idempotent else "naive"
-    return Outcome(name, "died before ack", 1, deliveries, len(ledger), skipped), redelivered
+    for consumer in (first, second):
+        _raise_dead_letters(consumer, apply)
+    deliveries = first.stats.received + second.stats.received
+    outcome = Outcome(_name(apply), "died before ack", 1, deliveries, len(Ledger(ledger_file)))
+    return outcome, second.stats.received > 0

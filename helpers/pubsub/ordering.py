@@ -8,8 +8,10 @@ shipped" applied before "order paid".
 
 Usually only the order *per key* matters (per customer, per order id). Routing every
 event of a key to the same single-threaded consumer (here: one topic per partition,
-``partition = crc32(key) % partitions``, like Kafka partitions) keeps per-key order
-while different keys still run in parallel.
+like Kafka partitions) keeps per-key order while different keys still run in parallel.
+The routing function (:data:`Route`, key and partition count in, partition out) is the
+learner's, written in lesson 04; :func:`run_ordering` publishes with it and counts what
+happened to the order.
 """
 
 from __future__ import annotations
@@ -18,8 +20,7 @@ import asyncio
 import contextlib
 import random
 import uuid
-import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from matplotlib.axes import Axes
@@ -31,8 +32,11 @@ from helpers.core.plots import COLORS
 from helpers.core.waiting import until
 from helpers.core.worker_pool import run_pool
 
-KEYS = ("alice", "bob", "erin", "frank")  # crc32 % 4 puts each on its own partition
+KEYS = ("alice", "bob", "erin", "frank")  # crc32(key) % 4 puts each on its own partition
 MODES = ("single consumer", "worker pool", "routed by key")
+
+Route = Callable[[str, int], int]
+"""The learner's partitioner: ``route(key, partitions)`` is the partition (0 .. partitions - 1) for ``key``."""
 
 
 @dataclass(frozen=True)
@@ -54,11 +58,6 @@ def keyed_events(keys: Sequence[str] = KEYS, count: int = 100, *, seed: int = 7)
         events.append(make_event("account.updated", {"key": key, "seq": next_seq[key], "sent": sent}, source="/accounts"))
         next_seq[key] += 1
     return events
-
-
-def partition(key: str, partitions: int) -> int:
-    """A stable partition for ``key`` (crc32, not ``hash()``, which changes per process)."""
-    return zlib.crc32(key.encode()) % partitions
 
 
 def inversions(steps: Sequence[Step]) -> dict[str, int]:
@@ -98,10 +97,17 @@ async def run_ordering(
     seed: int = 7,
     max_work_s: float = 0.01,
     timeout: float = 10.0,
+    route: Route | None = None,
 ) -> list[Step]:
-    """Publish keyed events and return the order in which they were processed under ``mode``."""
+    """Publish keyed events and return the order in which they were processed under ``mode``.
+
+    "routed by key" runs ``workers`` single-threaded consumers, one per partition topic,
+    and publishes each event to the partition ``route(key, workers)`` picks.
+    """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode == "routed by key" and route is None:
+        raise ValueError("'routed by key' needs route=your_partition_function(key, partitions)")
     events = keyed_events(count=count, seed=seed)
     steps: list[Step] = []
 
@@ -120,10 +126,19 @@ async def run_ordering(
             await stack.enter_async_context(running(run_pool, consumer, pool))
         publisher = await stack.enter_async_context(broker.client(f"ordering-pub-{run_id}"))
         for event in events:
-            target = f"{topic}/p{partition(event.data['key'], workers)}" if routed else topic
+            target = f"{topic}/p{_partition(route, event.data['key'], workers)}" if route and routed else topic
             await publish(publisher, target, event, qos=1)
         await until(lambda: len(steps) >= len(events), timeout)
     return steps
+
+
+def _partition(route: Route, key: str, partitions: int) -> int:
+    """``route(key, partitions)``, refused unless it names one of the partitions (else nobody would consume it)."""
+    chosen = route(key, partitions)
+    if not isinstance(chosen, int) or not 0 <= chosen < partitions:
+        name = getattr(route, "__name__", "route")
+        raise ValueError(f"{name}({key!r}, {partitions}) returned {chosen!r}: expected a partition 0..{partitions - 1}")
+    return chosen
 
 
 def plot_processing_order(
@@ -131,7 +146,8 @@ def plot_processing_order(
 ) -> Sequence[Axes]:
     """For one key: sequence number against processing position, one panel per mode.
 
-    A staircase that only goes up is in order; every step down is an inversion.
+    A staircase that only goes up is in order; every step down is an inversion. One line
+    per panel, so the panel's title carries the count and no legend sits on the data.
     """
     if axes is None:
         import matplotlib.pyplot as plt
@@ -140,8 +156,11 @@ def plot_processing_order(
     for i, (ax, (mode, steps)) in enumerate(zip(axes, results.items(), strict=True)):
         mine = [s.seq for s in steps if s.key == key]
         bad = inversions([s for s in steps if s.key == key]).get(key, 0)
-        ax.plot(range(len(mine)), mine, "o-", ms=3, color=COLORS[i % len(COLORS)], label=f"{bad} inversions")
-        ax.set(title=mode, xlabel=f"processing position ({key}'s events)", ylabel="sequence number" if i == 0 else None)
-        ax.legend(loc="upper left")
+        ax.plot(range(len(mine)), mine, "o-", ms=3, color=COLORS[i % len(COLORS)])
+        ax.set(
+            title=f"{mode}: {bad} inversion{'' if bad == 1 else 's'}",
+            xlabel=f"applied as {key}'s n-th event (position)",
+            ylabel=f"sequence number of {key}'s event" if i == 0 else None,
+        )
         ax.grid(alpha=0.3)
     return axes

@@ -1,10 +1,12 @@
 """One order, traced twice: through a broker (async) and through HTTP calls (sync).
 
 A trace only crosses a hop if the hop carries the trace context. Over HTTP it rides
-in the ``traceparent`` header; over MQTT we put it in the CloudEvents envelope
+in the ``traceparent`` header; over MQTT it goes into the CloudEvents envelope
 (:attr:`helpers.core.messaging.Event.traceparent`), and each consumer starts its span as a
-child of that context. The broker itself is not traced: it shows up as the gap
-between the producer's span and the consumers'.
+child of that context. The two steps are the learner's functions, written in lesson 04
+with OpenTelemetry's propagator: :data:`Inject` on publish, :data:`Extract` on consume.
+The broker itself is not traced: it shows up as the gap between the producer's span
+and the consumers'.
 
 The shape of the two waterfalls is the lesson: the sync Order span *contains* its
 callees (it cannot end before they do), the async Order span is over before the
@@ -17,10 +19,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import aiohttp
 from aiohttp import web
+from matplotlib.axes import Axes
+from opentelemetry.context import Context
 
 from helpers.core import tracing
 from helpers.core.broker import Broker
@@ -28,22 +32,37 @@ from helpers.core.events import ORDER_PLACED
 from helpers.core.http import Handler, Service, start_service
 from helpers.core.lifecycle import running
 from helpers.core.messaging import Consumer, Event, EventHandler, make_event, manual_ack, publish
+from helpers.core.plots import waterfall
 from helpers.core.tracing import SpanRow
 
 WORK: dict[str, float] = {"fulfillment": 0.1, "notification": 0.05, "fraud-agent": 0.3}
 
 
-async def traced_async_order(broker: Broker, topic: str, *, work: Mapping[str, float] = WORK) -> list[SpanRow]:
-    """Place one order through the broker; return the trace's spans (producer + each consumer)."""
+Inject = Callable[[Event], Event]
+"""The learner's publish side: the event, returned with the current trace context in its envelope."""
+
+Extract = Callable[[Event], Context]
+"""The learner's consume side: the trace context an event carries (an empty context if none)."""
+
+
+async def traced_async_order(
+    broker: Broker, topic: str, *, inject: Inject, extract: Extract, work: Mapping[str, float] = WORK
+) -> list[SpanRow]:
+    """Place one order through the broker with the learner's ``inject``/``extract``; return every span it made.
+
+    Every trace the run touched is returned (the producer's, and any a consumer started on
+    its own), so lost propagation shows as more than one trace instead of missing rows.
+    """
     done = asyncio.Event()
     handled: list[str] = []
+    traces: set[int] = set()
 
     def consumer_for(service: str, seconds: float) -> EventHandler:
         tracer = tracing.get_tracer(service)
 
         async def handle(event: Event) -> None:
-            parent = tracing.context_from_traceparent(event.traceparent)  # continue the producer's trace
-            with tracer.start_as_current_span(f"handle {event.type}", context=parent):
+            with tracer.start_as_current_span(f"handle {event.type}", context=extract(event)) as span:
+                traces.add(tracing.trace_id_of(span))
                 await asyncio.sleep(seconds)
             handled.append(service)
             if len(handled) == len(work):
@@ -59,13 +78,12 @@ async def traced_async_order(broker: Broker, topic: str, *, work: Mapping[str, f
         publisher = await stack.enter_async_context(broker.client(f"orders-traced-{run_id}"))
         tracer = tracing.get_tracer("order-service")
         with tracer.start_as_current_span("POST /orders (async)") as span:
-            event = make_event(
-                ORDER_PLACED, {"order_id": run_id}, source="/shop/orders", traceparent=tracing.current_traceparent()
-            )
+            event = inject(make_event(ORDER_PLACED, {"order_id": run_id}, source="/shop/orders"))
             await publish(publisher, topic, event, qos=1)
-        trace_id = tracing.trace_id_of(span)
+        traces.add(tracing.trace_id_of(span))
         await asyncio.wait_for(done.wait(), 10)
-    return _in_service_order(tracing.span_rows(tracing.finished_spans(trace_id)), work)
+    spans = [s for trace_id in sorted(traces) for s in tracing.finished_spans(trace_id)]
+    return _in_service_order(tracing.span_rows(spans), work)
 
 
 def _traced_handler(service: str, seconds: float) -> Handler:
@@ -121,3 +139,22 @@ def producer_gap_ms(rows: list[SpanRow], producer: str = "order-service") -> flo
     if not mine or not others:
         raise ValueError("need the producer's root span and at least one other span")
     return min(r.end_ms for r in others) - max(r.end_ms for r in mine)
+
+
+def plot_traces(sync_rows: list[SpanRow], async_rows: list[SpanRow]) -> tuple[Axes, Axes]:
+    """The sync and async waterfalls one above the other on one time axis.
+
+    One legend (the services and their colours are the same in both) and one x label,
+    under the lower panel, with room on the right for the duration labels.
+    """
+    import matplotlib.pyplot as plt
+
+    _, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6), layout="constrained", sharex=True)
+    waterfall(sync_rows, ax=top, title="sync: the Order service waits for all three calls")
+    waterfall(async_rows, ax=bottom, title="async: the Order service is done at once, the consumers work on without it")
+    top.set_xlabel("")
+    legend = bottom.get_legend()
+    if legend is not None:
+        legend.remove()
+    bottom.set_xlim(0, 1.15 * max(r.end_ms for r in [*sync_rows, *async_rows]))
+    return top, bottom
