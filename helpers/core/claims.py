@@ -66,8 +66,11 @@ class Claim:
 _recorded: list[Claim] = []
 
 
-def claim(claim_id: str, what: str, *, measured: str, expected: str, holds: bool) -> Claim:
+def claim(claim_id: str, what: str, *, measured: str, expected: str, holds: bool) -> None:
     """State one measured claim: show it, keep it for the report, raise if it does not hold.
+
+    It returns nothing, so a cell that ends with ``claim(...)`` shows the verdict line only
+    (no ``Out[...]`` repr); :func:`recorded` has every claim stated so far.
 
     ``measured`` and ``expected`` are short human strings with units ("257 ms",
     "250-275 ms"); ``holds`` is the comparison the notebook computed from its own
@@ -80,7 +83,6 @@ def claim(claim_id: str, what: str, *, measured: str, expected: str, holds: bool
     _display(result)
     if not result.holds:
         raise ClaimFailed(f"{claim_id} {what}: measured {measured}, expected {expected}")
-    return result
 
 
 def recorded() -> list[Claim]:
