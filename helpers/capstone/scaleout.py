@@ -201,7 +201,8 @@ async def _wait_ready(proc: asyncio.subprocess.Process, timeout: float) -> dict[
         line = b""
     if line.startswith(b"{"):
         return dict(json.loads(line))
-    proc.kill()
+    with contextlib.suppress(ProcessLookupError):  # it may have exited on its own already
+        proc.kill()
     await proc.wait()
     error = (await proc.stderr.read()).decode(errors="replace").strip().splitlines()[-5:]
     raise RuntimeError(f"worker process {proc.pid} did not start (exit code {proc.returncode}): " + " | ".join(error))
@@ -226,7 +227,8 @@ async def worker_processes(
     finally:
         for proc in procs:
             if proc.returncode is None:
-                proc.terminate()
+                with contextlib.suppress(ProcessLookupError):
+                    proc.terminate()
         for proc in procs:
             try:
                 await asyncio.wait_for(proc.wait(), 10)
