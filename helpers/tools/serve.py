@@ -3,7 +3,10 @@
     python -m helpers serve helpers.tools.serve:demo_app --port 8081
 
 ``TARGET`` is ``module:callable``; the callable returns an aiohttp ``web.Application``
-(or is a request handler). The service gets the same fault knobs as in the notebooks
+(or is a request handler). The capstone's four services have names of their own
+(``capstone-storage``, ``capstone-upload``, ``capstone-processor``, ``capstone-notifier``:
+see :mod:`helpers.capstone.services` and ``python -m helpers serve capstone-upload --help``).
+The service gets the same fault knobs as in the notebooks
 (set at start with ``--latency``/``--error-rate``) and binds to 127.0.0.1 unless
 ``--host`` says otherwise. Notebooks then call it by URL instead of starting it.
 """
@@ -49,13 +52,20 @@ def load_target(spec: str) -> AppLike:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args_in = sys.argv[1:] if argv is None else argv
+    if args_in and args_in[0].startswith("capstone-"):
+        from helpers.capstone import services  # lazy: Pillow and OpenCV load only for the capstone
+
+        if args_in[0] not in services.SERVICES:
+            raise SystemExit(f"unknown capstone service {args_in[0]!r}: use one of {', '.join(services.SERVICES)}")
+        return services.main(args_in[0], args_in[1:])
     parser = argparse.ArgumentParser(prog="python -m helpers serve", description=__doc__.splitlines()[0])
     parser.add_argument("target", help="module:callable returning a web.Application (or a handler)")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every request")
     parser.add_argument("--error-rate", type=float, default=0.0, help="fraction of requests answered 500")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(args_in)
     app = as_app(load_target(args.target))
     app[FAULTS] = Faults(latency=args.latency, error_rate=args.error_rate)
     app[STATS] = Stats()

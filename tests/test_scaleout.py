@@ -1,0 +1,101 @@
+"""Appendix 08: capstone services as processes (python -m helpers serve capstone-*), on a real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers.capstone import images, scaleout
+from helpers.core.mosquitto import find_mosquitto
+
+try:
+    find_mosquitto()
+    HAVE_MOSQUITTO = True
+except FileNotFoundError:
+    HAVE_MOSQUITTO = bool(os.environ.get("MQTT_URL"))
+
+
+def _running(pids: list[int]) -> list[int]:
+    return [p for p in pids if os.path.exists(f"/proc/{p}")]
+
+
+needs_broker = pytest.mark.skipif(not HAVE_MOSQUITTO, reason="needs Mosquitto installed or MQTT_URL set")
+
+
+async def _upload_and_wait(front: scaleout.Front, n: int) -> None:
+    photo = images.generated_image(7, size=(320, 240), fmt="JPEG")
+    answers = [await front.upload(photo, f"user-{i}") for i in range(n)]
+    assert [a.status for a in answers] == [202] * n
+    assert await front.wait_done([a.job_id for a in answers if a.job_id], timeout=60)
+
+
+@needs_broker
+@pytest.mark.asyncio
+async def test_worker_processes_share_one_subscription_and_finish_every_job(tmp_path: Path) -> None:
+    real = await scaleout.start_real_broker()
+    front = await scaleout.start_front(real.broker, tmp_path)
+    try:
+        async with scaleout.worker_processes(front, 2, mqtt_url=real.url, work=0.0) as workers:
+            assert len(set(workers.pids)) == 2 and os.getpid() not in workers.pids
+            result = await scaleout.measure(front, workers, _upload_and_wait, 6, warmup=2)
+            alive = _running(workers.pids)
+        assert result.images == 6 and result.images_per_s > 0 and result.cores_busy > 0
+        assert alive == workers.pids, "both workers ran until the block ended"
+        assert not _running(workers.pids), "the block waited for every process to exit"
+        assert {job.state for job in front.upload_service.store} == {"done"} and len(front.upload_service.store) == 8
+    finally:
+        await front.stop()
+        await real.stop()
+
+
+@needs_broker
+@pytest.mark.asyncio
+async def test_a_worker_process_that_cannot_start_says_why(tmp_path: Path) -> None:
+    real = await scaleout.start_real_broker()
+    front = await scaleout.start_front(real.broker, tmp_path)
+    try:
+        with pytest.raises(RuntimeError, match=r"did not start .*cannot load 'no.such:model'"):
+            async with scaleout.worker_processes(front, 1, mqtt_url=real.url, caption="no.such:model"):
+                pass
+    finally:
+        await front.stop()
+        await real.stop()
+
+
+def test_a_processor_process_refuses_the_embedded_broker() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "MQTT_URL"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    run = subprocess.run(
+        [sys.executable, "-m", "helpers", "serve", "capstone-processor", "--topics", "t", "--storage-url", "http://127.0.0.1:9"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode != 0 and "set MQTT_URL" in run.stderr
+
+
+def test_an_unknown_capstone_service_is_named() -> None:
+    from helpers.tools import serve
+
+    with pytest.raises(SystemExit, match="unknown capstone service 'capstone-nope'"):
+        serve.main(["capstone-nope"])
+
+
+@pytest.mark.asyncio
+async def test_loop_lag_sees_a_blocked_event_loop() -> None:
+    async with scaleout.LoopLag() as lag:
+        await asyncio.sleep(0.02)
+        time.sleep(0.1)  # noqa: ASYNC251 - on purpose: the classic mistake the probe must see
+        await asyncio.sleep(0.02)
+    assert lag.max_ms >= 80
+
+
+def test_the_python_caption_model_is_pure_python_work() -> None:
+    img = images.open_upright(images.sample_photo())
+    began = time.process_time()
+    text = scaleout.python_caption(img, rounds=5)
+    assert "bright" in text and time.process_time() - began < 5
