@@ -16,13 +16,16 @@ Chromium, driven by Playwright, for the whole module. The test
 
 Cells are not windowed (a test-local setting, ``windowingMode: none``), so every Markdown
 cell is in the page; autosave is off, and the module checks that no notebook in the
-repository changed. Skipped, with the reason, where Playwright or Chromium is missing.
+repository changed. Skipped, with the reason, where Playwright or Chromium is missing
+(``COURSE_CHROMIUM`` names a Chromium elsewhere); CI sets ``COURSE_REQUIRE_BROWSER=1``,
+which turns that skip into a failure.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -35,13 +38,20 @@ from mermaid_examples import BAD, GOOD
 from helpers.capstone.diagram import find_mermaid_blocks
 from helpers.tools.browser import LabServer, find_chromium, jupyterlab, launch_chromium
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install playwright)")
+# CI sets COURSE_REQUIRE_BROWSER=1: there a missing browser is a failure, not a skip.
+REQUIRED = os.environ.get("COURSE_REQUIRE_BROWSER", "") not in ("", "0")
+try:
+    from playwright import sync_api
+except ImportError:
+    if REQUIRED:
+        pytest.fail("COURSE_REQUIRE_BROWSER is set but Playwright is not installed (pip install playwright)", pytrace=False)
+    pytest.skip("Playwright is not installed (pip install playwright)", allow_module_level=True)
 CHROMIUM = find_chromium()
 if CHROMIUM is None:
-    pytest.skip(
-        "no Chromium found: install Debian's `chromium` package (apt-get install chromium) or set COURSE_CHROMIUM",
-        allow_module_level=True,
-    )
+    reason = "no Chromium found: install Debian's `chromium` package (apt-get install chromium) or set COURSE_CHROMIUM"
+    if REQUIRED:
+        pytest.fail(f"COURSE_REQUIRE_BROWSER is set but {reason}", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
 
 pytestmark = pytest.mark.browser
 
@@ -307,7 +317,7 @@ def test_every_diagram_renders(page: Any, path: str) -> None:
         _screenshot(page, path)
     finally:
         _close(page)
-    broken = [f"cell {d['cell']}: {d['error']}" for d in diagrams if not d["ok"]]
+    broken = [f"cell {d['cell']}: {d['error'][:240]}" for d in diagrams if not d["ok"]]
     assert not broken, f"{path}: diagrams JupyterLab could not draw:\n" + "\n".join(broken)
     assert _cells_of(diagrams) == expected, f"{path}: rendered diagrams per cell {_cells_of(diagrams)}, written {expected}"
 
