@@ -314,9 +314,12 @@ def test_every_diagram_renders(page: Any, path: str) -> None:
         except sync_api.TimeoutError:
             pass  # reported below with what did render
         diagrams = page.evaluate(DIAGRAMS_JS)
+        # the test's setting took effect: no windowing, so every cell is rendered, not only those on screen
+        windowing = page.evaluate("() => window.__courseNotebook.content.notebookConfig.windowingMode")
         _screenshot(page, path)
     finally:
         _close(page)
+    assert windowing == "none", f"the notebook is windowed ({windowing!r}): cells off screen may never render"
     broken = [f"cell {d['cell']}: {d['error'][:240]}" for d in diagrams if not d["ok"]]
     assert not broken, f"{path}: diagrams JupyterLab could not draw:\n" + "\n".join(broken)
     assert _cells_of(diagrams) == expected, f"{path}: rendered diagrams per cell {_cells_of(diagrams)}, written {expected}"
