@@ -9,8 +9,10 @@ Chromium, driven by Playwright, for the whole module. The test
   and none as JupyterLab's error box (``.jp-RenderedMermaid.jp-mod-warning``, with
   Mermaid's parse error in ``details > pre``), cell by cell, and saves a picture of each
   notebook to build/screenshots/;
-- proves on a broken diagram, rendered by the same JupyterLab, that the error box is
-  what it looks for (a check that cannot see a failure proves nothing);
+- draws the fast Mermaid check's examples (tests/mermaid_examples.py) with the same
+  JupyterLab: the diagrams it accepts must draw, the mistakes it calls fatal must show the
+  error box. That proves the detector sees a failure (a check that cannot see one proves
+  nothing) and keeps ``python -m helpers diagrams`` in step with the real renderer;
 - runs lesson 00's code cells with Shift+Enter in a real kernel and reads their outputs;
 - runs the warm-up lab, as shipped, down to ``await check("q1")`` and reads its feedback.
 
@@ -290,12 +292,14 @@ def test_jupyterlab_agrees_with_the_fast_check(page: Any) -> None:
     assert all(len(boxes) == 1 for boxes in [*good.values(), *bad.values()]), "one diagram box per example"
     not_drawn = [f"{name}: {boxes[0]['error']}" for name, boxes in good.items() if not boxes[0]["ok"]]
     assert not not_drawn, "JupyterLab cannot draw diagrams the fast check accepts:\n" + "\n".join(not_drawn)
+    disagree = []
     for example in BAD:
         [box] = bad[example.id]
-        if example.jupyterlab_rejects:
-            assert box["warning"], f"{example.id}: JupyterLab drew it, yet the example says it fails there"
-        else:
-            assert box["ok"], f"{example.id}: JupyterLab fails on it now ({box['error']}): set jupyterlab_rejects=True"
+        if example.jupyterlab_rejects and not box["warning"]:
+            disagree.append(f"{example.id}: JupyterLab drew it, yet the example says it fails there")
+        elif not example.jupyterlab_rejects and not box["ok"]:
+            disagree.append(f"{example.id}: JupyterLab fails on it now ({box['error'][:160]}): set jupyterlab_rejects=True")
+    assert not disagree, "tests/mermaid_examples.py and JupyterLab disagree:\n" + "\n".join(disagree)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS)
