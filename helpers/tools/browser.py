@@ -53,8 +53,17 @@ __all__ = [
     "launch_chromium",
 ]
 
-CHROMIUM_CANDIDATES = ("chromium", "chromium-browser", "/usr/bin/chromium", "/usr/lib/chromium/chromium")
-"""Where :func:`find_chromium` looks after ``$COURSE_CHROMIUM``: Debian's and Ubuntu's names."""
+CHROMIUM_CANDIDATES = (
+    "chromium",
+    "chromium-browser",
+    "/usr/bin/chromium",
+    "/usr/lib/chromium/chromium",
+    "google-chrome-stable",
+    "google-chrome",
+    "/Applications/Google Chrome.app/Contents/MacOS/Google Chrome",
+    "/Applications/Chromium.app/Contents/MacOS/Chromium",
+)
+"""Where :func:`find_chromium` looks after ``$COURSE_CHROMIUM``: Debian's and Ubuntu's Chromium first, then Chrome."""
 
 TEST_SETTINGS: dict[str, dict[str, Any]] = {
     # Every cell in the DOM at once: a windowed notebook renders only the cells on screen,
@@ -194,7 +203,7 @@ def jupyterlab(
         command.append("--allow-root")
     log = workdir / "server.log"
     with log.open("wb") as out:
-        process = subprocess.Popen(command, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(command, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     server: LabServer | None = None
     try:
         deadline = time.monotonic() + timeout
@@ -228,7 +237,7 @@ def find_chromium() -> str | None:
     if chosen:
         return chosen if Path(chosen).is_file() and os.access(chosen, os.X_OK) else None
     for candidate in CHROMIUM_CANDIDATES:
-        found = shutil.which(candidate)
+        found = shutil.which(candidate)  # a name on PATH, or a full path that is executable
         if found:
             return found
     return None
