@@ -101,7 +101,7 @@ class Diagram:
     text: str
 
     def where(self) -> str:
-        """``notebooks/06_x.ipynb cell 12`` (and ``diagram 2`` when the cell has several)."""
+        """``notebooks/06_x.ipynb cell 12``, with ``diagram 2`` (3, ...) for a later block of the same cell."""
         return f"{self.path} cell {self.cell}" + (f" diagram {self.block + 1}" if self.block else "")
 
 
