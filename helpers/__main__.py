@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("helpers.tools.bench", "measure HTTP, MQTT and load-generator performance"),
     "run": ("helpers.tools.run_all", "execute every lesson and solution headless into build/"),
     "serve": ("helpers.tools.serve", "run one course service as its own process"),
+    "diagrams": ("helpers.tools.mermaid_check", "check every Mermaid diagram of the course, without a browser"),
     "grade": ("helpers.grading.cli", "grade a folder of lab submissions"),
     "labs": ("helpers.grading.labgen", "write labs/ from solutions/"),
     "mosquitto": ("helpers.core.mosquitto", "run a command with a throw-away Mosquitto (MQTT_URL set)"),
