@@ -261,7 +261,7 @@ title: the image pipeline
 %%{init: {"theme": "neutral"}}%%
 graph LR;
     %% a comment line
-    A["AI Image #quot;Processor#quot;"] --> B((Broker)) %% a trailing comment
+    A["AI Image #quot;Processor#quot;"] --> B((Broker))
     C([stadium]) --> D{rhombus} & E[(Storage)];  F>flag] --> G[/para/]
     H[[sub]] --> I{{hex}} --> J(((double))) --> K(round)
     L[\\alt\\] --> M[/trap\\] --> N[\\trap alt/]
@@ -330,6 +330,7 @@ def test_a_later_label_replaces_an_earlier_one() -> None:
         ("flowchart LR\n  A -->|HTTP B", 2, "never closed with `|`"),
         ("flowchart LR\n  A --> B C --> D", 2, "cannot read `C --> D`"),
         ("%% only a comment\n", 1, "the diagram is empty"),
+        ("flowchart LR\n    A --> B %% a note\n", 2, "must be on a line of its own"),
     ],
 )
 def test_unknown_syntax_names_the_line(text: str, line: int, fragment: str) -> None:

@@ -311,6 +311,8 @@ class _Parser:
             line = _strip_comment(raw).strip()
             if not line:
                 continue
+            if line != raw.strip() and not raw.strip().startswith("%%{"):
+                raise self.fail("a `%%` comment must be on a line of its own: JupyterLab cannot draw `A --> B %% note`")
             if not header_seen:
                 line = self._header(line)
                 header_seen = True
