@@ -279,8 +279,9 @@ _PAGE = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined).fr
   table { border-collapse: collapse; width: 100%; margin: .5rem 0; }
   th, td { text-align: left; vertical-align: top; padding: .35rem .6rem; border-bottom: 1px solid #d0d7de; }
   th { background: #f6f8fa; font-weight: 600; }
+  td.claim { width: 11rem; }
   td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-  .tag { display: inline-block; padding: 0 .5rem; border-radius: 1rem; font-size: .85rem; white-space: nowrap; }
+  .tag { display: inline-block; font-weight: 600; padding: 0 .5rem; border-radius: 1rem; font-size: .85rem; white-space: nowrap; }
   .tag.holds, .tag.ok { background: #dafbe1; color: #116329; }
   .tag.fails, .tag.failed { background: #ffebe9; color: #a40e26; }
   .tag.missing { background: #eaeef2; color: #57606a; }
@@ -294,7 +295,7 @@ _PAGE = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined).fr
 <body>
 <h1>Sync vs Async Service Communication: course check</h1>
 <div class="verdict {{ 'good' if summary.all_hold else ('bad' if summary.failing or summary.notebooks_failed else 'partial') }}">
-  {{ '✅' if summary.all_hold else ('❌' if summary.failing or summary.notebooks_failed else '⚠️') }} {{ summary.headline }}.
+  {{ '✓' if summary.all_hold else ('✗' if summary.failing or summary.notebooks_failed else '⚠') }} {{ summary.headline }}.
   <div class="counts">{{ summary.holding }} claims hold, {{ summary.failing }} do not hold,
   {{ summary.not_measured }} not measured;
   {{ summary.notebooks - summary.notebooks_failed }} of {{ summary.notebooks }} notebooks ran cleanly.</div>
@@ -319,15 +320,16 @@ _PAGE = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined).fr
     {%- if c.parts %}
       {%- for p in c.parts %}
   <tr>
-    {%- if loop.first %}<td rowspan="{{ c.parts | length }}"><b>{{ c.id }}</b> {{ c.title }}</td>{% endif %}
+    {%- if loop.first %}<td class="claim" rowspan="{{ c.parts | length }}"><b>{{ c.id }}</b> {{ c.title }}</td>{% endif %}
     <td>{{ p.what }}</td><td>{{ p.measured }}</td><td>{{ p.expected }}</td>
-    <td><span class="tag {{ 'holds' if p.holds else 'fails' }}">{{ '✅ holds' if p.holds else '❌ does not hold' }}</span></td>
-    <td><a href="{{ p.notebook | replace('.ipynb', '.html') }}">{{ p.notebook }}</a></td>
+    <td><span class="tag {{ 'holds' if p.holds else 'fails' }}">{{ '✓ holds' if p.holds else '✗ does not hold' }}</span></td>
+    <td><a href="{{ p.notebook | replace('.ipynb', '.html') }}" title="{{ p.notebook }}">
+      {{- p.notebook.split('/')[-1] | replace('.ipynb', '') }}</a></td>
   </tr>
       {%- endfor %}
     {%- else %}
   <tr>
-    <td><b>{{ c.id }}</b> {{ c.title }}</td>
+    <td class="claim"><b>{{ c.id }}</b> {{ c.title }}</td>
     <td colspan="3" class="reason">{{ c.reason }}</td>
     <td><span class="tag missing">not measured</span></td><td></td>
   </tr>

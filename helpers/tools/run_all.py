@@ -78,14 +78,25 @@ def run_in_place(path: Path, cell_timeout: int) -> tuple[bool, float, str]:
     return ok, elapsed, message
 
 
-def run_one(path: Path, out_root: Path, cell_timeout: int) -> report.NotebookRun:
-    """Execute ``path``; write the executed .ipynb and an offline .html to ``out_root/<folder>/``."""
+def _execute_into(path: Path, out_dir: Path, out_root: Path, cell_timeout: int) -> tuple[nbformat.NotebookNode, bool, float, str]:
+    """Execute ``path``; write the executed .ipynb and an offline .html to ``out_dir`` (assets in ``out_root``)."""
     nb, ok, elapsed, message = execute(path, cell_timeout)
-    out_dir = out_root / path.parent.name
     out_dir.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, out_dir / path.name)
     html.write_page(nb, out_dir / path.with_suffix(".html").name, out_root)
-    return report.NotebookRun(f"{path.parent.name}/{path.name}", ok, elapsed, message, from_outputs(nb.cells))
+    return nb, ok, elapsed, message
+
+
+def run_one(path: Path, out_dir: Path, cell_timeout: int) -> tuple[bool, float, str]:
+    """Execute ``path`` into ``out_dir`` (.ipynb, .html, and the pages' ``_assets``); ok, seconds, message."""
+    _, ok, elapsed, message = _execute_into(path, out_dir, out_dir, cell_timeout)
+    return ok, elapsed, message
+
+
+def run_for_report(path: Path, out_root: Path, cell_timeout: int) -> report.NotebookRun:
+    """Execute ``path`` into ``out_root/<its folder>/``; the run, with the claims its outputs carry."""
+    nb, ok, elapsed, message = _execute_into(path, out_root / path.parent.name, out_root, cell_timeout)
+    return report.NotebookRun(_label(path), ok, elapsed, message, from_outputs(nb.cells))
 
 
 def _label(path: Path) -> str:
@@ -120,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     with tqdm(paths, unit="notebook", desc="running") as bar:
         for path in bar:
             bar.set_postfix_str(_label(path))
-            run = run_one(path, args.out, args.cell_timeout)
+            run = run_for_report(path, args.out, args.cell_timeout)
             runs.append(run)
             if not run.ok:
                 tqdm.write(f"FAIL {run.path}: {run.message}")
