@@ -13,7 +13,7 @@ help:
 	@echo "make lab    - set up .venv and open JupyterLab on $(NB)"
 	@echo "make test   - set up .venv and run the whole test suite (helpers, brokers, notebooks, grader)"
 	@echo "make lint   - ruff (lint + format check) and mypy; part of make test"
-	@echo "make run    - execute every notebook headless into build/ (ipynb + html)"
+	@echo "make run    - execute every notebook headless into build/: ipynb, offline html, report.html (do the claims hold here?)"
 	@echo "make bench  - measure HTTP, MQTT and load-generator performance; print a table"
 	@echo "make labs   - regenerate labs/ from solutions/"
 	@echo "make grade DIR=submissions/  - grade every notebook in DIR (writes grades.csv)"
