@@ -48,7 +48,7 @@ WHERE: dict[str, tuple[str, ...]] = {
     "M13": ("07_mini_challenge",),
     "M14": ("05_head_to_head",),
     "M15": ("06_choosing_and_hybrid",),
-    "M16": (),
+    "M16": ("08_beyond_one_kernel",),
 }
 
 HOLDS, FAILS, NOT_MEASURED = "holds", "does not hold", "not measured"

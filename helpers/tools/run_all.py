@@ -15,6 +15,7 @@ non-zero when a notebook failed or a claim did not hold.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import tempfile
@@ -53,6 +54,16 @@ def quiet_kernel_manager() -> Iterator[AsyncKernelManager]:
             yield AsyncKernelManager(kernel_name="python3", transport="ipc", connection_file=str(Path(folder, "kernel.json")))
 
 
+def kernel_env() -> dict[str, str]:
+    """The kernel's environment: ours, without ``MPLBACKEND``.
+
+    CI and tests export ``MPLBACKEND=Agg`` (no display); a kernel that inherits it draws
+    into nothing, so ``plt.show()`` stores no image and the stored notebook loses its plots.
+    The kernel's own default (inline) is what a learner sees in JupyterLab.
+    """
+    return {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
+
+
 def execute(path: Path, cell_timeout: int) -> tuple[nbformat.NotebookNode, bool, float, str]:
     """Run ``path`` in a fresh kernel in its own folder; the executed notebook, ok, seconds, message."""
     nb = nbformat.read(path, as_version=4)
@@ -61,7 +72,7 @@ def execute(path: Path, cell_timeout: int) -> tuple[nbformat.NotebookNode, bool,
     with quiet_kernel_manager() as km:
         client = NotebookClient(nb, km=km, timeout=cell_timeout, resources={"metadata": {"path": str(path.parent)}})
         try:
-            client.execute(cleanup_kc=True)  # nbclient keeps a kernel it did not start running: stop it here
+            client.execute(cleanup_kc=True, env=kernel_env())  # nbclient keeps a kernel it did not start running: stop it here
         except (CellExecutionError, CellTimeoutError, DeadKernelError) as exc:
             ok, message = False, _ANSI.sub("", str(exc)).strip().splitlines()[-1][:300]
     return nb, ok, time.perf_counter() - start, message
