@@ -21,7 +21,7 @@ from helpers.core.resilience import CircuitBreaker, ServiceError
 from helpers.sync.cascade import Phase, replay
 from helpers.sync.chain import Downstream, start_chain, start_http_shop, stop_chain
 from helpers.sync.pools import Bulkhead, PooledClient, async_batch, blocking_batch, pool_load
-from helpers.sync.retry_storm import start_struggling, storm
+from helpers.sync.retry_storm import StormResult, start_struggling, storm
 
 
 async def _chain_p50(hops: int) -> float:
@@ -123,6 +123,14 @@ async def test_storm_runs_the_learners_retry_loop() -> None:
     assert result.requests == len(result.arrivals_s) <= 60, "at most 3 requests per user reach the service"
     assert result.requests > 20, "20 users at once overflow 5 slots, so some users retry"
     assert result.peak() <= result.requests and result.as_row()["policy"] == "three_tries"
+
+
+def test_storm_result_peak_counts_the_tallest_wave() -> None:
+    arrivals = (0.001, 0.002, 0.005, 0.050, 0.051, 0.052, 0.053, 0.300)
+    result = StormResult("x", users=3, succeeded=3, requests=len(arrivals), arrivals_s=arrivals)
+    assert result.peak() == 4, "0.04-0.06 s holds the tallest wave (4); the first 20 ms only 3"
+    assert result.peak(after_s=0.1) == 1 and result.peak(after_s=1.0) == 0
+    assert result.busy_bins() == 3
 
 
 async def _recommend(_: web.Request) -> web.Response:

@@ -162,15 +162,15 @@ def small_multiples(
 
     Overlaid histograms hide each other; small multiples with shared axes let the eye
     compare heights and spreads directly (the retry storm's three policies, say).
-    Each panel's legend names its series; the figure title says what all show.
+    Each panel's legend (outside it, on the right) names its series; the figure title says what all show.
     """
     n = len(series)
-    figsize = size or (8, 1.9 * n + 0.9)
+    figsize = size or (9, 1.9 * n + 0.9)
     fig, grid = plt.subplots(n, 1, figsize=figsize, sharex=True, sharey=True, layout="constrained", squeeze=False)
     panels = list(grid[:, 0])
     for i, (ax, (name, values)) in enumerate(zip(panels, series.items(), strict=True)):
         ax.hist(np.asarray(values, dtype=float), bins=list(bins), color=COLORS[i % len(COLORS)], label=name)
-        ax.legend(loc="upper right", fontsize=9)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=9)  # outside: never over a bar
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     panels[-1].set_xlabel(xlabel)
