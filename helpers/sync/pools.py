@@ -8,15 +8,15 @@ each waiting call holds a thread, and a pool of N threads allows N waits at once
 
 The fix has two halves:
 
-* **async I/O**: a waiting call is a suspended coroutine (a few KB), not a blocked
+* **async I/O**: a waiting call is a suspended coroutine (about a kilobyte), not a blocked
   thread (a stack of MBs), so a process can afford hundreds of waits at once;
 * **bounded concurrency**: decide the bound yourself, per dependency, with an
   ``asyncio.Semaphore`` (a *bulkhead*), size it from Little's law (calls in flight =
   arrival rate x latency) plus headroom, and refuse at once when it is full instead of
   queueing without limit. One slow dependency then cannot drown the others.
 
-:class:`PooledClient` records how long each call waited for a connection, using
-aiohttp's trace hooks (``on_connection_queued_start`` / ``_end``).
+:class:`PooledClient` records how long each call waited for a connection and whether
+it ever got one, using aiohttp's trace hooks (queued, connection created or reused).
 """
 
 from __future__ import annotations
