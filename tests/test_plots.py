@@ -100,6 +100,40 @@ def test_waterfall_from_span_rows() -> None:
     assert labels == ["gateway: GET /order", "  orders: load", "    stock: reserve"], "indentation shows depth"
 
 
+def test_waterfall_duration_labels_stay_inside_the_axes() -> None:
+    """Every duration label lies within the x range, so neither the frame nor the legend (outside) clips it."""
+    rows = [
+        SpanRow("user", "request", 0.0, 262.0, 0, "t" * 32, "a" * 16, None),
+        SpanRow("hop1", "GET /work", 1.0, 261.0, 1, "t" * 32, "b" * 16, "a" * 16),
+        SpanRow("hop2", "GET /work", 210.0, 261.0, 2, "t" * 32, "c" * 16, "b" * 16),
+        SpanRow("hop3", "GET /work", 259.0, 260.5, 3, "t" * 32, "d" * 16, "c" * 16),
+    ]
+    ax = plots.waterfall(rows)
+    ax.figure.canvas.draw()
+    frame = ax.get_window_extent()
+    legend = ax.get_legend().get_window_extent()
+    labels = [t for t in ax.texts if t.get_text().endswith(" ms")]
+    assert [t.get_text() for t in labels] == ["262 ms", "260 ms", "51 ms", "2 ms"]
+    for text in labels:
+        box = text.get_window_extent()
+        assert frame.x0 <= box.x0 and box.x1 <= frame.x1, f"{text.get_text()!r} sticks out of the axes"
+        assert not box.overlaps(legend), f"{text.get_text()!r} is under the legend"
+    assert plots.waterfall(rows, legend=False).get_legend() is None
+
+
+def test_small_multiples_share_bins_and_scales() -> None:
+    bins = np.arange(0, 1.02, 0.02)
+    panels = plots.small_multiples(
+        {"a": [0.01] * 30, "b": [0.5, 0.51], "c": []}, bins=bins, xlabel="arrival (s)", ylabel="requests per 20 ms", title="Three"
+    )
+    assert len(panels) == 3
+    assert {p.get_ylim() for p in panels} == {panels[0].get_ylim()} and panels[0].get_ylim()[1] >= 30, "one y scale"
+    assert all("per 20 ms" in p.get_ylabel() for p in panels) and "(s)" in panels[-1].get_xlabel()
+    assert [legend_labels(p) for p in panels[:2]] == [["a"], ["b"]]
+    assert panels[0].figure.get_suptitle() == "Three"
+    assert sum(p.get_height() for p in panels[0].patches) == 30
+
+
 def test_histogram_shares_bins() -> None:
     rng = np.random.default_rng(1)
     ax = plots.histogram(

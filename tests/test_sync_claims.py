@@ -6,7 +6,10 @@ asserts the claim as a comparison or a bound that leaves room for two busy cores
 
 from __future__ import annotations
 
+import asyncio
 import random
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import numpy as np
 from aiohttp import web
@@ -14,11 +17,11 @@ from aiohttp import web
 from helpers.core import tracing
 from helpers.core.http import Faults, start_service
 from helpers.core.measure import open_loop
-from helpers.core.resilience import CircuitBreaker
+from helpers.core.resilience import CircuitBreaker, ServiceError
 from helpers.sync.cascade import Phase, replay
 from helpers.sync.chain import Downstream, start_chain, start_http_shop, stop_chain
 from helpers.sync.pools import Bulkhead, PooledClient, async_batch, blocking_batch, pool_load
-from helpers.sync.retry_storm import start_struggling, storm
+from helpers.sync.retry_storm import StormResult, start_struggling, storm
 
 
 async def _chain_p50(hops: int) -> float:
@@ -91,13 +94,43 @@ async def test_m2_cascade_then_breaker_fails_fast_and_recovers() -> None:
 async def test_m3_naive_retries_hit_harder_and_jitter_spreads_them() -> None:
     random.seed(5)
     svc = await start_struggling("struggling", capacity=5, work_s=0.05)
-    naive = await storm(svc, policy="immediate", users=40)
-    fixed = await storm(svc, policy="none", users=40)
-    jitter = await storm(svc, policy="full", users=40)
+    naive = await storm(svc, "immediate", users=40)
+    fixed = await storm(svc, "none", users=40)
+    jitter = await storm(svc, "full", users=40)
     assert naive.per_user > jitter.per_user + 0.5, (naive.per_user, jitter.per_user)
     assert naive.requests == len(naive.arrivals_s), "the service counted every arrival"
     assert jitter.success_rate > naive.success_rate
     assert jitter.busy_bins() > 1.5 * fixed.busy_bins(), "jittered retries spread over a wider window"
+
+
+async def test_storm_runs_the_learners_retry_loop() -> None:
+    """The harness calls the given loop once per user; the loop decides how many requests reach the service."""
+    svc = await start_struggling("struggling", capacity=5, work_s=0.05)
+    users: list[int] = []
+
+    async def three_tries(call: Callable[[], Awaitable[Any]]) -> Any:
+        users.append(1)
+        for attempt in range(3):
+            try:
+                return await call()
+            except ServiceError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    result = await storm(svc, three_tries, users=20)
+    assert len(users) == 20 and result.policy == "three_tries"
+    assert result.requests == len(result.arrivals_s) <= 60, "at most 3 requests per user reach the service"
+    assert result.requests > 20, "20 users at once overflow 5 slots, so some users retry"
+    assert result.peak() <= result.requests and result.as_row()["policy"] == "three_tries"
+
+
+def test_storm_result_peak_counts_the_tallest_wave() -> None:
+    arrivals = (0.001, 0.002, 0.005, 0.050, 0.051, 0.052, 0.053, 0.300)
+    result = StormResult("x", users=3, succeeded=3, requests=len(arrivals), arrivals_s=arrivals)
+    assert result.peak() == 4, "0.04-0.06 s holds the tallest wave (4); the first 20 ms only 3"
+    assert result.peak(after_s=0.1) == 1 and result.peak(after_s=1.0) == 0
+    assert result.busy_bins() == 3
 
 
 async def _recommend(_: web.Request) -> web.Response:
@@ -114,6 +147,36 @@ async def test_m4_small_pool_queues_and_times_out() -> None:
     report = client.report()
     assert report["failed"] > 0 and report["pool wait p99 ms"] > 400, report
     assert run.summary().throughput < 30
+    assert report["failed"] == report["failed before getting a connection"] + report["failed after getting a connection"]
+
+
+async def test_pool_counts_calls_that_never_got_a_connection() -> None:
+    """One connection, a 300 ms service and a 150 ms timeout: whoever queues behind the first call times out in the queue."""
+    slow = await start_service("recommendations", _recommend, faults=Faults(latency=0.3))
+    client = PooledClient(limit=1, timeout_s=0.15)
+    try:
+        outcomes = await asyncio.gather(*(client.get(slow.url) for _ in range(5)), return_exceptions=True)
+    finally:
+        await client.aclose()
+    assert all(isinstance(o, Exception) for o in outcomes), outcomes
+    assert client.never_connected >= 3, client.report()
+    assert slow.stats.requests == 5 - client.never_connected, "a call that never got a connection never reached the service"
+    stuck = [r for r in client.records if not r.connected]
+    assert all(r.pool_wait_s > 0.1 for r in stuck), "they spent their whole budget in the queue"
+
+
+async def test_pool_timeouts_after_connecting_are_not_counted_as_never_connected() -> None:
+    """Enough connections but a service slower than the timeout: every call fails, each one after it was sent."""
+    slow = await start_service("recommendations", _recommend, faults=Faults(latency=0.3))
+    client = PooledClient(limit=10, timeout_s=0.15)
+    try:
+        outcomes = await asyncio.gather(*(client.get(slow.url) for _ in range(5)), return_exceptions=True)
+    finally:
+        await client.aclose()
+    assert all(isinstance(o, Exception) for o in outcomes), outcomes
+    report = client.report()
+    assert report["failed"] == 5 and client.never_connected == 0, report
+    assert report["failed after getting a connection"] == 5 and slow.stats.requests == 5
 
 
 async def test_m4_bounded_async_concurrency_fixes_it() -> None:

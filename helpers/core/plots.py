@@ -92,33 +92,87 @@ def timeline(
     return ax
 
 
-def waterfall(rows: Sequence[SpanRow], *, ax: Axes | None = None, title: str = "Trace waterfall") -> Axes:
-    """Spans as horizontal bars, one row each, indented by depth: nesting shows blocking."""
+def waterfall(rows: Sequence[SpanRow], *, ax: Axes | None = None, title: str = "Trace waterfall", legend: bool = True) -> Axes:
+    """Spans as horizontal bars, one row each, indented by depth: nesting shows blocking.
+
+    Each bar carries its duration. The label sits inside the bar's right end when the bar
+    is wide enough, else just right of it, and the x axis leaves room for it, so no label
+    runs into the frame or the legend (which sits outside the plotting area, since the
+    deepest span ends at the lower right). ``legend=False`` drops the service legend: the
+    tick labels already name each span's service.
+    """
     ax = axes(ax, (8, 0.5 * max(len(rows), 3) + 1))
     services = list(dict.fromkeys(r.service for r in rows))
+    end = max((r.end_ms for r in rows), default=1.0) or 1.0
     for i, row in enumerate(rows):
         color = COLORS[services.index(row.service) % len(COLORS)]
         ax.barh(i, row.duration_ms, left=row.start_ms, color=color, edgecolor="black", linewidth=0.5)
-        ax.text(row.end_ms, i, f" {row.duration_ms:.0f} ms", va="center", fontsize=8)
+        label = f"{row.duration_ms:.0f} ms"
+        if row.duration_ms >= 0.12 * end:  # room inside the bar for "1234 ms"
+            ax.text(row.end_ms - 0.01 * end, i, label, va="center", ha="right", fontsize=8, color="white", fontweight="bold")
+        else:
+            ax.text(row.end_ms + 0.01 * end, i, label, va="center", ha="left", fontsize=8)
+    ax.set_xlim(min((r.start_ms for r in rows), default=0.0), end * 1.14)  # room for a label after the last bar
     ax.set_yticks(range(len(rows)), ["  " * r.depth + f"{r.service}: {r.name}" for r in rows])
     ax.invert_yaxis()
-    handles = [plt.Rectangle((0, 0), 1, 1, color=COLORS[i % len(COLORS)]) for i in range(len(services))]
-    # outside the axes: the deepest (last) span ends at the lower right, where a legend would hide it
-    ax.legend(handles, services, title="service", loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
+    if legend:
+        handles = [plt.Rectangle((0, 0), 1, 1, color=COLORS[i % len(COLORS)]) for i in range(len(services))]
+        ax.legend(handles, services, title="service", loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     ax.set(xlabel="time since the trace began (ms)", title=title)
     ax.grid(axis="x", alpha=0.3)
     return ax
 
 
-def histogram(series: Mapping[str, Sequence[float]], *, xlabel: str, title: str, bins: int = 30, ax: Axes | None = None) -> Axes:
-    """Overlaid histograms on shared bins (e.g. retry arrival times with and without jitter)."""
+def histogram(
+    series: Mapping[str, Sequence[float]],
+    *,
+    xlabel: str,
+    title: str,
+    bins: int | Sequence[float] = 30,
+    ax: Axes | None = None,
+    ylabel: str = "count",
+) -> Axes:
+    """Overlaid histograms on shared bins (e.g. retry arrival times with and without jitter).
+
+    ``bins`` is a number of bins or their edges; ``ylabel`` should say what one bar counts
+    ("requests per 20 ms").
+    """
     ax = axes(ax)
     values = [np.asarray(v, dtype=float) for v in series.values() if len(v)]
     if values:
         edges = np.histogram_bin_edges(np.concatenate(values), bins=bins)
         for name, v in series.items():
             ax.hist(v, bins=list(edges), alpha=0.55, label=name)
-    ax.set(xlabel=xlabel, ylabel="count", title=title)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.legend()
     ax.grid(alpha=0.3)
     return ax
+
+
+def small_multiples(
+    series: Mapping[str, Sequence[float]],
+    *,
+    bins: Sequence[float],
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    size: tuple[float, float] | None = None,
+) -> list[Axes]:
+    """One histogram per series, stacked, on the same bins and the same x and y scales.
+
+    Overlaid histograms hide each other; small multiples with shared axes let the eye
+    compare heights and spreads directly (the retry storm's three policies, say).
+    Each panel's legend (outside it, on the right) names its series; the figure title says what all show.
+    """
+    n = len(series)
+    figsize = size or (9, 1.9 * n + 0.9)
+    fig, grid = plt.subplots(n, 1, figsize=figsize, sharex=True, sharey=True, layout="constrained", squeeze=False)
+    panels = list(grid[:, 0])
+    for i, (ax, (name, values)) in enumerate(zip(panels, series.items(), strict=True)):
+        ax.hist(np.asarray(values, dtype=float), bins=list(bins), color=COLORS[i % len(COLORS)], label=name)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=9)  # outside: never over a bar
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    panels[-1].set_xlabel(xlabel)
+    fig.suptitle(title)
+    return panels

@@ -8,15 +8,15 @@ each waiting call holds a thread, and a pool of N threads allows N waits at once
 
 The fix has two halves:
 
-* **async I/O**: a waiting call is a suspended coroutine (a few KB), not a blocked
+* **async I/O**: a waiting call is a suspended coroutine (about a kilobyte), not a blocked
   thread (a stack of MBs), so a process can afford hundreds of waits at once;
 * **bounded concurrency**: decide the bound yourself, per dependency, with an
   ``asyncio.Semaphore`` (a *bulkhead*), size it from Little's law (calls in flight =
   arrival rate x latency) plus headroom, and refuse at once when it is full instead of
   queueing without limit. One slow dependency then cannot drown the others.
 
-:class:`PooledClient` records how long each call waited for a connection, using
-aiohttp's trace hooks (``on_connection_queued_start`` / ``_end``).
+:class:`PooledClient` records how long each call waited for a connection and whether
+it ever got one, using aiohttp's trace hooks (queued, connection created or reused).
 """
 
 from __future__ import annotations
@@ -77,35 +77,46 @@ class Bulkhead:
 
 @dataclass
 class PoolRecord:
-    """One call: how it ended, how long it queued for a connection, how long in all."""
+    """One call: how it ended, whether and how long it queued for a connection, how long in all."""
 
     started: float
     """``time.perf_counter()`` when the call began."""
     ok: bool
     pool_wait_s: float
+    """From joining the pool's queue to holding a connection (0 if one was free at once)."""
     total_s: float
     error: str | None = None
+    connected: bool = True
+    """Whether the call ever held a connection: False means it ended in the pool's queue,
+    so the service never saw it. Known from aiohttp's connection hooks, not guessed."""
 
 
 class PooledClient:
-    """One aiohttp session with a pool of ``limit`` connections that records pool waits."""
+    """One aiohttp session with a pool of ``limit`` connections that records pool waits.
+
+    aiohttp's trace hooks tell us when a call joins the pool's queue
+    (``on_connection_queued_start``) and when it holds a connection (a new one,
+    ``on_connection_create_end``, or a reused one, ``on_connection_reuseconn``). A failed
+    call without the second event timed out in the queue: it never reached the service.
+    """
 
     def __init__(self, limit: int, *, timeout_s: float = 1.0) -> None:
         self.limit, self.timeout_s = limit, timeout_s
         self.records: list[PoolRecord] = []
         hooks = aiohttp.TraceConfig()
         hooks.on_connection_queued_start.append(self._queued)
-        hooks.on_connection_queued_end.append(self._dequeued)
+        hooks.on_connection_create_end.append(self._connected)
+        hooks.on_connection_reuseconn.append(self._connected)
         self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=limit), trace_configs=[hooks])
 
     @staticmethod
     async def _queued(_: Any, ctx: SimpleNamespace, __: Any) -> None:
-        ctx.trace_request_ctx["queued"] = time.perf_counter()
+        # setdefault: aiohttp may queue a call twice (it lost a race for a freed slot); the wait began the first time
+        ctx.trace_request_ctx.setdefault("queued", time.perf_counter())
 
     @staticmethod
-    async def _dequeued(_: Any, ctx: SimpleNamespace, __: Any) -> None:
-        info = ctx.trace_request_ctx
-        info["waited"] = time.perf_counter() - info.pop("queued")
+    async def _connected(_: Any, ctx: SimpleNamespace, __: Any) -> None:
+        ctx.trace_request_ctx.setdefault("connected", time.perf_counter())
 
     async def get(self, url: str) -> Any:
         """GET ``url`` within the client's timeout (pool wait included); raise on failure."""
@@ -124,18 +135,25 @@ class PooledClient:
 
     def _record(self, ok: bool, info: dict[str, float], start: float, error: str | None = None) -> None:
         now = time.perf_counter()
-        waited = info.get("waited", now - info["queued"] if "queued" in info else 0.0)  # still queued: waited till now
-        self.records.append(PoolRecord(start, ok, waited, now - start, error))
+        connected = "connected" in info
+        waited = (info["connected"] if connected else now) - info["queued"] if "queued" in info else 0.0
+        self.records.append(PoolRecord(start, ok, waited, now - start, error, connected))
+
+    @property
+    def never_connected(self) -> int:
+        """Failed calls that timed out in the pool's queue, before holding a connection."""
+        return sum(not r.ok and not r.connected for r in self.records)
 
     def report(self) -> dict[str, Any]:
-        """Calls, failures, and how long calls waited for a connection (ms)."""
+        """Calls, failures (split by whether they ever got a connection), pool waits (ms)."""
         waits = [r.pool_wait_s * 1000 for r in self.records]
-        died_waiting = sum(not r.ok and r.pool_wait_s >= 0.9 * r.total_s for r in self.records)
+        failed = sum(not r.ok for r in self.records)
         return {
             "pool size": self.limit,
             "calls": len(self.records),
-            "failed": sum(not r.ok for r in self.records),
-            "failed while still waiting for a connection": died_waiting,
+            "failed": failed,
+            "failed before getting a connection": self.never_connected,
+            "failed after getting a connection": failed - self.never_connected,
             "pool wait p50 ms": round(percentile(waits, 50), 1),
             "pool wait p99 ms": round(percentile(waits, 99), 1),
         }
@@ -144,7 +162,7 @@ class PooledClient:
         await self.session.close()
 
     def plot(self, title: str, ax: Axes | None = None) -> Axes:
-        """Each call at the time it began: its pool wait and its total time (x = failed)."""
+        """Each call at the time it began: its pool wait and its total time; failures marked by whether they were ever sent."""
         if ax is None:
             _, ax = plt.subplots(figsize=(9, 3.8), layout="constrained")
         t0 = min(r.started for r in self.records)
@@ -153,12 +171,18 @@ class PooledClient:
         ax.scatter(
             t, [r.pool_wait_s * 1000 for r in self.records], s=14, label="of which: waiting for a connection", color="tab:orange"
         )
-        failed = [(ti, r.total_s * 1000) for ti, r in zip(t, self.records, strict=True) if not r.ok]
-        if failed:
-            failed_t, failed_ms = zip(*failed, strict=True)
-            ax.scatter(failed_t, failed_ms, s=40, marker="x", color="tab:red", label="failed (timeout)")
+        for connected, marker, label in (
+            (True, "x", "failed after getting a connection"),
+            (False, "^", "failed in the pool's queue (never sent)"),
+        ):
+            failed = [
+                (ti, r.total_s * 1000) for ti, r in zip(t, self.records, strict=True) if not r.ok and r.connected is connected
+            ]
+            if failed:
+                failed_t, failed_ms = zip(*failed, strict=True)
+                ax.scatter(failed_t, failed_ms, s=40, marker=marker, color="tab:red", label=label)
         ax.axhline(self.timeout_s * 1000, color="gray", linestyle=":", label=f"timeout {self.timeout_s:g} s")
-        ax.set(xlabel="time the call began (s)", ylabel="ms", title=title)
+        ax.set(xlabel="time the call began (s)", ylabel="time spent on the call (ms)", title=title)
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
         ax.grid(alpha=0.3)
         return ax
