@@ -1,8 +1,8 @@
-"""Broker conformance: the MQTT 3.1.1 behaviours the lessons rely on, checked on a real broker.
+"""Broker conformance: the MQTT 3.1.1 behaviors the lessons rely on, checked on a real broker.
 
 Runs against whatever the ``broker`` fixture gives: the embedded rumqttd broker by
 default, or the broker ``MQTT_URL`` names (``python -m helpers mosquitto -- pytest tests``).
-The tests are written for the course, each for one behaviour a lesson relies on: QoS 1
+The tests are written for the course, each for one behavior a lesson relies on: QoS 1
 delivery and redelivery, persistent sessions, retained messages and their flags, the
 last will and keepalive, delivered QoS, shared subscriptions, payload limits and the
 order of acknowledgements. Where a broker departs from the spec, the test is marked

@@ -145,7 +145,7 @@ def test_missing_notification_node() -> None:
     assert failing(text, "Notification").startswith("no node for Notification: add one whose label says notif")
 
 
-def test_an_unrecognised_node_is_named_when_a_role_is_missing() -> None:
+def test_an_unrecognized_node_is_named_when_a_role_is_missing() -> None:
     text = WITHOUT_BROKER.replace("proc[AI Image Processor]", "proc[Thumbnailer]")
     assert "nodes with no role: 'Thumbnailer'" in failing(text, "no node for AI Image Processor")
 

@@ -32,7 +32,7 @@ from helpers.capstone.images import (
     Rendition,
     apply_filter,
     caption,
-    colour_name,
+    color_name,
     corrupt_png,
     decompression_bomb,
     exif_rotated_jpeg,
@@ -200,13 +200,13 @@ def test_an_exif_rotated_photo_comes_out_upright() -> None:
     assert info.upright_size == EXIF_ROTATED_UPRIGHT_SIZE
     img = open_upright(data)
     assert img.size == EXIF_ROTATED_UPRIGHT_SIZE and img.mode == "RGB"
-    centres = {
+    centers = {
         "top-left": (width // 4, height // 4),
         "top-right": (3 * width // 4, height // 4),
         "bottom-left": (width // 4, 3 * height // 4),
         "bottom-right": (3 * width // 4, 3 * height // 4),
     }
-    for corner, xy in centres.items():
+    for corner, xy in centers.items():
         pixel = img.getpixel(xy)
         assert isinstance(pixel, tuple)
         expected = EXIF_ROTATED_QUADRANTS[corner]
@@ -315,7 +315,7 @@ def test_the_caption_is_deterministic_and_says_what_it_measured() -> None:
     m = measure(img)
     assert text.startswith("a portrait-oriented 512x600 image, ")
     assert f"(mean brightness {m.brightness:.0f}/255)" in text
-    assert "mostly " + " and ".join(m.colours) in text
+    assert "mostly " + " and ".join(m.colors) in text
     if opencv_installed():
         assert text.endswith("1 face found (OpenCV Haar cascade)")
     else:
@@ -347,8 +347,8 @@ def test_without_opencv_the_caption_says_faces_were_not_checked(monkeypatch: pyt
         ((40, 180, 60), "green"),
     ],
 )
-def test_colour_names(rgb: tuple[int, int, int], name: str) -> None:
-    assert colour_name(rgb) == name
+def test_color_names(rgb: tuple[int, int, int], name: str) -> None:
+    assert color_name(rgb) == name
 
 
 def test_importing_the_package_pulls_no_heavy_library_and_images_does_not_import_opencv() -> None:

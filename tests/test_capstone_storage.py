@@ -56,7 +56,7 @@ HOSTILE_KEYS = {
     "hidden name": ".meta/x.json",
     "trailing dot": "a./b",
     "too long": "a" * (MAX_KEY_LENGTH + 1),
-    "too long once normalised": "\ufdfa" * 40,  # one character that NFKC turns into 18
+    "too long once normalized": "\ufdfa" * 40,  # one character that NFKC turns into 18
     "a segment too long": "b" * 200,
     "too deep": "/".join(["d"] * 40),
     "home folder": "~/x",

@@ -344,8 +344,8 @@ class Measurements:
     height: int
     brightness: float
     """Mean luminance, 0 (black) to 255 (white)."""
-    colours: tuple[str, ...]
-    """Colour names covering most of the picture, most common first."""
+    colors: tuple[str, ...]
+    """Color names covering most of the picture, most common first."""
     faces: int | None
     """Frontal faces found by OpenCV's Haar cascade; None when OpenCV is not installed."""
 
@@ -368,8 +368,8 @@ def brightness_word(brightness: float) -> str:
     return "very bright"
 
 
-def colour_name(rgb: tuple[int, int, int]) -> str:
-    """A plain-English name for an sRGB colour, from its hue, saturation and value."""
+def color_name(rgb: tuple[int, int, int]) -> str:
+    """A plain-English name for an sRGB color, from its hue, saturation and value."""
     hue, sat, val = colorsys.rgb_to_hsv(*(channel / 255 for channel in rgb))
     if val < 0.15:
         return "black"
@@ -387,19 +387,19 @@ def colour_name(rgb: tuple[int, int, int]) -> str:
     return name
 
 
-def dominant_colours(img: Image.Image, count: int = 2, min_share: float = 0.15) -> tuple[str, ...]:
-    """The ``count`` most common colour names that each cover at least ``min_share`` of the picture.
+def dominant_colors(img: Image.Image, count: int = 2, min_share: float = 0.15) -> tuple[str, ...]:
+    """The ``count`` most common color names that each cover at least ``min_share`` of the picture.
 
-    Median-cut quantisation of a 64x64 copy to 8 colours: deterministic and a few ms.
+    Median-cut quantisation of a 64x64 copy to 8 colors: deterministic and a few ms.
     """
     small = to_rgb(img).resize((64, 64), Image.Resampling.BOX)
     quantised = small.quantize(colors=8, method=Image.Quantize.MEDIANCUT)
     palette = quantised.getpalette() or []
     shares: Counter[str] = Counter()
     for pixels, index in quantised.getcolors() or []:
-        assert isinstance(index, int), "a P-mode image's colours are palette indexes"
+        assert isinstance(index, int), "a P-mode image's colors are palette indexes"
         r, g, b = palette[3 * index : 3 * index + 3]
-        shares[colour_name((r, g, b))] += pixels
+        shares[color_name((r, g, b))] += pixels
     total = sum(shares.values()) or 1
     ranked = sorted(shares.items(), key=lambda item: (-item[1], item[0]))
     named = tuple(name for name, pixels in ranked if pixels / total >= min_share)[:count]
@@ -448,7 +448,7 @@ def count_faces(img: Image.Image) -> int | None:
 def measure(img: Image.Image) -> Measurements:
     """Everything the caption says, as numbers."""
     brightness = ImageStat.Stat(to_rgb(img).convert("L")).mean[0]
-    return Measurements(img.width, img.height, brightness, dominant_colours(img), count_faces(img))
+    return Measurements(img.width, img.height, brightness, dominant_colors(img), count_faces(img))
 
 
 def faces_phrase(faces: int | None) -> str:
@@ -463,7 +463,7 @@ def caption(img: Image.Image) -> str:
     """A caption from measured properties only, a swappable stand-in for a captioning model.
 
     It says what it measured and nothing it did not: shape and size, mean brightness,
-    dominant colours, and frontal faces if OpenCV is installed. The same image always gets
+    dominant colors, and frontal faces if OpenCV is installed. The same image always gets
     the same caption. grace_hopper.jpg gets ``"a portrait-oriented 512x600 image, fairly dark
     (mean brightness 77/255), mostly black and light grey, 1 face found (OpenCV Haar cascade)"``
     (her navy uniform is dark enough to count as black).
@@ -474,10 +474,10 @@ def caption(img: Image.Image) -> str:
     without it (measured on a 2-core cloud VM).
     """
     m = measure(img)
-    colours = " and ".join(m.colours)
+    colors = " and ".join(m.colors)
     return (
         f"a {shape_word(m.width, m.height)} {m.width}x{m.height} image, {brightness_word(m.brightness)}"
-        f" (mean brightness {m.brightness:.0f}/255), mostly {colours}, {faces_phrase(m.faces)}"
+        f" (mean brightness {m.brightness:.0f}/255), mostly {colors}, {faces_phrase(m.faces)}"
     )
 
 
@@ -551,27 +551,27 @@ def sample_photo() -> bytes:
 
 
 def generated_image(seed: int, size: tuple[int, int] = (800, 600), fmt: str = "PNG") -> bytes:
-    """A seeded picture: a two-colour gradient and a dozen shapes; same seed, same bytes.
+    """A seeded picture: a two-color gradient and a dozen shapes; same seed, same bytes.
 
     ``fmt`` is any format Pillow can write, so a test can also make a valid image in a
     format the service refuses (say "GIF").
     """
     rng = random.Random(seed)
 
-    def colour() -> tuple[int, int, int]:
+    def color() -> tuple[int, int, int]:
         return (rng.randrange(256), rng.randrange(256), rng.randrange(256))
 
     gradient = Image.linear_gradient("L").resize(size)
-    img = ImageOps.colorize(gradient, colour(), colour()).convert("RGB")
+    img = ImageOps.colorize(gradient, color(), color()).convert("RGB")
     draw = ImageDraw.Draw(img)
     width, height = size
     for _ in range(12):
         x0, y0 = rng.randrange(width), rng.randrange(height)
         box = (x0, y0, x0 + rng.randrange(10, max(11, width // 3)), y0 + rng.randrange(10, max(11, height // 3)))
         if rng.random() < 0.5:
-            draw.ellipse(box, fill=colour())
+            draw.ellipse(box, fill=color())
         else:
-            draw.rectangle(box, fill=colour())
+            draw.rectangle(box, fill=color())
     out = io.BytesIO()
     img.save(out, fmt)
     return out.getvalue()

@@ -4,10 +4,10 @@ Other services hand each other *keys* (a claim check), never image bytes, so thi
 one place that touches the disk, and the one place where a hostile key could turn into a
 path. The defence has two layers:
 
-1. ``safe_key`` allows only a small alphabet: NFKC-normalised, then ASCII letters, digits,
+1. ``safe_key`` allows only a small alphabet: NFKC-normalized, then ASCII letters, digits,
    ``.``, ``_`` and ``-`` in segments separated by ``/``; no segment may be empty or start or
    end with a dot (so no ``.``, ``..`` or hidden names), and NUL, control, format (e.g. the
-   right-to-left override) and other invisible characters are refused before normalising.
+   right-to-left override) and other invisible characters are refused before normalizing.
 2. Whatever survives is joined to the root, resolved (symlinks followed) and checked again
    to be inside the root, so even a symlink planted in the folder cannot lead outside.
 
@@ -123,7 +123,7 @@ def _check_segment(key: str, segment: str) -> None:
 
 
 def safe_key(key: str) -> str:
-    """The normalised key, or ``KeyRejected`` (400) if it could name anything outside a plain folder tree.
+    """The normalized key, or ``KeyRejected`` (400) if it could name anything outside a plain folder tree.
 
     NFKC folds look-alikes into what they look like (fullwidth "．．" becomes "..", which is
     then refused), so the check runs on what the file system would effectively see.
@@ -132,12 +132,12 @@ def safe_key(key: str) -> str:
         raise KeyRejected(key, "a key is a string")
     if not key:
         raise KeyRejected(key, "the key is empty")
-    if len(key) > MAX_KEY_LENGTH:  # before normalising: NFKC can make a string up to 18x longer
+    if len(key) > MAX_KEY_LENGTH:  # before normalizing: NFKC can make a string up to 18x longer
         raise KeyRejected(key, f"it is longer than {MAX_KEY_LENGTH} characters")
     _refuse_invisible(key)
     normal = unicodedata.normalize("NFKC", key)
     if len(normal) > MAX_KEY_LENGTH:
-        raise KeyRejected(key, f"it is longer than {MAX_KEY_LENGTH} characters once normalised")
+        raise KeyRejected(key, f"it is longer than {MAX_KEY_LENGTH} characters once normalized")
     if normal.startswith("/"):
         raise KeyRejected(key, "it is an absolute path; keys are relative, like 'uploads/job-1/original'")
     segments = normal.split("/")

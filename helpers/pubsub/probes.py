@@ -3,7 +3,7 @@
 Brokers differ in the corners of the MQTT spec, and the lessons run on two of them
 (the embedded rumqttd and Mosquitto). Each probe below is a tiny experiment with real
 clients; :func:`guarantee_table` runs them all and lines the result up with what
-MQTT 3.1.1 says, so a notebook shows *this* broker's behaviour, measured now. Most
+MQTT 3.1.1 says, so a notebook shows *this* broker's behavior, measured now. Most
 probes check a promise the broker makes; :func:`out_of_order_acks_tolerated` checks the
 other direction, what the broker does when a *client* breaks a rule of the spec.
 
@@ -133,7 +133,7 @@ async def offline_queue_limit(broker: Broker, n: int = MOSQUITTO_MAX_QUEUED + 10
 class Finding:
     """One row of the guarantees table."""
 
-    behaviour: str
+    behavior: str
     spec: str
     observed: str
     as_spec: bool | None
@@ -141,11 +141,11 @@ class Finding:
 
     def as_row(self) -> dict[str, str]:
         verdict = {True: "as spec", False: "DIFFERS", None: "broker's choice"}[self.as_spec]
-        return {"behaviour": self.behaviour, "MQTT 3.1.1 says": self.spec, "this broker did": self.observed, "verdict": verdict}
+        return {"behavior": self.behavior, "MQTT 3.1.1 says": self.spec, "this broker did": self.observed, "verdict": verdict}
 
 
 async def guarantee_table(broker: Broker, *, with_queue_limit: bool = True) -> list[Finding]:
-    """Run every probe against ``broker``; one :class:`Finding` per behaviour."""
+    """Run every probe against ``broker``; one :class:`Finding` per behavior."""
     n = 5
     queued, flagged = await persistent_queueing(broker, n)
     q0 = await qos0_queued(broker, n)

@@ -99,7 +99,7 @@ def _traced_handler(service: str, seconds: float) -> Handler:
 
 
 def _in_service_order(rows: list[SpanRow], work: Mapping[str, float]) -> list[SpanRow]:
-    """Producer first, then the services in a fixed order, so both waterfalls share rows and colours."""
+    """Producer first, then the services in a fixed order, so both waterfalls share rows and colors."""
     order = ["order-service", *work]
     return sorted(rows, key=lambda r: (r.depth, order.index(r.service) if r.service in order else len(order), r.start_ms))
 
@@ -144,7 +144,7 @@ def producer_gap_ms(rows: list[SpanRow], producer: str = "order-service") -> flo
 def plot_traces(sync_rows: list[SpanRow], async_rows: list[SpanRow]) -> tuple[Axes, Axes]:
     """The sync and async waterfalls one above the other on one time axis.
 
-    One legend (the services and their colours are the same in both) and one x label,
+    One legend (the services and their colors are the same in both) and one x label,
     under the lower panel, with room on the right for the duration labels.
     """
     import matplotlib.pyplot as plt
