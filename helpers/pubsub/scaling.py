@@ -70,11 +70,11 @@ class ScaleResult:
         """A row for a results table."""
         return {
             "k": self.consumers,
-            "design": self.mode,
+            "design": f"{self.mode}: {self.unit}s",
             "processed": f"{self.processed}/{self.messages}",
             "seconds": round(self.elapsed_s, 2),
             "msg/s": round(self.throughput, 1),
-            f"per {self.unit} (measured)": ", ".join(map(str, self.per_consumer)),
+            "each one handled (measured)": ", ".join(map(str, self.per_consumer)),
         }
 
 
@@ -124,28 +124,29 @@ async def consumer_throughput(
     work_s: float | Sequence[float] = 0.05,
     shared: bool | None = None,
     consume: ConsumeLoop | None = None,
+    work: Callable[[float], Awaitable[None]] = asyncio.sleep,
     timeout: float = 30.0,
 ) -> ScaleResult:
     """Publish ``n`` events and time ``consumers`` members or workers processing all of them.
 
     ``shared=None`` picks shared subscriptions when ``broker.supports_shared_subscriptions``.
     ``consume`` is the consumer loop each shared member runs (the lesson's own; default:
-    the course's :class:`Consumer`). ``work_s`` is the seconds of I/O per message, one
-    number or one per member/worker.
+    the course's :class:`Consumer`). ``work(seconds)`` is one message's work (default
+    ``asyncio.sleep``: waiting on I/O); ``work_s`` its seconds, one number or one per member/worker.
     """
-    use_shared = broker.supports_shared_subscriptions if shared is None else shared
     seconds = _seconds_for(work_s, consumers)
+    use_shared = broker.supports_shared_subscriptions if shared is None else shared
     run_id = uuid.uuid4().hex[:6]
     counts = [0] * consumers
     done: set[str] = set()
 
     def member(index: int) -> EventHandler:
-        async def work(event: Event) -> None:
-            await asyncio.sleep(seconds[index])  # I/O-bound: waiting, not computing
+        async def handle(event: Event) -> None:
+            await work(seconds[index])  # by default I/O-bound: waiting, not computing
             counts[index] += 1
             done.add(event.id)
 
-        return work
+        return handle
 
     slots = WorkerSlots(consumers)
 
@@ -183,7 +184,18 @@ def plot_scaling(results: Sequence[ScaleResult], *, ax: Axes | None = None) -> A
     width = 0.35 * min((b - a for a, b in zip(ks, ks[1:], strict=False)), default=1)
     ax.bar(ks, [r.throughput for r in results], width=width, color="tab:blue", label="measured")
     for r in results:
-        ax.annotate(f"{r.throughput:.0f}", (r.consumers, r.throughput), ha="center", va="bottom", fontsize=9)
+        # inside the bar's top: the ideal line passes just above a bar that scales well
+        ax.annotate(
+            f"{r.throughput:.0f}",
+            (r.consumers, r.throughput),
+            xytext=(0, -4),
+            textcoords="offset points",
+            ha="center",
+            va="top",
+            color="white",
+            fontsize=9,
+            fontweight="bold",
+        )
     line = [0, *ks]
     ax.plot(line, [k * base for k in line], "k:", label=f"ideal: k × {base:.1f} msg/s")
     unit = results[0].unit

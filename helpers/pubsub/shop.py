@@ -277,6 +277,7 @@ def plot_handling(shop: EventShop, *, ax: Axes | None = None, title: str = "Who 
     ax.vlines(
         [t - shop.t0 for t in shop.published_at], len(names) - 0.5, len(names) + 0.3, color="black", label="order published"
     )
+    ax.broken_barh([], (0, 0), facecolors="lightgray", edgecolor="black", linewidth=0.4, label="one order handled (start to end)")
     ax.set_yticks(range(len(names) + 1), [*names, "order service"])
     ax.set(xlabel="time since the first order (s)", ylabel="service", title=title)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)  # outside: every row has bars up to the right
@@ -300,14 +301,15 @@ def percentile_dots(
     Dots, not bars: on a log scale a bar's length depends on where the axis starts, so
     it means nothing; a dot's position and its printed value do.
     """
-    ax = axes(ax, (8, 0.7 * len(summaries) + 1.9))
+    ax = axes(ax, (10, 0.7 * len(summaries) + 2.2))
     names = list(summaries)
     for row, name in enumerate(names):
         values = [getattr(summaries[name], attr) for _, attr, _ in PERCENTILES]
-        for (label, _, marker), value, color in zip(PERCENTILES, values, COLORS, strict=True):
+        for (label, _, marker), value, color in zip(PERCENTILES, values, COLORS[: len(PERCENTILES)], strict=True):
             ax.plot(value, row, marker, color=color, markersize=8, label=label if row == 0 else None)
         text = "  ".join(f"{label} {_ms(v)}" for (label, _, _), v in zip(PERCENTILES, values, strict=True))
-        ax.annotate(text, (max(values), row), xytext=(10, 0), textcoords="offset points", va="center", fontsize=9)
+        # the values in a column right of the axes: never on top of a dot or the reference line
+        ax.annotate(text, (1, row), xycoords=("axes fraction", "data"), xytext=(8, 0), textcoords="offset points", va="center")
     if reference_ms is not None:
         ax.axvline(reference_ms, color="gray", linestyle=":", label=reference_label or f"{reference_ms:g} ms")
     ax.set_xscale("log")
@@ -315,9 +317,9 @@ def percentile_dots(
     ax.set_ylim(len(names) - 0.5, -0.5)  # first experiment on top, as in the table
     low = min(summaries[n].p50_ms for n in names)
     high = max([summaries[n].p99_ms for n in names] + ([reference_ms] if reference_ms else []))
-    ax.set_xlim(low / 2, high * 12)  # room on the right for the values
+    ax.set_xlim(low / 2, high * 2)
     ax.set(xlabel="latency seen by the caller (ms, log scale)", title=title)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=4, fontsize=8, frameon=False)  # below the axis label
     ax.grid(axis="x", which="both", alpha=0.3)
     return ax
 
