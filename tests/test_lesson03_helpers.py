@@ -190,3 +190,15 @@ async def test_durability_matrix_runs_the_given_experiment_once_per_setting(brok
         pass
     bound = await queue_bound(broker, f"{topic}/bound", n=5, experiment=away_and_back, client_id="learner")
     assert (bound.sent, bound.received, bound.qos, bound.persistent) == (5, 5, 1, True)
+
+
+def test_no_gc_pauses_during_a_burst_and_the_collector_comes_back() -> None:
+    import gc
+
+    from helpers.pubsub.leveling import no_gc_pauses
+
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), no_gc_pauses():
+        assert not gc.isenabled(), "no collection may land inside the burst"
+        raise RuntimeError("the burst failed")
+    assert gc.isenabled(), "switched back on, even after an error"
