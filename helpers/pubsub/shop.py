@@ -10,6 +10,11 @@ Sync version (:func:`start_sync_shop`): the same three services as HTTP endpoint
 and an Order service that calls all three and answers only when they have. Same
 work, same machine, so the latency difference is the communication style alone.
 
+Lesson 03 writes the two halves of the async shop on screen and hands them in:
+``publish`` (the Order service's job: one event to the broker) and ``consume`` (a
+consumer's subscribe-and-read loop). Without them the shop runs the course's own
+:class:`Consumer`, which also acknowledges after the work and can run a pool.
+
 Every handled event is recorded (:class:`Handled`) so a notebook can count and plot
 who did what when.
 """
@@ -20,11 +25,12 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import aiomqtt
 from aiohttp import web
 from matplotlib.axes import Axes
 
@@ -32,14 +38,26 @@ from helpers.core import lifecycle
 from helpers.core.broker import Broker
 from helpers.core.events import ORDER_PLACED
 from helpers.core.http import Faults, Service, start_service
-from helpers.core.measure import LoadRun, open_loop
+from helpers.core.measure import LoadRun, Summary, open_loop
 from helpers.core.messaging import Consumer, Event, make_event, manual_ack, publish
 from helpers.core.plots import COLORS, axes
 from helpers.core.waiting import until
 from helpers.core.worker_pool import run_pool
+from helpers.pubsub.leveling import no_gc_pauses
 
 DEFAULT_WORK: dict[str, float] = {"fulfillment": 0.1, "notification": 0.05, "fraud-agent": 0.5}
 """Seconds of (simulated, I/O-bound) work per order for each consuming service."""
+
+PublishOrder = Callable[[aiomqtt.Client, str, dict[str, Any]], Awaitable[Any]]
+"""``publish_order(client, topic, order)``: the Order service's job, written in lesson 03."""
+
+ConsumeLoop = Callable[..., Awaitable[None]]
+"""``consume(client, topic, handle, ready=None)``: subscribe, set ``ready``, then ``await handle(event)`` per message."""
+
+
+async def publish_event(client: aiomqtt.Client, topic: str, order: dict[str, Any]) -> Event:
+    """The default ``publish_order``: one ``order.placed`` event at QoS 1."""
+    return await publish(client, topic, make_event(ORDER_PLACED, order, source="/shop/orders"), qos=1)
 
 
 @dataclass(frozen=True)
@@ -144,8 +162,17 @@ async def start_event_shop(
     work: Mapping[str, float] | None = None,
     concurrency: int = 1,
     name: str = "orders",
+    publish_order: PublishOrder = publish_event,
+    consume: ConsumeLoop | None = None,
 ) -> EventShop:
-    """Start the Order service and one consumer per entry of ``work`` (name -> seconds)."""
+    """Start the Order service and one consumer per entry of ``work`` (name -> seconds).
+
+    ``publish_order`` is what ``POST /orders`` does with the order; ``consume`` is the loop
+    each consuming service runs on its own connection (default: the course's consumer,
+    ``concurrency`` orders at a time; a ``consume`` of your own decides that itself).
+    """
+    if consume is not None and concurrency != 1:
+        raise ValueError("concurrency applies to the course's consumer; your own consume loop sets its own")
     work = dict(DEFAULT_WORK if work is None else work)
     stack = contextlib.AsyncExitStack()
     run_id = uuid.uuid4().hex[:6]
@@ -155,9 +182,14 @@ async def start_event_shop(
         publisher = await stack.enter_async_context(broker.client(f"{name}-{run_id}"))
         for worker_name, seconds in work.items():
             worker = workers[worker_name] = Worker(worker_name, seconds, concurrency)
-            client = await stack.enter_async_context(manual_ack(broker.client(f"{worker_name}-{run_id}")))
-            worker.consumer = Consumer(client, topic, worker.handle)
-            worker.task = await lifecycle.start(run_pool, worker.consumer, concurrency)
+            client = broker.client(f"{worker_name}-{run_id}")
+            if consume is None:  # the course's consumer acks after the work; a lesson's own loop keeps aiomqtt's acks
+                worker.consumer = Consumer(manual_ack(client), topic, worker.handle)
+            await stack.enter_async_context(client)
+            if worker.consumer is not None:
+                worker.task = await lifecycle.start(run_pool, worker.consumer, concurrency)
+            else:
+                worker.task = await lifecycle.start(consume, client, topic, worker.handle)  # type: ignore[arg-type]
 
         routes = web.RouteTableDef()
 
@@ -165,9 +197,8 @@ async def start_event_shop(
         async def place(request: web.Request) -> web.Response:
             body: dict[str, Any] = await request.json() if request.can_read_body else {}
             order_id = uuid.uuid4().hex[:8]
-            event = make_event(ORDER_PLACED, {"order_id": order_id, **body}, source="/shop/orders")
             began = time.perf_counter()
-            await publish(publisher, topic, event, qos=1)
+            await publish_order(publisher, topic, {"order_id": order_id, **body})
             shop = shop_ref[0]
             shop.publish_s.append(time.perf_counter() - began)
             shop.published_at.append(began)
@@ -225,7 +256,13 @@ async def start_sync_shop(*, work: Mapping[str, float] | None = None, name: str 
 
 
 async def place_orders(url: str, *, count: int, rate: float, timeout: float = 5.0) -> LoadRun:
-    """POST ``count`` orders to ``url``/orders at ``rate`` per second (open loop); returns the run."""
+    """POST ``count`` orders to ``url``/orders at ``rate`` per second (open loop); returns the run.
+
+    No garbage collection runs while the orders are sent: in a kernel that has run a
+    lesson a full collection took 120-200 ms (measured), and it would land on whichever
+    order is in flight, for the async and the sync shop alike; that is the kernel's pause,
+    not the design's latency.
+    """
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
 
         async def call() -> Any:
@@ -234,7 +271,8 @@ async def place_orders(url: str, *, count: int, rate: float, timeout: float = 5.
                     raise RuntimeError(f"HTTP {response.status}")
                 return await response.json()
 
-        return await open_loop(call, rate=rate, count=count, timeout=timeout)
+        with no_gc_pauses():
+            return await open_loop(call, rate=rate, count=count, timeout=timeout)
 
 
 def plot_handling(shop: EventShop, *, ax: Axes | None = None, title: str = "Who handled which order, when") -> Axes:
@@ -247,8 +285,53 @@ def plot_handling(shop: EventShop, *, ax: Axes | None = None, title: str = "Who 
     ax.vlines(
         [t - shop.t0 for t in shop.published_at], len(names) - 0.5, len(names) + 0.3, color="black", label="order published"
     )
+    ax.broken_barh([], (0, 0), facecolors="lightgray", edgecolor="black", linewidth=0.4, label="one order handled (start to end)")
     ax.set_yticks(range(len(names) + 1), [*names, "order service"])
-    ax.set(xlabel="time since the first order (s)", title=title)
-    ax.legend(loc="lower right")
+    ax.set(xlabel="time since the first order (s)", ylabel="service", title=title)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)  # outside: every row has bars up to the right
     ax.grid(axis="x", alpha=0.3)
     return ax
+
+
+PERCENTILES = (("p50", "p50_ms", "o"), ("p90", "p90_ms", "s"), ("p99", "p99_ms", "^"))
+
+
+def percentile_dots(
+    summaries: Mapping[str, Summary],
+    *,
+    reference_ms: float | None = None,
+    reference_label: str = "",
+    ax: Axes | None = None,
+    title: str = "Latency percentiles",
+) -> Axes:
+    """One row per experiment: p50/p90/p99 as dots on a log axis, with their values written out.
+
+    Dots, not bars: on a log scale a bar's length depends on where the axis starts, so
+    it means nothing; a dot's position and its printed value do.
+    """
+    ax = axes(ax, (10, 0.7 * len(summaries) + 2.2))
+    names = list(summaries)
+    for row, name in enumerate(names):
+        values = [getattr(summaries[name], attr) for _, attr, _ in PERCENTILES]
+        for (label, _, marker), value, color in zip(PERCENTILES, values, COLORS[: len(PERCENTILES)], strict=True):
+            ax.plot(value, row, marker, color=color, markersize=8, label=label if row == 0 else None)
+        text = "  ".join(f"{label} {_ms(v)}" for (label, _, _), v in zip(PERCENTILES, values, strict=True))
+        # the values in a column right of the axes: never on top of a dot or the reference line
+        ax.annotate(text, (1, row), xycoords=("axes fraction", "data"), xytext=(8, 0), textcoords="offset points", va="center")
+    if reference_ms is not None:
+        ax.axvline(reference_ms, color="gray", linestyle=":", label=reference_label or f"{reference_ms:g} ms")
+    ax.set_xscale("log")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_ylim(len(names) - 0.5, -0.5)  # first experiment on top, as in the table
+    low = min(summaries[n].p50_ms for n in names)
+    high = max([summaries[n].p99_ms for n in names] + ([reference_ms] if reference_ms else []))
+    ax.set_xlim(low / 2, high * 2)
+    ax.set(xlabel="latency seen by the caller (ms, log scale)", title=title)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=4, fontsize=8, frameon=False)  # below the axis label
+    ax.grid(axis="x", which="both", alpha=0.3)
+    return ax
+
+
+def _ms(value: float) -> str:
+    """A latency with about three significant digits: 0.804, 3.41, 503."""
+    return f"{value:.3g} ms" if value < 100 else f"{value:.0f} ms"
