@@ -252,6 +252,8 @@ class Throughput:
     """CPU seconds the workers' processes used per second of the run (2.0 = two cores busy)."""
     loop_lag_ms: float
     """The kernel's event loop: the longest it ran late during the run."""
+    others_busy: float = 0.0
+    """Cores kept busy by other programs during the run (the whole machine's CPU time minus this run's)."""
 
     @property
     def images_per_s(self) -> float:
@@ -264,6 +266,7 @@ class Throughput:
             "images/s": round(self.images_per_s, 2),
             "cores busy": round(self.cores_busy, 2),
             "kernel loop late (max ms)": round(self.loop_lag_ms, 1),
+            "other programs (cores)": round(self.others_busy, 2),
         }
 
 
@@ -303,12 +306,28 @@ async def measure(
     """
     if warmup:
         await run(front, warmup)
-    cpu_before = workers.cpu_seconds()
+    ours = Workers(workers.design, workers.count, sorted({*workers.pids, os.getpid()}))
+    cpu_before, ours_before, machine_before = workers.cpu_seconds(), ours.cpu_seconds(), _machine_busy_seconds()
     async with LoopLag() as lag:
         began = time.perf_counter()
         await run(front, images)
         seconds = time.perf_counter() - began
-    return Throughput(workers.design, workers.count, images, seconds, (workers.cpu_seconds() - cpu_before) / seconds, lag.max_ms)
+    others = (_machine_busy_seconds() - machine_before) - (ours.cpu_seconds() - ours_before)
+    return Throughput(
+        workers.design,
+        workers.count,
+        images,
+        seconds,
+        (workers.cpu_seconds() - cpu_before) / seconds,
+        lag.max_ms,
+        max(0.0, others / seconds),
+    )
+
+
+def _machine_busy_seconds() -> float:
+    """CPU seconds every core of the machine spent busy since boot (not idle, not waiting for disks)."""
+    times = psutil.cpu_times()
+    return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
 
 
 # --- a caption model that holds the GIL ----------------------------------------------------------
