@@ -411,6 +411,10 @@ class _CourseClient(aiomqtt.Client):
                 if broker.embedded
                 else "is it running, and are the user name and password in MQTT_URL right?"
             )
+            if _login_refused(exc):
+                hint = "the broker refused the login: check the user name and password in MQTT_URL" + (
+                    "" if broker.endpoint and broker.endpoint.username else " (this broker refuses anonymous clients)"
+                )
             internals.close_socket(self)
             raise ConnectRefused(
                 f"client {self.identifier!r} could not connect to the MQTT broker at {where}: {exc}; {hint}"
@@ -504,6 +508,13 @@ class _CourseClient(aiomqtt.Client):
         await super().publish(
             to_broker_topic(self.topic_prefix, topic), payload, qos, retain, properties, *args, timeout=timeout, **kwargs
         )
+
+
+def _login_refused(exc: aiomqtt.MqttError) -> bool:
+    """Whether a CONNACK said "bad user name or password" / "not authorized" (3.1.1 codes 4, 5; 5.0 codes 134, 135)."""
+    code = getattr(exc, "rc", None)
+    value = getattr(code, "value", code)
+    return value in (4, 5, 134, 135)
 
 
 def _failed(code: object) -> bool:
