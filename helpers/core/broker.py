@@ -151,7 +151,7 @@ def parse_mqtt_url(url: str) -> Endpoint:
         cafile = query["cafile"][0]
         if not os.path.isfile(cafile):
             raise BrokerError(
-                f"MQTT_URL names cafile={cafile!r}, which is not a file; give the path of the broker's CA certificate"
+                f"MQTT_URL names cafile={cafile!r}, which is not a file; give the path of the broker's CA certificate; {hint}"
             )
     return Endpoint(
         host=parts.hostname,

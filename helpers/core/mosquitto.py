@@ -253,6 +253,32 @@ def readable_by_broker(folder: Path, names: Sequence[str]) -> None:
         os.chown(path, entry.pw_uid, entry.pw_gid)
 
 
+@contextlib.contextmanager
+def serving(conf: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``mosquitto -c conf`` until the block ends; it must listen on 127.0.0.1:``port`` within 5 s.
+
+    For a configuration written elsewhere (``python -m helpers classroom``, tests of it).
+    Mosquitto's own last words are in the error when it does not come up.
+    """
+    log = conf.with_name(conf.name + ".log")
+    with log.open("wb") as log_file:
+        proc = subprocess.Popen([find_mosquitto(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=log_file)
+    try:
+        try:
+            _wait_listening(port, proc)
+        except (RuntimeError, TimeoutError) as exc:
+            said = log.read_text(errors="replace").strip().splitlines()[-3:]
+            raise RuntimeError(f"{exc}; it said: {' / '.join(said) or 'nothing'}") from None
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def throwaway_classroom() -> list[Account]:
     """The throw-away classroom's accounts: the learners of TEST_LEARNERS and the instructor."""
     return [Account(name, random_password()) for name in TEST_LEARNERS] + [Account(ADMIN, random_password(), admin=True)]
