@@ -78,6 +78,13 @@ def test_malformed_url_gives_clear_error_fast(monkeypatch: pytest.MonkeyPatch, u
     assert "mqtt://[user:pass@]host[:port]" in message, "the error should show the expected form"
 
 
+@pytest.mark.parametrize("url", ["mqtt://ada:s3c@r3t@h:1883/x", "mqtt://ada:s3c@r3t@h:port", "mqtt://ada:s3c@r3t@h:1883?x=1"])
+def test_a_bad_url_error_never_shows_the_password(url: str) -> None:
+    with pytest.raises(BrokerError) as info:
+        parse_mqtt_url(url)
+    assert "s3c" not in str(info.value) and "r3t" not in str(info.value) and "ada:***@" in str(info.value)
+
+
 def test_mqtts_url_with_a_cafile_keeps_it(tmp_path: Path) -> None:
     ca = tmp_path / "class ca.pem"
     ca.write_text("not read until a client connects")

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import re
 import socket
 import ssl
 import uuid
@@ -129,25 +130,26 @@ def parse_mqtt_url(url: str) -> Endpoint:
     """
     text = url.strip()
     hint = URL_HINT
+    shown = _redacted(text)  # errors end up in notebooks and CI logs: never with the password
     if "://" not in text:
-        raise BrokerError(f"MQTT_URL {url!r} has no scheme; {hint}")
+        raise BrokerError(f"MQTT_URL {shown!r} has no scheme; {hint}")
     parts = urlsplit(text)
     if parts.scheme not in ("mqtt", "tcp", "mqtts"):
         raise BrokerError(f"MQTT_URL scheme {parts.scheme!r} is not supported (only mqtt:// and mqtts://); {hint}")
     tls = parts.scheme == "mqtts"
     if not parts.hostname:
-        raise BrokerError(f"MQTT_URL {url!r} has no host; {hint}")
+        raise BrokerError(f"MQTT_URL {shown!r} has no host; {hint}")
     try:
         port = parts.port or (8883 if tls else 1883)
     except ValueError as exc:
-        raise BrokerError(f"MQTT_URL {url!r} has a bad port ({exc}); {hint}") from None
+        raise BrokerError(f"MQTT_URL {shown!r} has a bad port ({exc}); {hint}") from None
     if parts.path not in ("", "/"):
-        raise BrokerError(f"MQTT_URL {url!r} has an unexpected path or query; {hint}")
+        raise BrokerError(f"MQTT_URL {shown!r} has an unexpected path or query; {hint}")
     cafile = None
     if parts.query:
         query = parse_qs(parts.query, keep_blank_values=True)
         if not tls or set(query) != {"cafile"} or len(query["cafile"]) != 1 or not query["cafile"][0]:
-            raise BrokerError(f"MQTT_URL {url!r} has an unexpected path or query (only mqtts:// takes ?cafile=PATH); {hint}")
+            raise BrokerError(f"MQTT_URL {shown!r} has an unexpected path or query (only mqtts:// takes ?cafile=PATH); {hint}")
         cafile = query["cafile"][0]
         if not os.path.isfile(cafile):
             raise BrokerError(
@@ -161,6 +163,11 @@ def parse_mqtt_url(url: str) -> Endpoint:
         tls=tls,
         cafile=cafile,
     )
+
+
+def _redacted(url: str) -> str:
+    """``url`` with the password, if any, replaced by ``***``."""
+    return re.sub(r"^([^:/?#]*://[^:@/?#]*):[^/?#]*@", r"\1:***@", url)
 
 
 @cache
