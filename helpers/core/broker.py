@@ -41,7 +41,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 import aiomqtt
 
 from helpers.core import internals
-from helpers.core.mosquitto import free_port
+from helpers.core.mosquitto import CLASSROOM_ROOT, free_port
 
 CONNECT_TIMEOUT_S = 5.0
 """A broker that does not answer within this many seconds is reported, never waited on."""
@@ -55,9 +55,6 @@ carry references, never image bytes (claim check), so 1 MiB leaves wide room; a 
 publish closes the publisher's connection, which :class:`BrokerError` then explains."""
 
 EMBEDDED_START_TIMEOUT_S = 10.0
-
-CLASSROOM_ROOT = "course"
-"""A learner on a classroom broker owns ``course/<username>/``; see :attr:`Endpoint.topic_prefix`."""
 
 NOT_IN_TOPICS = frozenset("/+#")
 """Characters a user name cannot have when it becomes a topic level (wildcards and the separator)."""

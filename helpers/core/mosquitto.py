@@ -32,7 +32,7 @@ from urllib.parse import quote
 INSTALL_HINT = "Mosquitto is not installed: 'sudo apt-get install mosquitto' (Debian/Ubuntu) or 'brew install mosquitto'."
 
 CLASSROOM_ROOT = "course"
-"""Every learner owns ``course/<username>/`` (helpers.core.broker adds it to every topic)."""
+"""Every learner owns ``course/<username>/``: the ACL says so, and helpers.core.broker puts their topics there."""
 
 ADMIN = "instructor"
 """The classroom account that may read and write every learner's topics (and read $SYS)."""
