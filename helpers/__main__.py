@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "grade": ("helpers.grading.cli", "grade a folder of lab submissions"),
     "labs": ("helpers.grading.labgen", "write labs/ from solutions/"),
     "mosquitto": ("helpers.core.mosquitto", "run a command with a throw-away Mosquitto (MQTT_URL set)"),
+    "classroom": ("helpers.tools.classroom", "write a shared classroom Mosquitto config from a roster"),
 }
 
 

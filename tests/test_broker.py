@@ -8,6 +8,8 @@ import os
 import socket
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import quote
 
 import aiomqtt
 import pytest
@@ -21,6 +23,7 @@ from helpers.core.broker import (
     mqtt_broker,
     parse_mqtt_url,
     start_broker,
+    to_broker_topic,
 )
 from helpers.core.mosquitto import free_port
 
@@ -37,6 +40,8 @@ from helpers.core.mosquitto import free_port
         ("mqtt://alice:s3cret@127.0.0.1:1883", Endpoint("127.0.0.1", 1883, "alice", "s3cret")),
         ("mqtt://al%40ce:p%3Ass@10.0.0.5:1883", Endpoint("10.0.0.5", 1883, "al@ce", "p:ss")),
         ("mqtt://bob@127.0.0.1:1883", Endpoint("127.0.0.1", 1883, "bob", None)),
+        ("mqtts://ada:pw@broker.school.example", Endpoint("broker.school.example", 8883, "ada", "pw", tls=True)),
+        ("mqtts://127.0.0.1:9883", Endpoint("127.0.0.1", 9883, tls=True)),
     ],
 )
 def test_parse_good_urls(url: str, expected: Endpoint) -> None:
@@ -49,7 +54,10 @@ def test_parse_good_urls(url: str, expected: Endpoint) -> None:
         ("127.0.0.1:1883", "no scheme"),
         ("   ", "no scheme"),
         ("http://127.0.0.1:1883", "scheme 'http' is not supported"),
-        ("mqtts://127.0.0.1:8883", "scheme 'mqtts' is not supported"),
+        ("mqtt://127.0.0.1:1883?cafile=/etc/hosts", "only mqtts:// takes ?cafile=PATH"),
+        ("mqtts://127.0.0.1:8883?cafile=", "unexpected path or query"),
+        ("mqtts://127.0.0.1:8883?insecure=1", "unexpected path or query"),
+        ("mqtts://127.0.0.1:8883?cafile=/no/such/ca.pem", "cafile='/no/such/ca.pem', which is not a file"),
         ("ws://127.0.0.1:9001", "not supported"),
         ("mqtt://", "no host"),
         ("mqtt://:1883", "no host"),
@@ -68,6 +76,46 @@ def test_malformed_url_gives_clear_error_fast(monkeypatch: pytest.MonkeyPatch, u
     message = str(info.value)
     assert says in message
     assert "mqtt://[user:pass@]host[:port]" in message, "the error should show the expected form"
+
+
+@pytest.mark.parametrize("url", ["mqtt://ada:s3c@r3t@h:1883/x", "mqtt://ada:s3c@r3t@h:port", "mqtt://ada:s3c@r3t@h:1883?x=1"])
+def test_a_bad_url_error_never_shows_the_password(url: str) -> None:
+    with pytest.raises(BrokerError) as info:
+        parse_mqtt_url(url)
+    assert "s3c" not in str(info.value) and "r3t" not in str(info.value) and "ada:***@" in str(info.value)
+
+
+def test_mqtts_url_with_a_cafile_keeps_it(tmp_path: Path) -> None:
+    ca = tmp_path / "class ca.pem"
+    ca.write_text("not read until a client connects")
+    endpoint = parse_mqtt_url(f"mqtts://ada:s3cret@127.0.0.1:8883?cafile={quote(str(ca))}")
+    assert (endpoint.tls, endpoint.cafile, endpoint.password) == (True, str(ca), "s3cret")
+    assert endpoint.url == f"mqtts://ada:***@127.0.0.1:8883?cafile={quote(str(ca))}"
+    assert parse_mqtt_url(endpoint.url.replace("***", "s3cret")) == endpoint, "the printed URL reads back"
+
+
+def test_a_user_name_puts_topics_under_the_learners_prefix() -> None:
+    assert parse_mqtt_url("mqtt://ada:pw@h:1883").topic_prefix == "course/ada/"
+    assert parse_mqtt_url("mqtt://h:1883").topic_prefix == "", "no user name: topics as written"
+    with pytest.raises(BrokerError, match="cannot become a topic level"):
+        _ = parse_mqtt_url("mqtt://a%2Fb:pw@h:1883").topic_prefix
+
+
+@pytest.mark.parametrize(
+    ("topic", "wire"),
+    [
+        ("orders/placed", "course/ada/orders/placed"),
+        ("orders/#", "course/ada/orders/#"),
+        ("+/placed", "course/ada/+/placed"),
+        ("#", "course/ada/#"),
+        ("$share/workers/jobs/#", "$share/workers/course/ada/jobs/#"),
+        ("$share/workers", "$share/workers"),
+        ("$SYS/#", "$SYS/#"),
+    ],
+)
+def test_topics_on_the_wire(topic: str, wire: str) -> None:
+    assert to_broker_topic("course/ada/", topic) == wire
+    assert to_broker_topic("", topic) == topic
 
 
 def test_endpoint_url_hides_the_password() -> None:

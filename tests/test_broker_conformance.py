@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator
 import aiomqtt
 import pytest
 
-from helpers.core.broker import MAX_PAYLOAD_BYTES, Broker
+from helpers.core.broker import MAX_PAYLOAD_BYTES, Broker, to_broker_topic
 from helpers.core.messaging import ack, manual_ack
 from helpers.core.waiting import until
 
@@ -287,18 +287,28 @@ def _mqtt_string(text: str | bytes) -> bytes:
     return len(data).to_bytes(2, "big") + data
 
 
-def raw_connect(client_id: str, *, keepalive: int, will_topic: str, will: bytes) -> bytes:
+def raw_connect(
+    client_id: str, *, keepalive: int, will_topic: str, will: bytes, username: str | None = None, password: str | None = None
+) -> bytes:
     """A CONNECT packet written by hand: a client that will then say nothing at all.
 
     aiomqtt always answers the broker's keepalive needs (it pings), so a client that
     "goes silent" (hung process, half-open TCP connection) has to be built from bytes.
+    It logs in when MQTT_URL names a user (a classroom broker refuses anonymous clients).
     """
     flags = 0x02 | 0x04 | 0x08  # clean session, will flag, will QoS 1
-    variable = _mqtt_string("MQTT") + bytes([4, flags]) + keepalive.to_bytes(2, "big")
     payload = _mqtt_string(client_id) + _mqtt_string(will_topic) + _mqtt_string(will)
+    if username is not None:
+        flags |= 0x80
+        payload += _mqtt_string(username)
+        if password is not None:
+            flags |= 0x40
+            payload += _mqtt_string(password)
+    variable = _mqtt_string("MQTT") + bytes([4, flags]) + keepalive.to_bytes(2, "big")
     body = variable + payload
-    assert len(body) < 128, "one-byte remaining length keeps this writer simple"
-    return bytes([0x10, len(body)]) + body
+    assert len(body) < 128 * 128, "two bytes of remaining length keep this writer simple"
+    length = bytes([len(body)]) if len(body) < 128 else bytes([(len(body) & 0x7F) | 0x80, len(body) >> 7])
+    return bytes([0x10]) + length + body
 
 
 async def test_silent_client_is_dropped_after_keepalive_and_its_will_sent(broker: Broker, topic: str) -> None:
@@ -309,9 +319,19 @@ async def test_silent_client_is_dropped_after_keepalive_and_its_will_sent(broker
         await watcher.subscribe(will_topic, qos=1)
         reader, writer = await asyncio.open_connection(broker.endpoint.host, broker.endpoint.port)
         try:
-            writer.write(raw_connect(cid(topic, "silent"), keepalive=1, will_topic=will_topic, will=b"went silent"))
+            end = broker.endpoint  # on a classroom broker: log in, and the will goes under the learner's prefix
+            wire_will = to_broker_topic(end.topic_prefix, will_topic)
+            packet = raw_connect(
+                cid(topic, "silent"),
+                keepalive=1,
+                will_topic=wire_will,
+                will=b"went silent",
+                username=end.username,
+                password=end.password,
+            )
+            writer.write(packet)
             await writer.drain()
-            assert (await asyncio.wait_for(reader.readexactly(4), WAIT_S))[:2] == b"\x20\x02", "expected a CONNACK"
+            assert (await asyncio.wait_for(reader.readexactly(4), WAIT_S)) == b"\x20\x02\x00\x00", "expected CONNACK accepted"
             began = asyncio.get_running_loop().time()
             # 1.5 x keepalive is the spec; Mosquitto 2.0 checks keepalives on a coarser clock
             # (3-4 s for keepalive 1, measured, more on a busy machine), so wait generously.

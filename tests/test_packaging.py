@@ -43,7 +43,7 @@ def test_small_modules_import_without_aiohttp_or_aiomqtt(tmp_path: Path) -> None
 def test_one_entry_point_lists_every_command() -> None:
     done = run([sys.executable, "-m", "helpers", "--help"], cwd=ROOT)
     assert done.returncode == 0, done.stderr
-    for command in ("doctor", "bench", "run", "serve", "grade", "labs", "mosquitto", "diagrams"):
+    for command in ("doctor", "bench", "run", "serve", "grade", "labs", "mosquitto", "diagrams", "classroom"):
         assert f"  {command} " in done.stdout
     unknown = run([sys.executable, "-m", "helpers", "no-such-command"], cwd=ROOT)
     assert unknown.returncode == 2 and "unknown command 'no-such-command'" in unknown.stderr
