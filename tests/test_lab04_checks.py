@@ -157,3 +157,19 @@ async def test_ack_before_the_work_is_caught() -> None:
     got = await results(solution(run_consumer=ack_first), {"acks_each_order_after_charging_it"})
     assert not got["acks_each_order_after_charging_it"].passed
     assert "acknowledged before they were charged" in got["acks_each_order_after_charging_it"].message
+
+
+async def test_recording_the_id_before_the_charge_is_caught() -> None:
+    """Recorded first, charged second: a charge that fails leaves the event marked applied, and it is never charged."""
+
+    def record_first(event: Any, ledger: Ledger, applied: Any) -> bool:
+        if event.id in applied:
+            return False
+        applied.add(event.id)  # the mistake: the record outruns the charge
+        ledger.charge(event)
+        return True
+
+    got = await results(solution(apply_once=record_first), {"records_only_after_charging", "charges_each_event_once"})
+    assert got["charges_each_event_once"].passed, "the mistake only shows when a charge fails"
+    assert not got["records_only_after_charging"].passed
+    assert "record the event id only after the charge" in got["records_only_after_charging"].message
