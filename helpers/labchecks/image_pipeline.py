@@ -9,7 +9,7 @@ with fresh names, users and counts each time, and judges what it sees from outsi
 * the learner's MQTT clients on the wire (:class:`_Watch`: their session settings, the
   QoS each message arrived at, and the moment each PUBACK left, with what was stored or
   notified by then), like lab 04's ``_AckWatch``;
-* the kernel's event loop (:class:`_Ticker`: how long it went without running).
+* the kernel's event loop (:class:`helpers.grading.probes.LoopLag`: how long it went without running).
 
 q1's diagram is read from the notebook's Markdown (``Context.markdown``): in the grader
 from the submitted file, in the notebook from the file as last saved. Its hidden check
@@ -53,6 +53,7 @@ from helpers.core.messaging import Event, InvalidEvent, decode, make_event, publ
 from helpers.core.problems import PROBLEM_JSON
 from helpers.core.waiting import until, until_quiet
 from helpers.grading.checks import SAVE_FIRST, CheckFailed, Checks, Context, HttpAnswer, expect, outcome
+from helpers.grading.probes import LoopLag, blocking_message
 
 checks = Checks("07_image_pipeline")
 
@@ -215,28 +216,6 @@ def _session_problem(watch: _Watch, name: str) -> str | None:
             "messages arrived at QoS 0, which the broker neither keeps for an offline session nor resends: subscribe with qos=1"
         )
     return None
-
-
-class _Ticker:
-    """A task that ticks every 5 ms: a long gap between two ticks is time the event loop could not run."""
-
-    def __init__(self, ctx: Context) -> None:
-        self.gaps: list[tuple[float, float]] = []
-        self.task = asyncio.ensure_future(self._run())
-        ctx.on_cleanup(self.stop)
-
-    async def _run(self) -> None:
-        while True:
-            before = time.perf_counter()
-            await asyncio.sleep(0.005)
-            self.gaps.append((before, time.perf_counter()))
-
-    async def stop(self) -> None:
-        await lifecycle.kill(self.task)
-
-    def longest(self, start: float, end: float) -> float:
-        """The longest time between two ticks that overlaps [start, end]."""
-        return max((after - before for before, after in self.gaps if after > start and before < end), default=0.0)
 
 
 # --------------------------------------------------------------------------- q1: the diagram
@@ -931,23 +910,24 @@ async def failure_ends_failed_with_a_dead_letter(ctx: Context) -> str:
 async def keeps_the_event_loop_free(ctx: Context) -> str:
     """While an image is processed, the event loop keeps running (the work is in a thread)."""
     rig = await _ProcessorRig.started(ctx, work=0.8)  # long enough that a pause of half of it is no scheduling hiccup
-    ticker = _Ticker(ctx)
+    ticker = LoopLag().start()
+    ctx.on_cleanup(ticker.close)
     event = await rig.job()
     job_id, key = event.data["job_id"], event.data["original"]["key"]
     await rig.send(event)
     results = _results(await rig.wait_done(job_id, 10.0))
-    await ticker.stop()
+    ticker.stop()
     fetched = rig.storage.requests("processor", "GET", key=key)
     stores = [c.started for c in rig.storage.requests("processor", "PUT") if c.key in {str(k) for k in results.values()}]
     expect(fetched and stores, "could not see the processing: fetch the original from Storage and store the renditions there")
     start, end = fetched[0].ended, min(stores)
     length = end - start
     expect(length > 0, "the results were stored before the original was fetched")
-    pause = ticker.longest(start, end)
+    pause = ticker.longest_between(start, end)
     expect(
         pause < 0.5 * length,
-        f"blocking the event loop: while your processor worked on the image ({length:.2f} s) the event loop stood still for "
-        f"{pause:.2f} s, and every other service in the kernel with it; run process_image with await asyncio.to_thread(...)",
+        blocking_message(f"your processor, working on the image for {length:.2f} s,", pause)
+        + " (here: run process_image with await asyncio.to_thread(...))",
     )
     return f"longest pause {pause * 1000:.0f} ms while the image took {length:.2f} s"
 
