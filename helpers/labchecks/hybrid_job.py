@@ -40,7 +40,7 @@ from helpers.choosing.hybrid import (
     start_hybrid,
 )
 from helpers.core.messaging import Event, make_event
-from helpers.core.problems import PROBLEM_JSON
+from helpers.core.problems import PROBLEM_BASE, PROBLEM_JSON
 from helpers.core.waiting import until, until_quiet
 from helpers.grading.checks import CheckFailed, Checks, Context, expect
 
@@ -224,6 +224,12 @@ async def rejects_a_bad_task_at_once(ctx: Context) -> str:
     for body in bodies:
         answer = await _call(system, http, "POST", "/jobs", data=body, headers={"Content-Type": "application/json"})
         _problem(answer, f"POST /jobs with the body {body!r}", 400)
+        kind = answer.body.get("type", "") if isinstance(answer.body, dict) else ""
+        expect(
+            isinstance(kind, str) and kind.startswith(PROBLEM_BASE),
+            f"the 400's problem type is {kind!r}: the lab asks for a type URI under PROBLEM_BASE ({PROBLEM_BASE}...), "
+            "which names the kind of mistake for the client",
+        )
     expect(len(system.board) == 0, f"bad requests created {len(system.board)} job(s): validate before jobs.create(...)")
     return f"400 for {', '.join(repr(b) for b in bodies)}"
 
@@ -446,6 +452,27 @@ async def a_failed_job_is_problem_json(ctx: Context) -> str:
     expect(body.get("state") == FAILED and body.get("failed_step") == step, f"send job.to_json() as the body, got {body!r:.100}")
     expect("Retry-After" not in status.headers, "a failed job is final: no Retry-After (there is nothing to wait for)")
     return f"problem+json: {body.get('detail')}"
+
+
+@checks.check("q3", hidden=True, hint="a cancelled job is final too: nothing to wait for, so no Retry-After")
+async def a_cancelled_job_has_no_retry_after(ctx: Context) -> None:
+    """Hidden: a cancelled job's status answers 200 with its document, and no Retry-After"""
+    system = await _system(ctx, apply=True, status=True)
+    http = await _session(ctx)
+    system.faults.hold_step = STEPS[0].name  # the job waits at its first step: surely unfinished when it is cancelled
+    answer = await _kick_off(system, http, _task(ctx))
+    job = _job_of(system, answer)
+    await system.board.cancel(job)  # the course's cancel, not the learner's (that is question 4)
+    system.agent.release()
+    status = await _call(system, http, "GET", str(answer.location))
+    expect(status.status == 200, f"the status of a cancelled job answered {_describe(status)}, expected 200 with its status")
+    body = status.body if isinstance(status.body, dict) else {}
+    expect(body.get("state") == CANCELLED, f"the job was cancelled, the status says {body.get('state')!r}")
+    expect(
+        "Retry-After" not in status.headers,
+        "a cancelled job's status carries Retry-After: a cancelled job is final, there is nothing to wait for "
+        "(send Retry-After only while the job is not final)",
+    )
 
 
 @checks.check("q3", hidden=True, timeout=15, hint="a poller needs Retry-After while the job runs and the 303 once it is done")
