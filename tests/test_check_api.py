@@ -177,3 +177,30 @@ async def test_check_takes_a_hint_level_and_refuses_others(
     assert "hint=2" in repr(check("q1", hint=2))
     refused = await notebook.PendingCheck("00_warmup", "q1", {"double": lambda x: x}, 3)
     assert refused.results == [] and "hint=1 gives the idea, hint=2 the code" in capsys.readouterr().out
+
+
+async def test_overlapping_calls_leave_the_warnings_module_as_it_was() -> None:
+    """Two checks' calls in concurrent tasks, ending out of order, must not leave warnings swallowed."""
+    import warnings
+
+    before = (warnings.showwarning, getattr(warnings, "_showwarnmsg_impl", None), list(warnings.filters))
+    second_started, first_done = asyncio.Event(), asyncio.Event()
+
+    async def first() -> None:
+        await second_started.wait()  # the second call starts while this one runs...
+
+    async def second() -> None:
+        second_started.set()
+        await first_done.wait()  # ...and ends after it: the calls overlap, not nest
+
+    async def run_first() -> None:
+        await outcome("first()", first, timeout=2.0)
+        first_done.set()
+
+    async def run_second() -> None:
+        await asyncio.sleep(0)  # let the first call start first
+        await outcome("second()", second, timeout=2.0)
+
+    await asyncio.gather(run_first(), run_second())
+    after = (warnings.showwarning, getattr(warnings, "_showwarnmsg_impl", None), list(warnings.filters))
+    assert after == before

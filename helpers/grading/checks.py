@@ -25,6 +25,7 @@ kernel's event loop, so they are ``async``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import inspect
 import json
@@ -257,6 +258,30 @@ class Outcome:
 
 _UNAWAITED = re.compile(r"coroutine '([^']+)' was never awaited")
 
+_capture = {"on": False}
+"""Whether some outcome() is recording warnings right now (see :func:`_recording_warnings`)."""
+
+
+@contextlib.contextmanager
+def _recording_warnings() -> Iterator[list[warnings.WarningMessage]]:
+    """Record the warnings given while the learner's code runs (a dropped coroutine's among them).
+
+    ``warnings.catch_warnings`` swaps module-wide state and restores it on exit, so two that
+    overlap in time (two checks' calls running as concurrent tasks) would restore each other
+    out of order and leave warnings swallowed for the rest of the kernel. Only the first of
+    overlapping calls records; the others get an empty list (they miss a name, nothing worse).
+    """
+    if _capture["on"]:
+        yield []
+        return
+    _capture["on"] = True
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", RuntimeWarning)  # every dropped coroutine, even one warned about before
+            yield caught
+    finally:
+        _capture["on"] = False
+
 
 def forgot_await(names: tuple[str, ...] | list[str]) -> str:
     """The words for coroutines created and never awaited: what the learner forgot."""
@@ -296,8 +321,7 @@ async def outcome(label: str, call: Callable[[], Any], timeout: float = 5.0) -> 
     value: Any = None
     error: Exception | None = None
     stuck = False
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", RuntimeWarning)  # every dropped coroutine, even one warned about before
+    with _recording_warnings() as caught:
         try:
             async with limit:
                 value = call()
