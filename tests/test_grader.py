@@ -406,7 +406,7 @@ def test_batch_of_a_folder_writes_a_correct_csv(tmp_path: Path) -> None:
         alice["max_score"],
         "100.0",
     )
-    assert (alice["q1"], alice["q2"], alice["q3"]) == ("3", "4", "5") and alice["failed"] == ""
+    assert (alice["q1"], alice["q2"], alice["q3"]) == ("3", "5", "5") and alice["failed"] == ""
     assert (bob["status"], bob["score"], bob["q1"]) == ("graded", "0", "0") and "svc" in bob["failed"]
     assert carol["status"] == "error" and "not a Jupyter notebook" in carol["error"] and carol["q1"] == ""
     doc = json.loads(out_json.read_text())

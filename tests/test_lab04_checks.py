@@ -157,3 +157,61 @@ async def test_ack_before_the_work_is_caught() -> None:
     got = await results(solution(run_consumer=ack_first), {"acks_each_order_after_charging_it"})
     assert not got["acks_each_order_after_charging_it"].passed
     assert "acknowledged before they were charged" in got["acks_each_order_after_charging_it"].message
+
+
+async def test_recording_the_id_before_the_charge_is_caught() -> None:
+    """Recorded first, charged second: a charge that fails leaves the event marked applied, and it is never charged."""
+
+    def record_first(event: Any, ledger: Ledger, applied: Any) -> bool:
+        if event.id in applied:
+            return False
+        applied.add(event.id)  # the mistake: the record outruns the charge
+        ledger.charge(event)
+        return True
+
+    got = await results(solution(apply_once=record_first), {"records_only_after_charging", "charges_each_event_once"})
+    assert got["charges_each_event_once"].passed, "the mistake only shows when a charge fails"
+    assert not got["records_only_after_charging"].passed
+    assert "record the event id only after the charge" in got["records_only_after_charging"].message
+
+
+async def test_a_dead_letter_at_qos_0_is_caught() -> None:
+    async def qos0(client: Any, message: Any, dead_letter_topic: str) -> Any:
+        payload = bytes(message.payload)
+        try:
+            return decode(payload)
+        except InvalidEvent as exc:
+            await client.publish(dead_letter_topic, dead_letter_payload(str(message.topic), payload, str(exc)))  # QoS 0
+            return None
+
+    got = await results(solution(parse_or_dead_letter=qos0), {"malformed_goes_to_dead_letters"})
+    assert "publish it with QoS 1" in got["malformed_goes_to_dead_letters"].message
+
+
+async def test_acks_out_of_arrival_order_are_named() -> None:
+    """Several messages at once, each acked when its (uneven) work ends: acks leave the arrival order."""
+    import asyncio
+    import random
+
+    async def all_at_once(broker: Any, name: str, topic: str, workdir: Any, ready: Any = None) -> None:
+        ledger = Ledger(Path(workdir) / "ledger.jsonl")
+        applied = SeenIds(Path(workdir) / "applied-ids.txt")
+        pending: set[asyncio.Task[None]] = set()
+
+        async def handle(client: Any, message: Any) -> None:
+            await asyncio.sleep(random.uniform(0, 0.05))  # uneven work: later messages finish first
+            event = decode(bytes(message.payload))
+            if event.id not in applied:
+                ledger.charge(event)
+                applied.add(event.id)
+            ack(client, message)  # the mistake: acked as each one ends, not in arrival order
+
+        async with manual_ack(broker.client(name, clean_session=False)) as client:
+            async for message in subscribed_messages(client, topic, qos=1, ready=ready):
+                task = asyncio.ensure_future(handle(client, message))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+
+    got = await results(solution(run_consumer=all_at_once), {"acks_each_order_after_charging_it"})
+    result = got["acks_each_order_after_charging_it"]
+    assert not result.passed and "in the order the messages arrived" in result.message, result.message

@@ -104,7 +104,7 @@ async def test_the_answer_passes_every_check() -> None:
     got = await results(solution())
     failed = {name: r.message for name, r in got.items() if not r.passed}
     assert not failed
-    assert sum(r.points for r in got.values()) == CHECKS.max_points() == 20
+    assert sum(r.points for r in got.values()) == CHECKS.max_points() == 21
 
 
 async def test_the_unwritten_lab_fails_every_check_saying_what_is_missing() -> None:
@@ -292,3 +292,24 @@ async def test_checks_that_draw_a_step_pass_whichever_step_they_draw() -> None:
     for _ in range(4):
         got = await results(solution(), names)
         assert all(r.passed for r in got.values()), {n: r.message for n, r in got.items() if not r.passed}
+
+
+async def test_a_400_without_a_course_problem_type_is_caught() -> None:
+    async def about_blank(request: web.Request, jobs: Any) -> web.Response:
+        if await read_task(request) is None:
+            return problem(400, "Invalid task", "send a task")  # the mistake: type stays about:blank
+        raise AssertionError("only bad bodies are sent by this check")
+
+    got = await results(solution(start_job=about_blank), {"rejects_a_bad_task_at_once"})
+    assert "PROBLEM_BASE" in got["rejects_a_bad_task_at_once"].message
+
+
+async def test_retry_after_on_a_cancelled_job_is_caught() -> None:
+    async def always_retry_after(request: web.Request, jobs: Any) -> web.Response:
+        job = jobs.get(request.match_info["job_id"])
+        if job.state in (SUCCEEDED, FAILED):
+            raise AssertionError("this check only reads a cancelled job")
+        return web.json_response(job.to_json(), headers={"Retry-After": str(jobs.retry_after_s)})  # the mistake: final too
+
+    got = await results(solution(job_status=always_retry_after), {"a_cancelled_job_has_no_retry_after"})
+    assert "a cancelled job is final" in got["a_cancelled_job_has_no_retry_after"].message

@@ -381,7 +381,8 @@ async def test_blocking_the_event_loop_is_named() -> None:
             asyncio.to_thread = real
 
     got = await results(solution(process_job=on_the_loop), {"keeps_the_event_loop_free"})
-    assert "blocking the event loop" in got["keeps_the_event_loop_free"].message
+    message = got["keeps_the_event_loop_free"].message
+    assert "blocked the event loop" in message and "asyncio.to_thread" in message, message
 
 
 async def test_a_failure_that_crashes_the_worker_is_caught() -> None:

@@ -263,3 +263,27 @@ def test_load_checks_explains_what_is_wrong(tmp_path: Path) -> None:
     (tmp_path / "wrong.py").write_text("from helpers.grading.checks import Checks\nchecks = Checks('00_other')\n")
     with pytest.raises(LabError, match="declares Checks"):
         load_checks("12_wrong", tmp_path)
+
+
+# --------------------------------------------------------------------------- two hint levels
+
+CODE_IN_A_HINT = re.compile(r"[A-Za-z_][\w.]*\([^)]+\)|\w=\w| = ")
+"""A call with arguments or an assignment: code, which belongs in code_hint, not in the level-1 hint."""
+
+
+@pytest.mark.parametrize("lab", LAB_IDS)
+def test_hints_give_the_idea_and_the_code_waits_for_hint_2(lab: str) -> None:
+    for check in load_checks(lab):
+        assert check.hint, f"{check.name} has no hint: say which idea or rule to follow"
+        assert not CODE_IN_A_HINT.search(check.hint), f"{check.name}'s hint spells out code: move it to code_hint"
+        if not check.hidden:
+            assert check.code_hint, f"{check.name} has no code_hint: await check(q, hint=2) would show nothing"
+            assert check.code_hint != check.hint
+
+
+@pytest.mark.parametrize("lab", LAB_IDS)
+def test_a_lab_never_names_a_check_by_its_function_name(lab: str) -> None:
+    nb = nbformat.read(LABS / f"{lab}.ipynb", as_version=4)
+    text = "\n".join(cell.source for cell in nb.cells)
+    named = [check.name for check in load_checks(lab) if check.name in text]
+    assert not named, f"the lab's text names checks by function name: {named}; let their descriptions speak"

@@ -310,6 +310,62 @@ LAB_MUTANTS = {
 }
 
 
+LAB_MUTANTS_NAMED = {
+    # mistake: (question, old, new, the check that must fail, words its message must say)
+    "a 4xx raised as ServiceError": (
+        "q1",
+        "if response.status >= 500:",
+        "if response.status >= 400:",
+        "fetch_raises_a_4xx_as_a_client_error",
+        "a 4xx must not be retried",
+    ),
+    "a 4xx returned as data": (
+        "q1",
+        "        response.raise_for_status()\n",
+        "",
+        "fetch_raises_a_4xx_as_a_client_error",
+        "a 4xx must raise",
+    ),
+    "fetch returns a coroutine": (
+        "q1",
+        "return await response.json()",
+        "return response.json()",
+        "fetch_returns_json",
+        "returned a coroutine",
+    ),
+    "retries a 4xx": ("q2", "retry=retry_if_exception_type(RETRY_ON),", "", "does_not_retry_a_4xx", "must not be retried"),
+    "sync Retrying blocks the loop": (
+        "q2",
+        "async for attempt in AsyncRetrying(",
+        "for attempt in Retrying(",
+        "waits_without_blocking_the_event_loop",
+        "time.sleep()",
+    ),
+    "the client retries a 4xx": (
+        "q4",
+        "return await with_retries(",
+        "return await with_retries_all(",
+        "client_passes_a_4xx_through",
+        "a 4xx must not be retried",
+    ),
+    "the breaker counts a 4xx": (
+        "q4",
+        "        except RETRY_ON:",
+        "        except Exception:",
+        "client_passes_a_4xx_through",
+        "must not count as a failure",
+    ),
+    "the client ignores its timeout": (
+        "q4",
+        "fetch(self.session, url, self.timeout_s)",
+        "fetch(self.session, url)",
+        "client_uses_its_timeout",
+        "the client's timeout_s",
+    ),
+}
+"""Mistakes whose check must not only fail but say which rule was broken."""
+
+
 def _lab_namespace(old: str = "", new: str = "") -> dict:
     """The solution's definitions (fetch, with_retries, Breaker, ResilientClient), optionally with one edit."""
     import nbformat
@@ -344,3 +400,25 @@ async def test_lab02_checks_catch_the_classic_mistakes(mistake: str) -> None:
     assert await _question_passes(question, _lab_namespace()) == [], "the solution itself passes"
     failed = await _question_passes(question, _lab_namespace(old, new))
     assert failed, f"a solution with '{mistake}' still passes every check of {question}"
+
+
+async def _with_retries_all(call, **settings):  # type: ignore[no-untyped-def] # test double: a retry helper that retries anything
+    import tenacity
+
+    async for attempt in tenacity.AsyncRetrying(stop=tenacity.stop_after_attempt(settings.get("attempts", 3)), reraise=True):
+        with attempt:
+            return await call()
+
+
+@pytest.mark.parametrize("mistake", sorted(LAB_MUTANTS_NAMED))
+async def test_lab02_checks_name_the_broken_rule(mistake: str) -> None:
+    from helpers.grading.checks import load_checks, run_check
+
+    question, old, new, check_name, words = LAB_MUTANTS_NAMED[mistake]
+    check = next(c for c in load_checks("02_resilient_client").of(question) if c.name == check_name)
+    assert (await run_check(check, _lab_namespace())).passed, "the solution itself passes"
+    namespace = _lab_namespace(old, new)
+    namespace["with_retries_all"] = _with_retries_all
+    result = await run_check(check, namespace)
+    assert not result.passed, f"a solution with '{mistake}' passes {check_name}"
+    assert words in result.message, result.message

@@ -25,18 +25,24 @@ kernel's event loop, so they are ``async``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import inspect
 import json
 import math
 import random
+import re
+import sys
 import time
 import uuid
+import warnings
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+from helpers.grading.probes import LoopLag, blocking_message
 
 DEFAULT_TIMEOUT_S = 10.0
 """A check that takes longer than this fails (a learner's function that never returns)."""
@@ -105,6 +111,8 @@ class Check:
     """The lab id (set by :class:`Checks`): where :meth:`Context.markdown` looks for the saved notebook."""
     after: str | None = None
     """In the grader, run with the checks of this later question (the check needs code written there)."""
+    code_hint: str = ""
+    """The second-level hint: the code itself, shown only on request (``await check("q1", hint=2)``)."""
 
 
 class Checks:
@@ -126,8 +134,14 @@ class Checks:
         timeout: float = DEFAULT_TIMEOUT_S,
         name: str | None = None,
         after: str | None = None,
+        code_hint: str = "",
     ) -> Callable[[CheckFunc], CheckFunc]:
         """Decorator: register an ``async def f(ctx)`` as a check of ``question``.
+
+        Hints come in two levels. ``hint`` is the idea (which concept, which rule, where to
+        look), shown under every failure; it never spells out the answer. ``code_hint`` is
+        the code (the call, the line), shown only when the learner asks for it with
+        ``await check("q1", hint=2)``.
 
         ``after="q4"``: the grader runs this check right after question q4's check cell
         instead of q1's, because it needs code the learner writes later (a diagram drawn in
@@ -146,7 +160,7 @@ class Checks:
             doc = inspect.getdoc(func) or check_name.replace("_", " ")
             description = doc.strip().splitlines()[0].rstrip(".")
             self._checks.append(
-                Check(question, check_name, description, func, float(points), hidden, hint, timeout, self.lab, after)
+                Check(question, check_name, description, func, float(points), hidden, hint, timeout, self.lab, after, code_hint)
             )
             return func
 
@@ -223,6 +237,10 @@ class Outcome:
     value: Any = None
     error: Exception | None = None
     seconds: float = 0.0
+    stalled_s: float = 0.0
+    """The longest the event loop stood still during the call (a blocking call shows here)."""
+    unawaited: tuple[str, ...] = ()
+    """Coroutines the call created and dropped without awaiting (a missing ``await``), by name."""
 
     @property
     def raised(self) -> str:
@@ -230,37 +248,118 @@ class Outcome:
         if self.error is None:
             return "no exception"
         text = str(self.error)
-        return f"{type(self.error).__name__}: {text}" if text else type(self.error).__name__
+        told = f"{type(self.error).__name__}: {text}" if text else type(self.error).__name__
+        if self.unawaited:
+            told += f" ({forgot_await(self.unawaited)})"
+        elif "'coroutine' object" in text:
+            told += " (a coroutine was used as a value: an `await` is missing)"
+        return told
+
+
+_UNAWAITED = re.compile(r"coroutine '([^']+)' was never awaited")
+
+_capture = {"on": False}
+"""Whether some outcome() is recording warnings right now (see :func:`_recording_warnings`)."""
+
+
+@contextlib.contextmanager
+def _recording_warnings() -> Iterator[list[warnings.WarningMessage]]:
+    """Record the warnings given while the learner's code runs (a dropped coroutine's among them).
+
+    ``warnings.catch_warnings`` swaps module-wide state and restores it on exit, so two that
+    overlap in time (two checks' calls running as concurrent tasks) would restore each other
+    out of order and leave warnings swallowed for the rest of the kernel. Only the first of
+    overlapping calls records; the others get an empty list (they miss a name, nothing worse).
+    """
+    if _capture["on"]:
+        yield []
+        return
+    _capture["on"] = True
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", RuntimeWarning)  # every dropped coroutine, even one warned about before
+            yield caught
+    finally:
+        _capture["on"] = False
+
+
+def forgot_await(names: tuple[str, ...] | list[str]) -> str:
+    """The words for coroutines created and never awaited: what the learner forgot."""
+    calls = ", ".join(f"{name.rsplit('.', 1)[-1]}()" for name in dict.fromkeys(names))
+    return f"the coroutine {calls} was never awaited: write `await` before the call"
+
+
+def _unawaited(caught: list[warnings.WarningMessage]) -> tuple[str, ...]:
+    """The coroutine names among ``caught``; every other warning is shown as it would have been."""
+    names: list[str] = []
+    for warning in caught:
+        found = _UNAWAITED.search(str(warning.message))
+        if found and issubclass(warning.category, RuntimeWarning):
+            names.append(found.group(1))
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno, source=warning.source)
+    return tuple(names)
 
 
 async def outcome(label: str, call: Callable[[], Any], timeout: float = 5.0) -> Outcome:
     """Run ``call()`` (the learner's code, sync or async) for a check, at most ``timeout`` s.
 
-    Two things end the check at once, with the same message in every lab: code that is
-    not written yet (``NotImplementedError``: "``label`` is not written yet") and code
-    that does not finish within ``timeout``. Any other exception is returned in the
-    :class:`Outcome` for the check to judge: a retry helper *should* raise the service's
-    error in the end, a fetch with a timeout *should* raise its own TimeoutError.
-    ``label`` names the call the way the learner knows it, e.g. ``"fetch()"``.
+    A few things end the check at once, with the same message in every lab: code that is
+    not written yet (``NotImplementedError``: "``label`` is not written yet"); code that
+    does not finish within ``timeout``, told apart by why: it blocked the event loop
+    (``time.sleep``, a blocking client, a CPU loop: measured with a
+    :class:`~helpers.grading.probes.LoopLag`), it dropped a coroutine without awaiting it
+    (the warning Python gives is caught and named), or it is simply too slow; and code that
+    returns a coroutine instead of a value (a ``return`` without ``await``). Any other
+    exception is returned in the :class:`Outcome` for the check to judge: a retry helper
+    *should* raise the service's error in the end, a fetch with a timeout *should* raise
+    its own TimeoutError. ``label`` names the call the way the learner knows it, e.g. ``"fetch()"``.
     """
     limit = deadline(timeout)
+    lag = LoopLag().start()
     started = time.perf_counter()
-    try:
-        async with limit:
-            value = call()
-            if inspect.isawaitable(value):
-                value = await value
-    except NotImplementedError:
-        raise CheckFailed(f"{label} is not written yet (it raises NotImplementedError)") from None
-    except CheckFailed:
-        raise
-    except TimeoutError as exc:
-        if limit.expired():
-            raise CheckFailed(f"{label} did not finish within {timeout:g} s") from None
-        return Outcome(None, exc, time.perf_counter() - started)  # the code under test timed out by itself
-    except Exception as exc:  # noqa: BLE001 - the learner's exception is what the check inspects
-        return Outcome(None, exc, time.perf_counter() - started)
-    return Outcome(value, None, time.perf_counter() - started)
+    value: Any = None
+    error: Exception | None = None
+    stuck = False
+    with _recording_warnings() as caught:
+        try:
+            async with limit:
+                value = call()
+                if inspect.isawaitable(value):
+                    value = await value
+        except NotImplementedError:
+            raise CheckFailed(f"{label} is not written yet (it raises NotImplementedError)") from None
+        except CheckFailed:
+            raise
+        except TimeoutError as exc:
+            stuck = limit.expired()
+            error = None if stuck else exc  # otherwise the code under test timed out by itself
+        except Exception as exc:  # noqa: BLE001 - the learner's exception is what the check inspects
+            error = exc
+        finally:
+            lag.stop()
+    seconds = time.perf_counter() - started
+    dropped = _unawaited(caught)
+    if stuck:
+        raise CheckFailed(_stuck(label, timeout, lag.longest, dropped))
+    if lag.longest >= timeout:  # a call that never let the deadline fire: it held the loop the whole time
+        raise CheckFailed(blocking_message(label, lag.longest))
+    if error is None and inspect.iscoroutine(value):
+        value.close()  # never run: close it so Python does not warn a second time
+        raise CheckFailed(
+            f"{label} returned a coroutine ({getattr(value, '__qualname__', 'a coroutine')}) instead of its result: "
+            "write `return await ...`, not `return ...`"
+        )
+    return Outcome(value, error, seconds, lag.longest, dropped)
+
+
+def _stuck(label: str, timeout: float, stalled_s: float, dropped: tuple[str, ...]) -> str:
+    """Why ``label`` did not finish within ``timeout``: blocking, a missing await, or slowness."""
+    if stalled_s >= min(1.0, timeout / 2):
+        return blocking_message(label, stalled_s)
+    if dropped:
+        return f"{label} did not finish within {timeout:g} s, and {forgot_await(dropped)}"
+    return f"{label} did not finish within {timeout:g} s"
 
 
 # --------------------------------------------------------------------------- the check's context
@@ -314,11 +413,33 @@ class Context:
         if name not in self.ns:
             if default is not _MISSING:
                 return default
+            if isinstance(_last_cell_error(), NotImplementedError):
+                raise CheckFailed(
+                    f"`{name}` is not defined yet: a cell stopped at `raise NotImplementedError`; write your code in "
+                    f"place of that line, then run the cell (it creates `{name}`)"
+                )
             raise CheckFailed(f"`{name}` is not defined: run the cell that creates it (is it spelled `{name}`?)")
         value = self.ns[name]
         if value is Ellipsis:
             raise CheckFailed(f"`{name}` is still `...`: replace it with your answer")
         return value
+
+    def running_service(self, name: str) -> Any:
+        """The learner's HTTP service ``name`` (what ``start_service`` returned), checked to be still running.
+
+        A service stopped by the notebook's clean-up cell fails with that reason, instead of
+        every request to it failing (or the learner's number being blamed).
+        """
+        svc = self.get(name)
+        expect(
+            hasattr(svc, "url") and hasattr(svc, "runner"),
+            f"`{name}` should be what start_service(...) returned (it has a .url), got {type(svc).__name__}",
+        )
+        expect(
+            not service_stopped(svc),
+            f"`{name}` was stopped (did the clean-up cell run?): run the cells that start it again, then check",
+        )
+        return svc
 
     def function(self, name: str) -> Callable[..., Any]:
         """The learner's function ``name`` (fails clearly if it is not callable)."""
@@ -384,6 +505,17 @@ class Context:
                 await asyncio.wait_for(func(), 5.0)
             except Exception:  # noqa: BLE001 - cleanup is best effort
                 pass
+
+
+def service_stopped(svc: Any) -> bool:
+    """True when a service that ``start_service`` returned has been stopped (its listener is closed)."""
+    runner = getattr(svc, "runner", None)
+    return runner is not None and not getattr(runner, "sites", True)
+
+
+def _last_cell_error() -> BaseException | None:
+    """The exception the notebook's most recent failing cell raised (IPython keeps it in ``sys``), if any."""
+    return getattr(sys, "last_value", None)
 
 
 # --------------------------------------------------------------------------- the saved notebook
@@ -460,11 +592,24 @@ class CheckResult:
     hint: str = ""
     hidden: bool = False
     seconds: float = 0.0
+    code_hint: str = ""
+    """The second-level hint (the code), shown by ``await check("q1", hint=2)``."""
 
     @classmethod
     def failed(cls, check: Check, message: str) -> CheckResult:
         """A zero-point result for ``check`` that did not run or did not pass, saying why."""
-        return cls(check.question, check.name, check.description, False, 0.0, check.points, message, check.hint, check.hidden)
+        return cls(
+            check.question,
+            check.name,
+            check.description,
+            False,
+            0.0,
+            check.points,
+            message,
+            check.hint,
+            check.hidden,
+            code_hint=check.code_hint,
+        )
 
     @classmethod
     def from_dict(cls, data: object) -> CheckResult:
@@ -494,21 +639,28 @@ async def run_check(
     ctx = Context(namespace, check, markdown=markdown)
     start = time.perf_counter()
     passed, message = False, ""
+    lag = LoopLag().start()  # a timeout or an interrupt caused by a blocking call is reported as such
     try:
         async with deadline(check.timeout):
             detail = await check.func(ctx)
         passed, message = True, "" if detail is None else str(detail)
     except TimeoutError:
-        message = f"timed out after {check.timeout:g} s"
+        lag.stop()
+        stalled = lag.longest >= min(1.0, check.timeout / 2)
+        message = blocking_message("the code under test", lag.longest) if stalled else f"timed out after {check.timeout:g} s"
     except AssertionError as exc:  # CheckFailed, expect() and plain asserts
         message = str(exc) or "an assertion failed"
     except KeyboardInterrupt:
         if not catch_interrupt:
             raise
-        message = "interrupted: the code under test did not give control back (an endless loop?)"
+        message = (
+            "interrupted: the code under test did not give control back (an endless loop, or a blocking call such as "
+            "time.sleep() or requests in async code?)"
+        )
     except Exception as exc:  # noqa: BLE001 - a learner error surfacing inside the check
         message = f"{type(exc).__name__}: {exc}"
     finally:
+        await lag.close()
         await ctx.close()
     # Built field by field, under the module's own name: the grader notices when code
     # under test replaces ``CheckResult`` (see helpers.grading.kernel).
@@ -523,6 +675,7 @@ async def run_check(
         check.hint,
         check.hidden,
         round(time.perf_counter() - start, 3),
+        check.code_hint,
     )
 
 

@@ -40,7 +40,7 @@ from helpers.choosing.hybrid import (
     start_hybrid,
 )
 from helpers.core.messaging import Event, make_event
-from helpers.core.problems import PROBLEM_JSON
+from helpers.core.problems import PROBLEM_BASE, PROBLEM_JSON
 from helpers.core.waiting import until, until_quiet
 from helpers.grading.checks import CheckFailed, Checks, Context, expect
 
@@ -157,7 +157,12 @@ def _problem(answer: Answer, what: str, status: int) -> None:
 # --------------------------------------------------------------------------- q1: the kickoff
 
 
-@checks.check("q1", hint="202 says accepted, not done; Location says where to look, Retry-After when")
+@checks.check(
+    "q1",
+    hint="202 says accepted, not done; Location says where to look, Retry-After when",
+    code_hint="return web.json_response(job.accepted, status=202, "
+    'headers={"Location": f"/jobs/{job.job_id}", "Retry-After": str(jobs.retry_after_s)})',
+)
 async def answers_202_with_location_and_retry_after(ctx: Context) -> str:
     """POST /jobs answers 202 Accepted with Location (the job's status), Retry-After and the job id"""
     system = await _system(ctx)
@@ -191,7 +196,11 @@ async def answers_202_with_location_and_retry_after(ctx: Context) -> str:
     return f"202, Location /jobs/{job.job_id[:8]}..., Retry-After {retry_after}"
 
 
-@checks.check("q1", hint="queue the work, then answer: the 202 never waits for the steps")
+@checks.check(
+    "q1",
+    hint="queue the work, then answer: the 202 never waits for the steps",
+    code_hint="job = jobs.create(task, key); await jobs.start(job)  # returns once the broker has the first step; then answer",
+)
 async def kickoff_answers_before_the_work(ctx: Context) -> str:
     """The 202 comes back long before the job is done, and the job it started runs to its end"""
     system = await _system(ctx)
@@ -215,7 +224,11 @@ async def kickoff_answers_before_the_work(ctx: Context) -> str:
 BAD_BODIES = (b"", b"not json at all", b"[1, 2, 3]", b'{"task": ""}', b'{"task": 42}', b'{"topic": "x"}')
 
 
-@checks.check("q1", hint="validate before anything else: a request that can never succeed gets a 400 at once")
+@checks.check(
+    "q1",
+    hint="validate before anything else: a request that can never succeed gets a 400 at once",
+    code_hint='if await read_task(request) is None: return problem(400, "Invalid task", "...", f"{PROBLEM_BASE}invalid-task")',
+)
 async def rejects_a_bad_task_at_once(ctx: Context) -> str:
     """A body that is not a valid task gets 400 problem+json at once, and no job"""
     system = await _system(ctx)
@@ -224,11 +237,21 @@ async def rejects_a_bad_task_at_once(ctx: Context) -> str:
     for body in bodies:
         answer = await _call(system, http, "POST", "/jobs", data=body, headers={"Content-Type": "application/json"})
         _problem(answer, f"POST /jobs with the body {body!r}", 400)
+        kind = answer.body.get("type", "") if isinstance(answer.body, dict) else ""
+        expect(
+            isinstance(kind, str) and kind.startswith(PROBLEM_BASE),
+            f"the 400's problem type is {kind!r}: the lab asks for a type URI under PROBLEM_BASE ({PROBLEM_BASE}...), "
+            "which names the kind of mistake for the client",
+        )
     expect(len(system.board) == 0, f"bad requests created {len(system.board)} job(s): validate before jobs.create(...)")
     return f"400 for {', '.join(repr(b) for b in bodies)}"
 
 
-@checks.check("q1", hint="a retry carries the same Idempotency-Key: find the job it made before making one")
+@checks.check(
+    "q1",
+    hint="a retry carries the same Idempotency-Key: find the job it made before making one",
+    code_hint='job = jobs.by_key(request.headers.get("Idempotency-Key"))  # found: answer its 202 again, start nothing',
+)
 async def a_retry_with_the_same_key_gets_the_same_job(ctx: Context) -> str:
     """A retried POST with the same Idempotency-Key gets the same job, and the work runs once"""
     system = await _system(ctx)
@@ -284,7 +307,12 @@ def _fresh_job(ctx: Context) -> Job:
     return Job(uuid.uuid4().hex, {"task": _task(ctx)}, tuple(s.name for s in STEPS))
 
 
-@checks.check("q2", hint="each worker event moves the job on: a step started or done means running; success carries the result")
+@checks.check(
+    "q2",
+    hint="each worker event moves the job on: a step started or done means running; success carries the result",
+    code_hint='if event.type == STEP_STARTED: job.state, job.step = RUNNING, data["step"] ... '
+    'elif event.type == JOB_SUCCEEDED: job.state, job.done, job.result = SUCCEEDED, job.total, data["result"]',
+)
 async def follows_a_job_to_success(ctx: Context) -> str:
     """A job goes accepted > running > succeeded, with every step counted and the result kept"""
     system = await _system(ctx, apply=True)
@@ -308,7 +336,12 @@ async def follows_a_job_to_success(ctx: Context) -> str:
     return f"{' > '.join(history)}, {job.done} of {job.total} steps"
 
 
-@checks.check("q2", points=2, hint="a failure is an outcome too: the job ends as failed, with the step and the reason")
+@checks.check(
+    "q2",
+    points=2,
+    hint="a failure is an outcome too: the job ends as failed, with the step and the reason",
+    code_hint='elif event.type == JOB_FAILED: job.state, job.failed_step, job.reason = FAILED, data["step"], data["reason"]',
+)
 async def a_failed_step_ends_the_job(ctx: Context) -> str:
     """A step that fails ends the job as failed, naming the step and the reason (reported, not lost)"""
     system = await _system(ctx, apply=True)
@@ -367,7 +400,11 @@ async def a_repeated_event_counts_once(ctx: Context) -> None:
 # --------------------------------------------------------------------------- q3: the status resource
 
 
-@checks.check("q3", hint="a job that does not exist is a 404, as problem+json")
+@checks.check(
+    "q3",
+    hint="a job that does not exist is a 404, as problem+json",
+    code_hint='if job is None: return problem(404, "Unknown job", "...", f"{PROBLEM_BASE}unknown-job")',
+)
 async def unknown_job_is_404_problem(ctx: Context) -> None:
     """GET /jobs/{id} of a job that does not exist answers 404 problem+json"""
     system = await _system(ctx, apply=True, status=True)
@@ -376,7 +413,11 @@ async def unknown_job_is_404_problem(ctx: Context) -> None:
     _problem(answer, "GET of an unknown job", 404)
 
 
-@checks.check("q3", hint="an unfinished job: its status, and when to ask again")
+@checks.check(
+    "q3",
+    hint="an unfinished job: its status, and when to ask again",
+    code_hint='web.json_response(job.to_json(), headers={} if job.final else {"Retry-After": str(jobs.retry_after_s)})',
+)
 async def an_unfinished_job_reports_its_state(ctx: Context) -> str:
     """A running job's status answers 200 with its state and progress, and Retry-After"""
     system = await _system(ctx, apply=True, status=True)
@@ -400,7 +441,11 @@ async def an_unfinished_job_reports_its_state(ctx: Context) -> str:
     return f"running at {step!r}, Retry-After {retry_after}"
 
 
-@checks.check("q3", hint="a finished job points at its result with the redirect that means: go GET it there")
+@checks.check(
+    "q3",
+    hint="a finished job points at its result with the redirect that means: go GET it there",
+    code_hint='web.json_response(job.to_json(), status=303, headers={"Location": job.result_path})',
+)
 async def a_finished_job_answers_303_to_its_result(ctx: Context) -> str:
     """Once the job succeeded, its status answers 303 See Other with Location: its result"""
     system = await _system(ctx, apply=True, status=True)
@@ -425,7 +470,11 @@ async def a_finished_job_answers_303_to_its_result(ctx: Context) -> str:
     return f"303 to {status.location}"
 
 
-@checks.check("q3", hint="reading a failed job's status succeeds; the failure is the document, as problem+json")
+@checks.check(
+    "q3",
+    hint="reading a failed job's status succeeds; the failure is the document, as problem+json",
+    code_hint="web.json_response(job.to_json(), content_type=PROBLEM_JSON)  # status 200",
+)
 async def a_failed_job_is_problem_json(ctx: Context) -> str:
     """A failed job's status stays readable: 200 with a problem+json document naming the failed step"""
     system = await _system(ctx, apply=True, status=True)
@@ -446,6 +495,27 @@ async def a_failed_job_is_problem_json(ctx: Context) -> str:
     expect(body.get("state") == FAILED and body.get("failed_step") == step, f"send job.to_json() as the body, got {body!r:.100}")
     expect("Retry-After" not in status.headers, "a failed job is final: no Retry-After (there is nothing to wait for)")
     return f"problem+json: {body.get('detail')}"
+
+
+@checks.check("q3", hidden=True, hint="a cancelled job is final too: nothing to wait for, so no Retry-After")
+async def a_cancelled_job_has_no_retry_after(ctx: Context) -> None:
+    """Hidden: a cancelled job's status answers 200 with its document, and no Retry-After"""
+    system = await _system(ctx, apply=True, status=True)
+    http = await _session(ctx)
+    system.faults.hold_step = STEPS[0].name  # the job waits at its first step: surely unfinished when it is cancelled
+    answer = await _kick_off(system, http, _task(ctx))
+    job = _job_of(system, answer)
+    await system.board.cancel(job)  # the course's cancel, not the learner's (that is question 4)
+    system.agent.release()
+    status = await _call(system, http, "GET", str(answer.location))
+    expect(status.status == 200, f"the status of a cancelled job answered {_describe(status)}, expected 200 with its status")
+    body = status.body if isinstance(status.body, dict) else {}
+    expect(body.get("state") == CANCELLED, f"the job was cancelled, the status says {body.get('state')!r}")
+    expect(
+        "Retry-After" not in status.headers,
+        "a cancelled job's status carries Retry-After: a cancelled job is final, there is nothing to wait for "
+        "(send Retry-After only while the job is not final)",
+    )
 
 
 @checks.check("q3", hidden=True, timeout=15, hint="a poller needs Retry-After while the job runs and the 303 once it is done")
@@ -473,7 +543,12 @@ async def a_poll_and_the_stream_see_the_same_states(ctx: Context) -> None:
 # --------------------------------------------------------------------------- q4: cancel
 
 
-@checks.check("q4", points=2, hint="a cancel must reach the workers, not only the state the client reads")
+@checks.check(
+    "q4",
+    points=2,
+    hint="a cancel must reach the workers, not only the state the client reads",
+    code_hint="await jobs.cancel(job)  # marks it cancelled and publishes job.cancel; not job.state = CANCELLED",
+)
 async def cancel_stops_the_running_step(ctx: Context) -> str:
     """DELETE /jobs/{id} cancels a running job: state 'cancelled', its running step stops, no later step runs"""
     system = await _system(ctx, apply=True, status=True, cancel=True)
@@ -504,7 +579,11 @@ async def cancel_stops_the_running_step(ctx: Context) -> str:
     return f"cancelled during {step!r}; it stopped, and nothing ran after it"
 
 
-@checks.check("q4", hint="an unknown job is a 404 here too")
+@checks.check(
+    "q4",
+    hint="an unknown job is a 404 here too",
+    code_hint='if job is None: return problem(404, "Unknown job", "...", f"{PROBLEM_BASE}unknown-job")',
+)
 async def cancel_of_an_unknown_job_is_404(ctx: Context) -> None:
     """DELETE of a job that does not exist answers 404 problem+json"""
     system = await _system(ctx, apply=True, status=True, cancel=True)

@@ -9,7 +9,7 @@ with fresh names, users and counts each time, and judges what it sees from outsi
 * the learner's MQTT clients on the wire (:class:`_Watch`: their session settings, the
   QoS each message arrived at, and the moment each PUBACK left, with what was stored or
   notified by then), like lab 04's ``_AckWatch``;
-* the kernel's event loop (:class:`_Ticker`: how long it went without running).
+* the kernel's event loop (:class:`helpers.grading.probes.LoopLag`: how long it went without running).
 
 q1's diagram is read from the notebook's Markdown (``Context.markdown``): in the grader
 from the submitted file, in the notebook from the file as last saved. Its hidden check
@@ -53,6 +53,7 @@ from helpers.core.messaging import Event, InvalidEvent, decode, make_event, publ
 from helpers.core.problems import PROBLEM_JSON
 from helpers.core.waiting import until, until_quiet
 from helpers.grading.checks import SAVE_FIRST, CheckFailed, Checks, Context, HttpAnswer, expect, outcome
+from helpers.grading.probes import LoopLag, blocking_message
 
 checks = Checks("07_image_pipeline")
 
@@ -217,28 +218,6 @@ def _session_problem(watch: _Watch, name: str) -> str | None:
     return None
 
 
-class _Ticker:
-    """A task that ticks every 5 ms: a long gap between two ticks is time the event loop could not run."""
-
-    def __init__(self, ctx: Context) -> None:
-        self.gaps: list[tuple[float, float]] = []
-        self.task = asyncio.ensure_future(self._run())
-        ctx.on_cleanup(self.stop)
-
-    async def _run(self) -> None:
-        while True:
-            before = time.perf_counter()
-            await asyncio.sleep(0.005)
-            self.gaps.append((before, time.perf_counter()))
-
-    async def stop(self) -> None:
-        await lifecycle.kill(self.task)
-
-    def longest(self, start: float, end: float) -> float:
-        """The longest time between two ticks that overlaps [start, end]."""
-        return max((after - before for before, after in self.gaps if after > start and before < end), default=0.0)
-
-
 # --------------------------------------------------------------------------- q1: the diagram
 
 _FLOWCHART = re.compile(r"^\s*(flowchart|graph)\b", re.MULTILINE)
@@ -273,7 +252,11 @@ def _verdict(findings: list[diagram.Finding]) -> None:
     expect(not wrong, "; ".join(wrong))
 
 
-@checks.check("q1", hint="one node per part, named by its label: User, Upload, Storage, AI Image Processor, Notification")
+@checks.check(
+    "q1",
+    hint="one node per part, named by its label: User, Upload, Storage, AI Image Processor, Notification",
+    code_hint="user([User]), upload[Upload], storage[(Storage)], processor[AI Image Processor], notification[Notification]",
+)
 async def draws_every_part(ctx: Context) -> str:
     """Your flowchart has a node for the User and each of the four services."""
     parts, _, _ = _findings(_flowchart(ctx))
@@ -281,7 +264,11 @@ async def draws_every_part(ctx: Context) -> str:
     return "nodes: " + ", ".join(f.subject for f in parts)
 
 
-@checks.check("q1", hint="a solid arrow labeled HTTP ... is sync; a dotted arrow labeled MQTT ... is async")
+@checks.check(
+    "q1",
+    hint="a solid arrow labeled HTTP ... is sync; a dotted arrow labeled MQTT ... is async",
+    code_hint="upload -->|HTTP PUT original| storage  and  upload -.->|MQTT image.uploaded| broker",
+)
 async def marks_every_arrow(ctx: Context) -> str:
     """Every arrow is marked sync (solid, HTTP) or async (dotted, MQTT)."""
     chart = _flowchart(ctx)
@@ -290,7 +277,13 @@ async def marks_every_arrow(ctx: Context) -> str:
     return f"{len(chart.edges)} arrows, each marked"
 
 
-@checks.check("q1", points=2, hint="who waits for whom? only what must happen before the 202 is sync")
+@checks.check(
+    "q1",
+    points=2,
+    hint="who waits for whom? only what must happen before the 202 is sync",
+    code_hint="user -->|HTTP POST /images| upload; upload -.->|MQTT image.uploaded| broker; "
+    "broker -.->|MQTT image.uploaded| processor",
+)
 async def design_holds(ctx: Context) -> str:
     """The design holds: the upload answers without waiting; processing and notification are reached asynchronously."""
     parts, _, design = _findings(_flowchart(ctx))
@@ -504,7 +497,12 @@ async def _no_trace(rig: _UploadRig, answers: list[tuple[str, HttpAnswer, int]])
     return wrong
 
 
-@checks.check("q2", hint="202 means accepted, not done: say where to ask (Location) and when (Retry-After)")
+@checks.check(
+    "q2",
+    hint="202 means accepted, not done: say where to ask (Location) and when (Retry-After)",
+    code_hint='web.json_response({"job_id": job_id, "state": "accepted", "status_url": f"/jobs/{job_id}"}, '
+    'status=202, headers={"Location": f"/jobs/{job_id}", "Retry-After": "1"})',
+)
 async def answers_202_with_a_status_location(ctx: Context) -> str:
     """An image gets 202 Accepted with Location, Retry-After and a JSON body naming the job."""
     rig = await _UploadRig.start(ctx)
@@ -533,7 +531,12 @@ def _processing_time(work: float) -> float:
     return time.perf_counter() - began
 
 
-@checks.check("q2", hint="the upload only validates, stores and publishes; the processor does the work later")
+@checks.check(
+    "q2",
+    hint="the upload only validates, stores and publishes; the processor does the work later",
+    code_hint="inspect_upload (in a thread), storage.put(original_key(job_id), ...), "
+    "mqtt.publish(topics.uploaded, ...), then the 202",
+)
 async def answers_before_processing(ctx: Context) -> str:
     """The 202 comes back in a fraction of the time processing one image takes."""
     rig = await _UploadRig.start(ctx)
@@ -552,7 +555,13 @@ async def answers_before_processing(ctx: Context) -> str:
     return f"202 in {fastest * 1000:.0f} ms; processing one image takes {baseline:.2f} s here"
 
 
-@checks.check("q2", points=2, hint="store the bytes in Storage; the event carries only the key (a claim check)")
+@checks.check(
+    "q2",
+    points=2,
+    hint="store the bytes in Storage; the event carries only the key (a claim check)",
+    code_hint='make_event(IMAGE_UPLOADED, {"job_id": ..., "user": ..., "original": {"key": key, "etag": '
+    'etag, "content_type": info.content_type}}, source="/upload")',
+)
 async def publishes_a_claim_check(ctx: Context) -> str:
     """One image.uploaded event per upload, carrying a reference to the stored original, never the bytes."""
     rig = await _UploadRig.start(ctx)
@@ -590,7 +599,11 @@ async def publishes_a_claim_check(ctx: Context) -> str:
     return f"{size} bytes, original.key {key!r}"
 
 
-@checks.check("q2", hint="the format comes from the bytes (images.inspect_upload), never from the name or Content-Type")
+@checks.check(
+    "q2",
+    hint="the format comes from the bytes (images.inspect_upload), never from the name or Content-Type",
+    code_hint="info = await asyncio.to_thread(images.inspect_upload, data)  # then info.content_type",
+)
 async def refuses_what_is_not_an_image(ctx: Context) -> str:
     """Text named holiday.jpg, sent as image/jpeg, gets 415 problem+json and leaves no trace."""
     rig = await _UploadRig.start(ctx)
@@ -605,7 +618,11 @@ async def refuses_what_is_not_an_image(ctx: Context) -> str:
     return "415 application/problem+json, nothing stored or published"
 
 
-@checks.check("q2", hint="each ImageRejected carries its status: answer problem_for(exc) before storing anything")
+@checks.check(
+    "q2",
+    hint="a refused upload is answered with the problem its rejection carries, before anything is stored",
+    code_hint="except images.ImageRejected as exc: return problem_for(exc)  # before storage.put",
+)
 async def refuses_hostile_uploads(ctx: Context) -> str:
     """An empty upload gets 400, a decompression bomb 413, a truncated JPEG 422, each as problem+json, leaving no trace."""
     rig = await _UploadRig.start(ctx)
@@ -624,7 +641,11 @@ async def refuses_hostile_uploads(ctx: Context) -> str:
     return "400, 413, 422 as problem+json; nothing stored or published"
 
 
-@checks.check("q2", hint="remember the 202 body per Idempotency-Key; a repeat gets it again, without storing or publishing")
+@checks.check(
+    "q2",
+    hint="remember the 202 body per Idempotency-Key; a repeat gets it again, without storing or publishing",
+    code_hint='key = request.headers.get("Idempotency-Key"); if key in answered: return the same 202 with answered[key]',
+)
 async def repeated_idempotency_key_is_one_job(ctx: Context) -> str:
     """The same Idempotency-Key twice gives the same job and one image.uploaded event."""
     rig = await _UploadRig.start(ctx)
@@ -821,7 +842,12 @@ def _results(event: Event) -> dict[str, Any]:
 
 
 @checks.check(
-    "q3", points=2, timeout=15, hint="fetch the original by its key, process it, store each rendition, then announce job.done"
+    "q3",
+    points=2,
+    timeout=15,
+    hint="fetch the original by its key, process it, store each rendition, then announce job.done",
+    code_hint="data, _, _ = await storage.get(key); renditions, caption = await "
+    "asyncio.to_thread(images.process_image, data, work=work)",
 )
 async def processes_an_image(ctx: Context) -> str:
     """An image.uploaded event becomes stored renditions and one job.done naming them."""
@@ -846,7 +872,12 @@ async def processes_an_image(ctx: Context) -> str:
     return f"{len(results)} renditions stored, 1 job.done"
 
 
-@checks.check("q3", timeout=15, hint="the ack promises the work is done: QoS 1, acks only when you say so, and say so last")
+@checks.check(
+    "q3",
+    timeout=15,
+    hint="the ack promises the work is done: QoS 1, acks only when you say so, and say so last",
+    code_hint="await process_job(...); ack(client, message)  # client = manual_ack(broker.client(name, clean_session=False))",
+)
 async def acks_after_storing(ctx: Context) -> str:
     """Each image.uploaded arrives at QoS 1 and is acknowledged only once its results are stored."""
     rig = await _ProcessorRig.started(ctx, work=0.1)
@@ -880,7 +911,13 @@ async def acks_after_storing(ctx: Context) -> str:
     return f"{len(done)} images, each acknowledged after its results were stored"
 
 
-@checks.check("q3", timeout=15, hint="before the work, look for the job's done marker in Storage; write it after job.done")
+@checks.check(
+    "q3",
+    timeout=15,
+    hint="before the work, look for the job's done marker in Storage; write it after job.done",
+    code_hint="if await storage.exists(done_marker(job_id)): return  ...  await "
+    'storage.put(done_marker(job_id), b\'{"state": "done"}\', ...)',
+)
 async def same_event_twice_is_done_once(ctx: Context) -> str:
     """The same image.uploaded event delivered twice is processed once: one set of results, one job.done."""
     rig = await _ProcessorRig.started(ctx, work=0.1)
@@ -900,7 +937,13 @@ async def same_event_twice_is_done_once(ctx: Context) -> str:
     return "1 job.done, 1 set of results for 2 deliveries"
 
 
-@checks.check("q3", timeout=15, hint="a failed image is an outcome, not a crash: job.failed and a dead letter, then carry on")
+@checks.check(
+    "q3",
+    timeout=15,
+    hint="a failed image is an outcome, not a crash: job.failed and a dead letter, then carry on",
+    code_hint="except Exception as exc: publish dead_letter_payload(...) on topics.dead_letter, "
+    "job.failed on topics.failed, write the marker",
+)
 async def failure_ends_failed_with_a_dead_letter(ctx: Context) -> str:
     """An image that cannot be processed ends as job.failed plus a dead letter, and the next image is still processed."""
     rig = await _ProcessorRig.started(ctx, work=0.1)
@@ -927,27 +970,33 @@ async def failure_ends_failed_with_a_dead_letter(ctx: Context) -> str:
     return f"job.failed ({str(reason)[:60]}), 1 dead letter, the next image done"
 
 
-@checks.check("q3", timeout=15, hint="CPU work belongs in a thread: the event loop must keep serving everything else meanwhile")
+@checks.check(
+    "q3",
+    timeout=15,
+    hint="CPU work belongs in a thread: the event loop must keep serving everything else meanwhile",
+    code_hint="await asyncio.to_thread(images.process_image, data, work=work)",
+)
 async def keeps_the_event_loop_free(ctx: Context) -> str:
     """While an image is processed, the event loop keeps running (the work is in a thread)."""
     rig = await _ProcessorRig.started(ctx, work=0.8)  # long enough that a pause of half of it is no scheduling hiccup
-    ticker = _Ticker(ctx)
+    ticker = LoopLag().start()
+    ctx.on_cleanup(ticker.close)
     event = await rig.job()
     job_id, key = event.data["job_id"], event.data["original"]["key"]
     await rig.send(event)
     results = _results(await rig.wait_done(job_id, 10.0))
-    await ticker.stop()
+    ticker.stop()
     fetched = rig.storage.requests("processor", "GET", key=key)
     stores = [c.started for c in rig.storage.requests("processor", "PUT") if c.key in {str(k) for k in results.values()}]
     expect(fetched and stores, "could not see the processing: fetch the original from Storage and store the renditions there")
     start, end = fetched[0].ended, min(stores)
     length = end - start
     expect(length > 0, "the results were stored before the original was fetched")
-    pause = ticker.longest(start, end)
+    pause = ticker.longest_between(start, end)
     expect(
         pause < 0.5 * length,
-        f"blocking the event loop: while your processor worked on the image ({length:.2f} s) the event loop stood still for "
-        f"{pause:.2f} s, and every other service in the kernel with it; run process_image with await asyncio.to_thread(...)",
+        blocking_message(f"your processor, working on the image for {length:.2f} s,", pause)
+        + " (here: run process_image with await asyncio.to_thread(...))",
     )
     return f"longest pause {pause * 1000:.0f} ms while the image took {length:.2f} s"
 
@@ -1077,7 +1126,11 @@ def _once_each(inbox: Inbox, jobs: list[tuple[str, str, str]], label: str) -> No
     expect(not doubled, f"{label}: {len(doubled)} job(s) were notified more than once: remember the notified job ids")
 
 
-@checks.check("q4", hint="one notification per finished job (done or failed), to the job's user; progress is not news")
+@checks.check(
+    "q4",
+    hint="one notification per finished job (done or failed), to the job's user; progress is not news",
+    code_hint='if event.type in (JOB_DONE, JOB_FAILED): Inbox(workdir).notify(event.data["user"], job_id, "done" or "failed")',
+)
 async def notifies_each_user_once(ctx: Context) -> str:
     """Each finished job's user is notified once, with the job's state, even when its event comes twice."""
     rig = await _NotifierRig.started(ctx)
@@ -1101,7 +1154,12 @@ async def notifies_each_user_once(ctx: Context) -> str:
 
 
 @checks.check(
-    "q4", points=2, timeout=15, hint="the same client id every time, clean_session=False, QoS 1: the broker keeps what arrives"
+    "q4",
+    points=2,
+    timeout=15,
+    hint="the same client id every time, a session that outlives the connection, an acknowledged QoS: the broker keeps it all",
+    code_hint="manual_ack(broker.client(name, clean_session=False)); "
+    "subscribed_messages(client, topics.jobs, qos=1, ready=ready)",
 )
 async def keeps_what_arrives_while_down(ctx: Context) -> str:
     """Jobs that finish while the notifier is down are notified once it is back, each once."""
@@ -1157,7 +1215,12 @@ async def remembers_across_a_restart(ctx: Context) -> None:
 # --------------------------------------------------------------------------- q5: end to end, under faults
 
 
-@checks.check("q5", timeout=30, hint="the 202 does not wait for the processor: uploads stay fast however long the queue")
+@checks.check(
+    "q5",
+    timeout=30,
+    hint="the 202 does not wait for the processor: uploads stay fast however long the queue",
+    code_hint="post_image publishes image.uploaded and answers; it never awaits the processing",
+)
 async def burst_of_uploads_stays_fast(ctx: Context) -> str:
     """A burst of uploads gets every 202 quickly while the processor works through the queue; each user hears once."""
     system = await _system(ctx, work=0.3)
@@ -1176,7 +1239,13 @@ async def burst_of_uploads_stays_fast(ctx: Context) -> str:
     return f"{count} uploads: slowest 202 in {burst.slowest_upload_s * 1000:.0f} ms, all processed after {burst.all_done_s:.1f} s"
 
 
-@checks.check("q5", points=2, timeout=40, hint="ack only after the results are stored, and a restart resumes the same session")
+@checks.check(
+    "q5",
+    points=2,
+    timeout=40,
+    hint="ack only after the results are stored, and a restart resumes the same session",
+    code_hint="process_job(...) then ack(client, message); the same name and clean_session=False on every start",
+)
 async def worker_killed_mid_image(ctx: Context) -> str:
     """The processor killed mid-image and restarted: the image is processed again, one job.done, the user notified once."""
     system = await _system(ctx, work=1.0)
@@ -1195,7 +1264,12 @@ async def worker_killed_mid_image(ctx: Context) -> str:
     return "killed mid-image: processed again, 1 job.done, the user notified once"
 
 
-@checks.check("q5", timeout=30, hint="the notifier's persistent session keeps the job.done events while it is down")
+@checks.check(
+    "q5",
+    timeout=30,
+    hint="the notifier's persistent session keeps the job.done events while it is down",
+    code_hint="broker.client(name, clean_session=False) with QoS 1, and the notified ids in SeenIds(Path(workdir) / ...)",
+)
 async def notifier_outage_loses_nothing(ctx: Context) -> str:
     """The notifier down while jobs finish, then restarted: every user notified, each once."""
     system = await _system(ctx, work=0.1)

@@ -91,7 +91,12 @@ async def _offline_count(ctx: Context, broker: Any, name: str, topic: str, n: in
     return len({decode(bytes(m.payload)).id for m in messages})
 
 
-@checks.check("q1", hint="clean_session=False and the same name every time; QOS = 1")
+@checks.check(
+    "q1",
+    hint="the broker keeps messages only for a session that outlives the connection, under the same client id, "
+    "subscribed at a QoS that is acknowledged",
+    code_hint="broker.client(name, clean_session=False); QOS = 1",
+)
 async def orders_wait_for_an_offline_consumer(ctx: Context) -> str:
     """Orders published while the consumer is offline are delivered when it reconnects."""
     broker = await ctx.broker()
@@ -106,7 +111,11 @@ async def orders_wait_for_an_offline_consumer(ctx: Context) -> str:
     return f"{got} of {n} kept while offline"
 
 
-@checks.check("q1", hint="manual_ack(broker.client(...)): the client must not acknowledge on receipt")
+@checks.check(
+    "q1",
+    hint="the client must not acknowledge on receipt, only when you say the work is done",
+    code_hint="return manual_ack(broker.client(name, clean_session=False))",
+)
 async def acknowledges_only_when_told(ctx: Context) -> None:
     """The client acknowledges a message only when ack() is called (manual acks)."""
     broker = await ctx.broker()
@@ -117,7 +126,7 @@ async def acknowledges_only_when_told(ctx: Context) -> None:
     )
 
 
-@checks.check("q1", hidden=True, hint="use the name you are given as the client id")
+@checks.check("q1", hidden=True, hint="use the name you are given as the client id", code_hint="broker.client(name, ...)")
 async def each_name_has_its_own_session(ctx: Context) -> None:
     """Hidden: two consumer names get two separate sessions (no hard-coded client id)."""
     broker = await ctx.broker()
@@ -141,7 +150,7 @@ async def each_name_has_its_own_session(ctx: Context) -> None:
 # --------------------------------------------------------------------------- q2: idempotency
 
 
-async def _apply(ctx: Context, event: Event, ledger: Ledger, applied: Any) -> Any:
+async def _apply(ctx: Context, event: Event, ledger: Any, applied: Any) -> Any:
     return await ctx.call("apply_once", event, ledger, applied)
 
 
@@ -154,7 +163,11 @@ async def _store(ctx: Context, folder: Path) -> Any:
     return store
 
 
-@checks.check("q2", hint="if event.id in applied: return False; else charge, applied.add(event.id), return True")
+@checks.check(
+    "q2",
+    hint="look the event's identity up in the store first; charge and record only what is new, and say which it was",
+    code_hint="if event.id in applied: return False; ledger.charge(event); applied.add(event.id); return True",
+)
 async def charges_each_event_once(ctx: Context) -> str:
     """apply_once charges a new event, skips the same event delivered again, and says which it did."""
     folder = _folder(ctx)
@@ -170,7 +183,11 @@ async def charges_each_event_once(ctx: Context) -> str:
     return "2 charges for 3 deliveries"
 
 
-@checks.check("q2", hint="keep the ids in a file inside workdir (SeenIds(path)), not in a variable")
+@checks.check(
+    "q2",
+    hint="a restarted consumer forgets its variables: the applied ids must live on the consumer's disk, in workdir",
+    code_hint='return SeenIds(Path(workdir) / "applied-ids.txt")',
+)
 async def remembers_after_a_restart(ctx: Context) -> None:
     """A store reopened on the same workdir (a restarted consumer) still knows the applied ids."""
     folder = _folder(ctx)
@@ -181,7 +198,12 @@ async def remembers_after_a_restart(ctx: Context) -> None:
     expect(again is False, f"apply_once should return False for an event applied before the restart, got {again!r}")
 
 
-@checks.check("q2", hidden=True, hint="the store belongs to its workdir: another folder is another consumer")
+@checks.check(
+    "q2",
+    hidden=True,
+    hint="the store belongs to its workdir: another folder is another consumer",
+    code_hint="SeenIds(Path(workdir) / ...)  # a path inside workdir, no module-level set",
+)
 async def stores_belong_to_their_folder(ctx: Context) -> None:
     """Hidden: a store in another folder does not know this folder's ids (no global set)."""
     one, two = _folder(ctx), _folder(ctx)
@@ -195,7 +217,12 @@ async def stores_belong_to_their_folder(ctx: Context) -> None:
     )
 
 
-@checks.check("q2", hidden=True, hint="dedupe on event.id: two distinct events about the same order are both applied")
+@checks.check(
+    "q2",
+    hidden=True,
+    hint="dedupe on the event's identity: two distinct events about the same order are both applied",
+    code_hint="event.id in applied  # not event.data['order_id']",
+)
 async def dedupes_on_event_id(ctx: Context) -> None:
     """Hidden: two distinct events for the same order id are both charged (dedupe on the event id)."""
     folder = _folder(ctx)
@@ -203,6 +230,47 @@ async def dedupes_on_event_id(ctx: Context) -> None:
     await _apply(ctx, order_event(5, amount=10.0), ledger, applied)
     await _apply(ctx, order_event(5, amount=15.0), ledger, applied)  # same order, a second, different event
     expect(len(ledger) == 2, f"2 distinct events made {len(ledger)} charge(s): dedupe on event.id, not on the order")
+
+
+class _FailingLedger:
+    """A ledger whose first ``charge`` fails (the payment provider is down): what is recorded must not outrun it."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger, self.attempts = ledger, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ledger, name)
+
+    def __len__(self) -> int:
+        return len(self._ledger)
+
+    def charge(self, event: Event) -> Any:
+        self.attempts += 1
+        if self.attempts == 1:
+            raise ConnectionError("payment provider unavailable")
+        return self._ledger.charge(event)
+
+
+@checks.check(
+    "q2",
+    hidden=True,
+    hint="record the id only once the charge is done: a crash in between may cost a duplicate, never a lost charge",
+    code_hint="ledger.charge(event) first, then applied.add(event.id)",
+)
+async def records_only_after_charging(ctx: Context) -> None:
+    """Hidden: when a charge fails, the event is not marked applied, so its redelivery charges it."""
+    folder = _folder(ctx)
+    ledger = _FailingLedger(Ledger(folder / "ledger.jsonl"))
+    applied = await _store(ctx, folder)
+    event = order_event(ctx.rng.randint(1, 999))
+    first = await outcome("apply_once()", lambda: ctx.function("apply_once")(event, ledger, applied), 5.0)
+    expect(first.error is not None, "the charge failed, yet apply_once returned normally: let the ledger's error through")
+    again = await _apply(ctx, event, ledger, await _store(ctx, folder))  # redelivered, after a restart
+    expect(
+        len(ledger) == 1 and again is True,
+        "the first charge failed, and its redelivery was skipped as already applied: the order is never charged "
+        "(record the event id only after the charge succeeded)",
+    )
 
 
 # --------------------------------------------------------------------------- q3: dead letters
@@ -214,8 +282,22 @@ async def _parse(ctx: Context, broker: Any, payload: bytes) -> tuple[Any, list[a
     message = aiomqtt.Message(topic, payload, 1, False, 1, None)
     async with broker.client() as watcher, broker.client() as client:
         await watcher.subscribe(dead_topic, qos=1)
+        publish_as_asked = client.publish
+        levels: list[int] = []
+
+        async def noted(topic: Any, *rest: Any, **options: Any) -> Any:
+            levels.append(int(options.get("qos", rest[1] if len(rest) > 1 else 0)))
+            return await publish_as_asked(topic, *rest, **options)
+
+        noted.__qualname__ = "Client.publish"  # the name a missing `await` is reported under
+        client.publish = noted  # the QoS the learner publishes at, noted on this client only
         result = await ctx.call("parse_or_dead_letter", client, message, dead_topic)
         dead = await collect(watcher, expected=1, idle=0.5, timeout=3)
+    expect(
+        all(level == 1 for level in levels),
+        f"the dead letter was published with QoS {min(levels, default=0)}: publish it with QoS 1, so a message that "
+        "failed once is not lost on its way to the dead-letter topic",
+    )
     return result, dead
 
 
@@ -229,7 +311,12 @@ def _record(messages: list[aiomqtt.Message]) -> dict[str, Any]:
     return record
 
 
-@checks.check("q3", hint="except InvalidEvent as exc: publish dead_letter_payload(topic, payload, reason) and return None")
+@checks.check(
+    "q3",
+    hint="a payload decode() rejects is published, with the reason, to the dead-letter topic; the caller gets None",
+    code_hint="except InvalidEvent as exc: await client.publish(dead_letter_topic, "
+    "dead_letter_payload(str(message.topic), payload, str(exc)), qos=1); return None",
+)
 async def malformed_goes_to_dead_letters(ctx: Context) -> str:
     """A payload that is not JSON is published to the dead-letter topic with a reason; None is returned."""
     broker = await ctx.broker()
@@ -244,7 +331,7 @@ async def malformed_goes_to_dead_letters(ctx: Context) -> str:
     return f"reason: {record['reason'][:60]}"
 
 
-@checks.check("q3", hint="return decode(payload) when it works, and publish nothing")
+@checks.check("q3", hint="a valid event is returned as decoded, and nothing is published", code_hint="return decode(payload)")
 async def valid_event_passes_through(ctx: Context) -> None:
     """A valid event is returned decoded, and nothing goes to the dead-letter topic."""
     broker = await ctx.broker()
@@ -254,7 +341,12 @@ async def valid_event_passes_through(ctx: Context) -> None:
     expect(not dead, f"a valid event was dead-lettered: {bytes(dead[0].payload)[:80]!r}" if dead else "")
 
 
-@checks.check("q3", hidden=True, hint="anything decode() rejects is dead-lettered, including binary garbage")
+@checks.check(
+    "q3",
+    hidden=True,
+    hint="anything decode() rejects is dead-lettered, including binary garbage",
+    code_hint="except InvalidEvent: ...  # decode raises it for every malformed payload",
+)
 async def incomplete_and_binary_are_dead_lettered(ctx: Context) -> None:
     """Hidden: JSON without CloudEvents attributes, and non-UTF-8 bytes, are both dead-lettered."""
     broker = await ctx.broker()
@@ -279,6 +371,7 @@ class _AckWatch:
         self._broker, self._ledger = broker, ledger
         self.early: list[str] = []  # orders acknowledged before they were charged
         self.qos0: list[str] = []  # orders that arrived at QoS 0 (never acknowledged, never resent)
+        self.out_of_order = 0  # acks sent while an earlier message (in arrival order) was still unacknowledged
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._broker, name)
@@ -286,8 +379,11 @@ class _AckWatch:
     def client(self, *args: Any, **kwargs: Any) -> Any:
         client = self._broker.client(*args, **kwargs)
         in_flight: dict[int, str] = {}  # mid -> event id
+        arrived: list[int] = []  # mids of QoS 1 messages not acknowledged yet, in arrival order
 
         def received(message: Any) -> None:
+            if message.qos > 0:
+                arrived.append(message.mid)
             try:
                 event_id = decode(bytes(message.payload)).id
             except InvalidEvent:
@@ -298,6 +394,10 @@ class _AckWatch:
                 in_flight[message.mid] = event_id
 
         def acked(mid: int) -> None:
+            if mid in arrived:
+                if arrived[0] != mid:
+                    self.out_of_order += 1
+                arrived.remove(mid)
             event_id = in_flight.pop(mid, None)
             if event_id is not None and event_id not in {c["event_id"] for c in self._ledger.charges()}:
                 self.early.append(event_id)
@@ -363,32 +463,48 @@ def _orders(ctx: Context, n: int) -> list[Event]:
     return [order_event(base + i, amount=float(ctx.rng.randint(5, 99))) for i in range(n)]
 
 
-def _exactly_once(counts: dict[str, int], label: str) -> None:
+def _charged_once(counts: dict[str, int], label: str) -> None:
     missing = [i for i, c in counts.items() if c == 0]
     doubled = [i for i, c in counts.items() if c > 1]
     expect(not missing, f"{label}: {len(missing)} of {len(counts)} orders were never charged")
     expect(not doubled, f"{label}: {len(doubled)} order(s) charged more than once")
 
 
-@checks.check("q4", hint="read with subscribed_messages(client, topic, qos=QOS, ready=ready); apply_once; then ack", timeout=15)
+@checks.check(
+    "q4",
+    hint="read every message of the topic, one at a time: parse it, apply it once, then acknowledge it",
+    code_hint="async for message in subscribed_messages(client, topic, qos=QOS, ready=ready): ...",
+    timeout=15,
+)
 async def charges_orders_while_running(ctx: Context) -> str:
-    """Orders published while the consumer runs are each charged exactly once."""
+    """Orders published while the consumer runs are each charged once."""
     run = _Run(ctx, await ctx.broker())
     await run.start()
     orders = _orders(ctx, ctx.rng.randint(4, 7))
     await run.publish(orders)
-    _exactly_once(await run.wait_charged(orders), "while running")
+    _charged_once(await run.wait_charged(orders), "while running")
     return f"{len(orders)} orders, {len(orders)} charges"
 
 
-@checks.check("q4", hint="subscribe with qos=QOS (1), and call ack() only after apply_once()", timeout=15)
+@checks.check(
+    "q4",
+    hint="the acknowledgement promises the work is done: it comes last, after the charge",
+    code_hint="apply_once(event, ledger, applied); ack(client, message)  # in this order, with qos=QOS",
+    timeout=15,
+)
 async def acks_each_order_after_charging_it(ctx: Context) -> str:
     """Each order arrives at QoS 1 and is acknowledged only once it has been charged."""
     run = _Run(ctx, await ctx.broker())
     await run.start()
     orders = _orders(ctx, 20)
     await run.publish(orders)
-    _exactly_once(await run.wait_charged(orders), "orders published while it ran")
+    counts = await run.wait_charged(orders)
+    expect(
+        not run.watch.out_of_order,
+        f"{run.watch.out_of_order} acknowledgement(s) were sent before an earlier message's: MQTT requires acks in "
+        "the order the messages arrived (a strict broker disconnects the client); handle one message at a time",
+    )
+    _charged_once(counts, "orders published while it ran")
     await run.stop()
     expect(
         not run.watch.qos0,
@@ -404,23 +520,33 @@ async def acks_each_order_after_charging_it(ctx: Context) -> str:
     return f"{len(orders)} orders, every ack after its charge"
 
 
-@checks.check("q4", hint="a persistent session keeps the orders; a store on disk remembers what was charged", timeout=15)
+@checks.check(
+    "q4",
+    hint="a persistent session keeps the orders; a store on disk remembers what was charged",
+    code_hint="consumer_client(broker, name) and open_applied_ids(workdir), both inside run_consumer",
+    timeout=15,
+)
 async def survives_a_restart(ctx: Context) -> str:
     """Killed and restarted: orders sent while it was down are charged, a repeated order is not charged again."""
     run = _Run(ctx, await ctx.broker())
     await run.start()
     before = _orders(ctx, 3)
     await run.publish(before)
-    _exactly_once(await run.wait_charged(before), "before the restart")
+    _charged_once(await run.wait_charged(before), "before the restart")
     await run.stop()  # killed
     during = _orders(ctx, 4)
     await run.publish([*during, before[0]])  # new orders + a publisher retry of an old one, while it is down
     await run.start()
-    _exactly_once(await run.wait_charged([*before, *during]), "after the restart")
+    _charged_once(await run.wait_charged([*before, *during]), "after the restart")
     return "7 orders, 7 charges across a restart"
 
 
-@checks.check("q4", hint='dead letters go to f"{topic}/dead-letter"; ack them too, and keep reading', timeout=15)
+@checks.check(
+    "q4",
+    hint="a malformed message is dead-lettered, acknowledged, and the loop goes on",
+    code_hint='parse_or_dead_letter(client, message, f"{topic}/dead-letter"); ack it even when it returned None',
+    timeout=15,
+)
 async def dead_letters_and_keeps_going(ctx: Context) -> None:
     """A malformed message goes to TOPIC/dead-letter and the next order is still charged."""
     broker = await ctx.broker()
@@ -435,11 +561,18 @@ async def dead_letters_and_keeps_going(ctx: Context) -> None:
         counts = await run.wait_charged(after)
         dead = await collect(watcher, expected=1, idle=0.5, timeout=3)
     expect(run.alive(), "the consumer stopped after the malformed message: dead-letter it and carry on")
-    _exactly_once(counts, "the order after the malformed message")
+    _charged_once(counts, "the order after the malformed message")
     _record(dead)
 
 
-@checks.check("q4", hidden=True, points=2, hint="ack only after apply_once; the store must survive the kill", timeout=20)
+@checks.check(
+    "q4",
+    hidden=True,
+    points=2,
+    hint="ack only after the charge; the store must survive the kill",
+    code_hint="apply_once(...) before ack(client, message)",
+    timeout=20,
+)
 async def killed_mid_stream(ctx: Context) -> str:
     """Hidden: killed in the middle of a stream, restarted: no order charged twice, none lost the broker kept."""
     from helpers.pubsub.probes import redelivers_unacked
@@ -465,4 +598,4 @@ async def killed_mid_stream(ctx: Context) -> str:
             f"{len(lost)} of {len(stream)} orders in flight at the kill were never charged, although this "
             "broker resends un-acknowledged messages: is ack() sent before the work is done?"
         )
-    return f"no double charge; {len(lost)} in-flight orders not resent by this broker" if lost else "every order exactly once"
+    return f"no double charge; {len(lost)} in-flight orders not resent by this broker" if lost else "every order charged once"

@@ -92,7 +92,12 @@ class Flaky:
 # --------------------------------------------------------------------------- q1: fetch with a timeout
 
 
-@checks.check("q1", hint="async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout_s)) as response: ...")
+@checks.check(
+    "q1",
+    hint="GET the url with the session you are given and return the body, parsed as JSON",
+    code_hint="async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout_s)) as response: "
+    "return await response.json()",
+)
 async def fetch_returns_json(ctx: Context) -> None:
     """fetch(session, url) returns the service's JSON answer."""
     import aiohttp
@@ -106,7 +111,11 @@ async def fetch_returns_json(ctx: Context) -> None:
     expect(got.value == payload, f"expected {payload}, got {got.value!r}")
 
 
-@checks.check("q1", hint="the timeout must cover the whole call: aiohttp.ClientTimeout(total=timeout_s)")
+@checks.check(
+    "q1",
+    hint="the timeout must bound the whole call (connect, wait, read), not only one phase of it",
+    code_hint="session.get(url, timeout=aiohttp.ClientTimeout(total=timeout_s))",
+)
 async def fetch_gives_up_at_its_timeout(ctx: Context) -> str:
     """Against a service that takes 1 s, fetch(..., timeout_s=0.2) raises asyncio.TimeoutError within 0.4 s."""
     import aiohttp
@@ -120,7 +129,11 @@ async def fetch_gives_up_at_its_timeout(ctx: Context) -> str:
     return f"gave up after {got.seconds * 1000:.0f} ms"
 
 
-@checks.check("q1", hint="if response.status >= 500: raise ServiceError(response.status, url)")
+@checks.check(
+    "q1",
+    hint="look at the status before reading the body: a 5xx means the service is there but failing",
+    code_hint="if response.status >= 500: raise ServiceError(response.status, url)",
+)
 async def fetch_raises_service_error_on_5xx(ctx: Context) -> None:
     """A 5xx answer raises ServiceError carrying the status."""
     import aiohttp
@@ -140,7 +153,49 @@ async def fetch_raises_service_error_on_5xx(ctx: Context) -> None:
     expect(carried == status, f"ServiceError.status should be {status}, got {carried!r}")
 
 
-@checks.check("q1", hidden=True, hint="use the timeout_s you are given, not a constant")
+async def _client_error_service(ctx: Context) -> tuple[Any, int]:
+    """A service of the check's own that answers every request with a 4xx (a bad request: not the service's fault)."""
+    status = ctx.rng.choice([400, 404, 409, 422])
+
+    async def refuse(_: web.Request) -> web.Response:
+        return web.json_response({"error": "bad request"}, status=status)
+
+    return await ctx.service("refusing", refuse), status
+
+
+@checks.check(
+    "q1",
+    hint="a 4xx is the caller's mistake, not a sick service: it raises, but not as a ServiceError (those get retried)",
+    code_hint="after the 5xx test: response.raise_for_status()  # raises aiohttp.ClientResponseError for a 4xx",
+)
+async def fetch_raises_a_4xx_as_a_client_error(ctx: Context) -> str:
+    """A 4xx answer raises aiohttp's ClientResponseError, not a ServiceError (a bad request is not retried)."""
+    import aiohttp
+
+    service_error, _ = _errors(ctx)
+    svc, status = await _client_error_service(ctx)
+    fetch = ctx.function("fetch")
+    async with aiohttp.ClientSession() as session:
+        got = await outcome("fetch()", lambda: fetch(session, svc.url + "/"), 3.0)
+    expect(got.error is not None, f"fetch returned {got.value!r} for an HTTP {status}: a 4xx must raise, not pass as data")
+    expect(
+        not isinstance(got.error, service_error),
+        f"an HTTP {status} raised ServiceError: that marks it retryable, but a 4xx must not be retried "
+        "(a bad request will not get better); only a 5xx is a ServiceError",
+    )
+    expect(
+        isinstance(got.error, aiohttp.ClientResponseError) and getattr(got.error, "status", None) == status,
+        f"an HTTP {status} should raise aiohttp's ClientResponseError (status {status}), got {got.raised}",
+    )
+    return f"HTTP {status} -> ClientResponseError"
+
+
+@checks.check(
+    "q1",
+    hidden=True,
+    hint="use the timeout_s you are given, not a constant",
+    code_hint="aiohttp.ClientTimeout(total=timeout_s)",
+)
 async def fetch_uses_the_timeout_it_is_given(ctx: Context) -> None:
     """Hidden: timeout_s=0.6 waits for a 250 ms service; timeout_s=0.1 does not."""
     import aiohttp
@@ -164,7 +219,12 @@ async def fetch_uses_the_timeout_it_is_given(ctx: Context) -> None:
 # --------------------------------------------------------------------------- q2: retries
 
 
-@checks.check("q2", hint="AsyncRetrying(..., retry=retry_if_exception_type(RETRY_ON)); return inside `with attempt:`")
+@checks.check(
+    "q2",
+    hint="let tenacity's async loop drive the attempts, retrying the RETRY_ON failures, and return the first success",
+    code_hint="async for attempt in AsyncRetrying(..., retry=retry_if_exception_type(RETRY_ON), reraise=True): "
+    "with attempt: return await call()",
+)
 async def retries_until_success(ctx: Context) -> None:
     """with_retries(call) retries a call that fails twice and returns its result."""
     service_error, _ = _errors(ctx)
@@ -177,7 +237,11 @@ async def retries_until_success(ctx: Context) -> None:
     expect(flaky.calls == 3, f"the call was made {flaky.calls} times; it succeeds on the 3rd")
 
 
-@checks.check("q2", hint="stop=stop_after_attempt(attempts), and reraise=True so the caller sees the real error")
+@checks.check(
+    "q2",
+    hint="the retry budget counts calls, not retries; after the last one the caller sees the real error",
+    code_hint="AsyncRetrying(stop=stop_after_attempt(attempts), reraise=True, ...)",
+)
 async def stops_at_the_retry_budget(ctx: Context) -> str:
     """A call that always fails is tried exactly `attempts` times, then its last error is raised."""
     service_error, _ = _errors(ctx)
@@ -190,7 +254,11 @@ async def stops_at_the_retry_budget(ctx: Context) -> str:
     return f"{attempts} attempts"
 
 
-@checks.check("q2", hint="wait=wait_random_exponential(multiplier=base_s, max=cap_s): full jitter, capped")
+@checks.check(
+    "q2",
+    hint="each wait is drawn at random below a ceiling that doubles per attempt and stops at the cap (full jitter)",
+    code_hint="AsyncRetrying(wait=wait_random_exponential(multiplier=base_s, max=cap_s), ...)",
+)
 async def waits_are_capped_exponential_with_full_jitter(ctx: Context) -> str:
     """The waits between attempts are random in [0, min(cap, base * 2**n)]: growing, capped, jittered."""
     service_error, _ = _errors(ctx)
@@ -210,7 +278,11 @@ async def waits_are_capped_exponential_with_full_jitter(ctx: Context) -> str:
     return f"waits used {min(fractions):.0%}-{max(fractions):.0%} of their windows"
 
 
-@checks.check("q2", hint="wrap the whole retry loop: await asyncio.wait_for(..., deadline_s)")
+@checks.check(
+    "q2",
+    hint="the deadline bounds the whole retry loop, waits included, not each attempt",
+    code_hint="return await asyncio.wait_for(attempt_all(), deadline_s)  # attempt_all: the tenacity loop",
+)
 async def respects_the_deadline(ctx: Context) -> str:
     """A call that never answers ends with asyncio.TimeoutError at deadline_s, not later."""
     flaky = Flaky(float("inf"), asyncio.TimeoutError, hang_s=30)
@@ -222,8 +294,68 @@ async def respects_the_deadline(ctx: Context) -> str:
     return f"deadline {deadline} s, ended after {got.seconds:.2f} s"
 
 
+class _BadRequest:
+    """An async call that always ends in a real 4xx (``raise_for_status`` of a refusing service); counts its calls."""
+
+    def __init__(self, url: str) -> None:
+        self.url, self.calls = url, 0
+
+    async def __call__(self) -> Any:
+        import aiohttp
+
+        self.calls += 1
+        async with aiohttp.ClientSession() as session, session.get(self.url) as response:
+            response.raise_for_status()
+            return await response.json()
+
+
 @checks.check(
-    "q2", hidden=True, hint="retry only RETRY_ON (timeouts and ServiceError); an open breaker or a bug must not be retried"
+    "q2",
+    hint="only the failures in RETRY_ON may pass by themselves; anything else, such as a 4xx, goes to the caller at once",
+    code_hint="retry=retry_if_exception_type(RETRY_ON)",
+)
+async def does_not_retry_a_4xx(ctx: Context) -> str:
+    """A call that fails with a 4xx is made once: a bad request is not retried."""
+    svc, status = await _client_error_service(ctx)
+    bad = _BadRequest(svc.url + "/")
+    with_retries = ctx.function("with_retries")
+    got = await outcome("with_retries()", partial(with_retries, bad, attempts=4, base_s=0.01, cap_s=0.02), 5.0)
+    expect(got.error is not None, f"with_retries returned {got.value!r} for a call that always fails with HTTP {status}")
+    expect(
+        bad.calls == 1,
+        f"a call failing with HTTP {status} was made {bad.calls} times: a 4xx must not be retried (retry only RETRY_ON)",
+    )
+    expect(getattr(got.error, "status", None) == status, f"the caller should see the HTTP {status} error, got {got.raised}")
+    return f"HTTP {status}: 1 call"
+
+
+@checks.check(
+    "q2",
+    hint="waiting must not stop the event loop: the async retry loop waits with asyncio, the sync one with time.sleep",
+    code_hint="async for attempt in AsyncRetrying(...)  # not `for attempt in Retrying(...)`, whose waits block",
+)
+async def waits_without_blocking_the_event_loop(ctx: Context) -> str:
+    """While with_retries waits between attempts, the event loop keeps running (no time.sleep)."""
+    from helpers.grading.probes import LoopLag, blocking_message
+
+    service_error, _ = _errors(ctx)
+    with_retries = ctx.function("with_retries")
+    async with LoopLag() as lag:
+        for _ in range(2):  # two rounds: full jitter could draw tiny waits once, hardly twice
+            flaky = Flaky(float("inf"), lambda: service_error(503, "http://check"))
+            await outcome("with_retries()", partial(with_retries, flaky, attempts=4, base_s=0.1, cap_s=0.2, deadline_s=5.0), 5.0)
+    expect(
+        lag.blocked < 0.1 or lag.blocked_fraction() < 0.5,
+        blocking_message("with_retries()", lag.blocked) + " (here: the waits between attempts)",
+    )
+    return f"the loop stood still at most {lag.longest * 1000:.0f} ms in {lag.elapsed:.2f} s of retrying"
+
+
+@checks.check(
+    "q2",
+    hidden=True,
+    hint="retry only RETRY_ON (timeouts and ServiceError); an open breaker or a bug must not be retried",
+    code_hint="retry=retry_if_exception_type(RETRY_ON)",
 )
 async def does_not_retry_what_cannot_pass(ctx: Context) -> None:
     """Hidden: a ValueError or a CircuitOpenError is raised at once, after one call."""
@@ -235,7 +367,9 @@ async def does_not_retry_what_cannot_pass(ctx: Context) -> None:
         expect(flaky.calls == 1, f"{type(got.error).__name__} was retried ({flaky.calls} calls): it will not pass by itself")
 
 
-@checks.check("q2", hidden=True, hint="asyncio.TimeoutError is retryable too")
+@checks.check(
+    "q2", hidden=True, hint="a timeout may pass: it is retryable too", code_hint="RETRY_ON includes asyncio.TimeoutError"
+)
 async def retries_timeouts(ctx: Context) -> None:
     """Hidden: a call that times out once, then answers, succeeds."""
     flaky = Flaky(1, asyncio.TimeoutError, "fine")
@@ -284,7 +418,12 @@ async def _finish(call: asyncio.Future[Any]) -> None:
     await asyncio.gather(call, return_exceptions=True)
 
 
-@checks.check("q3", hint="count failures in a row in call(); at failure_threshold set state = 'open' and note the time")
+@checks.check(
+    "q3",
+    hint="count the failures in a row; when the count reaches the threshold, open and remember when",
+    code_hint="self.failures += 1; if self.failures >= self.failure_threshold: "
+    "self.state, self.opened_at = 'open', time.monotonic()",
+)
 async def opens_after_threshold_failures(ctx: Context) -> str:
     """Breaker opens after failure_threshold failures in a row, not before."""
     service_error, _ = _errors(ctx)
@@ -297,7 +436,11 @@ async def opens_after_threshold_failures(ctx: Context) -> str:
     return f"threshold {threshold}"
 
 
-@checks.check("q3", hint="while open (and before reset_timeout_s has passed) raise CircuitOpenError without calling fn")
+@checks.check(
+    "q3",
+    hint="an open breaker answers for the service: refuse at once, before fn is ever called",
+    code_hint="if self.state == 'open': raise CircuitOpenError(...)  # before `await fn()`",
+)
 async def refuses_while_open(ctx: Context) -> None:
     """While open, call(fn) raises CircuitOpenError at once and never calls fn."""
     service_error, open_error = _errors(ctx)
@@ -311,7 +454,11 @@ async def refuses_while_open(ctx: Context) -> None:
     expect(spy.calls == 0, f"the open breaker still called fn {spy.calls} times")
 
 
-@checks.check("q3", hint="after reset_timeout_s, go 'half-open' and let one call through; success -> 'closed'")
+@checks.check(
+    "q3",
+    hint="once reset_timeout_s has passed, the next call is a trial; a trial that works closes the breaker",
+    code_hint="if self.state == 'open' and time.monotonic() - self.opened_at >= self.reset_timeout_s: self.state = 'half-open'",
+)
 async def half_open_trial_success_closes(ctx: Context) -> None:
     """After reset_timeout_s one trial call goes through; its success closes the breaker."""
     service_error, _ = _errors(ctx)
@@ -327,7 +474,11 @@ async def half_open_trial_success_closes(ctx: Context) -> None:
     expect(breaker.state == "closed", f"a successful trial should close the breaker, state is {breaker.state!r}")
 
 
-@checks.check("q3", hint="a failure while half-open opens the breaker again and restarts the reset timer")
+@checks.check(
+    "q3",
+    hint="a failed trial proves the service is still sick: open again, with a fresh timer",
+    code_hint="except RETRY_ON: if trial: self.state, self.opened_at = 'open', time.monotonic()",
+)
 async def failed_trial_reopens(ctx: Context) -> None:
     """A failed trial opens the breaker again for another reset_timeout_s."""
     service_error, open_error = _errors(ctx)
@@ -341,7 +492,7 @@ async def failed_trial_reopens(ctx: Context) -> None:
     expect(isinstance(got.error, open_error) and spy.calls == 0, "right after a failed trial the breaker should refuse calls")
 
 
-@checks.check("q3", hidden=True, hint="a success resets the count of failures in a row")
+@checks.check("q3", hidden=True, hint="a success resets the count of failures in a row", code_hint="self.failures = 0")
 async def failures_must_be_consecutive(ctx: Context) -> None:
     """Hidden: fail, fail, succeed, fail, fail with threshold 3 leaves the breaker closed."""
     service_error, _ = _errors(ctx)
@@ -352,7 +503,12 @@ async def failures_must_be_consecutive(ctx: Context) -> None:
     expect(breaker.state == "closed", f"no 3 failures were in a row, yet state is {breaker.state!r}")
 
 
-@checks.check("q3", hidden=True, hint="count only RETRY_ON failures; let other exceptions through uncounted")
+@checks.check(
+    "q3",
+    hidden=True,
+    hint="count only RETRY_ON failures; let other exceptions through uncounted",
+    code_hint="except RETRY_ON: ...  (no `except Exception`)",
+)
 async def other_errors_do_not_count(ctx: Context) -> None:
     """Hidden: ValueErrors (bugs, not a sick service) pass through and never open the breaker."""
     breaker = await _breaker(ctx, 2, 0.5)
@@ -365,7 +521,12 @@ async def other_errors_do_not_count(ctx: Context) -> None:
     )
 
 
-@checks.check("q3", hidden=True, hint="half-open lets ONE trial through; other calls are refused until it ends")
+@checks.check(
+    "q3",
+    hidden=True,
+    hint="half-open lets ONE trial through; other calls are refused until it ends",
+    code_hint="if self.state == 'half-open' and self.trial_running: raise CircuitOpenError(...)",
+)
 async def one_trial_at_a_time(ctx: Context) -> None:
     """Hidden: while a half-open trial runs, a second call is refused."""
     service_error, open_error = _errors(ctx)
@@ -397,7 +558,12 @@ async def _get(client: Any, timeout: float = 5.0) -> Outcome:
     return await outcome("ResilientClient.get()", lambda: client.get("/stock"), timeout)
 
 
-@checks.check("q4", hint="ResilientClient.get = with_retries(lambda: self.breaker.call(lambda: fetch(...)), deadline_s=...)")
+@checks.check(
+    "q4",
+    hint="your with_retries already keeps a deadline: drive the attempts with it, using this client's settings",
+    code_hint="return await with_retries(lambda: self.breaker.call(lambda: fetch(self.session, url, self.timeout_s)), "
+    "attempts=self.attempts, deadline_s=self.deadline_s)",
+)
 async def client_respects_the_deadline(ctx: Context) -> str:
     """Against a service that sleeps 2 s, get() gives up by deadline_s (+0.15 s)."""
     svc = await _json_service(ctx, {"late": True}, latency=2.0)
@@ -409,7 +575,11 @@ async def client_respects_the_deadline(ctx: Context) -> str:
     return f"ended after {got.seconds:.2f} s"
 
 
-@checks.check("q4", hint="each attempt = one request; stop after `attempts`")
+@checks.check(
+    "q4",
+    hint="each attempt is one request; the client's attempts is the budget",
+    code_hint="with_retries(..., attempts=self.attempts, ...)",
+)
 async def client_stays_within_the_retry_budget(ctx: Context) -> str:
     """Against an always-failing service, one get() sends exactly `attempts` requests."""
     service_error, _ = _errors(ctx)
@@ -422,6 +592,42 @@ async def client_stays_within_the_retry_budget(ctx: Context) -> str:
     return f"{attempts} requests for one get()"
 
 
+@checks.check(
+    "q4",
+    hint="a 4xx is not the service failing: no retry, and the breaker does not count it",
+    code_hint="fetch lets aiohttp's ClientResponseError out; neither RETRY_ON nor the breaker's failures include it",
+)
+async def client_passes_a_4xx_through(ctx: Context) -> str:
+    """A 4xx answer reaches the caller after one request, and never opens the breaker."""
+    import aiohttp
+
+    _, open_error = _errors(ctx)
+    svc, status = await _client_error_service(ctx)
+    client = await _client(ctx, svc.url, timeout_s=0.5, attempts=3, deadline_s=2.0, failure_threshold=2, reset_timeout_s=5.0)
+    for n in range(1, 4):
+        got = await _get(client)
+        expect(
+            not isinstance(got.error, open_error),
+            f"the breaker opened after {n - 1} answers HTTP {status} (threshold 2): a 4xx says nothing about the "
+            "service's health and must not count as a failure",
+        )
+        expect(
+            isinstance(got.error, aiohttp.ClientResponseError),
+            f"get() of a path answered HTTP {status} should raise aiohttp's ClientResponseError, got {got.raised}",
+        )
+        expect(
+            svc.stats.requests == n,
+            f"{n} get() calls answered HTTP {status} sent {svc.stats.requests} requests: a 4xx must not be retried",
+        )
+    state = getattr(getattr(client, "breaker", None), "state", None)
+    expect(
+        state == "closed",
+        f"3 answers HTTP {status} left the breaker {state!r} (threshold 2): a 4xx says nothing about the service's "
+        "health and must not count as a failure",
+    )
+    return f"HTTP {status}: one request each, breaker closed"
+
+
 async def _opened(ctx: Context, svc: Any, reset_s: float) -> Any:
     client = await _client(ctx, svc.url, timeout_s=0.2, attempts=2, deadline_s=1.0, failure_threshold=3, reset_timeout_s=reset_s)
     for _ in range(6):
@@ -431,7 +637,11 @@ async def _opened(ctx: Context, svc: Any, reset_s: float) -> Any:
     return client
 
 
-@checks.check("q4", hint="keep one Breaker in self.breaker and send every attempt through it")
+@checks.check(
+    "q4",
+    hint="one breaker per client, and every attempt asks it",
+    code_hint="lambda: self.breaker.call(lambda: fetch(self.session, url, self.timeout_s))",
+)
 async def client_opens_under_sustained_failure(ctx: Context) -> str:
     """With the service down, the client's breaker opens within a few calls."""
     svc = await _json_service(ctx, {}, down=True)
@@ -441,7 +651,11 @@ async def client_opens_under_sustained_failure(ctx: Context) -> str:
     return f"open after {svc.stats.requests} requests"
 
 
-@checks.check("q4", hint="CircuitOpenError must not be retried: it passes straight out of get()")
+@checks.check(
+    "q4",
+    hint="retries go outside the breaker, and a refusal is not a failure worth retrying",
+    code_hint="with_retries(lambda: self.breaker.call(...), ...)  # CircuitOpenError is not in RETRY_ON",
+)
 async def client_stops_calling_while_open(ctx: Context) -> None:
     """While the breaker is open, get() raises CircuitOpenError at once and sends nothing."""
     _, open_error = _errors(ctx)
@@ -456,7 +670,11 @@ async def client_stops_calling_while_open(ctx: Context) -> None:
     expect(svc.stats.requests == before, f"the service got {svc.stats.requests - before} requests while the breaker was open")
 
 
-@checks.check("q4", hint="after reset_timeout_s the next get() is the half-open trial; its success closes the breaker")
+@checks.check(
+    "q4",
+    hint="after reset_timeout_s the next get() is the half-open trial; its success closes the breaker",
+    code_hint="the same breaker (self.breaker) for every get()",
+)
 async def client_closes_after_recovery(ctx: Context) -> None:
     """Once the service heals, the next get() after reset_timeout_s succeeds and closes the breaker."""
     payload = {"item": _token(ctx), "in_stock": ctx.rng.randint(1, 50)}
@@ -468,3 +686,21 @@ async def client_closes_after_recovery(ctx: Context) -> None:
     got = await _get(client)
     expect(got.error is None and got.value == payload, f"after recovery get() should return the answer, got {got.raised}")
     expect(client.breaker.state == "closed", f"after a successful trial the breaker is {client.breaker.state!r}")
+
+
+@checks.check(
+    "q4",
+    hidden=True,
+    hint="every attempt uses the client's own timeout_s",
+    code_hint="fetch(self.session, url, self.timeout_s)",
+)
+async def client_uses_its_timeout(ctx: Context) -> None:
+    """Hidden: a client with timeout_s=0.8 waits for a service that answers in 350 ms."""
+    payload = {"item": _token(ctx)}
+    svc = await _json_service(ctx, payload, latency=0.35)
+    client = await _client(ctx, svc.url, timeout_s=0.8, attempts=1, deadline_s=2.0, failure_threshold=100)
+    got = await _get(client)
+    expect(
+        got.error is None and got.value == payload,
+        f"timeout_s=0.8 but a 350 ms answer ended in {got.raised}: each attempt should use the client's timeout_s",
+    )

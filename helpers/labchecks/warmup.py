@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import string
+from typing import Any
 
 from aiohttp import web
 
-from helpers.grading.checks import Checks, Context, expect, finite
+from helpers.grading.checks import CheckFailed, Checks, Context, expect, finite, outcome
 
 checks = Checks("00_warmup")
 
@@ -29,35 +30,70 @@ def _why(status: int) -> str:
     return " (500 means the handler raised: see the error printed under your cell)" if status == 500 else ""
 
 
+async def _svc(ctx: Context) -> Any:
+    """The learner's running hello service, or the reason it is not there (unwritten handler, stopped)."""
+    if "svc" not in ctx.ns and callable(ctx.ns.get("hello")):
+        from aiohttp.test_utils import make_mocked_request
+
+        handler = ctx.ns["hello"]
+        try:
+            await outcome("hello()", lambda: handler(make_mocked_request("GET", "/?name=Ada")), 2.0)
+        except CheckFailed as exc:
+            if "not written yet" in str(exc):
+                raise CheckFailed(
+                    "write the handler `hello` first (it still raises NotImplementedError); its cell then starts "
+                    "the service and keeps it in `svc`"
+                ) from None
+            raise
+    svc = ctx.running_service("svc")
+    name = getattr(svc, "name", "hello")
+    expect(name == "hello", f'the lab asks for a service called "hello", but `svc` is the service {name!r}')
+    return svc
+
+
 async def _greeting(ctx: Context, url: str, params: dict[str, str] | None = None) -> object:
     answer = await ctx.http("GET", url, params=params)
     expect(answer.status == 200, f"GET {url} answered HTTP {answer.status}, expected 200{_why(answer.status)}")
     return answer.json()
 
 
-@checks.check("q1", hint='read the name with request.query.get("name", "world") and answer web.json_response({...})')
+@checks.check(
+    "q1",
+    hint="the name comes from the query string, with a default; the answer is JSON",
+    code_hint='name = request.query.get("name", "world"); return web.json_response({"hello": name})',
+)
 async def service_greets_by_name(ctx: Context) -> None:
     """`svc` answers GET /?name=X with the JSON {"hello": X}."""
-    svc = ctx.get("svc")
-    expect(hasattr(svc, "url"), "`svc` should be what start_service(...) returned (it has a .url)")
+    svc = await _svc(ctx)
     name = _name(ctx)
     body = await _greeting(ctx, f"{svc.url}/", {"name": name})
     expect(body == {"hello": name}, f"for ?name={name} expected {{'hello': '{name}'}}, got {body!r}")
 
 
-@checks.check("q1", hint='the default is "world" when there is no ?name=')
+@checks.check(
+    "q1",
+    hint="without ?name= there is nothing to read: fall back to the default the lab names",
+    code_hint='request.query.get("name", "world")',
+)
 async def service_greets_the_world(ctx: Context) -> None:
     """Without ?name= the service answers {"hello": "world"}."""
-    svc = ctx.get("svc")
-    expect(hasattr(svc, "url"), "`svc` should be what start_service(...) returned (it has a .url)")
+    svc = await _svc(ctx)
     body = await _greeting(ctx, f"{svc.url}/")
     expect(body == {"hello": "world"}, f'expected {{"hello": "world"}}, got {body!r}')
 
 
-@checks.check("q1", hidden=True, hint="hello(request) must work for any name, started under any service name")
+@checks.check(
+    "q1",
+    hidden=True,
+    hint="the handler must work for any name, started under any service name",
+    code_hint='web.json_response({"hello": request.query.get("name", "world")})',
+)
 async def handler_works_as_a_new_service(ctx: Context) -> None:
     """Hidden: `hello` started as a brand-new service greets an unusual name, as JSON."""
+    from aiohttp.test_utils import make_mocked_request
+
     handler = ctx.function("hello")
+    await outcome("hello()", lambda: handler(make_mocked_request("GET", "/?name=Ada")), 2.0)  # unwritten: say so
     svc = await ctx.service("hello", handler)
     name = f"Zo\u00eb O'Neil {_name(ctx)}"
     answer = await ctx.http("GET", f"{svc.url}/", params={"name": name})
@@ -69,21 +105,73 @@ async def handler_works_as_a_new_service(ctx: Context) -> None:
 # --------------------------------------------------------------------------- q2: a message
 
 
-async def _round_trip(ctx: Context, broker: object, topic: str, text: str) -> None:
-    got = await ctx.call("round_trip", broker, topic, text, timeout=5.0)
+class _Watched:
+    """The broker as round_trip sees it: real clients, whose subscribe and publish calls are noted in order."""
+
+    def __init__(self, broker: Any) -> None:
+        self._broker = broker
+        self.calls: list[tuple[str, str, int]] = []  # (what, topic, qos)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._broker, name)
+
+    def client(self, *args: Any, **kwargs: Any) -> Any:
+        client = self._broker.client(*args, **kwargs)
+        subscribe, publish = client.subscribe, client.publish
+
+        async def watched_subscribe(topic: Any, *rest: Any, **options: Any) -> Any:
+            self.calls.append(("subscribe", str(topic), int(options.get("qos", rest[0] if rest else 0))))
+            return await subscribe(topic, *rest, **options)
+
+        async def watched_publish(topic: Any, *rest: Any, **options: Any) -> Any:
+            self.calls.append(("publish", str(topic), int(options.get("qos", rest[1] if len(rest) > 1 else 0))))
+            return await publish(topic, *rest, **options)
+
+        # the learner reads these names when an `await` is missing: "the coroutine subscribe() was never awaited"
+        watched_subscribe.__qualname__, watched_publish.__qualname__ = "Client.subscribe", "Client.publish"
+        client.subscribe, client.publish = watched_subscribe, watched_publish  # noted, then passed on
+        return client
+
+    def published_first(self, topic: str) -> bool:
+        """True when ``topic`` was published before anything subscribed to it (or with no subscribe at all)."""
+        order = [what for what, t, _ in self.calls if t == topic]
+        return "publish" in order and ("subscribe" not in order or order.index("publish") < order.index("subscribe"))
+
+
+async def _round_trip(ctx: Context, broker: Any, topic: str, text: str) -> _Watched:
+    watched = _Watched(broker)
+    try:
+        got = await ctx.call("round_trip", watched, topic, text, timeout=5.0)
+    except CheckFailed as exc:
+        if watched.published_first(topic) and "never awaited" not in str(exc):
+            raise CheckFailed(
+                f"round_trip published on {topic!r} before subscribing to it, so the subscriber never got the text: "
+                "a subscriber only receives what is published after it subscribed"
+            ) from None
+        raise exc
     if isinstance(got, (bytes, bytearray)):
         raise AssertionError(f"round_trip returned bytes {bytes(got)!r}: decode the payload to a str")
     expect(got == text, f"sent {text!r} on {topic!r} but round_trip returned {got!r}")
+    return watched
 
 
-@checks.check("q2", hint="subscribe first, then publish, then read one message from client.messages")
+@checks.check(
+    "q2",
+    hint="two clients, one subscribing and one publishing; the subscriber must be listening before the text is sent",
+    code_hint="await subscriber.subscribe(topic, qos=1); await publisher.publish(topic, text.encode(), qos=1); "
+    "async for message in subscriber.messages: return message.payload.decode()",
+)
 async def round_trip_returns_the_text(ctx: Context) -> None:
     """round_trip(broker, topic, text) returns the text a subscriber received."""
     broker = await ctx.broker()
     await _round_trip(ctx, broker, ctx.topic("warmup"), f"hello {_name(ctx)}")
 
 
-@checks.check("q2", hint="use the topic and text you are given, do not keep a value from an earlier call")
+@checks.check(
+    "q2",
+    hint="use the topic and text you are given, do not keep a value from an earlier call",
+    code_hint="subscribe and publish on `topic`, publish `text`",
+)
 async def round_trip_twice(ctx: Context) -> None:
     """Two calls on two topics each return their own text."""
     broker = await ctx.broker()
@@ -91,7 +179,12 @@ async def round_trip_twice(ctx: Context) -> None:
         await _round_trip(ctx, broker, ctx.topic("warmup"), f"again {_name(ctx)}")
 
 
-@checks.check("q2", hidden=True, hint="publish the text on the broker you are given, on the topic you are given")
+@checks.check(
+    "q2",
+    hidden=True,
+    hint="publish the text on the broker you are given, on the topic you are given",
+    code_hint="async with broker.client() as publisher: await publisher.publish(topic, text.encode(), qos=1)",
+)
 async def message_crosses_the_broker(ctx: Context) -> None:
     """Hidden: an independent subscriber sees the message on the broker."""
     broker = await ctx.broker()
@@ -106,7 +199,29 @@ async def message_crosses_the_broker(ctx: Context) -> None:
         expect(message.payload == text.encode(), f"the broker carried {message.payload!r}, not {text!r}")
 
 
-@checks.check("q2", hidden=True, hint="encode with text.encode() and decode with payload.decode() (UTF-8)")
+@checks.check(
+    "q2",
+    hidden=True,
+    hint="the lab asks for QoS 1: the broker confirms it has the message",
+    code_hint="await publisher.publish(topic, text.encode(), qos=1)",
+)
+async def publishes_at_qos_1(ctx: Context) -> str:
+    """Hidden: the text is published with QoS 1, as the lab asks."""
+    broker = await ctx.broker()
+    topic = ctx.topic("warmup")
+    watched = await _round_trip(ctx, broker, topic, f"qos {_name(ctx)}")
+    levels = [qos for what, t, qos in watched.calls if what == "publish" and t == topic]
+    expect(levels, "round_trip returned the text without publishing it through the broker it was given")
+    expect(all(q == 1 for q in levels), f"round_trip published with QoS {levels[0]}: the lab asks for QoS 1 (qos=1)")
+    return "published at QoS 1"
+
+
+@checks.check(
+    "q2",
+    hidden=True,
+    hint="MQTT carries bytes: encode the text as UTF-8 on the way in, decode it on the way out",
+    code_hint="text.encode() to publish, message.payload.decode() to read",
+)
 async def unicode_text_survives(ctx: Context) -> None:
     """Hidden: non-ASCII text arrives unchanged (UTF-8 both ways)."""
     broker = await ctx.broker()
@@ -116,27 +231,57 @@ async def unicode_text_survives(ctx: Context) -> None:
 # --------------------------------------------------------------------------- q3: a measurement
 
 
-async def _measure(ctx: Context, latency: float, n: int) -> tuple[float, int]:
-    from helpers.core.http import Faults
+class _Counted:
+    """A check's own service that takes ``latency`` s per request and notes how many requests overlapped."""
 
-    async def ok(_: web.Request) -> web.Response:
+    def __init__(self, latency: float) -> None:
+        self.latency, self.requests, self.in_flight, self.most_at_once = latency, 0, 0, 0
+
+    async def __call__(self, _: web.Request) -> web.Response:
+        self.requests += 1
+        self.in_flight += 1
+        self.most_at_once = max(self.most_at_once, self.in_flight)
+        try:
+            await asyncio.sleep(self.latency)  # the fake service's latency: what the learner measures
+        finally:
+            self.in_flight -= 1
         return web.json_response({"ok": True})
 
-    svc = await ctx.service("measured", ok, faults=Faults(latency=latency))
+
+async def _measure(ctx: Context, latency: float, n: int) -> tuple[float, _Counted]:
+    counted = _Counted(latency)
+    svc = await ctx.service("measured", counted)
     p50 = await ctx.call("measure_p50", svc.url, n, timeout=8.0)
     expect(finite(p50), f"measure_p50 should return a number of milliseconds, got {p50!r}")
-    return float(p50), svc.stats.requests
+    return float(p50), counted
 
 
-@checks.check("q3", hint="time_calls(call, n) sends the requests one after another")
+def _one_after_another(counted: _Counted) -> None:
+    expect(
+        counted.most_at_once <= 1,
+        f"{counted.most_at_once} requests were in flight at once: the lab asks for requests one after another "
+        "(each one's latency alone, not the service under a burst)",
+    )
+
+
+@checks.check(
+    "q3",
+    hint="time_calls calls your one-request function n times, one after another",
+    code_hint="run = await time_calls(one_request, n)",
+)
 async def sends_n_requests(ctx: Context) -> str:
-    """measure_p50(url, 20) sends exactly 20 requests to url."""
-    _, seen = await _measure(ctx, 0.01, 20)
-    expect(seen == 20, f"the service saw {seen} requests, expected 20")
-    return "20 requests seen"
+    """measure_p50(url, 20) sends exactly 20 requests to url, one after another."""
+    _, counted = await _measure(ctx, 0.01, 20)
+    expect(counted.requests == 20, f"the service saw {counted.requests} requests, expected 20")
+    _one_after_another(counted)
+    return "20 requests seen, one at a time"
 
 
-@checks.check("q3", hint="summary().p50_ms is already in milliseconds")
+@checks.check(
+    "q3",
+    hint="the summary's percentiles are already in milliseconds",
+    code_hint="return run.summary().p50_ms",
+)
 async def p50_in_milliseconds(ctx: Context) -> str:
     """Against a service that takes 50 ms, measure_p50 reports 50-300 ms."""
     p50, _ = await _measure(ctx, 0.05, 10)
@@ -145,29 +290,39 @@ async def p50_in_milliseconds(ctx: Context) -> str:
     return f"measured {p50:.0f} ms"
 
 
-@checks.check("q3", hint="p50_ms = await measure_p50(svc.url, 20)")
+@checks.check(
+    "q3",
+    hint="measure the hello service itself, and keep the number your function returned",
+    code_hint='p50_ms = await measure_p50(f"{svc.url}/", 20)',
+)
 async def notebook_p50_is_plausible(ctx: Context) -> str:
     """`p50_ms` in the notebook agrees with a fresh measurement of `svc`."""
     from helpers.core.measure import time_calls
 
-    reported, svc = ctx.get("p50_ms"), ctx.get("svc")
+    reported = ctx.get("p50_ms")
     expect(finite(reported) and reported > 0, f"`p50_ms` should be a positive number of ms, got {reported!r}")
-    expect(hasattr(svc, "url"), "`svc` should be the hello service")
+    svc = await _svc(ctx)
     run = await time_calls(lambda: ctx.http("GET", f"{svc.url}/"), 20)
     ours = run.summary().p50_ms
     expect(reported <= max(10 * ours, ours + 50), f"you report {reported:.1f} ms but the service answers in ~{ours:.1f} ms")
     return f"you: {reported:.2f} ms, re-measured: {ours:.2f} ms"
 
 
-@checks.check("q3", hidden=True, hint="use the n you are given")
+@checks.check("q3", hidden=True, hint="use the n you are given", code_hint="await time_calls(one_request, n)")
 async def respects_n(ctx: Context) -> None:
-    """Hidden: measure_p50(url, 7) against a 100 ms service: 7 requests, p50 100-400 ms."""
-    p50, seen = await _measure(ctx, 0.1, 7)
-    expect(seen == 7, f"measure_p50(url, 7) sent {seen} requests")
+    """Hidden: measure_p50(url, 7) against a 100 ms service: 7 requests one at a time, p50 100-400 ms."""
+    p50, counted = await _measure(ctx, 0.1, 7)
+    expect(counted.requests == 7, f"measure_p50(url, 7) sent {counted.requests} requests")
+    _one_after_another(counted)
     expect(100 <= p50 <= 400, f"p50 = {p50:.1f} ms for a 100 ms service")
 
 
-@checks.check("q3", hidden=True, hint="the median (p50), not the mean: one slow request must not move it")
+@checks.check(
+    "q3",
+    hidden=True,
+    hint="the median (p50), not the mean: a few slow answers must not move it",
+    code_hint="run.summary().p50_ms",
+)
 async def median_not_mean(ctx: Context) -> None:
     """Hidden: 3 slow answers out of 10 do not move the median."""
     calls = [0]

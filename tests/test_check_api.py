@@ -1,0 +1,206 @@
+"""The check API's answers to the learner's classic asyncio mistakes, and the two hint levels.
+
+A check calls the learner's code through ``outcome`` (or ``ctx.call``); what goes wrong
+there must be named: a blocking call (``time.sleep``, CPU work) is not "too slow", a
+forgotten ``await`` is not "did not finish", a returned coroutine is not a wrong value.
+Hints come in two levels: the idea under every failure, the code on request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from helpers.grading.checks import CheckFailed, Checks, Context, expect, outcome, run_check, service_stopped
+from helpers.grading.notebook import checker, format_report
+from helpers.grading.probes import LoopLag
+
+
+async def test_a_blocking_call_is_named_not_reported_as_slow() -> None:
+    def sleeps(seconds: float) -> Any:
+        async def learner() -> None:
+            time.sleep(seconds)  # noqa: ASYNC251 - the mistake under test: a blocking sleep in async code
+
+        return learner
+
+    with pytest.raises(CheckFailed, match=r"blocked the event loop for .*time\.sleep\(\)"):
+        await outcome("wait_a_bit()", sleeps(0.6), timeout=0.5)  # blocks past the limit: the deadline never fired
+    long_enough = await outcome("wait_a_bit()", sleeps(0.3), timeout=2.0)  # finished in time: the check judges
+    assert long_enough.error is None and long_enough.stalled_s >= 0.25
+
+
+async def test_a_blocking_loop_that_then_hangs_is_named() -> None:
+    async def blocks_then_waits() -> None:
+        time.sleep(0.5)  # noqa: ASYNC251 - the mistake under test
+        await asyncio.sleep(30)
+
+    with pytest.raises(CheckFailed, match="blocked the event loop"):
+        await outcome("consume()", blocks_then_waits, timeout=0.8)
+
+
+async def test_a_forgotten_await_is_named() -> None:
+    async def publish() -> None:
+        await asyncio.sleep(0)
+
+    async def learner() -> None:
+        publish()  # type: ignore[unused-coroutine] # the mistake under test: the call is never awaited
+        await asyncio.Event().wait()  # ...so what it should have done never happens, and this waits forever
+
+    with pytest.raises(CheckFailed, match=r"publish\(\) was never awaited: write `await`"):
+        await outcome("round_trip()", learner, timeout=0.3)
+
+
+async def test_a_returned_coroutine_is_named() -> None:
+    async def answer() -> int:
+        return 42
+
+    async def learner() -> Any:
+        return answer()  # the mistake under test: `return await answer()` was meant
+
+    with pytest.raises(CheckFailed, match=r"returned a coroutine .*`return await \.\.\.`"):
+        await outcome("fetch()", learner)
+
+
+async def test_a_coroutine_used_as_a_value_says_await_is_missing() -> None:
+    async def body() -> dict[str, int]:
+        return {"a": 1}
+
+    async def learner() -> Any:
+        return body()["a"]  # type: ignore[index] # the mistake under test: TypeError, 'coroutine' object is not subscriptable
+
+    got = await outcome("fetch()", learner)
+    assert isinstance(got.error, TypeError) and "await" in got.raised
+
+
+async def test_a_correct_call_is_not_blamed() -> None:
+    async def learner() -> int:
+        await asyncio.sleep(0.05)
+        return 7
+
+    got = await outcome("fine()", learner, timeout=2.0)
+    assert got.value == 7 and got.error is None and got.unawaited == () and got.stalled_s < 0.05 + 0.5
+
+
+async def test_slow_async_code_still_reads_as_too_slow() -> None:
+    async def learner() -> None:
+        await asyncio.sleep(5)
+
+    with pytest.raises(CheckFailed, match=r"did not finish within 0\.2 s$"):
+        await outcome("slow()", learner, timeout=0.2)
+
+
+async def test_a_check_that_times_out_on_a_blocking_call_says_so() -> None:
+    demo = Checks("77_demo")
+
+    @demo.check("q1", timeout=0.3)
+    async def stuck(ctx: Context) -> None:
+        """The learner's code gives control back."""
+        await ctx.function("work")()
+
+    async def work() -> None:
+        time.sleep(0.7)  # noqa: ASYNC251 - the mistake under test: blocks past the check's limit...
+        await asyncio.sleep(30)  # ...so the check's deadline fires only at this await
+
+    result = await run_check(next(iter(demo)), {"work": work})
+    assert not result.passed and "blocked the event loop" in result.message, result.message
+
+
+async def test_loop_lag_sees_blocking_and_not_waiting() -> None:
+    async with LoopLag() as idle:
+        await asyncio.sleep(0.2)
+    assert idle.blocked < 0.1 and idle.blocked_fraction() < 0.5
+    async with LoopLag() as busy:
+        await asyncio.sleep(0.01)
+        time.sleep(0.2)  # noqa: ASYNC251 - what the probe must see
+    assert busy.longest >= 0.2 and busy.blocked >= 0.15 and busy.blocked_fraction() > 0.5
+
+
+async def test_a_stopped_service_is_told_apart() -> None:
+    from aiohttp import web
+
+    from helpers.core.http import start_service
+
+    async def ok(_: web.Request) -> web.Response:
+        return web.json_response({})
+
+    svc = await start_service("api-probe", ok)
+    ctx = Context({"svc": svc})
+    assert ctx.running_service("svc") is svc and not service_stopped(svc)
+    await svc.stop()
+    assert service_stopped(svc)
+    with pytest.raises(CheckFailed, match="was stopped"):
+        ctx.running_service("svc")
+
+
+# --------------------------------------------------------------------------- two hint levels
+
+
+def _hinted() -> Checks:
+    demo = Checks("00_warmup")  # the id of a real lab, so checker() accepts it; the checks are this test's
+
+    @demo.check("q1", hint="twice the input", code_hint="return 2 * x")
+    async def doubles(ctx: Context) -> None:
+        """double(2) is 4."""
+        got = await ctx.call("double", 2)
+        expect(got == 4, f"double(2) returned {got!r}")
+
+    return demo
+
+
+async def test_level_one_gives_the_idea_and_says_how_to_get_the_code() -> None:
+    result = await run_check(next(iter(_hinted())), {"double": lambda x: x})
+    text = format_report([result])
+    assert "hint: twice the input" in text and "return 2 * x" not in text
+    assert 'await check("q1", hint=2)' in text
+    code = format_report([result], hint=2)
+    assert "hint: twice the input" in code and "code: return 2 * x" in code and "hint=2)" not in code
+
+
+async def test_a_passing_check_shows_no_hint() -> None:
+    result = await run_check(next(iter(_hinted())), {"double": lambda x: 2 * x})
+    assert "hint" not in format_report([result], hint=2)
+
+
+async def test_check_takes_a_hint_level_and_refuses_others(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import helpers.grading.notebook as notebook
+
+    monkeypatch.setattr(notebook, "load_checks", lambda lab: _hinted())
+    monkeypatch.delenv("COURSE_GRADING", raising=False)
+    check = checker("00_warmup")
+    report = await notebook.PendingCheck("00_warmup", "q1", {"double": lambda x: x}, 2)
+    assert not report.passed and "code: return 2 * x" in capsys.readouterr().out
+    assert "hint=2" in repr(check("q1", hint=2))
+    refused = await notebook.PendingCheck("00_warmup", "q1", {"double": lambda x: x}, 3)
+    assert refused.results == [] and "hint=1 gives the idea, hint=2 the code" in capsys.readouterr().out
+
+
+async def test_overlapping_calls_leave_the_warnings_module_as_it_was() -> None:
+    """Two checks' calls in concurrent tasks, ending out of order, must not leave warnings swallowed."""
+    import warnings
+
+    before = (warnings.showwarning, getattr(warnings, "_showwarnmsg_impl", None), list(warnings.filters))
+    second_started, first_done = asyncio.Event(), asyncio.Event()
+
+    async def first() -> None:
+        await second_started.wait()  # the second call starts while this one runs...
+
+    async def second() -> None:
+        second_started.set()
+        await first_done.wait()  # ...and ends after it: the calls overlap, not nest
+
+    async def run_first() -> None:
+        await outcome("first()", first, timeout=2.0)
+        first_done.set()
+
+    async def run_second() -> None:
+        await asyncio.sleep(0)  # let the first call start first
+        await outcome("second()", second, timeout=2.0)
+
+    await asyncio.gather(run_first(), run_second())
+    after = (warnings.showwarning, getattr(warnings, "_showwarnmsg_impl", None), list(warnings.filters))
+    assert after == before
