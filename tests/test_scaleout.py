@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from helpers.capstone import images, scaleout
+from helpers.core.loop_lag import LoopLag
 from helpers.core.mosquitto import find_mosquitto
 
 try:
@@ -87,11 +88,11 @@ def test_an_unknown_capstone_service_is_named() -> None:
 
 @pytest.mark.asyncio
 async def test_loop_lag_sees_a_blocked_event_loop() -> None:
-    async with scaleout.LoopLag() as lag:
+    async with LoopLag() as lag:
         await asyncio.sleep(0.02)
         time.sleep(0.1)  # noqa: ASYNC251 - on purpose: the classic mistake the probe must see
         await asyncio.sleep(0.02)
-    assert lag.max_ms >= 80
+    assert lag.longest >= 0.08
 
 
 def test_the_python_caption_model_is_pure_python_work() -> None:

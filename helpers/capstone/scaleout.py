@@ -40,6 +40,7 @@ from helpers.capstone.storage import start_storage
 from helpers.capstone.upload import UploadService, start_upload
 from helpers.core.broker import Broker, BrokerError, start_broker
 from helpers.core.http import Service
+from helpers.core.loop_lag import LoopLag
 from helpers.core.plots import axes
 from helpers.core.waiting import until
 
@@ -270,32 +271,6 @@ class Throughput:
         }
 
 
-class LoopLag:
-    """Measure how late this event loop wakes a 5 ms ticker: CPU work in the kernel shows up here."""
-
-    def __init__(self, tick_s: float = 0.005) -> None:
-        self.tick_s = tick_s
-        self.max_ms = 0.0
-        self._task: asyncio.Task[None] | None = None
-
-    async def _tick(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            due = loop.time() + self.tick_s
-            await asyncio.sleep(self.tick_s)
-            self.max_ms = max(self.max_ms, (loop.time() - due) * 1000)
-
-    async def __aenter__(self) -> LoopLag:
-        self._task = asyncio.create_task(self._tick())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-
-
 async def measure(
     front: Front, workers: Workers, run: Callable[[Front, int], Awaitable[object]], images: int, *, warmup: int = 0
 ) -> Throughput:
@@ -319,7 +294,7 @@ async def measure(
         images,
         seconds,
         (workers.cpu_seconds() - cpu_before) / seconds,
-        lag.max_ms,
+        max(0.0, lag.longest - lag.tick_s) * 1000,
         max(0.0, others / seconds),
     )
 
