@@ -341,12 +341,19 @@ def plot_scaling(results: Sequence[Throughput], *, cores: int, ax: Axes | None =
         ax.plot(xs, ys, marker, label=design)
         for x, y in zip(xs, ys, strict=True):
             ax.annotate(f"{y:.2f}", (x, y), textcoords="offset points", xytext=(6, -12 if design == IN_KERNEL else 6), fontsize=8)
+    ax.set_xticks(sorted({r.workers for r in results}))
+    ax.margins(x=0.12)
+    ax.set_ylim(bottom=0, top=ax.get_ylim()[1] * 1.1)
     ax.axvline(cores, color="gray", ls=":", lw=1)
     ax.annotate(
-        f"{cores} CPU cores", (cores, ax.get_ylim()[0]), textcoords="offset points", xytext=(4, 4), fontsize=8, color="gray"
+        f"{cores} CPU cores",
+        (cores, ax.get_ylim()[1]),
+        textcoords="offset points",
+        xytext=(-4, -12),
+        ha="right",
+        fontsize=8,
+        color="gray",
     )
-    ax.set_xticks(sorted({r.workers for r in results}))
-    ax.set_ylim(bottom=0)
     ax.set(
         xlabel="workers (members of one $share group)",
         ylabel="images processed per second",
