@@ -85,6 +85,12 @@ def parser() -> argparse.ArgumentParser:
         help=f"grade this many submissions at once, each in its own kernel (default: the cores, {default_jobs()})",
     )
     parse.add_argument(
+        "--alone",
+        choices=("timing", "all"),
+        default="timing",
+        help="with --jobs: which checks run while nothing else runs: timing-critical ones (default) or all",
+    )
+    parse.add_argument(
         "--sandbox",
         choices=boxes.MODES,
         default="auto",
@@ -124,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         args.checks,
         check_timeout=args.check_timeout,
         jobs=args.jobs,
+        alone=args.alone,
         sandbox=mode,
         hide=(*outputs, Path.cwd()),
     )

@@ -52,10 +52,10 @@ PROBE_TIMEOUT_S = 3.0
 BOOT_TIMEOUT_S = 30.0
 STARTUP_TIMEOUT_S = 60.0
 MAX_OUTPUT_BYTES = 1_000_000
-"""What the grader keeps of one cell's output (the rest is dropped, with a note): a cell that
-prints 100 MB costs the grader at most this much memory, plus one message in flight."""
-MAX_MESSAGE_BYTES = 32 * 1024 * 1024
-"""A single kernel message larger than this is refused by the grader's socket (ZeroMQ MAXMSGSIZE)."""
+"""What the grader keeps of one cell's output (the rest is dropped, with a note). Messages in
+flight still cost memory while they are read: measured, a cell that prints 100 MB at once
+raises the grader's peak to about 350 MB, 1 GB in 100 MB prints to about 1.8 GB. Not capped
+further: ZeroMQ's MAXMSGSIZE drops the connection and IOPub never comes back."""
 LABS_DIR = ROOT / "labs"
 """The labs as shipped: where a question's check("qN") cell belongs, when a submission deleted it."""
 
@@ -83,6 +83,8 @@ class Options:
     """Folders a sandboxed kernel must not see even if they lie inside one it needs (results, cwd)."""
     labs_dir: Path | None = LABS_DIR
     max_output: int = MAX_OUTPUT_BYTES
+    alone: str = "timing"
+    """Which checks run alone in a parallel batch: ``timing`` (those that say so) or ``all``."""
 
     def describe(self, sandbox: str | None = None) -> dict[str, Any]:
         """How the grader ran, for the JSON report."""
@@ -91,6 +93,7 @@ class Options:
             "total_timeout_s": self.total_timeout,
             "broker": broker_label(),
             "jobs": self.jobs,
+            "alone": self.alone,
             "sandbox": boxes.describe(sandbox or self.sandbox, self.limits),
         }
 
@@ -260,10 +263,12 @@ class Gate:
 
     With ``--jobs N`` several kernels run side by side, and a check that measures time
     (a 200 ms deadline, "refusing is instant") could see another kernel's load. So a
-    timing-critical check (``Check.timing``; every check, while the checks API does not
-    say) runs exclusive: it waits until no other submission is in a step, and no new step
-    starts until it ends. Learner cells, kernel start-ups and loading the checks share
-    the machine. Time spent waiting here is not charged to the submission's budget.
+    timing-critical check (one that says so: ``timing=True``, see :func:`timing_critical`;
+    every check with ``--alone all``) runs exclusive: it waits until no other submission
+    is in a step, and no new step starts until it ends. Everything else (learner cells,
+    kernel start-ups, loading the checks, checks that only wait for an outcome with a
+    deadline) shares the machine. Time spent waiting here is not charged to the
+    submission's budget, so a queue never costs points.
     """
 
     def __init__(self) -> None:
@@ -298,29 +303,18 @@ class Gate:
                 self._cond.notify_all()
 
 
-def timing_critical(check: Check) -> bool:
-    """Does this check measure time (so it must run alone)? Checks say so with ``timing``; without it, yes."""
-    return bool(getattr(check, "timing", True))
+def timing_critical(check: Check, alone: str = "timing") -> bool:
+    """Must this check run alone? ``alone="all"``: every check; else those that say ``timing=True``.
 
-
-def _client_class() -> type:
-    """A kernel client whose sockets refuse single messages over MAX_MESSAGE_BYTES (a 100 MB print)."""
-    import zmq
-    from jupyter_client.asynchronous import AsyncKernelClient
-    from jupyter_client.connect import channel_socket_types
-
-    class CappedClient(AsyncKernelClient):
-        def _create_connected_socket(self, channel: str, identity: bytes | None = None) -> Any:
-            url = self._make_url(channel)
-            sock = self.context.socket(channel_socket_types[channel])
-            sock.linger = 1000
-            sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
-            if identity:
-                sock.identity = identity
-            sock.connect(url)
-            return sock
-
-    return CappedClient
+    A check says it with ``timing=True`` (a field of :class:`~helpers.grading.checks.Check`),
+    or its function has ``timing = True``. A check is timing-critical when load on the
+    machine can change its verdict: it asserts an upper bound on a duration measured
+    while the learner's code runs (an instant refusal, a deadline kept, a 202 that does
+    not wait). Waiting for an outcome with a generous deadline is not.
+    """
+    if alone == "all":
+        return True
+    return bool(getattr(check, "timing", False) or getattr(check.func, "timing", False))
 
 
 def _kernel_manager(kernel_name: str, connection_file: Path, box: boxes.Sandbox | None) -> Any:
@@ -346,7 +340,6 @@ def _kernel_manager(kernel_name: str, connection_file: Path, box: boxes.Sandbox 
             return box.wrap(cmd)
 
     km = Manager(kernel_name=kernel_name, transport="ipc", connection_file=str(connection_file))
-    km.client_factory = _client_class()
     return km
 
 
@@ -571,7 +564,7 @@ class _Grading:
                 if index not in self.cell_notes:
                     cap = self.options.max_output
                     where = _describe(self.nb, index)
-                    self.cell_notes[index] = f"{where} printed more than {cap:,} bytes: the grader kept the first {cap:,}"
+                    self.cell_notes[index] = f"{where} printed more than {cap:,} bytes: the grader kept at most {cap:,} of it"
             if not restart or self.out_of_time:
                 break
             if attempt == self.options.max_restarts:
@@ -668,7 +661,9 @@ class _Grading:
         check = self.checks[j]
         own = check.timeout if self.options.check_timeout is None else min(check.timeout, self.options.check_timeout)
         limit = max(1.0, min(own + CHECK_MARGIN_S, self.remaining()))
-        out = await kernel.run_source(grade_kernel.run_source(nonce, j, own), limit, keep=nonce, exclusive=timing_critical(check))
+        out = await kernel.run_source(
+            grade_kernel.run_source(nonce, j, own), limit, keep=nonce, exclusive=timing_critical(check, self.options.alone)
+        )
         payloads = [p for p in _tagged(out.cell, nonce) if p.get("index") == j]
         if payloads:
             try:
