@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import secrets
 import sys
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,11 @@ def parser() -> argparse.ArgumentParser:
         help="run each kernel in a bubblewrap sandbox (bwrap), or not (none); auto: bwrap where it works (default)",
     )
     parse.add_argument(
+        "--seed",
+        help="draw the checks' random inputs from this seed (re-grading with it gives the same messages); "
+        "default: a new secret seed, recorded in --json",
+    )
+    parse.add_argument(
         "-q",
         "--quiet",
         action="store_true",
@@ -131,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         check_timeout=args.check_timeout,
         jobs=args.jobs,
         alone=args.alone,
+        seed=args.seed or secrets.token_hex(8),
         sandbox=mode,
         hide=(*outputs, Path.cwd()),
     )

@@ -85,6 +85,9 @@ class Options:
     max_output: int = MAX_OUTPUT_BYTES
     alone: str = "timing"
     """Which checks run alone in a parallel batch: ``timing`` (those that say so) or ``all``."""
+    seed: str | None = None
+    """The checks' random inputs are drawn from this seed (same seed, same inputs, same messages);
+    :func:`grade_many` makes a secret one per batch when None, and the JSON report records it."""
 
     def describe(self, sandbox: str | None = None) -> dict[str, Any]:
         """How the grader ran, for the JSON report."""
@@ -94,6 +97,7 @@ class Options:
             "broker": broker_label(),
             "jobs": self.jobs,
             "alone": self.alone,
+            "seed": self.seed,
             "sandbox": boxes.describe(sandbox or self.sandbox, self.limits),
         }
 
@@ -635,7 +639,7 @@ class _Grading:
             return False
         nonce = secrets.token_hex(16)  # new for every question: a nonce seen by later cells is already dead
         checks_dir = str(self.kernel_checks_dir or self.options.checks_dir)
-        source = grade_kernel.boot_source(nonce, self.lab, str(HELPERS_DIR), checks_dir, self.markdown)
+        source = grade_kernel.boot_source(nonce, self.lab, str(HELPERS_DIR), checks_dir, self.markdown, self.options.seed)
         out = await kernel.run_source(source, min(BOOT_TIMEOUT_S, self.remaining()), keep=nonce)
         boot = [p for p in _tagged(out.cell, nonce) if p.get("boot") == "ok"]
         if not boot or boot[0].get("checks") != [c.name for c in self.checks]:
@@ -813,7 +817,7 @@ async def grade_many(
     labs, _ = known_labs(options.checks_dir)
     files = expand(paths)
     others = tuple({p.resolve().parent for p in files})
-    options = dataclasses.replace(options, hide=(*options.hide, *others))
+    options = dataclasses.replace(options, hide=(*options.hide, *others), seed=options.seed or secrets.token_hex(8))
     gate = Gate()
     slots = asyncio.Semaphore(max(1, options.jobs))
     results: list[Result | None] = [None] * len(files)
