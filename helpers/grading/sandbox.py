@@ -149,8 +149,8 @@ def _python_dirs() -> list[Path]:
         path = Path(entry) if entry else None
         if path is None or not path.is_dir():
             continue
-        if (path / "helpers" / "__init__.py").is_file():
-            continue  # a course checkout (PYTHONPATH or the editable install): only its helpers/ is bound
+        if not {"site-packages", "dist-packages"} & set(path.parts):
+            continue  # the script's folder, the cwd, a course checkout: not libraries (helpers/ is bound alone)
         dirs.add(path)
     found: set[Path] = set()
     for d in dirs:

@@ -271,10 +271,10 @@ def lab04_batch(folder: Path, n: int = GRADING_BATCH) -> dict[str, str]:
         ("partial", (3,)),
         ("correct", ()),
         ("lab as shipped", ()),
-        ("partial", (1, 2)),
+        ("broken setup", ()),
         ("correct", ()),
         ("partial", (0, 1, 2)),
-        ("broken setup", ()),
+        ("partial", (1, 2)),
         ("partial", (2,)),
     ]
     folder.mkdir(parents=True, exist_ok=True)
