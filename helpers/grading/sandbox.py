@@ -65,7 +65,7 @@ class Limits:
 UID_BASE = 61000
 """Sandboxed kernels run as uids UID_BASE .. UID_BASE + UID_SPAN - 1 (when the grader is root)."""
 UID_SPAN = 4000
-_uids = itertools.count()
+_uids = itertools.count(os.getpid() * 37 % UID_SPAN)  # two graders on one machine start far apart
 
 KEEP_ENV = ("PATH", "LANG", "LANGUAGE", "TZ", "TERM", "MQTT_URL", "PYTHONUNBUFFERED", "MPLBACKEND", "PYTHONHASHSEED")
 """Environment variables a sandboxed kernel inherits (plus LC_*); everything else stays with the grader."""
