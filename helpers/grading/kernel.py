@@ -19,10 +19,11 @@ learner's code from deciding its own score:
   functions replaced by notebook code, import hooks, trace functions, cell hooks) and
   reports them as flags for a human to look at.
 
-This raises the bar against copy-paste cheating and accidents; it is NOT a sandbox:
-the notebook runs as the grader's user in the same process as the checks, and a
-determined author can still read frames or the nonce (see CONTRIBUTING.md, "How the grader
-works and its trust model").
+This raises the bar against copy-paste cheating and accidents; it does not make the
+checks tamper-proof: the notebook runs in the same process as the checks, and a
+determined author can still read frames or the nonce. Keeping the notebook away from the
+grader's files, network and resources is the sandbox's job (:mod:`helpers.grading.sandbox`;
+see CONTRIBUTING.md, "How the grader works and its trust model").
 """
 
 from __future__ import annotations

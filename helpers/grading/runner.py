@@ -1,15 +1,19 @@
 """Grade submissions: run each notebook in a fresh kernel, then every check of its lab.
 
-:func:`grade_file` grades one notebook, :func:`grade_many` a batch (one after another:
-timing checks need the CPU); both never raise for a bad submission, they return an
-``error`` :class:`~helpers.grading.report.Result` instead. The command line is
+:func:`grade_file` grades one notebook, :func:`grade_many` a batch (``jobs`` at a time,
+each in its own kernel; timing-critical checks run alone, see :class:`Gate`); both never
+raise for a bad submission, they return an ``error``
+:class:`~helpers.grading.report.Result` instead. The command line is
 :mod:`helpers.grading.cli` (``python -m helpers grade``), the grader's side inside the
-submission's kernel is :mod:`helpers.grading.kernel`.
+submission's kernel is :mod:`helpers.grading.kernel`, the sandbox the kernel runs in is
+:mod:`helpers.grading.sandbox`. The grader talks to every kernel over ZeroMQ's IPC
+transport (Unix sockets in the submission's scratch folder), never TCP.
 
 How a submission is run (cells in order, each question's checks right after its
-``check("qN")`` cell, timeouts, restarts without a cell that cannot be interrupted) and
-the trust model (what tampering the grader resists, and why it is NOT a sandbox) are
-described in CONTRIBUTING.md, "How the grader works and its trust model".
+``check("qN")`` cell or where the lab as shipped has it, timeouts, restarts without a
+cell that cannot be interrupted) and the trust model (what tampering the grader
+resists, what the sandbox stops and what it does not) are described in CONTRIBUTING.md,
+"How the grader works and its trust model".
 """
 
 from __future__ import annotations
