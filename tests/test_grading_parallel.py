@@ -18,9 +18,10 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
+from helpers.grading.checks import Checks
 from helpers.grading.cli import default_jobs, main
 from helpers.grading.report import Result
-from helpers.grading.runner import Gate, Options, grade_many
+from helpers.grading.runner import Gate, Options, grade_many, timing_critical
 from helpers.tools.bench import lab04_batch
 
 
@@ -174,3 +175,20 @@ async def test_kernels_talk_over_ipc_without_the_tcp_warning(tmp_path: Path) -> 
             await km.shutdown_kernel(now=True)
     assert info["transport"] == "ipc" and str(tmp_path) in info["ip"]
     assert "without encryption" not in stderr.read_text()
+
+
+def test_a_check_is_timing_critical_when_it_says_so_or_with_alone_all() -> None:
+    checks = Checks("94_flags")
+
+    @checks.check("q1")
+    async def measures(ctx: object) -> None:
+        """Measures a duration"""
+
+    @checks.check("q1")
+    async def waits(ctx: object) -> None:
+        """Waits for an outcome"""
+
+    measures.timing = True  # type: ignore[attr-defined]
+    timed, plain = list(checks)
+    assert timing_critical(timed) and not timing_critical(plain)
+    assert timing_critical(plain, "all")

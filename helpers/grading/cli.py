@@ -3,8 +3,10 @@
     python -m helpers grade SUBMISSION.ipynb [MORE.ipynb | FOLDER ...] [--csv grades.csv] [--json results.json]
     make grade DIR=submissions/          # same, writes grades.csv and grades.json
 
-Prints one line per submission (plus the reason of every failed check, notes and
-flags), then a summary. Exit code: 0 when every submission got full marks, 1 when any
+Grades ``--jobs`` submissions at once (default: the cores), each kernel in a bubblewrap
+sandbox where one works (``--sandbox auto``), with a progress bar on a terminal's stderr
+(not with ``-q``). Prints one line per submission (plus the reason of every failed
+check, notes and flags), then a summary. Exit code: 0 when every submission got full marks, 1 when any
 did not (or was an error row), 2 for a usage error (no submissions given).
 
 How a submission is graded, and what the grader does and does not protect against:
