@@ -266,6 +266,24 @@ async def test_missing_check_cell_still_runs_its_checks(tiny_checks: Path, tmp_p
     assert any('check("q2")' in n for n in result.notes)
 
 
+@pytest.mark.broker
+async def test_deleted_check_cell_runs_its_checks_before_the_clean_up_cell(tmp_path: Path) -> None:
+    """The warm-up's last cell stops the service q3's checks measure: they must run before it,
+    where the lab as shipped has check("q3"), and q1's where the lab has check("q1")."""
+    path = tmp_path / "00_warmup_nocheck.ipynb"
+    nb = nbformat.read(WARMUP, as_version=4)
+    nb.cells = [c for c in nb.cells if 'check("q3")' not in c.source and 'check("q1")' not in c.source]
+    nbformat.write(nb, path)
+    result = await grade_file(path)
+    assert result.full_marks, result.failures()
+    notes = " | ".join(result.notes)
+    assert 'no check("q3") cell found: its checks ran before code cell' in notes and "await stop_all()" in notes, notes
+    assert 'no check("q1") cell found: its checks ran before code cell' in notes, notes
+    # without the lab as shipped to go by they run after the last cell: the service is gone by then
+    late = await grade_file(path, Options(labs_dir=None))
+    assert late.questions["q3"][0] < late.questions["q3"][1], late.failures()
+
+
 # --------------------------------------------------------------------------- adversarial, warm-up lab
 
 

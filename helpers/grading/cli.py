@@ -3,8 +3,10 @@
     python -m helpers grade SUBMISSION.ipynb [MORE.ipynb | FOLDER ...] [--csv grades.csv] [--json results.json]
     make grade DIR=submissions/          # same, writes grades.csv and grades.json
 
-Prints one line per submission (plus the reason of every failed check, notes and
-flags), then a summary. Exit code: 0 when every submission got full marks, 1 when any
+Grades ``--jobs`` submissions at once (default: the cores), each kernel in a bubblewrap
+sandbox where one works (``--sandbox auto``), with a progress bar on a terminal's stderr
+(not with ``-q``). Prints one line per submission (plus the reason of every failed
+check, notes and flags), then a summary. Exit code: 0 when every submission got full marks, 1 when any
 did not (or was an error row), 2 for a usage error (no submissions given).
 
 How a submission is graded, and what the grader does and does not protect against:
@@ -15,9 +17,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import secrets
 import sys
 from pathlib import Path
+from typing import Any
 
+from helpers.grading import sandbox as boxes
 from helpers.grading.checks import CHECKS_DIR
 from helpers.grading.report import Result, format_row, write_csv, write_json
 from helpers.grading.runner import (
@@ -30,6 +36,25 @@ from helpers.grading.runner import (
     grade_many,
     known_labs,
 )
+
+
+def default_jobs() -> int:
+    """One submission per core the grader may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1, with a clear message otherwise."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def parser() -> argparse.ArgumentParser:
@@ -55,7 +80,36 @@ def parser() -> argparse.ArgumentParser:
     parse.add_argument(
         "--max-restarts", type=int, default=MAX_RESTARTS, help="kernel restarts after a cell that cannot be interrupted"
     )
-    parse.add_argument("-q", "--quiet", action="store_true", help="one line per submission (details stay in --csv/--json)")
+    parse.add_argument(
+        "-j",
+        "--jobs",
+        type=positive_int,
+        default=default_jobs(),
+        help=f"grade this many submissions at once, each in its own kernel (default: the cores, {default_jobs()})",
+    )
+    parse.add_argument(
+        "--alone",
+        choices=("timing", "all"),
+        default="timing",
+        help="with --jobs: which checks run while nothing else runs: timing-critical ones (default) or all",
+    )
+    parse.add_argument(
+        "--sandbox",
+        choices=boxes.MODES,
+        default="auto",
+        help="run each kernel in a bubblewrap sandbox (bwrap), or not (none); auto: bwrap where it works (default)",
+    )
+    parse.add_argument(
+        "--seed",
+        help="draw the checks' random inputs from this seed (re-grading with it gives the same messages); "
+        "default: a new secret seed, recorded in --json",
+    )
+    parse.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="for logs: one line per submission (details stay in --csv/--json), no progress bar",
+    )
     parse.add_argument("--checks", type=Path, default=CHECKS_DIR, help="folder of checks modules (default helpers/labchecks)")
     return parse
 
@@ -69,30 +123,70 @@ def main(argv: list[str] | None = None) -> int:
         parse.print_usage(sys.stderr)
         print("error: no submissions given", file=sys.stderr)
         return 2
-    options = Options(args.cell_timeout, args.timeout, args.max_restarts, args.checks, check_timeout=args.check_timeout)
+    try:
+        mode, notice = boxes.resolve(args.sandbox)
+    except boxes.SandboxError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if notice:
+        print(notice, file=sys.stderr, flush=True)
+    outputs = tuple(p.resolve().parent for p in (args.csv, args.json) if p is not None)
+    options = Options(
+        args.cell_timeout,
+        args.timeout,
+        args.max_restarts,
+        args.checks,
+        check_timeout=args.check_timeout,
+        jobs=args.jobs,
+        alone=args.alone,
+        seed=args.seed or secrets.token_hex(8),
+        sandbox=mode,
+        hide=(*outputs, Path.cwd()),
+    )
     labs, broken = known_labs(options.checks_dir)
     for name, why in broken.items():
         print(f"warning: checks file {name} cannot be loaded: {why}", file=sys.stderr)
-    print(f"grading {len(paths)} submission(s) for labs {', '.join(sorted(labs)) or 'none'} ({broker_label()})", flush=True)
+    jobs = min(options.jobs, len(paths))
+    how = f"{broker_label()}, sandbox: {mode}, {jobs} at a time"
+    print(f"grading {len(paths)} submission(s) for labs {', '.join(sorted(labs)) or 'none'} ({how})", flush=True)
+    bar = _progress_bar(len(paths), disable=args.quiet)
 
     def show(result: Result) -> None:
         if args.quiet:
             text = format_row(result).splitlines()[0] + (f"  ERROR: {result.error}" if result.error else "")
         else:
             text = format_row(result)
+        if bar is None:
+            print(text, flush=True)
+            return
+        bar.clear()  # the rows go to stdout, the bar redraws itself below them on stderr
         print(text, flush=True)
+        bar.update(1)
 
-    results = asyncio.run(grade_many(paths, options, progress=show))
+    try:
+        results = asyncio.run(grade_many(paths, options, progress=show))
+    finally:
+        if bar is not None:
+            bar.close()
     full = sum(r.full_marks for r in results)
     errors = sum(r.status == "error" for r in results)
-    print(f"{full}/{len(results)} with full marks, {errors} error row(s)")
+    print(f"{full}/{len(results)} with full marks, {errors} error row(s) (sandbox: {mode})")
     if args.csv:
         write_csv(results, args.csv)
         print(f"wrote {args.csv}")
     if args.json:
-        write_json(results, args.json, options.describe())
+        write_json(results, args.json, options.describe(mode))
         print(f"wrote {args.json}")
     return 0 if full == len(results) else 1
+
+
+def _progress_bar(total: int, *, disable: bool) -> Any:
+    """A tqdm bar on stderr while the batch runs; None with --quiet or when stderr is not a terminal."""
+    if disable or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm  # type: ignore[import-untyped] # tqdm ships no type hints (types-tqdm is not pinned)
+
+    return tqdm(total=total, unit="submission", file=sys.stderr, dynamic_ncols=True, leave=False)
 
 
 if __name__ == "__main__":

@@ -19,19 +19,23 @@ learner's code from deciding its own score:
   functions replaced by notebook code, import hooks, trace functions, cell hooks) and
   reports them as flags for a human to look at.
 
-This raises the bar against copy-paste cheating and accidents; it is NOT a sandbox:
-the notebook runs as the grader's user in the same process as the checks, and a
-determined author can still read frames or the nonce (see CONTRIBUTING.md, "How the grader
-works and its trust model").
+This raises the bar against copy-paste cheating and accidents; it does not make the
+checks tamper-proof: the notebook runs in the same process as the checks, and a
+determined author can still read frames or the nonce. Keeping the notebook away from the
+grader's files, network and resources is the sandbox's job (:mod:`helpers.grading.sandbox`;
+see CONTRIBUTING.md, "How the grader works and its trust model").
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import random
 import re
 import signal
 import sys
+from collections.abc import Iterator
 from types import CodeType, FunctionType, MethodType, ModuleType
 from typing import Any
 
@@ -157,8 +161,12 @@ class Session:
         learner_modules: dict[str, ModuleType],
         learner_meta_path: list[Any],
         markdown: list[str] | None = None,
+        seed: str | None = None,
     ) -> None:
         self.nonce = nonce
+        self.seed = seed
+        """When set, each check's ``ctx.rng`` is seeded from it and the check's name (a batch re-graded
+        with the same seed draws the same inputs); None: fresh randomness, as in the notebook."""
         self.user_ns = user_ns
         self.markdown = list(markdown or [])
         """The submission's Markdown cells, from the file the grader read (not from the notebook's namespace)."""
@@ -200,6 +208,30 @@ class Session:
         sys.modules.update(self._learner)
         sys.meta_path[:] = self._learner_meta_path
 
+    @contextlib.contextmanager
+    def _seeded(self, check: checking.Check) -> Iterator[None]:
+        """While one check runs, its Context draws inputs from a generator seeded for this check.
+
+        The grader's own copy of the module is patched and restored inside the check's run,
+        so the fingerprint of the grader's modules (taken before and after) is unchanged.
+        """
+        if self.seed is None:
+            yield
+            return
+        base = checking.Context
+        seed = f"{self.seed}:{check.lab}:{check.name}"
+
+        class SeededContext(base):  # type: ignore[valid-type,misc] # a subclass of the fresh copy's Context
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, **kwargs)
+                self.rng = random.Random(seed)
+
+        checking.Context = SeededContext  # type: ignore[misc]
+        try:
+            yield
+        finally:
+            checking.Context = base  # type: ignore[misc]
+
     async def run(self, index: int, timeout: float | None = None) -> None:
         """Run check ``index`` (grader order), at most ``timeout`` s, and print its result line."""
         check = self.checks[index]
@@ -219,7 +251,8 @@ class Session:
             # ipykernel turns Ctrl-C into a task cancel, which cannot stop `while True: pass`;
             # the default handler raises KeyboardInterrupt inside the loop, which run_check catches.
             signal.signal(signal.SIGINT, signal.default_int_handler)
-            result = await checking.run_check(check, self.user_ns, catch_interrupt=True, markdown=list(self.markdown))
+            with self._seeded(check):
+                result = await checking.run_check(check, self.user_ns, catch_interrupt=True, markdown=list(self.markdown))
         finally:
             signal.signal(signal.SIGINT, previous)
             self._leave()
@@ -247,7 +280,7 @@ def __course_grader_boot():
     try:
         spec.loader.exec_module(package)
         kernel_side = importlib.import_module("helpers.grading.kernel")
-        return kernel_side.Session({nonce!r}, {lab!r}, {checks_dir!r}, globals(), mine, meta, {markdown!r})
+        return kernel_side.Session({nonce!r}, {lab!r}, {checks_dir!r}, globals(), mine, meta, {markdown!r}, {seed!r})
     except BaseException:
         for k in [k for k in list(sys.modules) if k == "helpers" or k.startswith("helpers.")]:
             del sys.modules[k]
@@ -259,7 +292,9 @@ del __course_grader_boot
 """
 
 
-def boot_source(nonce: str, lab: str, helpers_dir: str, checks_dir: str, markdown: list[str] | None = None) -> str:
+def boot_source(
+    nonce: str, lab: str, helpers_dir: str, checks_dir: str, markdown: list[str] | None = None, seed: str | None = None
+) -> str:
     """The cell that loads a pristine copy of helpers and the lab's checks into the kernel.
 
     ``markdown``, the submission's Markdown cell sources as the grader read them from the
@@ -274,6 +309,7 @@ def boot_source(nonce: str, lab: str, helpers_dir: str, checks_dir: str, markdow
         checks_dir=checks_dir,
         session=session_name(nonce),
         markdown=[str(text) for text in markdown or []],
+        seed=seed,
     ).strip()
 
 

@@ -31,6 +31,8 @@ class Result:
     """Signs of tampering, for a human to look at; they do not change the score."""
     error: str = ""
     seconds: float = 0.0
+    sandbox: str = ""
+    """How the submission's kernel was isolated: ``bwrap`` or ``none`` (see helpers.grading.sandbox)."""
 
     @classmethod
     def graded(cls, submission: str, lab: str, checks: list[CheckResult], **details: Any) -> Result:
@@ -95,6 +97,7 @@ def write_csv(results: Sequence[Result], path: Path | str) -> None:
         "flags",
         "error",
         "seconds",
+        "sandbox",
     ]
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
@@ -116,6 +119,7 @@ def write_csv(results: Sequence[Result], path: Path | str) -> None:
                     " | ".join(r.flags),
                     r.error,
                     r.seconds,
+                    r.sandbox,
                 ]
             )
 

@@ -4,6 +4,9 @@ The lessons' claims rest on three assumptions this measures: an in-process HTTP 
 costs well under a millisecond (so 5 x 50 ms really is ~250 ms), the brokers move
 thousands of messages per second (so queueing we show is the consumers', not the
 broker's), and the open-loop generator sends on time (so its latencies are honest).
+It also measures the grader: submissions graded per minute for a folder of 30 lab 04
+submissions (correct, partial and broken), one at a time and with ``--jobs``, in the
+sandbox and without (``--only grading`` runs just that part).
 Prints a Markdown table; ``--out FILE`` also writes it.
 """
 
@@ -12,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import copy
 import os
 import platform
 import statistics
@@ -240,6 +244,106 @@ async def generator_lateness_ms(rate: float = 1000, seconds: float = 3) -> tuple
     return percentile(late, 50), percentile(late, 99)
 
 
+# --------------------------------------------------------------------------- grading throughput
+
+GRADING_LAB = "04_reliable_consumer"
+GRADING_BATCH = 30
+
+
+def lab04_batch(folder: Path, n: int = GRADING_BATCH) -> dict[str, str]:
+    """Write ``n`` lab 04 submissions into ``folder``: correct, partial and broken. {file name: kind}.
+
+    Made from the solution (all of it, or with some questions' answers taken out again, as
+    the lab generator does) and from the lab as shipped; a broken one fails in its first cell.
+    """
+    import nbformat
+
+    from helpers.grading.labgen import LABS, SOLUTIONS, strip_code
+
+    solution = nbformat.read(SOLUTIONS / f"{GRADING_LAB}.ipynb", as_version=4)
+    lab = nbformat.read(LABS / f"{GRADING_LAB}.ipynb", as_version=4)
+    answers = [i for i, c in enumerate(solution.cells) if c.cell_type == "code" and "# BEGIN SOLUTION" in c.source]
+    first_code = next(i for i, c in enumerate(solution.cells) if c.cell_type == "code")
+    # (kind, answer cells taken out): per 10 submissions 3 correct, 5 partial, 2 broken
+    variants: list[tuple[str, tuple[int, ...]]] = [
+        ("correct", ()),
+        ("partial", (0,)),
+        ("partial", (3,)),
+        ("correct", ()),
+        ("lab as shipped", ()),
+        ("broken setup", ()),
+        ("correct", ()),
+        ("partial", (0, 1, 2)),
+        ("partial", (1, 2)),
+        ("partial", (2,)),
+    ]
+    folder.mkdir(parents=True, exist_ok=True)
+    kinds = {}
+    for i in range(n):
+        kind, out = variants[i % len(variants)]
+        nb = copy.deepcopy(lab if kind == "lab as shipped" else solution)
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                cell.outputs, cell.execution_count = [], None
+        for k in out:
+            cell = nb.cells[answers[k]]
+            cell.source = strip_code(cell.source)[0]
+        if kind == "broken setup":
+            nb.cells[first_code].source = 'raise RuntimeError("my setup is broken")\n' + nb.cells[first_code].source
+        name = f"student{i:02d}_{GRADING_LAB}.ipynb"
+        nbformat.write(nb, folder / name)
+        kinds[name] = kind
+    return kinds
+
+
+async def grading_throughput(folder: Path, jobs: int, sandbox: str) -> tuple[float, float, list[float]]:
+    """Grade every submission in ``folder``: (submissions per minute, median s per submission, scores).
+
+    A submission's seconds run from its start to its end, waits at the gate included.
+    """
+    from helpers.grading.runner import Options, grade_many
+
+    began = time.monotonic()
+    results = await grade_many([folder], Options(jobs=jobs, sandbox=sandbox, seed="bench"))
+    took = time.monotonic() - began
+    return len(results) * 60 / took, statistics.median(r.seconds for r in results), [r.score for r in results]
+
+
+async def grading_rows(report: Callable[[str], None] = print) -> list[Row]:
+    """Submissions per minute: serial without a sandbox, serial and parallel in the sandbox."""
+    from helpers.grading import sandbox as boxes
+    from helpers.grading.cli import default_jobs
+
+    mode, notice = boxes.resolve("auto")
+    if notice:
+        report(notice)
+    jobs = default_jobs()
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="bench-grading-") as tmp:
+        folder = Path(tmp) / "submissions"
+        kinds = lab04_batch(folder)
+        mix = ", ".join(f"{list(kinds.values()).count(k)} {k}" for k in dict.fromkeys(kinds.values()))
+        runs = [("none", 1), (mode, 1), (mode, jobs)] if mode != "none" else [("none", 1), ("none", jobs)]
+        base: float | None = None
+        scores: list[float] | None = None
+        for box, j in runs:
+            report(f"... grading {len(kinds)} lab 04 submissions, --sandbox {box} --jobs {j}")
+            rate, median, got = await grading_throughput(folder, j, box)
+            base = base or rate
+            same = "same scores" if scores is None or got == scores else "SCORES DIFFER from the first run"
+            scores = scores or got
+            rows.append(
+                (
+                    f"grader: {len(kinds)} lab 04 submissions, --sandbox {box} --jobs {j}",
+                    f"{rate:.1f} submissions/min",
+                    "",
+                    f"{rate / base:.2f}x the first row; per submission {median:.1f} s median, {60 * j / rate:.1f} s mean; {same}",
+                )
+            )
+        rows.append(("grader: the batch", mix, "", "generated from solutions/04 and labs/04 by bench.lab04_batch"))
+    return rows
+
+
 async def _mosquitto_url() -> tuple[str | None, contextlib.ExitStack]:
     stack = contextlib.ExitStack()
     if os.environ.get("MQTT_URL"):
@@ -362,32 +466,41 @@ def as_markdown(rows: list[Row]) -> str:
 
 
 START, END = "<!-- BENCH:START -->", "<!-- BENCH:END -->"
+GRADING_START, GRADING_END = "<!-- GRADE-BENCH:START -->", "<!-- GRADE-BENCH:END -->"
 
 
-def update_readme(path: Path, table: str) -> None:
-    """Put ``table`` between the BENCH markers, so the README shows measured numbers only."""
+def update_readme(path: Path, table: str, start: str = START, end: str = END) -> None:
+    """Put ``table`` between the ``start`` and ``end`` markers, so the README shows measured numbers only."""
     text = path.read_text()
-    if START not in text or END not in text:
-        raise SystemExit(f"{path} has no {START} ... {END} markers to fill")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    path.write_text(f"{head}{START}\n{table}{END}{tail}")
+    if start not in text or end not in text:
+        raise SystemExit(f"{path} has no {start} ... {end} markers to fill")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(f"{head}{start}\n{table}{end}{tail}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m helpers bench", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="also write the Markdown table to this file")
-    parser.add_argument("--readme", type=Path, help="replace the table between the BENCH markers of this README")
+    parser.add_argument("--readme", type=Path, help="replace the tables between the BENCH markers of this README")
+    parser.add_argument("--only", choices=("all", "course", "grading"), default="all", help="what to measure (default: all)")
     args = parser.parse_args(argv)
-    rows = asyncio.run(run_all(lambda line: print(line, file=sys.stderr, flush=True)))
-    table = as_markdown(rows)
-    print(table)
+    say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731 - a one-line progress printer
+    tables: list[tuple[str, str, list[Row]]] = []
+    if args.only in ("all", "course"):
+        tables.append((START, END, asyncio.run(run_all(say))))
+    if args.only in ("all", "grading"):
+        tables.append((GRADING_START, GRADING_END, asyncio.run(grading_rows(say))))
+    text = "\n".join(as_markdown(rows) for _, _, rows in tables)
+    print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(table)
+        args.out.write_text(text)
     if args.readme:
-        update_readme(args.readme, table)
-    return 0 if all("MISSES" not in row[3] for row in rows) else 1
+        for start, end, rows in tables:
+            update_readme(args.readme, as_markdown(rows), start, end)
+    every = [row for _, _, rows in tables for row in rows]
+    return 0 if all("MISSES" not in row[3] and "DIFFER" not in row[3] for row in every) else 1
 
 
 if __name__ == "__main__":
