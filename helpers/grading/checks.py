@@ -113,6 +113,8 @@ class Check:
     """In the grader, run with the checks of this later question (the check needs code written there)."""
     code_hint: str = ""
     """The second-level hint: the code itself, shown only on request (``await check("q1", hint=2)``)."""
+    timing: bool = False
+    """The check bounds a duration: in a parallel grading batch it runs alone (see ``helpers.grading.runner.Gate``)."""
 
 
 class Checks:
@@ -135,6 +137,7 @@ class Checks:
         name: str | None = None,
         after: str | None = None,
         code_hint: str = "",
+        timing: bool = False,
     ) -> Callable[[CheckFunc], CheckFunc]:
         """Decorator: register an ``async def f(ctx)`` as a check of ``question``.
 
@@ -147,6 +150,10 @@ class Checks:
         instead of q1's, because it needs code the learner writes later (a diagram drawn in
         q1 compared with the services built in q2-q4). It still counts for ``question``;
         in the notebook, ``await check("q1")`` runs it with q1 (if it is visible).
+
+        ``timing=True``: the check bounds a duration (a timeout, a deadline, "answers within
+        50 ms"), so load from other submissions could change its verdict; a parallel grader
+        runs it while nothing else runs.
         """
 
         def register(func: CheckFunc) -> CheckFunc:
@@ -160,7 +167,20 @@ class Checks:
             doc = inspect.getdoc(func) or check_name.replace("_", " ")
             description = doc.strip().splitlines()[0].rstrip(".")
             self._checks.append(
-                Check(question, check_name, description, func, float(points), hidden, hint, timeout, self.lab, after, code_hint)
+                Check(
+                    question,
+                    check_name,
+                    description,
+                    func,
+                    float(points),
+                    hidden,
+                    hint,
+                    timeout,
+                    self.lab,
+                    after,
+                    code_hint,
+                    timing,
+                )
             )
             return func
 

@@ -683,7 +683,11 @@ class _Grading:
                 if flag not in self.flags:
                     self.flags.append(flag)
         elif out.status == "timeout":
-            self.fail(j, f"did not finish within {limit:g} s (an endless loop?)")
+            self.fail(
+                j,
+                f"did not finish within {limit:g} s (an endless loop, or a blocking call such as time.sleep() "
+                "or requests in async code?)",
+            )
             if not await kernel.responsive():
                 self.notes.append(f"check {check.name} hung the kernel: it was restarted")
                 return True

@@ -200,6 +200,7 @@ async def answers_202_with_location_and_retry_after(ctx: Context) -> str:
     "q1",
     hint="queue the work, then answer: the 202 never waits for the steps",
     code_hint="job = jobs.create(task, key); await jobs.start(job)  # returns once the broker has the first step; then answer",
+    timing=True,
 )
 async def kickoff_answers_before_the_work(ctx: Context) -> str:
     """The 202 comes back long before the job is done, and the job it started runs to its end"""

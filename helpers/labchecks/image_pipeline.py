@@ -1220,6 +1220,7 @@ async def remembers_across_a_restart(ctx: Context) -> None:
     timeout=30,
     hint="the 202 does not wait for the processor: uploads stay fast however long the queue",
     code_hint="post_image publishes image.uploaded and answers; it never awaits the processing",
+    timing=True,
 )
 async def burst_of_uploads_stays_fast(ctx: Context) -> str:
     """A burst of uploads gets every 202 quickly while the processor works through the queue; each user hears once."""

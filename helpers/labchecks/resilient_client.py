@@ -115,6 +115,7 @@ async def fetch_returns_json(ctx: Context) -> None:
     "q1",
     hint="the timeout must bound the whole call (connect, wait, read), not only one phase of it",
     code_hint="session.get(url, timeout=aiohttp.ClientTimeout(total=timeout_s))",
+    timing=True,
 )
 async def fetch_gives_up_at_its_timeout(ctx: Context) -> str:
     """Against a service that takes 1 s, fetch(..., timeout_s=0.2) raises asyncio.TimeoutError within 0.4 s."""
@@ -195,6 +196,7 @@ async def fetch_raises_a_4xx_as_a_client_error(ctx: Context) -> str:
     hidden=True,
     hint="use the timeout_s you are given, not a constant",
     code_hint="aiohttp.ClientTimeout(total=timeout_s)",
+    timing=True,
 )
 async def fetch_uses_the_timeout_it_is_given(ctx: Context) -> None:
     """Hidden: timeout_s=0.6 waits for a 250 ms service; timeout_s=0.1 does not."""
@@ -282,6 +284,7 @@ async def waits_are_capped_exponential_with_full_jitter(ctx: Context) -> str:
     "q2",
     hint="the deadline bounds the whole retry loop, waits included, not each attempt",
     code_hint="return await asyncio.wait_for(attempt_all(), deadline_s)  # attempt_all: the tenacity loop",
+    timing=True,
 )
 async def respects_the_deadline(ctx: Context) -> str:
     """A call that never answers ends with asyncio.TimeoutError at deadline_s, not later."""
@@ -333,6 +336,7 @@ async def does_not_retry_a_4xx(ctx: Context) -> str:
     "q2",
     hint="waiting must not stop the event loop: the async retry loop waits with asyncio, the sync one with time.sleep",
     code_hint="async for attempt in AsyncRetrying(...)  # not `for attempt in Retrying(...)`, whose waits block",
+    timing=True,
 )
 async def waits_without_blocking_the_event_loop(ctx: Context) -> str:
     """While with_retries waits between attempts, the event loop keeps running (no time.sleep)."""
@@ -440,6 +444,7 @@ async def opens_after_threshold_failures(ctx: Context) -> str:
     "q3",
     hint="an open breaker answers for the service: refuse at once, before fn is ever called",
     code_hint="if self.state == 'open': raise CircuitOpenError(...)  # before `await fn()`",
+    timing=True,
 )
 async def refuses_while_open(ctx: Context) -> None:
     """While open, call(fn) raises CircuitOpenError at once and never calls fn."""
@@ -563,6 +568,7 @@ async def _get(client: Any, timeout: float = 5.0) -> Outcome:
     hint="your with_retries already keeps a deadline: drive the attempts with it, using this client's settings",
     code_hint="return await with_retries(lambda: self.breaker.call(lambda: fetch(self.session, url, self.timeout_s)), "
     "attempts=self.attempts, deadline_s=self.deadline_s)",
+    timing=True,
 )
 async def client_respects_the_deadline(ctx: Context) -> str:
     """Against a service that sleeps 2 s, get() gives up by deadline_s (+0.15 s)."""
@@ -655,6 +661,7 @@ async def client_opens_under_sustained_failure(ctx: Context) -> str:
     "q4",
     hint="retries go outside the breaker, and a refusal is not a failure worth retrying",
     code_hint="with_retries(lambda: self.breaker.call(...), ...)  # CircuitOpenError is not in RETRY_ON",
+    timing=True,
 )
 async def client_stops_calling_while_open(ctx: Context) -> None:
     """While the breaker is open, get() raises CircuitOpenError at once and sends nothing."""

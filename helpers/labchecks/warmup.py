@@ -294,6 +294,7 @@ async def p50_in_milliseconds(ctx: Context) -> str:
     "q3",
     hint="measure the hello service itself, and keep the number your function returned",
     code_hint='p50_ms = await measure_p50(f"{svc.url}/", 20)',
+    timing=True,
 )
 async def notebook_p50_is_plausible(ctx: Context) -> str:
     """`p50_ms` in the notebook agrees with a fresh measurement of `svc`."""
