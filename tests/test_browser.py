@@ -141,6 +141,7 @@ async (text) => {
         await renderer.renderModel({data: {'text/markdown': text}, metadata: {}, trusted: false, setData() {}});
         return await Promise.all([...renderer.node.querySelectorAll('.jp-RenderedMermaid')].map(describe));
     } finally {
+        renderer.node.remove();  // appended by hand, so dispose() would leave it on top of every later screenshot
         renderer.dispose();
     }
 }
@@ -287,6 +288,8 @@ def test_jupyterlab_agrees_with_the_fast_check(page: Any) -> None:
     try:
         good = {name: page.evaluate(RENDER_MARKDOWN_JS, _fenced(text)) for name, text in GOOD.items()}
         bad = {b.id: page.evaluate(RENDER_MARKDOWN_JS, _fenced(b.text)) for b in BAD}
+        stray = page.evaluate("() => document.querySelectorAll('body > .jp-RenderedMarkdown, body > .jp-RenderedMermaid').length")
+        assert stray == 0, f"{stray} rendered examples were left in the page: later screenshots would show them"
     finally:
         _close(page)
     assert all(len(boxes) == 1 for boxes in [*good.values(), *bad.values()]), "one diagram box per example"
