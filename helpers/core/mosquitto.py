@@ -176,6 +176,10 @@ def find_mosquitto() -> str:
     return found
 
 
+class MosquittoDidNotStart(RuntimeError):
+    """Mosquitto exited or did not listen in time; the message has its last log lines."""
+
+
 def _wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -194,7 +198,7 @@ def running_mosquitto(extra_config: str = "", *, accounts: Sequence[Account] = (
     With ``accounts`` it runs the classroom configuration (:func:`classroom_config`):
     anonymous clients are refused, so log in with ``account.url("127.0.0.1", port)``.
     """
-    binary = find_mosquitto()
+    find_mosquitto()  # a clear FileNotFoundError before anything is written
     with tempfile.TemporaryDirectory(prefix="mosquitto-") as folder:
         if accounts:
             write_password_file(Path(folder) / "passwd", accounts)
@@ -210,27 +214,16 @@ def running_mosquitto(extra_config: str = "", *, accounts: Sequence[Account] = (
                 # set_tcp_nodelay: small packets leave at once (as rumqttd with our clients); see internals.quick_acks
                 base = f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nset_tcp_nodelay true\n"
             conf.write_text(f"{base}{extra_config}\n")
-            log = Path(folder) / "mosquitto.log"
-            with log.open("wb") as log_file:
-                proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=log_file)
+            started = False
             try:
-                _wait_listening(port, proc)
-            except (RuntimeError, TimeoutError) as exc:
-                proc.kill()
-                proc.wait()
-                said = log.read_text(errors="replace").strip().splitlines()[-3:]
-                problem = f"{exc}; it said: {' / '.join(said) or 'nothing'}"
-                continue  # the port was taken between our probe and mosquitto's bind: try another
-            try:
-                yield f"mqtt://127.0.0.1:{port}"
-            finally:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-            return
+                with serving(conf, port):
+                    started = True
+                    yield f"mqtt://127.0.0.1:{port}"
+                return
+            except MosquittoDidNotStart as exc:
+                if started:  # raised by the caller's block, not by the start: not ours to retry
+                    raise
+                problem = str(exc)  # the port was taken between our probe and mosquitto's bind: try another
         raise RuntimeError(f"could not start mosquitto after 3 attempts: {problem}")
 
 
@@ -268,7 +261,7 @@ def serving(conf: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
             _wait_listening(port, proc)
         except (RuntimeError, TimeoutError) as exc:
             said = log.read_text(errors="replace").strip().splitlines()[-3:]
-            raise RuntimeError(f"{exc}; it said: {' / '.join(said) or 'nothing'}") from None
+            raise MosquittoDidNotStart(f"{exc}; it said: {' / '.join(said) or 'nothing'}") from None
         yield proc
     finally:
         proc.terminate()
