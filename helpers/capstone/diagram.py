@@ -537,15 +537,21 @@ class _Parser:
         return arrow, head, _clean_text(text), match.end()
 
 
-def _strip_comment(line: str) -> str:
-    """Drop a ``%%`` comment (and ``%%{init}%%`` directives), except inside quotes."""
+def comment_at(line: str) -> int:
+    """Where a ``%%`` comment (or ``%%{init}%%`` directive) outside quotes starts in ``line``, or -1."""
     in_quotes = False
     for i, char in enumerate(line):
         if char == '"':
             in_quotes = not in_quotes
         elif not in_quotes and line.startswith("%%", i):
-            return line[:i]
-    return line
+            return i
+    return -1
+
+
+def _strip_comment(line: str) -> str:
+    """Drop a ``%%`` comment (and ``%%{init}%%`` directives), except inside quotes."""
+    at = comment_at(line)
+    return line if at < 0 else line[:at]
 
 
 def _skip_ws(line: str, pos: int) -> int:

@@ -48,7 +48,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from helpers.capstone.diagram import DiagramError, find_mermaid_blocks, parse_flowchart
+from helpers.capstone.diagram import DiagramError, comment_at, find_mermaid_blocks, parse_flowchart
 
 __all__ = [
     "COURSE_FOLDERS",
@@ -160,7 +160,7 @@ def check_flowchart_rules(text: str) -> None:
     for number, line in _lines(text):
         if _NOT_LABELS.match(line):
             continue
-        if (comment := _comment_at(line)) >= 0:
+        if (comment := comment_at(line)) >= 0:
             raise DiagramError(
                 number, f"a `%%` comment after a statement (`{_around(line, comment)}`): put it on a line of its own"
             )
@@ -178,17 +178,6 @@ def check_flowchart_rules(text: str) -> None:
                     number, f'a `"` inside a quoted label (`{_around(line, end)}`): write the inner quotes as #quot;'
                 )
             pos = end + 1
-
-
-def _comment_at(line: str) -> int:
-    """Where a ``%%`` outside quotes starts in the line, or -1."""
-    quoted = False
-    for i, char in enumerate(line):
-        if char == '"':
-            quoted = not quoted
-        elif not quoted and line.startswith("%%", i):
-            return i
-    return -1
 
 
 def _around(line: str, pos: int, width: int = 12) -> str:
