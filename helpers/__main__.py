@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "labs": ("helpers.grading.labgen", "write labs/ from solutions/"),
     "mosquitto": ("helpers.core.mosquitto", "run a command with a throw-away Mosquitto (MQTT_URL set)"),
     "classroom": ("helpers.tools.classroom", "write a shared classroom Mosquitto config from a roster"),
+    "wheels": ("helpers.tools.wheels", "can every learner platform install the pins from wheels? (asks the index)"),
 }
 
 

@@ -1,14 +1,29 @@
-"""Shared fixtures: a broker per test (embedded, or the real one MQTT_URL names)."""
+"""Shared fixtures, and the markers that let a run pick its tests by what they need.
+
+Markers are given by what a test uses, not by lists: a test that takes the ``broker``
+fixture is marked ``broker`` here, every notebook cell (nbval) is marked ``notebook``
+and ``kernel``. A test that starts a broker or a kernel some other way carries the mark
+itself, and a guard fails any test that starts one without it: so ``-m broker`` (CI's
+Mosquitto pass) and ``-m "not broker and not kernel and not browser"`` (``make check``)
+select exactly what they say.
+"""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 
 from helpers.core.broker import Broker, mqtt_broker
 from helpers.core.http import stop_all
+
+NEEDS = {
+    "broker": "talks to an MQTT broker (embedded, or MQTT_URL)",
+    "kernel": "starts a Jupyter kernel (notebooks, solutions, the grader, make run)",
+    "notebook": "a cell of a lesson or solution notebook, run by nbval",
+}
 
 
 @pytest.fixture
@@ -29,3 +44,40 @@ async def _stop_services() -> AsyncIterator[None]:
     """Every test leaves no HTTP service running."""
     yield
     await stop_all()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test by what it uses: the broker fixture, or a notebook cell (nbval)."""
+    for item in items:
+        if "broker" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.broker)
+        if item.path.suffix == ".ipynb":
+            item.add_marker(pytest.mark.notebook)
+            item.add_marker(pytest.mark.kernel)
+
+
+@pytest.fixture(autouse=True)
+def _marked_for_what_it_starts(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Fail a test that starts a broker or a kernel in this process without the mark that says so."""
+    started: set[str] = set()
+    _spy(monkeypatch, Broker, "start", lambda: started.add("broker"))
+    from jupyter_client.provisioning.local_provisioner import LocalProvisioner
+
+    _spy(monkeypatch, LocalProvisioner, "launch_kernel", lambda: started.add("kernel"))
+    yield
+    unmarked = sorted(need for need in started if request.node.get_closest_marker(need) is None)
+    if unmarked:
+        marks = ", ".join(f"@pytest.mark.{need}" for need in unmarked)
+        pytest.fail(f"this test starts {' and '.join(unmarked)} but is not marked so: add {marks}", pytrace=False)
+
+
+def _spy(monkeypatch: pytest.MonkeyPatch, owner: type, name: str, seen: Any) -> None:
+    """Wrap the coroutine method ``owner.name`` so each call that succeeds is noted."""
+    original = getattr(owner, name)
+
+    async def noted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        result = await original(self, *args, **kwargs)
+        seen()
+        return result
+
+    monkeypatch.setattr(owner, name, noted)

@@ -244,6 +244,7 @@ def _accepts(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+@pytest.mark.broker
 async def test_embedded_broker_binds_loopback_and_stops(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MQTT_URL", raising=False)
     async with mqtt_broker(name="lifecycle") as broker:
@@ -256,6 +257,7 @@ async def test_embedded_broker_binds_loopback_and_stops(monkeypatch: pytest.Monk
     await broker.stop()  # stopping twice is harmless
 
 
+@pytest.mark.broker
 async def test_start_broker_again_replaces_the_old_one(monkeypatch: pytest.MonkeyPatch) -> None:
     """Re-running a notebook cell must not leave the first broker running."""
     monkeypatch.delenv("MQTT_URL", raising=False)
@@ -270,6 +272,7 @@ async def test_start_broker_again_replaces_the_old_one(monkeypatch: pytest.Monke
         await second.stop()
 
 
+@pytest.mark.broker
 async def test_embedded_broker_busy_port_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
     """iotcore cannot bind port 0: the helper picks a free port and tries another if it was taken."""
     from helpers.core import broker as broker_module
@@ -294,6 +297,7 @@ async def test_keepalive_zero_is_refused_with_a_reason(broker: Broker) -> None:
         broker.client("no-keepalive", keepalive=0)
 
 
+@pytest.mark.broker
 async def test_a_client_that_cannot_connect_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
     """A stopped embedded broker: the client error names the broker and the likely cause, fast."""
     monkeypatch.delenv("MQTT_URL", raising=False)

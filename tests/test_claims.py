@@ -26,6 +26,7 @@ def test_an_unknown_id_is_refused() -> None:
         claims.claim("M99", "x", measured="1", expected="1", holds=True)
 
 
+@pytest.mark.kernel
 def test_claims_survive_in_an_executed_notebooks_outputs() -> None:
     nb = nbformat.v4.new_notebook(
         cells=[

@@ -194,6 +194,7 @@ async def until_sentinel(client: aiomqtt.Client) -> list[aiomqtt.Message]:
     raise AssertionError("the subscription ended before the sentinel arrived")
 
 
+@pytest.mark.broker
 async def test_prefixing_is_transparent_and_the_instructor_sees_the_real_topic(ada: Broker, instructor: Broker) -> None:
     seen_by_spy: list[str] = []
     async with (
@@ -213,6 +214,7 @@ async def test_prefixing_is_transparent_and_the_instructor_sees_the_real_topic(a
     assert (consumer.identifier, consumer.wire_identifier) == ("fulfilment", "ada:fulfilment")
 
 
+@pytest.mark.broker
 async def test_a_learner_cannot_read_another_learners_topics(ada: Broker, grace: Broker) -> None:
     """Mosquitto 2.0's acl_file grants the SUBSCRIBE but checks read access on delivery: nothing arrives."""
     async with grace.client("snoop", topic_prefix="") as snoop, ada.client("shop") as shop:
@@ -224,6 +226,7 @@ async def test_a_learner_cannot_read_another_learners_topics(ada: Broker, grace:
         assert [m.payload for m in await until_sentinel(snoop)] == [], "grace received ada's message"
 
 
+@pytest.mark.broker
 async def test_a_learner_cannot_publish_into_another_learners_topics(ada: Broker, grace: Broker) -> None:
     async with ada.client("fulfilment") as consumer, grace.client("vandal", topic_prefix="") as vandal:
         await consumer.subscribe("orders/#", qos=1)
@@ -233,6 +236,7 @@ async def test_a_learner_cannot_publish_into_another_learners_topics(ada: Broker
         assert [m.payload for m in await until_sentinel(consumer)] == [], "ada received grace's forged message"
 
 
+@pytest.mark.broker
 async def test_topics_outside_the_prefix_are_refused_with_a_clear_error(grace: Broker) -> None:
     async with grace.client("curious") as client:
         with pytest.raises(SubscriptionRefused) as info:
@@ -242,6 +246,7 @@ async def test_topics_outside_the_prefix_are_refused_with_a_clear_error(grace: B
             await client.publish("$SYS/x", b"x", qos=1)
 
 
+@pytest.mark.broker
 async def test_a_failure_in_the_suback_becomes_a_clear_error(grace: Broker, monkeypatch: pytest.MonkeyPatch) -> None:
     """Brokers whose ACL refuses at SUBSCRIBE time (Mosquitto's dynamic security, EMQX) answer 0x80."""
 
@@ -268,6 +273,7 @@ async def test_wrong_password_and_anonymous_clients_are_refused(room: dict[str, 
             pass
 
 
+@pytest.mark.broker
 async def test_shared_subscriptions_work_under_the_prefix(ada: Broker, instructor: Broker) -> None:
     async with (
         ada.client("worker-1") as one,
@@ -286,6 +292,7 @@ async def test_shared_subscriptions_work_under_the_prefix(ada: Broker, instructo
     assert a and b, "the group split the work"
 
 
+@pytest.mark.broker
 async def test_will_and_unsubscribe_use_the_prefix(ada: Broker) -> None:
     async with ada.client("watcher") as watcher:
         await watcher.subscribe("status/#", qos=1)
@@ -306,6 +313,7 @@ async def test_will_and_unsubscribe_use_the_prefix(ada: Broker) -> None:
         assert await until_sentinel(watcher) == []
 
 
+@pytest.mark.broker
 async def test_two_learners_can_use_the_same_client_name(ada: Broker, grace: Broker) -> None:
     """Client ids are global on a broker: without the user's prefix, grace's "consumer" would kick ada's out."""
     async with ada.client("consumer") as mine, grace.client("consumer") as theirs:
@@ -369,6 +377,7 @@ def tls_room() -> Iterator[tuple[str, int, Path]]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.mark.broker
 async def test_learners_connect_with_mqtts_and_the_classroom_ca(tls_room: tuple[str, int, Path]) -> None:
     url, tls_port, cert = tls_room
     assert url.startswith("mqtts://ada:") and url.endswith(f":{tls_port}?cafile={cert}")

@@ -22,6 +22,7 @@ async def run() -> tuple[bool, str]:
     return ok, "\n".join(lines)
 
 
+@pytest.mark.broker
 async def test_healthy_setup_passes_quickly() -> None:
     start = time.perf_counter()
     ok, report = await run()
@@ -32,6 +33,7 @@ async def test_healthy_setup_passes_quickly() -> None:
     assert "FAILED" not in report and "All good" in report
 
 
+@pytest.mark.broker
 async def test_helpers_doctor_shortcut_works_every_time(capsys: pytest.CaptureFixture[str]) -> None:
     """A notebook runs ``await helpers.doctor()``; Run All twice in one kernel must work."""
     for _ in range(2):
@@ -45,6 +47,7 @@ def test_versions_lists_python_and_packages() -> None:
     assert all(v != "missing" for v in found.values()), found
 
 
+@pytest.mark.broker
 async def test_missing_package_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(doctor, "PACKAGES", (*doctor.PACKAGES, "surely-not-installed-pkg"))
     ok, report = await run()

@@ -150,12 +150,14 @@ def test_lab_as_shipped_fails_its_checks(lab: str, tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- adversarial, tiny lab
 
 
+@pytest.mark.kernel
 async def test_tiny_solution_full_marks_and_kernel_inherits_mqtt_url(tiny_checks: Path, tmp_path: Path) -> None:
     result = await grade_file(tiny_notebook(tmp_path / "t.ipynb"), tiny_options(tiny_checks))
     assert result.full_marks, result.failures()
     assert result.score == TINY_MAX and result.seconds < 20
 
 
+@pytest.mark.kernel
 async def test_endless_loop_is_interrupted_and_the_rest_still_counts(tiny_checks: Path, tmp_path: Path) -> None:
     nb = tiny_notebook(tmp_path / "loop.ipynb", q2="while True:\n    pass")
     result = await grade_file(nb, tiny_options(tiny_checks, cell_timeout=2))
@@ -164,6 +166,7 @@ async def test_endless_loop_is_interrupted_and_the_rest_still_counts(tiny_checks
     assert "answer" in " ".join(result.failures())
 
 
+@pytest.mark.kernel
 async def test_loop_that_ignores_interrupts_restarts_the_kernel_without_it(tiny_checks: Path, tmp_path: Path) -> None:
     spin = "import asyncio\nasync def spin():\n    while True:\n        pass\nawait spin()\nanswer = 42"
     nb = tiny_notebook(tmp_path / "spin.ipynb", q2=spin)
@@ -173,6 +176,7 @@ async def test_loop_that_ignores_interrupts_restarts_the_kernel_without_it(tiny_
     assert any("ran past 2 s" in n for n in result.notes), result.notes
 
 
+@pytest.mark.kernel
 async def test_function_that_hangs_inside_a_check_scores_zero_with_reason(tiny_checks: Path, tmp_path: Path) -> None:
     hang = "async def greet(name):\n    while True:\n        pass"
     nb = tiny_notebook(tmp_path / "hang.ipynb", q3=hang)
@@ -182,6 +186,7 @@ async def test_function_that_hangs_inside_a_check_scores_zero_with_reason(tiny_c
     assert "interrupted" in reason or "did not finish" in reason
 
 
+@pytest.mark.kernel
 async def test_code_under_check_cannot_rewire_the_graders_modules(tiny_checks: Path, tmp_path: Path) -> None:
     rewire = textwrap.dedent(
         """
@@ -201,6 +206,7 @@ async def test_code_under_check_cannot_rewire_the_graders_modules(tiny_checks: P
     assert points(result) == {"q1": 2, "q2": 1, "q3": 1}
 
 
+@pytest.mark.kernel
 async def test_kernel_death_midway_keeps_credit_for_the_rest(tiny_checks: Path, tmp_path: Path) -> None:
     nb = tiny_notebook(tmp_path / "exit.ipynb", q2="import os\nos._exit(3)")
     result = await grade_file(nb, tiny_options(tiny_checks))
@@ -208,6 +214,7 @@ async def test_kernel_death_midway_keeps_credit_for_the_rest(tiny_checks: Path, 
     assert any("kernel died" in n for n in result.notes), result.notes
 
 
+@pytest.mark.kernel
 async def test_error_midway_gives_partial_credit(tiny_checks: Path, tmp_path: Path) -> None:
     nb = tiny_notebook(tmp_path / "raise.ipynb", q1='raise RuntimeError("stuck here")')
     result = await grade_file(nb, tiny_options(tiny_checks))
@@ -216,6 +223,7 @@ async def test_error_midway_gives_partial_credit(tiny_checks: Path, tmp_path: Pa
     assert "double" in next(c.message for c in result.checks if c.name == "doubles")
 
 
+@pytest.mark.kernel
 async def test_hidden_checks_count_in_the_grade(tiny_checks: Path, tmp_path: Path) -> None:
     only_positive = "def double(x):\n    return 42 if x == 21 else 0"
     result = await grade_file(tiny_notebook(tmp_path / "h.ipynb", q1=only_positive), tiny_options(tiny_checks))
@@ -224,6 +232,7 @@ async def test_hidden_checks_count_in_the_grade(tiny_checks: Path, tmp_path: Pat
     assert points(result)["q1"] == 1
 
 
+@pytest.mark.kernel
 async def test_forged_results_and_replaced_check_do_not_count(tiny_checks: Path, tmp_path: Path) -> None:
     forged = json.dumps({"index": 2, "result": {"question": "q2", "passed": True, "points": 1.0}})
     cheat = textwrap.dedent(
@@ -239,6 +248,7 @@ async def test_forged_results_and_replaced_check_do_not_count(tiny_checks: Path,
     assert points(result)["q2"] == 0
 
 
+@pytest.mark.kernel
 async def test_cells_after_a_check_cannot_find_the_graders_nonce(tiny_checks: Path, tmp_path: Path) -> None:
     snoop = textwrap.dedent(
         """
@@ -256,6 +266,7 @@ async def test_cells_after_a_check_cannot_find_the_graders_nonce(tiny_checks: Pa
     assert result.full_marks, result.failures()
 
 
+@pytest.mark.kernel
 async def test_missing_check_cell_still_runs_its_checks(tiny_checks: Path, tmp_path: Path) -> None:
     path = tiny_notebook(tmp_path / "nocheck.ipynb")
     nb = nbformat.read(path, as_version=4)
@@ -365,6 +376,7 @@ async def test_not_a_notebook_is_an_error_row(tmp_path: Path) -> None:
         assert "not a Jupyter notebook" in result.error or "no such file" in result.error
 
 
+@pytest.mark.kernel
 async def test_malformed_cells_are_graded_not_crashed(tiny_checks: Path, tmp_path: Path) -> None:
     path = tmp_path / "odd.ipynb"
     doc = {

@@ -135,6 +135,7 @@ def _gate_notebook(path: Path, log: Path) -> Path:
     return path
 
 
+@pytest.mark.kernel
 async def test_timing_checks_run_while_nothing_else_runs(tmp_path: Path) -> None:
     log = tmp_path / "spans.log"
     checks = tmp_path / "checks"
@@ -158,6 +159,7 @@ async def test_timing_checks_run_while_nothing_else_runs(tmp_path: Path) -> None
     assert any(cells[i + 1][0] < cells[i][1] for i in range(len(cells) - 1)), "nothing ran in parallel"
 
 
+@pytest.mark.kernel
 async def test_kernels_talk_over_ipc_without_the_tcp_warning(tmp_path: Path) -> None:
     """Unsandboxed too: the grader's kernels use Unix sockets, so ipykernel has no TCP warning to print."""
     from helpers.grading.runner import _kernel_manager

@@ -74,6 +74,7 @@ def no_cell_error() -> Iterator[None]:
         sys.last_value = saved
 
 
+@pytest.mark.broker
 async def test_the_correct_answer_passes_every_check() -> None:
     got = await results(await solution())
     assert {name: r.message for name, r in got.items() if not r.passed} == {}
@@ -108,6 +109,7 @@ async def test_a_stopped_service_is_reported_as_stopped() -> None:
         assert not result.passed and "was stopped" in result.message, result.message
 
 
+@pytest.mark.broker
 async def test_publishing_before_subscribing_names_the_rule() -> None:
     async def publish_first(broker: Any, topic: str, text: str) -> str:
         async with broker.client() as subscriber, broker.client() as publisher:
@@ -121,6 +123,7 @@ async def test_publishing_before_subscribing_names_the_rule() -> None:
     assert "before subscribing" in got["round_trip_returns_the_text"].message
 
 
+@pytest.mark.broker
 async def test_a_forgotten_await_is_named() -> None:
     async def no_await(broker: Any, topic: str, text: str) -> str:
         async with broker.client() as subscriber, broker.client() as publisher:
@@ -135,6 +138,7 @@ async def test_a_forgotten_await_is_named() -> None:
     assert "subscribe() was never awaited" in message and "write `await`" in message, message
 
 
+@pytest.mark.broker
 async def test_qos_0_is_caught() -> None:
     async def qos0(broker: Any, topic: str, text: str) -> str:
         async with broker.client() as subscriber, broker.client() as publisher:

@@ -11,10 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from helpers.core.messaging import InvalidEvent, SeenIds, ack, dead_letter_payload, decode, manual_ack
 from helpers.core.receive import subscribed_messages
 from helpers.grading.checks import load_checks, run_check
 from helpers.pubsub.idempotency import Ledger
+
+pytestmark = pytest.mark.broker  # every check of lab 04 runs against a broker
 
 CHECKS = load_checks("04_reliable_consumer")
 

@@ -82,6 +82,7 @@ def options(checks_dir: Path) -> Options:
 # --------------------------------------------------------------------------- the grader's source: the submitted file
 
 
+@pytest.mark.kernel
 async def test_the_grader_gives_the_checks_the_submitted_markdown(notes_checks: Path, tmp_path: Path) -> None:
     result = await grade_file(notes_notebook(tmp_path / "notes.ipynb"), options(notes_checks))
     assert result.full_marks, result.failures()
@@ -89,6 +90,7 @@ async def test_the_grader_gives_the_checks_the_submitted_markdown(notes_checks: 
     assert mentions.message == "2 cells"
 
 
+@pytest.mark.kernel
 async def test_notebook_code_cannot_change_what_the_checks_read(notes_checks: Path, tmp_path: Path) -> None:
     """Without the token in its Markdown, a submission fails, whatever its code plants: a variable,
     a saved notebook of the lab in the working folder (the notebook-side fallback), a patched Context."""
@@ -107,6 +109,7 @@ hc.Context.markdown = lambda self: ["TOKEN-42"]
     assert not mentions.passed and "no token in 2 Markdown cell(s)" in mentions.message
 
 
+@pytest.mark.kernel
 async def test_an_after_check_runs_with_the_later_question_and_counts_for_its_own(notes_checks: Path, tmp_path: Path) -> None:
     result = await grade_file(notes_notebook(tmp_path / "notes.ipynb"), options(notes_checks))
     assert {q: p for q, (p, _) in result.questions.items()} == {"q1": 3, "q2": 1}, result.failures()

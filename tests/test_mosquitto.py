@@ -35,6 +35,7 @@ def test_free_port_is_bindable() -> None:
 
 
 @needs_mosquitto
+@pytest.mark.broker
 async def test_running_mosquitto_serves_mqtt_then_stops() -> None:
     with mosquitto.running_mosquitto() as url:
         assert url.startswith("mqtt://127.0.0.1:")

@@ -106,6 +106,7 @@ def reader(secrets: dict[str, Path]) -> str:
     )
 
 
+@pytest.mark.kernel
 def test_hostile_batch_is_contained_and_the_batch_goes_on(
     box_checks: Path, tmp_path: Path, listener: socket.socket, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -154,6 +155,7 @@ def test_hostile_batch_is_contained_and_the_batch_goes_on(
         assert rows[name].questions["q1"][0] == 1, f"{name}: q1 should still count ({rows[name].failures()})"
 
 
+@pytest.mark.kernel
 async def test_without_the_sandbox_the_reader_does_read(box_checks: Path, tmp_path: Path) -> None:
     """The reader test can fail: unsandboxed, the same cell reads the grader's files."""
     (tmp_path / "subs").mkdir()

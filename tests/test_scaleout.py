@@ -38,6 +38,7 @@ async def _upload_and_wait(front: scaleout.Front, n: int) -> None:
 
 @needs_broker
 @pytest.mark.asyncio
+@pytest.mark.broker
 async def test_worker_processes_share_one_subscription_and_finish_every_job(tmp_path: Path) -> None:
     real = await scaleout.start_real_broker()
     front = await scaleout.start_front(real.broker, tmp_path)
@@ -57,6 +58,7 @@ async def test_worker_processes_share_one_subscription_and_finish_every_job(tmp_
 
 @needs_broker
 @pytest.mark.asyncio
+@pytest.mark.broker
 async def test_a_worker_process_that_cannot_start_says_why(tmp_path: Path) -> None:
     real = await scaleout.start_real_broker()
     front = await scaleout.start_front(real.broker, tmp_path)

@@ -63,6 +63,7 @@ async def test_generator_lateness_is_small_at_1000_per_second() -> None:
     assert p99 < 20, "a generous bound for a busy 2-core machine; make bench reports the real figure"
 
 
+@pytest.mark.broker
 async def test_capstone_bench_uploads_and_images_per_second() -> None:
     """The lesson 07 rows of make bench: every upload answered 202, every image processed."""
     accepted = await bench.capstone_uploads_per_second(n=6, concurrency=3)
@@ -70,11 +71,13 @@ async def test_capstone_bench_uploads_and_images_per_second() -> None:
     assert accepted > processed > 0, "accepting an upload must be far cheaper than processing it"
 
 
+@pytest.mark.broker
 async def test_embedded_broker_start_and_stop_are_timed() -> None:
     started, stopped = await bench.embedded_start_stop_ms(times=2)
     assert 0 < stopped < started < 10_000
 
 
+@pytest.mark.broker
 async def test_broker_rates_are_positive_and_queue_is_the_ceiling() -> None:
     mqtt = await bench.mqtt_messages_per_second(None, qos=0, n=300)
     queue = await bench.queue_messages_per_second(n=20_000)
@@ -88,6 +91,7 @@ def test_markdown_table_has_a_row_per_measurement() -> None:
     assert "| a | 1 ms | < 2 ms | meets target |" in table
 
 
+@pytest.mark.kernel
 def test_run_all_executes_a_notebook_into_html(tmp_path: Path) -> None:
     ok, seconds, message = run_all.run_one(ROOT / "notebooks" / "00_welcome.ipynb", tmp_path, cell_timeout=60)
     assert ok, message
