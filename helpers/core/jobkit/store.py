@@ -48,6 +48,10 @@ class JobState(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
 
+    def __repr__(self) -> str:
+        """``'running'``, as the plain string it equals: what a learner's message or a stored output should show."""
+        return repr(self.value)
+
 
 FINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 """A job in one of these states never changes again."""
@@ -272,8 +276,8 @@ class JobStore:
             with self._transaction() as db:
                 db.execute("UPDATE idempotency SET answered = 1 WHERE caller = ? AND key = ?", (caller, key))
 
-    def update(self, job: JobRecord, document: dict[str, Any], outbox: Iterable[tuple[str, bytes]] = ()) -> None:
-        """Save ``job`` with its new status document (and outbox messages) in one transaction.
+    def update(self, job: JobRecord, document: dict[str, Any] | None, outbox: Iterable[tuple[str, bytes]] = ()) -> None:
+        """Save ``job`` with its new status document (None: no new one) and outbox messages, in one transaction.
 
         Raises :class:`StateMovedBack` when the stored state could not move to ``job.state``.
         """
@@ -295,9 +299,12 @@ class JobStore:
             db.executemany("UPDATE outbox SET published = ? WHERE seq = ?", [(time.time(), s) for s in seqs])
 
     @staticmethod
-    def _append(db: sqlite3.Connection, job_id: str, document: dict[str, Any], outbox: Iterable[tuple[str, bytes]]) -> None:
-        seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM changes WHERE job_id = ?", (job_id,)).fetchone()[0]
-        db.execute("INSERT INTO changes VALUES (?, ?, ?, ?)", (job_id, seq, time.monotonic(), _dump(document)))
+    def _append(
+        db: sqlite3.Connection, job_id: str, document: dict[str, Any] | None, outbox: Iterable[tuple[str, bytes]]
+    ) -> None:
+        if document is not None:
+            seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM changes WHERE job_id = ?", (job_id,)).fetchone()[0]
+            db.execute("INSERT INTO changes VALUES (?, ?, ?, ?)", (job_id, seq, time.monotonic(), _dump(document)))
         db.executemany("INSERT INTO outbox (topic, payload) VALUES (?, ?)", list(outbox))
 
 
