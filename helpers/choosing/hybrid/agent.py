@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -228,6 +229,8 @@ class Agent:
         self.cancelled: set[str] = set()
         self.skipped = 0
         """Work orders dropped because their job was cancelled."""
+        self.attempts: Counter[tuple[str, str]] = Counter()
+        """How many times each ``(job_id, step)`` was started: more than once means it was delivered again."""
         self._running: dict[str, asyncio.Task[Any]] = {}
         self._running_step: dict[str, str] = {}
         self._gate = asyncio.Event()
@@ -307,6 +310,10 @@ class Agent:
         gate, self._gate = self._gate, asyncio.Event()
         gate.set()
 
+    @property
+    def steps_names(self) -> list[str]:
+        return [step.name for step in self.steps]
+
     def runs_of(self, job_id: str) -> list[StepRun]:
         """The steps the workers ran for ``job_id``, in the order they ended."""
         return [r for r in self.runs if r.job_id == job_id]
@@ -336,6 +343,7 @@ class Agent:
                 self.skipped += 1
                 return
             total = len(steps)
+            self.attempts[job_id, step.name] += 1
             await self._emit(client, STEP_STARTED, {"job_id": job_id, "step": step.name, "index": index, "total": total})
             started = time.monotonic()
             work = asyncio.ensure_future(self._work(step, str(order.get("task", "")), dict(order.get("outputs") or {})))
