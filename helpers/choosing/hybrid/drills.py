@@ -135,10 +135,11 @@ async def worker_died_mid_step(
     if come_back:
         await system.start_workers()
     job = await system.finished(job_id, timeout)
+    ended_s = time.monotonic() - died
     if not come_back:  # they come back after all, late: the step delivered again must not revive a failed job
         await system.start_workers()
         await until_quiet(lambda: (len(system.agent.runs), system.agent.skipped, len(job.changes)), idle=0.5, timeout=timeout)
-    drill = _count(system, "", [job_id], await _statuses(system, http, [job_id]), time.monotonic() - died)
+    drill = _count(system, "", [job_id], await _statuses(system, http, [job_id]), ended_s)
     drill.name = f"worker died in {step}, " + ("came back" if come_back else "never came back")
     drill.notes = {"attempts at " + step: system.agent.attempts[job_id, step], "state": str(job.state), "reason": job.reason}
     return drill

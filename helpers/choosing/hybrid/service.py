@@ -92,6 +92,7 @@ def build_app(
     app.router.add_post("/jobs", route(kickoff))
     app.router.add_get("/jobs/{job_id}", route(status))
     app.router.add_delete("/jobs/{job_id}", route(cancel))
+    app.router.add_post("/jobs/{job_id}/cancel", route(cancel))  # the same cancel, for clients that prefer an action
     app.router.add_get("/jobs/{job_id}/result", route(job_result))
     app.router.add_get("/jobs/{job_id}/events", route(job_events))
     return app
