@@ -93,3 +93,22 @@ class _Refusing:
 
     async def publish(self, *args: object, **kwargs: object) -> None:
         raise OSError("the broker refused the publish")
+
+
+async def test_a_work_order_sent_again_by_the_outbox_runs_once(system: HybridSystem, http: aiohttp.ClientSession) -> None:
+    """The relay published, then died before marking the row: after a restart it sends the order again."""
+    publisher = system.board.publisher
+    assert publisher is not None
+    system.board.publisher = _Refusing()  # type: ignore[assignment]  # hold the order in the outbox for a moment
+    try:
+        accepted = await submit(http, system.url, "sent twice")
+        [order] = system.board.store.pending()
+    finally:
+        system.board.publisher = publisher
+    job = await system.finished(accepted.body["job_id"])  # the relay sent it once...
+    assert job.state == SUCCEEDED and system.agent.attempts[job.job_id, "plan"] == 1
+    await publisher.publish(order.topic, order.payload, qos=1)  # ...and here it comes again, same event id
+    marker = await submit(http, system.url, "after the repeat")  # behind it on the same topic: done after the repeat
+    await system.finished(marker.body["job_id"])
+    assert system.agent.attempts[job.job_id, "plan"] == 1, "the plan worker skipped the order it had already done"
+    assert [r.step for r in system.agent.runs_of(job.job_id)] == ["plan", "research", "draft", "review"]
