@@ -9,6 +9,7 @@ store closed), the waits are on conditions.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -112,3 +113,23 @@ async def test_a_work_order_sent_again_by_the_outbox_runs_once(system: HybridSys
     await system.finished(marker.body["job_id"])
     assert system.agent.attempts[job.job_id, "plan"] == 1, "the plan worker skipped the order it had already done"
     assert [r.step for r in system.agent.runs_of(job.job_id)] == ["plan", "research", "draft", "review"]
+
+
+async def test_a_system_started_on_an_old_work_folder_takes_over_its_jobs(
+    broker: Broker, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    first = await start_hybrid(broker, start_job, steps=quick_steps(0.2), name="first", work_dir=tmp_path)
+    accepted = await submit(http, first.url, "kept in the folder")
+    done = await first.finished(accepted.body["job_id"])
+    await first.stop()
+    assert (tmp_path / "jobs.sqlite3").exists(), "a folder the caller chose is kept"
+    second = await start_hybrid(broker, start_job, steps=quick_steps(0.2), name="second", work_dir=tmp_path)
+    try:
+        assert second.topics == first.topics, "the topics (and so the sessions) come from the folder"
+        status = await request(http, "GET", second.url + accepted.location)
+        assert status.status == 303 and second.board.get(done.job_id).result == done.result
+    finally:
+        await second.stop()
+    temporary = await start_hybrid(broker, start_job, steps=quick_steps(0.2), name="temporary")
+    await temporary.stop()
+    assert not temporary.work_dir.exists(), "a temporary work folder is removed at stop()"

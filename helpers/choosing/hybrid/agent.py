@@ -267,6 +267,10 @@ class Agent:
         self.starts += 1
         return self
 
+    def client_ids(self) -> list[str]:
+        """The fixed client ids of the workers and the cancel listener (their sessions live on the broker)."""
+        return [self.topics.client_id(f"agent-{who}") for who in [*self.steps_names, "cancel"]]
+
     async def _client(self, who: str) -> aiomqtt.Client:
         """A connected client with a fixed id and a persistent session: what arrives while it is down waits for it."""
         client = self.broker.client(self.topics.client_id(f"agent-{who}"), clean_session=False)

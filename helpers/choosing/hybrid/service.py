@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import tempfile
 import warnings
 from collections.abc import Awaitable, Callable, Sequence
@@ -184,6 +185,8 @@ class HybridSystem:
     _config: _Config
     _front: _Front
     name: str = "jobs"
+    temporary: bool = False
+    """The work folder was made for this system: :meth:`stop` removes it and ends its broker sessions."""
     restarts: int = 0
     _stopped: bool = False
     _service_down: bool = field(default=False, repr=False)
@@ -258,7 +261,18 @@ class HybridSystem:
                 errors.update(await self._front.stop())
         finally:
             errors.update(await self.agent.halt())
+            if self.temporary:  # nobody can resume these sessions: do not leave them queueing on the broker
+                await _end_sessions(self.broker, [*self.agent.client_ids(), self.topics.client_id(f"{self.name}-status")])
+                shutil.rmtree(self.work_dir, ignore_errors=True)
         lifecycle.raise_crashed(errors, "the hybrid's consumers")
+
+
+async def _end_sessions(broker: Broker, client_ids: Sequence[str]) -> None:
+    """Discard the persistent sessions of ``client_ids`` (a clean-session connect ends a session, MQTT 3.1.1 3.1.2.4)."""
+    for client_id in client_ids:
+        with contextlib.suppress(aiomqtt.MqttError, OSError, TimeoutError):
+            async with broker.client(client_id, clean_session=True):
+                pass
 
 
 async def start_hybrid(
@@ -279,8 +293,9 @@ async def start_hybrid(
     """Start the agent's workers, the status keeper and the jobs service (HTTP on a free 127.0.0.1 port).
 
     ``kickoff`` answers ``POST /jobs``; ``status``, ``cancel`` and ``apply`` default to the
-    reference versions. ``work_dir`` holds the job store (a new temporary folder when None);
-    a system started on the work folder of an earlier one takes over its jobs and topics.
+    reference versions. ``work_dir`` holds the job store; when None, a temporary folder that
+    :meth:`HybridSystem.stop` removes. A system started on the work folder of an earlier one
+    takes over its jobs and topics (and its workers' and status keeper's broker sessions).
     Like :func:`helpers.core.http.start_service`, a second start under the same ``name``
     (a cell run again) stops the first system.
     """
@@ -298,7 +313,7 @@ async def start_hybrid(
     except BaseException:  # not swallowed: stop the workers that did start, then re-raise
         await agent.halt()
         raise
-    system = HybridSystem(broker, topics, agent, errors, folder, config, front, name)
+    system = HybridSystem(broker, topics, agent, errors, folder, config, front, name, temporary=work_dir is None)
     _systems[name] = system
     return system
 
