@@ -400,6 +400,7 @@ async def test_post_cancel_and_a_key_still_in_flight(broker: Broker, http: aioht
         job = system.board.create({"task": "half-way"}, "slow-key")  # created, not yet answered (start() not called)
         in_flight = await submit(http, system.url, "half-way", key="slow-key")
         assert in_flight.status == 409 and in_flight.content_type == PROBLEM_JSON and in_flight.headers["Retry-After"] == "1"
+        assert "'slow-key'" in in_flight.body["detail"]
         await system.board.start(job)  # the first request is answered: a retry is now a replay
         replay = await submit(http, system.url, "half-way", key="slow-key")
         assert replay.status == 202 and replay.body["job_id"] == job.job_id

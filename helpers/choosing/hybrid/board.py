@@ -32,7 +32,7 @@ from helpers.choosing.hybrid.agent import JOB_CANCEL, JOB_FAILED, JOB_SUCCEEDED,
 from helpers.choosing.hybrid.clients import distinct
 from helpers.core.events import iso
 from helpers.core.jobkit import http as jobhttp
-from helpers.core.jobkit.store import FINAL, JobRecord, JobState, JobStore, KeyInUse, StateMovedBack, relay_outbox
+from helpers.core.jobkit.store import FINAL, Admission, JobRecord, JobState, JobStore, KeyInUse, StateMovedBack, relay_outbox
 from helpers.core.messaging import Event, make_event
 from helpers.core.problems import PROBLEM_BASE
 
@@ -259,8 +259,8 @@ class JobBoard:
         record = self.store.by_key(caller, key)
         if record is None:
             return None
-        if self.store.admit(caller, key, record.fingerprint).outcome == "in-flight":
-            raise KeyInUse(key)
+        if self.store.admit(caller, key, record.fingerprint).outcome == Admission.IN_FLIGHT:
+            raise KeyInUse(key, caller)
         return self.get(record.job_id)
 
     def create(self, task: Mapping[str, Any], key: str | None = None, caller: str | None = None) -> Job:

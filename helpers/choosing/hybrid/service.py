@@ -79,7 +79,7 @@ def build_app(
             except web.HTTPException:
                 raise
             except KeyInUse as exc:  # the key's first request is still being answered
-                return jobhttp.key_in_flight(str(exc.args[0] if exc.args else ""), board.retry_after_s)
+                return jobhttp.key_in_flight(exc.key, board.retry_after_s)
             except Exception as exc:  # noqa: BLE001 - a handler's bug becomes a readable 500 and is recorded, not a bare traceback
                 name = getattr(handler, "__name__", "the handler")
                 errors.append(HandlerError(name, exc))

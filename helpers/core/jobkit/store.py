@@ -69,7 +69,12 @@ class StateMovedBack(ValueError):
 
 
 class KeyInUse(ValueError):
-    """Two requests raced for the same idempotency key; the second one lost (the caller answers 409)."""
+    """An idempotency key whose first request is still being answered, or that another request just took:
+    the caller answers ``409`` and asks the client to retry shortly."""
+
+    def __init__(self, key: str, caller: str) -> None:
+        super().__init__(f"the Idempotency-Key {key!r} of {caller!r} is in use by a request still being answered")
+        self.key, self.caller = key, caller
 
 
 def fingerprint(content: Any) -> str:
@@ -267,7 +272,7 @@ class JobStore:
                     )
                 self._append(db, job.job_id, document, outbox)
         except sqlite3.IntegrityError as exc:
-            raise KeyInUse(f"the key {job.key!r} of {job.caller!r} is taken") from exc
+            raise KeyInUse(job.key or "", job.caller) from exc
         return job
 
     def answered(self, caller: str, key: str | None) -> None:
