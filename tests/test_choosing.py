@@ -387,3 +387,27 @@ async def test_a_second_start_under_one_name_replaces_the_first(broker: Broker, 
     finally:
         await second.stop()
         await second.stop()  # safe twice
+
+
+@pytest.mark.broker
+async def test_post_cancel_and_a_key_still_in_flight(broker: Broker, http: aiohttp.ClientSession) -> None:
+    system = await started(broker)
+    system.faults.hold_step = "plan"
+    try:
+        accepted = await submit(http, system.url, "cancel me by action")
+        cancel = await request(http, "POST", f"{system.url}{accepted.location}/cancel")
+        assert cancel.status == 200 and cancel.body["state"] == CANCELLED
+        job = system.board.create({"task": "half-way"}, "slow-key")  # created, not yet answered (start() not called)
+        in_flight = await submit(http, system.url, "half-way", key="slow-key")
+        assert in_flight.status == 409 and in_flight.content_type == PROBLEM_JSON and in_flight.headers["Retry-After"] == "1"
+        assert "'slow-key'" in in_flight.body["detail"]
+        await system.board.start(job)  # the first request is answered: a retry is now a replay
+        replay = await submit(http, system.url, "half-way", key="slow-key")
+        assert replay.status == 202 and replay.body["job_id"] == job.job_id
+        other_caller = await request(
+            http, "POST", f"{system.url}/jobs?user=bob", json={"task": "half-way"}, headers={"Idempotency-Key": "slow-key"}
+        )
+        assert other_caller.status == 202 and other_caller.body["job_id"] != job.job_id, "keys are per caller"
+    finally:
+        system.agent.release()
+        await system.stop()

@@ -157,8 +157,12 @@ class Service:
         return f"<Service {self.name} {self.url} faults={self.faults}>"
 
 
-async def start_service(name: str, target: AppLike, *, faults: Faults | None = None) -> Service:
-    """Start ``target`` on 127.0.0.1 (free port) as service ``name``, replacing any old one."""
+async def start_service(name: str, target: AppLike, *, faults: Faults | None = None, port: int = 0) -> Service:
+    """Start ``target`` on 127.0.0.1 as service ``name``, replacing any old one.
+
+    ``port`` 0 takes a free port; a service restarted on the port it had keeps its address
+    (what a real deployment keeps behind its load balancer).
+    """
     if not name or not isinstance(name, str):
         raise ValueError("a service needs a non-empty name, e.g. start_service('inventory', handler)")
     app = as_app(target)  # a bad target fails here, before the old service is stopped
@@ -169,7 +173,7 @@ async def start_service(name: str, target: AppLike, *, faults: Faults | None = N
     app[STATS] = Stats()
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
     port = runner.addresses[0][1]
     service = Service(name, runner, port, app[FAULTS], app[STATS])

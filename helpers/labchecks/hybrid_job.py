@@ -259,6 +259,12 @@ async def a_retry_with_the_same_key_gets_the_same_job(ctx: Context) -> str:
     http = await _session(ctx)
     key, task = f"key-{uuid.uuid4()}", _task(ctx)
     first = await _kick_off(system, http, task, key)
+    retried = await _call(system, http, "POST", "/jobs", json={"task": task}, headers={"Idempotency-Key": key})
+    expect(
+        retried.status != 409,
+        "the retry (same key, same task, after the first 202) answered 409: start_job tried to create a second job "
+        "for a key the store already holds. Look the key up first (jobs.by_key(key)) and answer its job's 202 again",
+    )
     again = await _kick_off(system, http, task, key)  # the client timed out and retried
     expect(
         len(system.board) == 1,

@@ -39,7 +39,7 @@ WHERE: dict[str, tuple[str, ...]] = {
     "M4": ("02_sync_failure_modes",),
     "M5": ("03_async_messaging",),
     "M6": ("03_async_messaging",),
-    "M7": ("03_async_messaging",),
+    "M7": ("03_async_messaging", "06_choosing_and_hybrid"),
     "M8": ("04_async_pitfalls",),
     "M9": ("04_async_pitfalls",),
     "M10": ("04_async_pitfalls",),
