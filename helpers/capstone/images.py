@@ -285,10 +285,11 @@ def decode(
     _load_fully(img)
     if max_side is None or max(stored_size) <= max_side:
         return img
+    working: Image.Image = img
     if max(img.size) > max_side:
-        img = img.resize(_fitting(img.size, max_side), Image.Resampling.BOX)  # P and 1 modes: NEAREST, by Pillow
-    img.info[UPLOAD_SIZE_KEY] = stored_size
-    return img
+        working = img.resize(_fitting(img.size, max_side), Image.Resampling.BOX)  # P and 1 modes: NEAREST, by Pillow
+    working.info[UPLOAD_SIZE_KEY] = stored_size
+    return working
 
 
 def _fitting(size: tuple[int, int], max_side: int) -> tuple[int, int]:

@@ -45,7 +45,7 @@ from helpers.capstone.jobs import DONE, JOB_DONE, Topics
 from helpers.capstone.notifier import Notification, Notifier
 from helpers.capstone.processor import CaptionFn, FailOn, Processor, WorkOf, result_key, start_processor
 from helpers.capstone.storage import StorageClient, start_storage
-from helpers.capstone.upload import USER_PATTERN, UploadService, original_key, read_limited, start_upload
+from helpers.capstone.upload import USER_PATTERN, UploadService, original_key, read_image_body, start_upload
 from helpers.core import lifecycle
 from helpers.core.broker import Broker
 from helpers.core.http import Service, start_service
@@ -369,9 +369,9 @@ async def start_sync_pipeline(
         user = request.query.get("user", "")
         if not USER_PATTERN.fullmatch(user):
             return problem(400, "Missing or invalid user", "name the user as ?user=NAME", f"{PROBLEM_BASE}invalid-user")
-        data = await read_limited(request, images.MAX_UPLOAD_BYTES)
-        if data is None:
-            return problem(413, "Upload too large", "the upload is over the byte limit", f"{PROBLEM_BASE}too-large")
+        data = await read_image_body(request, images.MAX_UPLOAD_BYTES)
+        if isinstance(data, web.Response):
+            return data
         try:
             info = await asyncio.to_thread(images.inspect_upload, data)
         except images.ImageRejected as exc:
