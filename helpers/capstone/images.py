@@ -58,9 +58,10 @@ MAX_ASPECT_RATIO: float = 10.0
 MAX_PIXELS_BY_FORMAT: Final = {"WEBP": 16_000_000}
 """Lower budgets where decoding costs more per pixel. Pillow decodes WebP through libwebp's animation decoder,
 which keeps about four RGBA copies: a 40 MP WebP took +615 MB to validate, 16 MP takes about 250 MB (measured)."""
-WORKING_MAX_SIDE: int = 4096
-"""``process_image`` works on a copy at most this wide and high (a 12 MP phone photo, 4032x3024, is used as it is):
-every rendition is at most 1024 px and the filter works at 4 MP, so more pixels only cost memory (a 40 MP PNG: +915 MB)."""
+WORKING_MAX_SIDE: int = 3072
+"""``process_image`` works on a copy at most this wide and high (7 MP at 4:3): every rendition is at most 1024 px
+and the filter works at 4 MP, so more pixels only cost time and memory (a 40 MP PNG took +915 MB and 12 s without
+this copy, measured). A 12 MP phone photo (4032x3024) is worked on at 3072x2304; the caption still says 4032x3024."""
 IMAGE_WORK_SLOTS: int = 2
 """How many uploads the Upload service decodes at once; more wait their turn (memory stays bounded under a burst)."""
 UPLOAD_SIZE_KEY = "course.upload_size"

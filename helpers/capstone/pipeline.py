@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import aiomqtt
 from aiohttp import web
 from matplotlib.axes import Axes
 
@@ -54,6 +53,7 @@ from helpers.core.messaging import Event, InvalidEvent, decode
 from helpers.core.plots import COLORS, axes
 from helpers.core.problems import PROBLEM_BASE, problem, problem_for, problems_everywhere
 from helpers.core.receive import subscribed_messages
+from helpers.core.reconnect import reconnecting
 from helpers.core.waiting import until, until_quiet
 
 SLOW_USER = "pathological"
@@ -137,14 +137,16 @@ class Record:
 class Recorder:
     """Subscribes to every topic of the run and keeps what passed, for counting and timelines."""
 
-    def __init__(self, client: aiomqtt.Client, topic: str) -> None:
-        self.client, self.topic = client, topic
+    def __init__(self, broker: Broker, client_id: str, topic: str) -> None:
+        self.broker, self.client_id, self.topic = broker, client_id, topic
         self.records: list[Record] = []
 
     async def run(self, ready: asyncio.Event | None = None) -> None:
-        async for message in subscribed_messages(self.client, self.topic, qos=1, ready=ready):
-            payload = message.payload if isinstance(message.payload, bytes | bytearray) else str(message.payload).encode()
-            self.records.append(Record(time.perf_counter(), str(message.topic), bytes(payload)))
+        """Connect, subscribe, record until cancelled (or until the connection is lost: run it with ``reconnecting``)."""
+        async with self.broker.client(self.client_id) as client:
+            async for message in subscribed_messages(client, self.topic, qos=1, ready=ready):
+                payload = message.payload if isinstance(message.payload, bytes | bytearray) else str(message.payload).encode()
+                self.records.append(Record(time.perf_counter(), str(message.topic), bytes(payload)))
 
     def events(self, kind: str | None = None, job_id: str | None = None) -> list[tuple[float, Event]]:
         """(arrival time, event) of every event of type ``kind`` (any if None), for ``job_id`` if given."""
@@ -283,9 +285,8 @@ async def start_pipeline(
         stack.push_async_callback(storage.stop)
         session = aiohttp.ClientSession()
         stack.push_async_callback(session.close)
-        recorder_client = await stack.enter_async_context(broker.client(f"{name}-recorder-{run_id}"))
-        recorder = Recorder(recorder_client, topics.everything)
-        recorder_task = await lifecycle.start(recorder.run)
+        recorder = Recorder(broker, f"{name}-recorder-{run_id}", topics.everything)
+        recorder_task = await lifecycle.start(reconnecting, recorder.run)
         stack.push_async_callback(stopped, "recorder", lambda: lifecycle.kill(recorder_task))
         upload = await start_upload(broker, topics, storage.url, name=f"{name}-upload")
         stack.push_async_callback(stopped, "upload job-event consumer", upload.stop)

@@ -49,8 +49,9 @@ from helpers.core.http import (
     read_chunks,
     start_service,
 )
-from helpers.core.messaging import Consumer, Event, make_event, manual_ack, publish
+from helpers.core.messaging import Consumer, Event, make_event, manual_ack
 from helpers.core.problems import PROBLEM_BASE, problem, problem_for, problems_everywhere
+from helpers.core.reconnect import Publisher, reconnecting
 
 USER_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 """User names: they end up in events, inboxes and e-mail addresses, so only plain characters."""
@@ -75,7 +76,9 @@ class UploadService:
     store: JobStore
     topics: Topics
     storage: StorageClient
-    consumer: Consumer
+    consumers: list[Consumer]
+    """The job-event consumer of the current connection (a new one after each reconnection)."""
+    publisher: Publisher
     task: asyncio.Task[None]
     counters: Counters
     _stack: contextlib.AsyncExitStack
@@ -90,10 +93,15 @@ class UploadService:
         """``image.uploaded`` events this service published (a refused upload publishes none)."""
         return self.counters.published
 
+    @property
+    def consumer(self) -> Consumer:
+        """The job-event consumer of the current connection."""
+        return self.consumers[-1]
+
     def crashed(self) -> BaseException | None:
-        """The error the job-event consumer died of, if it died."""
+        """The error the job-event consumer or the publisher died of, if one died (a lost connection is not: it reconnects)."""
         task = self.task
-        return task.exception() if task.done() and not task.cancelled() else None
+        return task.exception() if task.done() and not task.cancelled() else self.publisher.crashed()
 
     async def stop(self) -> Exception | None:
         """Stop answering, then stop the job-event consumer; returns what the consumer had died of, if anything."""
@@ -197,7 +205,7 @@ def accepted(job: Job) -> web.Response:
 
 
 def build_app(
-    broker_client: aiomqtt.Client,
+    publisher: Publisher,
     topics: Topics,
     storage: StorageClient,
     store: JobStore,
@@ -264,7 +272,7 @@ def build_app(
                 },
                 source="/upload",
             )
-            await publish(broker_client, topics.uploaded, event, qos=1)
+            await publisher.publish(topics.uploaded, event, qos=1)
         except (StorageError, aiohttp.ClientError, aiomqtt.MqttError, OSError, TimeoutError) as exc:
             store.discard(job.job_id)  # nothing was queued: a retry (same key or not) starts afresh
             response = problem(
@@ -342,22 +350,27 @@ async def start_upload(
     try:
         storage = StorageClient(storage_url)
         stack.push_async_callback(storage.close)
-        publisher = await stack.enter_async_context(broker.client(f"{name}-pub-{run_id}"))
-        publisher.pending_calls_threshold = 1000  # a burst of uploads means many publishes in flight: not a warning
-        listener = await stack.enter_async_context(manual_ack(broker.client(f"{name}-jobs-{run_id}")))
+        publisher = await Publisher(broker, f"{name}-pub-{run_id}").start()  # connects again after a lost connection
+        stack.push_async_callback(publisher.stop)
+        consumers: list[Consumer] = []
 
         async def apply(event: Event) -> None:
             store.apply(event)
 
-        consumer = Consumer(listener, topics.jobs, apply, dead_letter_topic=f"{topics.prefix}/dead-letter/upload")
-        task = await lifecycle.start(consumer.run)
+        async def listen(ready: asyncio.Event) -> None:
+            async with manual_ack(broker.client(f"{name}-jobs-{run_id}")) as listener:
+                consumer = Consumer(listener, topics.jobs, apply, dead_letter_topic=f"{topics.prefix}/dead-letter/upload")
+                consumers[:] = [consumer]
+                await consumer.run(ready)
+
+        task = await lifecycle.start(reconnecting, listen)
         stack.push_async_callback(_stopped, task)
         app = build_app(publisher, topics, storage, store, counters, max_bytes=max_bytes, steps=steps)
         service = await start_service(f"{name}-{run_id}", app)
     except BaseException:  # not swallowed: close what did open, then re-raise
         await stack.aclose()
         raise
-    return UploadService(service, store, topics, storage, consumer, task, counters, stack)
+    return UploadService(service, store, topics, storage, consumers, publisher, task, counters, stack)
 
 
 async def _stopped(task: asyncio.Task[None]) -> None:
