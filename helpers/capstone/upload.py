@@ -142,6 +142,8 @@ async def read_upload(request: web.Request, limit: int) -> bytes:
         return await _one_file_part(request, limit, clock)
     if request.content_type.startswith("multipart/"):
         raise _not_one_file(f"a {request.content_type} body is not a form")
+    if request.content_type == "application/x-www-form-urlencoded":
+        raise _not_one_file("a url-encoded form carries no file")
     return await read_body(request, limit, clock)
 
 
