@@ -17,7 +17,10 @@ Routes (every error is ``application/problem+json``, RFC 9457)::
     GET  /objects/{key}   -> the bytes, the stored Content-Type, ETag "sha256-hex"; 304 for If-None-Match
     HEAD /objects/{key}   -> the same headers, no body
 
-Files are written to a temporary name and renamed, so a reader never sees half an object.
+A PUT body is read with :func:`helpers.core.http.read_body`: over the limit 413, stalled 408,
+an undecodable Content-Encoding 400. Files are written to a temporary name and renamed, so a
+reader never sees half an object; each object's metadata lives under ``.meta/{key}/`` (see
+``META_FILE``), where no two keys can collide.
 Keys are case-sensitive; on a case-insensitive disk (macOS, Windows) ``A`` and ``a`` share a file.
 """
 

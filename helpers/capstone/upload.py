@@ -1,11 +1,14 @@
 """The Upload service: accept an image, answer ``202 Accepted`` at once, let the processor do the rest.
 
-``POST /images?user=NAME`` (body: the image bytes) does only what must happen before the
-user hears back, in this order:
+``POST /images?user=NAME`` (body: the image bytes, or a ``multipart/form-data`` form with
+one file part, as a browser sends it) does only what must happen before the user hears
+back, in this order:
 
-1. **Validate** the bytes (:func:`helpers.capstone.images.inspect_upload`): an empty,
-   oversized, non-image, decompression-bomb or truncated upload is refused here with a
-   problem+json answer and its own status, and leaves no trace (no job, no event).
+1. **Read and validate** the bytes (:func:`read_upload`, then
+   :func:`helpers.capstone.images.inspect_upload`, two at a time in threads): an empty,
+   oversized, stalled (408), undecodable (400), non-image, decompression-bomb, extremely
+   shaped or truncated upload is refused here with a problem+json answer and its own
+   status, and leaves no trace (no job, no event).
 2. **Store** the original in Storage (over HTTP) under a key of its own.
 3. **Publish** ``image.uploaded`` at QoS 1 carrying a *claim check*: the storage key and
    etag, never the bytes (the broker's payload limit is 1 MiB, and queues are not a

@@ -9,6 +9,10 @@ instead of failing with "address in use".
     inventory = await start_service("inventory", handler)
     inventory.faults.latency = 0.2     # every request now takes 200 ms longer
     inventory.faults.down = True       # now it answers 503 at once
+
+A service that takes bodies from clients it cannot trust reads them with :func:`read_body`:
+a limit on the bytes (413), deadlines instead of waiting for a client that stopped sending
+(408), and a clear 400 for a Content-Encoding that does not decode.
 """
 
 from __future__ import annotations
