@@ -230,6 +230,9 @@ WORST_ACCEPTED = {
 PEAK_GROWTH_LIMIT_MB = 1200
 """All four at once, two decoded by Upload and two processed at a time; measured +300-600 MB here (the old
 code took +2.4-2.8 GB for one thin PNG alone). A few hundred MB per image, with room for a busy machine."""
+ACCEPT_WORST_S = 8.0
+"""Their 202s: each is decoded in full first (a 40 MP PNG: ~0.9 s on a quiet 2-core machine, ~3 s on a busy one),
+two at a time, so the fourth waits for two others; the hostile cases above must answer within ``ANSWER_S``."""
 LOOP_LAG_LIMIT_S = 1.0
 """Decoding and processing run in threads: the loop stands still only for GIL hand-overs (measured 0.05-0.3 s)."""
 
@@ -247,10 +250,12 @@ async def test_the_worst_accepted_shapes_are_processed_in_bounded_memory_without
             answers = await asyncio.gather(*(pipeline.upload(data, "panorama") for data in worst_accepted.values()))
             for answer in answers:
                 assert answer.status == 202, answer.body
-                assert answer.seconds < ANSWER_S, f"the 202 took {answer.seconds:.2f} s"
+                assert answer.seconds < ACCEPT_WORST_S, f"the 202 took {answer.seconds:.2f} s"
             job_ids = [answer.job_id for answer in answers if answer.job_id is not None]
             assert await pipeline.wait_done(job_ids, 90)
-    print(f"\nworst accepted shapes, four at once: peak growth {rss.growth_mb:.0f} MB, loop lag {lag.longest:.3f} s")
+    slowest = max(answer.seconds for answer in answers)
+    print(f"\nworst accepted shapes, four at once: slowest 202 {slowest:.2f} s, ", end="")
+    print(f"peak growth {rss.growth_mb:.0f} MB, loop lag {lag.longest:.3f} s")
     assert rss.growth_mb < PEAK_GROWTH_LIMIT_MB, f"the process grew {rss.growth_mb:.0f} MB"
     assert lag.longest < LOOP_LAG_LIMIT_S, f"the event loop stood still for {lag.longest:.2f} s"
     for (size, *_), job_id in zip(WORST_ACCEPTED.values(), job_ids, strict=True):
