@@ -12,9 +12,10 @@ import aiomqtt
 import pytest
 
 from helpers.core import lifecycle
-from helpers.core.broker import Broker, ConnectRefused
+from helpers.core.broker import Broker, BrokerError, ConnectRefused, mqtt_broker
 from helpers.core.mosquitto import free_port
 from helpers.core.reconnect import RECONNECT_MAX_S, Publisher, reconnecting
+from helpers.core.waiting import until
 
 
 async def test_a_session_that_loses_its_connection_runs_again_until_it_is_killed() -> None:
@@ -64,3 +65,14 @@ async def test_a_publisher_for_a_broker_that_is_not_there_says_so_at_start() -> 
     nowhere = Broker(f"mqtt://127.0.0.1:{free_port()}")
     with pytest.raises(ConnectRefused):
         await Publisher(nowhere, "upload-pub", timeout=1.0).start()
+
+
+async def test_a_publisher_stops_trying_once_its_embedded_broker_was_stopped_on_purpose(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("MQTT_URL", raising=False)
+    async with mqtt_broker(name="stopped-on-purpose") as broker:
+        publisher = await Publisher(broker, "upload-pub").start()
+    assert await until(lambda: publisher.crashed() is not None, 3 * RECONNECT_MAX_S + 5)
+    assert isinstance(publisher.crashed(), BrokerError) and "was stopped" in str(publisher.crashed())
+    await publisher.stop()

@@ -57,7 +57,9 @@ async def reconnecting(session: Callable[..., Awaitable[None]], *args: Any, read
 
     The first connection's failure is raised as it is (a wrong URL or a stopped broker
     says so at once). Once ``ready`` was set, an ``aiomqtt.MqttError`` means a lost
-    connection: the session runs again after a pause. Any other error ends it.
+    connection: the session runs again after a pause, for as long as it takes. Any other
+    error ends it, e.g. the ``BrokerError`` of a client asked of an embedded broker that was
+    stopped on purpose (a notebook's old services must not knock on a dead port forever).
     """
 
     def lost(error: BaseException) -> bool:
