@@ -294,6 +294,21 @@ async def test_a_body_that_really_is_gzip_is_decoded_and_a_gzip_bomb_is_refused(
     await assert_healthy(pipeline)
 
 
+async def test_a_chunked_body_that_grows_past_the_limit_is_413_on_upload_and_storage(pipeline: Pipeline) -> None:
+    async def endless() -> AsyncIterator[bytes]:  # no Content-Length: only counting while reading can stop it
+        for _ in range(images.MAX_UPLOAD_BYTES // 65536 + 64):
+            yield bytes(65536)
+
+    async with aiohttp.ClientSession() as session:
+        for method, url in (("POST", f"{pipeline.url}/images?user=chunky"), ("PUT", f"{pipeline.storage.url}/objects/big")):
+            began = time.perf_counter()
+            async with session.request(method, url, data=endless()) as response:
+                body = await response.json(content_type=None)
+                assert_problem(response.status, response.content_type, body, 413, "too-large")
+            assert time.perf_counter() - began < ANSWER_S
+    await assert_healthy(pipeline)
+
+
 STALLED = {
     "a declared 1 MB body with 100 bytes sent": ("Content-Length: 1000000\n", [bytes(100)]),
     "a chunked body whose next chunk never comes": ("Transfer-Encoding: chunked\n", [b"64\r\n" + bytes(100) + b"\r\n"]),

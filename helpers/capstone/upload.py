@@ -188,14 +188,12 @@ async def read_image_body(request: web.Request, max_bytes: int) -> bytes | web.R
     try:
         return await read_upload(request, max_bytes)
     except BodyTooLarge:
-        response = problem(
+        return problem(
             413,
             "Upload too large",
             f"the upload is larger than {max_bytes} bytes; send a smaller image",
             f"{PROBLEM_BASE}too-large",
         )
-        response.force_close()  # the rest of the body was never read
-        return response
     except BodyRefused as exc:
         return body_problem(exc)
 

@@ -303,11 +303,14 @@ async def read_body(request: web.Request, limit: int, clock: BodyClock | None = 
 
 
 def body_problem(error: BodyRefused) -> web.Response:
-    """The problem+json answer to a refused body, on a connection that is then closed.
+    """The problem+json answer to a refused body; after a 408 or a 400 the connection is closed.
 
-    The rest of the body was never read, so the connection cannot carry another request;
-    closing it also spares aiohttp its "lingering" read of what the client still sends.
+    A stalled client (408) would otherwise hold the connection through aiohttp's "lingering"
+    read (up to 10 s), and a body that failed to decode (400) cannot be read on. A 413 keeps
+    the lingering read: a client still sending a big body must get to read the answer, and
+    closing a socket with unread bytes makes the kernel send a reset that can destroy it.
     """
     response = problem_for(error)
-    response.force_close()
+    if not isinstance(error, BodyTooLarge):
+        response.force_close()
     return response
