@@ -189,6 +189,61 @@ def test_loading_truncated_images_switched_on_elsewhere_is_a_loud_error(monkeypa
         inspect_upload(truncated_jpeg())
 
 
+@pytest.mark.parametrize(
+    ("size", "accepted"),
+    [
+        ((images.MAX_SIDE, 10), False),  # 1000:1
+        ((1000, 100), True),  # exactly MAX_ASPECT_RATIO
+        ((1001, 100), False),
+        ((100, 1001), False),
+        ((images.MAX_SIDE, images.MAX_SIDE // 10), True),  # the longest side at the steepest ratio
+        ((images.MAX_SIDE + 1, 1001), False),
+    ],
+)
+def test_sides_and_their_ratio_are_capped_before_decoding(size: tuple[int, int], accepted: bool) -> None:
+    data = generated_image(1, size, "PNG") if accepted else decompression_bomb(*size)
+    if accepted:
+        assert inspect_upload(data).width == size[0]
+        return
+    error = rejected(data)
+    assert (error.status, error.type) == (413, PROBLEM_BASE + "image-shape")
+    assert f"{size[0]}x{size[1]}" in error.detail and "before decoding" in error.detail
+
+
+def test_webp_has_a_lower_pixel_budget_than_the_other_formats() -> None:
+    budget = images.MAX_PIXELS_BY_FORMAT["WEBP"]
+    assert budget < images.MAX_PIXELS
+    side = math.isqrt(budget) + 1  # just over WebP's budget, far under the others'
+    png = generated_image(2, (side, side), "PNG")
+    assert inspect_upload(png).width == side
+    error = rejected(_webp_of(side))
+    assert error.status == 413 and "limit for WEBP" in error.detail
+
+
+def _webp_of(side: int) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (side, side), (20, 40, 60)).save(out, "WEBP", quality=1, method=0)
+    return out.getvalue()
+
+
+def test_a_large_upload_is_processed_on_a_smaller_copy_and_the_caption_keeps_its_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(images, "WORKING_MAX_SIDE", 160)
+    for fmt in ("JPEG", "PNG"):  # JPEG: decoded at a reduced scale (draft); PNG: shrunk after decoding
+        data = generated_image(4, (900, 300), fmt)
+        working = images.decode(data, max_side=160)
+        assert max(working.size) <= 160 and working.info[images.UPLOAD_SIZE_KEY] == (900, 300)
+        renditions, text = process_image(data, work=0.1)
+        assert "900x300" in text, text
+        assert {r.name for r in renditions} >= {"thumb-128", FILTER_NAME}
+
+
+def test_an_exif_rotated_upload_worked_on_as_a_smaller_copy_keeps_its_upright_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(images, "WORKING_MAX_SIDE", 100)
+    _, text = process_image(exif_rotated_jpeg(), work=0)
+    width, height = EXIF_ROTATED_UPRIGHT_SIZE
+    assert f"landscape-oriented {width}x{height} image" in text, text
+
+
 # --- processing ---------------------------------------------------------------------------
 
 

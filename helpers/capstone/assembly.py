@@ -239,8 +239,7 @@ async def start_recorder(broker: Any, topics: Topics, *, name: str | None = None
     """Subscribe to every topic of the run (``topics.everything``); returns once subscribed."""
     stack = contextlib.AsyncExitStack()
     try:
-        client = await stack.enter_async_context(broker.client(name or f"recorder-{uuid.uuid4().hex[:8]}"))
-        recorder = Recorder(client, topics.everything)
+        recorder = Recorder(broker, name or f"recorder-{uuid.uuid4().hex[:8]}", topics.everything)
         task = await lifecycle.start(recorder.run)
         stack.push_async_callback(lifecycle.kill, task)
     except BaseException:  # not swallowed: close what did open, then re-raise

@@ -50,6 +50,22 @@ CONTENT_TYPES: Final = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image
 MAX_UPLOAD_BYTES: int = 8 * 1024 * 1024
 MAX_PIXELS: int = 40_000_000
 """Per-image pixel budget, checked from the header before decoding (a 40 MP RGB image decodes to 120 MB)."""
+MAX_SIDE: int = 10_000
+"""No side may be longer, whatever the pixel count: a 1 x 39,999,999 PNG (78 KB) fits the pixel budget, and
+resampling it took ~10 s with the GIL held and 2.4-2.8 GB (measured), stopping every service in the process."""
+MAX_ASPECT_RATIO: float = 10.0
+"""Long side / short side at most this (a phone panorama is ~4-8); thinner shapes cost resamplers far more per pixel."""
+MAX_PIXELS_BY_FORMAT: Final = {"WEBP": 16_000_000}
+"""Lower budgets where decoding costs more per pixel. Pillow decodes WebP through libwebp's animation decoder,
+which keeps about four RGBA copies: a 40 MP WebP took +615 MB to validate, 16 MP takes about 250 MB (measured)."""
+WORKING_MAX_SIDE: int = 3072
+"""``process_image`` works on a copy at most this wide and high (7 MP at 4:3): every rendition is at most 1024 px
+and the filter works at 4 MP, so more pixels only cost time and memory (a 40 MP PNG took +915 MB and 12 s without
+this copy, measured). A 12 MP phone photo (4032x3024) is worked on at 3072x2304; the caption still says 4032x3024."""
+IMAGE_WORK_SLOTS: int = 2
+"""How many uploads the Upload service decodes at once; more wait their turn (memory stays bounded under a burst)."""
+UPLOAD_SIZE_KEY = "course.upload_size"
+"""``img.info`` entry with the upright (width, height) of the upload, when ``process_image`` works on a smaller copy."""
 
 STEPS: tuple[str, ...] = ("upright", "thumbnails", "filter", "caption")
 """The steps of ``process_image``, in order; progress is reported after each."""
@@ -185,11 +201,37 @@ def _open_header(data: bytes) -> ImageFile.ImageFile:
 def _check_pixel_budget(img: Image.Image, max_pixels: int) -> None:
     """Refuse (413) an image whose header declares more than ``max_pixels`` pixels, before decoding it."""
     width, height = img.size
-    if width * height > max_pixels:
+    limit = min(max_pixels, MAX_PIXELS_BY_FORMAT.get(_format_name(img), max_pixels))
+    if width * height > limit:
+        per_format = f" for {_format_name(img)}" if limit < max_pixels else ""
         raise _pixel_bomb(
-            f"The image declares {width}x{height} = {width * height:,} pixels and the limit is {max_pixels:,},"
+            f"The image declares {width}x{height} = {width * height:,} pixels and the limit{per_format} is {limit:,},"
             " so it was refused before decoding."
         )
+
+
+def _check_shape(img: Image.Image) -> None:
+    """Refuse (413) a side over ``MAX_SIDE`` or a long/short ratio over ``MAX_ASPECT_RATIO``, from the header.
+
+    413, like the pixel budget (lesson 07 and lab 07 answer a decompression bomb with 413): the status says that
+    the content is larger than the service will process, and for an image what it will process is the decoded
+    pixels, not the compressed bytes. The type URI and the detail say which limit it was, so a client can tell
+    "send fewer bytes" (too-many-bytes) from "send a smaller picture" (too-many-pixels, image-shape).
+    """
+    width, height = img.size
+    long_side, short_side = max(width, height), max(1, min(width, height))
+    if long_side > MAX_SIDE:
+        reason = f"a side is longer than {MAX_SIDE:,} pixels"
+    elif long_side / short_side > MAX_ASPECT_RATIO:
+        reason = f"its sides' ratio is {long_side / short_side:,.1f}:1 and at most {MAX_ASPECT_RATIO:g}:1 is accepted"
+    else:
+        return
+    raise ImageRejected(
+        413,
+        "Image has an extreme shape",
+        f"The image declares {width}x{height} pixels and {reason}, so it was refused before decoding.",
+        "image-shape",
+    )
 
 
 def _corrupt(what: str, exc: BaseException) -> ImageRejected:
@@ -222,17 +264,39 @@ def _orientation(img: Image.Image) -> int:
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
-def decode(data: bytes, *, max_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def decode(
+    data: bytes, *, max_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_PIXELS, max_side: int | None = None
+) -> Image.Image:
     """The fully decoded first frame of an upload, after every check; raises ``ImageRejected``.
 
     The processor decodes stored bytes through this too: bytes in storage are not
-    trusted just because the upload service checked them once.
+    trusted just because the upload service checked them once. With ``max_side`` the
+    result is a working copy at most that wide and high: a JPEG is decoded at a reduced
+    scale from the start (``draft``: 1/2, 1/4 or 1/8, still reading every byte), other
+    formats are shrunk right after decoding, and ``info[UPLOAD_SIZE_KEY]`` keeps the size
+    as stored.
     """
     _check_byte_count(data, max_bytes)
     img = _open_header(bytes(data))
     _check_pixel_budget(img, max_pixels)
+    _check_shape(img)
+    stored_size = img.size
+    if max_side is not None and max(stored_size) > max_side:
+        img.draft(img.mode, _fitting(stored_size, max_side))
     _load_fully(img)
-    return img
+    if max_side is None or max(stored_size) <= max_side:
+        return img
+    working: Image.Image = img
+    if max(img.size) > max_side:
+        working = img.resize(_fitting(img.size, max_side), Image.Resampling.BOX)  # P and 1 modes: NEAREST, by Pillow
+    working.info[UPLOAD_SIZE_KEY] = stored_size
+    return working
+
+
+def _fitting(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """``size`` scaled down, aspect kept, to fit a ``max_side`` x ``max_side`` box."""
+    scale = max_side / max(size)
+    return (max(1, min(max_side, round(size[0] * scale))), max(1, min(max_side, round(size[1] * scale))))
 
 
 def inspect_upload(data: bytes, *, max_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_PIXELS) -> ImageInfo:
@@ -445,10 +509,21 @@ def count_faces(img: Image.Image) -> int | None:
     return len(faces)
 
 
+def upload_size(img: Image.Image) -> tuple[int, int]:
+    """The upright (width, height) of the upload ``img`` was made from (``process_image`` may work on a smaller copy)."""
+    stored = img.info.get(UPLOAD_SIZE_KEY)
+    if not (isinstance(stored, tuple) and len(stored) == 2):
+        return img.size
+    width, height = stored
+    turned = (img.width > img.height) != (width > height) and img.width != img.height
+    return (height, width) if turned else (width, height)
+
+
 def measure(img: Image.Image) -> Measurements:
-    """Everything the caption says, as numbers."""
+    """Everything the caption says, as numbers; the size is the upload's, even when ``img`` is a working copy."""
     brightness = ImageStat.Stat(to_rgb(img).convert("L")).mean[0]
-    return Measurements(img.width, img.height, brightness, dominant_colors(img), count_faces(img))
+    width, height = upload_size(img)
+    return Measurements(width, height, brightness, dominant_colors(img), count_faces(img))
 
 
 def faces_phrase(faces: int | None) -> str:
@@ -521,12 +596,13 @@ def process_image(
     work=0 0.09 s. Two calls in two threads finish in ~1.15x the time of one (1.7x throughput).
     """
     refinement_steps(work)  # a bad work value fails before any decoding
-    img: Image.Image = decode(data)
+    img: Image.Image = decode(data, max_side=WORKING_MAX_SIDE)
     renditions: list[Rendition] = []
     text = ""
     for done, step in enumerate(STEPS, start=1):
         result = run_step(step, img, work=work, caption_fn=caption_fn)
         if isinstance(result, Image.Image):
+            result.info[UPLOAD_SIZE_KEY] = upload_size(img)
             img = result
         elif isinstance(result, str):
             text = result

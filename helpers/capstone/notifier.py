@@ -31,6 +31,7 @@ from helpers.capstone.jobs import JOB_DONE, JOB_FAILED, Topics, iso, now
 from helpers.core import lifecycle
 from helpers.core.broker import Broker
 from helpers.core.messaging import Consumer, Event, SeenIds, manual_ack
+from helpers.core.reconnect import reconnecting
 
 EMAIL_DOMAIN = "example.invalid"
 """Where the outbox pretends to send (``.invalid`` is reserved: nothing could ever be delivered there)."""
@@ -107,7 +108,7 @@ class Notifier:
         """
         if self.running:
             raise RuntimeError("the notifier is running already; kill() it first")
-        await self._life.launch(self._serve)
+        await self._life.launch(reconnecting, self._serve)  # a lost connection: connect again, the session resumes
         return self
 
     async def kill(self) -> Exception | None:

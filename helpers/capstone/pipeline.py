@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import aiomqtt
 from aiohttp import web
 from matplotlib.axes import Axes
 
@@ -45,7 +44,7 @@ from helpers.capstone.jobs import DONE, JOB_DONE, Topics
 from helpers.capstone.notifier import Notification, Notifier
 from helpers.capstone.processor import CaptionFn, FailOn, Processor, WorkOf, result_key, start_processor
 from helpers.capstone.storage import StorageClient, start_storage
-from helpers.capstone.upload import USER_PATTERN, UploadService, original_key, read_limited, start_upload
+from helpers.capstone.upload import USER_PATTERN, UploadService, original_key, read_image_body, start_upload
 from helpers.core import lifecycle
 from helpers.core.broker import Broker
 from helpers.core.http import Service, start_service
@@ -54,6 +53,7 @@ from helpers.core.messaging import Event, InvalidEvent, decode
 from helpers.core.plots import COLORS, axes
 from helpers.core.problems import PROBLEM_BASE, problem, problem_for, problems_everywhere
 from helpers.core.receive import subscribed_messages
+from helpers.core.reconnect import reconnecting
 from helpers.core.waiting import until, until_quiet
 
 SLOW_USER = "pathological"
@@ -137,14 +137,16 @@ class Record:
 class Recorder:
     """Subscribes to every topic of the run and keeps what passed, for counting and timelines."""
 
-    def __init__(self, client: aiomqtt.Client, topic: str) -> None:
-        self.client, self.topic = client, topic
+    def __init__(self, broker: Broker, client_id: str, topic: str) -> None:
+        self.broker, self.client_id, self.topic = broker, client_id, topic
         self.records: list[Record] = []
 
     async def run(self, ready: asyncio.Event | None = None) -> None:
-        async for message in subscribed_messages(self.client, self.topic, qos=1, ready=ready):
-            payload = message.payload if isinstance(message.payload, bytes | bytearray) else str(message.payload).encode()
-            self.records.append(Record(time.perf_counter(), str(message.topic), bytes(payload)))
+        """Connect, subscribe, record until cancelled (or until the connection is lost: run it with ``reconnecting``)."""
+        async with self.broker.client(self.client_id) as client:
+            async for message in subscribed_messages(client, self.topic, qos=1, ready=ready):
+                payload = message.payload if isinstance(message.payload, bytes | bytearray) else str(message.payload).encode()
+                self.records.append(Record(time.perf_counter(), str(message.topic), bytes(payload)))
 
     def events(self, kind: str | None = None, job_id: str | None = None) -> list[tuple[float, Event]]:
         """(arrival time, event) of every event of type ``kind`` (any if None), for ``job_id`` if given."""
@@ -283,9 +285,8 @@ async def start_pipeline(
         stack.push_async_callback(storage.stop)
         session = aiohttp.ClientSession()
         stack.push_async_callback(session.close)
-        recorder_client = await stack.enter_async_context(broker.client(f"{name}-recorder-{run_id}"))
-        recorder = Recorder(recorder_client, topics.everything)
-        recorder_task = await lifecycle.start(recorder.run)
+        recorder = Recorder(broker, f"{name}-recorder-{run_id}", topics.everything)
+        recorder_task = await lifecycle.start(reconnecting, recorder.run)
         stack.push_async_callback(stopped, "recorder", lambda: lifecycle.kill(recorder_task))
         upload = await start_upload(broker, topics, storage.url, name=f"{name}-upload")
         stack.push_async_callback(stopped, "upload job-event consumer", upload.stop)
@@ -369,9 +370,9 @@ async def start_sync_pipeline(
         user = request.query.get("user", "")
         if not USER_PATTERN.fullmatch(user):
             return problem(400, "Missing or invalid user", "name the user as ?user=NAME", f"{PROBLEM_BASE}invalid-user")
-        data = await read_limited(request, images.MAX_UPLOAD_BYTES)
-        if data is None:
-            return problem(413, "Upload too large", "the upload is over the byte limit", f"{PROBLEM_BASE}too-large")
+        data = await read_image_body(request, images.MAX_UPLOAD_BYTES)
+        if isinstance(data, web.Response):
+            return data
         try:
             info = await asyncio.to_thread(images.inspect_upload, data)
         except images.ImageRejected as exc:

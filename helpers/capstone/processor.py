@@ -65,6 +65,7 @@ from helpers.capstone.storage import StorageClient
 from helpers.core import lifecycle
 from helpers.core.broker import Broker
 from helpers.core.messaging import Consumer, Event, EventHandler, dead_letter_payload, make_event, manual_ack, publish
+from helpers.core.reconnect import reconnecting
 from helpers.core.worker_pool import run_pool
 
 SHARED = "shared subscription ($share)"
@@ -237,7 +238,7 @@ class Processor:
         target = self.members[member]
         if target.alive:
             raise RuntimeError(f"processor member {member} is running; kill it first")
-        target.task = await lifecycle.start(self._serve, target)
+        target.task = await lifecycle.start(reconnecting, self._serve, target)  # a lost connection: connect again
 
     async def kill(self, member: int = 0) -> Exception | None:
         """Kill one member mid-work, like a crashed process: its connection drops, its unacked event stays queued.
@@ -335,6 +336,8 @@ class Processor:
                 return await self._attempt(client, job)
             except images.ImageRejected as exc:  # the stored bytes are not an image: no retry can fix that
                 return f"the stored original is not an acceptable image: {exc.detail}"
+            except aiomqtt.MqttError:  # the connection is gone, not the transform: reconnect, and the event comes again
+                raise
             except Exception as exc:  # noqa: BLE001 - a failed attempt is retried, then reported as job.failed
                 reasons.append(f"{type(exc).__name__}: {exc}")
             if attempt < self.attempts:

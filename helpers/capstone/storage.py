@@ -17,7 +17,10 @@ Routes (every error is ``application/problem+json``, RFC 9457)::
     GET  /objects/{key}   -> the bytes, the stored Content-Type, ETag "sha256-hex"; 304 for If-None-Match
     HEAD /objects/{key}   -> the same headers, no body
 
-Files are written to a temporary name and renamed, so a reader never sees half an object.
+A PUT body is read with :func:`helpers.core.http.read_body`: over the limit 413, stalled 408,
+an undecodable Content-Encoding 400. Files are written to a temporary name and renamed, so a
+reader never sees half an object; each object's metadata lives under ``.meta/{key}/`` (see
+``META_FILE``), where no two keys can collide.
 Keys are case-sensitive; on a case-insensitive disk (macOS, Windows) ``A`` and ``a`` share a file.
 """
 
@@ -40,7 +43,7 @@ import aiohttp
 import yarl
 from aiohttp import web
 
-from helpers.core.http import Handler, Service, start_service
+from helpers.core.http import BodyRefused, Handler, Service, body_problem, read_body, start_service
 from helpers.core.problems import PROBLEM_BASE, PROBLEM_JSON, problem, problem_for
 
 MAX_OBJECT_BYTES = 8 * 1024 * 1024
@@ -52,6 +55,10 @@ MAX_CONTENT_TYPE_LENGTH = 200
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 META_FOLDER = ".meta"
 """Where each object's content type and ETag live, beside the data; no key can reach it (segments never start with '.')."""
+META_FILE = ".object.json"
+"""Key ``a/b``'s metadata is ``.meta/a/b/.object.json``. In that tree every name a key can make is a folder and the
+only files are named like no key segment can be (they start with '.'), so no two keys' metadata can collide; with
+``.meta/a/b.json``, key ``x.json/y`` needed a folder where key ``x`` kept its metadata file."""
 
 _SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
 _CONTENT_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(\s*;[\x20-\x7e]*)?")
@@ -205,7 +212,7 @@ class ObjectStore:
 
     def _paths(self, key: str) -> tuple[Path, Path]:
         """(data file, metadata file) for a key already passed through ``safe_key``."""
-        return inside(self.root, key), inside(self.root, f"{META_FOLDER}/{key}.json")
+        return inside(self.root, key), inside(self.root, f"{META_FOLDER}/{key}/{META_FILE}")
 
     def head(self, key: str) -> StoredObject | None:
         """The object's metadata, or None if there is no such object."""
@@ -256,10 +263,7 @@ def _not_found(key: str) -> web.Response:
 async def _put(request: web.Request) -> web.Response:
     key = safe_key(request.match_info["key"])
     content_type = checked_content_type(request.headers.get("Content-Type"))
-    limit = request.client_max_size
-    if request.content_length is not None and request.content_length > limit:  # refuse before reading the body
-        raise web.HTTPRequestEntityTooLarge(limit, request.content_length)
-    data = await request.read()
+    data = await read_body(request, request.client_max_size)  # 413 / 408 / 400 as BodyRefused, see _problems
     async with _key_lock(request, key):
         meta, created = await asyncio.to_thread(request.app[STORE].put, key, data, content_type)
     body = {"key": meta.key, "etag": meta.etag, "size": meta.size}
@@ -307,6 +311,8 @@ async def _problems(request: web.Request, handler: Handler) -> web.StreamRespons
         return await handler(request)
     except (KeyRejected, KeyConflict, BadContentType) as error:
         return problem_for(error)
+    except BodyRefused as error:
+        return body_problem(error)
     except web.HTTPException as error:
         if error.status < 400:
             raise

@@ -1,11 +1,14 @@
 """The Upload service: accept an image, answer ``202 Accepted`` at once, let the processor do the rest.
 
-``POST /images?user=NAME`` (body: the image bytes) does only what must happen before the
-user hears back, in this order:
+``POST /images?user=NAME`` (body: the image bytes, or a ``multipart/form-data`` form with
+one file part, as a browser sends it) does only what must happen before the user hears
+back, in this order:
 
-1. **Validate** the bytes (:func:`helpers.capstone.images.inspect_upload`): an empty,
-   oversized, non-image, decompression-bomb or truncated upload is refused here with a
-   problem+json answer and its own status, and leaves no trace (no job, no event).
+1. **Read and validate** the bytes (:func:`read_upload`, then
+   :func:`helpers.capstone.images.inspect_upload`, two at a time in threads): an empty,
+   oversized, stalled (408), undecodable (400), non-image, decompression-bomb, extremely
+   shaped or truncated upload is refused here with a problem+json answer and its own
+   status, and leaves no trace (no job, no event).
 2. **Store** the original in Storage (over HTTP) under a key of its own.
 3. **Publish** ``image.uploaded`` at QoS 1 carrying a *claim check*: the storage key and
    etag, never the bytes (the broker's payload limit is 1 MiB, and queues are not a
@@ -32,16 +35,26 @@ from dataclasses import dataclass
 
 import aiohttp
 import aiomqtt
-from aiohttp import web
+from aiohttp import BodyPartReader, hdrs, web
 
 from helpers.capstone import images
 from helpers.capstone.jobs import IMAGE_UPLOADED, IdempotencyConflict, Job, JobStore, Topics
 from helpers.capstone.storage import StorageClient, StorageError
 from helpers.core import lifecycle
 from helpers.core.broker import Broker
-from helpers.core.http import Service, start_service
-from helpers.core.messaging import Consumer, Event, make_event, manual_ack, publish
+from helpers.core.http import (
+    BodyClock,
+    BodyRefused,
+    BodyTooLarge,
+    Service,
+    body_problem,
+    read_body,
+    read_chunks,
+    start_service,
+)
+from helpers.core.messaging import Consumer, Event, make_event, manual_ack
 from helpers.core.problems import PROBLEM_BASE, problem, problem_for, problems_everywhere
+from helpers.core.reconnect import Publisher, reconnecting
 
 USER_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 """User names: they end up in events, inboxes and e-mail addresses, so only plain characters."""
@@ -49,7 +62,8 @@ KEY_PATTERN = re.compile(r"[\x21-\x7e]{1,255}")
 """Idempotency keys: printable ASCII without spaces, at most 255 characters (what clients send: UUIDs)."""
 RETRY_AFTER_S = 1
 """What the 202 (and an unfinished job's status) tells the client: ask again in about a second."""
-READ_CHUNK = 64 * 1024
+FORM_OVERHEAD = 64 * 1024
+"""Room for a form's boundaries, part headers and small text fields on top of the image's byte limit."""
 
 
 def original_key(job_id: str) -> str:
@@ -65,7 +79,9 @@ class UploadService:
     store: JobStore
     topics: Topics
     storage: StorageClient
-    consumer: Consumer
+    consumers: list[Consumer]
+    """The job-event consumer of the current connection (a new one after each reconnection)."""
+    publisher: Publisher
     task: asyncio.Task[None]
     counters: Counters
     _stack: contextlib.AsyncExitStack
@@ -80,10 +96,15 @@ class UploadService:
         """``image.uploaded`` events this service published (a refused upload publishes none)."""
         return self.counters.published
 
+    @property
+    def consumer(self) -> Consumer:
+        """The job-event consumer of the current connection."""
+        return self.consumers[-1]
+
     def crashed(self) -> BaseException | None:
-        """The error the job-event consumer died of, if it died."""
+        """The error the job-event consumer or the publisher died of, if one died (a lost connection is not: it reconnects)."""
         task = self.task
-        return task.exception() if task.done() and not task.cancelled() else None
+        return task.exception() if task.done() and not task.cancelled() else self.publisher.crashed()
 
     async def stop(self) -> Exception | None:
         """Stop answering, then stop the job-event consumer; returns what the consumer had died of, if anything."""
@@ -113,19 +134,68 @@ def problem_unknown_job(job_id: str) -> web.Response:
     )
 
 
-async def read_limited(request: web.Request, limit: int) -> bytes | None:
-    """The request body, or None as soon as it is longer than ``limit`` bytes (never buffered past it)."""
-    declared = request.content_length
-    if declared is not None and declared > limit:
-        return None
-    chunks: list[bytes] = []
-    size = 0
-    while chunk := await request.content.read(READ_CHUNK):
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
+async def read_upload(request: web.Request, limit: int) -> bytes:
+    """The uploaded bytes: the raw body, or the one file part of a ``multipart/form-data`` body (a browser form).
+
+    Either way nothing is buffered past ``limit`` bytes and a stalled client is not waited
+    for: :class:`helpers.core.http.BodyRefused` (413, 408 or 400) says what went wrong.
+    """
+    clock = BodyClock()
+    if request.content_type == "multipart/form-data":
+        return await _one_file_part(request, limit, clock)
+    if request.content_type.startswith("multipart/"):
+        raise _not_one_file(f"a {request.content_type} body is not a form")
+    if request.content_type == "application/x-www-form-urlencoded":
+        raise _not_one_file("a url-encoded form carries no file")
+    return await read_body(request, limit, clock)
+
+
+async def _one_file_part(request: web.Request, limit: int, clock: BodyClock) -> bytes:
+    """The bytes of the form's only file part (a part with a file name, or any non-text part); text fields are skipped."""
+    if request.content_length is not None and request.content_length > limit + FORM_OVERHEAD:
+        raise BodyTooLarge(limit)
+    files: list[bytes] = []
+    seen = 0
+    try:
+        reader = await request.multipart()
+        while (part := await clock.wait(reader.next())) is not None:
+            if not isinstance(part, BodyPartReader):
+                raise _not_one_file("it has a nested multipart part")
+            data = await read_chunks(part.read_chunk, limit - seen, clock)
+            seen += len(data)
+            if part.filename is not None or not part.headers.get(hdrs.CONTENT_TYPE, "text/plain").startswith("text/"):
+                files.append(data)
+    except (ValueError, RuntimeError, AssertionError) as exc:  # what aiohttp's multipart reader raises for a broken form
+        raise _not_one_file(f"the form could not be read ({exc})") from None
+    if len(files) != 1:
+        raise _not_one_file(f"it has {len(files)} file parts")
+    return files[0]
+
+
+def _not_one_file(reason: str) -> BodyRefused:
+    """The 400 for a body that is neither raw image bytes nor a form with exactly one file; says what to send."""
+    return BodyRefused(
+        400,
+        "Send one image",
+        f"The upload was refused: {reason}. Send the image's bytes as the body (any Content-Type), or a "
+        "multipart/form-data form with exactly one file part, e.g. curl -F image=@photo.jpg.",
+        "one-image-per-upload",
+    )
+
+
+async def read_image_body(request: web.Request, max_bytes: int) -> bytes | web.Response:
+    """The uploaded bytes, or the problem+json answer that refuses them (413, 408, 400)."""
+    try:
+        return await read_upload(request, max_bytes)
+    except BodyTooLarge:
+        return problem(
+            413,
+            "Upload too large",
+            f"the upload is larger than {max_bytes} bytes; send a smaller image",
+            f"{PROBLEM_BASE}too-large",
+        )
+    except BodyRefused as exc:
+        return body_problem(exc)
 
 
 def accepted(job: Job) -> web.Response:
@@ -138,7 +208,7 @@ def accepted(job: Job) -> web.Response:
 
 
 def build_app(
-    broker_client: aiomqtt.Client,
+    publisher: Publisher,
     topics: Topics,
     storage: StorageClient,
     store: JobStore,
@@ -149,6 +219,7 @@ def build_app(
 ) -> web.Application:
     """The Upload service's routes: ``POST /images`` and ``GET /jobs/{job_id}``."""
     routes = web.RouteTableDef()
+    decoding = asyncio.Semaphore(images.IMAGE_WORK_SLOTS)
 
     @routes.post("/images")
     async def post_image(request: web.Request) -> web.Response:
@@ -168,19 +239,15 @@ def build_app(
                 "an Idempotency-Key is 1-255 printable ASCII characters without spaces, e.g. a UUID",
                 f"{PROBLEM_BASE}invalid-idempotency-key",
             )
-        data = await read_limited(request, max_bytes)
-        if data is None:
-            return problem(
-                413,
-                "Upload too large",
-                f"the upload is larger than {max_bytes} bytes; send a smaller image",
-                f"{PROBLEM_BASE}too-large",
-            )
+        data = await read_image_body(request, max_bytes)
+        if isinstance(data, web.Response):
+            return data
         digest = hashlib.sha256(data).hexdigest()
         if key is not None and (repeat := _repeat(store, user, key, digest)) is not None:
             return repeat  # a retry answers before any validation work: it was validated the first time
-        try:  # decoding is CPU work: off the event loop, so other requests keep flowing meanwhile
-            info = await asyncio.to_thread(images.inspect_upload, data, max_bytes=max_bytes)
+        try:  # decoding is CPU work: off the event loop, and a few at a time, so memory stays bounded under a burst
+            async with decoding:
+                info = await asyncio.to_thread(images.inspect_upload, data, max_bytes=max_bytes)
         except images.ImageRejected as exc:
             return problem_for(exc)
         try:
@@ -208,7 +275,7 @@ def build_app(
                 },
                 source="/upload",
             )
-            await publish(broker_client, topics.uploaded, event, qos=1)
+            await publisher.publish(topics.uploaded, event, qos=1)
         except (StorageError, aiohttp.ClientError, aiomqtt.MqttError, OSError, TimeoutError) as exc:
             store.discard(job.job_id)  # nothing was queued: a retry (same key or not) starts afresh
             response = problem(
@@ -286,22 +353,27 @@ async def start_upload(
     try:
         storage = StorageClient(storage_url)
         stack.push_async_callback(storage.close)
-        publisher = await stack.enter_async_context(broker.client(f"{name}-pub-{run_id}"))
-        publisher.pending_calls_threshold = 1000  # a burst of uploads means many publishes in flight: not a warning
-        listener = await stack.enter_async_context(manual_ack(broker.client(f"{name}-jobs-{run_id}")))
+        publisher = await Publisher(broker, f"{name}-pub-{run_id}").start()  # connects again after a lost connection
+        stack.push_async_callback(publisher.stop)
+        consumers: list[Consumer] = []
 
         async def apply(event: Event) -> None:
             store.apply(event)
 
-        consumer = Consumer(listener, topics.jobs, apply, dead_letter_topic=f"{topics.prefix}/dead-letter/upload")
-        task = await lifecycle.start(consumer.run)
+        async def listen(ready: asyncio.Event) -> None:
+            async with manual_ack(broker.client(f"{name}-jobs-{run_id}")) as listener:
+                consumer = Consumer(listener, topics.jobs, apply, dead_letter_topic=f"{topics.prefix}/dead-letter/upload")
+                consumers[:] = [consumer]
+                await consumer.run(ready)
+
+        task = await lifecycle.start(reconnecting, listen)
         stack.push_async_callback(_stopped, task)
         app = build_app(publisher, topics, storage, store, counters, max_bytes=max_bytes, steps=steps)
         service = await start_service(f"{name}-{run_id}", app)
     except BaseException:  # not swallowed: close what did open, then re-raise
         await stack.aclose()
         raise
-    return UploadService(service, store, topics, storage, consumer, task, counters, stack)
+    return UploadService(service, store, topics, storage, consumers, publisher, task, counters, stack)
 
 
 async def _stopped(task: asyncio.Task[None]) -> None:

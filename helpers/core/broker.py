@@ -288,6 +288,8 @@ class Broker:
         """
         if self.endpoint is None:
             raise BrokerError("the broker is not started yet; use 'async with mqtt_broker()' or start_broker()")
+        if self.embedded and self._embedded is None:  # not an MqttError: a reconnecting client stops trying here
+            raise BrokerError(f"the embedded broker at {self.endpoint.url} was stopped; start it again to connect")
         keepalive = kwargs.setdefault("keepalive", KEEPALIVE_S)
         if not keepalive or keepalive <= 0:
             raise BrokerError(

@@ -9,6 +9,10 @@ instead of failing with "address in use".
     inventory = await start_service("inventory", handler)
     inventory.faults.latency = 0.2     # every request now takes 200 ms longer
     inventory.faults.down = True       # now it answers 503 at once
+
+A service that takes bodies from clients it cannot trust reads them with :func:`read_body`:
+a limit on the bytes (413), deadlines instead of waiting for a client that stopped sending
+(408), and a clear 400 for a Content-Encoding that does not decode.
 """
 
 from __future__ import annotations
@@ -18,8 +22,11 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from aiohttp import web
+
+from helpers.core.problems import PROBLEM_BASE, problem_for
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 AppLike = web.Application | web.RouteTableDef | Handler
@@ -199,3 +206,115 @@ async def stop_all() -> None:
     """Stop every service this kernel started (the last cell of each notebook calls it)."""
     for service in list(_services.values()):
         await service.stop()
+
+
+# --- reading a request body from a client that may be hostile ------------------------------
+
+BODY_IDLE_TIMEOUT_S = 1.0
+"""Longest wait for the next bytes of a body. The course's services talk over 127.0.0.1, where a body's bytes
+follow each other within microseconds, so a second of silence is a stalled or hostile client (a declared 1 MB
+with 100 bytes sent, a chunk that never comes). Behind a real proxy this would be tens of seconds (nginx: 60 s)."""
+BODY_TOTAL_TIMEOUT_S = 10.0
+"""Longest time a whole body may take, so a client that sends a byte just often enough cannot hold a handler."""
+BODY_CHUNK = 64 * 1024
+"""Bytes read at a time: a body is never buffered past its limit by more than this."""
+T = TypeVar("T")
+
+
+class BodyRefused(Exception):
+    """A request body that was not read: too large (413), too slow (408) or undecodable (400); problem+json fields."""
+
+    def __init__(self, status: int, title: str, detail: str, slug: str) -> None:
+        super().__init__(detail)
+        self.status, self.title, self.detail = status, title, detail
+        self.type = PROBLEM_BASE + slug
+
+
+class BodyTooLarge(BodyRefused):
+    """The body is (or declares to be) longer than the service's limit: 413."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, "Body too large", f"The body is larger than the limit of {limit:,} bytes.", "too-large")
+        self.limit = limit
+
+
+class BodyTimedOut(BodyRefused):
+    """The client stopped sending before the body was complete: 408 (RFC 9110 15.5.9), and the connection is closed."""
+
+
+class BodyUndecodable(BodyRefused):
+    """The body could not be read as framed and encoded: bad gzip/deflate, a broken chunk, broken multipart: 400."""
+
+
+class BodyClock:
+    """The deadlines of one body: every wait for bytes ends after ``idle`` s of silence or at ``total`` s overall.
+
+    One clock per request: a multipart body's headers, parts and boundaries all count against the same deadline.
+    """
+
+    def __init__(self, idle: float | None = None, total: float | None = None) -> None:
+        self.idle = BODY_IDLE_TIMEOUT_S if idle is None else idle
+        self.total = BODY_TOTAL_TIMEOUT_S if total is None else total
+        self._loop = asyncio.get_running_loop()
+        self.deadline = self._loop.time() + self.total
+
+    async def wait(self, step: Awaitable[T]) -> T:
+        """``await step`` within the deadlines; aiohttp's payload errors become :class:`BodyUndecodable`."""
+        left = self.deadline - self._loop.time()
+        try:
+            async with asyncio.timeout(max(0.0, min(self.idle, left))):
+                return await step
+        except TimeoutError:
+            overall = left <= self.idle
+            detail = (
+                f"The body was not complete within {self.total:g} s."
+                if overall
+                else f"No bytes of the body arrived for {self.idle:g} s; send the whole body at once."
+            )
+            raise BodyTimedOut(408, "Body not received in time", detail, "body-timeout") from None
+        except web.RequestPayloadError as exc:  # aiohttp's error for a body it cannot decode or de-chunk
+            raise BodyUndecodable(
+                400,
+                "Body could not be decoded",
+                f"The body could not be read ({exc}); if it declares a Content-Encoding (gzip, deflate),"
+                " it must really be encoded that way, else send it without one.",
+                "undecodable-body",
+            ) from None
+
+
+async def read_chunks(read: Callable[[int], Awaitable[bytes]], limit: int, clock: BodyClock) -> bytes:
+    """Everything ``read(size)`` gives until it gives b"", refused with :class:`BodyTooLarge` past ``limit`` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await clock.wait(read(BODY_CHUNK)):
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_body(request: web.Request, limit: int, clock: BodyClock | None = None) -> bytes:
+    """The request body, decoded as its Content-Encoding says, refused (:class:`BodyRefused`) rather than waited for.
+
+    A declared Content-Length over ``limit`` is refused before a byte is read; a body that
+    grows past it while arriving (chunked, or decompressed) is refused as soon as it does.
+    """
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise BodyTooLarge(limit)
+    return await read_chunks(request.content.read, limit, clock or BodyClock())
+
+
+def body_problem(error: BodyRefused) -> web.Response:
+    """The problem+json answer to a refused body; after a 408 or a 400 the connection is closed.
+
+    A stalled client (408) would otherwise hold the connection through aiohttp's "lingering"
+    read (up to 10 s), and a body that failed to decode (400) cannot be read on. A 413 keeps
+    the lingering read: a client still sending a big body must get to read the answer, and
+    closing a socket with unread bytes makes the kernel send a reset that can destroy it.
+    """
+    response = problem_for(error)
+    if not isinstance(error, BodyTooLarge):
+        response.force_close()
+    return response
