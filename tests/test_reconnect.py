@@ -67,6 +67,7 @@ async def test_a_publisher_for_a_broker_that_is_not_there_says_so_at_start() -> 
         await Publisher(nowhere, "upload-pub", timeout=1.0).start()
 
 
+@pytest.mark.broker
 async def test_a_publisher_stops_trying_once_its_embedded_broker_was_stopped_on_purpose(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
