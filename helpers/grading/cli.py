@@ -25,7 +25,17 @@ from typing import Any
 
 from helpers.grading import sandbox as boxes
 from helpers.grading.checks import CHECKS_DIR
-from helpers.grading.report import Result, format_row, write_csv, write_json
+from helpers.grading.feedback import write_feedback
+from helpers.grading.report import (
+    Result,
+    check_summary,
+    format_row,
+    format_summary,
+    merge,
+    read_json,
+    write_csv,
+    write_json,
+)
 from helpers.grading.runner import (
     CELL_TIMEOUT_S,
     MAX_RESTARTS,
@@ -68,6 +78,23 @@ def parser() -> argparse.ArgumentParser:
     parse.add_argument("--csv", type=Path, help="write one row per submission to this CSV file")
     parse.add_argument("--json", type=Path, help="write every check's result to this JSON file")
     parse.add_argument(
+        "--merge",
+        action="store_true",
+        help="re-grade a subset: keep the other submissions of an existing --json (and rewrite --csv from it), "
+        "replacing the rows of the ones graded now",
+    )
+    parse.add_argument(
+        "--feedback",
+        type=Path,
+        metavar="DIR",
+        help="write one Markdown and one HTML feedback file per submission (graded now) into DIR, for the learner",
+    )
+    parse.add_argument(
+        "--name-hidden",
+        action="store_true",
+        help="in --feedback files, name each hidden check and its result (after the deadline); default: only counts",
+    )
+    parse.add_argument(
         "--cell-timeout", type=float, default=CELL_TIMEOUT_S, help=f"seconds per cell (default {CELL_TIMEOUT_S:g})"
     )
     parse.add_argument(
@@ -97,7 +124,9 @@ def parser() -> argparse.ArgumentParser:
         "--sandbox",
         choices=boxes.MODES,
         default="auto",
-        help="run each kernel in a bubblewrap sandbox (bwrap), or not (none); auto: bwrap where it works (default)",
+        help="run each kernel in a bubblewrap sandbox (bwrap); as an unprivileged uid with limits but no namespaces "
+        "(setpriv, needs root); or plainly (none); auto (default): bwrap where it works, else setpriv, else none, "
+        "saying what is missing",
     )
     parse.add_argument(
         "--seed",
@@ -122,6 +151,15 @@ def main(argv: list[str] | None = None) -> int:
     if not paths:
         parse.print_usage(sys.stderr)
         print("error: no submissions given", file=sys.stderr)
+        return 2
+    if args.merge and args.json is None:
+        parse.print_usage(sys.stderr)
+        print("error: --merge needs --json (the earlier results, with every check, are read from it)", file=sys.stderr)
+        return 2
+    try:
+        earlier = read_json(args.json) if args.merge and args.json.is_file() else []
+    except (OSError, ValueError, TypeError) as exc:
+        print(f"error: --merge: cannot read {args.json}: {exc}", file=sys.stderr)
         return 2
     try:
         mode, notice = boxes.resolve(args.sandbox)
@@ -171,12 +209,21 @@ def main(argv: list[str] | None = None) -> int:
     full = sum(r.full_marks for r in results)
     errors = sum(r.status == "error" for r in results)
     print(f"{full}/{len(results)} with full marks, {errors} error row(s) (sandbox: {mode})")
+    every = merge(earlier, results)
+    if earlier:
+        print(f"merged into {args.json}: {len(results)} row(s) graded now, {len(every) - len(results)} kept from before")
+    summary = format_summary(check_summary(every))
+    if summary:
+        print(summary)
     if args.csv:
-        write_csv(results, args.csv)
+        write_csv(every, args.csv)
         print(f"wrote {args.csv}")
     if args.json:
-        write_json(results, args.json, options.describe(mode))
+        write_json(every, args.json, options.describe(mode))
         print(f"wrote {args.json}")
+    if args.feedback:
+        files = write_feedback(results, args.feedback, name_hidden=args.name_hidden)
+        print(f"wrote {len(files)} feedback file(s) (Markdown and HTML) to {args.feedback}")
     return 0 if full == len(results) else 1
 
 

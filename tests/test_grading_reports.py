@@ -1,0 +1,175 @@
+"""What the grader writes for instructors and learners: per-lab CSV columns, per-check pass
+rates, re-grading a subset into earlier results, feedback files, a Canvas gradebook column.
+
+Most tests build :class:`Result` rows by hand (no kernel, milliseconds); the merge test
+grades a tiny lab for real through the command line, twice.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import pytest
+from test_grader import TINY_CHECKS, tiny_notebook
+
+from helpers.grading.checks import CheckResult
+from helpers.grading.cli import main
+from helpers.grading.feedback import write_feedback
+from helpers.grading.report import Result, check_summary, format_summary, merge, read_json, write_csv, write_json
+
+
+@pytest.fixture(scope="module")
+def tiny_checks(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny lab of test_grader (91_tiny: 5 points, q2 is ``answer = 42``)."""
+    folder = tmp_path_factory.mktemp("checks")
+    expected = f"\nEXPECTED_MQTT_URL = {os.environ.get('MQTT_URL', '')!r}\n"
+    (folder / "tiny.py").write_text(TINY_CHECKS + expected, encoding="utf-8")
+    return folder
+
+
+def check(question: str, name: str, passed: bool, *, points: float = 1, hidden: bool = False, **more: str) -> CheckResult:
+    """One check's result, as the grader records it."""
+    return CheckResult(question, name, f"{name} works", passed, points if passed else 0.0, points, hidden=hidden, **more)
+
+
+def graded(submission: str, lab: str, *checks: CheckResult) -> Result:
+    return Result.graded(submission, lab, list(checks))
+
+
+def test_each_lab_question_gets_its_own_csv_column(tmp_path: Path) -> None:
+    rows = [
+        graded("a.ipynb", "00_warmup", check("q1", "greets", True, points=3)),
+        graded("b.ipynb", "04_reliable_consumer", check("q1", "acks", False, points=2)),
+    ]
+    write_csv(rows, tmp_path / "grades.csv")
+    table = list(csv.DictReader((tmp_path / "grades.csv").open(encoding="utf-8")))
+    assert table[0]["00_warmup q1"] == "3" and table[0]["04_reliable_consumer q1"] == ""
+    assert table[1]["00_warmup q1"] == "" and table[1]["04_reliable_consumer q1"] == "0"
+    assert "q1" not in table[0]
+
+
+def test_check_summary_counts_failures_per_check_and_lab() -> None:
+    rows = [
+        graded("a", "00_warmup", check("q1", "greets", True), check("q2", "echoes", False, hidden=True)),
+        graded("b", "00_warmup", check("q1", "greets", False), check("q2", "echoes", False, hidden=True)),
+        graded("c", "04_reliable_consumer", check("q1", "greets", True)),
+        Result("d", status="error", error="not a Jupyter notebook"),
+    ]
+    summary = {(s["lab"], s["check"]): s for s in check_summary(rows)}
+    assert summary[("00_warmup", "greets")] | {} == {
+        "lab": "00_warmup",
+        "question": "q1",
+        "check": "greets",
+        "hidden": False,
+        "passed": 1,
+        "failed": 1,
+        "pass_rate": 0.5,
+    }
+    assert (summary[("00_warmup", "echoes")]["failed"], summary[("04_reliable_consumer", "greets")]["passed"]) == (2, 1)
+    text = format_summary(check_summary(rows))
+    assert "[00_warmup] q2 echoes  2/2 failed (hidden)" in text
+    assert text.index("echoes") < text.index("greets")  # hardest first
+
+
+def test_results_json_round_trips_and_merge_replaces_only_regraded_rows(tmp_path: Path) -> None:
+    first = [graded("a", "00_warmup", check("q1", "greets", False)), graded("b", "00_warmup", check("q1", "greets", True))]
+    write_json(first, tmp_path / "r.json", {"seed": "x"})
+    back = read_json(tmp_path / "r.json")
+    assert back == first
+    again = graded("a", "00_warmup", check("q1", "greets", True))
+    new = graded("c", "00_warmup", check("q1", "greets", True))
+    assert [(r.submission, r.score) for r in merge(back, [again, new])] == [("a", 1), ("b", 1), ("c", 1)]
+
+
+def test_regrading_a_subset_merges_into_the_earlier_json_and_csv(
+    tiny_checks: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "subs"
+    folder.mkdir()
+    tiny_notebook(folder / "ada.ipynb")
+    bob = tiny_notebook(folder / "bob.ipynb", q2="answer = 41")
+    out_json, out_csv = tmp_path / "results.json", tmp_path / "grades.csv"
+    common = ["--checks", str(tiny_checks), "--sandbox", "none", "-q", "--json", str(out_json), "--csv", str(out_csv)]
+    assert main([str(folder), *common]) == 1
+    before = json.loads(out_json.read_text())
+    assert [s["score"] for s in before["submissions"]] == [5, 4]
+    assert {s["check"]: s["failed"] for s in before["checks_summary"]}["answer_is_set"] == 1
+    assert "per check: learners who failed it" in capsys.readouterr().out
+
+    tiny_notebook(bob)  # bob fixes q2 and is re-graded alone
+    assert main([str(bob), *common, "--merge", "--feedback", str(tmp_path / "fb")]) == 0
+    assert "1 row(s) graded now, 1 kept from before" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "fb").iterdir()) == ["bob.html", "bob.md"]  # only who was graded now
+    assert "5 of 5 points" in (tmp_path / "fb" / "bob.md").read_text(encoding="utf-8")
+    after = json.loads(out_json.read_text())
+    assert [(Path(s["submission"]).name, s["score"]) for s in after["submissions"]] == [("ada.ipynb", 5), ("bob.ipynb", 5)]
+    assert after["submissions"][0] == before["submissions"][0]  # ada's row is kept as it was
+    assert {s["check"]: s["failed"] for s in after["checks_summary"]}["answer_is_set"] == 0
+    table = list(csv.DictReader(out_csv.open(encoding="utf-8")))
+    assert [(Path(r["submission"]).name, r["score"], r["91_tiny q2"]) for r in table] == [
+        ("ada.ipynb", "5", "1"),
+        ("bob.ipynb", "5", "1"),
+    ]
+
+
+def test_merge_without_json_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "x.ipynb").write_text("{}", encoding="utf-8")
+    assert main([str(tmp_path / "x.ipynb"), "--merge", "--csv", str(tmp_path / "g.csv")]) == 2
+    assert "--merge needs --json" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- feedback files
+
+
+def two_learners() -> list[Result]:
+    """Ada fails a visible and a hidden check; Bob fails different ones, with a secret in his message."""
+    ada = graded(
+        "subs/ada_00_warmup.ipynb",
+        "00_warmup",
+        check("q1", "greets", True, points=2),
+        check("q2", "echoes", False, hint="await the reply", code_hint="return await reply()", message="got None"),
+        check("q2", "echoes_unicode", False, hidden=True, hint="encode as UTF-8", message="hidden input 'é' came back wrong"),
+        check("q3", "counts", True, hidden=True),
+    )
+    ada.notes = ["code cell 4 ('async def round_trip(') ran past 15 s and was interrupted"]
+    ada.flags = ["helpers.grading.checks.expect was replaced by notebook code"]
+    bob = graded("other/bob.ipynb", "00_warmup", check("q1", "greets", False, message="BOB-ONLY-MESSAGE"))
+    return [ada, bob, Result("subs/carol.ipynb", status="error", error="not a Jupyter notebook: NotJSONError")]
+
+
+def test_feedback_files_tell_each_learner_their_own_result_only(tmp_path: Path) -> None:
+    written = write_feedback(two_learners(), tmp_path / "fb")
+    assert [p.name for p in written] == ["ada_00_warmup.md", "bob.md", "carol.md"]
+    ada = (tmp_path / "fb" / "ada_00_warmup.md").read_text(encoding="utf-8")
+    assert "ada_00_warmup.ipynb: 3 of 5 points." in ada
+    assert "| q1 | 2 / 2 |" in ada and "| q2 | 0 / 2 |" in ada
+    assert "### q2: echoes works (echoes)" in ada and "- What went wrong: got None" in ada and "- Hint: await the reply" in ada
+    assert "1 hidden check passed, 1 failed." in ada
+    assert "echoes_unicode" not in ada and "é" not in ada and "encode as UTF-8" not in ada  # hidden: counted, not named
+    assert "return await reply()" not in ada  # never the code hint
+    assert "ran past 15 s" in ada and "replaced by notebook code" not in ada  # notes yes, tamper flags no
+    assert "BOB-ONLY-MESSAGE" not in ada and "bob" not in ada.lower()
+    page = (tmp_path / "fb" / "ada_00_warmup.html").read_text(encoding="utf-8")
+    assert "<h3>q2: echoes works (echoes)</h3>" in page and "<li>Hint: await the reply</li>" in page
+    assert "echoes_unicode" not in page and "return await reply()" not in page and "<script" not in page
+    carol = (tmp_path / "fb" / "carol.md").read_text(encoding="utf-8")
+    assert "could not be graded: not a Jupyter notebook" in carol
+
+
+def test_feedback_names_hidden_checks_when_asked_and_escapes_html(tmp_path: Path) -> None:
+    rows = two_learners()
+    rows[1].checks[0].message = "<b>got</b> & lost"
+    write_feedback(rows, tmp_path, name_hidden=True)
+    ada = (tmp_path / "ada_00_warmup.md").read_text(encoding="utf-8")
+    assert "- q2: echoes_unicode works (echoes_unicode): hidden input 'é' came back wrong" in ada
+    assert "- q3: counts works (counts): passed" in ada
+    assert "return await reply()" not in ada
+    assert "&lt;b&gt;got&lt;/b&gt; &amp; lost" in (tmp_path / "bob.html").read_text(encoding="utf-8")
+
+
+def test_same_file_name_in_two_folders_gets_two_feedback_files(tmp_path: Path) -> None:
+    rows = [graded(f"{d}/lab.ipynb", "00_warmup", check("q1", "x", d == "a")) for d in ("a", "b")]
+    assert [p.name for p in write_feedback(rows, tmp_path)] == ["lab.md", "lab-2.md"]
