@@ -7,10 +7,7 @@ file, see the grader's secrets or signal the grader. The fallback is forced (``-
 setpriv``), whatever this machine offers, and ``auto``'s choice is tested with bubblewrap
 made unavailable.
 
-The dropped uid must be able to run the grader's Python. Where that Python lives in a
-private folder (a pyenv under /root), the test runs the grader with the system Python of
-the same version, reading this virtualenv's packages (a ``.pth`` file): what the kernel
-imports is the same code.
+The dropped uid must be able to run the grader's Python: see tests/uid_python.py.
 """
 
 from __future__ import annotations
@@ -20,7 +17,6 @@ import os
 import shutil
 import subprocess
 import sys
-import sysconfig
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +24,7 @@ from pathlib import Path
 import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
+from uid_python import uid_python
 
 from helpers.grading import sandbox as boxes
 from helpers.grading.runner import ROOT
@@ -64,21 +61,10 @@ async def where_am_i(ctx):
 @pytest.fixture(scope="module")
 def python() -> Iterator[str]:
     """A Python the dropped uid can run, with this virtualenv's packages."""
-    if boxes.probe_fallback() is None:
-        yield sys.executable
-        return
-    base = Path(f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}")
-    if not base.is_file():
-        pytest.skip(f"{sys.executable} is not readable by another uid, and there is no {base} to use instead")
-    folder = Path(tempfile.mkdtemp(prefix="fallback-python-"))
-    folder.chmod(0o755)  # the uid walks through it
-    try:
-        subprocess.run([str(base), "-m", "venv", "--without-pip", str(folder / "venv")], check=True, timeout=60)
-        purelib = Path(sysconfig.get_paths(vars={"base": str(folder / "venv")})["purelib"])
-        (purelib / "course.pth").write_text(sysconfig.get_paths()["purelib"] + "\n", encoding="utf-8")
-        yield str(folder / "venv" / "bin" / "python")
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    with uid_python() as path:
+        if path is None:
+            pytest.skip(f"{sys.executable} is not readable by another uid, and no system Python of its version is")
+        yield path
 
 
 @pytest.fixture

@@ -739,8 +739,13 @@ async def grade_file(
     *,
     gate: Gate | None = None,
     sandbox: str | None = None,
+    lab: str | None = None,
 ) -> Result:
     """Grade one submission. Never raises for a bad submission: problems become an error row.
+
+    ``lab``: the lab this submission must be (a platform's assignment): a notebook that says
+    it is another lab is an error row, not graded against that lab's checks; one that says
+    nothing (no metadata, no lab id in its name) is graded as ``lab``.
 
     ``sandbox``: the mode already resolved by the caller (``bwrap``, ``setpriv`` or ``none``); by default
     ``options.sandbox`` is resolved here (:class:`~helpers.grading.sandbox.SandboxError` when
@@ -762,7 +767,11 @@ async def grade_file(
             raise ValueError("it has no cells")
     except Exception as exc:  # noqa: BLE001 - anything unreadable is "not a notebook"
         return _error(path, f"not a Jupyter notebook: {type(exc).__name__}: {str(exc)[:160]}", started=started, sandbox=mode)
-    lab, how = identify_lab(nb, path, labs)
+    expected, (lab, how) = lab, identify_lab(nb, path, labs)
+    if expected is not None and lab not in (None, expected):
+        why = f"wrong lab: this notebook is lab {lab} (by its {how}), and this assignment is lab {expected}"
+        return _error(path, why, started=started, sandbox=mode)
+    lab = lab or expected
     if lab is None:
         return _error(path, how, started=started, sandbox=mode)
     try:
