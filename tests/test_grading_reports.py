@@ -173,3 +173,99 @@ def test_feedback_names_hidden_checks_when_asked_and_escapes_html(tmp_path: Path
 def test_same_file_name_in_two_folders_gets_two_feedback_files(tmp_path: Path) -> None:
     rows = [graded(f"{d}/lab.ipynb", "00_warmup", check("q1", "x", d == "a")) for d in ("a", "b")]
     assert [p.name for p in write_feedback(rows, tmp_path)] == ["lab.md", "lab-2.md"]
+
+
+# --------------------------------------------------------------------------- Canvas
+
+# An export as Canvas writes it: a byte-order mark, CRLF line ends, quoted names with commas,
+# a Points Possible row, other assignments' scores, computed columns. Each cell is written
+# raw (quotes included), so the expected file is built the same way, not re-serialized.
+HEADER = ["Student", "ID", "SIS User ID", "SIS Login ID", "Section", "Lab 00 warmup (1201)", "Quiz 1 (1202)", "Current Score"]
+ROWS = [
+    ["    Points Possible", "", "", "", "", "100.00", "10.00", "(read only)"],
+    ['"Lovelace, Ada"', "101", "S-101", "ada", '"Section A, Mon"', "", "9.50", "95.00"],
+    ['"Turing, Alan"', "102", "S-102", "alan", "Section A", "12.00", "", "60.00"],
+    ['"Hopper, ""Amazing"" Grace"', "103", "S-103", "grace", "Section B", "", "7", "70.00"],
+    ['"Student, Test"', "104", "", "", "", "", "", ""],
+]
+COLUMN = 5
+
+
+def gradebook_bytes(rows: list[list[str]]) -> bytes:
+    lines = [",".join(HEADER)] + [",".join(r) for r in rows]
+    return ("\ufeff" + "\r\n".join(lines) + "\r\n").encode("utf-8")
+
+
+def test_canvas_fills_one_column_and_leaves_every_other_byte(tmp_path: Path) -> None:
+    from helpers.grading.canvas import fill
+
+    export = tmp_path / "gradebook.csv"
+    export.write_bytes(gradebook_bytes(ROWS))
+    (tmp_path / "roster.csv").write_text("submission,SIS Login ID\nada,ada\nalan,alan\nzed,zed\n", encoding="utf-8")
+    results = [
+        graded("subs/ada_00_warmup.ipynb", "00_warmup", check("q1", "x", True, points=10), check("q2", "y", False, points=3)),
+        graded("subs/alan.ipynb", "00_warmup", check("q1", "x", True, points=10), check("q2", "y", True, points=3)),
+        graded("subs/zed_00_warmup.ipynb", "00_warmup", check("q1", "x", True, points=13)),
+        graded("subs/nobody_00_warmup.ipynb", "00_warmup", check("q1", "x", True, points=13)),
+        Result("subs/eve_00_warmup.ipynb", lab="00_warmup", status="error", error="not a Jupyter notebook"),
+    ]
+    done = fill(export, tmp_path / "roster.csv", results)
+    assert export.read_bytes() == gradebook_bytes(ROWS)  # the export is untouched
+    expected = [list(r) for r in ROWS]
+    expected[1][COLUMN], expected[2][COLUMN] = "76.92", "100"  # 10/13 and 13/13 of 100 points possible
+    assert done.out == tmp_path / "gradebook-filled.csv"
+    assert done.out.read_bytes() == gradebook_bytes(expected)  # byte for byte, but the two cells
+    assert done.column == "Lab 00 warmup (1201)"
+    assert done.written == {"Lovelace, Ada": "76.92", "Turing, Alan": "100"}
+    assert done.unmatched == ["zed_00_warmup.ipynb (SIS Login ID zed is not in the gradebook)", "nobody_00_warmup.ipynb"]
+    assert done.not_graded == ["eve_00_warmup.ipynb (not a Jupyter notebook)"]
+    assert done.missing == ['Hopper, "Amazing" Grace', "Student, Test"]
+    summary = done.summary()
+    assert "wrote 2 score(s)" in summary and "nobody_00_warmup.ipynb" in summary and "Student, Test" in summary
+
+
+def test_canvas_never_guesses(tmp_path: Path) -> None:
+    from helpers.grading.canvas import CanvasError, fill
+
+    export = tmp_path / "gradebook.csv"
+    export.write_bytes(gradebook_bytes(ROWS))
+    (tmp_path / "roster.csv").write_text("submission,ID\nada,101\nada_00_warmup,101\n", encoding="utf-8")
+    twice = [graded(f"{d}/ada_00_warmup.ipynb", "00_warmup", check("q1", "x", True)) for d in ("a", "b")]
+    done = fill(export, tmp_path / "roster.csv", twice)
+    assert done.written == {} and done.conflicts == ["Lovelace, Ada (ada_00_warmup.ipynb, ada_00_warmup.ipynb)"]
+    assert "Lovelace, Ada" not in done.missing
+    assert done.out.read_bytes() == export.read_bytes()
+    with pytest.raises(CanvasError, match="no assignment column names lab 04_reliable_consumer"):
+        fill(export, tmp_path / "roster.csv", [graded("x.ipynb", "04_reliable_consumer", check("q1", "x", True))])
+    with pytest.raises(CanvasError, match="must be a new file"):
+        fill(export, tmp_path / "roster.csv", twice, out=export)
+    with pytest.raises(CanvasError, match="one Canvas column holds one lab"):
+        fill(export, tmp_path / "roster.csv", [*twice, graded("y.ipynb", "04_reliable_consumer", check("q1", "x", True))])
+
+
+def test_grade_command_fills_the_canvas_column(tiny_checks: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "subs"
+    folder.mkdir()
+    tiny_notebook(folder / "ada.ipynb")
+    tiny_notebook(folder / "alan.ipynb", q2="answer = 41")
+    header = "Student,ID,SIS User ID,SIS Login ID,Section,Tiny lab 91_tiny (7),Current Score\n"
+    export = tmp_path / "export.csv"
+    export.write_text(header + "Ada,1,,ada,A,,\nAlan,2,,alan,A,,\nBea,3,,bea,A,,\n", encoding="utf-8")
+    (tmp_path / "roster.csv").write_text("submission,ID\nada,1\nalan,2\n", encoding="utf-8")
+    out = tmp_path / "filled.csv"
+    args = [
+        "--checks",
+        str(tiny_checks),
+        "--sandbox",
+        "none",
+        "-q",
+        "--canvas",
+        str(export),
+        "--roster",
+        str(tmp_path / "roster.csv"),
+    ]
+    assert main([str(folder), *args, "--canvas-out", str(out)]) == 1
+    assert "students without a graded submission (cell left as it was): Bea" in capsys.readouterr().out
+    assert out.read_text(encoding="utf-8") == header + "Ada,1,,ada,A,5,\nAlan,2,,alan,A,4,\nBea,3,,bea,A,,\n"
+    assert main([str(folder), *args[:-2]]) == 2  # --canvas without --roster: said before grading
+    assert "go together" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """``python -m helpers grade``: grade lab submissions from the command line.
 
     python -m helpers grade SUBMISSION.ipynb [MORE.ipynb | FOLDER ...] [--csv grades.csv] [--json results.json]
+        [--merge] [--feedback DIR] [--canvas gradebook.csv --roster roster.csv]
     make grade DIR=submissions/          # same, writes grades.csv and grades.json
 
 Grades ``--jobs`` submissions at once (default: the cores), each kernel in a bubblewrap
@@ -23,6 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from helpers.grading import canvas
 from helpers.grading import sandbox as boxes
 from helpers.grading.checks import CHECKS_DIR
 from helpers.grading.feedback import write_feedback
@@ -95,6 +97,20 @@ def parser() -> argparse.ArgumentParser:
         help="in --feedback files, name each hidden check and its result (after the deadline); default: only counts",
     )
     parse.add_argument(
+        "--canvas",
+        type=Path,
+        metavar="GRADEBOOK",
+        help="fill this lab's column of an exported Canvas gradebook CSV (written to a copy, see --canvas-out); needs --roster",
+    )
+    parse.add_argument(
+        "--roster",
+        type=Path,
+        help="CSV mapping each submission (column 'submission': file stem or username) to Canvas's ID, "
+        "SIS Login ID or SIS User ID",
+    )
+    parse.add_argument("--canvas-column", help="the gradebook column to fill (default: the one assignment naming the lab)")
+    parse.add_argument("--canvas-out", type=Path, help="where the filled gradebook goes (default: GRADEBOOK-filled.csv)")
+    parse.add_argument(
         "--cell-timeout", type=float, default=CELL_TIMEOUT_S, help=f"seconds per cell (default {CELL_TIMEOUT_S:g})"
     )
     parse.add_argument(
@@ -152,6 +168,14 @@ def main(argv: list[str] | None = None) -> int:
         parse.print_usage(sys.stderr)
         print("error: no submissions given", file=sys.stderr)
         return 2
+    if (args.canvas is None) != (args.roster is None):
+        parse.print_usage(sys.stderr)
+        print("error: --canvas and --roster go together (the roster says which Canvas student each file is)", file=sys.stderr)
+        return 2
+    for given in (args.canvas, args.roster):
+        if given is not None and not given.is_file():
+            print(f"error: no such file: {given}", file=sys.stderr)  # said before grading, not after
+            return 2
     if args.merge and args.json is None:
         parse.print_usage(sys.stderr)
         print("error: --merge needs --json (the earlier results, with every check, are read from it)", file=sys.stderr)
@@ -224,6 +248,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.feedback:
         files = write_feedback(results, args.feedback, name_hidden=args.name_hidden)
         print(f"wrote {len(files)} feedback file(s) (Markdown and HTML) to {args.feedback}")
+    if args.canvas:
+        try:
+            print(canvas.fill(args.canvas, args.roster, every, args.canvas_out, args.canvas_column).summary())
+        except (canvas.CanvasError, OSError, UnicodeDecodeError) as exc:
+            print(f"error: --canvas: {exc}", file=sys.stderr)
+            return 2
     return 0 if full == len(results) else 1
 
 
