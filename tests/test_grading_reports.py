@@ -82,6 +82,8 @@ def test_results_json_round_trips_and_merge_replaces_only_regraded_rows(tmp_path
     again = graded("a", "00_warmup", check("q1", "greets", True))
     new = graded("c", "00_warmup", check("q1", "greets", True))
     assert [(r.submission, r.score) for r in merge(back, [again, new])] == [("a", 1), ("b", 1), ("c", 1)]
+    spelled_otherwise = graded(str(Path("b").resolve()), "00_warmup", check("q1", "greets", False))
+    assert [(r.submission, r.score) for r in merge(back, [spelled_otherwise])] == [("a", 0), (str(Path("b").resolve()), 0)]
 
 
 def test_regrading_a_subset_merges_into_the_earlier_json_and_csv(

@@ -83,10 +83,15 @@ def question_columns(results: Sequence[Result]) -> list[str]:
 
 def merge(earlier: Sequence[Result], fresh: Sequence[Result]) -> list[Result]:
     """``earlier`` with each re-graded submission's row replaced by its ``fresh`` one, in place;
-    submissions graded for the first time come last."""
-    new = {r.submission: r for r in fresh}
-    kept = [new.pop(r.submission, r) for r in earlier]
+    submissions graded for the first time come last. A file is the same file however its
+    path was written (``subs/a.ipynb``, ``./subs/a.ipynb``, absolute)."""
+    new = {_same_file(r.submission): r for r in fresh}
+    kept = [new.pop(_same_file(r.submission), r) for r in earlier]
     return kept + list(new.values())
+
+
+def _same_file(submission: str) -> str:
+    return str(Path(submission).resolve())
 
 
 def read_json(path: Path | str) -> list[Result]:
