@@ -168,17 +168,10 @@ def main(argv: list[str] | None = None) -> int:
         parse.print_usage(sys.stderr)
         print("error: no submissions given", file=sys.stderr)
         return 2
-    if (args.canvas is None) != (args.roster is None):
+    problem = _usage_problem(args)
+    if problem:
         parse.print_usage(sys.stderr)
-        print("error: --canvas and --roster go together (the roster says which Canvas student each file is)", file=sys.stderr)
-        return 2
-    for given in (args.canvas, args.roster):
-        if given is not None and not given.is_file():
-            print(f"error: no such file: {given}", file=sys.stderr)  # said before grading, not after
-            return 2
-    if args.merge and args.json is None:
-        parse.print_usage(sys.stderr)
-        print("error: --merge needs --json (the earlier results, with every check, are read from it)", file=sys.stderr)
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     try:
         earlier = read_json(args.json) if args.merge and args.json.is_file() else []
@@ -192,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if notice:
         print(notice, file=sys.stderr, flush=True)
-    outputs = tuple(p.resolve().parent for p in (args.csv, args.json) if p is not None)
+    outputs = tuple(p.resolve().parent for p in (args.csv, args.json, args.canvas_out) if p is not None)
+    outputs += (args.feedback.resolve(),) if args.feedback else ()
     options = Options(
         args.cell_timeout,
         args.timeout,
@@ -233,6 +227,25 @@ def main(argv: list[str] | None = None) -> int:
     full = sum(r.full_marks for r in results)
     errors = sum(r.status == "error" for r in results)
     print(f"{full}/{len(results)} with full marks, {errors} error row(s) (sandbox: {mode})")
+    if not _write_reports(args, results, earlier, options.describe(mode)):
+        return 2
+    return 0 if full == len(results) else 1
+
+
+def _usage_problem(args: argparse.Namespace) -> str:
+    """What is wrong with the options together ('' when nothing): said before grading, not after."""
+    if (args.canvas is None) != (args.roster is None):
+        return "--canvas and --roster go together (the roster says which Canvas student each file is)"
+    for given in (args.canvas, args.roster):
+        if given is not None and not given.is_file():
+            return f"no such file: {given}"
+    if args.merge and args.json is None:
+        return "--merge needs --json (the earlier results, with every check, are read from it)"
+    return ""
+
+
+def _write_reports(args: argparse.Namespace, results: list[Result], earlier: list[Result], grader: dict[str, Any]) -> bool:
+    """The per-check summary, then every file asked for; False when the Canvas column could not be filled."""
     every = merge(earlier, results)
     if earlier:
         print(f"merged into {args.json}: {len(results)} row(s) graded now, {len(every) - len(results)} kept from before")
@@ -243,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         write_csv(every, args.csv)
         print(f"wrote {args.csv}")
     if args.json:
-        write_json(every, args.json, options.describe(mode))
+        write_json(every, args.json, grader)
         print(f"wrote {args.json}")
     if args.feedback:
         files = write_feedback(results, args.feedback, name_hidden=args.name_hidden)
@@ -253,8 +266,8 @@ def main(argv: list[str] | None = None) -> int:
             print(canvas.fill(args.canvas, args.roster, every, args.canvas_out, args.canvas_column).summary())
         except (canvas.CanvasError, OSError, UnicodeDecodeError) as exc:
             print(f"error: --canvas: {exc}", file=sys.stderr)
-            return 2
-    return 0 if full == len(results) else 1
+            return False
+    return True
 
 
 def _progress_bar(total: int, *, disable: bool) -> Any:
