@@ -219,3 +219,12 @@ def test_prairielearn_package_grades_like_the_plain_grader(python: str, plain: d
     for kind, why in (("wrong_lab", "wrong lab"), ("not_a_notebook", "not a Jupyter")):
         doc = docs[kind]
         assert doc["gradable"] is False and why in doc["format_errors"][0], doc
+
+
+def test_unknown_lab_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from helpers.grading import gradescope, prairielearn
+
+    for command in (gradescope, prairielearn):
+        assert command.main(["00_warmpu", "--out", str(tmp_path)]) == 2
+        assert "unknown lab '00_warmpu' (known labs: 00_warmup" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
