@@ -10,8 +10,9 @@ the platforms' specs), and the scores are compared with the plain grader's on th
 files. Gradescope's setup.sh runs too, with pip in dry-run mode against this virtualenv (no
 download, no install: the packages are already here).
 
-The grading runs in the sandbox the platforms get: ``--sandbox auto``, here the ``setpriv``
-fallback where this machine allows it (as root: see tests/uid_python.py), else none.
+The grading runs with ``--sandbox auto`` as on the platforms: bubblewrap where it starts here,
+else the ``setpriv`` fallback the platforms' Docker containers get (as root: see
+tests/uid_python.py), else none; each run's log is checked for the sandbox it says it used.
 """
 
 from __future__ import annotations
