@@ -16,6 +16,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("helpers.tools.serve", "run one course service as its own process"),
     "diagrams": ("helpers.tools.mermaid_check", "check every Mermaid diagram of the course, without a browser"),
     "grade": ("helpers.grading.cli", "grade a folder of lab submissions"),
+    "gradescope": ("helpers.grading.gradescope", "build a Gradescope autograder zip for one lab"),
+    "prairielearn": ("helpers.grading.prairielearn", "build a PrairieLearn external grader for one lab"),
     "labs": ("helpers.grading.labgen", "write labs/ from solutions/"),
     "mosquitto": ("helpers.core.mosquitto", "run a command with a throw-away Mosquitto (MQTT_URL set)"),
     "classroom": ("helpers.tools.classroom", "write a shared classroom Mosquitto config from a roster"),

@@ -436,9 +436,10 @@ def test_batch_of_a_folder_writes_a_correct_csv(tmp_path: Path) -> None:
         alice["max_score"],
         "100.0",
     )
-    assert (alice["q1"], alice["q2"], alice["q3"]) == ("3", "5", "5") and alice["failed"] == ""
-    assert (bob["status"], bob["score"], bob["q1"]) == ("graded", "0", "0") and "svc" in bob["failed"]
-    assert carol["status"] == "error" and "not a Jupyter notebook" in carol["error"] and carol["q1"] == ""
+    q1, q2, q3 = (f"00_warmup q{n}" for n in (1, 2, 3))  # one column per lab question
+    assert (alice[q1], alice[q2], alice[q3]) == ("3", "5", "5") and alice["failed"] == ""
+    assert (bob["status"], bob["score"], bob[q1]) == ("graded", "0", "0") and "svc" in bob["failed"]
+    assert carol["status"] == "error" and "not a Jupyter notebook" in carol["error"] and carol[q1] == ""
     doc = json.loads(out_json.read_text())
     assert [s["full_marks"] for s in doc["submissions"]] == [True, False, False]
     assert "1/3 with full marks, 1 error row(s)" in run.stdout

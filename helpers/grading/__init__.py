@@ -5,8 +5,11 @@
 * ``notebook``: the ``check("q1")`` front end a lab binds with ``checker(lab)``;
 * ``runner``: run each submission in a fresh kernel, then its checks (``grade_file``,
   ``grade_many``); ``kernel``: the grader's side inside that kernel;
-* ``report``: a submission's ``Result``, as text, CSV and JSON;
-* ``cli``: ``python -m helpers grade``;
+* ``report``: a submission's ``Result``, as text, CSV and JSON (merging a re-graded subset,
+  per-check pass rates); ``feedback``: one Markdown/HTML page per learner;
+* ``cli``: ``python -m helpers grade``; ``canvas``: fill a Canvas gradebook column;
+* ``gradescope``, ``prairielearn``: build a platform's autograder for one lab, and grade
+  inside it (``platforms``: what the two share);
 * ``labgen``: write ``labs/`` from ``solutions/`` (``python -m helpers labs``).
 
 The checks themselves are course content and live in ``helpers/labchecks/``.

@@ -1,6 +1,7 @@
 """``python -m helpers grade``: grade lab submissions from the command line.
 
     python -m helpers grade SUBMISSION.ipynb [MORE.ipynb | FOLDER ...] [--csv grades.csv] [--json results.json]
+        [--merge] [--feedback DIR] [--canvas gradebook.csv --roster roster.csv]
     make grade DIR=submissions/          # same, writes grades.csv and grades.json
 
 Grades ``--jobs`` submissions at once (default: the cores), each kernel in a bubblewrap
@@ -23,9 +24,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from helpers.grading import canvas
 from helpers.grading import sandbox as boxes
 from helpers.grading.checks import CHECKS_DIR
-from helpers.grading.report import Result, format_row, write_csv, write_json
+from helpers.grading.feedback import write_feedback
+from helpers.grading.report import (
+    Result,
+    check_summary,
+    format_row,
+    format_summary,
+    merge,
+    read_json,
+    write_csv,
+    write_json,
+)
 from helpers.grading.runner import (
     CELL_TIMEOUT_S,
     MAX_RESTARTS,
@@ -68,6 +80,37 @@ def parser() -> argparse.ArgumentParser:
     parse.add_argument("--csv", type=Path, help="write one row per submission to this CSV file")
     parse.add_argument("--json", type=Path, help="write every check's result to this JSON file")
     parse.add_argument(
+        "--merge",
+        action="store_true",
+        help="re-grade a subset: keep the other submissions of an existing --json (and rewrite --csv from it), "
+        "replacing the rows of the ones graded now",
+    )
+    parse.add_argument(
+        "--feedback",
+        type=Path,
+        metavar="DIR",
+        help="write one Markdown and one HTML feedback file per submission (graded now) into DIR, for the learner",
+    )
+    parse.add_argument(
+        "--name-hidden",
+        action="store_true",
+        help="in --feedback files, name each hidden check and its result (after the deadline); default: only counts",
+    )
+    parse.add_argument(
+        "--canvas",
+        type=Path,
+        metavar="GRADEBOOK",
+        help="fill this lab's column of an exported Canvas gradebook CSV (written to a copy, see --canvas-out); needs --roster",
+    )
+    parse.add_argument(
+        "--roster",
+        type=Path,
+        help="CSV mapping each submission (column 'submission': file stem or username) to Canvas's ID, "
+        "SIS Login ID or SIS User ID",
+    )
+    parse.add_argument("--canvas-column", help="the gradebook column to fill (default: the one assignment naming the lab)")
+    parse.add_argument("--canvas-out", type=Path, help="where the filled gradebook goes (default: GRADEBOOK-filled.csv)")
+    parse.add_argument(
         "--cell-timeout", type=float, default=CELL_TIMEOUT_S, help=f"seconds per cell (default {CELL_TIMEOUT_S:g})"
     )
     parse.add_argument(
@@ -97,7 +140,9 @@ def parser() -> argparse.ArgumentParser:
         "--sandbox",
         choices=boxes.MODES,
         default="auto",
-        help="run each kernel in a bubblewrap sandbox (bwrap), or not (none); auto: bwrap where it works (default)",
+        help="run each kernel in a bubblewrap sandbox (bwrap); as an unprivileged uid with limits but no namespaces "
+        "(setpriv, needs root); or plainly (none); auto (default): bwrap where it works, else setpriv, else none, "
+        "saying what is missing",
     )
     parse.add_argument(
         "--seed",
@@ -123,6 +168,16 @@ def main(argv: list[str] | None = None) -> int:
         parse.print_usage(sys.stderr)
         print("error: no submissions given", file=sys.stderr)
         return 2
+    problem = _usage_problem(args)
+    if problem:
+        parse.print_usage(sys.stderr)
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    try:
+        earlier = read_json(args.json) if args.merge and args.json.is_file() else []
+    except (OSError, ValueError, TypeError) as exc:
+        print(f"error: --merge: cannot read {args.json}: {exc}", file=sys.stderr)
+        return 2
     try:
         mode, notice = boxes.resolve(args.sandbox)
     except boxes.SandboxError as exc:
@@ -130,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if notice:
         print(notice, file=sys.stderr, flush=True)
-    outputs = tuple(p.resolve().parent for p in (args.csv, args.json) if p is not None)
+    outputs = tuple(p.resolve().parent for p in (args.csv, args.json, args.canvas_out) if p is not None)
+    outputs += (args.feedback.resolve(),) if args.feedback else ()
     options = Options(
         args.cell_timeout,
         args.timeout,
@@ -171,13 +227,47 @@ def main(argv: list[str] | None = None) -> int:
     full = sum(r.full_marks for r in results)
     errors = sum(r.status == "error" for r in results)
     print(f"{full}/{len(results)} with full marks, {errors} error row(s) (sandbox: {mode})")
+    if not _write_reports(args, results, earlier, options.describe(mode)):
+        return 2
+    return 0 if full == len(results) else 1
+
+
+def _usage_problem(args: argparse.Namespace) -> str:
+    """What is wrong with the options together ('' when nothing): said before grading, not after."""
+    if (args.canvas is None) != (args.roster is None):
+        return "--canvas and --roster go together (the roster says which Canvas student each file is)"
+    for given in (args.canvas, args.roster):
+        if given is not None and not given.is_file():
+            return f"no such file: {given}"
+    if args.merge and args.json is None:
+        return "--merge needs --json (the earlier results, with every check, are read from it)"
+    return ""
+
+
+def _write_reports(args: argparse.Namespace, results: list[Result], earlier: list[Result], grader: dict[str, Any]) -> bool:
+    """The per-check summary, then every file asked for; False when the Canvas column could not be filled."""
+    every = merge(earlier, results)
+    if earlier:
+        print(f"merged into {args.json}: {len(results)} row(s) graded now, {len(every) - len(results)} kept from before")
+    summary = format_summary(check_summary(every))
+    if summary:
+        print(summary)
     if args.csv:
-        write_csv(results, args.csv)
+        write_csv(every, args.csv)
         print(f"wrote {args.csv}")
     if args.json:
-        write_json(results, args.json, options.describe(mode))
+        write_json(every, args.json, grader)
         print(f"wrote {args.json}")
-    return 0 if full == len(results) else 1
+    if args.feedback:
+        files = write_feedback(results, args.feedback, name_hidden=args.name_hidden)
+        print(f"wrote {len(files)} feedback file(s) (Markdown and HTML) to {args.feedback}")
+    if args.canvas:
+        try:
+            print(canvas.fill(args.canvas, args.roster, every, args.canvas_out, args.canvas_column).summary())
+        except (canvas.CanvasError, OSError, UnicodeDecodeError) as exc:
+            print(f"error: --canvas: {exc}", file=sys.stderr)
+            return False
+    return True
 
 
 def _progress_bar(total: int, *, disable: bool) -> Any:

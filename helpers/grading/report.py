@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ class Result:
     error: str = ""
     seconds: float = 0.0
     sandbox: str = ""
-    """How the submission's kernel was isolated: ``bwrap`` or ``none`` (see helpers.grading.sandbox)."""
+    """How the submission's kernel was isolated: ``bwrap``, ``setpriv`` or ``none`` (see helpers.grading.sandbox)."""
 
     @classmethod
     def graded(cls, submission: str, lab: str, checks: list[CheckResult], **details: Any) -> Result:
@@ -61,10 +61,74 @@ class Result:
         """One line per failed check: question, name, reason."""
         return [f"{c.question} {c.name}{' (hidden)' if c.hidden else ''}: {c.message}" for c in self.checks if not c.passed]
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Result:
+        """A row :func:`write_json` wrote (for merging a re-graded subset into earlier results)."""
+        names = {f.name for f in fields(cls)}
+        row = {k: v for k, v in data.items() if k in names}
+        row["checks"] = [CheckResult.from_dict(c) for c in row.get("checks", [])]
+        return cls(**row)
+
+
+def question_column(lab: str, question: str) -> str:
+    """The CSV column of one lab's question: labs number their questions alike, so q1 of
+    lab 00 and q1 of lab 04 get a column each."""
+    return f"{lab} {question}"
+
 
 def question_columns(results: Sequence[Result]) -> list[str]:
-    """Every question id across the batch, in first-seen order."""
-    return list(dict.fromkeys(q for r in results for q in r.questions))
+    """Every (lab, question) column across the batch, in first-seen order."""
+    return list(dict.fromkeys(question_column(r.lab, q) for r in results for q in r.questions))
+
+
+def merge(earlier: Sequence[Result], fresh: Sequence[Result]) -> list[Result]:
+    """``earlier`` with each re-graded submission's row replaced by its ``fresh`` one, in place;
+    submissions graded for the first time come last. A file is the same file however its
+    path was written (``subs/a.ipynb``, ``./subs/a.ipynb``, absolute)."""
+    new = {_same_file(r.submission): r for r in fresh}
+    kept = [new.pop(_same_file(r.submission), r) for r in earlier]
+    return kept + list(new.values())
+
+
+def _same_file(submission: str) -> str:
+    return str(Path(submission).resolve())
+
+
+def read_json(path: Path | str) -> list[Result]:
+    """The submissions of a results file :func:`write_json` wrote."""
+    doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    return [Result.from_dict(row) for row in doc.get("submissions", [])]
+
+
+def check_summary(results: Sequence[Result]) -> list[dict[str, Any]]:
+    """How many graded submissions passed and failed each check (per lab, in the checks' order):
+    which checks a class finds hardest, and which check may be wrong."""
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in results:
+        for c in r.checks if r.status == "graded" else ():
+            row = rows.setdefault(
+                (r.lab, c.name),
+                {"lab": r.lab, "question": c.question, "check": c.name, "hidden": c.hidden, "passed": 0, "failed": 0},
+            )
+            row["passed" if c.passed else "failed"] += 1
+    for row in rows.values():
+        row["pass_rate"] = round(row["passed"] / (row["passed"] + row["failed"]), 3)
+    return list(rows.values())
+
+
+def format_summary(summary: Sequence[Mapping[str, Any]]) -> str:
+    """The per-check pass rates as a table for the end of a batch (hardest first within a lab)."""
+    if not summary:
+        return ""
+    ordered = sorted(summary, key=lambda s: (s["lab"], s["pass_rate"]))
+    width = max(len(f"{s['question']} {s['check']}") for s in ordered)
+    lines = ["per check: learners who failed it"]
+    for s in ordered:
+        name = f"{s['question']} {s['check']}"
+        total = s["passed"] + s["failed"]
+        hidden = " (hidden)" if s["hidden"] else ""
+        lines.append(f"  [{s['lab']}] {name:<{width}}  {s['failed']}/{total} failed{hidden}")
+    return "\n".join(lines)
 
 
 def format_row(result: Result) -> str:
@@ -82,7 +146,7 @@ def format_row(result: Result) -> str:
 
 
 def write_csv(results: Sequence[Result], path: Path | str) -> None:
-    """One row per submission: score, points per question, failures, notes, flags, errors."""
+    """One row per submission: score, points per lab question, failures, notes, flags, errors."""
     questions = question_columns(results)
     header = [
         "submission",
@@ -104,7 +168,8 @@ def write_csv(results: Sequence[Result], path: Path | str) -> None:
         writer.writerow(header)
         for r in results:
             percent = round(100 * r.score / r.max_score, 1) if r.max_score else 0.0
-            per_q = [format_points(r.questions[q][0]) if q in r.questions else "" for q in questions]
+            mine = {question_column(r.lab, q): p for q, (p, _) in r.questions.items()}
+            per_q = [format_points(mine[q]) if q in mine else "" for q in questions]
             writer.writerow(
                 [
                     r.submission,
@@ -129,5 +194,6 @@ def write_json(results: Sequence[Result], path: Path | str, grader: Mapping[str,
     doc = {
         "grader": dict(grader),
         "submissions": [{**asdict(r), "full_marks": r.full_marks} for r in results],
+        "checks_summary": check_summary(results),
     }
     Path(path).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")

@@ -81,7 +81,8 @@ class Options:
     jobs: int = 1
     """Submissions graded at the same time, each in its own kernel (see :class:`Gate`)."""
     sandbox: str = "auto"
-    """``bwrap``, ``none``, or ``auto`` (bwrap where it works): see :mod:`helpers.grading.sandbox`."""
+    """``bwrap``, ``setpriv``, ``none``, or ``auto`` (bwrap where it works, else setpriv as root): see
+    :mod:`helpers.grading.sandbox`."""
     limits: boxes.Limits = field(default_factory=boxes.Limits)
     hide: tuple[Path, ...] = ()
     """Folders a sandboxed kernel must not see even if they lie inside one it needs (results, cwd)."""
@@ -738,10 +739,15 @@ async def grade_file(
     *,
     gate: Gate | None = None,
     sandbox: str | None = None,
+    lab: str | None = None,
 ) -> Result:
     """Grade one submission. Never raises for a bad submission: problems become an error row.
 
-    ``sandbox``: the mode already resolved by the caller (``bwrap`` or ``none``); by default
+    ``lab``: the lab this submission must be (a platform's assignment): a notebook that says
+    it is another lab is an error row, not graded against that lab's checks; one that says
+    nothing (no metadata, no lab id in its name) is graded as ``lab``.
+
+    ``sandbox``: the mode already resolved by the caller (``bwrap``, ``setpriv`` or ``none``); by default
     ``options.sandbox`` is resolved here (:class:`~helpers.grading.sandbox.SandboxError` when
     ``bwrap`` was asked for and cannot work: that is the grader's setup, not the submission).
     """
@@ -761,7 +767,11 @@ async def grade_file(
             raise ValueError("it has no cells")
     except Exception as exc:  # noqa: BLE001 - anything unreadable is "not a notebook"
         return _error(path, f"not a Jupyter notebook: {type(exc).__name__}: {str(exc)[:160]}", started=started, sandbox=mode)
-    lab, how = identify_lab(nb, path, labs)
+    expected, (lab, how) = lab, identify_lab(nb, path, labs)
+    if expected is not None and lab not in (None, expected):
+        why = f"wrong lab: this notebook is lab {lab} (by its {how}), and this assignment is lab {expected}"
+        return _error(path, why, started=started, sandbox=mode)
+    lab = lab or expected
     if lab is None:
         return _error(path, how, started=started, sandbox=mode)
     try:
@@ -774,12 +784,13 @@ async def grade_file(
     grading.scratch = scratch
     cwd = scratch / "work"
     cwd.mkdir()
-    if mode == "bwrap":
+    if mode != "none":
         hide = [*options.hide, path.resolve().parent, Path.cwd(), Path.home()]
         # the checks are copied out of the grader's (perhaps private) folder to one the sandbox's
         # uid can read and not change, bound read-only next to the scratch folder
         grading.kernel_checks_dir = boxes.readable_copy(Path(options.checks_dir), Path(f"{scratch}-checks"))
-        grading.box = boxes.Sandbox(scratch, options.limits, extra_ro=[grading.kernel_checks_dir], hide=hide)
+        grading.box = boxes.make(mode, scratch, options.limits, extra_ro=[grading.kernel_checks_dir], hide=hide)
+    if grading.box is not None:
         grading.box.prepare()
         env = grading.box.env(env)
     budget = options.total_timeout + STARTUP_TIMEOUT_S * (options.max_restarts + 1)

@@ -24,6 +24,13 @@ the kernel's total disk use in its scratch folder (one file is capped, many file
 not), and kernel exploits (bubblewrap is namespaces, not a VM). ``none`` keeps the old
 behaviour: the kernel runs as the grader's user with its files and network (see
 CONTRIBUTING.md, "How the grader works and its trust model").
+
+Where bubblewrap cannot start (Docker's default seccomp profile forbids the namespaces:
+Gradescope, PrairieLearn, many CI runners) and the grader runs as root, ``setpriv`` mode
+(:class:`Fallback`, what ``auto`` picks there) keeps what needs no namespace: the
+unprivileged uid, the ``prlimit`` limits, the private scratch folder as working folder,
+HOME and TMPDIR, and the clean environment. :data:`FALLBACK_MISSING` lists, plainly, what
+it does not give.
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-MODES = ("auto", "bwrap", "none")
+MODES = ("auto", "bwrap", "setpriv", "none")
 HELPERS_DIR = Path(__file__).resolve().parents[1]
 
 GIB = 1024**3
@@ -69,6 +76,15 @@ _uids = itertools.count(os.getpid() * 37 % UID_SPAN)  # two graders on one machi
 
 KEEP_ENV = ("PATH", "LANG", "LANGUAGE", "TZ", "TERM", "MQTT_URL", "PYTHONUNBUFFERED", "MPLBACKEND", "PYTHONHASHSEED")
 """Environment variables a sandboxed kernel inherits (plus LC_*); everything else stays with the grader."""
+
+
+FALLBACK_MISSING = (
+    "no network isolation (the kernel reaches the host's 127.0.0.1 ports, and any network the machine has)",
+    "no private file system view (files readable by every user, other submissions included if their "
+    "permissions allow, can be read; it can write only its scratch folder and world-writable places like /tmp)",
+    "no private process list",
+)
+"""What ``setpriv`` mode does not protect against, compared with ``bwrap``: said in its notice and in the JSON."""
 
 
 class SandboxError(RuntimeError):
@@ -103,28 +119,76 @@ def probe() -> str | None:
     return None
 
 
+@functools.cache
+def probe_fallback() -> str | None:
+    """None when ``setpriv`` mode works here (root, setpriv and prlimit, and the dropped uid can
+    start Python with the course and ipykernel), else why not (run once, cached)."""
+    if os.geteuid() != 0:
+        return "the grader does not run as root, so it cannot run the kernel as another, unprivileged uid"
+    missing = [tool for tool in ("setpriv", "prlimit") if shutil.which(tool) is None]
+    if missing:
+        return f"{' and '.join(missing)} (util-linux) not installed"
+    with tempfile.TemporaryDirectory(prefix="grade-probe-") as scratch:
+        box = Fallback(Path(scratch), Limits())
+        box.prepare()
+        code = "import ipykernel, helpers.grading.kernel; open('probe', 'w').write('ok'); print('ok')"
+        env = box.env({"PYTHONPATH": str(HELPERS_DIR.parent)})
+        try:
+            run = subprocess.run(
+                box.wrap([sys.executable, "-c", code]), capture_output=True, text=True, timeout=60, env=env, cwd=box.work
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"setpriv did not run: {exc}"
+        if run.returncode != 0 or run.stdout.strip() != "ok":
+            why = (run.stderr or run.stdout).strip()[-300:]
+            return f"an unprivileged uid cannot start the kernel here (are the course and its Python world-readable?): {why}"
+    return None
+
+
+def fallback_notice(why_not_bwrap: str) -> str:
+    """What ``auto`` says when it falls back to ``setpriv``: why, and what protection is missing."""
+    missing = "; ".join(FALLBACK_MISSING)
+    return (
+        f"notice: bubblewrap cannot sandbox here ({why_not_bwrap}): kernels run as an unprivileged uid with "
+        f"the resource limits and a private scratch folder (--sandbox setpriv). MISSING: {missing}"
+    )
+
+
 def resolve(mode: str) -> tuple[str, str]:
     """The mode to use for ``--sandbox mode``, and a notice to print ('' when none is due).
 
-    ``auto`` is ``bwrap`` when it works here, else ``none`` with a notice saying why.
-    ``bwrap`` that cannot work is an error (:class:`SandboxError`), never a silent downgrade.
-    A broker on the host (``MQTT_URL``) cannot be reached from the sandbox's network.
+    ``auto`` is ``bwrap`` when it works here, else ``setpriv`` when that works (root), else
+    ``none``, with a notice saying why and what is missing. ``bwrap`` or ``setpriv`` that
+    cannot work is an error (:class:`SandboxError`), never a silent downgrade. A broker on
+    the host (``MQTT_URL``) cannot be reached from bwrap's network; ``setpriv`` keeps it.
     """
     if mode not in MODES:
         raise SandboxError(f"--sandbox must be one of {', '.join(MODES)}, not {mode!r}")
     if mode == "none":
         return "none", ""
+    if mode == "setpriv":
+        why_not = probe_fallback()
+        if why_not is not None:
+            raise SandboxError(f"--sandbox setpriv: {why_not}")
+        return "setpriv", f"notice: --sandbox setpriv: MISSING: {'; '.join(FALLBACK_MISSING)}"
     if os.environ.get("MQTT_URL"):
         why = "MQTT_URL is set, and a sandboxed kernel has its own network: it could not reach that broker"
         if mode == "bwrap":
             raise SandboxError(f"--sandbox bwrap: {why}; unset MQTT_URL (embedded broker) or use --sandbox none")
-        return "none", f"notice: grading WITHOUT a sandbox: {why}"
-    why_not = probe()
-    if why_not is None:
-        return "bwrap", ""
-    if mode == "bwrap":
-        raise SandboxError(f"--sandbox bwrap: {why_not}")
-    return "none", f"notice: grading WITHOUT a sandbox (learner code runs as you, with your files and network): {why_not}"
+    else:
+        why_not_bwrap = probe()
+        if why_not_bwrap is None:
+            return "bwrap", ""
+        if mode == "bwrap":
+            raise SandboxError(f"--sandbox bwrap: {why_not_bwrap}")
+        why = why_not_bwrap
+    why_not_fallback = probe_fallback()
+    if why_not_fallback is None:
+        return "setpriv", fallback_notice(why)
+    return "none", (
+        f"notice: grading WITHOUT a sandbox (learner code runs as you, with your files and network): {why}; "
+        f"and no fallback: {why_not_fallback}"
+    )
 
 
 def readable_copy(source: Path, target: Path) -> Path:
@@ -262,16 +326,7 @@ class Sandbox:
         cmd += ["--chdir", str(self.work), "--"]
         if self.uid is not None:
             cmd += ["setpriv", f"--reuid={self.uid}", f"--regid={self.uid}", "--clear-groups", "--no-new-privs", "--"]
-        lim = self.limits
-        cmd += [
-            "prlimit",
-            f"--as={lim.memory_bytes}",
-            f"--nproc={lim.processes}",
-            f"--fsize={lim.file_bytes}",
-            f"--nofile={lim.open_files}",
-            "--core=0",
-            "--",
-        ]
+        cmd += _prlimit(self.limits)
         # ipykernel exits when its parent changes to pid 1; in the sandbox's PID namespace the
         # parent IS pid 1 (bwrap's reaper), so the kernel is told nothing of its parent:
         # --die-with-parent already ends the sandbox with the grader
@@ -312,16 +367,52 @@ class Sandbox:
         return keep
 
 
+@dataclass
+class Fallback(Sandbox):
+    """``setpriv`` mode: the kernel as an unprivileged uid with the limits, in its scratch folder, with
+    no namespaces (for where bubblewrap cannot start). The grader must be root (to change uid)."""
+
+    def wrap(self, argv: Sequence[str]) -> list[str]:
+        """``setpriv`` to the sandbox's uid, then ``prlimit``, then the kernel (run in :attr:`work`)."""
+        if self.uid is None:
+            raise SandboxError("--sandbox setpriv needs the grader to run as root")
+        drop = ["setpriv", f"--reuid={self.uid}", f"--regid={self.uid}", "--clear-groups", "--no-new-privs", "--"]
+        return drop + _prlimit(self.limits) + list(argv)
+
+
+def _prlimit(lim: Limits) -> list[str]:
+    """The ``prlimit`` command prefix that applies ``lim`` to what it runs."""
+    return [
+        "prlimit",
+        f"--as={lim.memory_bytes}",
+        f"--nproc={lim.processes}",
+        f"--fsize={lim.file_bytes}",
+        f"--nofile={lim.open_files}",
+        "--core=0",
+        "--",
+    ]
+
+
+def make(mode: str, scratch: Path, limits: Limits, extra_ro: Sequence[Path] = (), hide: Sequence[Path] = ()) -> Sandbox | None:
+    """The sandbox of a resolved ``mode`` for one kernel (None for ``none``)."""
+    if mode == "bwrap":
+        return Sandbox(scratch, limits, extra_ro=extra_ro, hide=hide)
+    if mode == "setpriv":
+        return Fallback(scratch, limits, extra_ro=extra_ro, hide=hide)
+    return None
+
+
 def describe(mode: str, limits: Limits | None = None) -> dict[str, Any]:
     """How submissions were isolated, for the JSON report."""
-    if mode != "bwrap":
+    if mode not in ("bwrap", "setpriv"):
         return {"mode": mode}
     lim = limits or Limits()
     return {
         "mode": mode,
-        "network": "own namespace, loopback only",
+        "network": "own namespace, loopback only" if mode == "bwrap" else "the host's (not isolated)",
         "memory_bytes": lim.memory_bytes,
         "processes": lim.processes,
         "file_bytes": lim.file_bytes,
         "unprivileged_uid": os.geteuid() == 0,
+        "missing": [] if mode == "bwrap" else list(FALLBACK_MISSING),
     }
