@@ -43,7 +43,7 @@ LAB = "00_warmup"
 GRADED = ("correct", "partial", "broken")
 KINDS = (*GRADED, "wrong_lab", "not_a_notebook")
 
-pytestmark = pytest.mark.broker  # lab 00's kernels start the embedded broker
+pytestmark = [pytest.mark.broker, pytest.mark.kernel]  # lab 00 graded in kernels that start the embedded broker
 
 
 def write_submission(kind: str, folder: Path) -> Path:

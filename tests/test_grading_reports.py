@@ -86,6 +86,7 @@ def test_results_json_round_trips_and_merge_replaces_only_regraded_rows(tmp_path
     assert [(r.submission, r.score) for r in merge(back, [spelled_otherwise])] == [("a", 0), (str(Path("b").resolve()), 0)]
 
 
+@pytest.mark.kernel
 def test_regrading_a_subset_merges_into_the_earlier_json_and_csv(
     tiny_checks: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -245,6 +246,7 @@ def test_canvas_never_guesses(tmp_path: Path) -> None:
         fill(export, tmp_path / "roster.csv", [*twice, graded("y.ipynb", "04_reliable_consumer", check("q1", "x", True))])
 
 
+@pytest.mark.kernel
 def test_grade_command_fills_the_canvas_column(tiny_checks: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     folder = tmp_path / "subs"
     folder.mkdir()

@@ -29,7 +29,10 @@ from uid_python import uid_python
 from helpers.grading import sandbox as boxes
 from helpers.grading.runner import ROOT
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="setpriv mode drops root to another uid: the grader must be root")
+pytestmark = [
+    pytest.mark.kernel,
+    pytest.mark.skipif(os.geteuid() != 0, reason="setpriv mode drops root to another uid: the grader must be root"),
+]
 
 CHECKS = '''
 import json, os, resource
