@@ -8,9 +8,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEV    := $(VENV)/.installed-dev
 NB     ?= notebooks/00_welcome.ipynb
-# Test files and notebooks run side by side, each file on one worker (a notebook is one kernel).
+# Tests and notebooks run side by side; a notebook's cells stay together on one worker (one kernel).
 JOBS   ?= 2
-PYTEST := $(BIN)/python -m pytest -n $(JOBS) --dist loadfile
+PYTEST := $(BIN)/python -m pytest -n $(JOBS)
 
 .PHONY: lab test check test-busy lint run bench labs grade doctor wheels clean help
 

@@ -46,6 +46,19 @@ async def _stop_services() -> AsyncIterator[None]:
     await stop_all()
 
 
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Side by side (``pytest -n 2``): a notebook's cells together on one worker, in order (they
+    share one kernel), every other test on its own, so one slow test file is no bottleneck."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class NotebooksTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return path if path.endswith(".ipynb") else nodeid
+
+    return NotebooksTogether(config, log)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark each test by what it uses: the broker fixture, or a notebook cell (nbval)."""
     for item in items:
