@@ -54,6 +54,12 @@ def _parser(name: str) -> argparse.ArgumentParser:
         parser.add_argument("--work", type=float, default=1.0, help="CPU cost per image (1.0: a normal photo)")
         parser.add_argument("--caption", default=None, help="caption model as module:function (default: the course's)")
         parser.add_argument("--pool", action="store_true", help="one subscription + a worker pool instead of $share members")
+        parser.add_argument(
+            "--slot",
+            default=None,
+            help="a stable name such as processor-1: a process restarted with the same slot resumes the "
+            "persistent session, and so the messages in flight, of the one that died (default: fresh ids)",
+        )
     if name == "capstone-notifier":
         parser.add_argument("--workdir", type=Path, required=True, help="folder for the inbox, outbox and seen ids")
         parser.add_argument("--status-base", default=None, help="the Upload service's URL, for links in messages")
@@ -124,9 +130,21 @@ async def _processor(args: argparse.Namespace) -> None:
 
     async def body(broker: Broker, topics: Topics) -> None:
         processor = await start_processor(
-            broker, topics, args.storage_url, workers=args.workers, shared=not args.pool, work=args.work, caption_fn=caption_fn
+            broker,
+            topics,
+            args.storage_url,
+            workers=args.workers,
+            shared=not args.pool,
+            work=args.work,
+            caption_fn=caption_fn,
+            session=slot_session(topics, args.slot) if args.slot else None,
         )
-        ready("capstone-processor", mode=processor.mode, workers=args.workers)
+        ready(
+            "capstone-processor",
+            mode=processor.mode,
+            workers=args.workers,
+            client_ids=[member.client_id for member in processor.members],
+        )
         try:
             await _until_stopped()
         finally:
@@ -135,6 +153,16 @@ async def _processor(args: argparse.Namespace) -> None:
                 print(f"processor member {member} had failed: {type(error).__name__}: {error}", file=sys.stderr)
 
     await _with_broker(args, body)
+
+
+def slot_session(topics: Topics, slot: str) -> str:
+    """The MQTT client id of processor slot ``slot`` (``processor-1``) in the run ``topics``.
+
+    The same slot of the same run always gets the same id, so a restarted process resumes
+    its predecessor's persistent session; the run's prefix keeps two runs (or two
+    notebooks on one broker) from sharing a session.
+    """
+    return f"{topics.prefix.replace('/', '-')}-{slot}"
 
 
 async def _notifier(args: argparse.Namespace) -> None:
