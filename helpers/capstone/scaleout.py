@@ -583,7 +583,8 @@ def plot_scaling(results: Sequence[Throughput], *, cores: int, ax: Axes | None =
     ax.axvline(cores, color="gray", ls=":", lw=1)
     ax.annotate(
         f"{cores} CPU cores",
-        (cores, ax.get_ylim()[1]),
+        (cores, 1.0),
+        xycoords=("data", "axes fraction"),  # at the top even when a shared y axis grows later
         textcoords="offset points",
         xytext=(-4, -12),
         ha="right",
