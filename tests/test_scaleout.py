@@ -152,6 +152,21 @@ async def test_kill_9_a_worker_process_restart_its_slot_every_job_done_none_twic
 
 @needs_broker
 @pytest.mark.asyncio
+async def test_sigterm_a_worker_process_restart_its_slot_every_job_done(tmp_path: Path) -> None:
+    real = await scaleout.start_real_broker()
+    front = await scaleout.start_front(real.broker, tmp_path)
+    try:
+        async with scaleout.worker_processes(front, 2, mqtt_url=real.url, work=0.2) as workers:
+            drill = await scaleout.kill_drill(front, workers, 6, graceful=True, quiet=3.0)
+        assert drill.how == "SIGTERM" and drill.held >= 1, "the stopped process kept its session, and what it held"
+        assert (drill.done, drill.duplicated, drill.lost) == (6, 0, 0), drill
+    finally:
+        await front.stop()
+        await real.stop()
+
+
+@needs_broker
+@pytest.mark.asyncio
 async def test_a_slot_killed_and_not_restarted_keeps_its_jobs_waiting(tmp_path: Path) -> None:
     real = await scaleout.start_real_broker()
     front = await scaleout.start_front(real.broker, tmp_path)

@@ -273,15 +273,21 @@ class Processor:
                 errors[member.client_id] = error
         return errors
 
-    async def stop(self) -> dict[str, BaseException]:
-        """Stop every member, then forget their sessions; returns what members had died of (name -> error)."""
+    async def stop(self, *, forget: bool = True) -> dict[str, BaseException]:
+        """Stop every member, then (``forget``) drop their sessions; returns what members had died of (name -> error).
+
+        Dropping a session drops the messages it holds: Mosquitto does not hand a shared
+        member's unacknowledged messages to the other members. ``forget=False`` keeps them
+        for the next process with the same ``session`` (a worker slot restarted later).
+        """
         try:
             for member in self.members:
                 await self.kill(member.index)
             errors = dict(self._errors)
         finally:
             try:
-                await self.forget_sessions()
+                if forget:
+                    await self.forget_sessions()
             finally:
                 await self.storage.close()
         return errors

@@ -273,6 +273,14 @@ class WorkerProcesses(Workers):
         ids = ready.get("client_ids")
         self.client_ids[slot] = str(ids[0]) if isinstance(ids, list) and ids else slot
 
+    async def terminate(self, slot: str) -> None:
+        """Stop the slot's process with SIGTERM, as an operator would: it keeps its session for the slot's next process."""
+        proc = self.procs[slot]
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        await proc.wait()
+        self._update_pids()
+
     async def kill(self, slot: str) -> None:
         """``kill -9`` the slot's process: no goodbye to the broker, its messages in flight stay unacknowledged."""
         proc = self.procs[slot]
@@ -286,8 +294,11 @@ class WorkerProcesses(Workers):
         await self.start(slot)
 
     async def stop(self) -> None:
-        """SIGTERM every live process (each drops its own session); drop the sessions of dead slots too."""
-        dead = [slot for slot in self.procs if not self.alive(slot)]
+        """SIGTERM every live process, then drop every slot's session (and whatever a dead slot still holds).
+
+        A slot process keeps its session when it stops, for its successor; at the end of
+        the block there is none, so the sessions go (a clean connect with each client id).
+        """
         for proc in self.procs.values():
             if proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -298,11 +309,10 @@ class WorkerProcesses(Workers):
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
-        if self.front is not None:  # a slot killed and never restarted: its session (and what it holds) ends here
-            for slot in dead:
-                if slot in self.client_ids:
-                    async with self.front.broker.client(self.client_ids[slot], clean_session=True):
-                        pass
+        if self.front is not None:
+            for client_id in self.client_ids.values():
+                async with self.front.broker.client(client_id, clean_session=True):
+                    pass
 
     def _update_pids(self) -> None:
         self.pids[:] = [proc.pid for proc in self.procs.values() if proc.returncode is None]
@@ -437,6 +447,8 @@ class KillDrill:
     """One "kill -9 a worker process while a batch runs" drill, counted."""
 
     slot: str
+    how: str
+    """How the process was stopped: "kill -9" (SIGKILL) or "SIGTERM" (a clean stop)."""
     accepted: int
     """Jobs answered 202: the batch, plus the ones uploaded while the slot was dead."""
     held_in_flight: int
@@ -466,7 +478,8 @@ class KillDrill:
 
     def as_row(self) -> dict[str, object]:
         return {
-            "slot killed": self.slot,
+            "slot": self.slot,
+            "stopped by": self.how,
             "restarted": "yes" if self.restarted else "no",
             "jobs accepted": self.accepted,
             "held: in flight": self.held_in_flight,
@@ -485,6 +498,7 @@ async def kill_drill(
     *,
     slot: str = "processor-1",
     restart: bool = True,
+    graceful: bool = False,
     while_away: int = 0,
     quiet: float = 4.0,
     timeout: float = 120.0,
@@ -496,6 +510,7 @@ async def kill_drill(
     drill waits until no job has finished for ``quiet`` seconds: the live workers have
     done all they can, and what is left waits for the dead slot's client id (``held``).
     With ``restart=False`` the slot stays dead, and those jobs are the ``lost`` ones.
+    ``graceful`` stops the process with SIGTERM instead of SIGKILL.
     """
     photo = photo if photo is not None else images.sample_photo()
     store = front.upload_service.store
@@ -510,7 +525,7 @@ async def kill_drill(
     async with job_events(front) as events:
         batch = await upload(range(jobs))
         await until(lambda: any(events.started[job_id] for job_id in batch), timeout)  # a worker is mid-image
-        await workers.kill(slot)
+        await (workers.terminate(slot) if graceful else workers.kill(slot))
         killed = time.perf_counter()
         new = await upload(range(jobs, jobs + while_away))
         ids = batch + new
@@ -526,6 +541,7 @@ async def kill_drill(
     states = [job.state for job_id in ids if (job := store.get(job_id))]
     return KillDrill(
         slot,
+        "SIGTERM" if graceful else "kill -9",
         len(ids),
         held_in_flight,
         held_new,

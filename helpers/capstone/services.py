@@ -14,8 +14,10 @@ The broker comes from ``MQTT_URL`` (or ``--mqtt-url``), exactly as in the notebo
 several machines only that URL (address, credentials, ``mqtts://`` for TLS) and the
 storage URL change, not the code. When a service is ready it prints one JSON line
 (``{"ready": "capstone-processor", ...}``) on stdout, so a launcher waits for a real
-condition instead of sleeping. SIGTERM or Ctrl+C stop it cleanly (a processor drops its
-shared-subscription session; its unacknowledged event goes to another member).
+condition instead of sleeping. SIGTERM or Ctrl+C stop it cleanly. A processor started in a
+slot (``--slot processor-1``) keeps its persistent session when it stops, so whatever it
+held waits for the slot's next process; one without a slot drops its session, and on
+Mosquitto the messages it held go with it (they are not handed to another member).
 """
 
 from __future__ import annotations
@@ -148,7 +150,7 @@ async def _processor(args: argparse.Namespace) -> None:
         try:
             await _until_stopped()
         finally:
-            errors = await processor.stop()
+            errors = await processor.stop(forget=not args.slot)  # a slot's session waits for the slot's next process
             for member, error in errors.items():
                 print(f"processor member {member} had failed: {type(error).__name__}: {error}", file=sys.stderr)
 
