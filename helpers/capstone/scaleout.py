@@ -506,7 +506,7 @@ async def kill_drill(
 ) -> KillDrill:
     """Upload ``jobs`` photos, ``kill -9`` the slot's process mid-batch, upload ``while_away`` more, then restart the slot.
 
-    The kill comes once a worker reports its first step (work is under way). Then the
+    The kill comes once as many jobs have begun as there are workers. Then the
     drill waits until no job has finished for ``quiet`` seconds: the live workers have
     done all they can, and what is left waits for the dead slot's client id (``held``).
     With ``restart=False`` the slot stays dead, and those jobs are the ``lost`` ones.
@@ -524,7 +524,8 @@ async def kill_drill(
 
     async with job_events(front) as events:
         batch = await upload(range(jobs))
-        await until(lambda: any(events.started[job_id] for job_id in batch), timeout)  # a worker is mid-image
+        busy = min(len(workers.pids), len(batch))  # as many jobs begun as workers: each one is mid-image, most likely
+        await until(lambda: sum(events.started[job_id] > 0 for job_id in batch) >= busy, timeout)
         await (workers.terminate(slot) if graceful else workers.kill(slot))
         killed = time.perf_counter()
         new = await upload(range(jobs, jobs + while_away))

@@ -7,7 +7,7 @@ machine::
 
     python -m helpers serve capstone-storage   --root /tmp/store
     python -m helpers serve capstone-upload    --topics capstone/run1 --storage-url http://127.0.0.1:41234
-    python -m helpers serve capstone-processor --topics capstone/run1 --storage-url http://127.0.0.1:41234
+    python -m helpers serve capstone-processor --topics capstone/run1 --storage-url http://127.0.0.1:41234 --slot processor-1
     python -m helpers serve capstone-notifier  --topics capstone/run1 --workdir /tmp/notifier
 
 The broker comes from ``MQTT_URL`` (or ``--mqtt-url``), exactly as in the notebooks: on
