@@ -50,6 +50,9 @@ from helpers.core.plots import axes
 from helpers.core.receive import subscribed_messages
 from helpers.core.waiting import until, until_quiet
 
+BUSY_CORES = 0.5
+"""Cores other programs may keep busy during a run before its rates say more about them than about the design."""
+
 IN_KERNEL = "in the kernel (threads)"
 PROCESSES = "separate processes"
 READY_TIMEOUT_S = 60.0
