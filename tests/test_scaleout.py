@@ -167,6 +167,30 @@ async def test_sigterm_a_worker_process_restart_its_slot_every_job_done(tmp_path
 
 @needs_broker
 @pytest.mark.asyncio
+async def test_a_process_without_a_slot_drops_what_it_held_when_it_stops(tmp_path: Path) -> None:
+    real = await scaleout.start_real_broker()
+    front = await scaleout.start_front(real.broker, tmp_path)
+    workers = scaleout.WorkerProcesses(
+        scaleout.PROCESSES,
+        2,
+        front=front,
+        command=lambda slot: scaleout.worker_command(front, work=0.2),  # no --slot: each process takes fresh ids
+        env={**os.environ, "MQTT_URL": real.url, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
+    )
+    try:
+        await workers.start_all(["processor-1", "processor-2"])
+        assert not any(cid.endswith("-processor-1") for cid in workers.client_ids.values())
+        drill = await scaleout.kill_drill(front, workers, 6, graceful=True, restart=False, while_away=2, quiet=3.0)
+        assert drill.held_in_flight >= 1 and drill.lost == drill.held_in_flight, "the dropped session took them along"
+        assert drill.held_new == 0, "a member that dropped its session is out of the group: new jobs go to the others"
+    finally:
+        await workers.stop()
+        await front.stop()
+        await real.stop()
+
+
+@needs_broker
+@pytest.mark.asyncio
 async def test_a_slot_killed_and_not_restarted_keeps_its_jobs_waiting(tmp_path: Path) -> None:
     real = await scaleout.start_real_broker()
     front = await scaleout.start_front(real.broker, tmp_path)
