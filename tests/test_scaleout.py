@@ -102,3 +102,109 @@ def test_the_python_caption_model_is_pure_python_work() -> None:
     began = time.process_time()
     text = scaleout.python_caption(img, rounds=5)
     assert "bright" in text and time.process_time() - began < 5
+
+
+def _run(design: str, workers: int, images_per_s: float) -> scaleout.Throughput:
+    return scaleout.Throughput(design, workers, images=8, seconds=8 / images_per_s, cores_busy=1.0, loop_lag_ms=1.0)
+
+
+def test_every_point_of_two_plots_on_a_shared_y_axis_stays_visible() -> None:
+    import matplotlib.pyplot as plt
+
+    low = [_run(d, n, 2.0 + n / 10) for d in (scaleout.IN_KERNEL, scaleout.PROCESSES) for n in (1, 2)]
+    high = [_run(scaleout.IN_KERNEL, 1, 2.8), _run(scaleout.PROCESSES, 2, 5.33)]
+    fig, (left, right) = plt.subplots(1, 2, sharey=True)
+    try:
+        scaleout.plot_scaling(low, cores=2, ax=left)
+        scaleout.plot_scaling(high, cores=2, ax=right)
+        for ax, runs in ((left, low), (right, high)):
+            assert ax.get_ylim()[1] > max(r.images_per_s for r in runs), "the highest point is clipped"
+    finally:
+        plt.close(fig)
+
+
+def test_a_slot_has_one_client_id_per_run() -> None:
+    from helpers.capstone.jobs import Topics
+    from helpers.capstone.services import slot_session
+
+    run, other = Topics("beyond/abc"), Topics("beyond/def")
+    assert slot_session(run, "processor-1") == slot_session(run, "processor-1") == "beyond-abc-processor-1"
+    assert slot_session(other, "processor-1") != slot_session(run, "processor-1") != slot_session(run, "processor-2")
+
+
+@needs_broker
+@pytest.mark.asyncio
+async def test_kill_9_a_worker_process_restart_its_slot_every_job_done_none_twice(tmp_path: Path) -> None:
+    real = await scaleout.start_real_broker()
+    front = await scaleout.start_front(real.broker, tmp_path)
+    try:
+        async with scaleout.worker_processes(front, 2, mqtt_url=real.url, work=0.2) as workers:
+            assert workers.client_ids["processor-1"].endswith("-processor-1")
+            killed_pid = workers.procs["processor-1"].pid
+            drill = await scaleout.kill_drill(front, workers, 6, while_away=2, quiet=3.0)
+            assert workers.procs["processor-1"].returncode is None and workers.procs["processor-1"].pid != killed_pid
+        assert drill.accepted == 8
+        assert drill.held_in_flight >= 1, "the killed process held messages: the drill must exercise its session"
+        assert drill.held_new >= 1, "Mosquitto hands the dead member its turn of the new jobs too"
+        assert (drill.done, drill.duplicated, drill.lost) == (8, 0, 0), drill
+    finally:
+        await front.stop()
+        await real.stop()
+
+
+@needs_broker
+@pytest.mark.asyncio
+async def test_sigterm_a_worker_process_restart_its_slot_every_job_done(tmp_path: Path) -> None:
+    real = await scaleout.start_real_broker()
+    front = await scaleout.start_front(real.broker, tmp_path)
+    try:
+        async with scaleout.worker_processes(front, 2, mqtt_url=real.url, work=0.2) as workers:
+            drill = await scaleout.kill_drill(front, workers, 6, graceful=True, quiet=3.0)
+        assert drill.how == "SIGTERM" and drill.held >= 1, "the stopped process kept its session, and what it held"
+        assert (drill.done, drill.duplicated, drill.lost) == (6, 0, 0), drill
+    finally:
+        await front.stop()
+        await real.stop()
+
+
+@needs_broker
+@pytest.mark.asyncio
+async def test_a_process_without_a_slot_drops_what_it_held_when_it_stops(tmp_path: Path) -> None:
+    real = await scaleout.start_real_broker()
+    front = await scaleout.start_front(real.broker, tmp_path)
+    workers = scaleout.WorkerProcesses(
+        scaleout.PROCESSES,
+        2,
+        front=front,
+        command=lambda slot: scaleout.worker_command(front, work=0.2),  # no --slot: each process takes fresh ids
+        env={**os.environ, "MQTT_URL": real.url, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
+    )
+    try:
+        await workers.start_all(["processor-1", "processor-2"])
+        assert not any(cid.endswith("-processor-1") for cid in workers.client_ids.values())
+        drill = await scaleout.kill_drill(front, workers, 6, graceful=True, restart=False, while_away=2, quiet=3.0)
+        assert drill.held_in_flight >= 1 and drill.lost == drill.held_in_flight, "the dropped session took them along"
+        assert drill.held_new == 0, "a member that dropped its session is out of the group: new jobs go to the others"
+    finally:
+        await workers.stop()
+        await front.stop()
+        await real.stop()
+
+
+@needs_broker
+@pytest.mark.asyncio
+async def test_a_slot_killed_and_not_restarted_keeps_its_jobs_waiting(tmp_path: Path) -> None:
+    real = await scaleout.start_real_broker()
+    front = await scaleout.start_front(real.broker, tmp_path)
+    try:
+        async with scaleout.worker_processes(front, 2, mqtt_url=real.url, work=0.2) as workers:
+            drill = await scaleout.kill_drill(front, workers, 6, while_away=2, restart=False, quiet=3.0)
+            await workers.start("processor-3")  # a new process with a NEW id: not the dead one's session
+            assert not await front.wait_done([j.job_id for j in front.upload_service.store], timeout=5)
+        assert drill.held >= 2 and drill.lost == drill.held and drill.done == drill.accepted - drill.held
+        assert drill.finish_after_restart_s is None
+        unfinished = [job for job in front.upload_service.store if not job.final]
+        assert len(unfinished) == drill.held, "a worker with a new client id took none of them"
+    finally:
+        await front.stop()
+        await real.stop()

@@ -201,7 +201,13 @@ class Processor:
         attempts: int = DEFAULT_ATTEMPTS,
         retry_delay: float = DEFAULT_RETRY_DELAY_S,
         name: str = "processor",
+        session: str | None = None,
     ) -> None:
+        """``session`` fixes the client ids (``session``, or ``session-0``, ... for several workers).
+
+        Without it each start takes fresh ids (``name-<random>-i``), and a restarted
+        *process* could never resume the sessions that hold its predecessor's messages.
+        """
         if workers < 1:
             raise ValueError(f"the processor needs at least one worker, got {workers}")
         if attempts < 1:
@@ -215,12 +221,13 @@ class Processor:
         self.caption_fn = caption_fn or images.caption
         self.attempts, self.retry_delay = attempts, retry_delay
         self.mode = SHARED if use_shared else POOL
-        run_id = uuid.uuid4().hex[:6]
+        base = session or f"{name}-{uuid.uuid4().hex[:6]}"
         if use_shared:
             topic = f"$share/processors/{topics.uploaded}"
-            self.members = [Member(i, f"{name}-{run_id}-{i}", topic, 1) for i in range(workers)]
+            ids = [base] if session and workers == 1 else [f"{base}-{i}" for i in range(workers)]
+            self.members = [Member(i, client_id, topic, 1) for i, client_id in enumerate(ids)]
         else:
-            self.members = [Member(0, f"{name}-{run_id}", topics.uploaded, workers)]
+            self.members = [Member(0, base, topics.uploaded, workers)]
         self.workers = workers
         self.stats = ProcessorStats()
         self.busy: dict[str, int] = {}
@@ -267,15 +274,21 @@ class Processor:
                 errors[member.client_id] = error
         return errors
 
-    async def stop(self) -> dict[str, BaseException]:
-        """Stop every member, then forget their sessions; returns what members had died of (name -> error)."""
+    async def stop(self, *, forget: bool = True) -> dict[str, BaseException]:
+        """Stop every member, then (``forget``) drop their sessions; returns what members had died of (name -> error).
+
+        Dropping a session drops the messages it holds: Mosquitto does not hand a shared
+        member's unacknowledged messages to the other members. ``forget=False`` keeps them
+        for the next process with the same ``session`` (a worker slot restarted later).
+        """
         try:
             for member in self.members:
                 await self.kill(member.index)
             errors = dict(self._errors)
         finally:
             try:
-                await self.forget_sessions()
+                if forget:
+                    await self.forget_sessions()
             finally:
                 await self.storage.close()
         return errors
@@ -481,13 +494,16 @@ async def start_processor(
     attempts: int = DEFAULT_ATTEMPTS,
     retry_delay: float = DEFAULT_RETRY_DELAY_S,
     name: str = "processor",
+    session: str | None = None,
 ) -> Processor:
     """Start the AI Image Processor with ``workers`` workers; returns once every worker has subscribed.
 
     ``work`` (or ``work_of(job)`` per job) scales the CPU cost of each image; ``fail_on(job)``
     makes a job's transform fail every time; ``attempts`` tries per delivery before the job
     is failed and dead-lettered; ``caption_fn(image) -> str`` replaces the default caption
-    (swap in a real model here).
+    (swap in a real model here). ``session`` fixes the members' client ids, so a process
+    restarted with the same ``session`` resumes the persistent sessions (and the messages
+    in flight) of the one that died.
     """
     processor = Processor(
         broker,
@@ -502,6 +518,7 @@ async def start_processor(
         attempts=attempts,
         retry_delay=retry_delay,
         name=name,
+        session=session,
     )
     try:
         return await processor.start()

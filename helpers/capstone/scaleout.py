@@ -23,6 +23,8 @@ import json
 import os
 import sys
 import time
+import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,17 +34,24 @@ import psutil  # type: ignore[import-untyped]  # psutil ships no hints; types-ps
 from matplotlib.axes import Axes
 from PIL import Image
 
-from helpers.capstone.jobs import Topics
+from helpers.capstone import images
+from helpers.capstone.jobs import DONE, FAILED, JOB_DONE, JOB_FAILED, JOB_PROGRESS, Topics
 from helpers.capstone.pipeline import UploadAnswer, post_image
 from helpers.capstone.processor import start_processor
 from helpers.capstone.services import _import
 from helpers.capstone.storage import start_storage
 from helpers.capstone.upload import UploadService, start_upload
+from helpers.core import lifecycle
 from helpers.core.broker import Broker, BrokerError, start_broker
 from helpers.core.http import Service
 from helpers.core.loop_lag import LoopLag
+from helpers.core.messaging import Event, decode
 from helpers.core.plots import axes
-from helpers.core.waiting import until
+from helpers.core.receive import subscribed_messages
+from helpers.core.waiting import until, until_quiet
+
+BUSY_CORES = 0.5
+"""Cores other programs may keep busy during a run before its rates say more about them than about the design."""
 
 IN_KERNEL = "in the kernel (threads)"
 PROCESSES = "separate processes"
@@ -109,6 +118,8 @@ class Front:
     storage: Service
     upload_service: UploadService
     session: aiohttp.ClientSession
+    broker: Broker
+    """The kernel's connection to the broker the workers share (drills listen and clean up through it)."""
 
     @property
     def storage_url(self) -> str:
@@ -140,7 +151,7 @@ async def start_front(broker: Broker, workdir: str | Path, prefix: str = "beyond
     except BaseException:
         await storage.stop()
         raise
-    return Front(topics, storage, upload, aiohttp.ClientSession())
+    return Front(topics, storage, upload, aiohttp.ClientSession(), broker)
 
 
 # --- the two ways to run N workers -------------------------------------------------------------
@@ -184,13 +195,22 @@ async def in_kernel_workers(
             raise RuntimeError(f"in-kernel workers crashed: {errors}")
 
 
-def worker_command(front: Front, *, work: float = 1.0, caption: str | None = None) -> list[str]:
-    """The command line of one worker process (the broker URL comes from ``MQTT_URL``)."""
+def slot_name(index: int) -> str:
+    """Worker process slot ``index`` (from 1): ``processor-1``, ``processor-2``, ..."""
+    return f"processor-{index}"
+
+
+def worker_command(front: Front, *, work: float = 1.0, caption: str | None = None, slot: str | None = None) -> list[str]:
+    """The command line of one worker process (the broker URL comes from ``MQTT_URL``).
+
+    ``slot`` (``processor-1``) fixes the process's MQTT client id, so the slot's next
+    process resumes the persistent session, and the messages in flight, of the last one.
+    """
     command = [
         sys.executable, "-m", "helpers", "serve", "capstone-processor",
         "--topics", front.topics.prefix, "--storage-url", front.storage_url, "--work", str(work),
     ]  # fmt: skip
-    return command + (["--caption", caption] if caption else [])
+    return command + (["--caption", caption] if caption else []) + (["--slot", slot] if slot else [])
 
 
 async def _wait_ready(proc: asyncio.subprocess.Process, timeout: float) -> dict[str, object]:
@@ -209,33 +229,115 @@ async def _wait_ready(proc: asyncio.subprocess.Process, timeout: float) -> dict[
     raise RuntimeError(f"worker process {proc.pid} did not start (exit code {proc.returncode}): " + " | ".join(error))
 
 
-@contextlib.asynccontextmanager
-async def worker_processes(
-    front: Front, count: int, *, mqtt_url: str, work: float = 1.0, caption: str | None = None
-) -> AsyncIterator[Workers]:
-    """Start ``count`` worker processes on the broker at ``mqtt_url``; stop them (SIGTERM) afterwards."""
-    env = {**os.environ, "MQTT_URL": mqtt_url, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    procs: list[asyncio.subprocess.Process] = []
-    try:
-        for _ in range(count):
-            procs.append(
-                await asyncio.create_subprocess_exec(
-                    *worker_command(front, work=work, caption=caption), env=env, stdout=-1, stderr=-1
-                )
-            )
-        await asyncio.gather(*(_wait_ready(p, READY_TIMEOUT_S) for p in procs))
-        yield Workers(PROCESSES, count, [p.pid for p in procs])
-    finally:
-        for proc in procs:
+@dataclass
+class WorkerProcesses(Workers):
+    """Worker processes by slot (``processor-1``, ...): kill one with SIGKILL, restart its slot.
+
+    Each slot's process connects with the slot's fixed client id and a persistent session.
+    Mosquitto keeps the messages a killed member had in flight (and, while it is away, the
+    ones it is handed) for that client id: a new process with a *new* id would never get
+    them, the slot's next process does.
+    """
+
+    front: Front | None = None
+    command: Callable[[str], list[str]] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    procs: dict[str, asyncio.subprocess.Process] = field(default_factory=dict)
+    client_ids: dict[str, str] = field(default_factory=dict)
+    """Slot -> the MQTT client id its process connects with (from the process's ready line)."""
+
+    @property
+    def slots(self) -> list[str]:
+        return list(self.procs)
+
+    def alive(self, slot: str) -> bool:
+        return self.procs[slot].returncode is None
+
+    async def start(self, slot: str) -> None:
+        """Start ``slot``'s process and return once it has subscribed (its ready line)."""
+        await self._ready(slot, await self._spawn(slot))
+
+    async def start_all(self, slots: Sequence[str]) -> None:
+        """Start several slots at once (in order) and return once every one has subscribed."""
+        spawned = [(slot, await self._spawn(slot)) for slot in slots]
+        await asyncio.gather(*(self._ready(slot, proc) for slot, proc in spawned))
+
+    async def _spawn(self, slot: str) -> asyncio.subprocess.Process:
+        if slot in self.procs and self.alive(slot):
+            raise RuntimeError(f"worker slot {slot} is running; kill it first")
+        assert self.command is not None
+        proc = await asyncio.create_subprocess_exec(*self.command(slot), env=self.env, stdout=-1, stderr=-1)
+        self.procs[slot] = proc
+        self._update_pids()
+        return proc
+
+    async def _ready(self, slot: str, proc: asyncio.subprocess.Process) -> None:
+        ready = await _wait_ready(proc, READY_TIMEOUT_S)
+        ids = ready.get("client_ids")
+        self.client_ids[slot] = str(ids[0]) if isinstance(ids, list) and ids else slot
+
+    async def terminate(self, slot: str) -> None:
+        """Stop the slot's process with SIGTERM, as an operator would: it keeps its session for the slot's next process."""
+        proc = self.procs[slot]
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        await proc.wait()
+        self._update_pids()
+
+    async def kill(self, slot: str) -> None:
+        """``kill -9`` the slot's process: no goodbye to the broker, its messages in flight stay unacknowledged."""
+        proc = self.procs[slot]
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()  # SIGKILL, as kill -9
+        await proc.wait()
+        self._update_pids()
+
+    async def restart(self, slot: str) -> None:
+        """Start the slot again: same client id, so it resumes the dead process's session."""
+        await self.start(slot)
+
+    async def stop(self) -> None:
+        """SIGTERM every live process, then drop every slot's session (and whatever a dead slot still holds).
+
+        A slot process keeps its session when it stops, for its successor; at the end of
+        the block there is none, so the sessions go (a clean connect with each client id).
+        """
+        for proc in self.procs.values():
             if proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     proc.terminate()
-        for proc in procs:
+        for proc in self.procs.values():
             try:
                 await asyncio.wait_for(proc.wait(), 10)
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
+        if self.front is not None:
+            for client_id in self.client_ids.values():
+                async with self.front.broker.client(client_id, clean_session=True):
+                    pass
+
+    def _update_pids(self) -> None:
+        self.pids[:] = [proc.pid for proc in self.procs.values() if proc.returncode is None]
+
+
+@contextlib.asynccontextmanager
+async def worker_processes(
+    front: Front, count: int, *, mqtt_url: str, work: float = 1.0, caption: str | None = None
+) -> AsyncIterator[WorkerProcesses]:
+    """Start ``count`` worker processes in slots ``processor-1`` ... on the broker at ``mqtt_url``; stop them afterwards."""
+    workers = WorkerProcesses(
+        PROCESSES,
+        count,
+        front=front,
+        command=lambda slot: worker_command(front, work=work, caption=caption, slot=slot),
+        env={**os.environ, "MQTT_URL": mqtt_url, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
+    )
+    try:
+        await workers.start_all([slot_name(i) for i in range(1, count + 1)])
+        yield workers
+    finally:
+        await workers.stop()
 
 
 # --- measuring ------------------------------------------------------------------------------------
@@ -305,6 +407,159 @@ def _machine_busy_seconds() -> float:
     return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
 
 
+# --- the kill -9 drill ---------------------------------------------------------------------------
+
+
+@dataclass
+class JobEvents:
+    """The job events the kernel heard during a drill, counted per job (its own subscription, not Upload's)."""
+
+    done: Counter[str] = field(default_factory=Counter)
+    """``job.done`` messages per job: more than one is a job announced twice."""
+    failed: Counter[str] = field(default_factory=Counter)
+    started: Counter[str] = field(default_factory=Counter)
+    """Progress events for a job's first step: 2 means a worker started the job over (a redelivery)."""
+
+    def count(self, event: Event) -> None:
+        data = event.data if isinstance(event.data, dict) else {}
+        job_id = str(data.get("job_id"))
+        if event.type == JOB_DONE:
+            self.done[job_id] += 1
+        elif event.type == JOB_FAILED:
+            self.failed[job_id] += 1
+        elif event.type == JOB_PROGRESS and data.get("done") == 1:
+            self.started[job_id] += 1
+
+
+@contextlib.asynccontextmanager
+async def job_events(front: Front) -> AsyncIterator[JobEvents]:
+    """Count every job event of the run (``jobs/+``) for the length of the block."""
+    events = JobEvents()
+
+    async def listen(ready: asyncio.Event) -> None:
+        async with front.broker.client(f"drill-{uuid.uuid4().hex[:6]}") as client:
+            async for message in subscribed_messages(client, front.topics.jobs, ready=ready):
+                events.count(decode(message.payload))
+
+    async with lifecycle.running(listen):
+        yield events
+
+
+@dataclass(frozen=True)
+class KillDrill:
+    """One "kill -9 a worker process while a batch runs" drill, counted."""
+
+    slot: str
+    how: str
+    """How the process was stopped: "kill -9" (SIGKILL) or "SIGTERM" (a clean stop)."""
+    accepted: int
+    """Jobs answered 202: the batch, plus the ones uploaded while the slot was dead."""
+    held_in_flight: int
+    """Jobs of the batch still unfinished once the other workers had gone quiet: the dead slot's session holds them."""
+    held_new: int
+    """Of the jobs uploaded while the slot was dead, those the broker still handed to it (its turn in the group)."""
+    while_away: int
+    away_s: float
+    """How long the slot was dead (kill to restart, or to the end of the drill)."""
+    restarted: bool
+    done: int
+    failed: int
+    duplicated: int
+    """Jobs announced done more than once (``job.done`` messages beyond one per job)."""
+    started_over: int
+    """Jobs a worker began again: the killed process's job in progress, done once more after the restart."""
+    finish_after_restart_s: float | None
+
+    @property
+    def held(self) -> int:
+        return self.held_in_flight + self.held_new
+
+    @property
+    def lost(self) -> int:
+        """Accepted jobs that never finished (with the slot left dead: the ``held`` ones)."""
+        return self.accepted - self.done - self.failed
+
+    def as_row(self) -> dict[str, object]:
+        return {
+            "slot": self.slot,
+            "stopped by": self.how,
+            "restarted": "yes" if self.restarted else "no",
+            "jobs accepted": self.accepted,
+            "held: in flight": self.held_in_flight,
+            f"held: of {self.while_away} new": self.held_new,
+            "done": self.done,
+            "started over": self.started_over,
+            "duplicated": self.duplicated,
+            "lost": self.lost,
+        }
+
+
+async def kill_drill(
+    front: Front,
+    workers: WorkerProcesses,
+    jobs: int,
+    *,
+    slot: str = "processor-1",
+    restart: bool = True,
+    graceful: bool = False,
+    while_away: int = 0,
+    quiet: float = 4.0,
+    timeout: float = 120.0,
+    photo: bytes | None = None,
+) -> KillDrill:
+    """Upload ``jobs`` photos, ``kill -9`` the slot's process mid-batch, upload ``while_away`` more, then restart the slot.
+
+    The kill comes once as many jobs have begun as there are workers. Then the
+    drill waits until no job has finished for ``quiet`` seconds: the live workers have
+    done all they can, and what is left waits for the dead slot's client id (``held``).
+    With ``restart=False`` the slot stays dead, and those jobs are the ``lost`` ones.
+    ``graceful`` stops the process with SIGTERM instead of SIGKILL.
+    """
+    photo = photo if photo is not None else images.sample_photo()
+    store = front.upload_service.store
+
+    async def upload(users: range) -> list[str]:
+        answers = [await front.upload(photo, f"drill-user-{i}") for i in users]
+        return [a.job_id for a in answers if a.status == 202 and a.job_id]
+
+    def unfinished(ids: list[str]) -> int:
+        return sum(not (job := store.get(job_id)) or not job.final for job_id in ids)
+
+    async with job_events(front) as events:
+        batch = await upload(range(jobs))
+        busy = min(len(workers.pids), len(batch))  # as many jobs begun as workers: each one is mid-image, most likely
+        await until(lambda: sum(events.started[job_id] > 0 for job_id in batch) >= busy, timeout)
+        await (workers.terminate(slot) if graceful else workers.kill(slot))
+        killed = time.perf_counter()
+        new = await upload(range(jobs, jobs + while_away))
+        ids = batch + new
+        await until_quiet(lambda: unfinished(ids), idle=quiet, timeout=timeout)
+        held_in_flight, held_new, away = unfinished(batch), unfinished(new), time.perf_counter() - killed
+        finish_s = None
+        if restart:
+            await workers.restart(slot)
+            began = time.perf_counter()
+            if await front.wait_done(ids, timeout):
+                finish_s = time.perf_counter() - began
+        await until_quiet(lambda: sum(events.done.values()), idle=1.0, timeout=timeout)  # a late duplicate would show
+    states = [job.state for job_id in ids if (job := store.get(job_id))]
+    return KillDrill(
+        slot,
+        "SIGTERM" if graceful else "kill -9",
+        len(ids),
+        held_in_flight,
+        held_new,
+        while_away,
+        away,
+        restart,
+        states.count(DONE),
+        states.count(FAILED),
+        sum(events.done[job_id] > 1 for job_id in ids),
+        sum(events.started[job_id] > 1 for job_id in ids),
+        finish_s,
+    )
+
+
 # --- a caption model that holds the GIL ----------------------------------------------------------
 
 PYTHON_CAPTION = "helpers.capstone.scaleout:python_caption"
@@ -343,11 +598,13 @@ def plot_scaling(results: Sequence[Throughput], *, cores: int, ax: Axes | None =
             ax.annotate(f"{y:.2f}", (x, y), textcoords="offset points", xytext=(6, -12 if design == IN_KERNEL else 6), fontsize=8)
     ax.set_xticks(sorted({r.workers for r in results}))
     ax.margins(x=0.12)
-    ax.set_ylim(bottom=0, top=ax.get_ylim()[1] * 1.1)
+    # room above the highest point for its label; max() keeps a shared y axis from clipping the other plot's points
+    ax.set_ylim(bottom=0, top=max(ax.get_ylim()[1], 1.15 * max((r.images_per_s for r in results), default=1.0)))
     ax.axvline(cores, color="gray", ls=":", lw=1)
     ax.annotate(
         f"{cores} CPU cores",
-        (cores, ax.get_ylim()[1]),
+        (cores, 1.0),
+        xycoords=("data", "axes fraction"),  # at the top even when a shared y axis grows later
         textcoords="offset points",
         xytext=(-4, -12),
         ha="right",

@@ -7,15 +7,17 @@ machine::
 
     python -m helpers serve capstone-storage   --root /tmp/store
     python -m helpers serve capstone-upload    --topics capstone/run1 --storage-url http://127.0.0.1:41234
-    python -m helpers serve capstone-processor --topics capstone/run1 --storage-url http://127.0.0.1:41234
+    python -m helpers serve capstone-processor --topics capstone/run1 --storage-url http://127.0.0.1:41234 --slot processor-1
     python -m helpers serve capstone-notifier  --topics capstone/run1 --workdir /tmp/notifier
 
 The broker comes from ``MQTT_URL`` (or ``--mqtt-url``), exactly as in the notebooks: on
 several machines only that URL (address, credentials, ``mqtts://`` for TLS) and the
 storage URL change, not the code. When a service is ready it prints one JSON line
 (``{"ready": "capstone-processor", ...}``) on stdout, so a launcher waits for a real
-condition instead of sleeping. SIGTERM or Ctrl+C stop it cleanly (a processor drops its
-shared-subscription session; its unacknowledged event goes to another member).
+condition instead of sleeping. SIGTERM or Ctrl+C stop it cleanly. A processor started in a
+slot (``--slot processor-1``) keeps its persistent session when it stops, so whatever it
+held waits for the slot's next process; one without a slot drops its session, and on
+Mosquitto the messages it held go with it (they are not handed to another member).
 """
 
 from __future__ import annotations
@@ -54,6 +56,12 @@ def _parser(name: str) -> argparse.ArgumentParser:
         parser.add_argument("--work", type=float, default=1.0, help="CPU cost per image (1.0: a normal photo)")
         parser.add_argument("--caption", default=None, help="caption model as module:function (default: the course's)")
         parser.add_argument("--pool", action="store_true", help="one subscription + a worker pool instead of $share members")
+        parser.add_argument(
+            "--slot",
+            default=None,
+            help="a stable name such as processor-1: a process restarted with the same slot resumes the "
+            "persistent session, and so the messages in flight, of the one that died (default: fresh ids)",
+        )
     if name == "capstone-notifier":
         parser.add_argument("--workdir", type=Path, required=True, help="folder for the inbox, outbox and seen ids")
         parser.add_argument("--status-base", default=None, help="the Upload service's URL, for links in messages")
@@ -124,17 +132,39 @@ async def _processor(args: argparse.Namespace) -> None:
 
     async def body(broker: Broker, topics: Topics) -> None:
         processor = await start_processor(
-            broker, topics, args.storage_url, workers=args.workers, shared=not args.pool, work=args.work, caption_fn=caption_fn
+            broker,
+            topics,
+            args.storage_url,
+            workers=args.workers,
+            shared=not args.pool,
+            work=args.work,
+            caption_fn=caption_fn,
+            session=slot_session(topics, args.slot) if args.slot else None,
         )
-        ready("capstone-processor", mode=processor.mode, workers=args.workers)
+        ready(
+            "capstone-processor",
+            mode=processor.mode,
+            workers=args.workers,
+            client_ids=[member.client_id for member in processor.members],
+        )
         try:
             await _until_stopped()
         finally:
-            errors = await processor.stop()
+            errors = await processor.stop(forget=not args.slot)  # a slot's session waits for the slot's next process
             for member, error in errors.items():
                 print(f"processor member {member} had failed: {type(error).__name__}: {error}", file=sys.stderr)
 
     await _with_broker(args, body)
+
+
+def slot_session(topics: Topics, slot: str) -> str:
+    """The MQTT client id of processor slot ``slot`` (``processor-1``) in the run ``topics``.
+
+    The same slot of the same run always gets the same id, so a restarted process resumes
+    its predecessor's persistent session; the run's prefix keeps two runs (or two
+    notebooks on one broker) from sharing a session.
+    """
+    return f"{topics.prefix.replace('/', '-')}-{slot}"
 
 
 async def _notifier(args: argparse.Namespace) -> None:
