@@ -60,7 +60,7 @@ LAB00 = {
     "00 mistake: published at QoS 0": Variant(
         "00_warmup",
         "q2",
-        (("        await publisher.publish(topic, text.encode(), qos=1)", "        await publisher.publish(topic, text.encode())"),),
+        (("text.encode(), qos=1)", "text.encode())"),),
         "publishes_at_qos_1",
         "QoS 1",
     ),
@@ -107,7 +107,8 @@ TENACITY_DECORATOR = """    @retry(
 CLOSES = """        if trial or self.state == "closed":  # a late success of a straggler must not close an open breaker
             self.state, self.failures = "closed", 0
 """
-BREAKER_BODY = """        if self.state == "open" and time.monotonic() - self.opened_at >= self.reset_timeout_s:
+BREAKER_BODY = (
+    """        if self.state == "open" and time.monotonic() - self.opened_at >= self.reset_timeout_s:
             self.state = "half-open"
         if self.state == "open" or (self.state == "half-open" and self.trial_running):
             raise CircuitOpenError(f"circuit open, retry after {self.reset_timeout_s} s")
@@ -124,7 +125,9 @@ BREAKER_BODY = """        if self.state == "open" and time.monotonic() - self.op
         finally:
             if trial:
                 self.trial_running = False
-""" + CLOSES
+"""
+    + CLOSES
+)
 BREAKER_BY_OPENING_TIME = """        if self.state == "open" and time.monotonic() - self.opened_at >= self.reset_timeout_s:
             self.state = "half-open"
         if self.state == "open" or (self.state == "half-open" and self.trial_running):
@@ -150,7 +153,10 @@ LAB02 = {
     "02 correct: tenacity's @retry decorator": Variant(
         "02_resilient_client",
         "q2",
-        (("from tenacity import AsyncRetrying,", "from tenacity import retry, AsyncRetrying,"), (TENACITY_LOOP, TENACITY_DECORATOR)),
+        (
+            ("from tenacity import AsyncRetrying,", "from tenacity import retry, AsyncRetrying,"),
+            (TENACITY_LOOP, TENACITY_DECORATOR),
+        ),
     ),
     "02 correct: a breaker that tells stragglers by the time it opened": Variant(
         "02_resilient_client", "q3", ((BREAKER_BODY, BREAKER_BY_OPENING_TIME),)
@@ -289,7 +295,10 @@ LAB04 = {
     "04 mistake: one store for every workdir": Variant(
         "04_reliable_consumer",
         "q2",
-        (("def open_applied_ids(workdir):", "SHARED_IDS = set()\n\n\ndef open_applied_ids(workdir):"), (STORE, "    return SHARED_IDS")),
+        (
+            ("def open_applied_ids(workdir):", "SHARED_IDS = set()\n\n\ndef open_applied_ids(workdir):"),
+            (STORE, "    return SHARED_IDS"),
+        ),
         "stores_belong_to_their_folder",
         "shared between folders",
     ),

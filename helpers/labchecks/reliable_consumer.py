@@ -312,7 +312,8 @@ async def _parse(ctx: Context, broker: Any, payload: bytes) -> tuple[Any, list[a
 
         noted.__qualname__ = "Client.publish"  # the name a missing `await` is reported under
         client.publish = noted  # the QoS the learner publishes at, noted on this client only
-        parsed = await outcome("parse_or_dead_letter()", lambda: ctx.function("parse_or_dead_letter")(client, message, dead_topic))
+        parse = ctx.function("parse_or_dead_letter")
+        parsed = await outcome("parse_or_dead_letter()", lambda: parse(client, message, dead_topic))
         if parsed.error is not None:
             raise CheckFailed(f"parse_or_dead_letter() raised {parsed.raised}{_topic_advice(parsed.error)}")
         result = parsed.value

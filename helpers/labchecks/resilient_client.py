@@ -263,7 +263,7 @@ async def retries_until_success(ctx: Context) -> str:
     """with_retries(call) retries a timeout, a ServiceError and a refused connection, then returns the result."""
     service_error, _ = _errors(ctx)
     token = _token(ctx)
-    failures = [asyncio.TimeoutError(), service_error(503, "http://check"), await _refusal(ctx)]
+    failures = [TimeoutError(), service_error(503, "http://check"), await _refusal(ctx)]
     ctx.rng.shuffle(failures)
     pending = iter(failures)
     flaky = Flaky(len(failures), lambda: next(pending), token)
