@@ -124,6 +124,7 @@ def cell_with(nb: nbformat.NotebookNode, text: str) -> nbformat.NotebookNode:
 # --------------------------------------------------------------------------- every lab
 
 
+@pytest.mark.kernel  # the grader starts the submission's kernel in this process
 @pytest.mark.broker
 @pytest.mark.parametrize("lab", LAB_IDS)
 def test_solution_gets_full_marks(lab: str, tmp_path: Path) -> None:
@@ -136,6 +137,7 @@ def test_solution_gets_full_marks(lab: str, tmp_path: Path) -> None:
     assert code == 0, "exit code 0 means every submission got full marks"
 
 
+@pytest.mark.kernel  # the grader starts the submission's kernel in this process
 @pytest.mark.broker
 @pytest.mark.parametrize("lab", LAB_IDS)
 def test_lab_as_shipped_fails_its_checks(lab: str, tmp_path: Path) -> None:
@@ -353,6 +355,7 @@ async def test_sabotaged_helpers_do_not_cost_a_correct_solution_points(tmp_path:
 
 
 @pytest.mark.broker
+@pytest.mark.kernel  # the grader starts the submission's kernel in this process
 async def test_warmup_partial_credit_when_q2_raises(tmp_path: Path) -> None:
     def break_q2(nb: nbformat.NotebookNode) -> None:
         cell = cell_with(nb, "async def round_trip")

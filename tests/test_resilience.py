@@ -368,22 +368,12 @@ LAB_MUTANTS_NAMED = {
 
 def _lab_namespace(old: str = "", new: str = "") -> dict:
     """The solution's definitions (fetch, with_retries, Breaker, ResilientClient), optionally with one edit."""
-    import nbformat
     import tenacity
+    from lab_submissions import submission
 
-    from helpers.core.resilience import CircuitOpenError as OpenError
-    from helpers.core.resilience import ServiceError as SvcError
-    from helpers.grading.labgen import SOLUTIONS
-
-    nb = nbformat.read(SOLUTIONS / "02_resilient_client.ipynb", as_version=4)
-    heads = ("async def fetch", "RETRY_ON", "class Breaker", "class ResilientClient")
-    source = "\n\n".join(c.source for c in nb.cells if c.cell_type == "code" and c.source.startswith(heads))
-    if old:
-        assert old in source, f"the solution changed: {old!r} is gone"
-        source = source.replace(old, new)
-    namespace = {"asyncio": asyncio, "time": time, "aiohttp": aiohttp, "ServiceError": SvcError, "CircuitOpenError": OpenError}
-    namespace.update({name: getattr(tenacity, name) for name in tenacity.__all__})
-    exec(compile(source, "solution", "exec"), namespace)
+    namespace = submission("02_resilient_client", *([(old, new)] if old else []))
+    for name in tenacity.__all__:  # what an edit may use (Retrying, wait_none): the learner would import it
+        namespace.setdefault(name, getattr(tenacity, name))
     return namespace
 
 

@@ -77,7 +77,8 @@ def _qos(ctx: Context) -> int:
 # --------------------------------------------------------------------------- q1: the session
 
 
-async def _offline_count(ctx: Context, broker: Any, name: str, topic: str, n: int) -> int:
+async def _offline(ctx: Context, broker: Any, name: str, topic: str, n: int) -> list[aiomqtt.Message]:
+    """The messages consumer ``name`` gets on reconnecting, of ``n`` orders published while it was offline."""
     async with await _client(ctx, broker, name) as client:
         await client.subscribe(topic, qos=_qos(ctx))
     async with broker.client() as shop:
@@ -88,7 +89,11 @@ async def _offline_count(ctx: Context, broker: Any, name: str, topic: str, n: in
         messages = await collect(client, expected=n, idle=0.5, timeout=3)
         for message in messages:
             ack(client, message)
-    return len({decode(bytes(m.payload)).id for m in messages})
+    return messages
+
+
+async def _offline_count(ctx: Context, broker: Any, name: str, topic: str, n: int) -> int:
+    return len({decode(bytes(m.payload)).id for m in await _offline(ctx, broker, name, topic, n)})
 
 
 @checks.check(
@@ -98,17 +103,31 @@ async def _offline_count(ctx: Context, broker: Any, name: str, topic: str, n: in
     code_hint="broker.client(name, clean_session=False); QOS = 1",
 )
 async def orders_wait_for_an_offline_consumer(ctx: Context) -> str:
-    """Orders published while the consumer is offline are delivered when it reconnects."""
+    """Orders published while the consumer is offline arrive at QoS 1 when it reconnects under its name."""
     broker = await ctx.broker()
     name, n = _name(ctx), ctx.rng.randint(3, 6)
     _forget_session(ctx, broker, name)
-    got = await _offline_count(ctx, broker, name, ctx.topic("orders"), n)
+    identifier = getattr(await _client(ctx, broker, name), "identifier", name)
+    expect(
+        identifier == name,
+        f"consumer_client(broker, {name!r}) made a client with the id {identifier!r}: the session belongs to a client "
+        "id, so use the consumer's name (each consumer its own session, the same one after every restart)",
+    )
+    messages = await _offline(ctx, broker, name, ctx.topic("orders"), n)
+    got = len({decode(bytes(m.payload)).id for m in messages})
     expect(
         got == n,
         f"{got} of {n} orders arrived after reconnecting: the broker only keeps them for a persistent "
         "session (clean_session=False, same client id) subscribed with QoS 1",
     )
-    return f"{got} of {n} kept while offline"
+    levels = sorted({m.qos for m in messages})
+    expect(
+        levels == [1],
+        f"the orders arrived at QoS {levels[0]}: a delivery is capped by the subscription's QoS, and at QoS 0 nothing "
+        "is acknowledged or resent (some brokers even drop it for an offline consumer, and this one kept it by luck): "
+        "the lab asks for QoS 1 (QOS = 1)",
+    )
+    return f"{got} of {n} kept while offline, delivered at QoS 1"
 
 
 @checks.check(
@@ -128,7 +147,7 @@ async def acknowledges_only_when_told(ctx: Context) -> None:
 
 @checks.check("q1", hidden=True, hint="use the name you are given as the client id", code_hint="broker.client(name, ...)")
 async def each_name_has_its_own_session(ctx: Context) -> None:
-    """Hidden: two consumer names get two separate sessions (no hard-coded client id)."""
+    """Hidden (the offline check with two names): two consumer names get two separate sessions."""
     broker = await ctx.broker()
     a, b = _name(ctx, "fulfil"), _name(ctx, "notify")
     for name in (a, b):
@@ -200,12 +219,11 @@ async def remembers_after_a_restart(ctx: Context) -> None:
 
 @checks.check(
     "q2",
-    hidden=True,
     hint="the store belongs to its workdir: another folder is another consumer",
     code_hint="SeenIds(Path(workdir) / ...)  # a path inside workdir, no module-level set",
 )
 async def stores_belong_to_their_folder(ctx: Context) -> None:
-    """Hidden: a store in another folder does not know this folder's ids (no global set)."""
+    """A store in another workdir does not know this one's ids (the store lives in workdir, not in a global)."""
     one, two = _folder(ctx), _folder(ctx)
     event = order_event(ctx.rng.randint(1, 999))
     await _apply(ctx, event, Ledger(one / "ledger.jsonl"), await _store(ctx, one))
@@ -219,17 +237,21 @@ async def stores_belong_to_their_folder(ctx: Context) -> None:
 
 @checks.check(
     "q2",
-    hidden=True,
     hint="dedupe on the event's identity: two distinct events about the same order are both applied",
     code_hint="event.id in applied  # not event.data['order_id']",
 )
 async def dedupes_on_event_id(ctx: Context) -> None:
-    """Hidden: two distinct events for the same order id are both charged (dedupe on the event id)."""
+    """Two distinct events for the same order id are both charged: dedupe on the event id."""
     folder = _folder(ctx)
     ledger, applied = Ledger(folder / "ledger.jsonl"), await _store(ctx, folder)
-    await _apply(ctx, order_event(5, amount=10.0), ledger, applied)
-    await _apply(ctx, order_event(5, amount=15.0), ledger, applied)  # same order, a second, different event
-    expect(len(ledger) == 2, f"2 distinct events made {len(ledger)} charge(s): dedupe on event.id, not on the order")
+    order = ctx.rng.randint(1, 999)
+    await _apply(ctx, order_event(order, amount=10.0), ledger, applied)
+    await _apply(ctx, order_event(order, amount=15.0), ledger, applied)  # same order, a second, different event
+    expect(
+        len(ledger) == 2,
+        f"2 distinct events (two ids) about order {order} made {len(ledger)} charge(s): dedupe on the event id "
+        "(event.id), not on the order id inside its data",
+    )
 
 
 class _FailingLedger:
@@ -253,12 +275,11 @@ class _FailingLedger:
 
 @checks.check(
     "q2",
-    hidden=True,
     hint="record the id only once the charge is done: a crash in between may cost a duplicate, never a lost charge",
     code_hint="ledger.charge(event) first, then applied.add(event.id)",
 )
 async def records_only_after_charging(ctx: Context) -> None:
-    """Hidden: when a charge fails, the event is not marked applied, so its redelivery charges it."""
+    """When a charge fails, the event is not recorded as applied, so its redelivery charges it."""
     folder = _folder(ctx)
     ledger = _FailingLedger(Ledger(folder / "ledger.jsonl"))
     applied = await _store(ctx, folder)
@@ -291,7 +312,11 @@ async def _parse(ctx: Context, broker: Any, payload: bytes) -> tuple[Any, list[a
 
         noted.__qualname__ = "Client.publish"  # the name a missing `await` is reported under
         client.publish = noted  # the QoS the learner publishes at, noted on this client only
-        result = await ctx.call("parse_or_dead_letter", client, message, dead_topic)
+        parse = ctx.function("parse_or_dead_letter")
+        parsed = await outcome("parse_or_dead_letter()", lambda: parse(client, message, dead_topic))
+        if parsed.error is not None:
+            raise CheckFailed(f"parse_or_dead_letter() raised {parsed.raised}{_topic_advice(parsed.error)}")
+        result = parsed.value
         dead = await collect(watcher, expected=1, idle=0.5, timeout=3)
     expect(
         all(level == 1 for level in levels),
@@ -299,6 +324,13 @@ async def _parse(ctx: Context, broker: Any, payload: bytes) -> tuple[Any, list[a
         "failed once is not lost on its way to the dead-letter topic",
     )
     return result, dead
+
+
+def _topic_advice(error: BaseException) -> str:
+    """What to do when the learner put ``message.topic`` (an aiomqtt Topic) into JSON as it is."""
+    if isinstance(error, TypeError) and "Topic" in str(error):
+        return ": message.topic is an aiomqtt Topic, which JSON cannot hold; pass str(message.topic)"
+    return ""
 
 
 def _record(messages: list[aiomqtt.Message]) -> dict[str, Any]:
@@ -313,7 +345,8 @@ def _record(messages: list[aiomqtt.Message]) -> dict[str, Any]:
 
 @checks.check(
     "q3",
-    hint="a payload decode() rejects is published, with the reason, to the dead-letter topic; the caller gets None",
+    hint="a payload decode() rejects is published, with the reason, to the dead-letter topic; the caller gets None. "
+    "The message's topic is an aiomqtt Topic, not a str: str() it before it goes into the JSON record",
     code_hint="except InvalidEvent as exc: await client.publish(dead_letter_topic, "
     "dead_letter_payload(str(message.topic), payload, str(exc)), qos=1); return None",
 )
@@ -348,7 +381,7 @@ async def valid_event_passes_through(ctx: Context) -> None:
     code_hint="except InvalidEvent: ...  # decode raises it for every malformed payload",
 )
 async def incomplete_and_binary_are_dead_lettered(ctx: Context) -> None:
-    """Hidden: JSON without CloudEvents attributes, and non-UTF-8 bytes, are both dead-lettered."""
+    """Hidden (the malformed check with other payloads): JSON without CloudEvents attributes, and non-UTF-8 bytes."""
     broker = await ctx.broker()
     for payload in (json.dumps({"order_id": "x", "amount": 1}).encode(), bytes([0xFF, 0xFE, 0x00, ctx.rng.randint(1, 255)])):
         result, dead = await _parse(ctx, broker, payload)
@@ -574,7 +607,7 @@ async def dead_letters_and_keeps_going(ctx: Context) -> None:
     timeout=20,
 )
 async def killed_mid_stream(ctx: Context) -> str:
-    """Hidden: killed in the middle of a stream, restarted: no order charged twice, none lost the broker kept."""
+    """Hidden (the restart check, killed mid-stream): no order charged twice, none lost that the broker kept."""
     from helpers.pubsub.probes import redelivers_unacked
 
     broker = await ctx.broker()

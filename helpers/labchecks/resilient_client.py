@@ -49,6 +49,37 @@ async def _json_service(ctx: Context, payload: dict[str, Any], **faults: Any) ->
     return await ctx.service("resilient", answer, faults=Faults(**faults))
 
 
+def _refusing_url(ctx: Context) -> str:
+    """The URL of a service whose process is gone: a port bound but not listening refuses every connection.
+
+    Holding the port (instead of stopping a service and hoping nobody takes its port) keeps
+    the refusal certain for the whole check.
+    """
+    import socket
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+
+    async def release() -> None:
+        sock.close()
+
+    ctx.on_cleanup(release)
+    return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+async def _refusal(ctx: Context) -> Exception:
+    """The exception aiohttp raises for a refused connection, produced for real."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        try:
+            async with session.get(_refusing_url(ctx) + "/", timeout=aiohttp.ClientTimeout(total=2)):
+                pass
+        except aiohttp.ClientConnectionError as exc:
+            return exc
+    raise CheckFailed("the checks could not provoke a refused connection (a port bound but not listening answered)")
+
+
 RESET_MARGIN_S = 0.05
 """How long past a breaker's reset timeout the checks wait before its trial call."""
 
@@ -223,20 +254,31 @@ async def fetch_uses_the_timeout_it_is_given(ctx: Context) -> None:
 
 @checks.check(
     "q2",
-    hint="let tenacity's async loop drive the attempts, retrying the RETRY_ON failures, and return the first success",
+    hint="let tenacity's async loop drive the attempts, retrying every RETRY_ON failure (a timeout, a 5xx, "
+    "a refused connection), and return the first success",
     code_hint="async for attempt in AsyncRetrying(..., retry=retry_if_exception_type(RETRY_ON), reraise=True): "
     "with attempt: return await call()",
 )
-async def retries_until_success(ctx: Context) -> None:
-    """with_retries(call) retries a call that fails twice and returns its result."""
+async def retries_until_success(ctx: Context) -> str:
+    """with_retries(call) retries a timeout, a ServiceError and a refused connection, then returns the result."""
     service_error, _ = _errors(ctx)
     token = _token(ctx)
-    flaky = Flaky(2, lambda: service_error(503, "http://check"), token)
+    failures = [TimeoutError(), service_error(503, "http://check"), await _refusal(ctx)]
+    ctx.rng.shuffle(failures)
+    pending = iter(failures)
+    flaky = Flaky(len(failures), lambda: next(pending), token)
     with_retries = ctx.function("with_retries")
-    got = await outcome("with_retries()", lambda: with_retries(flaky, attempts=4, base_s=0.01, cap_s=0.05), 5.0)
-    expect(got.error is None, f"with_retries raised {got.raised}; the call would have succeeded on its 3rd attempt")
+    got = await outcome("with_retries()", lambda: with_retries(flaky, attempts=5, base_s=0.01, cap_s=0.05), 5.0)
+    kinds = ", ".join(type(error).__name__ for error in failures)
+    expect(
+        got.error is None,
+        f"with_retries raised {got.raised} after {flaky.calls} call(s); the call failed with {kinds} (each one in "
+        "RETRY_ON, each one worth a retry: a refused connection is a service whose process is gone) and would "
+        "have succeeded on its 4th attempt",
+    )
     expect(got.value == token, f"expected the call's result {token!r}, got {got.value!r}")
-    expect(flaky.calls == 3, f"the call was made {flaky.calls} times; it succeeds on the 3rd")
+    expect(flaky.calls == 4, f"the call was made {flaky.calls} times; it succeeds on the 4th")
+    return f"retried {kinds}"
 
 
 @checks.check(
@@ -357,25 +399,32 @@ async def waits_without_blocking_the_event_loop(ctx: Context) -> str:
 
 @checks.check(
     "q2",
-    hidden=True,
-    hint="retry only RETRY_ON (timeouts and ServiceError); an open breaker or a bug must not be retried",
+    hint="retry only RETRY_ON; an open breaker or a bug goes straight to the caller",
     code_hint="retry=retry_if_exception_type(RETRY_ON)",
 )
 async def does_not_retry_what_cannot_pass(ctx: Context) -> None:
-    """Hidden: a ValueError or a CircuitOpenError is raised at once, after one call."""
+    """A ValueError (a bug) or a CircuitOpenError goes straight to the caller, after one call."""
     _, open_error = _errors(ctx)
     with_retries = ctx.function("with_retries")
     for error in (lambda: ValueError("bug"), lambda: open_error("open")):
         flaky = Flaky(float("inf"), error)
         got = await outcome("with_retries()", partial(with_retries, flaky, attempts=4, base_s=0.01), 3.0)
-        expect(flaky.calls == 1, f"{type(got.error).__name__} was retried ({flaky.calls} calls): it will not pass by itself")
+        expect(
+            flaky.calls == 1,
+            f"{type(got.error).__name__} was retried ({flaky.calls} calls): it is not in RETRY_ON and will not pass "
+            "by itself, so it goes straight to the caller",
+        )
+        expect(
+            type(got.error).__name__ in ("ValueError", "CircuitOpenError"),
+            f"the caller should see the call's own exception, got {got.raised}",
+        )
 
 
 @checks.check(
     "q2", hidden=True, hint="a timeout may pass: it is retryable too", code_hint="RETRY_ON includes asyncio.TimeoutError"
 )
 async def retries_timeouts(ctx: Context) -> None:
-    """Hidden: a call that times out once, then answers, succeeds."""
+    """Hidden (retries_until_success with other inputs): a call that times out once, then answers, succeeds."""
     flaky = Flaky(1, asyncio.TimeoutError, "fine")
     with_retries = ctx.function("with_retries")
     got = await outcome("with_retries()", lambda: with_retries(flaky, attempts=3, base_s=0.01), 3.0)
@@ -402,7 +451,9 @@ async def _fail_n(breaker: Any, n: int, error: Callable[[], BaseException]) -> N
         expect(got.error is not None, "Breaker.call should let the call's exception through")
 
 
-async def _until_in_flight(fn: Flaky, call: asyncio.Future[Outcome], timeout: float = 2.0) -> None:
+async def _until_in_flight(
+    fn: Flaky, call: asyncio.Future[Outcome], timeout: float = 2.0, what: str = "after reset_timeout_s the trial call"
+) -> None:
     """Return once ``call`` has reached ``fn`` (``fn`` is running); fail if it ends or times out first."""
     reached: asyncio.Future[Any] = asyncio.ensure_future(fn.called.wait())
     try:
@@ -411,9 +462,9 @@ async def _until_in_flight(fn: Flaky, call: asyncio.Future[Outcome], timeout: fl
         reached.cancel()
     if fn.calls:
         return
-    expect(call.done(), f"after reset_timeout_s the trial call did not reach fn within {timeout:g} s")
+    expect(call.done(), f"{what} did not reach fn within {timeout:g} s")
     ended = call.result()  # raises the check failure of unwritten code
-    raise CheckFailed(f"after reset_timeout_s one trial call should reach fn, but the call ended with {ended.raised}")
+    raise CheckFailed(f"{what} should reach fn, but the call ended with {ended.raised}")
 
 
 async def _finish(call: asyncio.Future[Any]) -> None:
@@ -497,43 +548,50 @@ async def failed_trial_reopens(ctx: Context) -> None:
     expect(isinstance(got.error, open_error) and spy.calls == 0, "right after a failed trial the breaker should refuse calls")
 
 
-@checks.check("q3", hidden=True, hint="a success resets the count of failures in a row", code_hint="self.failures = 0")
+@checks.check(
+    "q3",
+    hint="a success resets the count of failures in a row",
+    code_hint="after `result = await fn()` succeeds: self.failures = 0",
+)
 async def failures_must_be_consecutive(ctx: Context) -> None:
-    """Hidden: fail, fail, succeed, fail, fail with threshold 3 leaves the breaker closed."""
+    """A success resets the count: fail, fail, succeed, fail, fail with threshold 3 leaves the breaker closed."""
     service_error, _ = _errors(ctx)
     breaker = await _breaker(ctx, 3, 0.5)
     for _ in range(2):
         await _fail_n(breaker, 2, lambda: service_error(503, "x"))
         await _call(breaker, Flaky(0, RuntimeError))
-    expect(breaker.state == "closed", f"no 3 failures were in a row, yet state is {breaker.state!r}")
-
-
-@checks.check(
-    "q3",
-    hidden=True,
-    hint="count only RETRY_ON failures; let other exceptions through uncounted",
-    code_hint="except RETRY_ON: ...  (no `except Exception`)",
-)
-async def other_errors_do_not_count(ctx: Context) -> None:
-    """Hidden: ValueErrors (bugs, not a sick service) pass through and never open the breaker."""
-    breaker = await _breaker(ctx, 2, 0.5)
-    for _ in range(3):
-        got = await _call(breaker, Flaky(1, lambda: ValueError("bug")))
-        expect(isinstance(got.error, ValueError), f"the ValueError should pass through, got {got.raised}")
     expect(
         breaker.state == "closed",
-        f"3 ValueErrors opened the breaker (state {breaker.state!r}): they say nothing about the service",
+        f"no 3 failures were in a row (a success came between), yet state is {breaker.state!r}: a success resets "
+        "the count of failures in a row",
     )
 
 
 @checks.check(
     "q3",
-    hidden=True,
+    hint="count only RETRY_ON failures; let other exceptions through uncounted",
+    code_hint="except RETRY_ON: ...  (no `except Exception`)",
+)
+async def other_errors_do_not_count(ctx: Context) -> None:
+    """ValueErrors (bugs, not a sick service) pass through and never open the breaker."""
+    breaker = await _breaker(ctx, 2, 0.5)
+    for n in range(1, 4):
+        got = await _call(breaker, Flaky(1, lambda: ValueError("bug")))
+        expect(
+            breaker.state == "closed",
+            f"{n} ValueError(s) (threshold 2) moved the breaker to {breaker.state!r}: bugs say nothing about the "
+            "service, so only RETRY_ON failures count and every other exception passes through uncounted",
+        )
+        expect(isinstance(got.error, ValueError), f"the ValueError should pass through to the caller, got {got.raised}")
+
+
+@checks.check(
+    "q3",
     hint="half-open lets ONE trial through; other calls are refused until it ends",
     code_hint="if self.state == 'half-open' and self.trial_running: raise CircuitOpenError(...)",
 )
 async def one_trial_at_a_time(ctx: Context) -> None:
-    """Hidden: while a half-open trial runs, a second call is refused."""
+    """While a half-open trial runs, a second call is refused without calling fn."""
     service_error, open_error = _errors(ctx)
     breaker = await _breaker(ctx, 1, 0.15)
     await _fail_n(breaker, 1, lambda: service_error(503, "x"))
@@ -545,7 +603,45 @@ async def one_trial_at_a_time(ctx: Context) -> None:
     spy = Flaky(0, RuntimeError)
     second = await _call(breaker, spy)
     await trial
-    expect(spy.calls == 0 and isinstance(second.error, open_error), "a second call during the trial should be refused")
+    expect(
+        spy.calls == 0 and isinstance(second.error, open_error),
+        f"a second call while the half-open trial was still running ended with {second.raised} after calling fn "
+        f"{spy.calls} time(s): half-open lets exactly one trial through and refuses the others with CircuitOpenError",
+    )
+
+
+@checks.check(
+    "q3",
+    hint="a call that began before the breaker opened says nothing about the service now: when it ends late, "
+    "it must not move the breaker",
+    code_hint="trial = self.state == 'half-open'  # before the call; after a success: "
+    "if trial or self.state == 'closed': self.state, self.failures = 'closed', 0",
+)
+async def a_straggler_does_not_close_the_breaker(ctx: Context) -> str:
+    """A slow call that began while closed and succeeds after the breaker opened leaves it open."""
+    service_error, open_error = _errors(ctx)
+    breaker = await _breaker(ctx, 2, 5.0)
+    token = _token(ctx)
+    slow = Flaky(0, RuntimeError, token, hang_s=0.3)
+    straggler = asyncio.ensure_future(_call(breaker, slow))
+    ctx.on_cleanup(partial(_finish, straggler))
+    await _until_in_flight(slow, straggler, what="a call made while the breaker was closed")
+    await _fail_n(breaker, 2, lambda: service_error(503, "x"))
+    expect(breaker.state == "open", f"2 failures in a row (threshold 2) left the breaker {breaker.state!r}")
+    late = await straggler
+    expect(late.error is None and late.value == token, f"the slow call's own result should reach its caller ({late.raised})")
+    expect(
+        breaker.state == "open",
+        f"a call that began before the breaker opened succeeded afterwards and moved the breaker to {breaker.state!r}: "
+        "a straggler says nothing about the service now; only the half-open trial may close an open breaker",
+    )
+    spy = Flaky(0, RuntimeError)
+    after = await _call(breaker, spy)
+    expect(
+        isinstance(after.error, open_error) and spy.calls == 0,
+        f"after the straggler the breaker should still refuse calls, got {after.raised}",
+    )
+    return "still open after the straggler"
 
 
 # --------------------------------------------------------------------------- q4: all together
@@ -697,12 +793,11 @@ async def client_closes_after_recovery(ctx: Context) -> None:
 
 @checks.check(
     "q4",
-    hidden=True,
     hint="every attempt uses the client's own timeout_s",
     code_hint="fetch(self.session, url, self.timeout_s)",
 )
 async def client_uses_its_timeout(ctx: Context) -> None:
-    """Hidden: a client with timeout_s=0.8 waits for a service that answers in 350 ms."""
+    """A client with timeout_s=0.8 waits for a service that answers in 350 ms."""
     payload = {"item": _token(ctx)}
     svc = await _json_service(ctx, payload, latency=0.35)
     client = await _client(ctx, svc.url, timeout_s=0.8, attempts=1, deadline_s=2.0, failure_threshold=100)
@@ -711,3 +806,32 @@ async def client_uses_its_timeout(ctx: Context) -> None:
         got.error is None and got.value == payload,
         f"timeout_s=0.8 but a 350 ms answer ended in {got.raised}: each attempt should use the client's timeout_s",
     )
+
+
+@checks.check(
+    "q4",
+    hint="a refused connection is a service whose process is gone: it is a RETRY_ON failure, and the breaker counts it",
+    code_hint="RETRY_ON = (asyncio.TimeoutError, ServiceError, aiohttp.ClientConnectionError); the breaker's "
+    "`except RETRY_ON:` counts it",
+)
+async def client_opens_when_the_service_is_gone(ctx: Context) -> str:
+    """With nothing listening at the URL (connections refused), the breaker opens and get() then fails fast."""
+    _, open_error = _errors(ctx)
+    client = await _client(
+        ctx, _refusing_url(ctx), timeout_s=0.2, attempts=2, deadline_s=1.0, failure_threshold=3, reset_timeout_s=5.0
+    )
+    ended: list[str] = []
+    for _ in range(6):
+        ended.append((await _get(client)).raised)
+        if getattr(getattr(client, "breaker", None), "state", None) == "open":
+            break
+    state = getattr(getattr(client, "breaker", None), "state", None)
+    expect(
+        state == "open",
+        f"{len(ended)} get() calls to a service whose process is gone ended with {ended[-1]}, and the breaker is "
+        f"{state!r}: a refused connection must count as a failure (aiohttp.ClientConnectionError belongs in RETRY_ON, "
+        "and the breaker counts what RETRY_ON lists)",
+    )
+    got = await _get(client)
+    expect(isinstance(got.error, open_error), f"with the breaker open get() should raise CircuitOpenError, got {got.raised}")
+    return f"open after {len(ended)} get() calls"

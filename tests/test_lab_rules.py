@@ -1,0 +1,203 @@
+"""Every rule labs 00, 02 and 04 state is judged by a check the learner sees.
+
+``await check("qN")`` in the notebook runs only the visible checks; the grader adds the
+hidden ones. A rule judged only by a hidden check lets a learner see "all passed" and
+lose points at grading. So: each rule the lab's text states (quoted below, as the learner
+reads it in labs/) names the visible check that judges it, and every hidden check is a
+variant of such a rule (other inputs for the same rule), listed under it. A hidden check
+that judges something the text does not state would go in ``UNSTATED`` with the reason;
+there is none today.
+
+This table is the rule audit of issue 21: add a rule here when a lab's text gains one.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import nbformat
+import pytest
+
+from helpers.grading.checks import Check, load_checks
+from helpers.grading.labgen import LABS
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One rule of a lab: where its text states it, and the checks that judge it."""
+
+    question: str
+    stated: str
+    """Words of the lab as shipped (Markdown, given code or # HINT lines) that state the rule."""
+    visible: str
+    """The visible check of ``question`` that fails when the rule is broken."""
+    hidden: tuple[str, ...] = ()
+    """Hidden checks that judge the same rule with other inputs."""
+
+
+RULES: dict[str, dict[str, Rule]] = {
+    "00_warmup": {
+        "the answer is JSON {hello: NAME}": Rule(
+            "q1", 'answers **JSON** `{"hello": NAME}`', "service_greets_by_name", ("handler_works_as_a_new_service",)
+        ),
+        "world without ?name=": Rule("q1", '`"world"` when there is none', "service_greets_the_world"),
+        "a service called hello, kept in svc": Rule(
+            "q1",
+            'start it as a service called `"hello"` with `start_service` and keep what it returns in `svc`',
+            "service_greets_by_name",
+        ),
+        "subscribe before publishing": Rule(
+            "q2", "a subscriber only gets messages published *after* it subscribed", "round_trip_returns_the_text"
+        ),
+        "the topic and text given": Rule("q2", "subscribe to `topic`, publish `text` on it", "round_trip_twice"),
+        "published through the broker at QoS 1": Rule(
+            "q2", "with **QoS 1**", "publishes_at_qos_1", ("message_crosses_the_broker",)
+        ),
+        "UTF-8 both ways": Rule("q2", "as **UTF-8** bytes", "unicode_text_survives"),
+        "n requests, one after another": Rule(
+            "q3", "send `n` GET requests to `url`, one after another", "sends_n_requests", ("respects_n",)
+        ),
+        "the median, not the mean": Rule("q3", "return the median latency (p50)", "median_not_mean", ("respects_n",)),
+        "in milliseconds": Rule("q3", "**in milliseconds**", "p50_in_milliseconds"),
+        "p50_ms measured on the hello service": Rule(
+            "q3", "measure the hello service with 20 requests and keep the result in `p50_ms`", "notebook_p50_is_plausible"
+        ),
+    },
+    "02_resilient_client": {
+        "fetch returns the JSON": Rule("q1", "GET `url` and return its JSON", "fetch_returns_json"),
+        "the timeout bounds the whole call": Rule(
+            "q1",
+            "it must raise `asyncio.TimeoutError`",
+            "fetch_gives_up_at_its_timeout",
+            ("fetch_uses_the_timeout_it_is_given",),
+        ),
+        "a 5xx raises ServiceError": Rule("q1", "raise `ServiceError(status, url)`", "fetch_raises_service_error_on_5xx"),
+        "a 4xx raises aiohttp's error": Rule(
+            "q1", "For a 4xx, `response.raise_for_status()` raises aiohttp's own error", "fetch_raises_a_4xx_as_a_client_error"
+        ),
+        "retry the RETRY_ON failures": Rule(
+            "q2", "retry only the failures in `RETRY_ON`", "retries_until_success", ("retries_timeouts",)
+        ),
+        "a refused connection is retried": Rule("q2", "a refused or broken connection", "retries_until_success"),
+        "anything else straight to the caller": Rule(
+            "q2", "goes straight to the caller after one call", "does_not_retry_what_cannot_pass"
+        ),
+        "a 4xx is not retried": Rule("q2", "a bad request will not get better by retrying", "does_not_retry_a_4xx"),
+        "the retry budget": Rule("q2", "make at most `attempts` calls (the *retry budget*)", "stops_at_the_retry_budget"),
+        "full jitter under a capped exponential": Rule(
+            "q2", "wait between attempts with **full jitter**", "waits_are_capped_exponential_with_full_jitter"
+        ),
+        "wait asynchronously": Rule("q2", "so never `time.sleep`", "waits_without_blocking_the_event_loop"),
+        "the overall deadline": Rule("q2", "never take longer than `deadline_s` in total", "respects_the_deadline"),
+        "open after failure_threshold in a row": Rule(
+            "q3", "When the count reaches `failure_threshold`, go **open**", "opens_after_threshold_failures"
+        ),
+        "a success resets the count": Rule("q3", "a success resets it", "failures_must_be_consecutive"),
+        "open refuses without calling": Rule(
+            "q3", "raise `CircuitOpenError` at once, **without calling** `fn`", "refuses_while_open"
+        ),
+        "a successful trial closes": Rule("q3", "Success: **closed**", "half_open_trial_success_closes"),
+        "a failed trial reopens with a fresh timer": Rule(
+            "q3", "Failure: **open** again, with a fresh timer", "failed_trial_reopens"
+        ),
+        "one trial; others refused while it runs": Rule("q3", "refuse others while it runs", "one_trial_at_a_time"),
+        "other exceptions do not count": Rule(
+            "q3", "Any other exception (a bug, a 4xx) passes through and does not count", "other_errors_do_not_count"
+        ),
+        "a straggler gives no verdict": Rule(
+            "q3", "its late success must not close the breaker", "a_straggler_does_not_close_the_breaker"
+        ),
+        "every attempt goes through the breaker": Rule(
+            "q4", "every **attempt** goes through the breaker", "client_opens_under_sustained_failure"
+        ),
+        "each attempt uses the client's timeout": Rule(
+            "q4", "every breaker call is one `fetch` with the client's timeout", "client_uses_its_timeout"
+        ),
+        "the client's retry budget": Rule("q4", "with the client's budget and deadline", "client_stays_within_the_retry_budget"),
+        "the client's deadline": Rule("q4", "with the client's budget and deadline", "client_respects_the_deadline"),
+        "an open breaker ends get() at once": Rule(
+            "q4", "an open breaker ends `get()` at once", "client_stops_calling_while_open"
+        ),
+        "a gone service opens the breaker": Rule(
+            "q4", "refused or broken: the service's process is gone", "client_opens_when_the_service_is_gone"
+        ),
+    },
+    "04_reliable_consumer": {
+        "a persistent session": Rule(
+            "q1", "the same client id every time, `clean_session=False`", "orders_wait_for_an_offline_consumer"
+        ),
+        "the client id is the consumer's name": Rule(
+            "q1", "with `name` as its client id", "orders_wait_for_an_offline_consumer", ("each_name_has_its_own_session",)
+        ),
+        "QoS 1": Rule("q1", "a delivery is capped by the subscription's QoS", "orders_wait_for_an_offline_consumer"),
+        "no ack on receipt": Rule("q1", "the client must not acknowledge on receipt", "acknowledges_only_when_told"),
+        "each event charged once, True or False": Rule(
+            "q2", "return `True` if it charged, `False` if it skipped", "charges_each_event_once"
+        ),
+        "the ids survive a restart": Rule("q2", "so a *restarted* consumer still knows them", "remembers_after_a_restart"),
+        "one store per workdir": Rule("q2", "another folder is another consumer", "stores_belong_to_their_folder"),
+        "dedupe on the event id": Rule("q2", "Dedupe on the **event id** (`event.id`)", "dedupes_on_event_id"),
+        "record after the charge": Rule("q2", "Record the id only **after** the charge succeeded", "records_only_after_charging"),
+        "dead-letter with the reason, return None": Rule(
+            "q3",
+            "publish `dead_letter_payload(original_topic, payload, reason)` (QoS 1) to `dead_letter_topic` and return `None`",
+            "malformed_goes_to_dead_letters",
+            ("incomplete_and_binary_are_dead_lettered",),
+        ),
+        "the topic str()'d for JSON": Rule("q3", "The original topic is `str(message.topic)`", "malformed_goes_to_dead_letters"),
+        "a valid event is returned": Rule("q3", "return the decoded event", "valid_event_passes_through"),
+        "charge every order while running": Rule("q4", "which runs until it is cancelled", "charges_orders_while_running"),
+        "ack only after the work, in arrival order": Rule(
+            "q4", "and only then `ack(client, message)`", "acks_each_order_after_charging_it", ("killed_mid_stream",)
+        ),
+        "survive a kill and a restart": Rule(
+            "q4", "let the checks kill and restart your consumer", "survives_a_restart", ("killed_mid_stream",)
+        ),
+        "dead letters, then carry on": Rule("q4", 'dead letters go to `f"{topic}/dead-letter"`', "dead_letters_and_keeps_going"),
+    },
+}
+
+UNSTATED: dict[str, dict[str, str]] = {lab: {} for lab in RULES}
+"""Hidden checks of a rule the lab's text does not state: check name -> why it is fair to keep it hidden."""
+
+
+def _words(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def _lab_text(lab: str) -> str:
+    """Everything the learner reads in the shipped lab: Markdown, the given code, the # HINT lines."""
+    return _words("\n".join(cell.source for cell in nbformat.read(LABS / f"{lab}.ipynb", as_version=4).cells))
+
+
+def _checks(lab: str) -> dict[str, Check]:
+    return {check.name: check for check in load_checks(lab)}
+
+
+@pytest.mark.parametrize("lab", sorted(RULES))
+def test_every_stated_rule_is_judged_by_a_visible_check(lab: str) -> None:
+    text, checks = _lab_text(lab), _checks(lab)
+    for label, rule in RULES[lab].items():
+        assert _words(rule.stated) in text, f"{lab}: the rule '{label}' is no longer stated as {rule.stated!r}"
+        judge = checks.get(rule.visible)
+        assert judge is not None, f"{lab}: the rule '{label}' names a check that does not exist: {rule.visible}"
+        assert not judge.hidden, f"{lab}: the rule '{label}' is judged only by the hidden check {rule.visible}"
+        assert judge.question == rule.question, f"{lab}: {rule.visible} is a check of {judge.question}, not {rule.question}"
+        for name in rule.hidden:
+            variant = checks.get(name)
+            assert variant is not None and variant.hidden, f"{lab}: {name} (listed under '{label}') is not a hidden check"
+            assert variant.question == rule.question, f"{lab}: {name} belongs to {variant.question}, '{label}' to {rule.question}"
+
+
+@pytest.mark.parametrize("lab", sorted(RULES))
+def test_every_hidden_check_varies_a_rule_a_visible_check_judges(lab: str) -> None:
+    varied = {name for rule in RULES[lab].values() for name in rule.hidden}
+    hidden = {check.name for check in load_checks(lab) if check.hidden}
+    alone = hidden - varied - set(UNSTATED[lab])
+    assert not alone, (
+        f"{lab}: hidden checks {sorted(alone)} judge no rule a visible check judges: make the rule's check visible "
+        "(or list the hidden check under its rule in RULES, or in UNSTATED with the reason)"
+    )
+    for name, why in UNSTATED[lab].items():
+        assert name in hidden and why, f"{lab}: UNSTATED lists {name}, which is not a hidden check, or gives no reason"

@@ -1,0 +1,373 @@
+"""Learner submissions to labs 00, 02 and 04 are judged right, and a mistake is named where the learner sees it.
+
+Each submission is the real solution notebook's code with a learner's edit (see
+``lab_submissions``): either a correct alternative, which must get every point of its
+question (hidden checks included), or one mistake, which must fail a *visible* check
+(the learner's own ``await check("qN")`` shows it before grading) whose message names
+the rule that was broken.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from lab_submissions import Edit, submission
+
+from helpers.core.http import start_service
+from helpers.grading.checks import CheckResult, load_checks, run_check
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One learner's answer to one question: the solution with ``edits``."""
+
+    lab: str
+    question: str
+    edits: tuple[Edit, ...]
+    fails: str | None = None
+    """The visible check that must fail (None: a correct alternative, which gets every point)."""
+    says: str = ""
+    """Words the failing check's message must contain: the rule, named."""
+
+
+# --------------------------------------------------------------------------- lab 00
+
+JSON_BY_HAND = ('    return web.json_response({"hello": name})', '    return web.Response(text=json.dumps({"hello": name}))')
+MORE_IMPORTS = ("import asyncio\n", "import asyncio\nimport json\nimport statistics\n")
+P50 = "    return run.summary().p50_ms"
+DECODE = "            return message.payload.decode()"
+
+LAB00 = {
+    "00 correct: JSON built by hand, labelled as JSON": Variant(
+        "00_warmup",
+        "q1",
+        (MORE_IMPORTS, (JSON_BY_HAND[0], JSON_BY_HAND[1][:-1] + ', content_type="application/json")')),
+    ),
+    "00 correct: payload read with str(..., 'utf-8')": Variant(
+        "00_warmup", "q2", ((DECODE, '            return str(message.payload, "utf-8")'),)
+    ),
+    "00 correct: statistics.median of the latencies": Variant(
+        "00_warmup", "q3", (MORE_IMPORTS, (P50, "    return statistics.median(run.latencies_ms)"))
+    ),
+    "00 mistake: JSON text labelled text/plain": Variant(
+        "00_warmup", "q1", (MORE_IMPORTS, JSON_BY_HAND), "service_greets_by_name", "application/json"
+    ),
+    "00 mistake: published at QoS 0": Variant(
+        "00_warmup",
+        "q2",
+        (("text.encode(), qos=1)", "text.encode())"),),
+        "publishes_at_qos_1",
+        "QoS 1",
+    ),
+    "00 mistake: payload decoded as Latin-1": Variant(
+        "00_warmup",
+        "q2",
+        ((DECODE, '            return message.payload.decode("latin-1")'),),
+        "unicode_text_survives",
+        "UTF-8",
+    ),
+    "00 mistake: a mean for a median": Variant(
+        "00_warmup",
+        "q3",
+        (MORE_IMPORTS, (P50, "    return statistics.mean(run.latencies_ms)")),
+        "median_not_mean",
+        "the median",
+    ),
+    "00 mistake: p50 in seconds": Variant(
+        "00_warmup", "q3", ((P50, "    return run.summary().p50_ms / 1000"),), "p50_in_milliseconds", "return milliseconds"
+    ),
+}
+
+# --------------------------------------------------------------------------- lab 02
+
+TENACITY_LOOP = """    async def attempt_all():
+        async for attempt in AsyncRetrying(
+            stop=stop_after_attempt(attempts),
+            wait=wait_random_exponential(multiplier=base_s, max=cap_s),
+            retry=retry_if_exception_type(RETRY_ON),
+            reraise=True,
+        ):
+            with attempt:
+                return await call()
+"""
+TENACITY_DECORATOR = """    @retry(
+        stop=stop_after_attempt(attempts),
+        wait=wait_random_exponential(multiplier=base_s, max=cap_s),
+        retry=retry_if_exception_type(RETRY_ON),
+        reraise=True,
+    )
+    async def attempt_all():
+        return await call()
+"""
+CLOSES = """        if trial or self.state == "closed":  # a late success of a straggler must not close an open breaker
+            self.state, self.failures = "closed", 0
+"""
+BREAKER_BODY = (
+    """        if self.state == "open" and time.monotonic() - self.opened_at >= self.reset_timeout_s:
+            self.state = "half-open"
+        if self.state == "open" or (self.state == "half-open" and self.trial_running):
+            raise CircuitOpenError(f"circuit open, retry after {self.reset_timeout_s} s")
+        trial = self.state == "half-open"
+        self.trial_running = trial
+        try:
+            result = await fn()
+        except RETRY_ON:
+            if trial or self.state == "closed":  # a straggler that began before the breaker opened: no verdict
+                self.failures += 1
+                if trial or self.failures >= self.failure_threshold:
+                    self.state, self.opened_at, self.failures = "open", time.monotonic(), 0
+            raise
+        finally:
+            if trial:
+                self.trial_running = False
+"""
+    + CLOSES
+)
+BREAKER_BY_OPENING_TIME = """        if self.state == "open" and time.monotonic() - self.opened_at >= self.reset_timeout_s:
+            self.state = "half-open"
+        if self.state == "open" or (self.state == "half-open" and self.trial_running):
+            raise CircuitOpenError("refused: the breaker is open")
+        opened_before, trial = self.opened_at, self.state == "half-open"
+        self.trial_running = self.trial_running or trial
+        try:
+            result = await fn()
+        except RETRY_ON:
+            if self.opened_at == opened_before:  # the breaker has not (re)opened since this call began
+                self.failures += 1
+                if trial or self.failures >= self.failure_threshold:
+                    self.state, self.opened_at, self.failures = "open", time.monotonic(), 0
+            raise
+        finally:
+            if trial:
+                self.trial_running = False
+        if self.opened_at == opened_before:
+            self.state, self.failures = "closed", 0
+"""
+
+LAB02 = {
+    "02 correct: tenacity's @retry decorator": Variant(
+        "02_resilient_client",
+        "q2",
+        (
+            ("from tenacity import AsyncRetrying,", "from tenacity import retry, AsyncRetrying,"),
+            (TENACITY_LOOP, TENACITY_DECORATOR),
+        ),
+    ),
+    "02 correct: a breaker that tells stragglers by the time it opened": Variant(
+        "02_resilient_client", "q3", ((BREAKER_BODY, BREAKER_BY_OPENING_TIME),)
+    ),
+    "02 mistake: a breaker that closes on a straggler": Variant(
+        "02_resilient_client",
+        "q3",
+        ((CLOSES, '        self.state, self.failures = "closed", 0\n'),),
+        "a_straggler_does_not_close_the_breaker",
+        "began before the breaker opened",
+    ),
+    "02 mistake: a success does not reset the count": Variant(
+        "02_resilient_client",
+        "q3",
+        ((CLOSES, '        if trial:\n            self.state = "closed"\n'),),
+        "failures_must_be_consecutive",
+        "a success resets",
+    ),
+    "02 mistake: every caller is a half-open trial": Variant(
+        "02_resilient_client",
+        "q3",
+        (
+            (
+                '        if self.state == "open" or (self.state == "half-open" and self.trial_running):',
+                '        if self.state == "open":',
+            ),
+        ),
+        "one_trial_at_a_time",
+        "exactly one trial",
+    ),
+    "02 mistake: the breaker counts bugs": Variant(
+        "02_resilient_client",
+        "q3",
+        (("        except RETRY_ON:\n", "        except Exception:\n"),),
+        "other_errors_do_not_count",
+        "bugs say nothing about the service",
+    ),
+    "02 mistake: CircuitOpenError retried": Variant(
+        "02_resilient_client",
+        "q2",
+        (("retry=retry_if_exception_type(RETRY_ON),", "retry=retry_if_exception_type(Exception),"),),
+        "does_not_retry_what_cannot_pass",
+        "straight to the caller",
+    ),
+    "02 mistake: refused connections not in RETRY_ON": Variant(
+        "02_resilient_client",
+        "q4",
+        (("    aiohttp.ClientConnectionError,  # refused or broken: the service's process is gone\n", ""),),
+        "client_opens_when_the_service_is_gone",
+        "a refused connection must count as a failure",
+    ),
+    "02 mistake: the client ignores its timeout": Variant(
+        "02_resilient_client",
+        "q4",
+        (("fetch(self.session, url, self.timeout_s)", "fetch(self.session, url)"),),
+        "client_uses_its_timeout",
+        "the client's timeout_s",
+    ),
+}
+
+# --------------------------------------------------------------------------- lab 04
+
+APPLY = """    if event.id in applied:
+        return False
+    ledger.charge(event)
+    applied.add(event.id)
+    return True
+"""
+STORE = '    return SeenIds(Path(workdir) / "applied-ids.txt")'
+SQLITE_STORE = '''import sqlite3
+
+
+class SqliteIds:
+    """The applied ids in a SQLite table, with the `in` and .add() of SeenIds."""
+
+    def __init__(self, path):
+        self.db = sqlite3.connect(path, isolation_level=None)
+        self.db.execute("CREATE TABLE IF NOT EXISTS applied (id TEXT PRIMARY KEY)")
+
+    def __contains__(self, event_id):
+        return self.db.execute("SELECT 1 FROM applied WHERE id = ?", (event_id,)).fetchone() is not None
+
+    def add(self, event_id):
+        self.db.execute("INSERT OR IGNORE INTO applied VALUES (?)", (event_id,))
+
+
+def open_applied_ids(workdir):'''
+DEAD_LETTER = 'record = dead_letter_payload(str(message.topic), payload, f"malformed: {exc}")'
+
+LAB04 = {
+    "04 correct: a SQLite store of applied ids": Variant(
+        "04_reliable_consumer",
+        "q2",
+        (("def open_applied_ids(workdir):", SQLITE_STORE), (STORE, '    return SqliteIds(Path(workdir) / "applied.db")')),
+    ),
+    "04 correct: apply_once written the other way round": Variant(
+        "04_reliable_consumer",
+        "q2",
+        (
+            (
+                APPLY,
+                "    if event.id not in applied:\n        ledger.charge(event)\n        applied.add(event.id)\n"
+                "        return True\n    return False\n",
+            ),
+        ),
+    ),
+    "04 correct: the topic's .value and the bare reason": Variant(
+        "04_reliable_consumer",
+        "q3",
+        ((DEAD_LETTER, "record = dead_letter_payload(message.topic.value, payload, str(exc))"),),
+    ),
+    "04 mistake: a consumer at QoS 0": Variant(
+        "04_reliable_consumer", "q1", (("QOS = 1\n", "QOS = 0\n"),), "orders_wait_for_an_offline_consumer", "QoS 1"
+    ),
+    "04 mistake: one client id for every consumer": Variant(
+        "04_reliable_consumer",
+        "q1",
+        (("broker.client(name, clean_session=False)", 'broker.client("payments", clean_session=False)'),),
+        "orders_wait_for_an_offline_consumer",
+        "use the consumer's name",
+    ),
+    "04 mistake: a dedupe on the order id": Variant(
+        "04_reliable_consumer",
+        "q2",
+        ((APPLY, APPLY.replace("event.id", 'event.data["order_id"]')),),
+        "dedupes_on_event_id",
+        "not on the order id",
+    ),
+    "04 mistake: the id recorded before the charge": Variant(
+        "04_reliable_consumer",
+        "q2",
+        (("    ledger.charge(event)\n    applied.add(event.id)\n", "    applied.add(event.id)\n    ledger.charge(event)\n"),),
+        "records_only_after_charging",
+        "record the event id only after the charge",
+    ),
+    "04 mistake: one store for every workdir": Variant(
+        "04_reliable_consumer",
+        "q2",
+        (
+            ("def open_applied_ids(workdir):", "SHARED_IDS = set()\n\n\ndef open_applied_ids(workdir):"),
+            (STORE, "    return SHARED_IDS"),
+        ),
+        "stores_belong_to_their_folder",
+        "shared between folders",
+    ),
+    "04 mistake: the Topic put into JSON as it is": Variant(
+        "04_reliable_consumer",
+        "q3",
+        ((DEAD_LETTER, DEAD_LETTER.replace("str(message.topic)", "message.topic")),),
+        "malformed_goes_to_dead_letters",
+        "str(message.topic)",
+    ),
+}
+
+VARIANTS: dict[str, Variant] = {**LAB00, **LAB02, **LAB04}
+
+
+def _uses_a_broker(variant: Variant) -> bool:
+    return variant.lab == "04_reliable_consumer" or (variant.lab, variant.question) == ("00_warmup", "q2")
+
+
+@asynccontextmanager
+async def _kernel(variant: Variant) -> AsyncIterator[dict[str, Any]]:
+    """The learner's namespace after Run All: for lab 00, the hello service and the p50 the notebook measured."""
+    ns = submission(variant.lab, *variant.edits)
+    if variant.lab != "00_warmup":
+        yield ns
+        return
+    ns["svc"] = await start_service("hello", ns["hello"])
+    try:
+        ns["p50_ms"] = await ns["measure_p50"](f"{ns['svc'].url}/", 20)
+        yield ns
+    finally:
+        await ns["svc"].stop()
+
+
+async def _judge(variant: Variant) -> dict[str, CheckResult]:
+    """Every check of the variant's question, hidden ones included, as the grader runs them."""
+    async with _kernel(variant) as ns:
+        return {c.name: await run_check(c, ns) for c in load_checks(variant.lab).of(variant.question)}
+
+
+@pytest.mark.parametrize(
+    "label", [pytest.param(label, marks=[pytest.mark.broker] if _uses_a_broker(v) else []) for label, v in VARIANTS.items()]
+)
+async def test_each_submission_is_judged_right(label: str) -> None:
+    variant = VARIANTS[label]
+    got = await _judge(variant)
+    if variant.fails is None:
+        assert {name: r.message for name, r in got.items() if not r.passed} == {}, f"{label} loses points"
+        return
+    result = got[variant.fails]
+    assert not result.passed, f"{label} passes {variant.fails}"
+    assert not result.hidden, f"{label} is caught only by a hidden check: the learner would see 'all passed'"
+    assert variant.says in result.message, result.message
+
+
+def test_every_lab_has_six_submissions_with_alternatives_and_mistakes() -> None:
+    per_lab = Counter(v.lab for v in VARIANTS.values())
+    assert set(per_lab) == {"00_warmup", "02_resilient_client", "04_reliable_consumer"}
+    assert all(n >= 6 for n in per_lab.values()), per_lab
+    for lab in per_lab:
+        kinds = {v.fails is None for v in VARIANTS.values() if v.lab == lab}
+        assert kinds == {True, False}, f"{lab} needs correct alternatives and mistakes"
+
+
+def test_the_classic_mistakes_are_among_them() -> None:
+    for label in (
+        "00 mistake: a mean for a median",
+        "02 mistake: a breaker that closes on a straggler",
+        "04 mistake: a consumer at QoS 0",
+        "04 mistake: a dedupe on the order id",
+    ):
+        assert VARIANTS[label].fails, label
