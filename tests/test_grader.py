@@ -280,6 +280,7 @@ async def test_missing_check_cell_still_runs_its_checks(tiny_checks: Path, tmp_p
 
 
 @pytest.mark.broker
+@pytest.mark.kernel
 async def test_deleted_check_cell_runs_its_checks_before_the_clean_up_cell(tmp_path: Path) -> None:
     """The warm-up's last cell stops the service q3's checks measure: they must run before it,
     where the lab as shipped has check("q3"), and q1's where the lab has check("q1")."""
@@ -301,6 +302,7 @@ async def test_deleted_check_cell_runs_its_checks_before_the_clean_up_cell(tmp_p
 
 
 @pytest.mark.broker
+@pytest.mark.kernel
 async def test_monkeypatching_check_checks_module_and_helpers_does_not_change_the_score(tmp_path: Path) -> None:
     sabotage = textwrap.dedent(
         """
@@ -334,6 +336,7 @@ async def test_monkeypatching_check_checks_module_and_helpers_does_not_change_th
 
 
 @pytest.mark.broker
+@pytest.mark.kernel
 async def test_sabotaged_helpers_do_not_cost_a_correct_solution_points(tmp_path: Path) -> None:
     sabotage = textwrap.dedent(
         """

@@ -39,6 +39,7 @@ def _without_timing(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.mark.broker
+@pytest.mark.kernel
 def test_parallel_batch_gives_the_serial_results(tmp_path: Path) -> None:
     folder = tmp_path / "submissions"
     kinds = lab04_batch(folder, 6)

@@ -95,6 +95,7 @@ def test_an_unreachable_external_broker_is_reported_not_raised() -> None:
 
 
 @pytest.mark.broker
+@pytest.mark.kernel
 def test_make_run_collects_claims_and_fails_on_a_failed_claim(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     """Two notebooks in fresh kernels: claims come from their outputs, quietly, and the exit status says failure."""
     lessons = tmp_path / "notebooks"
@@ -134,6 +135,7 @@ def test_make_run_collects_claims_and_fails_on_a_failed_claim(tmp_path: Path, ca
 
 
 @pytest.mark.broker
+@pytest.mark.kernel
 def test_in_place_stores_outputs_only_when_the_run_is_clean(tmp_path: Path) -> None:
     good = notebook(tmp_path / "good.ipynb", "print(6 * 7)")
     bad = notebook(tmp_path / "bad.ipynb", "print('before')", "1 / 0")

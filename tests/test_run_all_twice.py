@@ -25,6 +25,7 @@ def broker_children(kernel_pid: int) -> list[psutil.Process]:
 
 @pytest.mark.broker
 @pytest.mark.parametrize("name", ["00_welcome", "04_async_pitfalls", "07_mini_challenge"])
+@pytest.mark.kernel
 def test_run_all_twice_in_one_kernel(name: str) -> None:
     path = ROOT / "notebooks" / f"{name}.ipynb"
     nb = nbformat.read(path, as_version=4)
