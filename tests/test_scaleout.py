@@ -134,6 +134,7 @@ def test_a_slot_has_one_client_id_per_run() -> None:
 
 @needs_broker
 @pytest.mark.asyncio
+@pytest.mark.broker
 async def test_kill_9_a_worker_process_restart_its_slot_every_job_done_none_twice(tmp_path: Path) -> None:
     real = await scaleout.start_real_broker()
     front = await scaleout.start_front(real.broker, tmp_path)
@@ -154,6 +155,7 @@ async def test_kill_9_a_worker_process_restart_its_slot_every_job_done_none_twic
 
 @needs_broker
 @pytest.mark.asyncio
+@pytest.mark.broker
 async def test_sigterm_a_worker_process_restart_its_slot_every_job_done(tmp_path: Path) -> None:
     real = await scaleout.start_real_broker()
     front = await scaleout.start_front(real.broker, tmp_path)
@@ -169,6 +171,7 @@ async def test_sigterm_a_worker_process_restart_its_slot_every_job_done(tmp_path
 
 @needs_broker
 @pytest.mark.asyncio
+@pytest.mark.broker
 async def test_a_process_without_a_slot_drops_what_it_held_when_it_stops(tmp_path: Path) -> None:
     real = await scaleout.start_real_broker()
     front = await scaleout.start_front(real.broker, tmp_path)
@@ -193,6 +196,7 @@ async def test_a_process_without_a_slot_drops_what_it_held_when_it_stops(tmp_pat
 
 @needs_broker
 @pytest.mark.asyncio
+@pytest.mark.broker
 async def test_a_slot_killed_and_not_restarted_keeps_its_jobs_waiting(tmp_path: Path) -> None:
     real = await scaleout.start_real_broker()
     front = await scaleout.start_front(real.broker, tmp_path)
