@@ -94,11 +94,7 @@ def test_no_raw_claim_repr_is_stored(path: Path) -> None:
 @pytest.mark.parametrize("path", STORED, ids=_label)
 def test_no_nan_where_a_number_belongs(path: Path) -> None:
     lines = [
-        line.strip()
-        for cell in _code_cells(path)
-        for text in _texts(cell)
-        for line in text.splitlines()
-        if _NAN.search(line)
+        line.strip() for cell in _code_cells(path) for text in _texts(cell) for line in text.splitlines() if _NAN.search(line)
     ]
     assert not lines, f"{_label(path)} prints nan where a measured number belongs: {lines[:3]}"
 
@@ -109,7 +105,8 @@ def test_an_in_place_run_stores_figures_even_from_a_shell_with_mplbackend_agg(tm
 
     monkeypatch.setenv("MPLBACKEND", "Agg")  # as .ci/run and many test shells export it
     path = tmp_path / "plot.ipynb"
-    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import matplotlib.pyplot as plt\nplt.plot([1, 2])\nplt.show()")])
+    plot = nbformat.v4.new_code_cell("import matplotlib.pyplot as plt\nplt.plot([1, 2])\nplt.show()")
+    notebook = nbformat.v4.new_notebook(cells=[plot])
     notebook.metadata["kernelspec"] = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
     nbformat.write(notebook, path)
     ok, _, message = run_all.run_in_place(path, cell_timeout=60)
