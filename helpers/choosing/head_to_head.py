@@ -647,11 +647,11 @@ class Result:
             "answered": caller.answered,
             "errors": self.errors,
             "caller p50": _ms(caller.p50_ms),
-            "caller p99": _tail(caller),
+            "caller p99": caller.tail_cell(),
             "done": self.done,
             "not done": self.not_done,
             "done p50": _ms(done.p50_ms),
-            "done p99": _tail(done),
+            "done p99": done.tail_cell(),
             "half done": self.half_done,
             "done/s": _ms(self.done_per_s),
             "catch-up s": "" if caught_up is None else _ms(caught_up, 2),
@@ -680,13 +680,6 @@ class Result:
 def _ms(value: float, digits: int = 1) -> float | str:
     """A number rounded for a table, or "-" when there is none (NaN: nothing was answered or done)."""
     return "-" if math.isnan(value) else round(value, digits)
-
-
-def _tail(summary: Summary) -> float | str:
-    """The p99 cell of a table: the p99 over enough values, else "max ..." (a p99 of 40 values is their max)."""
-    label, value = summary.tail()
-    shown = _ms(value)
-    return shown if label == "p99" or isinstance(shown, str) else f"max {shown:,}"
 
 
 async def run_design(design: Design, scenario: Scenario, workload: Workload, *, done_timeout: float = 15.0) -> Result:

@@ -82,6 +82,13 @@ class Summary:
         """
         return ("p99", self.p99_ms) if self.answered >= P99_MIN_SAMPLES else ("max", self.max_ms)
 
+    def tail_cell(self) -> float | str:
+        """The tail for a table's p99 column: the p99 rounded, "max 123.4" for a short run, "-" for none."""
+        label, value = self.tail()
+        if math.isnan(value):
+            return "-"
+        return round(value, 1) if label == "p99" else f"max {value:,.1f}"
+
     def as_row(self) -> dict[str, float | int]:
         """A dict for tables (pandas-free): one row per experiment."""
         return {
