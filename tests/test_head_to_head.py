@@ -23,6 +23,7 @@ from helpers.choosing.head_to_head import (
     Scenario,
     Workload,
     compare,
+    plot_latencies,
     run_design,
     start_async,
     start_sync,
@@ -160,3 +161,18 @@ def test_the_table_puts_counts_beside_percentiles_and_says_max_for_a_short_run()
     assert "10 error(s)" in result.caller_line() and "max" in result.caller_line()
     many = LoadRun([Sample(float(i), float(i), i + 0.01, ok=True) for i in range(200)])
     assert many.summary().tail() == ("p99", many.summary().p99_ms)
+
+
+def test_the_percentile_plot_says_what_each_p99_bar_leaves_out() -> None:
+    def result(design: str, errors: int) -> Result:
+        samples = [Sample(float(i), float(i), i + 0.01, ok=i >= errors) for i in range(40)]
+        return Result(
+            design, HEALTHY, Workload(count=40), LoadRun(samples), [f"o{i}" for i in range(40)], Effects(DEFAULT_WORK), {}
+        )
+
+    figure = plot_latencies([{"sync": result("sync", 10), "async": result("async", 0)}])
+    caller, done = figure.axes[:2]
+    notes = [text.get_text() for text in caller.texts]
+    assert "max\n10/40\nerrors" in notes, f"the sync bar leaves 10 errors out, and 30 values make a max: {notes}"
+    assert "max" in notes, f"the async bar has no errors, and says max: {notes}"
+    assert any("40/40\nnever done" in text.get_text() for text in done.texts), "nothing was done in these results"

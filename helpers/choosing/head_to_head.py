@@ -812,7 +812,7 @@ def percentile_panel(
             linewidth=0.5,
             label=f"{design} {pct}",
         )
-    ax.set_xticks(x, scenarios)
+    ax.set_xticks(x, [name.replace(", ", ",\n") for name in scenarios])  # "payment slow, then down" on two lines
     _log_ms(ax)
     default = "Caller: until the Order service answers" if which == "caller" else "Work: until all three effects are applied"
     ax.set(xlabel="scenario", ylabel="milliseconds (log scale)", title=title or default)
