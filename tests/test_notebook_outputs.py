@@ -99,6 +99,7 @@ def test_no_nan_where_a_number_belongs(path: Path) -> None:
     assert not lines, f"{_label(path)} prints nan where a measured number belongs: {lines[:3]}"
 
 
+@pytest.mark.kernel
 def test_an_in_place_run_stores_figures_even_from_a_shell_with_mplbackend_agg(tmp_path: Path, monkeypatch: Any) -> None:
     """The root cause of the lost figures: a kernel that inherits ``MPLBACKEND=Agg`` draws into nothing."""
     from helpers.tools import run_all
