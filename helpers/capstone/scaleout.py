@@ -414,16 +414,26 @@ class JobEvents:
     failed: Counter[str] = field(default_factory=Counter)
     started: Counter[str] = field(default_factory=Counter)
     """Progress events for a job's first step: 2 means a worker started the job over (a redelivery)."""
+    seconds: dict[str, float] = field(default_factory=dict)
+    """How long each finished job took, from its first step's event to its ``job.done``."""
+    _began: dict[str, float] = field(default_factory=dict)
 
     def count(self, event: Event) -> None:
         data = event.data if isinstance(event.data, dict) else {}
         job_id = str(data.get("job_id"))
         if event.type == JOB_DONE:
             self.done[job_id] += 1
+            if job_id in self._began:
+                self.seconds.setdefault(job_id, time.perf_counter() - self._began[job_id])
         elif event.type == JOB_FAILED:
             self.failed[job_id] += 1
         elif event.type == JOB_PROGRESS and data.get("done") == 1:
             self.started[job_id] += 1
+            self._began.setdefault(job_id, time.perf_counter())
+
+    def slowest_job_s(self) -> float:
+        """The longest a finished job took (0 before any finished): how long "no progress" must last to mean stuck."""
+        return max(self.seconds.values(), default=0.0)
 
 
 @contextlib.asynccontextmanager
@@ -505,8 +515,10 @@ async def kill_drill(
     """Upload ``jobs`` photos, ``kill -9`` the slot's process mid-batch, upload ``while_away`` more, then restart the slot.
 
     The kill comes once as many jobs have begun as there are workers. Then the
-    drill waits until no job has finished for ``quiet`` seconds: the live workers have
-    done all they can, and what is left waits for the dead slot's client id (``held``).
+    drill waits until no job has finished for ``quiet`` seconds, or three times the
+    slowest job so far if that is longer (a busy machine works slower, and a slow job is
+    not a stuck one): the live workers have done all they can, and what is left waits
+    for the dead slot's client id (``held``).
     With ``restart=False`` the slot stays dead, and those jobs are the ``lost`` ones.
     ``graceful`` stops the process with SIGTERM instead of SIGKILL.
     """
@@ -528,7 +540,8 @@ async def kill_drill(
         killed = time.perf_counter()
         new = await upload(range(jobs, jobs + while_away))
         ids = batch + new
-        await until_quiet(lambda: unfinished(ids), idle=quiet, timeout=timeout)
+        await until(lambda: unfinished(ids) < len(ids), timeout)  # a live worker finished one: its pace is known
+        await until_quiet(lambda: unfinished(ids), idle=max(quiet, 3 * events.slowest_job_s()), timeout=timeout)
         held_in_flight, held_new, away = unfinished(batch), unfinished(new), time.perf_counter() - killed
         finish_s = None
         if restart:
