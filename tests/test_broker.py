@@ -9,6 +9,7 @@ import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import aiomqtt
@@ -314,12 +315,33 @@ async def test_a_client_that_cannot_connect_says_why(monkeypatch: pytest.MonkeyP
 async def test_embedded_broker_that_does_not_come_up_gives_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     import iotcore
 
+    tries: list[int] = []
+
     def never(self: object, timeout: float = 10.0) -> None:
+        tries.append(1)
         raise RuntimeError("broker process exited with code 1 during startup")
 
     monkeypatch.setattr(iotcore.Broker, "start", never)
-    with pytest.raises(BrokerError, match="the embedded MQTT broker did not start: broker process exited"):
+    with pytest.raises(BrokerError, match=r"did not start after 3 attempts: .* broker process exited with code 1"):
         await mqtt_broker(name="never-up", embedded=True).start()
+    assert len(tries) == 3, "a crash at startup (rumqttd aborts when it loses the port race) is tried on other ports"
+
+
+@pytest.mark.broker
+async def test_embedded_broker_that_crashes_once_at_startup_comes_up_on_the_next_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    import iotcore
+
+    real_start = iotcore.Broker.start
+    crashes = [RuntimeError("broker process exited with code -6 during startup")]
+
+    def once(self: Any, timeout: float = 10.0) -> None:
+        if crashes:
+            raise crashes.pop()
+        real_start(self, timeout)
+
+    monkeypatch.setattr(iotcore.Broker, "start", once)
+    async with mqtt_broker(name="second-try", embedded=True) as broker:
+        assert not crashes and await broker.ping() < 5
 
 
 async def test_embedded_broker_ignores_mqtt_url_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -252,12 +252,13 @@ class Broker:
             except OSError as exc:  # the port was taken between free_port() and the bind
                 problem = f"port {port} is busy ({exc})"
                 continue
-            except RuntimeError as exc:
-                raise BrokerError(f"the embedded MQTT broker did not start: {exc}") from None
+            except RuntimeError as exc:  # rumqttd aborts (exit -6) when its bind loses that race: try another port
+                problem = f"the broker process failed on port {port}: {exc}"
+                continue
             self._embedded, self.started_in_s = broker, loop.time() - began
             self.endpoint = Endpoint("127.0.0.1", port)
             return
-        raise BrokerError(f"the embedded MQTT broker found no free port after 3 attempts: {problem}")
+        raise BrokerError(f"the embedded MQTT broker did not start after 3 attempts: {problem}")
 
     async def stop(self) -> None:
         """Stop the embedded broker (external brokers are left running). Safe to call twice."""
