@@ -157,6 +157,11 @@ class Job:
         return self.state in FINAL
 
     @property
+    def fingerprint(self) -> str:
+        """The fingerprint of the request that made the job (the SHA-256 of its bytes, hex)."""
+        return self.digest
+
+    @property
     def path(self) -> str:
         return job_path(self.job_id)
 

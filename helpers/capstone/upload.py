@@ -386,7 +386,7 @@ class _Front:
 
 
 def build_app(front: _Front) -> web.Application:
-    """The Upload service's routes: ``POST /images``, ``GET /jobs/{job_id}`` and ``GET /jobs/{job_id}/result``."""
+    """The Upload service's routes: ``POST /images`` and the status routes (:func:`add_status_routes`)."""
     routes = web.RouteTableDef()
     decoding = asyncio.Semaphore(images.IMAGE_WORK_SLOTS)
     store = front.store
@@ -425,25 +425,35 @@ def build_app(front: _Front) -> web.Application:
             return answer_for(store.admit(user, key, digest), key or "") or jobhttp.key_in_flight(key or "")
         return accepted(job)
 
-    @routes.get("/jobs/{job_id}")
+    app = web.Application(middlewares=[jobhttp.no_store, problems_everywhere])
+    app.add_routes(routes)
+    add_status_routes(app, store, front.storage.url)
+    return app
+
+
+def add_status_routes(app: web.Application, store: UploadJobs, url_of: Callable[[str], str]) -> None:
+    """``GET /jobs/{job_id}`` (the status resource, lesson 06's convention) and ``GET /jobs/{job_id}/result``.
+
+    ``url_of`` turns a rendition's storage key into a URL that serves it. Add
+    :func:`helpers.core.jobkit.http.no_store` to the app's middlewares: a status must never come from a cache.
+    """
+
     async def get_job(request: web.Request) -> web.Response:
         job = store.get(request.match_info["job_id"])
         if job is None:
             return jobhttp.unknown_job(request.match_info["job_id"])
         return jobhttp.status(job.to_json(), job.state, job.result_path)
 
-    @routes.get("/jobs/{job_id}/result")
     async def get_result(request: web.Request) -> web.Response:
         job = store.get(request.match_info["job_id"])
         if job is None:
             return jobhttp.unknown_job(request.match_info["job_id"])
         if job.state != "succeeded":
             return jobhttp.no_result(job.job_id, job.state, job.path)
-        return web.json_response(job.result_json(front.storage.url))
+        return web.json_response(job.result_json(url_of))
 
-    app = web.Application(middlewares=[jobhttp.no_store, problems_everywhere])
-    app.add_routes(routes)
-    return app
+    app.router.add_get("/jobs/{job_id}", get_job)
+    app.router.add_get("/jobs/{job_id}/result", get_result)
 
 
 async def _housekeeping(store: UploadJobs, relay: Callable[[], Awaitable[int]]) -> None:
