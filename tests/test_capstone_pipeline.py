@@ -154,6 +154,23 @@ async def test_an_idempotency_key_returns_the_same_job_and_refuses_other_bytes(p
     assert await pipeline.wait_done([first.job_id, someone_else.job_id], 20)
 
 
+async def test_a_restarted_upload_service_keeps_its_jobs_its_keys_and_its_address(pipeline: Pipeline) -> None:
+    photo = images.sample_photo()
+    first = await pipeline.upload(photo, "kay", idempotency_key="key-r")
+    assert first.status == 202 and first.job_id is not None
+    url = pipeline.url
+    await pipeline.upload_service.restart()
+    assert pipeline.url == url and pipeline.upload_service.restarts == 1
+    async with pipeline.session.get(f"{url}{first.location}", allow_redirects=False) as response:
+        assert response.status in (200, 303), await response.text()
+    again = await pipeline.upload(photo, "kay", idempotency_key="key-r")  # the key survived the restart
+    assert again.status == 202 and again.body == first.body and again.headers.get("Idempotent-Replayed") == "true"
+    other = await pipeline.upload(images.generated_image(3), "kay", idempotency_key="key-r")
+    assert_problem(other.status, other.body, other.headers.get("Content-Type"), 422)
+    assert await pipeline.wait_done([first.job_id], 20)
+    assert pipeline.state(first.job_id) == "succeeded" and len(pipeline.upload_service.store) == 1
+
+
 async def test_storage_down_is_a_503_problem_and_the_same_key_works_once_it_is_back(pipeline: Pipeline) -> None:
     pipeline.storage.faults.down = True
     refused = await pipeline.upload(images.sample_photo(), "joy", idempotency_key="retry-me")
