@@ -511,7 +511,7 @@ async def _no_trace(rig: _UploadRig, answers: list[tuple[str, HttpAnswer, int]])
 
 @checks.check(
     "q2",
-    hint="202 means accepted, not done: say where to ask (Location) and when (Retry-After); jobs.accepted(job) does both",
+    hint="202 means accepted, not done: say where to ask (Location) and when (Retry-After); the job store's 202 does both",
     code_hint="job = jobs.new(user, key, fingerprint); ...; return jobs.accepted(job)",
 )
 async def answers_202_with_a_status_location(ctx: Context) -> str:
@@ -672,7 +672,7 @@ async def refuses_hostile_uploads(ctx: Context) -> str:
 
 @checks.check(
     "q2",
-    hint="look the key up (jobs.find(user, key)) before anything else; a repeat gets the first job's 202 again",
+    hint="look the key up for this user before anything else; a repeat gets the first job's 202 again",
     code_hint="if key is not None and (job := jobs.find(user, key)) is not None: return jobs.accepted(job, replayed=True)",
 )
 async def repeated_idempotency_key_is_one_job(ctx: Context) -> str:
