@@ -1090,6 +1090,8 @@ class RestartResult:
     """Jobs not yet finished in the store when the service stopped (the drill needs some)."""
     events_while_down: int
     """Job events (progress, done) the processor published while the Upload service was down."""
+    done_while_down: int
+    """Jobs whose ``job.done`` was published while the Upload service was down (only its session can keep those)."""
     down_s: float
     """How long the service was down."""
     answered: int
@@ -1116,6 +1118,7 @@ class RestartResult:
             "accepted": self.accepted,
             "unfinished at stop": self.unfinished_at_stop,
             "events while down": self.events_while_down,
+            "done while down": self.done_while_down,
             "down for s": round(self.down_s, 2),
             "answered after restart": self.answered,
             "done": self.done,
@@ -1148,8 +1151,8 @@ async def upload_restarted(
 ) -> RestartResult:
     """Upload a burst, stop the Upload service while the processor works on it, start it again, count.
 
-    The service stays down at least ``down_s`` seconds and until the processor published a
-    job event meanwhile (the events its persistent session must keep). It comes back on the
+    The service stays down at least ``down_s`` seconds and until the processor finished a job
+    meanwhile: that ``job.done`` reaches the restarted service only through its persistent session. It comes back on the
     same work folder (its SQLite job store) and the same port, so every Location handed out
     before the stop still answers.
     """
@@ -1165,12 +1168,16 @@ async def upload_restarted(
         unfinished = sum(not (job := store.get(j)) or not job.final for j in ids)
         stopped = time.perf_counter()
 
-        async def while_down() -> None:  # at least one job event must arrive for the stopped consumer's session
-            await until(lambda: any(r.t > stopped and r.topic.startswith(jobs_topic) for r in pipeline.recorder.records), timeout)
+        def done_since(t: float) -> list[str]:
+            return [str((e.data or {}).get("job_id")) for at, e in pipeline.recorder.events(JOB_DONE) if at > t]
+
+        async def while_down() -> None:  # a job must finish while the consumer is away: only its session keeps the news
+            await until(lambda: bool(done_since(stopped)), timeout)
 
         await pipeline.upload_service.restart(down_s, while_down=while_down)
         started = time.perf_counter()
         events_while_down = sum(stopped < r.t < started and r.topic.startswith(jobs_topic) for r in pipeline.recorder.records)
+        done_while_down = len(set(done_since(stopped)) - set(done_since(started)))
         if not await pipeline.wait_done(ids, timeout):
             raise TimeoutError(f"jobs not finished {timeout:g} s after the restart: {pipeline.upload_service.store.states()}")
         await until(lambda: {n.job_id for n in pipeline.notifications()} >= set(ids), timeout)
@@ -1182,6 +1189,7 @@ async def upload_restarted(
             len(ids),
             unfinished,
             events_while_down,
+            done_while_down,
             started - stopped,
             sum(status in (200, 303) for status, _ in statuses),
             sum(status == 303 and state == "succeeded" for status, state in statuses),
