@@ -49,7 +49,7 @@ lab: $(STAMP)
 	  --LabApp.default_url=/lab/tree/$(NB) $(if $(filter 0,$(shell id -u)),--allow-root)
 
 test: lint
-	$(PYTEST) tests $(wildcard notebooks solutions) --nbval-lax
+	$(PYTEST) tests $(wildcard notebooks solutions) --nbval-lax --durations=20
 
 check: lint
 	$(PYTEST) -m "not broker and not kernel and not browser" tests

@@ -96,8 +96,32 @@ def test_waterfall_from_span_rows() -> None:
     bars = ax.patches
     assert [b.get_width() for b in bars] == pytest.approx([120, 90, 60])
     assert [b.get_x() for b in bars] == pytest.approx([0, 10, 20])
-    labels = [t.get_text() for t in ax.get_yticklabels()]
-    assert labels == ["gateway: GET /order", "  orders: load", "    stock: reserve"], "indentation shows depth"
+    labels = [t.get_text().rstrip() for t in ax.get_yticklabels()]
+    assert labels == ["gateway: GET /order", "└ orders: load", "  └ stock: reserve"], "a tree prefix shows depth"
+
+
+def test_waterfall_nesting_renders_and_client_and_server_read_apart() -> None:
+    """Right-aligned tick labels hide leading spaces unless every label has one width in a
+    monospace font: then each level's text starts further right. A grey line joins each
+    child's bar to its parent's, and the two ends of one call say which end they are."""
+    rows = [
+        SpanRow("user", "request", 0.0, 120.0, 0, "t" * 32, "a" * 16, None),
+        SpanRow("user", "GET /stock/42", 1.0, 119.0, 1, "t" * 32, "b" * 16, "a" * 16, "client"),
+        SpanRow("stock", "GET /stock/{item}", 2.0, 118.0, 2, "t" * 32, "c" * 16, "b" * 16, "server"),
+    ]
+    ax = plots.waterfall(rows)
+    ax.figure.canvas.draw()
+    ticks = ax.get_yticklabels()
+    assert len({len(t.get_text()) for t in ticks}) == 1, "one width, so right alignment keeps the left edges"
+    assert {t.get_fontfamily()[0] for t in ticks} == {"monospace"}
+    words = [t.get_text().strip(" └") for t in ticks]
+    assert words == ["user: request", "user: GET /stock/42 (client)", "stock: GET /stock/{item} (server)"]
+    renderer = ax.figure.canvas.get_renderer()
+    char_w = ticks[0].get_window_extent(renderer).width / len(ticks[0].get_text())
+    starts = [t.get_window_extent(renderer).x0 + char_w * (len(t.get_text()) - len(t.get_text().lstrip(" └"))) for t in ticks]
+    assert starts[0] < starts[1] < starts[2], "deeper spans start further right on screen"
+    links = [line for line in ax.get_lines() if len(set(line.get_xdata())) == 1]
+    assert sorted(line.get_xdata()[0] for line in links) == [1.0, 2.0], "one parent-child line per child, at its start"
 
 
 def test_waterfall_duration_labels_stay_inside_the_axes() -> None:

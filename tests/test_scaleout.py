@@ -7,7 +7,9 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,6 +31,18 @@ def _running(pids: list[int]) -> list[int]:
 needs_broker = pytest.mark.skipif(not HAVE_MOSQUITTO, reason="needs Mosquitto installed or MQTT_URL set")
 
 
+@pytest.fixture
+async def mosquitto_front(tmp_path: Path) -> AsyncIterator[tuple[Any, Any]]:
+    """A real broker (Mosquitto, or MQTT_URL's) and the capstone's front services on it, stopped after."""
+    real = await scaleout.start_real_broker()
+    front = await scaleout.start_front(real.broker, tmp_path)
+    try:
+        yield real, front
+    finally:
+        await front.stop()
+        await real.stop()
+
+
 async def _upload_and_wait(front: scaleout.Front, n: int) -> None:
     photo = images.generated_image(7, size=(320, 240), fmt="JPEG")
     answers = [await front.upload(photo, f"user-{i}") for i in range(n)]
@@ -39,36 +53,26 @@ async def _upload_and_wait(front: scaleout.Front, n: int) -> None:
 @needs_broker
 @pytest.mark.asyncio
 @pytest.mark.broker
-async def test_worker_processes_share_one_subscription_and_finish_every_job(tmp_path: Path) -> None:
-    real = await scaleout.start_real_broker()
-    front = await scaleout.start_front(real.broker, tmp_path)
-    try:
-        async with scaleout.worker_processes(front, 2, mqtt_url=real.url, work=0.0) as workers:
-            assert len(set(workers.pids)) == 2 and os.getpid() not in workers.pids
-            result = await scaleout.measure(front, workers, _upload_and_wait, 6, warmup=2)
-            alive = _running(workers.pids)
-        assert result.images == 6 and result.images_per_s > 0 and result.cores_busy > 0
-        assert alive == workers.pids, "both workers ran until the block ended"
-        assert not _running(workers.pids), "the block waited for every process to exit"
-        assert {job.state for job in front.upload_service.store} == {"succeeded"} and len(front.upload_service.store) == 8
-    finally:
-        await front.stop()
-        await real.stop()
+async def test_worker_processes_share_one_subscription_and_finish_every_job(mosquitto_front: tuple[Any, Any]) -> None:
+    real, front = mosquitto_front
+    async with scaleout.worker_processes(front, 2, mqtt_url=real.url, work=0.0) as workers:
+        assert len(set(workers.pids)) == 2 and os.getpid() not in workers.pids
+        result = await scaleout.measure(front, workers, _upload_and_wait, 6, warmup=2)
+        alive = _running(workers.pids)
+    assert result.images == 6 and result.images_per_s > 0 and result.cores_busy > 0
+    assert alive == workers.pids, "both workers ran until the block ended"
+    assert not _running(workers.pids), "the block waited for every process to exit"
+    assert {job.state for job in front.upload_service.store} == {"succeeded"} and len(front.upload_service.store) == 8
 
 
 @needs_broker
 @pytest.mark.asyncio
 @pytest.mark.broker
-async def test_a_worker_process_that_cannot_start_says_why(tmp_path: Path) -> None:
-    real = await scaleout.start_real_broker()
-    front = await scaleout.start_front(real.broker, tmp_path)
-    try:
-        with pytest.raises(RuntimeError, match=r"did not start .*cannot load 'no.such:model'"):
-            async with scaleout.worker_processes(front, 1, mqtt_url=real.url, caption="no.such:model"):
-                pass
-    finally:
-        await front.stop()
-        await real.stop()
+async def test_a_worker_process_that_cannot_start_says_why(mosquitto_front: tuple[Any, Any]) -> None:
+    real, front = mosquitto_front
+    with pytest.raises(RuntimeError, match=r"did not start .*cannot load 'no.such:model'"):
+        async with scaleout.worker_processes(front, 1, mqtt_url=real.url, caption="no.such:model"):
+            pass
 
 
 def test_a_processor_process_refuses_the_embedded_broker() -> None:
@@ -134,44 +138,36 @@ def test_a_slot_has_one_client_id_per_run() -> None:
 
 @needs_broker
 @pytest.mark.asyncio
-async def test_kill_9_a_worker_process_restart_its_slot_every_job_done_none_twice(tmp_path: Path) -> None:
-    real = await scaleout.start_real_broker()
-    front = await scaleout.start_front(real.broker, tmp_path)
-    try:
-        async with scaleout.worker_processes(front, 2, mqtt_url=real.url, work=0.2) as workers:
-            assert workers.client_ids["processor-1"].endswith("-processor-1")
-            killed_pid = workers.procs["processor-1"].pid
-            drill = await scaleout.kill_drill(front, workers, 6, while_away=2, quiet=3.0)
-            assert workers.procs["processor-1"].returncode is None and workers.procs["processor-1"].pid != killed_pid
-        assert drill.accepted == 8
-        assert drill.held_in_flight >= 1, "the killed process held messages: the drill must exercise its session"
-        assert drill.held_new >= 1, "Mosquitto hands the dead member its turn of the new jobs too"
-        assert (drill.done, drill.duplicated, drill.lost) == (8, 0, 0), drill
-    finally:
-        await front.stop()
-        await real.stop()
+@pytest.mark.broker
+async def test_kill_9_a_worker_process_restart_its_slot_every_job_done_none_twice(mosquitto_front: tuple[Any, Any]) -> None:
+    real, front = mosquitto_front
+    async with scaleout.worker_processes(front, 2, mqtt_url=real.url, work=0.2) as workers:
+        assert workers.client_ids["processor-1"].endswith("-processor-1")
+        killed_pid = workers.procs["processor-1"].pid
+        drill = await scaleout.kill_drill(front, workers, 6, while_away=2, quiet=3.0)
+        assert workers.procs["processor-1"].returncode is None and workers.procs["processor-1"].pid != killed_pid
+    assert drill.accepted == 8
+    assert drill.held_in_flight >= 1, "the killed process held messages: the drill must exercise its session"
+    assert drill.held_new >= 1, "Mosquitto hands the dead member its turn of the new jobs too"
+    assert (drill.done, drill.duplicated, drill.lost) == (8, 0, 0), drill
 
 
 @needs_broker
 @pytest.mark.asyncio
-async def test_sigterm_a_worker_process_restart_its_slot_every_job_done(tmp_path: Path) -> None:
-    real = await scaleout.start_real_broker()
-    front = await scaleout.start_front(real.broker, tmp_path)
-    try:
-        async with scaleout.worker_processes(front, 2, mqtt_url=real.url, work=0.2) as workers:
-            drill = await scaleout.kill_drill(front, workers, 6, graceful=True, quiet=3.0)
-        assert drill.how == "SIGTERM" and drill.held >= 1, "the stopped process kept its session, and what it held"
-        assert (drill.done, drill.duplicated, drill.lost) == (6, 0, 0), drill
-    finally:
-        await front.stop()
-        await real.stop()
+@pytest.mark.broker
+async def test_sigterm_a_worker_process_restart_its_slot_every_job_done(mosquitto_front: tuple[Any, Any]) -> None:
+    real, front = mosquitto_front
+    async with scaleout.worker_processes(front, 2, mqtt_url=real.url, work=0.2) as workers:
+        drill = await scaleout.kill_drill(front, workers, 6, graceful=True, quiet=3.0)
+    assert drill.how == "SIGTERM" and drill.held >= 1, "the stopped process kept its session, and what it held"
+    assert (drill.done, drill.duplicated, drill.lost) == (6, 0, 0), drill
 
 
 @needs_broker
 @pytest.mark.asyncio
-async def test_a_process_without_a_slot_drops_what_it_held_when_it_stops(tmp_path: Path) -> None:
-    real = await scaleout.start_real_broker()
-    front = await scaleout.start_front(real.broker, tmp_path)
+@pytest.mark.broker
+async def test_a_process_without_a_slot_drops_what_it_held_when_it_stops(mosquitto_front: tuple[Any, Any]) -> None:
+    real, front = mosquitto_front
     workers = scaleout.WorkerProcesses(
         scaleout.PROCESSES,
         2,
@@ -187,24 +183,18 @@ async def test_a_process_without_a_slot_drops_what_it_held_when_it_stops(tmp_pat
         assert drill.held_new == 0, "a member that dropped its session is out of the group: new jobs go to the others"
     finally:
         await workers.stop()
-        await front.stop()
-        await real.stop()
 
 
 @needs_broker
 @pytest.mark.asyncio
-async def test_a_slot_killed_and_not_restarted_keeps_its_jobs_waiting(tmp_path: Path) -> None:
-    real = await scaleout.start_real_broker()
-    front = await scaleout.start_front(real.broker, tmp_path)
-    try:
-        async with scaleout.worker_processes(front, 2, mqtt_url=real.url, work=0.2) as workers:
-            drill = await scaleout.kill_drill(front, workers, 6, while_away=2, restart=False, quiet=3.0)
-            await workers.start("processor-3")  # a new process with a NEW id: not the dead one's session
-            assert not await front.wait_done([j.job_id for j in front.upload_service.store], timeout=5)
-        assert drill.held >= 2 and drill.lost == drill.held and drill.done == drill.accepted - drill.held
-        assert drill.finish_after_restart_s is None
-        unfinished = [job for job in front.upload_service.store if not job.final]
-        assert len(unfinished) == drill.held, "a worker with a new client id took none of them"
-    finally:
-        await front.stop()
-        await real.stop()
+@pytest.mark.broker
+async def test_a_slot_killed_and_not_restarted_keeps_its_jobs_waiting(mosquitto_front: tuple[Any, Any]) -> None:
+    real, front = mosquitto_front
+    async with scaleout.worker_processes(front, 2, mqtt_url=real.url, work=0.2) as workers:
+        drill = await scaleout.kill_drill(front, workers, 6, while_away=2, restart=False, quiet=3.0)
+        await workers.start("processor-3")  # a new process with a NEW id: not the dead one's session
+        assert not await front.wait_done([j.job_id for j in front.upload_service.store], timeout=5)
+    assert drill.held >= 2 and drill.lost == drill.held and drill.done == drill.accepted - drill.held
+    assert drill.finish_after_restart_s is None
+    unfinished = [job for job in front.upload_service.store if not job.final]
+    assert len(unfinished) == drill.held, "a worker with a new client id took none of them"

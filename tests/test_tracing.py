@@ -151,6 +151,20 @@ def test_span_rows_depth_and_order_with_a_missing_parent() -> None:
     assert [(r.name, r.depth) for r in partial] == [("grandchild", 0), ("sibling", 0)]
 
 
+def test_span_rows_carry_the_span_kind() -> None:
+    """A client span and the server span of the same call are told apart by their kind, not only their service."""
+    tracer = get_tracer("svc")
+    with tracer.start_as_current_span("plain"):
+        with tracer.start_as_current_span("GET /x", kind=trace.SpanKind.CLIENT):
+            with tracer.start_as_current_span("GET /{path}", kind=trace.SpanKind.SERVER):
+                pass
+    assert [(r.name, r.kind) for r in span_rows(finished_spans())] == [
+        ("plain", "internal"),
+        ("GET /x", "client"),
+        ("GET /{path}", "server"),
+    ]
+
+
 def test_one_sdk_provider_for_every_tracer() -> None:
     from opentelemetry.sdk.trace import TracerProvider
 

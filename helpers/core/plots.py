@@ -92,8 +92,30 @@ def timeline(
     return ax
 
 
+def span_labels(rows: Sequence[SpanRow]) -> list[str]:
+    """Tick labels for :func:`waterfall`: a tree prefix per depth and the span's kind.
+
+    ``gateway: GET /order`` at depth 0, ``└ orders: load`` at depth 1, ``  └ ...`` at
+    depth 2; all padded to one length, so that in a monospace font the right-aligned
+    labels keep their left edges and the steps of the tree show.
+    """
+    texts = []
+    for r in rows:
+        prefix = "  " * (r.depth - 1) + "└ " if r.depth else ""
+        kind = f" ({r.kind})" if r.kind in ("client", "server", "producer", "consumer") else ""
+        texts.append(f"{prefix}{r.service}: {r.name}{kind}")
+    width = max((len(t) for t in texts), default=0)
+    return [t.ljust(width) for t in texts]
+
+
 def waterfall(rows: Sequence[SpanRow], *, ax: Axes | None = None, title: str = "Trace waterfall", legend: bool = True) -> Axes:
-    """Spans as horizontal bars, one row each, indented by depth: nesting shows blocking.
+    """Spans as horizontal bars, one row each, nested by depth: nesting shows blocking.
+
+    Nesting is drawn twice, so it survives matplotlib's right-aligned tick labels: each
+    label starts with a tree prefix (``└`` under its parent, one step further right per
+    level, in a monospace font padded to one width so the steps line up), and a thin grey
+    line drops from each parent bar to its children's bars. Client and server spans of
+    one call get "(client)" and "(server)" in their labels, so the two ends read apart.
 
     Each bar carries its duration. The label sits inside the bar's right end when the bar
     is wide enough, else just right of it, and the x axis leaves room for it, so no label
@@ -113,7 +135,12 @@ def waterfall(rows: Sequence[SpanRow], *, ax: Axes | None = None, title: str = "
         else:
             ax.text(row.end_ms + 0.01 * end, i, label, va="center", ha="left", fontsize=8)
     ax.set_xlim(min((r.start_ms for r in rows), default=0.0), end * 1.14)  # room for a label after the last bar
-    ax.set_yticks(range(len(rows)), ["  " * r.depth + f"{r.service}: {r.name}" for r in rows])
+    row_of = {r.span_id: i for i, r in enumerate(rows)}
+    for i, row in enumerate(rows):
+        if row.parent_id in row_of:  # a parent-child line: from the parent's bar down to the child's
+            ax.plot([row.start_ms] * 2, [row_of[row.parent_id] + 0.4, i - 0.4], color="0.45", linewidth=0.8, zorder=0)
+    labels = span_labels(rows)
+    ax.set_yticks(range(len(rows)), labels, fontfamily="monospace")
     ax.invert_yaxis()
     if legend:
         handles = [plt.Rectangle((0, 0), 1, 1, color=COLORS[i % len(COLORS)]) for i in range(len(services))]

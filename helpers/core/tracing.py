@@ -86,6 +86,8 @@ class SpanRow:
     trace_id: str
     span_id: str
     parent_id: str | None
+    kind: str = "internal"
+    """OpenTelemetry's span kind in lower case: "client" and "server" tell the two ends of one call apart."""
 
     @property
     def duration_ms(self) -> float:
@@ -129,6 +131,7 @@ def span_rows(spans: list[ReadableSpan]) -> list[SpanRow]:
             trace_id=f"{s.context.trace_id:032x}",
             span_id=f"{s.context.span_id:016x}",
             parent_id=f"{s.parent.span_id:016x}" if s.parent else None,
+            kind=s.kind.name.lower(),
         )
         for s in spans
     ]
