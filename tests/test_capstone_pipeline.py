@@ -45,6 +45,7 @@ from helpers.capstone.processor import POOL, SHARED, Processor
 from helpers.core.broker import Broker
 from helpers.core.messaging import make_event
 from helpers.core.problems import PROBLEM_JSON
+from helpers.core.reconnect import NotConnected
 from helpers.core.waiting import until, until_quiet
 
 pytestmark = pytest.mark.broker
@@ -169,6 +170,25 @@ async def test_a_restarted_upload_service_keeps_its_jobs_its_keys_and_its_addres
     assert_problem(other.status, other.body, other.headers.get("Content-Type"), 422)
     assert await pipeline.wait_done([first.job_id], 20)
     assert pipeline.state(first.job_id) == "succeeded" and len(pipeline.upload_service.store) == 1
+
+
+async def test_a_publish_that_fails_costs_no_job_the_outbox_sends_it_later(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    upload = pipeline.upload_service
+
+    async def refused(topic: str, payload: bytes, *, qos: int = 1) -> None:
+        raise NotConnected("the broker is away (test)")
+
+    monkeypatch.setattr(upload.publisher, "publish_raw", refused)
+    answer = await pipeline.upload(images.sample_photo(), "oli")
+    assert answer.status == 202 and answer.job_id is not None, "the job is stored: the 202 is a promise kept"
+    assert upload.published == 0 and len(upload.store.store.pending()) == 1, "its event waits in the outbox"
+    assert pipeline.state(answer.job_id) == "accepted"
+    monkeypatch.undo()  # the broker is back: the housekeeping relays what the outbox holds
+    assert await pipeline.wait_done([answer.job_id], 20)
+    assert upload.published == 1 and upload.store.store.pending() == []
+    assert len(pipeline.recorder.events(IMAGE_UPLOADED, answer.job_id)) == 1
 
 
 async def test_storage_down_is_a_503_problem_and_the_same_key_works_once_it_is_back(pipeline: Pipeline) -> None:
