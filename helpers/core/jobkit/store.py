@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import aiomqtt
 
@@ -313,6 +313,7 @@ class JobStore:
         db.executemany("INSERT INTO outbox (topic, payload) VALUES (?, ?)", list(outbox))
 
 
+@runtime_checkable
 class RawPublisher(Protocol):
     """A publisher that reconnects by itself (:class:`helpers.core.reconnect.Publisher`) and sends bytes as they are."""
 
@@ -326,10 +327,10 @@ async def relay_outbox(store: JobStore, client: aiomqtt.Client | RawPublisher, *
     """
     sent = 0
     for message in store.pending():
-        if isinstance(client, aiomqtt.Client):
-            await client.publish(message.topic, message.payload, qos=qos)
-        else:
+        if isinstance(client, RawPublisher):
             await client.publish_raw(message.topic, message.payload, qos=qos)
+        else:
+            await client.publish(message.topic, message.payload, qos=qos)
         store.published([message.seq])
         sent += 1
     return sent
