@@ -7,13 +7,16 @@ notebook's correct versions, shared by the tests that run those harnesses
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import zlib
+from collections.abc import AsyncIterator
 
+import aiomqtt
 from opentelemetry import propagate
 from opentelemetry.context import Context
 
-from helpers.core.messaging import Event, SeenIds
+from helpers.core.messaging import Event, EventHandler, InvalidEvent, SeenIds, ack, dead_letter_payload, decode
 from helpers.pubsub.consistency import StatusSystem, View
 from helpers.pubsub.idempotency import Ledger
 
@@ -57,3 +60,38 @@ def with_trace_context(event: Event) -> Event:
 
 def trace_context_of(event: Event) -> Context:
     return propagate.extract({"traceparent": event.traceparent} if event.traceparent else {})
+
+
+async def ack_on_receipt(client: aiomqtt.Client, messages: AsyncIterator[aiomqtt.Message], work: EventHandler) -> None:
+    async for message in messages:
+        ack(client, message)
+        await work(decode(message.payload))
+
+
+async def ack_after_work(client: aiomqtt.Client, messages: AsyncIterator[aiomqtt.Message], work: EventHandler) -> None:
+    async for message in messages:
+        await work(decode(message.payload))
+        ack(client, message)
+
+
+MAX_ATTEMPTS = 3
+
+
+async def work_or_dead_letter(client: aiomqtt.Client, message: aiomqtt.Message, work: EventHandler, dead_letters: str) -> int:
+    payload = bytes(message.payload)  # type: ignore[arg-type]
+    try:
+        event = decode(payload)
+    except InvalidEvent as exc:
+        await client.publish(dead_letters, dead_letter_payload(str(message.topic), payload, f"malformed: {exc}"), qos=1)
+        return 0
+    reason = ""
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        try:
+            await work(event)
+            return attempt
+        except Exception as exc:  # noqa: BLE001 - the lesson's rule: any failure is retried, then dead-lettered
+            reason = f"failed {attempt} of {MAX_ATTEMPTS} tries: {type(exc).__name__}: {exc}"
+            if attempt < MAX_ATTEMPTS:
+                await asyncio.sleep(0.01 * 2**attempt)
+    await client.publish(dead_letters, dead_letter_payload(str(message.topic), payload, reason), qos=1)
+    return MAX_ATTEMPTS

@@ -8,6 +8,7 @@ really call them, count what really happened, and draw honest plots.
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any
 
 import aiomqtt
@@ -19,7 +20,7 @@ from helpers.core.measure import LoadRun, Sample, summarize
 from helpers.core.messaging import EventHandler, decode, make_event
 from helpers.core.receive import collect, flush
 from helpers.pubsub.delivery import SETTINGS, durability_matrix, queue_bound
-from helpers.pubsub.leveling import BurstResult, SyncBurst, backlog, cumulative, plot_burst
+from helpers.pubsub.leveling import BurstResult, SyncBurst, backlog, cumulative, plot_burst, queued_burst
 from helpers.pubsub.scaling import POOL, SHARED, ScaleResult, WorkerSlots, consumer_throughput, plot_scaling
 from helpers.pubsub.shop import percentile_dots, place_orders, start_event_shop
 
@@ -31,6 +32,31 @@ async def consume(client: aiomqtt.Client, topic: str, handle: EventHandler, read
         ready.set()
     async for message in client.messages:
         await handle(decode(bytes(message.payload)))  # type: ignore[arg-type]  # aiomqtt's payload union
+
+
+async def consume_in_pool(
+    client: aiomqtt.Client, topic: str, handle: EventHandler, ready: asyncio.Event | None = None, *, workers: int = 4
+) -> None:
+    """The bounded pool as lesson 03 writes it on screen."""
+    free = asyncio.Semaphore(workers)
+
+    async def work_on(message: aiomqtt.Message) -> None:
+        try:
+            await handle(decode(bytes(message.payload)))  # type: ignore[arg-type]  # aiomqtt's payload union
+        finally:
+            free.release()
+
+    await client.subscribe(topic, qos=1)
+    if ready is not None:
+        ready.set()
+    async with asyncio.TaskGroup() as pool:
+        async for message in client.messages:
+            await free.acquire()
+            pool.create_task(work_on(message))
+
+
+def shared_filter(group: str, topic: str) -> str:
+    return f"$share/{group}/{topic}"
 
 
 # --------------------------------------------------------------------------- no broker
@@ -202,3 +228,48 @@ def test_no_gc_pauses_during_a_burst_and_the_collector_comes_back() -> None:
         assert not gc.isenabled(), "no collection may land inside the burst"
         raise RuntimeError("the burst failed")
     assert gc.isenabled(), "switched back on, even after an error"
+
+
+async def test_the_burst_is_drained_by_the_learners_pool_within_its_bound(broker: Broker, topic: str) -> None:
+    run = await queued_burst(broker, topic, n=120, rate=600, workers=3, work_s=0.01, consume=consume_in_pool_of(3))
+    assert run.processed == run.sent == 120
+    assert run.peak_in_progress == 3, "the learner's pool ran 3 at once, never more"
+
+
+async def test_the_burst_harness_catches_an_unbounded_pool(broker: Broker, topic: str) -> None:
+    run = await queued_burst(broker, topic, n=60, rate=600, workers=3, work_s=0.05, consume=consume_in_pool_of(60))
+    assert run.processed == 60 and run.peak_in_progress > 3
+
+
+async def test_event_shop_reports_how_many_orders_the_learners_pool_ran_at_once(broker: Broker, topic: str) -> None:
+    shop = await start_event_shop(broker, topic, work={"a": 0.2}, consume=consume_in_pool_of(5))
+    try:
+        await place_orders(shop.order_service.url, count=8, rate=100)
+        assert await shop.wait_handled(8, timeout=10)
+    finally:
+        await shop.stop()
+    assert 2 <= shop.peak_in_progress()["a"] <= 5
+
+
+async def test_shared_members_subscribe_to_the_learners_filter(broker: Broker, topic: str) -> None:
+    made: list[str] = []
+    subscribed: list[str] = []
+
+    def recorded_filter(group: str, topic: str) -> str:
+        made.append(shared_filter(group, topic))
+        return made[-1]
+
+    async def counted(client: aiomqtt.Client, group: str, handle: EventHandler, ready: asyncio.Event | None = None) -> None:
+        subscribed.append(group)
+        await consume(client, group, handle, ready)
+
+    result = await consumer_throughput(
+        broker, topic, consumers=2, n=10, work_s=0.001, shared=True, consume=counted, subscription=recorded_filter
+    )
+    assert len(made) == 1 and made[0].startswith("$share/") and made[0].endswith(f"/{topic}")
+    assert subscribed == made * 2, "every member subscribed to the filter the learner's function returned"
+    assert sum(result.per_consumer) == 10
+
+
+def consume_in_pool_of(workers: int) -> Any:
+    return functools.partial(consume_in_pool, workers=workers)

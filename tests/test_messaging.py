@@ -186,7 +186,7 @@ async def test_consumer_processes_dedupes_and_dead_letters(harness: tuple[Harnes
     bad = make_event("order.placed", "boom")
     await publish(h.publisher, h.topic, bad)
     record = await h.dead_letter()
-    assert record["reason"] == "handler error: RuntimeError: cannot process boom"
+    assert record["reason"] == "handler error after 1 attempt(s): RuntimeError: cannot process boom"
     assert decode(record["payload"]) == bad, "the original event is kept in the dead letter"
 
     await publish(h.publisher, h.topic, good)  # a publisher retry: same id again
@@ -197,6 +197,64 @@ async def test_consumer_processes_dedupes_and_dead_letters(harness: tuple[Harnes
     assert [e.id for e in handled] == [good.id, second.id]
     stats = h.consumer.stats
     assert (stats.received, stats.processed, stats.duplicates, stats.dead_lettered) == (7, 2, 1, 4)
+
+
+async def test_consumer_retries_a_transient_failure_and_dead_letters_poison(broker: Broker, topic: str) -> None:
+    """attempts=3: a handler failing twice then passing is processed; one failing every try is dead-lettered."""
+    tries: dict[str, int] = {}
+
+    async def handler(event: Event) -> None:
+        tries[event.data] = tries.get(event.data, 0) + 1
+        if event.data == "poison" or (event.data == "flaky" and tries["flaky"] <= 2):
+            raise TimeoutError(f"{event.data} failed on try {tries[event.data]}")
+
+    async with manual_ack(broker.client()) as client, broker.client() as watcher, broker.client() as publisher:
+        consumer = Consumer(client, topic, handler, dead_letter_topic=f"dead-letter/{topic}", attempts=3, retry_base_s=0.001)
+        await watcher.subscribe(f"dead-letter/{topic}", qos=1)
+        ready = asyncio.Event()
+        task = asyncio.create_task(consumer.run(ready))
+        await asyncio.wait_for(ready.wait(), WAIT_S)
+        for data in ("flaky", "poison", "fine"):
+            await publish(publisher, topic, make_event("order.placed", data))
+        record = json.loads((await asyncio.wait_for(watcher.messages.__anext__(), WAIT_S)).payload)
+        assert await until(lambda: consumer.stats.received == 3 and consumer.stats.processed == 2, WAIT_S)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert tries == {"flaky": 3, "poison": 3, "fine": 1}
+    assert record["reason"] == "handler error after 3 attempt(s): TimeoutError: poison failed on try 3"
+    assert decode(record["payload"]).data == "poison"
+    assert (consumer.stats.dead_lettered, consumer.stats.retries) == (1, 4)
+
+
+async def test_consumer_does_not_retry_a_process_death(broker: Broker, topic: str) -> None:
+    """A BaseException (a cancelled task, a dying process) ends the consumer; it is neither retried nor dead-lettered."""
+    tries = 0
+
+    class Died(BaseException):
+        pass
+
+    async def handler(event: Event) -> None:
+        nonlocal tries
+        tries += 1
+        raise Died
+
+    async with manual_ack(broker.client()) as client, broker.client() as publisher:
+        consumer = Consumer(client, topic, handler, attempts=3)
+        ready = asyncio.Event()
+        task = asyncio.create_task(consumer.run(ready))
+        await asyncio.wait_for(ready.wait(), WAIT_S)
+        await publish(publisher, topic, make_event("order.placed", 1))
+        with pytest.raises(Died):
+            await asyncio.wait_for(task, WAIT_S)
+    assert tries == 1 and consumer.stats.dead_lettered == 0
+
+
+async def test_consumer_needs_at_least_one_attempt() -> None:
+    async def nothing(_: Event) -> None:
+        return None
+
+    with pytest.raises(ValueError, match="at least 1"):
+        Consumer(aiomqtt.Client("127.0.0.1"), "t", nothing, attempts=0)
 
 
 async def test_consumer_default_dead_letter_topic(broker: Broker) -> None:

@@ -24,7 +24,7 @@ import contextlib
 import json
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,8 +36,8 @@ from helpers.core.broker import Broker
 from helpers.core.events import ORDER_PLACED
 from helpers.core.lifecycle import running
 from helpers.core.messaging import Consumer, Event, SeenIds, make_event, manual_ack, publish
-from helpers.core.receive import collect
-from helpers.core.waiting import until
+from helpers.core.receive import collect, flush, subscribed_messages
+from helpers.core.waiting import until, until_quiet
 
 
 class Ledger:
@@ -120,7 +120,7 @@ def _consumer(client: aiomqtt.Client, topic: str, apply: Apply, ledger: Ledger, 
     return Consumer(client, topic, handle)
 
 
-def _name(apply: Apply) -> str:
+def _name(apply: Callable[..., object]) -> str:
     return getattr(apply, "__name__", type(apply).__name__)
 
 
@@ -218,3 +218,96 @@ async def crash_before_ack(broker: Broker, topic: str, workdir: str | Path, appl
     deliveries = first.stats.received + second.stats.received
     outcome = Outcome(_name(apply), "died before ack", 1, deliveries, len(Ledger(ledger_file)))
     return outcome, second.stats.received > 0
+
+
+Work = Callable[[Event], Awaitable[None]]
+ConsumeLoop = Callable[[aiomqtt.Client, AsyncIterator[aiomqtt.Message], Work], Awaitable[None]]
+"""The learner's consumer loop: read each message from the iterator, do ``work`` on its event, ack it.
+
+Where the loop calls :func:`helpers.core.messaging.ack` (before the work or after it) is
+what :func:`crash_during_work` measures."""
+
+
+@dataclass(frozen=True)
+class AckTiming:
+    """One consumer loop, a crash in the middle of one order's work: what was charged and what was lost."""
+
+    consumer: str
+    orders: int
+    charged: int
+    redelivered: int
+
+    @property
+    def lost(self) -> int:
+        """Orders never charged, although the consumer was back and the broker still up."""
+        return self.orders - self.charged
+
+    def as_row(self) -> dict[str, object]:
+        return {
+            "consumer loop": self.consumer,
+            "orders": self.orders,
+            "charged": self.charged,
+            "redelivered after restart": self.redelivered,
+            "lost": self.lost,
+        }
+
+
+async def crash_during_work(
+    broker: Broker, topic: str, workdir: str | Path, consume: ConsumeLoop, *, orders: int = 5, crash_at: int = 2
+) -> AckTiming:
+    """Run ``consume`` over ``orders`` orders; the process dies as order ``crash_at``'s work starts, then restarts.
+
+    The mirror of :func:`crash_before_ack`: here the crash comes *before* the work is
+    done. A loop that acked on receipt has already told the broker to forget that order
+    (the dying work first waits until every ack sent so far has reached the broker, as a
+    real process would have sent it in the meantime); a loop that acks after the work
+    has not, so the broker resends it when the same persistent session resumes.
+    Charges are counted per order in a ledger file, so a lost order shows as uncharged.
+    """
+    folder = Path(workdir) / f"ack-{uuid.uuid4().hex[:8]}"
+    ledger = Ledger(folder / "ledger.jsonl")
+    ident = f"payments-{uuid.uuid4().hex[:8]}"
+    fatal = order_event(crash_at).id
+    events = [order_event(i) if i != crash_at else _with_id(order_event(i), fatal) for i in range(orders)]
+
+    def dying_work(client: aiomqtt.Client) -> Work:
+        async def work(event: Event) -> None:
+            if event.id == fatal:
+                await flush(client)  # whatever the loop acked so far has reached the broker ...
+                raise ProcessDied(f"process died while working on {event.data}")  # ... then the plug is pulled
+            ledger.charge(event)
+
+        return work
+
+    # life 1: the orders arrive, the process dies as the work on order `crash_at` starts
+    with contextlib.suppress(ProcessDied):
+        async with manual_ack(broker.client(ident, clean_session=False)) as sub:
+            task = await lifecycle.start(_run_loop, consume, sub, topic, dying_work(sub))
+            async with broker.client() as pub:
+                for event in events:
+                    await publish(pub, topic, event, qos=1)
+            await asyncio.wait_for(task, 5)  # ends with ProcessDied
+        raise RuntimeError(f"{_name(consume)}() returned without handling order {crash_at}: it must loop over every message")
+    # life 2: the restarted process resumes the same session; count what the broker hands back
+    redelivered: list[str] = []
+
+    async def work(event: Event) -> None:
+        redelivered.append(event.id)
+        ledger.charge(event)
+
+    async with manual_ack(broker.client(ident, clean_session=False)) as sub:
+        async with running(_run_loop, consume, sub, topic, work):
+            await until_quiet(lambda: len(redelivered), idle=0.7, timeout=5)
+    async with broker.client(ident, clean_session=True):
+        pass  # drop the session
+    charged = len({str(c["order_id"]) for c in ledger.charges()})
+    return AckTiming(_name(consume), orders, charged, len(redelivered))
+
+
+def _with_id(event: Event, event_id: str) -> Event:
+    return Event(type=event.type, source=event.source, data=event.data, id=event_id)
+
+
+async def _run_loop(consume: ConsumeLoop, client: aiomqtt.Client, topic: str, work: Work, *, ready: asyncio.Event) -> None:
+    """The learner's loop over a subscription, with ``ready`` set once the broker confirmed it."""
+    await consume(client, subscribed_messages(client, topic, qos=1, ready=ready), work)

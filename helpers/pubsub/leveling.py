@@ -37,6 +37,7 @@ from helpers.core.measure import LoadRun, open_loop
 from helpers.core.messaging import Consumer, Event, make_event, manual_ack, publish
 from helpers.core.waiting import until, until_quiet
 from helpers.core.worker_pool import run_pool
+from helpers.pubsub.scaling import ConsumeLoop
 
 
 @contextlib.contextmanager
@@ -68,6 +69,8 @@ class BurstResult:
     """Seconds since the burst began, per processed message."""
     ids: set[str] = field(default_factory=set)
     publish: LoadRun | None = None
+    peak_in_progress: int = 0
+    """The most messages whose work ran at the same time (a bounded pool keeps it at its size)."""
 
     @property
     def sent(self) -> int:
@@ -107,23 +110,50 @@ def cumulative(times: Sequence[float], events: Sequence[float]) -> list[int]:
 
 
 async def queued_burst(
-    broker: Broker, topic: str, *, n: int, rate: float, workers: int, work_s: float, timeout: float = 20.0
+    broker: Broker,
+    topic: str,
+    *,
+    n: int,
+    rate: float,
+    workers: int,
+    work_s: float,
+    timeout: float = 20.0,
+    consume: ConsumeLoop | None = None,
 ) -> BurstResult:
-    """Publish ``n`` events at ``rate``/s to a pool of ``workers`` consumers; wait until all are done."""
+    """Publish ``n`` events at ``rate``/s to a pool of ``workers`` consumers; wait until all are done.
+
+    ``consume`` is the consumer loop that drains the burst (lesson 03's own bounded pool,
+    which must keep at most ``workers`` messages in progress; it runs with aiomqtt's acks
+    on receipt). Without it, the course's :class:`Consumer` runs in a pool of ``workers``
+    and acks after the work. The result counts the work actually done either way; the
+    most messages in progress at once is in ``BurstResult.peak_in_progress``.
+    """
     result = BurstResult()
     start = [0.0]
 
+    in_progress = [0]
+
     async def work(event: Event) -> None:
-        await asyncio.sleep(work_s)
+        in_progress[0] += 1
+        result.peak_in_progress = max(result.peak_in_progress, in_progress[0])
+        try:
+            await asyncio.sleep(work_s)
+        finally:
+            in_progress[0] -= 1
         result.done_at.append(time.perf_counter() - start[0])
         result.ids.add(event.id)
 
     run_id = uuid.uuid4().hex[:6]
+    consumer = broker.client(f"leveling-consumer-{run_id}")
     async with (
-        manual_ack(broker.client(f"leveling-consumer-{run_id}")) as sub,
+        consumer if consume is not None else manual_ack(consumer) as sub,
         broker.client(f"leveling-producer-{run_id}") as pub,
     ):
-        async with running(run_pool, Consumer(sub, topic, work), workers):
+        if consume is not None:  # the lesson's own pool (aiomqtt's acks on receipt)
+            drain = running(consume, sub, topic, work)
+        else:  # the course's pool: acks after the work, in arrival order
+            drain = running(run_pool, Consumer(sub, topic, work), workers)
+        async with drain:
             pub.pending_calls_threshold = n + 1  # a burst means many publishes in flight at once: not a warning here
 
             async def send() -> None:

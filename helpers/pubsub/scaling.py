@@ -115,6 +115,11 @@ async def _run_course_consumer(
     await Consumer(client, topic, handle).run(ready)
 
 
+def _shared_filter(group: str, topic: str) -> str:
+    """The MQTT 5 shared-subscription filter (many brokers accept it from 3.1.1 clients too)."""
+    return f"$share/{group}/{topic}"
+
+
 async def consumer_throughput(
     broker: Broker,
     topic: str,
@@ -124,6 +129,7 @@ async def consumer_throughput(
     work_s: float | Sequence[float] = 0.05,
     shared: bool | None = None,
     consume: ConsumeLoop | None = None,
+    subscription: Callable[[str, str], str] | None = None,
     work: Callable[[float], Awaitable[None]] = asyncio.sleep,
     timeout: float = 30.0,
 ) -> ScaleResult:
@@ -131,7 +137,10 @@ async def consumer_throughput(
 
     ``shared=None`` picks shared subscriptions when ``broker.supports_shared_subscriptions``.
     ``consume`` is the consumer loop each shared member runs (the lesson's own; default:
-    the course's :class:`Consumer`). ``work(seconds)`` is one message's work (default
+    the course's :class:`Consumer`). ``subscription(group, topic)`` returns the topic filter
+    every member of ``group`` subscribes to (the lesson's own; default ``$share/{group}/{topic}``):
+    a filter that is not a shared one gives every member every message, which shows as
+    per-member counts that add up to more than ``n``. ``work(seconds)`` is one message's work (default
     ``asyncio.sleep``: waiting on I/O); ``work_s`` its seconds, one number or one per member/worker.
     """
     seconds = _seconds_for(work_s, consumers)
@@ -157,7 +166,7 @@ async def consumer_throughput(
     async with contextlib.AsyncExitStack() as stack:
         if use_shared:
             loop = consume or _run_course_consumer
-            group = f"$share/workers-{run_id}/{topic}"
+            group = (subscription or _shared_filter)(f"workers-{run_id}", topic)
             for i in range(consumers):
                 client = broker.client(f"scale-{run_id}-{i}")
                 if consume is None:

@@ -113,6 +113,18 @@ class EventShop:
             worker.handled.clear()
         self.t0 = time.perf_counter()
 
+    def peak_in_progress(self) -> dict[str, int]:
+        """The most orders each service worked on at the same time (measured from the handling times)."""
+        peaks: dict[str, int] = {}
+        for name, worker in self.workers.items():
+            edges = sorted([(h.started, 1) for h in worker.handled] + [(h.finished, -1) for h in worker.handled])
+            level = peak = 0
+            for _, step in edges:  # an end sorts before a start at the same instant
+                level += step
+                peak = max(peak, level)
+            peaks[name] = peak
+        return peaks
+
     def counts(self) -> dict[str, int]:
         """How many orders each service has handled so far."""
         return {name: len(w.handled) for name, w in self.workers.items()}
