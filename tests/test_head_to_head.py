@@ -17,9 +17,13 @@ from aiohttp import web
 from helpers.choosing.head_to_head import (
     DEFAULT_WORK,
     HEALTHY,
+    SLOW_THEN_DOWN,
+    Effects,
+    Result,
     Scenario,
     Workload,
     compare,
+    plot_latencies,
     run_design,
     start_async,
     start_sync,
@@ -27,6 +31,7 @@ from helpers.choosing.head_to_head import (
 )
 from helpers.core.broker import Broker
 from helpers.core.events import ORDER_PLACED
+from helpers.core.measure import LoadRun, Sample
 from helpers.core.messaging import make_event, publish
 from helpers.core.waiting import until
 
@@ -129,5 +134,45 @@ async def test_a_consumer_killed_mid_work_gets_its_events_again_and_applies_them
     finally:
         await design.stop()
     assert result.errors == 0 and result.done == 30 and result.not_done == 0
-    assert result.redelivered >= 1, "the events in progress at the kill were never acknowledged, so they come again"
+    assert result.in_progress_at_kill >= 1, "the consumer is killed while it works, not while it idles"
+    assert result.redelivered >= result.in_progress_at_kill, "the events in progress at the kill were never acknowledged"
     assert result.effects.repeats == 0, "the ids already applied keep a redelivered event from charging twice"
+
+
+async def test_the_lesson_kills_payment_while_it_works(broker: Broker, topic: str) -> None:
+    """Lesson 05's "slow, then down" run: the killed consumer had events in progress, and they came again."""
+    design = await start_async(broker, place_order_async, f"{topic}/orders")
+    try:
+        result = await run_design(design, SLOW_THEN_DOWN, Workload(rate=20, count=100, seed=5))
+    finally:
+        await design.stop()
+    assert result.in_progress_at_kill >= 1 and result.redelivered >= result.in_progress_at_kill
+    assert result.effects.repeats == 0 and result.not_done == 0
+
+
+def test_the_table_puts_counts_beside_percentiles_and_says_max_for_a_short_run() -> None:
+    samples = [Sample(float(i), float(i), i + 0.01 * (1 + i % 7), ok=i % 4 != 0) for i in range(40)]
+    run = LoadRun(samples)
+    result = Result("sync", HEALTHY, Workload(count=40), run, [f"o{i}" for i in range(40)], Effects(DEFAULT_WORK), {})
+    row = result.as_row()
+    assert row["answered"] == 30 and row["errors"] == 10, row
+    assert row["caller p99"] == f"max {run.summary().max_ms:,.1f}", "30 values: the tail is the max, and says so"
+    assert row["done"] == 0 and row["not done"] == 40 and row["done p50"] == row["done p99"] == "-", "nothing done: no NaN"
+    assert "10 error(s)" in result.caller_line() and "max" in result.caller_line()
+    many = LoadRun([Sample(float(i), float(i), i + 0.01, ok=True) for i in range(200)])
+    assert many.summary().tail() == ("p99", many.summary().p99_ms)
+
+
+def test_the_percentile_plot_says_what_each_p99_bar_leaves_out() -> None:
+    def result(design: str, errors: int) -> Result:
+        samples = [Sample(float(i), float(i), i + 0.01, ok=i >= errors) for i in range(40)]
+        return Result(
+            design, HEALTHY, Workload(count=40), LoadRun(samples), [f"o{i}" for i in range(40)], Effects(DEFAULT_WORK), {}
+        )
+
+    figure = plot_latencies([{"sync": result("sync", 10), "async": result("async", 0)}])
+    caller, done = figure.axes[:2]
+    notes = [text.get_text() for text in caller.texts]
+    assert "max\n10/40\nerrors" in notes, f"the sync bar leaves 10 errors out, and 30 values make a max: {notes}"
+    assert "max" in notes, f"the async bar has no errors, and says max: {notes}"
+    assert any("40/40\nnever done" in text.get_text() for text in done.texts), "nothing was done in these results"

@@ -493,7 +493,7 @@ class LatencyResult:
             "answered": summary.count - summary.errors,
             "gave up": sum(x.error == "timeout" for x in run.samples),
             "upload p50 ms": _shown(summary.p50_ms),
-            "upload p99 ms": _shown(summary.p99_ms),
+            "upload p99 ms": summary.tail_cell(),  # the p99 of 8 uploads is the slowest: "max"
             "processing p50 s": _shown(_p(processing, 50), 2),
             "all processed after s": _shown(all_done_s, 2),
         }
@@ -509,7 +509,7 @@ class LatencyResult:
         """The headline numbers in one row."""
         return {
             "uploads": self.uploads,
-            "async upload p99 ms": _shown(self.async_summary.p99_ms),
+            "async upload p99 ms": self.async_summary.tail_cell(),
             "sync upload p50 ms": _shown(self.sync_summary.p50_ms),
             "processing p50 s": _shown(self.processing_p50_s, 2),
             "sync callers gave up": self.sync_timeouts,

@@ -43,6 +43,7 @@ from helpers.capstone.storage import start_storage
 from helpers.capstone.upload import UploadService, start_upload
 from helpers.core import lifecycle
 from helpers.core.broker import Broker, BrokerError, start_broker
+from helpers.core.cpu import machine_busy_seconds
 from helpers.core.http import Service
 from helpers.core.loop_lag import LoopLag
 from helpers.core.messaging import Event, decode
@@ -384,12 +385,12 @@ async def measure(
     if warmup:
         await run(front, warmup)
     ours = Workers(workers.design, workers.count, sorted({*workers.pids, os.getpid()}))
-    cpu_before, ours_before, machine_before = workers.cpu_seconds(), ours.cpu_seconds(), _machine_busy_seconds()
+    cpu_before, ours_before, machine_before = workers.cpu_seconds(), ours.cpu_seconds(), machine_busy_seconds()
     async with LoopLag() as lag:
         began = time.perf_counter()
         await run(front, images)
         seconds = time.perf_counter() - began
-    others = (_machine_busy_seconds() - machine_before) - (ours.cpu_seconds() - ours_before)
+    others = (machine_busy_seconds() - machine_before) - (ours.cpu_seconds() - ours_before)
     return Throughput(
         workers.design,
         workers.count,
@@ -399,12 +400,6 @@ async def measure(
         max(0.0, lag.longest - lag.tick_s) * 1000,
         max(0.0, others / seconds),
     )
-
-
-def _machine_busy_seconds() -> float:
-    """CPU seconds every core of the machine spent busy since boot (not idle, not waiting for disks)."""
-    times = psutil.cpu_times()
-    return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
 
 
 # --- the kill -9 drill ---------------------------------------------------------------------------

@@ -294,15 +294,23 @@ class AsyncDesign(Design):
         self.lives: list[Consumer] = []
         """Every consumer life so far (a restart is a new life), for delivery counts."""
         self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.in_progress = dict.fromkeys(effects.services, 0)
+        """Events each consumer is working on right now (started, not finished)."""
+        self.in_progress_at_kill = 0
+        """Events the consumer taken down was working on when it died (they were never acknowledged)."""
 
     def _handler(self, service: str) -> Callable[[Event], Awaitable[None]]:
         faults = self.faults[service]
 
         async def handle(event: Event) -> None:
-            delay = faults.delay()
-            if delay:
-                await asyncio.sleep(delay)  # the same latency knob the HTTP version's middleware reads
-            await self.effects.apply(service, event.data or {})
+            self.in_progress[service] += 1
+            try:
+                delay = faults.delay()
+                if delay:
+                    await asyncio.sleep(delay)  # the same latency knob the HTTP version's middleware reads
+                await self.effects.apply(service, event.data or {})
+            finally:
+                self.in_progress[service] -= 1
 
         return handle
 
@@ -317,8 +325,15 @@ class AsyncDesign(Design):
         """Start (or restart) one consumer; return once it is subscribed."""
         self.tasks[service] = await lifecycle.start(self._life, service)
 
-    async def take_down(self, service: str) -> None:
-        """Kill the consumer: its connection closes, its session (and what arrives for it) stays on the broker."""
+    async def take_down(self, service: str, *, busy_within: float = 2.0) -> None:
+        """Kill the consumer while it works: its connection closes, its session (and what arrives for it) stays on the broker.
+
+        A consumer killed while idle has nothing in progress, so nothing can come again; a
+        crash usually strikes a busy process. The kill waits (up to ``busy_within`` seconds)
+        until the consumer has an event in progress, and records how many it had.
+        """
+        await until(lambda: self.in_progress[service] > 0, busy_within)
+        self.in_progress_at_kill = self.in_progress[service]
         task = self.tasks.pop(service)
         error = await lifecycle.kill(task)
         self.faults[service].down = True
@@ -485,7 +500,8 @@ class Scenario:
 
 HEALTHY = Scenario("healthy")
 SLOW_PAYMENT = Scenario("payment slow", slow="payment", slow_by_s=0.3)
-PAYMENT_DOWN = Scenario("payment down", down="payment", down_at_s=1.0, down_for_s=3.0)
+SLOW_THEN_DOWN = Scenario("payment slow, then down", slow="payment", slow_by_s=0.3, down="payment", down_at_s=1.0, down_for_s=3.0)
+"""A payment provider that is slow (+300 ms per charge) and then dies for 3 s: it dies with charges in progress."""
 
 
 @dataclass
@@ -503,6 +519,8 @@ class Result:
     """Loop times when the service went down and came back (None: no outage)."""
     redelivered: int = 0
     """Deliveries beyond the first per event and consumer, after a consumer restart (async only)."""
+    in_progress_at_kill: int = 0
+    """Events the killed consumer was working on when it died (async only; they come again)."""
 
     @property
     def t0(self) -> float:
@@ -614,23 +632,54 @@ class Result:
         return math.nan if any(math.isnan(g) for g in gaps) else max(gaps, default=0.0)
 
     def as_row(self) -> dict[str, object]:
-        """One row of the summary table; latencies (caller, done, hand-off) in ms."""
+        """One row of the summary table; latencies (caller, done, hand-off) in ms.
+
+        Every percentile stands beside the count it is over and the count it leaves out:
+        caller latencies are over the answered orders (``errors`` beside them), done
+        latencies over the orders done (``not done`` beside them). A tail over fewer than
+        :data:`helpers.core.measure.P99_MIN_SAMPLES` values says "max", not p99.
+        """
         caller, done = self.caller, self.done_summary
         caught_up = self.caught_up_s
         return {
             "design": self.design,
             "scenario": self.scenario.name,
-            "caller p50": round(caller.p50_ms, 1),
-            "caller p99": round(caller.p99_ms, 1),
+            "answered": caller.answered,
             "errors": self.errors,
-            "done p50": round(done.p50_ms, 1),
-            "done p99": round(done.p99_ms, 1),
-            "done/s": round(self.done_per_s, 1),
+            "caller p50": _ms(caller.p50_ms),
+            "caller p99": caller.tail_cell(),
+            "done": self.done,
             "not done": self.not_done,
+            "done p50": _ms(done.p50_ms),
+            "done p99": done.tail_cell(),
             "half done": self.half_done,
-            "catch-up s": "" if caught_up is None else round(caught_up, 2),
-            "hand-off": round(self.handoff_ms, 2),
+            "done/s": _ms(self.done_per_s),
+            "catch-up s": "" if caught_up is None else _ms(caught_up, 2),
+            "hand-off": _ms(self.handoff_ms, 2),
         }
+
+    def caller_line(self) -> str:
+        """The caller's side in one line: how many answered, p50 and p99 (or max), and the errors beside them."""
+        caller = self.caller
+        label, tail = caller.tail()
+        return (
+            f"{caller.answered} answered, caller p50 {_ms(caller.p50_ms)} ms, {label} {_ms(tail)} ms; "
+            f"{self.errors} error(s), not in those figures"
+        )
+
+    def done_line(self) -> str:
+        """The work's side in one line: how many done, p50 and p99 (or max) until done, and the orders not done."""
+        done = self.done_summary
+        label, tail = done.tail()
+        return (
+            f"{self.done} done, done p50 {_ms(done.p50_ms)} ms, {label} {_ms(tail)} ms; "
+            f"{self.not_done} not done, not in those figures"
+        )
+
+
+def _ms(value: float, digits: int = 1) -> float | str:
+    """A number rounded for a table, or "-" when there is none (NaN: nothing was answered or done)."""
+    return "-" if math.isnan(value) else round(value, digits)
 
 
 async def run_design(design: Design, scenario: Scenario, workload: Workload, *, done_timeout: float = 15.0) -> Result:
@@ -664,9 +713,10 @@ async def run_design(design: Design, scenario: Scenario, workload: Workload, *, 
     finally:
         for faults in design.faults.values():
             faults.reset()
-    redelivered = design.redelivered if isinstance(design, AsyncDesign) else 0
+    redelivered, in_progress = (design.redelivered, design.in_progress_at_kill) if isinstance(design, AsyncDesign) else (0, 0)
     down = (window[0], window[1]) if len(window) == 2 else None
-    return Result(design.kind, scenario, workload, run, ids, design.effects, dict(design.received), down, redelivered)
+    received = dict(design.received)
+    return Result(design.kind, scenario, workload, run, ids, design.effects, received, down, redelivered, in_progress)
 
 
 async def compare(
@@ -729,8 +779,9 @@ def percentile_panel(
     """p50 (plain) and p99 (hatched) bars per scenario, sync and async side by side, on a log scale.
 
     ``which`` is ``"caller"`` (until the Order service answered) or ``"done"`` (until all
-    three effects were applied). Done percentiles count only the orders that got done, so
-    a design that left orders undone says how many above its bars.
+    three effects were applied). Caller percentiles count only the answered orders and done
+    percentiles only the orders done, so a bar says above it how many it leaves out (errors,
+    or orders never done); a hatched bar over fewer than 200 values is the max and says "max".
     """
     if which not in ("caller", "done"):
         raise ValueError(f"which must be 'caller' or 'done', got {which!r}")
@@ -744,19 +795,13 @@ def percentile_panel(
         for i, name in enumerate(scenarios):
             match = [r for r in flat if r.design == design and r.scenario.name == name]
             summary = (match[0].caller if which == "caller" else match[0].done_summary) if match else None
-            values.append(getattr(summary, f"{pct}_ms") if summary is not None else math.nan)
-            if which == "done" and pct == "p99" and match and match[0].not_done:
-                missing = match[0]
-                ax.annotate(
-                    f"{missing.not_done}/{len(missing.order_ids)}\nnever\ndone",
-                    (x[i] + (k - 2) * width, values[-1] if math.isfinite(values[-1]) else 1.0),
-                    xytext=(0, 4),
-                    textcoords="offset points",
-                    ha="center",
-                    va="bottom",
-                    fontsize=7,
-                    color="tab:red",
-                )
+            if summary is None:
+                values.append(math.nan)
+                continue
+            label, tail = summary.tail()
+            values.append(summary.p50_ms if pct == "p50" else tail)
+            if pct == "p99":
+                _note_bar(ax, x[i] + (k - 1.5) * width, values[-1], _bar_note(match[0], which, label))
         ax.bar(
             x + (k - 1.5) * width,
             values,
@@ -767,12 +812,35 @@ def percentile_panel(
             linewidth=0.5,
             label=f"{design} {pct}",
         )
-    ax.set_xticks(x, scenarios)
+    ax.set_xticks(x, [name.replace(", ", ",\n") for name in scenarios])  # "payment slow, then down" on two lines
     _log_ms(ax)
     default = "Caller: until the Order service answers" if which == "caller" else "Work: until all three effects are applied"
     ax.set(xlabel="scenario", ylabel="milliseconds (log scale)", title=title or default)
     ax.grid(axis="y", alpha=0.3, which="both")
     return ax
+
+
+def _bar_note(result: Result, which: str, tail_label: str) -> str:
+    """What a p99 bar leaves out: the errors (caller) or the orders never done (done); and "max" for a short run."""
+    left_out = result.errors if which == "caller" else result.not_done
+    lines = ["max"] if tail_label == "max" else []
+    if left_out:
+        lines.append(f"{left_out}/{len(result.order_ids)}\n{'errors' if which == 'caller' else 'never done'}")
+    return "\n".join(lines)
+
+
+def _note_bar(ax: Axes, x: float, top: float, note: str) -> None:
+    if note:
+        ax.annotate(
+            note,
+            (x, top if math.isfinite(top) else 1.0),
+            xytext=(0, 3),
+            textcoords="offset points",
+            ha="center",
+            va="bottom",
+            fontsize=7,
+            color="tab:red",
+        )
 
 
 def plot_latencies(results: Iterable[Result | Mapping[str, Result]], *, title: str | None = None) -> Figure:

@@ -18,6 +18,10 @@ from typing import Any
 
 Call = Callable[[], Awaitable[Any]]
 
+P99_MIN_SAMPLES = 200
+"""Fewest values a p99 is shown for: the nearest-rank p99 of fewer than 100 values is their
+maximum, and it takes a few hundred before one unlucky value stops deciding it."""
+
 
 def percentile(values: Sequence[float], q: float) -> float:
     """The q-th percentile (0..100) by the nearest-rank method; NaN for no values."""
@@ -64,6 +68,26 @@ class Summary:
     p90_ms: float
     p99_ms: float
     max_ms: float
+
+    @property
+    def answered(self) -> int:
+        """The values the percentiles are over: successful calls (``count - errors``)."""
+        return self.count - self.errors
+
+    def tail(self) -> tuple[str, float]:
+        """``("p99", p99)`` over at least :data:`P99_MIN_SAMPLES` values, else ``("max", max)``.
+
+        A p99 of 40 values is simply the slowest one: calling it p99 would suggest a
+        statistic that a handful of samples cannot give, so a small run says "max".
+        """
+        return ("p99", self.p99_ms) if self.answered >= P99_MIN_SAMPLES else ("max", self.max_ms)
+
+    def tail_cell(self) -> float | str:
+        """The tail for a table's p99 column: the p99 rounded, "max 123.4" for a short run, "-" for none."""
+        label, value = self.tail()
+        if math.isnan(value):
+            return "-"
+        return round(value, 1) if label == "p99" else f"max {value:,.1f}"
 
     def as_row(self) -> dict[str, float | int]:
         """A dict for tables (pandas-free): one row per experiment."""

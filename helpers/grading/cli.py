@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: checks file {name} cannot be loaded: {why}", file=sys.stderr)
     jobs = min(options.jobs, len(paths))
     how = f"{broker_label()}, sandbox: {mode}, {jobs} at a time"
-    print(f"grading {len(paths)} submission(s) for labs {', '.join(sorted(labs)) or 'none'} ({how})", flush=True)
+    print(f"grading {len(paths)} submission(s); checks found for labs {', '.join(sorted(labs)) or 'none'} ({how})", flush=True)
     bar = _progress_bar(len(paths), disable=args.quiet)
 
     def show(result: Result) -> None:
