@@ -61,7 +61,7 @@ async def assert_healthy(pipeline: Pipeline) -> None:
     assert answer.status == 202, answer.body
     assert answer.seconds < ANSWER_S
     assert answer.job_id is not None and await pipeline.wait_done([answer.job_id], 30)
-    assert pipeline.state(answer.job_id) == "done"
+    assert pipeline.state(answer.job_id) == "succeeded"
     assert not pipeline.crashed()
 
 
@@ -260,7 +260,7 @@ async def test_the_worst_accepted_shapes_are_processed_in_bounded_memory_without
     assert lag.longest < LOOP_LAG_LIMIT_S, f"the event loop stood still for {lag.longest:.2f} s"
     for (size, *_), job_id in zip(WORST_ACCEPTED.values(), job_ids, strict=True):
         status, body = await pipeline.job(job_id)
-        assert status == 200 and body["state"] == "done", body
+        assert status == 200 and body["state"] == "succeeded", body
         assert f"{size[0]}x{size[1]}" in body["caption"], "the caption names the upload's size, not the working copy's"
     await assert_healthy(pipeline)
 
@@ -357,7 +357,7 @@ async def test_a_form_with_one_file_part_is_accepted_and_processed(pipeline: Pip
             assert response.status == 202, await response.text()
             job_id = (await response.json())["job_id"]
     assert await pipeline.wait_done([job_id], 30)
-    assert pipeline.state(job_id) == "done"
+    assert pipeline.state(job_id) == "succeeded"
 
 
 FORMS_REFUSED = {

@@ -26,7 +26,7 @@ from matplotlib.axes import Axes
 from PIL import Image
 
 from helpers.capstone import images
-from helpers.capstone.jobs import IMAGE_UPLOADED, JOB_DONE, JobStore, Topics
+from helpers.capstone.jobs import IMAGE_UPLOADED, JOB_DONE, Job, Topics, UploadJobs
 from helpers.capstone.pipeline import (
     Pipeline,
     failing_transform,
@@ -38,12 +38,14 @@ from helpers.capstone.pipeline import (
     start_pipeline,
     start_sync_pipeline,
     upload_latency,
+    upload_restarted,
     worker_killed,
 )
 from helpers.capstone.processor import POOL, SHARED, Processor
 from helpers.core.broker import Broker
 from helpers.core.messaging import make_event
 from helpers.core.problems import PROBLEM_JSON
+from helpers.core.reconnect import NotConnected
 from helpers.core.waiting import until, until_quiet
 
 pytestmark = pytest.mark.broker
@@ -90,29 +92,33 @@ async def test_upload_answers_202_at_once_with_location_retry_after_and_body(pip
     assert answer.location == f"/jobs/{answer.job_id}"
     assert answer.retry_after == "1"
     assert answer.headers["Content-Type"].startswith("application/json")
-    assert set(answer.body) == {"job_id", "state", "status_url"}
-    assert answer.body["state"] == "accepted"
-    assert str(answer.body["status_url"]).endswith(answer.location)
+    assert set(answer.body) == {"job_id", "state", "created", "links"}, "shaped like lesson 06's 202"
+    assert answer.body["state"] == "accepted" and ISO_UTC.fullmatch(str(answer.body["created"]))
+    assert answer.body["links"] == {"status": answer.location}, "a relative link: never built from the Host header"
     assert await pipeline.wait_done([answer.job_id], 20)
 
 
-async def test_a_job_goes_to_done_and_its_result_links_serve_the_renditions(pipeline: Pipeline) -> None:
+async def test_a_job_succeeds_its_status_answers_303_and_its_result_links_serve_the_renditions(pipeline: Pipeline) -> None:
     answer = await pipeline.upload(images.exif_rotated_jpeg(), "bea")
     job_id = answer.job_id
     assert job_id is not None
-    seen: list[str] = []
+    seen: list[tuple[str, int, str | None]] = []
 
-    async def done_over_http() -> bool:
-        status, body = await pipeline.job(job_id)
-        assert status == 200, body
-        if not seen or seen[-1] != body["state"]:
-            seen.append(body["state"])
-        return body["state"] == "done"
+    async def succeeded_over_http() -> bool:
+        async with pipeline.session.get(f"{pipeline.url}/jobs/{job_id}", allow_redirects=False) as response:
+            body = await response.json()
+            step = (body["state"], response.status, response.headers.get("Retry-After"))
+            location = response.headers.get("Location")
+        if not seen or seen[-1] != step:
+            seen.append(step)
+        return body["state"] == "succeeded" and location == f"/jobs/{job_id}/result"
 
-    assert await until(done_over_http, 20, poll=0.02)
-    assert seen[0] in ("accepted", "processing") and seen[-1] == "done"
-    assert set(seen) <= {"accepted", "processing", "done"}, seen
-    status, body = await pipeline.job(job_id)
+    assert await until(succeeded_over_http, 20, poll=0.02)
+    assert seen[0][0] in ("accepted", "running") and seen[-1] == ("succeeded", 303, None), seen
+    assert all(status == 200 and after == "1" for state, status, after in seen[:-1]), "unfinished: 200 + Retry-After"
+    assert {state for state, _, _ in seen} <= {"accepted", "running", "succeeded"}, seen
+    status, body = await pipeline.job(job_id)  # a client that follows the 303 gets the result
+    assert status == 200 and body["state"] == "succeeded"
     assert ISO_UTC.fullmatch(body["created"]) and ISO_UTC.fullmatch(body["updated"]), body
     assert body["created"] <= body["updated"]
     assert body["progress"] == {"done": 4, "total": 4}
@@ -147,6 +153,42 @@ async def test_an_idempotency_key_returns_the_same_job_and_refuses_other_bytes(p
     assert pipeline.upload_service.published == 2
     assert first.job_id is not None and someone_else.job_id is not None
     assert await pipeline.wait_done([first.job_id, someone_else.job_id], 20)
+
+
+async def test_a_restarted_upload_service_keeps_its_jobs_its_keys_and_its_address(pipeline: Pipeline) -> None:
+    photo = images.sample_photo()
+    first = await pipeline.upload(photo, "kay", idempotency_key="key-r")
+    assert first.status == 202 and first.job_id is not None
+    url = pipeline.url
+    await pipeline.upload_service.restart()
+    assert pipeline.url == url and pipeline.upload_service.restarts == 1
+    async with pipeline.session.get(f"{url}{first.location}", allow_redirects=False) as response:
+        assert response.status in (200, 303), await response.text()
+    again = await pipeline.upload(photo, "kay", idempotency_key="key-r")  # the key survived the restart
+    assert again.status == 202 and again.body == first.body and again.headers.get("Idempotent-Replayed") == "true"
+    other = await pipeline.upload(images.generated_image(3), "kay", idempotency_key="key-r")
+    assert_problem(other.status, other.body, other.headers.get("Content-Type"), 422)
+    assert await pipeline.wait_done([first.job_id], 20)
+    assert pipeline.state(first.job_id) == "succeeded" and len(pipeline.upload_service.store) == 1
+
+
+async def test_a_publish_that_fails_costs_no_job_the_outbox_sends_it_later(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    upload = pipeline.upload_service
+
+    async def refused(topic: str, payload: bytes, *, qos: int = 1) -> None:
+        raise NotConnected("the broker is away (test)")
+
+    monkeypatch.setattr(upload.publisher, "publish_raw", refused)
+    answer = await pipeline.upload(images.sample_photo(), "oli")
+    assert answer.status == 202 and answer.job_id is not None, "the job is stored: the 202 is a promise kept"
+    assert upload.published == 0 and len(upload.store.store.pending()) == 1, "its event waits in the outbox"
+    assert pipeline.state(answer.job_id) == "accepted"
+    monkeypatch.undo()  # the broker is back: the housekeeping relays what the outbox holds
+    assert await pipeline.wait_done([answer.job_id], 20)
+    assert upload.published == 1 and upload.store.store.pending() == []
+    assert len(pipeline.recorder.events(IMAGE_UPLOADED, answer.job_id)) == 1
 
 
 async def test_storage_down_is_a_503_problem_and_the_same_key_works_once_it_is_back(pipeline: Pipeline) -> None:
@@ -212,20 +254,25 @@ async def test_the_processor_absorbs_a_duplicate_event_one_set_of_results_one_do
     assert len(pipeline.inbox("fay")) == 1
 
 
-async def test_a_job_event_applied_twice_or_late_changes_nothing() -> None:
-    store = JobStore()
-    job, created = store.create("gus", "digest", 4)
-    assert created
+async def test_a_job_event_applied_twice_or_late_changes_nothing(tmp_path: Path) -> None:
+    store = UploadJobs(tmp_path / "jobs.sqlite3")
+    job = store.create(Job("j1", "gus", 4, "digest"), [])
 
     def event(kind: str, **data: object) -> bool:
         return store.apply(make_event(kind, {"job_id": job.job_id, **data}))
 
-    assert event("job.progress", step="upright", done=1, total=4) and job.state == "processing"
-    assert event("job.done", results={"a": "results/x/a"}, caption="c") and job.state == "done"
+    def state() -> str | None:
+        return (stored := store.get(job.job_id)) and stored.state
+
+    assert event("job.progress", step="upright", done=1, total=4) and state() == "running"
+    assert event("job.done", results={"a": "results/x/a"}, caption="c") and state() == "succeeded"
     assert not event("job.done", results={}, caption="other")  # a duplicate: the first one stands
     assert not event("job.progress", step="filter", done=3, total=4)  # late: never backwards
     assert not event("job.failed", reason="late")
-    assert job.state == "done" and job.results == {"a": "results/x/a"} and job.caption == "c"
+    store.close()
+    reopened = UploadJobs(tmp_path / "jobs.sqlite3").get(job.job_id)  # what a restarted service reads
+    assert reopened is not None and reopened.state == "succeeded"
+    assert reopened.results == {"a": "results/x/a"} and reopened.caption == "c" and reopened.done_steps == 4
 
 
 async def test_the_sync_design_answers_200_only_after_processing(tmp_path: Path) -> None:
@@ -235,7 +282,7 @@ async def test_the_sync_design_answers_200_only_after_processing(tmp_path: Path)
         refused = await sync.upload(images.not_an_image(), "hal")
     finally:
         await sync.stop()
-    assert answer.status == 200 and answer.body["state"] == "done" and len(answer.body["results"]) == 4
+    assert answer.status == 200 and answer.body["state"] == "succeeded" and len(answer.body["results"]) == 4
     assert answer.seconds >= sync.processing_s[0], "the caller waited for the whole processing"
     assert refused.status == 415
 
@@ -333,8 +380,34 @@ async def test_a_worker_killed_mid_image_redoes_it_and_the_user_hears_once(broke
     result = await worker_killed(broker, tmp_path, workers=2, work=0.6)
     assert result.killed_mid_image, result.as_row()
     assert result.redelivered and result.starts == 2, result.as_row()
-    assert result.state == "done" and result.results == 4
+    assert result.state == "succeeded" and result.results == 4
     assert result.done_events == 1 and result.notifications == 1, result.as_row()
+
+
+async def test_upload_restarted_mid_burst_every_job_answers_is_done_and_notified_once(broker: Broker, tmp_path: Path) -> None:
+    result = await upload_restarted(broker, tmp_path, jobs=6, workers=2, work=0.2, down_s=0.5)
+    row = result.as_row()
+    assert result.accepted == 6, row
+    assert result.unfinished_at_stop >= 1 and result.done_while_down >= 1, f"the stop did not land mid-burst: {row}"
+    assert result.answered == result.done == result.notified == 6, row
+    assert result.duplicated == 0 and result.lost == 0, row
+
+
+async def test_a_failed_job_answers_200_problem_json_and_has_no_result(broker: Broker, tmp_path: Path) -> None:
+    pipeline = await start_pipeline(broker, tmp_path, workers=1, work=0.0, attempts=1, fail_on=lambda job: True)
+    try:
+        job_id = (await pipeline.upload(images.sample_photo(), "ivy")).job_id
+        assert job_id is not None and await pipeline.wait_done([job_id], 20)
+        async with pipeline.session.get(f"{pipeline.url}/jobs/{job_id}", allow_redirects=False) as response:
+            body = await response.json(content_type=None)
+            assert response.status == 200 and response.content_type == PROBLEM_JSON, body
+            assert "Retry-After" not in response.headers and "Location" not in response.headers
+        assert body["state"] == "failed" and body["title"] == "Job failed" and "status" not in body
+        assert body["reason"] and body["reason"] in body["detail"]
+        async with pipeline.session.get(f"{pipeline.url}/jobs/{job_id}/result") as response:
+            assert response.status == 404 and response.content_type == PROBLEM_JSON
+    finally:
+        await pipeline.stop()
 
 
 async def test_a_transform_that_always_fails_ends_failed_with_reason_and_dead_letter(broker: Broker, tmp_path: Path) -> None:
@@ -344,5 +417,5 @@ async def test_a_transform_that_always_fails_ends_failed_with_reason_and_dead_le
     assert result.reason is not None and "caption model crashed" in result.reason and "3 time" in result.reason
     assert result.dead_letters == 1 and result.dead_letter_reason == result.reason
     assert result.notification is not None and "could not be processed" in result.notification
-    assert result.next_job_state == "done", "the worker lived on after the failure"
+    assert result.next_job_state == "succeeded", "the worker lived on after the failure"
     assert result.as_row()["dead letters"] == 1

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import uuid
 from pathlib import Path
 from typing import Any
@@ -22,11 +23,12 @@ import pytest
 from aiohttp import web
 
 from helpers.capstone import images
-from helpers.capstone.assembly import Inbox
+from helpers.capstone.assembly import Inbox, UploadJobsDesk
 from helpers.capstone.jobs import IMAGE_UPLOADED, JOB_DONE, JOB_FAILED, done_event_id, failed_event_id
 from helpers.capstone.processor import done_marker, result_key
 from helpers.capstone.storage import StorageClient
 from helpers.capstone.upload import original_key
+from helpers.core.jobkit.http import key_reused
 from helpers.core.messaging import InvalidEvent, SeenIds, ack, dead_letter_payload, decode, make_event, manual_ack, publish
 from helpers.core.problems import problem_for
 from helpers.core.receive import subscribed_messages
@@ -58,32 +60,26 @@ def solution(**overrides: Any) -> dict[str, Any]:
     """A correct pipeline as a namespace of functions; ``overrides`` swaps in a mistake."""
     ns: dict[str, Any] = {}
 
-    def make_upload_handler(storage: StorageClient, mqtt: Any, topics: Any) -> Any:
-        accepted: dict[str, dict[str, str]] = {}
-
-        def answer(body: dict[str, str]) -> web.Response:
-            location = f"/jobs/{body['job_id']}"
-            return web.json_response(body, status=202, headers={"Location": location, "Retry-After": "1"})
-
+    def make_upload_handler(storage: StorageClient, mqtt: Any, topics: Any, jobs: UploadJobsDesk) -> Any:
         async def post_image(request: web.Request) -> web.Response:
+            user = request.query.get("user", "anonymous")
             key = request.headers.get("Idempotency-Key")
-            if key is not None and key in accepted:
-                return answer(accepted[key])
             data = await request.read()
+            fingerprint = hashlib.sha256(data).hexdigest()
+            if key is not None and (job := jobs.find(user, key)) is not None:
+                if job.fingerprint != fingerprint:
+                    return key_reused(key)
+                return jobs.accepted(job, replayed=True)
             try:
                 info = await asyncio.to_thread(images.inspect_upload, data)
             except images.ImageRejected as exc:
                 return problem_for(exc)
-            job_id = uuid.uuid4().hex
-            etag = await storage.put(original_key(job_id), data, info.content_type)
-            claim = {"key": original_key(job_id), "etag": etag, "content_type": info.content_type}
-            user = request.query.get("user", "anonymous")
-            event = make_event(IMAGE_UPLOADED, {"job_id": job_id, "user": user, "original": claim}, source="/upload")
+            job = jobs.new(user, key, fingerprint)
+            etag = await storage.put(original_key(job.job_id), data, info.content_type)
+            claim = {"key": original_key(job.job_id), "etag": etag, "content_type": info.content_type}
+            event = make_event(IMAGE_UPLOADED, {"job_id": job.job_id, "user": user, "original": claim}, source="/upload")
             await publish(mqtt, topics.uploaded, event, qos=1)
-            body = {"job_id": job_id, "state": "accepted", "status_url": f"/jobs/{job_id}"}
-            if key is not None:
-                accepted[key] = body
-            return answer(body)
+            return jobs.accepted(job)
 
         return post_image
 
@@ -207,9 +203,9 @@ async def test_a_diagram_that_says_async_where_the_code_is_sync_loses_the_point(
 # --------------------------------------------------------------------------- q2: the upload
 
 
-def processing_in_the_request(storage: StorageClient, mqtt: Any, topics: Any) -> Any:
+def processing_in_the_request(storage: StorageClient, mqtt: Any, topics: Any, jobs: UploadJobsDesk) -> Any:
     """The naive design: the handler processes the image before it answers."""
-    correct = solution()["make_upload_handler"](storage, mqtt, topics)
+    correct = solution()["make_upload_handler"](storage, mqtt, topics, jobs)
 
     async def post_image(request: web.Request) -> web.StreamResponse:
         data = await request.read()
@@ -227,7 +223,7 @@ async def test_processing_inside_the_upload_request_is_named() -> None:
     assert all("processing inside the upload request" in r.message for r in got.values())
 
 
-def bytes_in_the_event(storage: StorageClient, mqtt: Any, topics: Any) -> Any:
+def bytes_in_the_event(storage: StorageClient, mqtt: Any, topics: Any, jobs: UploadJobsDesk) -> Any:
     async def post_image(request: web.Request) -> web.Response:
         data = await request.read()
         try:
@@ -254,8 +250,8 @@ async def test_publishing_the_bytes_instead_of_a_reference_is_named() -> None:
     assert "carries the image's bytes" in got["diagram_matches_the_running_code"].message
 
 
-def trusting_the_label(storage: StorageClient, mqtt: Any, topics: Any) -> Any:
-    correct = solution()["make_upload_handler"](storage, mqtt, topics)
+def trusting_the_label(storage: StorageClient, mqtt: Any, topics: Any, jobs: UploadJobsDesk) -> Any:
+    correct = solution()["make_upload_handler"](storage, mqtt, topics, jobs)
 
     async def post_image(request: web.Request) -> web.StreamResponse:
         if request.content_type.startswith("image/"):  # the mistake: the client's label decides
@@ -280,8 +276,8 @@ async def test_trusting_the_file_extension_or_content_type_is_named() -> None:
     assert all("trusting the file extension/content type" in r.message for r in got.values()), failed(got)
 
 
-def forgetting_the_key(storage: StorageClient, mqtt: Any, topics: Any) -> Any:
-    correct = solution()["make_upload_handler"](storage, mqtt, topics)
+def forgetting_the_key(storage: StorageClient, mqtt: Any, topics: Any, jobs: UploadJobsDesk) -> Any:
+    correct = solution()["make_upload_handler"](storage, mqtt, topics, jobs)
 
     async def post_image(request: web.Request) -> web.StreamResponse:
         headers = {k: v for k, v in request.headers.items() if k.lower() != "idempotency-key"}  # the mistake
@@ -293,6 +289,31 @@ def forgetting_the_key(storage: StorageClient, mqtt: Any, topics: Any) -> Any:
 async def test_no_idempotency_key_is_named() -> None:
     got = await results(solution(make_upload_handler=forgetting_the_key), {"repeated_idempotency_key_is_one_job"})
     assert "no idempotency" in got["repeated_idempotency_key_is_one_job"].message
+
+
+def unscoped_dict(storage: StorageClient, mqtt: Any, topics: Any, jobs: UploadJobsDesk) -> Any:
+    """The classic mistake: one dict ``Idempotency-Key -> 202 body`` for everyone, blind to the bytes."""
+    correct = solution()["make_upload_handler"](storage, mqtt, topics, jobs)
+    answered: dict[str, web.Response] = {}
+
+    async def post_image(request: web.Request) -> web.StreamResponse:
+        key = request.headers.get("Idempotency-Key")
+        if key is not None and key in answered:  # the mistake: another user's key, or other bytes, get this job
+            first = answered[key]
+            return web.Response(body=first.body, status=first.status, headers=first.headers)
+        response = await correct(request)
+        if key is not None and response.status == 202:
+            answered[key] = response
+        return response
+
+    return post_image
+
+
+async def test_an_unscoped_dict_from_key_to_202_body_is_named() -> None:
+    got = await results(solution(make_upload_handler=unscoped_dict), {"idempotency_is_per_user_with_a_fingerprint"})
+    result = got["idempotency_is_per_user_with_a_fingerprint"]
+    assert not result.passed, result
+    assert "someone else's job" in result.message and "422" in result.message, result.message
 
 
 # --------------------------------------------------------------------------- q3: the processor

@@ -62,7 +62,7 @@ async def test_worker_processes_share_one_subscription_and_finish_every_job(mosq
     assert result.images == 6 and result.images_per_s > 0 and result.cores_busy > 0
     assert alive == workers.pids, "both workers ran until the block ended"
     assert not _running(workers.pids), "the block waited for every process to exit"
-    assert {job.state for job in front.upload_service.store} == {"done"} and len(front.upload_service.store) == 8
+    assert {job.state for job in front.upload_service.store} == {"succeeded"} and len(front.upload_service.store) == 8
 
 
 @needs_broker

@@ -28,7 +28,9 @@ import asyncio
 import contextlib
 import inspect
 import json
+import shutil
 import statistics
+import tempfile
 import time
 import uuid
 import weakref
@@ -39,18 +41,23 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import aiomqtt
 from aiohttp import web
 
 from helpers.capstone import images
-from helpers.capstone.jobs import IMAGE_UPLOADED, JOB_DONE, JOB_FAILED, Topics, now
+from helpers.capstone.jobs import IMAGE_UPLOADED, JOB_DONE, JOB_FAILED, STORE_FILE, Job, Topics, UploadJobs, now
 from helpers.capstone.notifier import Notification
 from helpers.capstone.pipeline import QUIET_S, Record, Recorder, UploadAnswer, post_image
 from helpers.capstone.storage import LOCKS, STORE, ObjectStore, StoredObject, storage_app
+from helpers.capstone.upload import accepted, accepted_body, add_status_routes, end_session
 from helpers.core import lifecycle
 from helpers.core.events import iso
 from helpers.core.http import Service, start_service
-from helpers.core.messaging import Event
+from helpers.core.jobkit import http as jobhttp
+from helpers.core.jobkit.store import KeyInUse
+from helpers.core.messaging import Consumer, Event, manual_ack
 from helpers.core.problems import problem, problems_everywhere
+from helpers.core.reconnect import reconnecting
 from helpers.core.waiting import until, until_quiet
 
 UPLOAD_BODY_LIMIT = images.MAX_UPLOAD_BYTES + 2**20
@@ -169,7 +176,7 @@ class RecordingStorage:
 
 def notification_text(state: str) -> str:
     """What a user reads for a job that ended in ``state``."""
-    return "Your image is ready." if state == "done" else "Sorry, your image could not be processed."
+    return "Sorry, your image could not be processed." if state == "failed" else "Your image is ready."
 
 
 class Inbox:
@@ -251,11 +258,47 @@ async def start_recorder(broker: Any, topics: Topics, *, name: str | None = None
 # --- the learner's upload handler as a service ----------------------------------------------------
 
 
+class UploadJobsDesk:
+    """The lab's job store for the Upload service: the capstone's SQLite store (the async-job kit), with the
+    three calls a handler needs. The status resource behind every ``Location`` reads the same store.
+
+    Idempotency is the handler's to write: :meth:`find` looks a key up *for one user*, and the
+    job it returns carries the ``fingerprint`` (SHA-256 of the bytes) of the request that made it.
+    """
+
+    def __init__(self, store: UploadJobs, steps: int = len(images.STEPS)) -> None:
+        self.store, self.steps = store, steps
+
+    def find(self, user: str, key: str) -> Job | None:
+        """The job ``user`` made with Idempotency-Key ``key``, or None (another user's same key is another key)."""
+        return self.store.by_key(user, key)
+
+    def new(self, user: str, key: str | None, fingerprint: str) -> Job:
+        """A new job in state ``accepted`` for ``user``, stored with its key and fingerprint; its id is ``job.job_id``.
+
+        Raises :class:`~helpers.core.jobkit.store.KeyInUse` when a concurrent request with the same
+        user and key stored its job first (the server answers that with 409 and Retry-After).
+        """
+        job = Job(uuid.uuid4().hex, user, self.steps, fingerprint, key)
+        job.accepted_body = accepted_body(job)
+        self.store.create(job, [])
+        self.store.answered(job)
+        return job
+
+    def accepted(self, job: Job, *, replayed: bool = False) -> web.Response:
+        """The 202 for ``job`` (lesson 06's body, ``Location: /jobs/{id}``, ``Retry-After``); the same every time."""
+        return accepted(job, replayed=replayed)
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+
 @dataclass
 class UploadServer:
-    """The learner's ``POST /images`` handler, running: its URL, and what it raised."""
+    """The learner's ``POST /images`` handler, running with the status resource: its URL, its jobs, what it raised."""
 
     service: Service
+    jobs: UploadJobsDesk
     errors: list[str] = field(default_factory=list)
     """Exceptions the handler raised (each was answered with a problem+json 500)."""
 
@@ -264,7 +307,7 @@ class UploadServer:
         return self.service.url
 
     async def stop(self) -> None:
-        """Stop answering, then close the handler's MQTT and Storage clients."""
+        """Stop answering, then close the handler's MQTT and Storage clients, the job-event consumer and the store."""
         await self.service.stop()
 
 
@@ -276,6 +319,8 @@ def _handler_errors(errors: list[str]) -> Any:
             return response
         except web.HTTPException:
             raise
+        except KeyInUse as exc:  # two requests with one key at once: the second is told to retry shortly
+            return jobhttp.key_in_flight(exc.key)
         except Exception as exc:  # noqa: BLE001 - the learner's bug becomes a readable 500 and a note for the checks
             what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             errors.append(what)
@@ -284,30 +329,58 @@ def _handler_errors(errors: list[str]) -> Any:
     return catch
 
 
-async def serve_upload(make_handler: UploadFactory, broker: Any, topics: Topics, storage_url: str, *, name: str) -> UploadServer:
-    """Start an upload service (127.0.0.1, free port) around ``make_handler(storage, mqtt, topics)``.
+async def _job_events(broker: Any, topics: Topics, client_id: str, store: UploadJobs, *, ready: asyncio.Event) -> None:
+    """The Upload service's job-event consumer: the processor's ``job.*`` events, applied to the store."""
+
+    async def apply(event: Event) -> None:
+        store.apply(event)
+
+    async with manual_ack(broker.client(client_id, clean_session=False)) as client:
+        await Consumer(client, topics.jobs, apply, dead_letter_topic=f"{topics.prefix}/dead-letter/upload").run(ready)
+
+
+async def serve_upload(
+    make_handler: UploadFactory, broker: Any, topics: Topics, storage_url: str, *, name: str, work_dir: str | Path | None = None
+) -> UploadServer:
+    """Start an upload service (127.0.0.1, free port) around ``make_handler(storage, mqtt, topics, jobs)``.
 
     The server gives the handler a :class:`~helpers.capstone.storage.StorageClient` for
-    ``storage_url`` and a connected MQTT client of its own, reads bodies up to
-    :data:`UPLOAD_BODY_LIMIT`, and closes both clients when it stops. Re-running a cell
-    with the same ``name`` replaces the old server.
+    ``storage_url``, a connected MQTT client of its own and the :class:`UploadJobsDesk`
+    (a SQLite job store in ``work_dir``, a temporary folder when None), reads bodies up to
+    :data:`UPLOAD_BODY_LIMIT`, serves the status resource (``GET /jobs/{id}``, lesson 06's
+    convention) from the same store, kept up to date by a job-event consumer with a fixed
+    client id and a persistent session, and closes all of it when it stops. Re-running a
+    cell with the same ``name`` replaces the old server.
     """
     from helpers.capstone.storage import StorageClient
 
     stack = contextlib.AsyncExitStack()
+    folder = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix=f"{name}-"))
+    if work_dir is None:
+        stack.callback(shutil.rmtree, folder, ignore_errors=True)
     try:
+        store = UploadJobs(folder / STORE_FILE)
+        stack.callback(store.close)
         storage = StorageClient(storage_url)
         stack.push_async_callback(storage.close)
+        consumer_id = topics.client_id(f"{name}-jobs")
+        if work_dir is None:  # nobody resumes this session after the server stops
+            stack.push_async_callback(_end_session, broker, consumer_id)
+        consumer = await lifecycle.start(reconnecting, _job_events, broker, topics, consumer_id, store)
+        stack.push_async_callback(lifecycle.kill, consumer)
         mqtt = await stack.enter_async_context(broker.client(f"{name}-pub-{uuid.uuid4().hex[:6]}"))
         mqtt.pending_calls_threshold = 1000  # a burst of uploads means many publishes in flight: not a warning
-        handler = make_handler(storage, mqtt, topics)
+        jobs = UploadJobsDesk(store)
+        handler = make_handler(storage, mqtt, topics, jobs)
         if inspect.isawaitable(handler):
             handler = await handler
         if not callable(handler):
             raise TypeError(f"make_upload_handler() should return the handler (async def post_image(request)), got {handler!r}")
         errors: list[str] = []
-        app = web.Application(client_max_size=UPLOAD_BODY_LIMIT, middlewares=[problems_everywhere, _handler_errors(errors)])
+        middlewares = [jobhttp.no_store, problems_everywhere, _handler_errors(errors)]
+        app = web.Application(client_max_size=UPLOAD_BODY_LIMIT, middlewares=middlewares)
         app.router.add_post("/images", handler)
+        add_status_routes(app, store, storage.url)
 
         async def close(_app: web.Application) -> None:
             await stack.aclose()
@@ -317,7 +390,12 @@ async def serve_upload(make_handler: UploadFactory, broker: Any, topics: Topics,
     except BaseException:  # not swallowed: close what did open, then re-raise
         await stack.aclose()
         raise
-    return UploadServer(service, errors)
+    return UploadServer(service, jobs, errors)
+
+
+async def _end_session(broker: Any, client_id: str) -> None:
+    with contextlib.suppress(aiomqtt.MqttError, OSError, TimeoutError):
+        await end_session(broker, client_id)
 
 
 # --- a consumer loop, run like a process ------------------------------------------------------------

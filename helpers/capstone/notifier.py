@@ -1,17 +1,26 @@
-"""The Notification service: tell each user, once, that their job finished.
+"""The Notification service: tell each user that their job finished, never zero times, in the inbox once.
 
-It consumes ``job.done`` and ``job.failed`` and, for each finished job, writes one entry
-to the user's in-app inbox and one "e-mail" to an outbox file (JSON lines; nothing is
-sent). Three choices make "once, and never lost" hold across crashes:
+It consumes ``job.done`` and ``job.failed`` and, for each finished job, writes one "e-mail"
+to an outbox file (JSON lines; nothing is sent) and one entry to the user's in-app inbox.
+What it guarantees is **at-least-once delivery, applied once** (not "exactly once", which
+no consumer of a broker can promise). Three choices make it hold across crashes:
 
 * **a persistent session with a fixed client id, QoS 1**: while the service is down the
   broker keeps what was published for it, and hands it over when the service returns
   with the same client id;
 * **acknowledge after writing**: a crash between receiving and writing means the broker
   delivers the event again;
-* **dedupe on the job id** in a file (:class:`helpers.core.messaging.SeenIds`) that
-  survives the restart: a redelivered event, or a second ``job.done`` for the same job,
-  notifies nobody twice.
+* **dedupe on the job id, recorded in the same step as the inbox write**: the inbox line
+  *is* the record that the job was notified (one ``write`` of one line to
+  ``inbox.jsonl``, read back at start), so there is no moment where the inbox has the
+  entry and the record does not, or the other way round. A redelivered event, or a
+  second ``job.done`` for the same job, finds the line and notifies nobody twice.
+
+The crash window that is left, stated plainly: the e-mail is a side effect outside that
+step. It is written *before* the inbox line, so a crash between the two sends the e-mail
+again when the event is redelivered (twice, never zero times); the inbox entry still
+appears once. A real mail service closes that window by deduplicating on a message id
+(here the job id travels with every e-mail).
 
 Its subscription is ``{prefix}/jobs/+`` (a single filter for ``done`` and ``failed``), so
 it also receives ``job.progress``, which it acknowledges and ignores.
@@ -30,7 +39,7 @@ from typing import Any
 from helpers.capstone.jobs import JOB_DONE, JOB_FAILED, Topics, iso, now
 from helpers.core import lifecycle
 from helpers.core.broker import Broker
-from helpers.core.messaging import Consumer, Event, SeenIds, manual_ack
+from helpers.core.messaging import Consumer, Event, manual_ack
 from helpers.core.reconnect import reconnecting
 
 EMAIL_DOMAIN = "example.invalid"
@@ -44,7 +53,7 @@ class Notification:
     user: str
     job_id: str
     state: str
-    """"done" or "failed"."""
+    """"succeeded" or "failed" (the job's state)."""
     text: str
     at: str
     """ISO 8601 UTC."""
@@ -60,16 +69,15 @@ def message_for(event: Event, status_url: str | None) -> tuple[str, str]:
     where = f" See {status_url}." if status_url else ""
     if event.type == JOB_DONE:
         count = len(data.get("results") or {})
-        return "done", f"Your image is ready: {count} renditions and a caption.{where}"
+        return "succeeded", f"Your image is ready: {count} renditions and a caption.{where}"
     return "failed", f"Sorry, your image could not be processed: {data.get('reason', 'no reason given')}.{where}"
 
 
 class Notifier:
     """The Notification service: start, kill and restart it; read its inboxes and outbox.
 
-    Everything it wrote lives in ``workdir`` (``inbox.jsonl``, ``outbox.jsonl``,
-    ``notified-jobs.txt``), so a new ``Notifier`` on the same folder and client id carries
-    on where the old one stopped.
+    Everything it wrote lives in ``workdir`` (``inbox.jsonl``, ``outbox.jsonl``), so a new
+    ``Notifier`` on the same folder and client id carries on where the old one stopped.
     """
 
     def __init__(
@@ -89,7 +97,8 @@ class Notifier:
         """The Upload service's base URL, for a link to the job's status in each message."""
         self.inbox_path = self.folder / "inbox.jsonl"
         self.outbox_path = self.folder / "outbox.jsonl"
-        self.seen = SeenIds(self.folder / "notified-jobs.txt")
+        self.notified = {note.job_id for note in self.notifications()}
+        """Jobs whose user has an inbox entry: read from the inbox itself, so it is exactly what was written."""
         self.delivered_at: dict[str, float] = {}
         """Job id -> ``time.perf_counter()`` when its notification was written (this process only)."""
         self.duplicates = 0
@@ -141,30 +150,32 @@ class Notifier:
         job_id, user = data.get("job_id"), data.get("user")
         if not isinstance(job_id, str) or not isinstance(user, str):
             raise ValueError(f"{event.type} event {event.id} names no job_id or user")  # dead-lettered by the consumer
-        if job_id in self.seen:
+        if job_id in self.notified:
             self.duplicates += 1
             return
         status_url = f"{self.status_base}/jobs/{job_id}" if self.status_base else None
         state, text = message_for(event, status_url)
         note = Notification(user, job_id, state, text, iso(now()))
-        self._append(self.inbox_path, note.__dict__)
-        subject = "Your image is ready" if state == "done" else "Your image could not be processed"
-        self._append(
-            self.outbox_path, {"to": f"{user}@{EMAIL_DOMAIN}", "subject": subject, "body": text, "job_id": job_id, "at": note.at}
-        )
-        self.seen.add(job_id)  # after the writes: a crash in between notifies again, never zero times
+        subject = "Your image is ready" if state == "succeeded" else "Your image could not be processed"
+        email = {"to": f"{user}@{EMAIL_DOMAIN}", "subject": subject, "body": text, "job_id": job_id, "at": note.at}
+        self._append(self.outbox_path, email)  # a crash after this line: the e-mail goes again, the inbox once
+        self._append(self.inbox_path, note.__dict__)  # the inbox entry and the "notified" record: one line, one write
+        self.notified.add(job_id)
         self.delivered_at[job_id] = time.perf_counter()
 
     @staticmethod
     def _append(path: Path, record: dict[str, Any]) -> None:
+        """Append one JSON line with a single ``write`` and flush it to the OS before the event is acknowledged."""
         with path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
+            fh.flush()
 
     def notifications(self) -> list[Notification]:
         """Every inbox entry, oldest first (read from the file: what survives a restart is what counts)."""
         if not self.inbox_path.exists():
             return []
-        return [Notification(**json.loads(line)) for line in self.inbox_path.read_text().splitlines() if line.strip()]
+        lines = self.inbox_path.read_text().splitlines()
+        return [Notification(**json.loads(line)) for line in lines if line.strip()]
 
     def inbox(self, user: str) -> list[Notification]:
         """``user``'s in-app inbox, oldest first."""

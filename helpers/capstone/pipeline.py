@@ -19,6 +19,8 @@ The experiments (each returns a dataclass of measured numbers with ``as_row()`` 
 3. :func:`notifier_outage`: the Notification service is down while jobs finish.
 4. :func:`worker_killed`: a worker dies mid-image; the image comes back, the user hears once.
 5. :func:`failing_transform`: a transform that always fails ends the job as ``failed``.
+6. :func:`upload_restarted`: the Upload service is stopped mid-burst and started again on
+   its work folder and port: every job still answers its status, is done, and is notified once.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import aiomqtt
 from aiohttp import web
 from matplotlib.axes import Axes
 
@@ -44,7 +47,7 @@ from helpers.capstone.jobs import DONE, JOB_DONE, Topics
 from helpers.capstone.notifier import Notification, Notifier
 from helpers.capstone.processor import CaptionFn, FailOn, Processor, WorkOf, result_key, start_processor
 from helpers.capstone.storage import StorageClient, start_storage
-from helpers.capstone.upload import USER_PATTERN, UploadService, original_key, read_image_body, start_upload
+from helpers.capstone.upload import USER_PATTERN, UploadService, end_session, original_key, read_image_body, start_upload
 from helpers.core import lifecycle
 from helpers.core.broker import Broker
 from helpers.core.http import Service, start_service
@@ -246,6 +249,12 @@ class Pipeline:
         lifecycle.raise_crashed(self._errors, "the pipeline's service")
 
 
+async def _end_session_quietly(broker: Broker, client_id: str) -> None:
+    """End a persistent session at the end of a run (a broker that is gone already has nothing to end)."""
+    with contextlib.suppress(aiomqtt.MqttError, OSError, TimeoutError):
+        await end_session(broker, client_id)
+
+
 async def start_pipeline(
     broker: Broker,
     workdir: str | Path,
@@ -288,7 +297,8 @@ async def start_pipeline(
         recorder = Recorder(broker, f"{name}-recorder-{run_id}", topics.everything)
         recorder_task = await lifecycle.start(reconnecting, recorder.run)
         stack.push_async_callback(stopped, "recorder", lambda: lifecycle.kill(recorder_task))
-        upload = await start_upload(broker, topics, storage.url, name=f"{name}-upload")
+        upload = await start_upload(broker, topics, storage.url, name=f"{name}-upload", work_dir=folder / "upload")
+        stack.push_async_callback(_end_session_quietly, broker, upload.client_id)  # last: nobody resumes it after the run
         stack.push_async_callback(stopped, "upload job-event consumer", upload.stop)
         notifier = Notifier(broker, topics, folder / "notifier", client_id=f"{name}-notifier-{run_id}", status_base=upload.url)
         await notifier.start()
@@ -307,7 +317,7 @@ async def start_pipeline(
             name=f"{name}-processor",
         )
         stack.push_async_callback(stopped, "processor", processor.stop)
-        stack.push_async_callback(upload.service.stop)  # first out: no new uploads while the rest stops
+        stack.push_async_callback(lambda: upload.service.stop())  # first out (the service of now, after any restart)
     except BaseException as exc:  # not swallowed: stop what did start, then re-raise
         await stack.aclose()
         for what, error in errors.items():
@@ -1059,6 +1069,132 @@ async def failing_transform(
             dead[0].get("reason") if dead else None,
             notes[0].text if notes else None,
             pipeline.state(good),
+        )
+    finally:
+        await pipeline.stop()
+    return result
+
+
+# --- 6. the Upload service restarted mid-burst ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class RestartResult:
+    """A burst of uploads, the Upload service stopped while it was processed and started again on the same
+    work folder and port; what each job's status, the store and the inboxes said afterwards."""
+
+    jobs: int
+    accepted: int
+    """Uploads answered 202 before the stop."""
+    unfinished_at_stop: int
+    """Jobs not yet finished in the store when the service stopped (the drill needs some)."""
+    events_while_down: int
+    """Job events (progress, done) the processor published while the Upload service was down."""
+    done_while_down: int
+    """Jobs whose ``job.done`` was published while the Upload service was down (only its session can keep those)."""
+    down_s: float
+    """How long the service was down."""
+    answered: int
+    """Jobs whose ``GET /jobs/{id}`` answered after the restart (200 or 303, not 404)."""
+    done: int
+    """Jobs that succeeded (the status answered 303 to the result)."""
+    notified: int
+    """Jobs whose user has an inbox entry."""
+    notifications: int
+    """Inbox entries for the burst's jobs (a duplicate counts twice)."""
+
+    @property
+    def lost(self) -> int:
+        """Accepted jobs that after the restart did not answer, did not succeed, or whose user was not notified."""
+        return self.accepted - min(self.answered, self.done, self.notified)
+
+    @property
+    def duplicated(self) -> int:
+        """Inbox entries beyond the first of each job."""
+        return self.notifications - self.notified
+
+    def as_row(self) -> dict[str, object]:
+        return {
+            "accepted": self.accepted,
+            "unfinished at stop": self.unfinished_at_stop,
+            "events while down": self.events_while_down,
+            "done while down": self.done_while_down,
+            "down for s": round(self.down_s, 2),
+            "answered after restart": self.answered,
+            "done": self.done,
+            "notified": self.notified,
+            "duplicated": self.duplicated,
+            "lost": self.lost,
+        }
+
+
+async def _statuses(pipeline: Pipeline, job_ids: Sequence[str]) -> list[tuple[int, str | None]]:
+    """(HTTP status, state) of each job's status resource, without following the 303."""
+    found = []
+    for job_id in job_ids:
+        async with pipeline.session.get(f"{pipeline.url}/jobs/{job_id}", allow_redirects=False) as response:
+            body = await response.json(content_type=None)
+            found.append((response.status, body.get("state")))
+    return found
+
+
+async def upload_restarted(
+    broker: Broker,
+    workdir: str | Path,
+    *,
+    jobs: int = 6,
+    workers: int = 2,
+    work: float = 0.5,
+    down_s: float = 1.0,
+    image: bytes | None = None,
+    timeout: float = 60.0,
+) -> RestartResult:
+    """Upload a burst, stop the Upload service while the processor works on it, start it again, count.
+
+    The service stays down at least ``down_s`` seconds and until the processor finished a job
+    meanwhile: that ``job.done`` reaches the restarted service only through its persistent session. It comes back on the
+    same work folder (its SQLite job store) and the same port, so every Location handed out
+    before the stop still answers.
+    """
+    photo = image if image is not None else images.sample_photo()
+    pipeline = await start_pipeline(broker, workdir, workers=workers, work=work)
+    try:
+        answers = await asyncio.gather(*(pipeline.upload(photo, f"user{i}") for i in range(jobs)))
+        ids = [a.job_id for a in answers if a.status == 202 and a.job_id is not None]
+        jobs_topic = pipeline.topics.jobs.removesuffix("+")
+        if not await until(lambda: any(r.topic.startswith(jobs_topic) for r in pipeline.recorder.records), timeout):
+            raise TimeoutError(f"no job event within {timeout:g} s: the burst never started")
+        store = pipeline.upload_service.store
+        unfinished = sum(not (job := store.get(j)) or not job.final for j in ids)
+        stopped = time.perf_counter()
+
+        def done_since(t: float) -> list[str]:
+            return [str((e.data or {}).get("job_id")) for at, e in pipeline.recorder.events(JOB_DONE) if at > t]
+
+        async def while_down() -> None:  # a job must finish while the consumer is away: only its session keeps the news
+            await until(lambda: bool(done_since(stopped)), timeout)
+
+        await pipeline.upload_service.restart(down_s, while_down=while_down)
+        started = time.perf_counter()
+        events_while_down = sum(stopped < r.t < started and r.topic.startswith(jobs_topic) for r in pipeline.recorder.records)
+        done_while_down = len(set(done_since(stopped)) - set(done_since(started)))
+        if not await pipeline.wait_done(ids, timeout):
+            raise TimeoutError(f"jobs not finished {timeout:g} s after the restart: {pipeline.upload_service.store.states()}")
+        await until(lambda: {n.job_id for n in pipeline.notifications()} >= set(ids), timeout)
+        await until_quiet(lambda: len(pipeline.notifications()), QUIET_S, timeout)  # and then no duplicate follows
+        statuses = await _statuses(pipeline, ids)
+        notes = [n for n in pipeline.notifications() if n.job_id in set(ids)]
+        result = RestartResult(
+            jobs,
+            len(ids),
+            unfinished,
+            events_while_down,
+            done_while_down,
+            started - stopped,
+            sum(status in (200, 303) for status, _ in statuses),
+            sum(status == 303 and state == "succeeded" for status, state in statuses),
+            len({n.job_id for n in notes}),
+            len(notes),
         )
     finally:
         await pipeline.stop()

@@ -62,8 +62,16 @@ def _parser(name: str) -> argparse.ArgumentParser:
             help="a stable name such as processor-1: a process restarted with the same slot resumes the "
             "persistent session, and so the messages in flight, of the one that died (default: fresh ids)",
         )
+    if name == "capstone-upload":
+        parser.add_argument(
+            "--workdir",
+            type=Path,
+            default=None,
+            help="folder for the job store (jobs.sqlite3): a restart on the same folder keeps every job "
+            "(default: a temporary folder, removed at exit)",
+        )
     if name == "capstone-notifier":
-        parser.add_argument("--workdir", type=Path, required=True, help="folder for the inbox, outbox and seen ids")
+        parser.add_argument("--workdir", type=Path, required=True, help="folder for the inbox and outbox")
         parser.add_argument("--status-base", default=None, help="the Upload service's URL, for links in messages")
     return parser
 
@@ -115,7 +123,7 @@ async def _upload(args: argparse.Namespace) -> None:
     from helpers.capstone.upload import start_upload
 
     async def body(broker: Broker, topics: Topics) -> None:
-        upload = await start_upload(broker, topics, args.storage_url, name="capstone-upload")
+        upload = await start_upload(broker, topics, args.storage_url, name="capstone-upload", work_dir=args.workdir)
         ready("capstone-upload", url=upload.url)
         try:
             await _until_stopped()

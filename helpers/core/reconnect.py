@@ -114,6 +114,14 @@ class Publisher:
 
     async def publish(self, topic: str, event: Event, *, qos: int = 1) -> Event:
         """Publish ``event`` (see :func:`helpers.core.messaging.publish`), waiting briefly for a lost connection."""
+        return await publish(await self._connection(), topic, event, qos=qos)
+
+    async def publish_raw(self, topic: str, payload: bytes, *, qos: int = 1) -> None:
+        """Publish bytes as they are (an outbox message, already an encoded event), waiting briefly for a lost connection."""
+        await (await self._connection()).publish(topic, payload, qos=qos)
+
+    async def _connection(self) -> aiomqtt.Client:
+        """The connected client, after waiting up to ``PUBLISH_WAIT_S`` for a lost connection to come back."""
         if not self._connected.is_set():
             try:
                 async with asyncio.timeout(PUBLISH_WAIT_S):
@@ -123,7 +131,7 @@ class Publisher:
         client = self._client
         if client is None:
             raise NotConnected("the connection to the MQTT broker was lost")
-        return await publish(client, topic, event, qos=qos)
+        return client
 
     def crashed(self) -> Exception | None:
         """The error its connection loop died of (a healthy publisher's loop runs until stopped)."""

@@ -511,12 +511,11 @@ async def _no_trace(rig: _UploadRig, answers: list[tuple[str, HttpAnswer, int]])
 
 @checks.check(
     "q2",
-    hint="202 means accepted, not done: say where to ask (Location) and when (Retry-After)",
-    code_hint='web.json_response({"job_id": job_id, "state": "accepted", "status_url": f"/jobs/{job_id}"}, '
-    'status=202, headers={"Location": f"/jobs/{job_id}", "Retry-After": "1"})',
+    hint="202 means accepted, not done: say where to ask (Location) and when (Retry-After); the job store's 202 does both",
+    code_hint="job = jobs.new(user, key, fingerprint); ...; return jobs.accepted(job)",
 )
 async def answers_202_with_a_status_location(ctx: Context) -> str:
-    """An image gets 202 Accepted with Location, Retry-After and a JSON body naming the job."""
+    """An image gets 202 Accepted with Location, Retry-After and a JSON body naming the job; the Location answers."""
     rig = await _UploadRig.start(ctx)
     answer, _ = await rig.post(images.sample_photo(), _user(ctx))
     job_id = _accepted(answer)
@@ -532,9 +531,21 @@ async def answers_202_with_a_status_location(ctx: Context) -> str:
         f"Retry-After should say in how many seconds to ask again (e.g. 1), got {retry!r}",
     )
     expect(body.get("state") == "accepted", f"the body's state should be 'accepted', got {body.get('state')!r}")
-    status_url = str(body.get("status_url", ""))
-    expect(status_url.endswith(f"/jobs/{job_id}"), f"the body's status_url should end with /jobs/{job_id}, got {status_url!r}")
-    return f"Location {location}, Retry-After {retry}"
+    status, state = await _status(rig, location)
+    expect(
+        status == 200 and state in ("accepted", "running"),
+        f"GET {location} (the 202's Location) answered HTTP {status}, state {state!r}: the job must be in the store the "
+        "status resource reads; make it with jobs.new(user, key, fingerprint), not an id of your own",
+    )
+    return f"Location {location} answers {state!r}, Retry-After {retry}"
+
+
+async def _status(rig: _UploadRig, location: str) -> tuple[int, str | None]:
+    """What the status resource behind ``location`` says (HTTP status, the job's state), without following a 303."""
+    url = location if location.startswith("http") else f"{rig.server.url}{location}"
+    async with aiohttp.ClientSession() as session, session.get(url, allow_redirects=False) as response:
+        body = await response.json(content_type=None)
+    return response.status, body.get("state") if isinstance(body, dict) else None
 
 
 def _processing_time(work: float) -> float:
@@ -661,8 +672,8 @@ async def refuses_hostile_uploads(ctx: Context) -> str:
 
 @checks.check(
     "q2",
-    hint="remember the 202 body per Idempotency-Key; a repeat gets it again, without storing or publishing",
-    code_hint='key = request.headers.get("Idempotency-Key"); if key in answered: return the same 202 with answered[key]',
+    hint="look the key up for this user before anything else; a repeat gets the first job's 202 again",
+    code_hint="if key is not None and (job := jobs.find(user, key)) is not None: return jobs.accepted(job, replayed=True)",
 )
 async def repeated_idempotency_key_is_one_job(ctx: Context) -> str:
     """The same Idempotency-Key twice gives the same job and one image.uploaded event."""
@@ -680,6 +691,49 @@ async def repeated_idempotency_key_is_one_job(ctx: Context) -> str:
         "a retried request must get the first answer again, not a second job",
     )
     return f"job {ids[0][:8]} twice, 1 event"
+
+
+@checks.check(
+    "q2",
+    hint="a key belongs to one user and one request: compare the fingerprint (SHA-256 of the bytes) with the first one's",
+    code_hint="if job.fingerprint != hashlib.sha256(data).hexdigest(): return key_reused(key)  # 422 problem+json",
+)
+async def idempotency_is_per_user_with_a_fingerprint(ctx: Context) -> str:
+    """The same key with other bytes gets 422 problem+json; the same key from another user is that user's own new job."""
+    rig = await _UploadRig.start(ctx)
+    key, user = uuid.uuid4().hex, _user(ctx)
+    other_user = f"{user}-2"
+    photo = images.sample_photo()
+    other = images.generated_image(ctx.rng.randint(1, 10**6), (ctx.rng.randint(120, 240), ctx.rng.randint(120, 240)))
+    first, _ = await rig.post(photo, user, key=key)
+    first_id = _accepted(first, "the first POST")
+    changed, _ = await rig.post(other, user, key=key)
+    someone, _ = await rig.post(photo, other_user, key=key)
+    await rig.quiet()
+    returned = _body(changed).get("job_id") if changed.status == 202 else None
+    unscoped = (
+        " (an unscoped dict Idempotency-Key -> 202 body returns someone else's job: keep the key per user and "
+        "compare the request's fingerprint)"
+    )
+    expect(
+        changed.status != 202 or returned != first_id,
+        f"the same key with other bytes got 202 with the first upload's job {first_id[:8]}: that is someone else's "
+        f"job for these bytes, expected 422{unscoped}",
+    )
+    problem = _problem(changed, 422)
+    expect(problem is None, f"the same key with other bytes got {problem}, expected 422 problem+json (key_reused(key))")
+    someone_id = _accepted(someone, f"the same key from another user ({other_user})")
+    expect(
+        someone_id != first_id,
+        f"the same key from another user got the first user's job {first_id[:8]}: that is someone else's job, "
+        f"expected a 202 with a new job (keys belong to one user; a reuse with other bytes is a 422){unscoped}",
+    )
+    events = [(decode(r.payload).data or {}).get("job_id") for r in rig.uploaded()]
+    expect(
+        sorted(map(str, events)) == sorted([first_id, someone_id]),
+        f"expected one image.uploaded for each of the 2 jobs, got {len(events)}: a refused request publishes nothing",
+    )
+    return "other bytes: 422; another user: a job of their own"
 
 
 @checks.check("q2", hidden=True, hint="inspect_upload reads the format from the bytes; store under info.content_type")

@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import aiomqtt
 
@@ -313,14 +313,24 @@ class JobStore:
         db.executemany("INSERT INTO outbox (topic, payload) VALUES (?, ?)", list(outbox))
 
 
-async def relay_outbox(store: JobStore, client: aiomqtt.Client, *, qos: int = 1) -> int:
+@runtime_checkable
+class RawPublisher(Protocol):
+    """A publisher that reconnects by itself (:class:`helpers.core.reconnect.Publisher`) and sends bytes as they are."""
+
+    async def publish_raw(self, topic: str, payload: bytes, *, qos: int = 1) -> None: ...
+
+
+async def relay_outbox(store: JobStore, client: aiomqtt.Client | RawPublisher, *, qos: int = 1) -> int:
     """Publish every pending outbox message in order (QoS 1: each returns once the broker has it), marking each sent.
 
     A failure stops the relay where it is; the rest stays pending for the next call. Returns how many were sent.
     """
     sent = 0
     for message in store.pending():
-        await client.publish(message.topic, message.payload, qos=qos)
+        if isinstance(client, RawPublisher):
+            await client.publish_raw(message.topic, message.payload, qos=qos)
+        else:
+            await client.publish(message.topic, message.payload, qos=qos)
         store.published([message.seq])
         sent += 1
     return sent
