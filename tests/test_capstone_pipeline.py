@@ -343,16 +343,18 @@ async def test_upload_latency_async_answers_long_before_the_work_sync_waits_for_
     began = time.perf_counter()  # lesson 07's yardstick: one round, two images at once as the two workers do, today
     await asyncio.gather(*(asyncio.to_thread(images.process_image, photo, work=0.3) for _ in range(2)))
     round_s = time.perf_counter() - began
-    # 8 uploads, 2 at a time: the first round is answered within 2.5 rounds, the fourth (done at ~4 rounds) is not
-    result = await upload_latency(broker, tmp_path, uploads=8, workers=2, work=0.3, client_timeout=2.5 * round_s)
+    # 12 uploads, 2 at a time: the first round is answered within 2.5 rounds, the sixth (done at ~6 rounds) is not.
+    # Six rounds, not four: the yardstick is measured before the run, and a machine whose load changes between the
+    # two (another test beside this one) can make the run's rounds faster than the yardstick's by more than 4/2.5.
+    result = await upload_latency(broker, tmp_path, uploads=12, workers=2, work=0.3, client_timeout=2.5 * round_s)
     a = result.async_summary
-    assert a.errors == 0 and result.async_done == 8
+    assert a.errors == 0 and result.async_done == 12
     assert a.p99_ms / 1000 < 0.5 * result.processing_p50_s, result.as_rows()
     answered = [s for s in result.sync_run.samples if s.ok]
     assert answered, f"a timeout of 2.5 rounds lets the first round answer: {result.as_rows()}"
     assert all(s.latency >= min(result.sync_processing_s) for s in answered), result.as_rows()
     assert result.sync_timeouts >= 1, result.as_rows()
-    assert len(result.as_rows()) == 2 and result.as_row()["uploads"] == 8
+    assert len(result.as_rows()) == 2 and result.as_row()["uploads"] == 12
     assert_plot(plot_upload_latency(result), x_unit="upload", y_unit="(s")
 
 
