@@ -26,7 +26,7 @@ from helpers.core.broker import (
     start_broker,
     to_broker_topic,
 )
-from helpers.core.mosquitto import free_port
+from helpers.core.net import free_port
 
 # --- MQTT_URL parsing ----------------------------------------------------------------------
 

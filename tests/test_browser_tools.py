@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from helpers.core.net import free_port
 from helpers.tools import browser
-from helpers.tools.browser import TEST_SETTINGS, find_chromium, free_port, jupyterlab
+from helpers.tools.browser import TEST_SETTINGS, find_chromium, jupyterlab
 
 
 def test_course_chromium_names_the_browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

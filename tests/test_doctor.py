@@ -11,7 +11,7 @@ import time
 import pytest
 
 import helpers
-from helpers.core.mosquitto import free_port
+from helpers.core.net import free_port
 
 doctor = importlib.import_module("helpers.tools.doctor")  # the module (``helpers.tools.doctor`` is also a function name)
 

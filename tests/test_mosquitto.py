@@ -27,13 +27,6 @@ def accepts(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def test_free_port_is_bindable() -> None:
-    port = mosquitto.free_port()
-    assert 1024 <= port <= 65535
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", port))
-
-
 @needs_mosquitto
 @pytest.mark.broker
 async def test_running_mosquitto_serves_mqtt_then_stops() -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from helpers.core import lifecycle
 from helpers.core.broker import Broker, BrokerError, ConnectRefused, mqtt_broker
-from helpers.core.mosquitto import free_port
+from helpers.core.net import free_port
 from helpers.core.reconnect import RECONNECT_MAX_S, Publisher, reconnecting
 from helpers.core.waiting import until
 

@@ -88,7 +88,7 @@ def test_the_machine_is_described() -> None:
 
 
 def test_an_unreachable_external_broker_is_reported_not_raised() -> None:
-    from helpers.core.mosquitto import free_port
+    from helpers.core.net import free_port
 
     said = report.broker_description({"MQTT_URL": f"mqtt://127.0.0.1:{free_port()}"})
     assert said.startswith("MQTT_URL 127.0.0.1:") and "unreachable" in said

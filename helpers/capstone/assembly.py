@@ -51,13 +51,13 @@ from helpers.capstone.pipeline import QUIET_S, Record, Recorder, UploadAnswer, p
 from helpers.capstone.storage import LOCKS, STORE, ObjectStore, StoredObject, storage_app
 from helpers.capstone.upload import accepted, accepted_body, add_status_routes, end_session
 from helpers.core import lifecycle
-from helpers.core.events import iso
 from helpers.core.http import Service, start_service
 from helpers.core.jobkit import http as jobhttp
 from helpers.core.jobkit.store import KeyInUse
 from helpers.core.messaging import Consumer, Event, manual_ack
 from helpers.core.problems import problem, problems_everywhere
 from helpers.core.reconnect import reconnecting
+from helpers.core.timestamps import iso
 from helpers.core.waiting import until, until_quiet
 
 UPLOAD_BODY_LIMIT = images.MAX_UPLOAD_BYTES + 2**20

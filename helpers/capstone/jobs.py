@@ -30,11 +30,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from helpers.core.events import iso
 from helpers.core.jobkit import store as kit
 from helpers.core.jobkit.store import FINAL, JobRecord, JobState
 from helpers.core.messaging import Event
 from helpers.core.problems import PROBLEM_BASE
+from helpers.core.timestamps import iso
 
 IMAGE_UPLOADED = "image.uploaded"
 """The Upload service stored an original and asks for it to be processed (data: a claim check)."""

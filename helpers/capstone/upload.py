@@ -58,7 +58,6 @@ from helpers.capstone.jobs import IMAGE_UPLOADED, STORE_FILE, Job, Topics, Uploa
 from helpers.capstone.storage import StorageClient, StorageError
 from helpers.core import lifecycle
 from helpers.core.broker import Broker
-from helpers.core.events import iso
 from helpers.core.http import (
     BodyClock,
     BodyRefused,
@@ -74,6 +73,7 @@ from helpers.core.jobkit.store import Admission, Admitted, KeyInUse, relay_outbo
 from helpers.core.messaging import Consumer, Event, make_event, manual_ack
 from helpers.core.problems import PROBLEM_BASE, problem, problem_for, problems_everywhere
 from helpers.core.reconnect import Publisher, reconnecting
+from helpers.core.timestamps import iso
 
 USER_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 """User names: they end up in events, inboxes and e-mail addresses, so only plain characters."""

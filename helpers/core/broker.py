@@ -41,7 +41,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 import aiomqtt
 
 from helpers.core import internals
-from helpers.core.mosquitto import CLASSROOM_ROOT, free_port
+from helpers.core.net import CLASSROOM_ROOT, free_port
 
 CONNECT_TIMEOUT_S = 5.0
 """A broker that does not answer within this many seconds is reported, never waited on."""

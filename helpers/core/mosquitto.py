@@ -29,10 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-INSTALL_HINT = "Mosquitto is not installed: 'sudo apt-get install mosquitto' (Debian/Ubuntu) or 'brew install mosquitto'."
+from helpers.core.net import CLASSROOM_ROOT, free_port
 
-CLASSROOM_ROOT = "course"
-"""Every learner owns ``course/<username>/``: the ACL says so, and helpers.core.broker puts their topics there."""
+INSTALL_HINT = "Mosquitto is not installed: 'sudo apt-get install mosquitto' (Debian/Ubuntu) or 'brew install mosquitto'."
 
 ADMIN = "instructor"
 """The classroom account that may read and write every learner's topics (and read $SYS)."""
@@ -156,13 +155,6 @@ def classroom_config(
     else:
         lines += ["", f"listener {port} {host}"]
     return "\n".join(lines) + "\n"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def find_mosquitto() -> str:

@@ -28,7 +28,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -40,6 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from helpers.core.net import free_port
+
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Playwright
 
@@ -48,7 +49,6 @@ __all__ = [
     "TEST_SETTINGS",
     "LabServer",
     "find_chromium",
-    "free_port",
     "jupyterlab",
     "launch_chromium",
 ]
@@ -73,13 +73,6 @@ TEST_SETTINGS: dict[str, dict[str, Any]] = {
     "@jupyterlab/docmanager-extension:plugin": {"autosave": False},
 }
 """JupyterLab user settings for the browser test (plugin id -> settings), never the learner's."""
-
-
-def free_port() -> int:
-    """A TCP port of 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass(frozen=True)

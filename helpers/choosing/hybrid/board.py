@@ -30,11 +30,11 @@ from aiohttp import web
 
 from helpers.choosing.hybrid.agent import JOB_CANCEL, JOB_FAILED, JOB_SUCCEEDED, STEP_DONE, STEP_ORDER, STEP_STARTED, Step, Topics
 from helpers.choosing.hybrid.clients import distinct
-from helpers.core.events import iso
 from helpers.core.jobkit import http as jobhttp
 from helpers.core.jobkit.store import FINAL, Admission, JobRecord, JobState, JobStore, KeyInUse, StateMovedBack, relay_outbox
 from helpers.core.messaging import Event, make_event
 from helpers.core.problems import PROBLEM_BASE
+from helpers.core.timestamps import iso
 
 ACCEPTED, RUNNING, SUCCEEDED = JobState.ACCEPTED, JobState.RUNNING, JobState.SUCCEEDED
 FAILED, CANCELLED = JobState.FAILED, JobState.CANCELLED
