@@ -37,7 +37,7 @@ from typing import Any
 import pytest
 from mermaid_examples import BAD, GOOD
 
-from helpers.capstone.diagram import find_mermaid_blocks
+from helpers.core.mermaid import find_mermaid_blocks
 from helpers.tools.browser import LabServer, find_chromium, jupyterlab, launch_chromium
 
 # CI sets COURSE_REQUIRE_BROWSER=1: there a missing browser is a failure, not a skip.

@@ -2,14 +2,11 @@
 
 Each classic mistake a learner makes in the drawing must be caught with a message that
 names the edge by its labels; a correct drawing, with or without a broker node, must pass
-every finding. The last test parses every flowchart the course already ships, so an
-author learns about a syntax slip before the browser test does.
+every finding. The parser itself (helpers.core.mermaid) is tested in test_mermaid.py;
+here, the sync/async notation layered on top of it.
 """
 
 from __future__ import annotations
-
-import json
-from pathlib import Path
 
 import pytest
 
@@ -19,14 +16,11 @@ from helpers.capstone.diagram import (
     check_design,
     compare_with_observed,
     edge_kinds,
-    find_mermaid,
-    find_mermaid_blocks,
+    kind_of,
     marking_problem,
     parse_flowchart,
     roles,
 )
-
-ROOT = Path(__file__).resolve().parent.parent
 
 WITH_BROKER = """\
 flowchart LR
@@ -61,21 +55,6 @@ def failing(text: str, fragment: str) -> str:
     hits = [m for m in failures(text) if fragment in m]
     assert hits, f"no failing finding mentions {fragment!r}; failures: {failures(text)}"
     return hits[0]
-
-
-# --- finding the block ---------------------------------------------------------------------------
-
-
-def test_find_mermaid_returns_the_first_block_body() -> None:
-    markdown = "Intro\n\n```python\nx = 1\n```\n\n```mermaid\nflowchart LR\n  A --> B\n```\n\n```mermaid\ngraph TB\n```\n"
-    assert find_mermaid(markdown) == "flowchart LR\n  A --> B"
-    assert find_mermaid_blocks(markdown) == ["flowchart LR\n  A --> B", "graph TB"]
-
-
-def test_find_mermaid_none_tilde_fences_and_an_unclosed_block() -> None:
-    assert find_mermaid("no diagram here\n```\nflowchart LR\n```") is None
-    assert find_mermaid("~~~~ Mermaid\nflowchart LR\n~~~~") == "flowchart LR"
-    assert find_mermaid("```mermaid\nflowchart LR\n  A --> B") == "flowchart LR\n  A --> B"
 
 
 # --- a correct design passes -------------------------------------------------------------------
@@ -187,7 +166,7 @@ def test_thick_two_words_and_no_arrowhead_are_reported() -> None:
     assert problems[0] is not None and problems[0].startswith("Upload -> Storage: a thick arrow (==>) is neither")
     assert problems[1] == "Upload -> Storage: the label says both HTTP and MQTT: one arrow is one kind of call"
     assert problems[2] is not None and "has no arrowhead" in problems[2]
-    assert [edge.kind for edge in chart.edges] == [None, None, None]
+    assert [kind_of(edge) for edge in chart.edges] == [None, None, None]
 
 
 def test_an_arrow_drawn_from_callee_to_caller() -> None:
@@ -250,95 +229,20 @@ def test_roles_by_label_keywords(label: str, role: str | None) -> None:
     assert roles(chart).get("X") == role
 
 
-# --- syntax a learner really writes ------------------------------------------------------------------------
+# --- the notation on top of the core parser ---------------------------------------------------------------
 
 
-def test_label_variety() -> None:
-    text = """\
----
-title: the image pipeline
----
-%%{init: {"theme": "neutral"}}%%
-graph LR;
-    %% a comment line
-    A["AI Image #quot;Processor#quot;"] --> B((Broker))
-    C([stadium]) --> D{rhombus} & E[(Storage)];  F>flag] --> G[/para/]
-    H[[sub]] --> I{{hex}} --> J(((double))) --> K(round)
-    L[\\alt\\] --> M[/trap\\] --> N[\\trap alt/]
-    O -- "GET /?name=Ada" --> P -. MQTT job.done .-> Q == thick ==> R
-    S --->|long| T -.->|"quoted #35;1"| U & V ==> W
-    X[line one<br/>line two] --o Y --x Z
-    AA:::hot --- BB -.- CC === DD
-    EE [spaced label] --> FF
-    subgraph grp [A group]
-        direction TB
-        GG --> HH
-    end
-    classDef hot fill:#f96;
-    class AA hot
-    style BB fill:#bbf,stroke:#333
-    click CC "https://example.com"
-    linkStyle 0 stroke:red
-"""
-    chart = parse_flowchart(text)
-    nodes = chart.nodes
-    assert chart.direction == "LR"
-    assert nodes["A"].label == 'AI Image "Processor"'
-    shapes = {k: nodes[k].shape for k in "BCDEFGHIJKLMN"}
-    assert shapes == {
-        "B": "circle", "C": "stadium", "D": "rhombus", "E": "cylinder", "F": "asymmetric", "G": "parallelogram",
-        "H": "subroutine", "I": "hexagon", "J": "double-circle", "K": "round", "L": "parallelogram-alt",
-        "M": "trapezoid", "N": "trapezoid-alt",
-    }  # fmt: skip
-    assert nodes["X"].label == "line one line two" and nodes["EE"].label == "spaced label"
-    edges = {(e.src, e.dst): e for e in chart.edges}
-    assert edges[("O", "P")].label == "GET /?name=Ada" and edges[("O", "P")].arrow == "solid"
-    assert edges[("P", "Q")].label == "MQTT job.done" and edges[("P", "Q")].kind == "async"
-    assert edges[("Q", "R")].arrow == "thick" and edges[("Q", "R")].label == "thick"
-    assert edges[("T", "U")].label == "quoted #1" and edges[("T", "V")].arrow == "dotted"
-    assert ("U", "W") in edges and ("V", "W") in edges and ("C", "D") in edges and ("C", "E") in edges
-    assert edges[("X", "Y")].head == "circle" and edges[("Y", "Z")].head == "cross"
-    assert edges[("AA", "BB")].head == "none" and edges[("BB", "CC")].arrow == "dotted" and edges[("CC", "DD")].arrow == "thick"
-    assert chart.subgraphs["grp"].label == "A group" and chart.subgraphs["grp"].members == ["GG", "HH"]
-    assert len(chart.edges) == 24
+def test_kind_of_reads_line_style_and_label_word() -> None:
+    chart = parse_flowchart(
+        "flowchart LR\n  O -- GET /x --> P -. MQTT job.done .-> Q -->|HTTP PUT| R -.->|HTTP GET| S ==>|HTTP| T --o|HTTP| U"
+    )
+    assert [kind_of(edge) for edge in chart.edges] == [None, "async", "sync", None, None, None]
 
 
-def test_an_edge_to_a_subgraph_takes_its_title() -> None:
-    chart = parse_flowchart('flowchart LR\n  U --> P\n  subgraph P["AI Image Processor"]\n    T[thumbnails]\n  end')
-    assert chart.nodes["P"].label == "AI Image Processor" and chart.nodes["P"].shape == "subgraph"
-
-
-def test_a_later_label_replaces_an_earlier_one() -> None:
-    chart = parse_flowchart("flowchart LR\n  A --> B\n  B[Storage]")
-    assert chart.nodes["A"].label == "A" and chart.nodes["B"].label == "Storage"
-
-
-@pytest.mark.parametrize(
-    ("text", "line", "fragment"),
-    [
-        ("flowchart LR\n  A --> B\n  A -> B", 3, "`->` is not a Mermaid arrow"),
-        ("sequenceDiagram\n  A->>B: hi", 1, "expected `flowchart LR` or `graph LR`"),
-        ("flowchart XY", 1, "`XY` is not a direction"),
-        ("flowchart LR\n  A[Upload --> B", 2, "the label of `A` opened with `[` is never closed"),
-        ('flowchart LR\n\n  A["Upload] --> B', 3, "a quoted label is never closed"),
-        ("flowchart LR\n  subgraph S\n  A --> B", 2, "`subgraph S` is never closed with `end`"),
-        ("flowchart LR\n  A --> B\n  end", 3, "`end` without a `subgraph`"),
-        ("flowchart LR\n  A@{ shape: rect } --> B", 2, "shape syntax is not supported"),
-        ("flowchart LR\n  A <--> B", 2, "two-headed arrow"),
-        ("flowchart LR\n  A ~~~ B", 2, "invisible link"),
-        ("flowchart LR\n  A -- Upload B", 2, "never closed with an arrow like `-->`"),
-        ("flowchart LR\n  A -->|HTTP B", 2, "never closed with `|`"),
-        ("flowchart LR\n  A --> B C --> D", 2, "cannot read `C --> D`"),
-        ("%% only a comment\n", 1, "the diagram is empty"),
-        ("flowchart LR\n    A --> B %% a note\n", 2, "must be on a line of its own"),
-    ],
-)
-def test_unknown_syntax_names_the_line(text: str, line: int, fragment: str) -> None:
-    with pytest.raises(DiagramError) as caught:
-        parse_flowchart(text)
-    assert caught.value.line == line
-    assert str(caught.value).startswith(f"line {line} of the diagram: ")
-    assert fragment in str(caught.value)
+def test_the_lab_parser_says_which_arrow_is_sync() -> None:
+    """The core parser's advice names line styles; lab 07's names the notation's kinds."""
+    with pytest.raises(DiagramError, match=r"`->` is not a Mermaid arrow: write `-->` \(sync\) or `-\.->` \(async\)"):
+        parse_flowchart("flowchart LR\n  A --> B\n  A -> B")
 
 
 # --- the diagram against what the code really does ------------------------------------------------------------
@@ -397,34 +301,3 @@ def test_compare_with_observed_rejects_a_malformed_observation() -> None:
         compare_with_observed(parse_flowchart(WITH_BROKER), {("upload", "broker"): "async"})
     with pytest.raises(ValueError, match="'maybe'"):
         compare_with_observed(parse_flowchart(WITH_BROKER), {("upload", "storage"): "maybe"})
-
-
-# --- every flowchart the course ships parses ------------------------------------------------------------------
-
-
-def _course_flowcharts() -> list[tuple[str, str]]:
-    found = []
-    for folder in ("notebooks", "labs", "solutions"):
-        for path in sorted((ROOT / folder).glob("*.ipynb")):
-            cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
-            for index, cell in enumerate(cells):
-                if cell["cell_type"] != "markdown":
-                    continue
-                source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
-                for n, block in enumerate(find_mermaid_blocks(source)):
-                    if block.lstrip().startswith(("flowchart", "graph")):
-                        found.append((f"{folder}/{path.name} cell {index} block {n}", block))
-    return found
-
-
-COURSE_FLOWCHARTS = _course_flowcharts()
-
-
-def test_the_course_has_flowcharts_to_parse() -> None:
-    assert len(COURSE_FLOWCHARTS) >= 5
-
-
-@pytest.mark.parametrize("block", [b for _, b in COURSE_FLOWCHARTS], ids=[name for name, _ in COURSE_FLOWCHARTS])
-def test_every_course_flowchart_parses(block: str) -> None:
-    chart = parse_flowchart(block)
-    assert chart.nodes, "a flowchart with no nodes"

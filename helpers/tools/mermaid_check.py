@@ -14,8 +14,9 @@ No maintained Python parser of Mermaid fitted (the ones on PyPI run Mermaid's
 JavaScript through Node.js, SpiderMonkey or an embedded QuickJS with a DOM stand-in),
 so this is the course's own, for the two kinds of diagram it uses:
 
-- ``flowchart`` / ``graph``: :func:`helpers.capstone.diagram.parse_flowchart` (lab 07's
-  parser, which reads the syntax and names the line), plus the quote and comment rules below.
+- ``flowchart`` / ``graph``: :func:`helpers.core.mermaid.parse_flowchart` (the parser lab
+  07's check uses too, which reads the syntax and names the line), plus the quote and
+  comment rules below.
 - ``sequenceDiagram``: :func:`check_sequence`, for participants and actors (with ``as``
   aliases), messages ``->>`` ``-->>`` ``->`` ``-->`` ``-)`` ``--)`` ``-x`` ``--x`` (with
   ``+``/``-`` activation), notes, ``activate``/``deactivate``, ``autonumber``, ``title``,
@@ -27,7 +28,7 @@ Rules beyond plain syntax, each a way a diagram broke or misled in practice:
 - **Quotes in flowchart labels.** ``A["{"id": 1}"]`` and ``A[say "hi"]`` are parse
   errors in JupyterLab 4.6 (Mermaid 11): a label's own quotes are written ``#quot;``.
 - **Comments on their own line.** ``A --> B %% why`` is a parse error in a flowchart
-  (lab 07's parser reads it, JupyterLab does not).
+  (the flowchart parser reads it, JupyterLab does not).
 - **A ``;`` in a sequence message or note** ends the statement in Mermaid, so the rest of
   the line is a parse error: write ``#59;`` or a comma.
 - **Blocks balance**: every ``loop``/``alt``/... has its ``end``, ``else`` only inside
@@ -48,7 +49,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from helpers.capstone.diagram import DiagramError, comment_at, find_mermaid_blocks, parse_flowchart
+from helpers.core.mermaid import DiagramError, comment_at, find_mermaid_blocks, parse_flowchart
 
 __all__ = [
     "COURSE_FOLDERS",
