@@ -197,6 +197,29 @@ async def test_running_stops_the_consumer_and_raises_its_crash() -> None:
     assert any("consumer bug" in note for note in caught.value.__notes__)
 
 
+async def test_died_of_names_a_crash_and_nothing_else() -> None:
+    """One spelling of "done, not cancelled, and what it raised": running, returned and cancelled tasks died of nothing."""
+    gate = asyncio.Event()
+
+    async def waits() -> int:
+        await gate.wait()
+        return 1
+
+    async def crashes() -> None:
+        await gate.wait()
+        raise RuntimeError("worker bug")
+
+    running_task, returned, crashed, cancelled = (asyncio.ensure_future(f()) for f in (waits, waits, crashes, waits))
+    assert lifecycle.died_of(running_task) is None
+    cancelled.cancel()
+    gate.set()
+    await asyncio.wait([returned, crashed, cancelled])
+    assert lifecycle.died_of(returned) is None and lifecycle.died_of(cancelled) is None
+    error = lifecycle.died_of(crashed)
+    assert isinstance(error, RuntimeError) and str(error) == "worker bug"
+    assert await running_task == 1 and lifecycle.died_of(running_task) is None
+
+
 async def test_run_pool_rejects_zero_workers() -> None:
     with pytest.raises(ValueError, match="at least one worker"):
         await run_pool(None, 0)  # type: ignore[arg-type]  # no consumer on purpose: the check comes first

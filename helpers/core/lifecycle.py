@@ -18,7 +18,7 @@ from typing import Any
 
 from helpers.core.waiting import until
 
-__all__ = ["Restartable", "kill", "raise_crashed", "running", "start", "until"]
+__all__ = ["Restartable", "died_of", "kill", "raise_crashed", "running", "start", "until"]
 
 
 async def start(run: Callable[..., Awaitable[Any]], *args: Any, timeout: float = 5.0, **kwargs: Any) -> asyncio.Task[Any]:
@@ -90,6 +90,17 @@ async def running(run: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any)
         raise error
 
 
+def died_of(task: asyncio.Future[Any]) -> BaseException | None:
+    """What a finished task (or future) died of; None while it runs, once it returned, or if it was cancelled.
+
+    The one spelling of ``task.done() and not task.cancelled() and task.exception()``:
+    reading the error also marks it retrieved, so asyncio does not log it a second time.
+    """
+    if not task.done() or task.cancelled():
+        return None
+    return task.exception()
+
+
 def raise_crashed(errors: Mapping[str, BaseException], owner: str) -> None:
     """Raise what named workers died of, each noted "raised by {owner} 'name'"; several become one group.
 
@@ -139,9 +150,7 @@ class Restartable:
 
     def crashed(self) -> Exception | None:
         """The error it died of, if it died by itself (a healthy loop runs until it is killed)."""
-        task = self.task
-        if task is not None and task.done() and not task.cancelled():
-            error = task.exception()
-            if isinstance(error, Exception):
-                return error
+        error = died_of(self.task) if self.task is not None else None
+        if isinstance(error, Exception):
+            return error
         return self.errors[-1] if self.errors else None

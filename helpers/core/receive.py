@@ -19,6 +19,8 @@ from typing import Any
 
 import aiomqtt
 
+from helpers.core.lifecycle import died_of
+
 
 async def collect(
     client: aiomqtt.Client, *, expected: int | None = None, idle: float = 0.3, timeout: float = 5.0
@@ -54,8 +56,7 @@ def payloads(messages: list[aiomqtt.Message]) -> list[str]:
 
 def _retrieve(future: asyncio.Future[Any]) -> None:
     """Mark a background future's failure as seen (no "exception was never retrieved" noise)."""
-    if not future.cancelled():
-        future.exception()
+    died_of(future)
 
 
 async def subscribed_messages(
@@ -73,7 +74,7 @@ async def subscribed_messages(
     subscribing = asyncio.ensure_future(client.subscribe(topic, qos=qos))
     subscribing.add_done_callback(_retrieve)
     if ready is not None:
-        subscribing.add_done_callback(lambda f: ready.set() if not f.cancelled() and f.exception() is None else None)
+        subscribing.add_done_callback(lambda f: ready.set() if not f.cancelled() and died_of(f) is None else None)
     iterator = client.messages.__aiter__()
     pending: asyncio.Future[aiomqtt.Message] | None = None
     try:
@@ -82,8 +83,8 @@ async def subscribed_messages(
                 pending = asyncio.ensure_future(iterator.__anext__())
             waiting: set[asyncio.Future[Any]] = {pending} if subscribing.done() else {pending, subscribing}
             await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-            if subscribing.done() and not subscribing.cancelled() and subscribing.exception() is not None:
-                raise subscribing.exception() or RuntimeError("unreachable")
+            if (error := died_of(subscribing)) is not None:
+                raise error
             if pending.done():
                 message, pending = pending.result(), None
                 yield message

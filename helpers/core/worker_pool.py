@@ -21,6 +21,7 @@ import asyncio
 
 import aiomqtt
 
+from helpers.core.lifecycle import died_of
 from helpers.core.messaging import Consumer
 from helpers.core.receive import subscribed_messages
 
@@ -48,8 +49,7 @@ async def run_pool(consumer: Consumer, workers: int, ready: asyncio.Event | None
 
     def finished(task: asyncio.Task[None]) -> None:
         running.discard(task)
-        error = None if task.cancelled() else task.exception()
-        if error is not None:
+        if (error := died_of(task)) is not None:
             crashed.append(error)
 
     try:

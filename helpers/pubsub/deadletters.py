@@ -34,6 +34,7 @@ from paho.mqtt.client import topic_matches_sub
 
 from helpers.core.broker import Broker
 from helpers.core.events import ORDER_PLACED
+from helpers.core.lifecycle import Restartable
 from helpers.core.messaging import Consumer, Event, EventHandler, InvalidEvent, ack, decode, make_event, manual_ack
 from helpers.core.receive import collect, subscribed_messages
 from helpers.core.waiting import until
@@ -158,16 +159,13 @@ async def dead_letter_drill(
     async with manual_ack(broker.client()) as sub, broker.client() as pub, broker.client() as watcher:
         await watcher.subscribe(dead_letter_topic, qos=1)
         consumer = Consumer(sub, topic, work, dead_letter_topic=dead_letter_topic, attempts=attempts)
-        ready = asyncio.Event()
-        task = asyncio.ensure_future(_loop(sub, topic, work, dead_letter_topic, deliver, consumer, handled, ready))
-        await asyncio.wait_for(ready.wait(), 5)
+        loop = Restartable()
+        await loop.launch(_loop, sub, topic, work, dead_letter_topic, deliver, consumer, handled)
         for _, payload in messages:
             await pub.publish(topic, payload, qos=1)
-        done = await until(lambda: len(handled) == len(messages) or task.done(), timeout=10)
-        still_running = not task.done()
-        task.cancel()
-        error = (await asyncio.gather(task, return_exceptions=True))[0]
-        if isinstance(error, Exception):
+        done = await until(lambda: len(handled) == len(messages) or not loop.alive, timeout=10)
+        still_running = loop.alive
+        if (error := await loop.kill()) is not None:
             raise error
         if not done:
             raise TimeoutError(f"{len(handled)} of {len(messages)} messages handled within 10 s")

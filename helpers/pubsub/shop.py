@@ -79,7 +79,8 @@ class Worker:
     concurrency: int = 1
     handled: list[Handled] = field(default_factory=list)
     consumer: Consumer | None = None
-    task: asyncio.Task[None] | None = None
+    life: lifecycle.Restartable = field(default_factory=lifecycle.Restartable)
+    """Its consumer loop, supervised: what it died of is kept, never dropped."""
 
     async def handle(self, event: Event) -> None:
         """The service's work: here an ``asyncio.sleep`` standing in for I/O (DB, API, model)."""
@@ -131,11 +132,7 @@ class EventShop:
 
     def crashed(self) -> dict[str, BaseException]:
         """The workers whose consumer died with an error (a healthy worker runs until stopped)."""
-        return {
-            name: error
-            for name, w in self.workers.items()
-            if w.task is not None and w.task.done() and not w.task.cancelled() and (error := w.task.exception()) is not None
-        }
+        return {name: error for name, w in self.workers.items() if (error := w.life.crashed()) is not None}
 
     async def wait_handled(self, n: int, timeout: float = 10.0) -> bool:
         """Wait until every service handled ``n`` orders; False if ``timeout`` s passed first.
@@ -160,7 +157,7 @@ async def _stop_workers(workers: Mapping[str, Worker], stack: contextlib.AsyncEx
     errors: dict[str, BaseException] = {}
     try:
         for name, worker in workers.items():
-            if worker.task is not None and (error := await lifecycle.kill(worker.task)) is not None:
+            if (error := await worker.life.kill()) is not None:
                 errors[name] = error
     finally:
         await stack.aclose()
@@ -199,9 +196,9 @@ async def start_event_shop(
                 worker.consumer = Consumer(manual_ack(client), topic, worker.handle)
             await stack.enter_async_context(client)
             if worker.consumer is not None:
-                worker.task = await lifecycle.start(run_pool, worker.consumer, concurrency)
+                await worker.life.launch(run_pool, worker.consumer, concurrency)
             else:
-                worker.task = await lifecycle.start(consume, client, topic, worker.handle)  # type: ignore[arg-type]
+                await worker.life.launch(consume, client, topic, worker.handle)  # type: ignore[arg-type]
 
         routes = web.RouteTableDef()
 

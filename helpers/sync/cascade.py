@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
 from helpers.core.http import Service
+from helpers.core.lifecycle import died_of
 from helpers.core.measure import Call, LoadRun, Summary, open_loop, summarize
 from helpers.core.plots import timeline
 from helpers.core.resilience import CircuitBreaker
@@ -107,6 +108,8 @@ async def replay(
         player.cancel()
         sampler.cancel()
         sick.faults.reset()
+    if (error := died_of(sampler)) is not None:  # a sampler that crashed would leave the plot's lower half empty
+        raise error
     return CascadeRun(run, start, bounds, in_flight, breaker)
 
 
