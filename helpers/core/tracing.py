@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -74,6 +74,18 @@ def context_from_traceparent(traceparent: str | None) -> otel_context.Context:
     return extract({"traceparent": traceparent} if traceparent else {})
 
 
+SpanKind = Literal["internal", "server", "client", "producer", "consumer"]
+"""OpenTelemetry's span kinds, as a row names them."""
+
+_KINDS: dict[trace.SpanKind, SpanKind] = {
+    trace.SpanKind.INTERNAL: "internal",
+    trace.SpanKind.SERVER: "server",
+    trace.SpanKind.CLIENT: "client",
+    trace.SpanKind.PRODUCER: "producer",
+    trace.SpanKind.CONSUMER: "consumer",
+}
+
+
 @dataclass(frozen=True)
 class SpanRow:
     """A finished span flattened for plotting: who, what, when (ms from trace start)."""
@@ -86,7 +98,7 @@ class SpanRow:
     trace_id: str
     span_id: str
     parent_id: str | None
-    kind: str = "internal"
+    kind: SpanKind = "internal"
     """OpenTelemetry's span kind in lower case: "client" and "server" tell the two ends of one call apart."""
 
     @property
@@ -131,7 +143,7 @@ def span_rows(spans: list[ReadableSpan]) -> list[SpanRow]:
             trace_id=f"{s.context.trace_id:032x}",
             span_id=f"{s.context.span_id:016x}",
             parent_id=f"{s.parent.span_id:016x}" if s.parent else None,
-            kind=s.kind.name.lower(),
+            kind=_KINDS[s.kind],
         )
         for s in spans
     ]

@@ -27,7 +27,7 @@ import json
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Literal, TypedDict
 
 import aiomqtt
 from paho.mqtt.client import topic_matches_sub
@@ -71,9 +71,19 @@ def strict_charging(ledger: Ledger) -> EventHandler:
     return handle
 
 
-def dead_letter_rows(messages: list[aiomqtt.Message], width: int = 64) -> list[dict[str, Any]]:
+Ended = Literal["charged", "dead letter", "LOST"]
+"""Where a sample message ended: its order charged, parked on the dead-letter topic, or nowhere."""
+
+DrillRow = TypedDict("DrillRow", {"message": str, "tries of the work": int, "ended as": Ended})
+"""One sample message in the drill's table (the keys are the table's column headings)."""
+
+DeadLetterRow = TypedDict("DeadLetterRow", {"reason": str, "original message": str})
+"""One dead-letter record in a table: why it was parked and a stable summary of the original."""
+
+
+def dead_letter_rows(messages: list[aiomqtt.Message], width: int = 64) -> list[DeadLetterRow]:
     """The dead-letter records as table rows: the reason and what the original message was."""
-    rows = []
+    rows: list[DeadLetterRow] = []
     for message in messages:
         record = json.loads(bytes(message.payload))
         original = str(record.get("payload", ""))
@@ -121,7 +131,7 @@ handled to ``dead_letter_topic``; it returns the number of attempts. The drill a
 class DrillResult:
     """What happened to each sample message, and whether the consumer survived the bad ones."""
 
-    rows: list[dict[str, Any]]
+    rows: list[DrillRow]
     dead: list[aiomqtt.Message]
     charged: int
     still_running: bool
@@ -193,19 +203,19 @@ async def _loop(
             ack(client, message)
 
 
-def _rows(
-    messages: list[tuple[str, bytes]], tries: Counter[str], ledger: Ledger, dead: list[aiomqtt.Message]
-) -> list[dict[str, Any]]:
+def _rows(messages: list[tuple[str, bytes]], tries: Counter[str], ledger: Ledger, dead: list[aiomqtt.Message]) -> list[DrillRow]:
     """One row per sample message: how many tries its work got, and where it ended."""
     charged = ledger.per_order()
     parked = {str(json.loads(bytes(m.payload)).get("payload")) for m in dead}
-    rows = []
+    rows: list[DrillRow] = []
     for label, payload in messages:
         try:
             order_id = str((decode(payload).data or {}).get("order_id"))
         except InvalidEvent:
             order_id = ""
-        where = "charged" if charged.get(order_id) else "dead letter" if payload.decode(errors="replace") in parked else "LOST"
+        where: Ended = (
+            "charged" if charged.get(order_id) else "dead letter" if payload.decode(errors="replace") in parked else "LOST"
+        )
         if order_id in FLAKY and where == "charged":
             label = f"{label}, payment service timed out {FLAKY[order_id]}x"
         rows.append({"message": label, "tries of the work": tries.get(order_id, 0), "ended as": where})

@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import aiomqtt
 
@@ -40,6 +40,14 @@ from helpers.core.receive import collect, flush, subscribed_messages
 from helpers.core.waiting import until, until_quiet
 
 
+class Charge(TypedDict):
+    """One line of the ledger: which event charged which order, and how much."""
+
+    event_id: str
+    order_id: str | None
+    amount: float | None
+
+
 class Ledger:
     """Charges written to a JSON-lines file, one line per charge (so they survive a restart)."""
 
@@ -49,12 +57,12 @@ class Ledger:
     def charge(self, event: Event) -> None:
         """Apply the effect: charge the order's amount (no questions asked)."""
         data = event.data or {}
-        line = {"event_id": event.id, "order_id": data.get("order_id"), "amount": data.get("amount")}
+        line: Charge = {"event_id": event.id, "order_id": data.get("order_id"), "amount": data.get("amount")}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as fh:
             fh.write(json.dumps(line) + "\n")
 
-    def charges(self) -> list[dict[str, Any]]:
+    def charges(self) -> list[Charge]:
         """Every charge made so far."""
         if not self.path.exists():
             return []

@@ -22,6 +22,7 @@ import random
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 from matplotlib.axes import Axes
 
@@ -33,7 +34,9 @@ from helpers.core.waiting import until
 from helpers.core.worker_pool import run_pool
 
 KEYS = ("alice", "bob", "erin", "frank")  # crc32(key) % 4 puts each on its own partition
-MODES = ("single consumer", "worker pool", "routed by key")
+Mode = Literal["single consumer", "worker pool", "routed by key"]
+"""How the consuming side is built: one consumer, a pool behind one subscription, or one consumer per key partition."""
+MODES: tuple[Mode, ...] = get_args(Mode)
 
 Route = Callable[[str, int], int]
 """The learner's partitioner: ``route(key, partitions)`` is the partition (0 .. partitions - 1) for ``key``."""
@@ -90,7 +93,7 @@ def work_time(key: str, seq: int, *, seed: int, max_s: float) -> float:
 async def run_ordering(
     broker: Broker,
     topic: str,
-    mode: str,
+    mode: Mode,
     *,
     workers: int = 4,
     count: int = 100,

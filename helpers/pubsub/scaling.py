@@ -26,6 +26,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Final, Literal
 
 import aiomqtt
 from matplotlib.axes import Axes
@@ -37,8 +38,10 @@ from helpers.core.plots import axes
 from helpers.core.waiting import until
 from helpers.core.worker_pool import run_pool
 
-SHARED = "shared subscription ($share)"
-POOL = "one subscription + worker pool"
+Mode = Literal["shared subscription ($share)", "one subscription + worker pool"]
+"""How k consumers share the work: k members of a shared subscription, or k workers behind one subscription."""
+SHARED: Final = "shared subscription ($share)"
+POOL: Final = "one subscription + worker pool"
 
 ConsumeLoop = Callable[..., Awaitable[None]]
 """``consume(client, topic, handle, ready=None)``: subscribe, set ``ready``, then ``await handle(event)`` per message."""
@@ -49,7 +52,7 @@ class ScaleResult:
     """Throughput of one run, and how the work was really spread over members or workers."""
 
     consumers: int
-    mode: str
+    mode: Mode
     messages: int
     processed: int
     elapsed_s: float

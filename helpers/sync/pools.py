@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar
 
 import aiohttp
 import matplotlib.pyplot as plt
@@ -73,6 +73,21 @@ class Bulkhead:
         finally:
             self.in_flight -= 1
             self._slots.release()
+
+
+PoolReport = TypedDict(
+    "PoolReport",
+    {
+        "pool size": int,
+        "calls": int,
+        "failed": int,
+        "failed before getting a connection": int,
+        "failed after getting a connection": int,
+        "pool wait p50 ms": float,
+        "pool wait p99 ms": float,
+    },
+)
+"""What :meth:`PooledClient.report` says of a run (the keys are the table's column headings)."""
 
 
 @dataclass
@@ -144,7 +159,7 @@ class PooledClient:
         """Failed calls that timed out in the pool's queue, before holding a connection."""
         return sum(not r.ok and not r.connected for r in self.records)
 
-    def report(self) -> dict[str, Any]:
+    def report(self) -> PoolReport:
         """Calls, failures (split by whether they ever got a connection), pool waits (ms)."""
         waits = [r.pool_wait_s * 1000 for r in self.records]
         failed = sum(not r.ok for r in self.records)
