@@ -13,8 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from helpers.core.mermaid import DiagramError, FlowchartParser, find_mermaid, find_mermaid_blocks, parse_flowchart
-from helpers.tools.mermaid_check import COURSE_FOLDERS, Diagram, diagrams_in
+from helpers.core.mermaid import (
+    DiagramError,
+    FlowchartParser,
+    find_mermaid,
+    find_mermaid_blocks,
+    front_matter_lines,
+    parse_flowchart,
+)
+from helpers.tools.mermaid_check import COURSE_FOLDERS, Diagram, check_diagram, diagrams_in
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -163,3 +170,11 @@ def test_the_course_has_flowcharts_to_parse() -> None:
 def test_every_course_flowchart_parses(diagram: Diagram) -> None:
     chart = parse_flowchart(diagram.text)
     assert chart.nodes, "a flowchart with no nodes"
+
+
+def test_front_matter_is_skipped_and_an_unclosed_one_is_named_in_every_kind_of_diagram() -> None:
+    assert front_matter_lines(["---", "title: t", "---", "flowchart LR"]) == 3
+    assert front_matter_lines(["flowchart LR"]) == 0
+    for kind in ("flowchart LR", "sequenceDiagram"):
+        with pytest.raises(DiagramError, match="line 1 of the diagram: the front matter opened with `---` is never closed"):
+            check_diagram(f"---\ntitle: t\n{kind}\n")

@@ -32,6 +32,7 @@ __all__ = [
     "comment_at",
     "find_mermaid",
     "find_mermaid_blocks",
+    "front_matter_lines",
     "parse_flowchart",
 ]
 
@@ -231,7 +232,7 @@ class FlowchartParser:
 
     def parse(self, text: str) -> Flowchart:
         lines = text.splitlines()
-        start = self._skip_front_matter(lines)
+        start = front_matter_lines(lines)
         header_seen = False
         for line_no, raw in enumerate(lines[start:], start=start + 1):
             self.line_no = line_no
@@ -253,15 +254,6 @@ class FlowchartParser:
             raise DiagramError(opened, f"`subgraph {sub_id}` is never closed with `end`")
         self._link_subgraph_nodes()
         return self.chart
-
-    def _skip_front_matter(self, lines: list[str]) -> int:
-        """Lines taken by a ``---`` front matter block (title, config), which Mermaid allows first."""
-        if not lines or lines[0].strip() != "---":
-            return 0
-        for i, line in enumerate(lines[1:], start=2):
-            if line.strip() == "---":
-                return i
-        raise DiagramError(1, "the front matter opened with `---` is never closed with `---`")
 
     def _header(self, line: str) -> str:
         """Read ``flowchart LR`` / ``graph LR``; return what follows a ``;`` on the same line."""
@@ -465,6 +457,16 @@ class FlowchartParser:
         token = match.group(1)
         head: Head = "arrow" if token.endswith(">") else _HEADS.get(token[-1], "none")
         return arrow, head, _clean_text(text), match.end()
+
+
+def front_matter_lines(lines: list[str]) -> int:
+    """How many lines a ``---`` front matter block (title, config) takes; Mermaid allows one first in any diagram."""
+    if not lines or lines[0].strip() != "---":
+        return 0
+    for i, line in enumerate(lines[1:], start=2):
+        if line.strip() == "---":
+            return i
+    raise DiagramError(1, "the front matter opened with `---` is never closed with `---`")
 
 
 def comment_at(line: str) -> int:

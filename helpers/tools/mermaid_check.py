@@ -49,7 +49,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from helpers.core.mermaid import DiagramError, comment_at, find_mermaid_blocks, parse_flowchart
+from helpers.core.mermaid import DiagramError, comment_at, find_mermaid_blocks, front_matter_lines, parse_flowchart
 
 __all__ = [
     "COURSE_FOLDERS",
@@ -112,12 +112,7 @@ class Diagram:
 def _lines(text: str) -> Iterator[tuple[int, str]]:
     """(1-based line number, stripped line) for each line that is not blank, a ``%%`` comment or front matter."""
     lines = text.splitlines()
-    start = 0
-    if lines and lines[0].strip() == "---":
-        closing = next((i for i, line in enumerate(lines[1:], start=1) if line.strip() == "---"), None)
-        if closing is None:
-            raise DiagramError(1, "the front matter opened with `---` is never closed with `---`")
-        start = closing + 1
+    start = front_matter_lines(lines)
     for number, raw in enumerate(lines[start:], start=start + 1):
         line = raw.strip()
         if line and not line.startswith("%%"):
