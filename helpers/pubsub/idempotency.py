@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, Literal, TypedDict
 
 import aiomqtt
 
@@ -88,12 +88,16 @@ The notebook writes it (a naive one and an idempotent one); the scenarios below 
 deliver events to it, so what they count is what the learner's function did."""
 
 
+Cause = Literal["publisher retry", "died before ack"]
+"""The two everyday causes of a duplicate delivery that the scenarios below stage."""
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What one run did: deliveries the consumer saw vs charges it made."""
 
     consumer: str
-    cause: str
+    cause: Cause
     orders: int
     deliveries: int
     charges: int
