@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
@@ -43,13 +44,21 @@ SICK_SCRIPT: tuple[Phase, ...] = (
 """The script of lesson 02: slow is the nasty case (callers wait), down is the easy one."""
 
 
+class PhaseSpan(NamedTuple):
+    """When one phase of the script ran, in seconds from the replay's start."""
+
+    start: float
+    end: float
+    name: str
+
+
 @dataclass
 class CascadeRun:
     """One replay: the load's samples, phase boundaries and the gateway's open requests."""
 
     run: LoadRun
     start: float
-    phases: list[tuple[float, float, str]]
+    phases: list[PhaseSpan]
     in_flight: list[tuple[float, int]] = field(default_factory=list)
     breaker: CircuitBreaker | None = None
 
@@ -94,9 +103,10 @@ async def replay(
     """
     loop = asyncio.get_running_loop()
     start = loop.time()
-    bounds, t = [], 0.0
+    bounds: list[PhaseSpan] = []
+    t = 0.0
     for p in phases:
-        bounds.append((t, t + p.duration_s, p.name))
+        bounds.append(PhaseSpan(t, t + p.duration_s, p.name))
         t += p.duration_s
     in_flight: list[tuple[float, int]] = []
     player = asyncio.ensure_future(_play(sick, phases))
