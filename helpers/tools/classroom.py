@@ -161,7 +161,7 @@ class Written:
     urls: dict[str, str]
 
 
-def write_classroom(
+def write_classroom(  # noqa: PLR0913  keyword-only, one per flag of `python -m helpers classroom`; callers set one or two
     learners: Sequence[Learner],
     out: Path,
     *,
