@@ -49,7 +49,7 @@ async def _stop_services() -> AsyncIterator[None]:
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """Side by side (``pytest -n 2``): a notebook's cells together on one worker, in order (they
     share one kernel), every other test on its own, so one slow test file is no bottleneck."""
-    from xdist.scheduler import LoadScopeScheduling
+    from xdist.scheduler import LoadScopeScheduling  # type: ignore[import-untyped]  # xdist ships no type hints
 
     class NotebooksTogether(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:

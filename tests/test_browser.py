@@ -421,4 +421,5 @@ def test_warmup_lab_check_gives_feedback(page: Any) -> None:
     assert not [o for o in feedback["outputs"] if o["mime"] == "application/vnd.jupyter.stderr"], _text(feedback)
     text = _text(feedback)
     assert re.search(r"^q1: 0/\d+ passed$", text, re.MULTILINE), f"no q1 feedback line in the check's output:\n{text}"
-    assert "\u2717" in text and "why:" in text, f"a failing check says why:\n{text}"
+    assert "\u2717" in text, f"a failing check is marked:\n{text}"
+    assert "why:" in text, f"a failing check says why:\n{text}"

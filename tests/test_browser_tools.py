@@ -39,7 +39,8 @@ def test_test_settings_are_written_where_jupyterlab_reads_them(tmp_path: Path) -
     browser._write_user_settings(tmp_path, TEST_SETTINGS)
     tracker = json.loads((tmp_path / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings").read_text())
     docmanager = json.loads((tmp_path / "@jupyterlab" / "docmanager-extension" / "plugin.jupyterlab-settings").read_text())
-    assert tracker == {"windowingMode": "none"} and docmanager == {"autosave": False}
+    assert tracker == {"windowingMode": "none"}
+    assert docmanager == {"autosave": False}
 
 
 def test_test_settings_name_real_settings_of_the_installed_jupyterlab() -> None:

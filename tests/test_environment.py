@@ -27,7 +27,9 @@ def pins(text: str, python: str) -> dict[str, str]:
             continue
         name, version, marker = match.groups()
         if marker:
-            op, wanted = re.fullmatch(r'python_version\s*([<>=]=?)\s*"([\d.]+)"', marker.strip()).groups()
+            condition = re.fullmatch(r'python_version\s*([<>=]=?)\s*"([\d.]+)"', marker.strip())
+            assert condition, f"a marker these tests cannot read: {marker!r}"
+            op, wanted = condition.groups()
             have, want = tuple(map(int, python.split("."))), tuple(map(int, wanted.split(".")))
             if not {"<": have < want, ">=": have >= want, "<=": have <= want, ">": have > want, "==": have == want}[op]:
                 continue

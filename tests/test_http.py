@@ -6,6 +6,7 @@ import asyncio
 import socket
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -50,7 +51,7 @@ def accepts(port: int) -> bool:
         ({"error_rate": -0.01}, "error_rate is a fraction between 0 and 1"),
     ],
 )
-def test_faults_reject_nonsense(kwargs: dict[str, float], says: str) -> None:
+def test_faults_reject_nonsense(kwargs: dict[str, Any], says: str) -> None:
     with pytest.raises(ValueError, match=says):
         Faults(**kwargs)
 
@@ -75,7 +76,8 @@ def test_faults_reset_and_defaults() -> None:
     faults = Faults(latency=1, jitter=1, error_rate=1, down=True)
     faults.reset()
     assert (faults.latency, faults.jitter, faults.error_rate, faults.down) == (0, 0, 0, False)
-    assert faults.delay() == 0 and not faults.should_fail()
+    assert faults.delay() == 0
+    assert not faults.should_fail()
 
 
 # --- start_service and the registry ----------------------------------------------------------------
@@ -87,7 +89,8 @@ async def test_handler_service_answers_every_path(session: aiohttp.ClientSession
     for path in ("/", "/a/b?c=1"):
         status, _ = await get(session, svc.url + path)
         assert status == 200
-    assert svc.stats.requests == 2 and svc.stats.errors == 0
+    assert svc.stats.requests == 2
+    assert svc.stats.errors == 0
     assert "plain" in repr(svc)
 
 
@@ -163,9 +166,11 @@ async def test_get_service_unknown_lists_running() -> None:
 async def test_stop_and_stop_all() -> None:
     a, b = await start_service("a", ok), await start_service("b", ok)
     await a.stop()
-    assert not accepts(a.port) and set(running_services()) == {"b"}
+    assert not accepts(a.port)
+    assert set(running_services()) == {"b"}
     await stop_all()
-    assert running_services() == {} and not accepts(b.port)
+    assert running_services() == {}
+    assert not accepts(b.port)
 
 
 async def test_stop_does_not_wait_for_slow_handlers(session: aiohttp.ClientSession) -> None:
@@ -220,7 +225,8 @@ async def test_down_gives_503_at_once_even_with_latency(session: aiohttp.ClientS
     svc = await start_service("sick", ok, faults=Faults(latency=1.0))
     svc.faults.down = True
     status, seconds = await get(session, svc.url)
-    assert status == 503 and seconds < 0.5
+    assert status == 503
+    assert seconds < 0.5
     async with session.get(svc.url) as response:
         assert await response.json() == {"error": "service down"}
     svc.faults.reset()
@@ -251,6 +257,7 @@ async def test_stats_count_requests_arrivals_and_concurrency(session: aiohttp.Cl
     assert [status for status, _ in await asyncio.gather(*calls)] == [200] * 5
     stats = svc.stats
     assert (stats.requests, stats.errors, stats.in_flight, stats.max_in_flight) == (5, 0, 0, 5)
-    assert len(stats.arrivals) == 5 and stats.arrivals == sorted(stats.arrivals)
+    assert len(stats.arrivals) == 5
+    assert stats.arrivals == sorted(stats.arrivals)
     stats.reset()
     assert stats == Stats()

@@ -48,7 +48,8 @@ async def test_on_socket_open_runs_the_callback_with_the_tcp_socket(broker: Brok
     client = broker.client()
     internals.on_socket_open(client, lambda c, userdata, sock: sockets.append(sock))
     async with client:
-        assert len(sockets) == 1 and isinstance(sockets[0], socket.socket)
+        assert len(sockets) == 1
+        assert isinstance(sockets[0], socket.socket)
         assert sockets[0].getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), "broker.client() also set TCP_NODELAY"
 
 

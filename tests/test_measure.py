@@ -44,8 +44,10 @@ def test_percentile_rejects_q_outside_0_100(q: float) -> None:
 def test_summarize_plain_latencies() -> None:
     summary = summarize([0.001 * i for i in range(1, 101)])  # 1..100 ms
     assert (summary.count, summary.errors) == (100, 0)
-    assert summary.p50_ms == pytest.approx(50) and summary.p90_ms == pytest.approx(90)
-    assert summary.p99_ms == pytest.approx(99) and summary.max_ms == pytest.approx(100)
+    assert summary.p50_ms == pytest.approx(50)
+    assert summary.p90_ms == pytest.approx(90)
+    assert summary.p99_ms == pytest.approx(99)
+    assert summary.max_ms == pytest.approx(100)
     assert summary.duration_s == pytest.approx(5.05)  # sequential calls: the sum of latencies
     assert summary.throughput == pytest.approx(100 / 5.05)
 
@@ -63,7 +65,9 @@ def test_summarize_samples_counts_errors_and_ignores_their_latency() -> None:
 def test_summarize_nothing() -> None:
     summary = summarize([])
     assert (summary.count, summary.errors, summary.duration_s) == (0, 0, 0.0)
-    assert math.isnan(summary.p50_ms) and math.isnan(summary.throughput) and math.isnan(summary.max_ms)
+    assert math.isnan(summary.p50_ms)
+    assert math.isnan(summary.throughput)
+    assert math.isnan(summary.max_ms)
 
 
 def test_summary_row_and_text() -> None:
@@ -82,7 +86,8 @@ def test_summary_row_and_text() -> None:
 
 def test_sample_latency_is_from_intended_time() -> None:
     sample = Sample(intended=1.0, sent=1.25, done=1.5, ok=True)
-    assert sample.latency == pytest.approx(0.5) and sample.lateness == pytest.approx(0.25)
+    assert sample.latency == pytest.approx(0.5)
+    assert sample.lateness == pytest.approx(0.25)
     run = LoadRun([sample, Sample(2.0, 2.0, 9.0, False, "boom")])
     assert run.latencies_ms == pytest.approx([500.0])
     assert run.lateness_ms == pytest.approx([250.0, 0.0])
@@ -210,7 +215,8 @@ async def test_closed_loop_respects_concurrency_on_a_real_service() -> None:
                 return response.status
 
         run = await closed_loop(call, concurrency=3, count=30)
-    assert len(run.samples) == 30 and all(s.ok for s in run.samples)
+    assert len(run.samples) == 30
+    assert all(s.ok for s in run.samples)
     assert svc.stats.requests == 30
     assert svc.stats.max_in_flight == 3, "closed loop must never exceed its concurrency"
     assert [s.intended for s in run.samples] == sorted(s.intended for s in run.samples)
@@ -227,9 +233,11 @@ async def test_closed_loop_duration_and_time_calls_are_sequential() -> None:
         in_flight -= 1
 
     run = await time_calls(call, 5)
-    assert len(run.samples) == 5 and peak == 1
+    assert len(run.samples) == 5
+    assert peak == 1
     run = await closed_loop(call, concurrency=2, duration=0.1)
-    assert 4 <= len(run.samples) <= 60 and peak == 2
+    assert 4 <= len(run.samples) <= 60
+    assert peak == 2
 
 
 # --- coordinated omission ----------------------------------------------------------------------------------
@@ -255,7 +263,8 @@ async def test_open_loop_reports_a_stall_that_closed_loop_hides() -> None:
     closed = (await closed_loop(StallingService(0.3, stall_s), concurrency=1, duration=run_s)).summary()
 
     # Both saw the stall once at its worst...
-    assert opened.max_ms > 0.6 * stall_s * 1000 and closed.max_ms > 0.6 * stall_s * 1000
+    assert opened.max_ms > 0.6 * stall_s * 1000
+    assert closed.max_ms > 0.6 * stall_s * 1000
     # ...but only open loop counts every user who arrived during it: ~30% of its requests
     # waited, so its p90 sits deep in the stall, while closed loop sent just one request
     # during the stall and its p90 looks like a healthy ~1 ms service.

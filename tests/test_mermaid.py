@@ -81,27 +81,41 @@ graph LR;
         "H": "subroutine", "I": "hexagon", "J": "double-circle", "K": "round", "L": "parallelogram-alt",
         "M": "trapezoid", "N": "trapezoid-alt",
     }  # fmt: skip
-    assert nodes["X"].label == "line one line two" and nodes["EE"].label == "spaced label"
+    assert nodes["X"].label == "line one line two"
+    assert nodes["EE"].label == "spaced label"
     edges = {(e.src, e.dst): e for e in chart.edges}
-    assert edges[("O", "P")].label == "GET /?name=Ada" and edges[("O", "P")].arrow == "solid"
-    assert edges[("P", "Q")].label == "MQTT job.done" and edges[("P", "Q")].arrow == "dotted"
-    assert edges[("Q", "R")].arrow == "thick" and edges[("Q", "R")].label == "thick"
-    assert edges[("T", "U")].label == "quoted #1" and edges[("T", "V")].arrow == "dotted"
-    assert ("U", "W") in edges and ("V", "W") in edges and ("C", "D") in edges and ("C", "E") in edges
-    assert edges[("X", "Y")].head == "circle" and edges[("Y", "Z")].head == "cross"
-    assert edges[("AA", "BB")].head == "none" and edges[("BB", "CC")].arrow == "dotted" and edges[("CC", "DD")].arrow == "thick"
-    assert chart.subgraphs["grp"].label == "A group" and chart.subgraphs["grp"].members == ["GG", "HH"]
+    assert edges[("O", "P")].label == "GET /?name=Ada"
+    assert edges[("O", "P")].arrow == "solid"
+    assert edges[("P", "Q")].label == "MQTT job.done"
+    assert edges[("P", "Q")].arrow == "dotted"
+    assert edges[("Q", "R")].arrow == "thick"
+    assert edges[("Q", "R")].label == "thick"
+    assert edges[("T", "U")].label == "quoted #1"
+    assert edges[("T", "V")].arrow == "dotted"
+    assert ("U", "W") in edges
+    assert ("V", "W") in edges
+    assert ("C", "D") in edges
+    assert ("C", "E") in edges
+    assert edges[("X", "Y")].head == "circle"
+    assert edges[("Y", "Z")].head == "cross"
+    assert edges[("AA", "BB")].head == "none"
+    assert edges[("BB", "CC")].arrow == "dotted"
+    assert edges[("CC", "DD")].arrow == "thick"
+    assert chart.subgraphs["grp"].label == "A group"
+    assert chart.subgraphs["grp"].members == ["GG", "HH"]
     assert len(chart.edges) == 24
 
 
 def test_an_edge_to_a_subgraph_takes_its_title() -> None:
     chart = parse_flowchart('flowchart LR\n  U --> P\n  subgraph P["AI Image Processor"]\n    T[thumbnails]\n  end')
-    assert chart.nodes["P"].label == "AI Image Processor" and chart.nodes["P"].shape == "subgraph"
+    assert chart.nodes["P"].label == "AI Image Processor"
+    assert chart.nodes["P"].shape == "subgraph"
 
 
 def test_a_later_label_replaces_an_earlier_one() -> None:
     chart = parse_flowchart("flowchart LR\n  A --> B\n  B[Storage]")
-    assert chart.nodes["A"].label == "A" and chart.nodes["B"].label == "Storage"
+    assert chart.nodes["A"].label == "A"
+    assert chart.nodes["B"].label == "Storage"
 
 
 @pytest.mark.parametrize(

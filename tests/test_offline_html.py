@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import TypedDict
 from urllib.parse import unquote
 
 import nbformat
@@ -34,7 +35,17 @@ TINY = nbformat.v4.new_notebook(
 )
 
 
-def open_offline(page_path: Path) -> tuple[dict[str, object], list[str]]:
+class Rendered(TypedDict):
+    """What the page showed in Chromium, counted by the script in :func:`open_offline`."""
+
+    diagrams: int
+    svgs: list[str]
+    warnings: int
+    math: int
+    text: str
+
+
+def open_offline(page_path: Path) -> tuple[Rendered, list[str]]:
     """Open ``page_path`` in Chromium with the network cut; what rendered, and what it tried to fetch."""
     from playwright.sync_api import Route, sync_playwright
 
@@ -60,7 +71,7 @@ def open_offline(page_path: Path) -> tuple[dict[str, object], list[str]]:
             )
             if page.locator("script[src*='MathJax.js']").count():
                 page.wait_for_function("window.MathJax && MathJax.Hub && MathJax.Hub.queue.pending === 0", timeout=30_000)
-            found = page.evaluate(
+            found: Rendered = page.evaluate(
                 """() => ({
                     diagrams: document.querySelectorAll('pre.mermaid').length,
                     svgs: [...document.querySelectorAll('.jp-RenderedMermaid figure img')].map(img => img.src),
@@ -83,12 +94,16 @@ def test_a_page_renders_diagrams_and_math_with_no_network(tmp_path: Path) -> Non
     page = html.write_page(TINY, tmp_path / "notebooks" / "tiny.html", tmp_path)
     found, blocked = open_offline(page)
     assert blocked == [], f"the page tried to reach the network: {blocked}"
-    assert found["diagrams"] == 2 and found["warnings"] == 0
-    svgs = [svg_text(src) for src in found["svgs"]]  # type: ignore[attr-defined]
-    assert len(svgs) == 2 and all("<svg" in svg for svg in svgs)
-    assert "Upload" in svgs[0] and "Storage" in svgs[0] and "GET /product" in svgs[1]
+    assert found["diagrams"] == 2
+    assert found["warnings"] == 0
+    svgs = [svg_text(src) for src in found["svgs"]]
+    assert len(svgs) == 2
+    assert all("<svg" in svg for svg in svgs)
+    assert "Upload" in svgs[0]
+    assert "Storage" in svgs[0]
+    assert "GET /product" in svgs[1]
     assert found["math"] == 2, "both formulas typeset by MathJax"
-    assert "$x^2$" not in str(found["text"]), "the TeX source is replaced by typeset math"
+    assert "$x^2$" not in found["text"], "the TeX source is replaced by typeset math"
 
 
 def test_a_lessons_stored_page_renders_every_diagram_offline(tmp_path: Path) -> None:
@@ -96,10 +111,11 @@ def test_a_lessons_stored_page_renders_every_diagram_offline(tmp_path: Path) -> 
     page = html.write_page(lesson, tmp_path / "notebooks" / "07_mini_challenge.html", tmp_path)
     found, blocked = open_offline(page)
     assert blocked == [], f"the page tried to reach the network: {blocked}"
-    assert found["diagrams"] >= 2 and found["warnings"] == 0
-    assert len(found["svgs"]) == found["diagrams"]  # type: ignore[arg-type]
-    assert all("<svg" in svg_text(src) for src in found["svgs"])  # type: ignore[attr-defined]
-    assert any("Upload" in svg_text(src) for src in found["svgs"])  # type: ignore[attr-defined]
+    assert found["diagrams"] >= 2
+    assert found["warnings"] == 0
+    assert len(found["svgs"]) == found["diagrams"]
+    assert all("<svg" in svg_text(src) for src in found["svgs"])
+    assert any("Upload" in svg_text(src) for src in found["svgs"])
 
 
 def test_the_assets_come_from_the_pinned_packages(tmp_path: Path) -> None:

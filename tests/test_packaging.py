@@ -46,7 +46,8 @@ def test_one_entry_point_lists_every_command() -> None:
     for command in ("doctor", "bench", "run", "serve", "grade", "labs", "mosquitto", "diagrams", "classroom"):
         assert f"  {command} " in done.stdout
     unknown = run([sys.executable, "-m", "helpers", "no-such-command"], cwd=ROOT)
-    assert unknown.returncode == 2 and "unknown command 'no-such-command'" in unknown.stderr
+    assert unknown.returncode == 2
+    assert "unknown command 'no-such-command'" in unknown.stderr
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +94,7 @@ def test_plain_install_grades_the_warmup_solution(installed: Path, tmp_path: Pat
     assert (tmp_path / "out.json").is_file(), done.stdout + done.stderr
     graded = json.loads((tmp_path / "out.json").read_text())["submissions"][0]
     failures = [f"{c['question']} {c['name']}: {c['message']}" for c in graded["checks"] if not c["passed"]]
-    assert graded["status"] == "graded" and not failures, failures or graded
+    assert graded["status"] == "graded", graded
+    assert not failures, failures
     assert graded["score"] == graded["max_score"] > 0
     assert done.returncode == 0, done.stdout + done.stderr

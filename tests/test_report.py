@@ -39,7 +39,8 @@ def test_a_claim_holds_only_when_every_part_holds() -> None:
         run("notebooks/05_head_to_head.ipynb", True, Claim("M14", "slow payment", "33x", "> 5x", True)),
     ]
     results = by_id(report.verdicts(runs))
-    assert results["M13"].status == report.FAILS and len(results["M13"].parts) == 2
+    assert results["M13"].status == report.FAILS
+    assert len(results["M13"].parts) == 2
     assert results["M13"].parts[1]["notebook"] == "notebooks/07_mini_challenge.ipynb"
     assert results["M14"].status == report.HOLDS
     assert list(results)[:16] == [f"M{i}" for i in range(1, 17)]
@@ -53,7 +54,8 @@ def test_each_missing_claim_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "03_async_messaging failed before reporting it" in results["M5"].reason
     assert "07_mini_challenge was not run" in results["M13"].reason
     assert "08_beyond_one_kernel was not run" in results["M16"].reason
-    assert "01_sync_request_response was not run" in results["M12"].reason and "04_async_pitfalls" in results["M12"].reason
+    assert "01_sync_request_response was not run" in results["M12"].reason
+    assert "04_async_pitfalls" in results["M12"].reason
     monkeypatch.setitem(report.WHERE, "M16", ())
     assert by_id(report.verdicts(runs))["M16"].reason == "no notebook measures it yet"
 
@@ -64,7 +66,8 @@ def test_the_headline_says_whether_every_claim_holds() -> None:
     assert report.summary(every, report.verdicts(every))["all_hold"]
     some = [run("x/some.ipynb", True, Claim("M1", "w", "m", "e", True))]
     partial = report.summary(some, report.verdicts(some))
-    assert not partial["all_hold"] and "15 of 16 were not measured" in partial["headline"]
+    assert not partial["all_hold"]
+    assert "15 of 16 were not measured" in partial["headline"]
     failing = [run("x/bad.ipynb", False, Claim("M1", "w", "m", "e", False))]
     bad = report.summary(failing, report.verdicts(failing))
     assert bad["headline"] == "1 of 16 claims do not hold on this machine; 1 of 1 notebooks failed"
@@ -73,7 +76,8 @@ def test_the_headline_says_whether_every_claim_holds() -> None:
 def test_the_page_is_self_contained_and_escapes_what_it_shows() -> None:
     runs = [run("notebooks/05_head_to_head.ipynb", True, Claim("M14", "<script>alert(1)</script>", "3 ms", "< 5 ms", True))]
     page = report.render(report.build(runs, report.machine(Path.cwd(), "embedded rumqttd (test)")))
-    assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)" in page
+    assert "<script>alert(1)" not in page
+    assert "&lt;script&gt;alert(1)" in page
     assert not re.search(r"<(script|link|img|iframe)\b", page), "the report must load nothing"
     assert not re.search(r"(src|href)=\"(https?:)?//", page)
     assert 'href="notebooks/05_head_to_head.html"' in page
@@ -81,7 +85,10 @@ def test_the_page_is_self_contained_and_escapes_what_it_shows() -> None:
 
 def test_the_machine_is_described() -> None:
     info = report.machine(Path(__file__).resolve().parents[1], report.broker_description({}))
-    assert info["cpus"] >= 1 and info["ram_gib"] > 0 and info["cpu"] and info["python"].count(".") == 2
+    assert info["cpus"] >= 1
+    assert info["ram_gib"] > 0
+    assert info["cpu"]
+    assert info["python"].count(".") == 2
     assert info["broker"].startswith("embedded rumqttd (iotcore ")
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", info["date"])
     assert info["git_commit"] is None or re.match(r"[0-9a-f]{7,}", info["git_commit"])
@@ -91,7 +98,8 @@ def test_an_unreachable_external_broker_is_reported_not_raised() -> None:
     from helpers.core.net import free_port
 
     said = report.broker_description({"MQTT_URL": f"mqtt://127.0.0.1:{free_port()}"})
-    assert said.startswith("MQTT_URL 127.0.0.1:") and "unreachable" in said
+    assert said.startswith("MQTT_URL 127.0.0.1:")
+    assert "unreachable" in said
 
 
 @pytest.mark.broker
@@ -115,18 +123,19 @@ def test_make_run_collects_claims_and_fails_on_a_failed_claim(tmp_path: Path, ca
     assert run_all.main(["--out", str(out), str(first), str(second)]) == 1
     data = json.loads((out / "claims.json").read_text())
     claims = {c["id"]: c for c in data["claims"]}
-    assert claims["M1"]["status"] == "holds" and claims["M1"]["parts"][0]["measured"] == "257 ms"
+    assert claims["M1"]["status"] == "holds"
+    assert claims["M1"]["parts"][0]["measured"] == "257 ms"
     assert claims["M2"]["status"] == "does not hold"
-    assert (
-        claims["M3"]["status"] == "not measured" and claims["M3"]["reason"] == "02_sync_failure_modes failed before reporting it"
-    )
+    assert claims["M3"]["status"] == "not measured"
+    assert claims["M3"]["reason"] == "02_sync_failure_modes failed before reporting it"
     assert claims["M5"]["reason"] == "03_async_messaging failed before reporting it"
     assert [(n["path"], n["ok"]) for n in data["notebooks"]] == [
         ("notebooks/02_sync_failure_modes.ipynb", False),
         ("notebooks/03_async_messaging.ipynb", False),
     ]
     assert data["notebooks"][1]["message"] == "RuntimeError: the broker went away"
-    assert data["summary"]["failing"] == 1 and not data["summary"]["all_hold"]
+    assert data["summary"]["failing"] == 1
+    assert not data["summary"]["all_hold"]
     assert (out / "report.html").read_text().count("does not hold") >= 1
     assert (out / "notebooks" / "02_sync_failure_modes.html").is_file()
     printed = capfd.readouterr()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import nbformat
-import psutil
+import psutil  # type: ignore[import-untyped]  # psutil ships no hints; types-psutil is not worth a pin
 import pytest
 from nbclient import NotebookClient
 
@@ -31,7 +31,8 @@ def test_run_all_twice_in_one_kernel(name: str) -> None:
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
     with client.setup_kernel():
-        assert client.km is not None and client.km.provisioner is not None
+        assert client.km is not None
+        assert client.km.provisioner is not None
         kernel_pid = client.km.provisioner.process.pid  # type: ignore[attr-defined]  # a local kernel: a Popen
         for run in (1, 2):
             for index, cell in enumerate(nb.cells):

@@ -62,7 +62,8 @@ async def test_generator_lateness_is_small_at_1000_per_second() -> None:
     assert 0 <= p50 <= p99
     # A generator that falls behind its schedule drifts by hundreds of ms within the second; a busy
     # 2-core machine adds tens of ms of scheduling delay. make bench reports the real figure.
-    assert p50 < 20 and p99 < 100, f"lateness p50 {p50:.1f} ms, p99 {p99:.1f} ms"
+    assert p50 < 20, f"lateness p50 {p50:.1f} ms, p99 {p99:.1f} ms"
+    assert p99 < 100, f"lateness p50 {p50:.1f} ms, p99 {p99:.1f} ms"
 
 
 @pytest.mark.broker

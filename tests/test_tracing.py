@@ -70,7 +70,8 @@ async def test_context_crosses_http_headers_between_two_services() -> None:
     assert click.parent is None
     assert order.parent.span_id == click.context.span_id
     assert reserve.parent.span_id == order.context.span_id
-    assert order.start_time <= reserve.start_time and reserve.end_time <= order.end_time, "the sync call nests"
+    assert order.start_time <= reserve.start_time, "the sync call starts inside the order"
+    assert reserve.end_time <= order.end_time, "the sync call ends inside the order"
 
     rows = span_rows(spans)
     assert [(r.service, r.name, r.depth) for r in rows] == [
@@ -78,7 +79,8 @@ async def test_context_crosses_http_headers_between_two_services() -> None:
         ("gateway", "GET /order", 1),
         ("stock", "reserve", 2),
     ]
-    assert rows[0].start_ms == 0 and all(r.duration_ms >= 0 for r in rows)
+    assert rows[0].start_ms == 0
+    assert all(r.duration_ms >= 0 for r in rows)
     assert {r.trace_id for r in rows} == {f"{trace_id:032x}"}
     assert rows[2].parent_id == rows[1].span_id
 
@@ -93,7 +95,8 @@ async def test_context_crosses_a_message_envelope(broker: Broker, topic: str) ->
         message = await asyncio.wait_for(client.messages.__anext__(), 5)
 
     received = decode(message.payload)
-    assert received.traceparent == event.traceparent and TRACEPARENT.match(received.traceparent or "")
+    assert received.traceparent == event.traceparent
+    assert TRACEPARENT.match(received.traceparent or "")
     with consumer.start_as_current_span("bill", context=context_from_traceparent(received.traceparent)) as billing:
         pass
     assert trace_id_of(billing) == trace_id_of(sending)

@@ -68,24 +68,11 @@ class Learner:
 
 def read_roster(path: Path, *, admin: str = ADMIN) -> list[Learner]:
     """Parse and check ``path``; every problem found is reported at once, each with its line."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")  # Excel writes a BOM
-    except FileNotFoundError:
-        raise RosterError(f"{path}: no such roster file") from None
-    except UnicodeDecodeError as exc:
-        raise RosterError(f"{path}: not UTF-8 text ({exc}); save the roster as CSV UTF-8") from None
-    rows = [(n, row) for n, row in _rows(text) if any(cell.strip() for cell in row)]
+    rows = [(n, row) for n, row in _rows(_read_text(path)) if any(cell.strip() for cell in row)]
     rows = [(n, row) for n, row in rows if not row[0].lstrip().startswith("#")]
     if not rows:
         raise RosterError(f"{path} is empty: expected a header row 'username,password' and one row per learner")
-    header_line, header = rows[0]
-    columns = [cell.strip().lower() for cell in header]
-    if "username" not in columns:
-        raise RosterError(
-            f"{path}, line {header_line}: the header {','.join(header)!r} has no 'username' column; "
-            "the first row must be the header 'username,password' (password optional)"
-        )
-    at_user, at_password = columns.index("username"), columns.index("password") if "password" in columns else None
+    columns, at_user, at_password = _header(path, *rows[0])
     if len(rows) == 1:
         raise RosterError(f"{path} has a header but no learners")
     problems: list[str] = []
@@ -95,32 +82,63 @@ def read_roster(path: Path, *, admin: str = ADMIN) -> list[Learner]:
         cells = row + [""] * (len(columns) - len(row))
         username = cells[at_user].strip()
         password = cells[at_password] if at_password is not None else ""
-        where = f"line {line}"
-        if not username:
-            problems.append(f"{where}: the username is empty")
-            continue
-        if not USERNAME.fullmatch(username):
-            bad = sorted({c for c in username if not re.fullmatch(r"[A-Za-z0-9._-]", c)})
-            shown = ", ".join(repr(c) for c in bad) or f"{len(username)} characters"
-            problems.append(f"{where}: username {username!r} has {shown}; a username is {ALLOWED}")
-            continue
-        if username.lower() == admin.lower():
-            problems.append(f"{where}: {username!r} is the instructor's account; choose another username (or --admin NAME)")
-            continue
-        if username.lower() in seen:
-            problems.append(f"{where}: username {username!r} repeats line {seen[username.lower()]} (usernames ignore case)")
-            continue
-        seen[username.lower()] = line
-        if password and (len(password) < MIN_PASSWORD or password != password.strip() or "\n" in password):
-            problems.append(
-                f"{where}: the password of {username!r} must have at least {MIN_PASSWORD} characters, "
-                "no leading or trailing spaces and no line break (or leave it empty for a random one)"
-            )
+        problem = _username_problem(username, admin, seen)
+        if problem is None:
+            seen[username.lower()] = line  # a later repeat is reported even when this row's password is bad
+            problem = _password_problem(username, password)
+        if problem:
+            problems.append(f"line {line}: {problem}")
             continue
         learners.append(Learner(username, password or None, line))
     if problems:
         raise RosterError(f"{path}: {len(problems)} problem(s), nothing written:\n  " + "\n  ".join(problems))
     return learners
+
+
+def _read_text(path: Path) -> str:
+    """The roster's text, or a RosterError that says how to save it so it can be read."""
+    try:
+        return path.read_text(encoding="utf-8-sig")  # Excel writes a BOM
+    except FileNotFoundError:
+        raise RosterError(f"{path}: no such roster file") from None
+    except UnicodeDecodeError as exc:
+        raise RosterError(f"{path}: not UTF-8 text ({exc}); save the roster as CSV UTF-8") from None
+
+
+def _header(path: Path, line: int, header: list[str]) -> tuple[list[str], int, int | None]:
+    """The header's column names and where username and (optional) password are."""
+    columns = [cell.strip().lower() for cell in header]
+    if "username" not in columns:
+        raise RosterError(
+            f"{path}, line {line}: the header {','.join(header)!r} has no 'username' column; "
+            "the first row must be the header 'username,password' (password optional)"
+        )
+    return columns, columns.index("username"), columns.index("password") if "password" in columns else None
+
+
+def _username_problem(username: str, admin: str, seen: dict[str, int]) -> str | None:
+    """What is wrong with a row's username (None: nothing); ``seen`` maps earlier usernames to their lines."""
+    if not username:
+        return "the username is empty"
+    if not USERNAME.fullmatch(username):
+        bad = sorted({c for c in username if not re.fullmatch(r"[A-Za-z0-9._-]", c)})
+        shown = ", ".join(repr(c) for c in bad) or f"{len(username)} characters"
+        return f"username {username!r} has {shown}; a username is {ALLOWED}"
+    if username.lower() == admin.lower():
+        return f"{username!r} is the instructor's account; choose another username (or --admin NAME)"
+    if username.lower() in seen:
+        return f"username {username!r} repeats line {seen[username.lower()]} (usernames ignore case)"
+    return None
+
+
+def _password_problem(username: str, password: str) -> str | None:
+    """What is wrong with a row's chosen password (None: nothing, or none chosen)."""
+    if password and (len(password) < MIN_PASSWORD or password != password.strip() or "\n" in password):
+        return (
+            f"the password of {username!r} must have at least {MIN_PASSWORD} characters, "
+            "no leading or trailing spaces and no line break (or leave it empty for a random one)"
+        )
+    return None
 
 
 def _rows(text: str) -> list[tuple[int, list[str]]]:
@@ -143,7 +161,7 @@ class Written:
     urls: dict[str, str]
 
 
-def write_classroom(
+def write_classroom(  # noqa: PLR0913  keyword-only, one per flag of `python -m helpers classroom`; callers set one or two
     learners: Sequence[Learner],
     out: Path,
     *,
@@ -196,14 +214,19 @@ def write_classroom(
     }
     # The instructor connects on this machine (the plain listener stays on 127.0.0.1 under TLS).
     urls[admin] = accounts[-1].url("127.0.0.1" if tls else shown_host, port)
+    _write_handout(handout, accounts, urls)
+    return Written(out, accounts, urls)
+
+
+def _write_handout(handout: Path, accounts: list[Account], urls: dict[str, str]) -> None:
+    """The one file with plaintext passwords: created 0600, so no other user can read it even for a moment."""
     fd = os.open(handout, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["username", "password", "mqtt_url", "role"])
         for a in accounts:
             writer.writerow([a.username, a.password, urls[a.username], "instructor" if a.admin else "learner"])
-    os.chmod(handout, 0o600)
-    return Written(out, accounts, urls)
+    os.chmod(handout, 0o600)  # an existing file keeps its mode under O_CREAT: tighten it too
 
 
 def _unspecified(host: str) -> bool:
