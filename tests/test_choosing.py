@@ -367,8 +367,9 @@ async def test_stop_raises_what_a_worker_died_of(broker: Broker) -> None:
 
     dead = asyncio.ensure_future(dies())
     await asyncio.wait({dead})
-    real = system.agent._tasks[0]
-    system.agent._tasks[0] = dead  # the plan worker "died"
+    life = system.agent._lives["plan worker"]
+    real, life.task = life.task, dead  # the plan worker "died"
+    assert real is not None
     real.cancel()
     with pytest.raises(RuntimeError, match="lost the broker") as caught:
         await system.stop()
@@ -380,7 +381,7 @@ async def test_a_second_start_under_one_name_replaces_the_first(broker: Broker, 
     first = await start_hybrid(broker, start_job, steps=quick_steps(), name="rerun")
     second = await start_hybrid(broker, start_job, steps=quick_steps(), name="rerun")  # the cell ran again
     try:
-        assert first._stopped and not first.agent._tasks
+        assert first._stopped and not first.agent._lives
         assert (await submit(http, second.url, "x")).status == 202
         with pytest.raises(aiohttp.ClientError):
             await submit(http, first.url, "x")

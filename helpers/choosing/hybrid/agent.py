@@ -23,6 +23,7 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -167,7 +168,31 @@ class Topics:
 
 # --------------------------------------------------------------------------- the agent's workers
 
-DONE_RUN, FAILED_RUN, INTERRUPTED_RUN = "done", "failed", "interrupted"
+
+async def kill_all(lives: Mapping[str, lifecycle.Restartable]) -> dict[str, Exception]:
+    """Kill every loop, the last started first; return what each had died of by itself, by name."""
+    errors: dict[str, Exception] = {}
+    for name, life in reversed(list(lives.items())):
+        if (error := await life.kill()) is not None:
+            errors[name] = error
+    return errors
+
+
+def first_crash(lives: Mapping[str, lifecycle.Restartable]) -> Exception | None:
+    """What the first of ``lives`` to die by itself died of, if one did."""
+    return next((error for life in lives.values() if (error := life.crashed()) is not None), None)
+
+
+class RunOutcome(StrEnum):
+    """How a worker's step ended."""
+
+    DONE = "done"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+    """The job was cancelled while the step ran."""
+
+
+DONE_RUN, FAILED_RUN, INTERRUPTED_RUN = RunOutcome.DONE, RunOutcome.FAILED, RunOutcome.INTERRUPTED
 
 
 @dataclass(frozen=True)
@@ -178,8 +203,7 @@ class StepRun:
     step: str
     started: float
     ended: float
-    outcome: str
-    """``done``, ``failed`` or ``interrupted`` (the job was cancelled while the step ran)."""
+    outcome: RunOutcome
 
     @property
     def seconds(self) -> float:
@@ -234,8 +258,8 @@ class Agent:
         self._running: dict[str, asyncio.Task[Any]] = {}
         self._running_step: dict[str, str] = {}
         self._gate = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._names: list[str] = []
+        self._lives: dict[str, lifecycle.Restartable] = {}
+        """The workers and the cancel listener by name, in start order."""
         self._stack = contextlib.AsyncExitStack()
         self.work_dir = Path(work_dir) if work_dir is not None else None
         """Where each worker keeps the ids of the orders it finished (None: in memory, forgotten on a restart)."""
@@ -244,7 +268,7 @@ class Agent:
 
     async def start(self) -> Agent:
         """Connect every worker and the cancel listener (resuming their sessions); return once all are subscribed."""
-        if self._tasks:
+        if self._lives:
             raise RuntimeError("the agent's workers are running already: halt() them first")
         self._stack = contextlib.AsyncExitStack()
         try:
@@ -253,14 +277,12 @@ class Agent:
                 consumer = Consumer(client, self.topics.step(step.name), self._worker(index, client), qos=1)
                 consumer.dead_letter_topic = self.topics.dead_letter(step.name)
                 consumer.dedupe = SeenIds(self.work_dir / f"seen-{step.name}.txt" if self.work_dir else None)
-                self._tasks.append(await lifecycle.start(run_pool, consumer, self.concurrency))
-                self._names.append(f"{step.name} worker")
+                await self._launch(f"{step.name} worker", run_pool, consumer, self.concurrency)
             listener = await self._client("cancel")
             consumer = Consumer(
                 listener, self.topics.cancel, self._on_cancel, dead_letter_topic=self.topics.dead_letter("cancel")
             )
-            self._tasks.append(await lifecycle.start(consumer.run))
-            self._names.append("cancel listener")
+            await self._launch("cancel listener", consumer.run)
         except BaseException:  # not swallowed: close what did open, then re-raise
             await self.halt()
             raise
@@ -284,15 +306,10 @@ class Agent:
         Like a crash for the broker: a step in progress is not acknowledged, so its order is
         delivered again when the workers come back (:meth:`start`).
         """
-        errors: dict[str, Exception] = {}
         try:
-            for name, task in reversed(list(zip(self._names, self._tasks, strict=True))):
-                error = await lifecycle.kill(task)
-                if error is not None:
-                    errors[name] = error
+            errors = await kill_all(self._lives)
         finally:
-            self._tasks.clear()
-            self._names.clear()
+            self._lives = {}
             for work in list(self._running.values()):
                 work.cancel()
             await self._stack.aclose()
@@ -302,12 +319,13 @@ class Agent:
         """Stop every worker; raise what any of them had died of (a worker never dies quietly)."""
         lifecycle.raise_crashed(await self.halt(), "the agent's workers")
 
-    def crashed(self) -> BaseException | None:
+    def crashed(self) -> Exception | None:
         """The error a worker died of, if one did."""
-        for task in self._tasks:
-            if task.done() and not task.cancelled() and task.exception() is not None:
-                return task.exception()
-        return None
+        return first_crash(self._lives)
+
+    async def _launch(self, name: str, run: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        life = self._lives[name] = lifecycle.Restartable()
+        await life.launch(run, *args)
 
     def release(self) -> None:
         """Let every job held at ``faults.hold_step`` go on (later jobs are held again while the knob is set)."""

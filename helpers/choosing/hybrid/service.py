@@ -27,7 +27,18 @@ from typing import Any
 import aiomqtt
 from aiohttp import web
 
-from helpers.choosing.hybrid.agent import STEPS, Agent, AgentFaults, Step, Topics, compose_result, read_task, step_output
+from helpers.choosing.hybrid.agent import (
+    STEPS,
+    Agent,
+    AgentFaults,
+    Step,
+    Topics,
+    compose_result,
+    first_crash,
+    kill_all,
+    read_task,
+    step_output,
+)
 from helpers.choosing.hybrid.board import (
     CALLER,
     DEADLINE_S,
@@ -119,25 +130,23 @@ class _Front:
     board: JobBoard
     service: Service
     listener: Consumer
-    tasks: dict[str, asyncio.Task[None]]
+    lives: dict[str, lifecycle.Restartable]
     stack: contextlib.AsyncExitStack
 
     async def stop(self) -> dict[str, Exception]:
-        errors: dict[str, Exception] = {}
+        """Stop answering, then the status keeper and the housekeeping; return what either had died of."""
         try:
             await self.service.stop()
-            for name, task in self.tasks.items():
-                error = await lifecycle.kill(task)
-                if error is not None:
-                    errors[name] = error
+            errors = await kill_all(self.lives)
         finally:
             await self.stack.aclose()
             self.store.close()
         return errors
 
 
-async def _housekeeping(board: JobBoard) -> None:
+async def _housekeeping(board: JobBoard, ready: asyncio.Event) -> None:
     """Fail overdue jobs and publish what the outbox holds, every :data:`HOUSEKEEPING_S` seconds."""
+    ready.set()
     while True:
         board.expire()
         with contextlib.suppress(aiomqtt.MqttError, OSError, TimeoutError):  # the broker is away: next round
@@ -150,7 +159,7 @@ async def _start_front(
 ) -> _Front:
     store = JobStore(work_dir / STORE_FILE)
     stack = contextlib.AsyncExitStack()
-    tasks: dict[str, asyncio.Task[None]] = {}
+    lives = {"status keeper": lifecycle.Restartable(), "housekeeping": lifecycle.Restartable()}
     try:
         publisher = await stack.enter_async_context(broker.client(topics.client_id(f"{config.name}-outbox")))
         publisher.pending_calls_threshold = 1000
@@ -160,17 +169,16 @@ async def _start_front(
         keeper = broker.client(topics.client_id(f"{config.name}-status"), clean_session=False)  # events wait while it is down
         keeper = await stack.enter_async_context(manual_ack(keeper))
         listener = Consumer(keeper, topics.events, board.on_event, dead_letter_topic=topics.dead_letter("status"))
-        tasks["status keeper"] = await lifecycle.start(listener.run)
-        tasks["housekeeping"] = asyncio.create_task(_housekeeping(board))
+        await lives["status keeper"].launch(listener.run)
+        await lives["housekeeping"].launch(_housekeeping, board)
         app = build_app(board, config.kickoff, config.status, config.cancel, errors)
         service = await start_service(config.name, app, port=port)
     except BaseException:  # not swallowed: close what did open, then re-raise
-        for task in tasks.values():
-            await lifecycle.kill(task)
+        await kill_all(lives)
         await stack.aclose()
         store.close()
         raise
-    return _Front(store, board, service, listener, tasks, stack)
+    return _Front(store, board, service, listener, lives, stack)
 
 
 @dataclass
@@ -213,12 +221,9 @@ class HybridSystem:
         """The agent's knobs (a step that fails, a step that holds)."""
         return self.agent.faults
 
-    def crashed(self) -> BaseException | None:
+    def crashed(self) -> Exception | None:
         """What the status keeper's consumer, the housekeeping or a worker died of, if anything did."""
-        for task in self._front.tasks.values():
-            if task.done() and not task.cancelled() and task.exception() is not None:
-                return task.exception()
-        return self.agent.crashed()
+        return first_crash(self._front.lives) or self.agent.crashed()
 
     async def finished(self, job_id: str, timeout: float = 10.0) -> Job:
         """The job, once it is final (or once ``timeout`` passed: then in whatever state it is)."""
