@@ -24,7 +24,7 @@ not lose work has a fixed client id and a persistent session, and an unfinished 
 at its deadline. The modules, along the old banners: :mod:`.agent` (the task, its steps,
 the topics, the step workers), :mod:`.board` (jobs, the status keeper, the reference
 handlers), :mod:`.service` (the assembled system and the synchronous version),
-:mod:`.clients` (requests, a poller, an SSE reader), :mod:`.watch` (measurements and the
+:mod:`helpers.core.jobkit.client` (requests, a poller, an SSE reader), :mod:`.watch` (measurements and the
 plot) and :mod:`.drills` (outages, measured).
 """
 
@@ -48,6 +48,7 @@ from helpers.choosing.hybrid.agent import (
     quick_steps,
     read_task,
     step_output,
+    submit,
 )
 from helpers.choosing.hybrid.board import (
     ACCEPTED,
@@ -71,18 +72,6 @@ from helpers.choosing.hybrid.board import (
     sse_frame,
     unknown_job,
 )
-from helpers.choosing.hybrid.clients import (
-    Answer,
-    Polled,
-    PollError,
-    SseEvent,
-    distinct,
-    poll_job,
-    read_events,
-    request,
-    resolve,
-    submit,
-)
 from helpers.choosing.hybrid.service import (
     HandlerError,
     HybridSystem,
@@ -93,6 +82,17 @@ from helpers.choosing.hybrid.service import (
     sync_agent_app,
 )
 from helpers.choosing.hybrid.watch import STATE_COLORS, KickoffRun, Watch, measure_kickoffs, plot_watch, watch_job
+from helpers.core.jobkit.client import (
+    Answer,
+    Polled,
+    PollError,
+    SseEvent,
+    distinct,
+    poll_job,
+    read_events,
+    request,
+    resolve,
+)
 from helpers.core.jobkit.store import FINAL
 
 __all__ = [

@@ -27,11 +27,13 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import aiomqtt
 from aiohttp import web
 
 from helpers.core import lifecycle
 from helpers.core.broker import Broker
+from helpers.core.jobkit.client import Answer, request
 from helpers.core.messaging import Consumer, Event, SeenIds, make_event, manual_ack, publish
 from helpers.core.worker_pool import run_pool
 
@@ -124,6 +126,13 @@ async def read_task(request: web.Request) -> dict[str, str] | None:
     if not isinstance(task, str) or not task.strip() or len(task) > MAX_TASK_CHARS:
         return None
     return {"task": task.strip()}
+
+
+async def submit(http: aiohttp.ClientSession, base_url: str, task: str | Mapping[str, Any], *, key: str | None = None) -> Answer:
+    """``POST /jobs`` with ``{"task": task}`` (and an ``Idempotency-Key`` when given)."""
+    body = {"task": task} if isinstance(task, str) else dict(task)
+    headers = {"Idempotency-Key": key} if key else {}
+    return await request(http, "POST", f"{base_url}/jobs", json=body, headers=headers)
 
 
 # --------------------------------------------------------------------------- topics

@@ -24,15 +24,24 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
 import aiomqtt
 from aiohttp import web
 
 from helpers.choosing.hybrid.agent import JOB_CANCEL, JOB_FAILED, JOB_SUCCEEDED, STEP_DONE, STEP_ORDER, STEP_STARTED, Step, Topics
-from helpers.choosing.hybrid.clients import distinct
 from helpers.core.events import iso
 from helpers.core.jobkit import http as jobhttp
-from helpers.core.jobkit.store import FINAL, Admission, JobRecord, JobState, JobStore, KeyInUse, StateMovedBack, relay_outbox
+from helpers.core.jobkit.client import distinct
+from helpers.core.jobkit.store import (
+    FINAL,
+    Admission,
+    Change,
+    JobRecord,
+    JobState,
+    JobStore,
+    KeyInUse,
+    StateMovedBack,
+    relay_outbox,
+)
 from helpers.core.messaging import Event, make_event
 from helpers.core.problems import PROBLEM_BASE
 
@@ -47,26 +56,6 @@ DEADLINE_S = 120.0
 
 CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default=jobhttp.ANONYMOUS)
 """Whose request the handler is answering (set by the service for each request): idempotency keys are per caller."""
-
-
-@dataclass(frozen=True)
-class Change:
-    """One change of a job, as its status resource and its event stream show it."""
-
-    seq: int
-    """1, 2, 3, ... per job: the event stream's ``id``."""
-    at: float
-    """``time.monotonic()`` when the service recorded it."""
-    document: dict[str, Any]
-    """The status document right after the change (what ``GET /jobs/{id}`` answered then)."""
-
-    @property
-    def state(self) -> str:
-        return str(self.document.get("state"))
-
-    @property
-    def final(self) -> bool:
-        return self.state in FINAL
 
 
 def _now() -> datetime:
@@ -244,8 +233,7 @@ class JobBoard:
         """The job ``job_id``, or None (read from the store the first time: it may be older than this process)."""
         job = self._jobs.get(job_id)
         if job is None and (record := self.store.get(job_id)) is not None:
-            changes = [Change(c.seq, c.at, c.document) for c in self.store.changes(job_id)]
-            job = self._jobs[job_id] = Job.of(record, changes)
+            job = self._jobs[job_id] = Job.of(record, self.store.changes(job_id))
         return job
 
     def by_key(self, key: str, caller: str | None = None) -> Job | None:
@@ -435,9 +423,7 @@ async def job_result(request: web.Request, jobs: JobBoard) -> web.Response:
     return web.json_response({"job_id": job.job_id, "result": job.result})
 
 
-def sse_frame(change: Change) -> bytes:
-    """One server-sent event: ``id`` (the change number), ``event: status`` and the status document."""
-    return f"id: {change.seq}\nevent: status\ndata: {json.dumps(change.document, separators=(',', ':'))}\n\n".encode()
+sse_frame = jobhttp.sse_frame
 
 
 async def job_events(request: web.Request, jobs: JobBoard) -> web.StreamResponse:
@@ -446,15 +432,4 @@ async def job_events(request: web.Request, jobs: JobBoard) -> web.StreamResponse
     job = jobs.get(request.match_info["job_id"])
     if job is None:
         return unknown_job(request.match_info["job_id"])
-    after = request.headers.get("Last-Event-ID", "0")
-    stream = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"})
-    await stream.prepare(request)
-    await stream.write(f"retry: {jobs.retry_after_s * 1000}\n\n".encode())  # how long a reconnecting client waits
-    try:
-        async with contextlib.aclosing(jobs.follow(job, int(after) if after.isdigit() else 0)) as changes:
-            async for change in changes:
-                await stream.write(b": keep-alive\n\n" if change is None else sse_frame(change))
-        await stream.write_eof()
-    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
-        pass  # the client went away: nothing to send it any more
-    return stream
+    return await jobhttp.event_stream(request, jobs.follow(job, jobhttp.last_event_id(request)), jobs.retry_after_s)
