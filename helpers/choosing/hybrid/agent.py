@@ -22,7 +22,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -109,6 +109,45 @@ def step_output(step: str, task: str, outputs: Mapping[str, Any]) -> str:
 def compose_result(task: str, outputs: Mapping[str, Any]) -> dict[str, Any]:
     """The job's result: the task, and what each step produced."""
     return {"task": task, "report": f"Report on {task!r}", "steps": dict(outputs)}
+
+
+@dataclass(frozen=True)
+class WorkOrder:
+    """The data of a :data:`STEP_ORDER`: the job carries its own route (``steps``) and what the steps before produced."""
+
+    job_id: str
+    task: str
+    steps: tuple[str, ...]
+    index: int = 0
+    """The step this order is for."""
+    outputs: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def step(self) -> str | None:
+        return self.steps[self.index] if 0 <= self.index < len(self.steps) else None
+
+    @property
+    def last(self) -> bool:
+        return self.index + 1 == len(self.steps)
+
+    def then(self, output: str) -> WorkOrder:
+        """The order for the next step, carrying this step's output."""
+        return replace(self, index=self.index + 1, outputs={**self.outputs, str(self.step): output})
+
+    def event(self, source: str) -> Event:
+        data = {"job_id": self.job_id, "task": self.task, "steps": list(self.steps), "index": self.index}
+        return make_event(STEP_ORDER, {**data, "outputs": dict(self.outputs)}, source=source)
+
+    @classmethod
+    def read(cls, event: Event) -> WorkOrder:
+        """The order an event carries (missing fields read as empty: the worker then refuses it)."""
+        data = event.data if isinstance(event.data, dict) else {}
+        index = data.get("index")
+        steps = tuple(str(s) for s in data.get("steps") or ())
+        outputs = dict(data.get("outputs") or {})
+        return cls(
+            str(data.get("job_id", "")), str(data.get("task", "")), steps, index if isinstance(index, int) else -1, outputs
+        )
 
 
 async def read_task(request: web.Request) -> dict[str, str] | None:
@@ -202,6 +241,7 @@ class RunOutcome(StrEnum):
 
 
 DONE_RUN, FAILED_RUN, INTERRUPTED_RUN = RunOutcome.DONE, RunOutcome.FAILED, RunOutcome.INTERRUPTED
+"""The outcomes under their older names."""
 
 
 @dataclass(frozen=True)
@@ -364,52 +404,51 @@ class Agent:
         step = self.steps[index]
 
         async def handle(event: Event) -> None:
-            order = event.data if isinstance(event.data, dict) else {}
-            job_id, steps = str(order.get("job_id", "")), list(order.get("steps") or [])
-            if order.get("index") != index or steps[index : index + 1] != [step.name]:
-                raise ValueError(
-                    f"work order for {steps[order.get('index', 0)] if steps else '?'} sent to the {step.name} worker"
-                )
-            if job_id in self.cancelled:
+            order = WorkOrder.read(event)
+            if order.index != index or order.steps[index : index + 1] != (step.name,):
+                raise ValueError(f"work order for {order.step or '?'} sent to the {step.name} worker")
+            if order.job_id in self.cancelled:
                 self.skipped += 1
                 return
-            total = len(steps)
-            self.attempts[job_id, step.name] += 1
-            await self._emit(client, STEP_STARTED, {"job_id": job_id, "step": step.name, "index": index, "total": total})
-            started = time.monotonic()
-            work = asyncio.ensure_future(self._work(step, str(order.get("task", "")), dict(order.get("outputs") or {})))
-            self._running[job_id], self._running_step[job_id] = work, step.name
-            if job_id in self.cancelled:  # the cancel arrived while we announced the step
-                work.cancel()
-            try:
-                await asyncio.wait({work})
-            finally:
-                if self._running.get(job_id) is work:
-                    del self._running[job_id], self._running_step[job_id]
-                if not work.done():  # this worker is being stopped: stop its work too
-                    work.cancel()
-            if work.cancelled():
-                self.runs.append(StepRun(job_id, step.name, started, time.monotonic(), INTERRUPTED_RUN))
+            output = await self._run(order, step, client)
+            if output is None or order.job_id in self.cancelled:
                 return
-            error = work.exception()
-            if error is not None:
-                self.runs.append(StepRun(job_id, step.name, started, time.monotonic(), FAILED_RUN))
-                reason = str(error) if isinstance(error, StepFailed) else f"{type(error).__name__}: {error}"
-                await self._emit(client, JOB_FAILED, {"job_id": job_id, "step": step.name, "reason": reason})
-                return
-            outputs = {**dict(order.get("outputs") or {}), step.name: work.result()}
-            self.runs.append(StepRun(job_id, step.name, started, time.monotonic(), DONE_RUN))
-            await self._emit(client, STEP_DONE, {"job_id": job_id, "step": step.name, "done": index + 1, "total": total})
-            if job_id in self.cancelled:
-                return
-            if index + 1 == total:
-                result = compose_result(str(order.get("task", "")), outputs)
-                await self._emit(client, JOB_SUCCEEDED, {"job_id": job_id, "result": result})
+            if order.last:
+                result = compose_result(order.task, {**order.outputs, step.name: output})
+                await self._emit(client, JOB_SUCCEEDED, {"job_id": order.job_id, "result": result})
             else:
-                following = {**order, "index": index + 1, "outputs": outputs}
-                await publish(client, self.topics.step(steps[index + 1]), make_event(STEP_ORDER, following, source="/agent"))
+                following = order.then(output)
+                await publish(client, self.topics.step(str(following.step)), following.event("/agent"))
 
         return handle
+
+    async def _run(self, order: WorkOrder, step: Step, client: aiomqtt.Client) -> str | None:
+        """Do one step of the order, announced before and after; its output, or None when it failed or was interrupted."""
+        job_id, total = order.job_id, len(order.steps)
+        self.attempts[job_id, step.name] += 1
+        await self._emit(client, STEP_STARTED, {"job_id": job_id, "step": step.name, "index": order.index, "total": total})
+        started = time.monotonic()
+        work = asyncio.ensure_future(self._work(step, order.task, dict(order.outputs)))
+        self._running[job_id], self._running_step[job_id] = work, step.name
+        if job_id in self.cancelled:  # the cancel arrived while we announced the step
+            work.cancel()
+        try:
+            await asyncio.wait({work})
+        finally:
+            if self._running.get(job_id) is work:
+                del self._running[job_id], self._running_step[job_id]
+            if not work.done():  # this worker is being stopped: stop its work too
+                work.cancel()
+        error = None if work.cancelled() else work.exception()
+        outcome = RunOutcome.INTERRUPTED if work.cancelled() else RunOutcome.FAILED if error else RunOutcome.DONE
+        self.runs.append(StepRun(job_id, step.name, started, time.monotonic(), outcome))
+        if outcome is RunOutcome.FAILED:
+            reason = str(error) if isinstance(error, StepFailed) else f"{type(error).__name__}: {error}"
+            await self._emit(client, JOB_FAILED, {"job_id": job_id, "step": step.name, "reason": reason})
+        if outcome is not RunOutcome.DONE:
+            return None
+        await self._emit(client, STEP_DONE, {"job_id": job_id, "step": step.name, "done": order.index + 1, "total": total})
+        return str(work.result())
 
     async def _work(self, step: Step, task: str, outputs: dict[str, Any]) -> str:
         if self.faults.hold_step == step.name:

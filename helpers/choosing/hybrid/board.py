@@ -27,7 +27,7 @@ from typing import Any
 import aiomqtt
 from aiohttp import web
 
-from helpers.choosing.hybrid.agent import JOB_CANCEL, JOB_FAILED, JOB_SUCCEEDED, STEP_DONE, STEP_ORDER, STEP_STARTED, Step, Topics
+from helpers.choosing.hybrid.agent import JOB_CANCEL, JOB_FAILED, JOB_SUCCEEDED, STEP_DONE, STEP_STARTED, Step, Topics, WorkOrder
 from helpers.core.events import iso
 from helpers.core.jobkit import http as jobhttp
 from helpers.core.jobkit.client import distinct
@@ -71,7 +71,8 @@ class Job:
     task: dict[str, Any]
     steps: tuple[str, ...]
     key: str | None = None
-    state: str = ACCEPTED
+    state: JobState = ACCEPTED
+    """Set by the status keeper (a plain string such as ``"running"`` is read as the same state)."""
     step: str | None = None
     """The step running now (or the last one that ran)."""
     done: int = 0
@@ -265,14 +266,8 @@ class JobBoard:
             "created": iso(job.created),
             "links": {"status": job.path, "events": job.events_path},
         }
-        order: dict[str, Any] = {
-            "job_id": job.job_id,
-            "task": job.task.get("task"),
-            "steps": list(job.steps),
-            "index": 0,
-            "outputs": {},
-        }
-        message = (self.topics.step(job.steps[0]), make_event(STEP_ORDER, order, source="/jobs").to_bytes())
+        order = WorkOrder(job.job_id, str(job.task.get("task")), job.steps)
+        message = (self.topics.step(job.steps[0]), order.event("/jobs").to_bytes())
         self.store.accept(job.record(), job.to_json(), [message])
         self._jobs[job.job_id] = job
         self._changed(job)
