@@ -120,6 +120,8 @@ class _Config:
     retry_after_s: int
     deadline_s: float
     name: str
+    topics: Topics
+    work_dir: Path
 
 
 @dataclass
@@ -154,10 +156,10 @@ async def _housekeeping(board: JobBoard, ready: asyncio.Event) -> None:
         await asyncio.sleep(HOUSEKEEPING_S)
 
 
-async def _start_front(
-    broker: Broker, topics: Topics, work_dir: Path, config: _Config, errors: list[HandlerError], port: int = 0
-) -> _Front:
-    store = JobStore(work_dir / STORE_FILE)
+async def _start_front(broker: Broker, config: _Config, errors: list[HandlerError], port: int = 0) -> _Front:
+    """Open the job store and start the status keeper, the housekeeping and the HTTP service (on ``port``; 0: a free one)."""
+    topics = config.topics
+    store = JobStore(config.work_dir / STORE_FILE)
     stack = contextlib.AsyncExitStack()
     lives = {"status keeper": lifecycle.Restartable(), "housekeeping": lifecycle.Restartable()}
     try:
@@ -249,7 +251,7 @@ class HybridSystem:
         lifecycle.raise_crashed(errors, "the jobs service")
         self._service_down = True
         await asyncio.sleep(down_s)
-        self._front = await _start_front(self.broker, self.topics, self.work_dir, self._config, self.errors, port)
+        self._front = await _start_front(self.broker, self._config, self.errors, port)
         self._service_down = False
         self.restarts += 1
 
@@ -309,12 +311,12 @@ async def start_hybrid(
         await _replace(old)
     folder = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix=f"hybrid-{name}-"))
     topics = topics or _topics_of(folder)
-    config = _Config(kickoff, status, cancel, apply, tuple(steps), retry_after_s, deadline_s, name)
+    config = _Config(kickoff, status, cancel, apply, tuple(steps), retry_after_s, deadline_s, name, topics, folder)
     agent = Agent(broker, topics, steps, concurrency=concurrency, work_dir=folder)
     await agent.start()
     errors: list[HandlerError] = []
     try:
-        front = await _start_front(broker, topics, folder, config, errors)
+        front = await _start_front(broker, config, errors)
     except BaseException:  # not swallowed: stop the workers that did start, then re-raise
         await agent.halt()
         raise

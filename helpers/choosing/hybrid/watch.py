@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -50,33 +51,18 @@ class KickoffRun:
         return self.job.p50_ms / self.kickoff.p99_ms
 
     def outcomes(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for job in self.jobs:
-            counts[job.state] = counts.get(job.state, 0) + 1
-        return counts
+        """How many jobs ended in each state."""
+        return dict(Counter(str(job.state) for job in self.jobs))
 
     def rows(self, sync_seconds: Sequence[float] = ()) -> list[dict[str, object]]:
-        rows: list[dict[str, object]] = []
-        for label, summary in (("POST /jobs: the 202", self.kickoff), ("the job: POST to its last step", self.job)):
-            rows.append(
-                {
-                    "what the caller waits for": label,
-                    "count": summary.count,
-                    "p50 ms": round(summary.p50_ms, 1),
-                    "p99 ms": round(summary.p99_ms, 1),
-                }
-            )
+        """What the caller waits for: the 202, the whole job, and (given its timings) the synchronous version."""
+        measured = [("POST /jobs: the 202", self.kickoff), ("the job: POST to its last step", self.job)]
         if sync_seconds:
-            sync = summarize(list(sync_seconds))
-            rows.append(
-                {
-                    "what the caller waits for": "POST /agent: the sync version",
-                    "count": sync.count,
-                    "p50 ms": round(sync.p50_ms, 1),
-                    "p99 ms": round(sync.p99_ms, 1),
-                }
-            )
-        return rows
+            measured.append(("POST /agent: the sync version", summarize(list(sync_seconds))))
+        return [
+            {"what the caller waits for": label, "count": s.count, "p50 ms": round(s.p50_ms, 1), "p99 ms": round(s.p99_ms, 1)}
+            for label, s in measured
+        ]
 
 
 async def measure_kickoffs(system: HybridSystem, count: int = 16, *, timeout: float = 30.0) -> KickoffRun:
