@@ -5,16 +5,18 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+from collections.abc import AsyncGenerator
 from pathlib import Path
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import make_mocked_request
+from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 
 from helpers.core.broker import Broker
 from helpers.core.jobkit import http as jobhttp
 from helpers.core.jobkit.store import (
     Admission,
+    Change,
     JobRecord,
     JobState,
     JobStore,
@@ -197,3 +199,41 @@ async def test_no_store_marks_every_answer() -> None:
     response = await jobhttp.no_store(make_mocked_request("GET", "/jobs/j"), handler)
     assert response.headers["Cache-Control"] == "no-store"
     await asyncio.sleep(0)
+
+
+def test_a_failed_jobs_document_is_problem_details_without_a_status_member() -> None:
+    body = {"job_id": "j", "state": "failed", "links": {"self": "/jobs/j"}}
+    document = jobhttp.failed_document(body, "step 'draft' failed: timeout", failed_step="draft")
+    assert document["type"].endswith("job-failed")
+    assert document["instance"] == "/jobs/j", "the problem's instance is the job's status resource"
+    assert document["failed_step"] == "draft"
+    assert "status" not in document, "RFC 9457's status would have to equal the HTTP 200 of the read"
+
+
+def test_a_reconnecting_client_resumes_after_its_last_event_id() -> None:
+    change = Change(3, 0.0, {"state": "running"})
+    assert jobhttp.sse_frame(change) == b'id: 3\nevent: status\ndata: {"state":"running"}\n\n'
+    assert (change.state, change.final) == ("running", False)
+    assert jobhttp.last_event_id(make_mocked_request("GET", "/e", headers={"Last-Event-ID": "3"})) == 3
+    assert jobhttp.last_event_id(make_mocked_request("GET", "/e", headers={"Last-Event-ID": "x"})) == 0
+    assert jobhttp.last_event_id(make_mocked_request("GET", "/e")) == 0
+
+
+async def test_the_event_stream_sends_each_change_and_keep_alives_then_closes() -> None:
+    async def changes() -> AsyncGenerator[Change | None, None]:
+        yield Change(1, 0.0, {"state": "accepted"})
+        yield None  # nothing happened for a heartbeat
+        yield Change(2, 0.0, {"state": "succeeded"})
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        return await jobhttp.event_stream(request, changes(), retry_after_s=2)
+
+    app = web.Application()
+    app.router.add_get("/events", stream)
+    async with TestClient(TestServer(app)) as client:
+        response = await client.get("/events")
+        text = await response.text()
+    assert response.headers["Content-Type"] == "text/event-stream"
+    assert text.startswith("retry: 2000\n\n"), "a reconnecting client waits as long as Retry-After says"
+    assert text.count("event: status") == 2
+    assert ": keep-alive\n\n" in text

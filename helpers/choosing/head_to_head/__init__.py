@@ -62,6 +62,7 @@ from helpers.choosing.head_to_head.workload import (
     ITEMS,
     SLOW_PAYMENT,
     SLOW_THEN_DOWN,
+    Order,
     OrderRefused,
     Scenario,
     Workload,
@@ -70,7 +71,7 @@ from helpers.choosing.head_to_head.workload import (
 
 __all__ = [
     "DEFAULT_WORK", "DESIGN_COLORS", "HEALTHY", "ITEMS", "PATHS", "SLOW_PAYMENT", "SLOW_THEN_DOWN", "Applied", "AsyncDesign",
-    "AsyncHandler", "Design", "DesignKind", "Effects", "OrderRefused", "Result", "Scenario", "SyncDesign", "SyncHandler",
+    "AsyncHandler", "Design", "DesignKind", "Effects", "Order", "OrderRefused", "Result", "Scenario", "SyncDesign", "SyncHandler",
     "Workload", "caller_waits", "compare", "completion_timeline", "percentile_panel", "place_orders", "plot_latencies",
     "plot_outage", "run_design", "start_async", "start_sync", "summary_rows",
 ]  # fmt: skip

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 import aiohttp
 
@@ -13,6 +13,15 @@ from helpers.core.measure import LoadRun, open_loop
 
 ITEMS: dict[str, float] = {"espresso cup": 9.5, "teapot": 24.0, "coffee grinder": 59.0, "milk jug": 14.0}
 """What the generated orders buy, and the unit price."""
+
+
+class Order(TypedDict):
+    """One order as the caller POSTs it (JSON): what the Order service's handler reads."""
+
+    order_id: str
+    item: str
+    qty: int
+    amount: float
 
 
 @dataclass(frozen=True)
@@ -25,14 +34,14 @@ class Workload:
     timeout_s: float = 2.0
     """A caller gives up on an answer after this long (counted as an error)."""
 
-    def orders(self) -> list[dict[str, Any]]:
+    def orders(self) -> list[Order]:
         """The orders, identical on every call with the same seed."""
         rng = random.Random(self.seed)
-        orders = []
+        orders: list[Order] = []
         for i in range(self.count):
             item = rng.choice(sorted(ITEMS))
             qty = rng.randint(1, 3)
-            orders.append({"order_id": f"order-{i:03d}", "item": item, "qty": qty, "amount": round(ITEMS[item] * qty, 2)})
+            orders.append(Order(order_id=f"order-{i:03d}", item=item, qty=qty, amount=round(ITEMS[item] * qty, 2)))
         return orders
 
     @property

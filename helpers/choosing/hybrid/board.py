@@ -43,7 +43,6 @@ from helpers.core.jobkit.store import (
     relay_outbox,
 )
 from helpers.core.messaging import Event, make_event
-from helpers.core.problems import PROBLEM_BASE
 
 ACCEPTED, RUNNING, SUCCEEDED = JobState.ACCEPTED, JobState.RUNNING, JobState.SUCCEEDED
 FAILED, CANCELLED = JobState.FAILED, JobState.CANCELLED
@@ -113,11 +112,7 @@ class Job:
         return f"{self.path}/events"
 
     def to_json(self) -> dict[str, Any]:
-        """The status document. For a failed job it is a problem details object (RFC 9457) with the job's fields.
-
-        It has no ``status`` member: RFC 9457 wants that member to equal the HTTP status of
-        the response, and reading the status of a failed job is itself a success (200).
-        """
+        """The status document; for a failed job, problem details with the job's fields (the kit's ``failed_document``)."""
         body: dict[str, Any] = {
             "job_id": self.job_id,
             "state": str(self.state),
@@ -129,14 +124,7 @@ class Job:
         if self.state == SUCCEEDED:
             body["links"]["result"] = self.result_path
         if self.state == FAILED:
-            return {
-                "type": f"{PROBLEM_BASE}job-failed",
-                "title": "Job failed",
-                "detail": f"step {self.failed_step!r} failed: {self.reason}",
-                "instance": self.path,
-                **body,
-                "failed_step": self.failed_step,
-            }
+            return jobhttp.failed_document(body, f"step {self.failed_step!r} failed: {self.reason}", failed_step=self.failed_step)
         return body
 
     def history(self) -> list[str]:

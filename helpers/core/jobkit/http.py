@@ -64,6 +64,16 @@ def status(document: dict[str, Any], state: str, result_location: str, retry_aft
     return web.json_response(document, headers={"Retry-After": str(retry_after_s)} if unfinished else {})
 
 
+def failed_document(body: dict[str, Any], detail: str, **extra: Any) -> dict[str, Any]:
+    """A failed job's status document: problem details (RFC 9457) around the job's own fields.
+
+    It has no ``status`` member: RFC 9457 wants that member to equal the HTTP status of the
+    response, and reading the status of a failed job is itself a success (200).
+    """
+    problem_fields = {"type": f"{PROBLEM_BASE}job-failed", "title": "Job failed", "detail": detail}
+    return {**problem_fields, "instance": body["links"]["self"], **body, **extra}
+
+
 def unknown_job(job_id: str) -> web.Response:
     """``404`` problem+json for a job id the store does not know."""
     return problem(
