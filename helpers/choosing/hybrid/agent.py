@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import aiohttp
 import aiomqtt
@@ -150,7 +150,13 @@ class WorkOrder:
         )
 
 
-async def read_task(request: web.Request) -> dict[str, str] | None:
+class Task(TypedDict):
+    """A valid task, as :func:`read_task` gives it: what a job is created for."""
+
+    task: str
+
+
+async def read_task(request: web.Request) -> Task | None:
     """The request's task, ``{"task": "..."}``, or None when the body is not a valid task.
 
     Valid: a JSON object whose ``task`` is a non-empty string of at most 500 characters.
@@ -164,7 +170,7 @@ async def read_task(request: web.Request) -> dict[str, str] | None:
     task = body.get("task")
     if not isinstance(task, str) or not task.strip() or len(task) > MAX_TASK_CHARS:
         return None
-    return {"task": task.strip()}
+    return Task(task=task.strip())
 
 
 async def submit(http: aiohttp.ClientSession, base_url: str, task: str | Mapping[str, Any], *, key: str | None = None) -> Answer:

@@ -188,18 +188,28 @@ class HybridSystem:
     """The running hybrid: the jobs service (HTTP, store, status keeper), and the agent's workers."""
 
     broker: Broker
-    topics: Topics
     agent: Agent
     errors: list[HandlerError]
-    work_dir: Path
     _config: _Config
     _front: _Front
-    name: str = "jobs"
     temporary: bool = False
     """The work folder was made for this system: :meth:`stop` removes it and ends its broker sessions."""
     restarts: int = 0
     _stopped: bool = False
     _service_down: bool = field(default=False, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self._config.name
+
+    @property
+    def topics(self) -> Topics:
+        return self._config.topics
+
+    @property
+    def work_dir(self) -> Path:
+        """Where the job store (and the workers' finished-order files) live."""
+        return self._config.work_dir
 
     @property
     def service(self) -> Service:
@@ -320,7 +330,7 @@ async def start_hybrid(
     except BaseException:  # not swallowed: stop the workers that did start, then re-raise
         await agent.halt()
         raise
-    system = HybridSystem(broker, topics, agent, errors, folder, config, front, name, temporary=work_dir is None)
+    system = HybridSystem(broker, agent, errors, config, front, temporary=work_dir is None)
     _systems[name] = system
     return system
 
