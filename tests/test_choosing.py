@@ -143,7 +143,7 @@ def test_table_runner_one_reason_per_row_and_checks_what_decide_returns() -> Non
     with pytest.raises(TypeError, match="should return a Recommendation"):
         recommendation_rows(lambda x: "sync", EXAMPLES)  # type: ignore[arg-type, return-value]  # the mistake under test
     with pytest.raises(ValueError, match="one of"):
-        Recommendation("maybe")
+        Recommendation("maybe")  # type: ignore[arg-type]  # the wrong style under test
     for bad in (-1.0, math.nan):
         with pytest.raises(ValueError, match="work_s"):
             Interaction("x", True, True, work_s=bad, must_survive_outage=False)
