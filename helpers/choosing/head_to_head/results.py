@@ -167,21 +167,17 @@ class Result:
 
     def caller_line(self) -> str:
         """The caller's side in one line: how many answered, p50 and p99 (or max), and the errors beside them."""
-        caller = self.caller
-        label, tail = caller.tail()
-        return (
-            f"{caller.answered} answered, caller p50 {_ms(caller.p50_ms)} ms, {label} {_ms(tail)} ms; "
-            f"{self.errors} error(s), not in those figures"
-        )
+        return _line(f"{self.caller.answered} answered", "caller", self.caller, f"{self.errors} error(s)")
 
     def done_line(self) -> str:
         """The work's side in one line: how many done, p50 and p99 (or max) until done, and the orders not done."""
-        done = self.done_summary
-        label, tail = done.tail()
-        return (
-            f"{self.done} done, done p50 {_ms(done.p50_ms)} ms, {label} {_ms(tail)} ms; "
-            f"{self.not_done} not done, not in those figures"
-        )
+        return _line(f"{self.done} done", "done", self.done_summary, f"{self.not_done} not done")
+
+
+def _line(counted: str, name: str, summary: Summary, left_out: str) -> str:
+    """One side in one line: the count, p50 and the tail (p99 or max), and what the figures leave out."""
+    label, tail = summary.tail()
+    return f"{counted}, {name} p50 {_ms(summary.p50_ms)} ms, {label} {_ms(tail)} ms; {left_out}, not in those figures"
 
 
 def _ms(value: float, digits: int = 1) -> float | str:
