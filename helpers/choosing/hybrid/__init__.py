@@ -24,8 +24,8 @@ not lose work has a fixed client id and a persistent session, and an unfinished 
 at its deadline. The modules, along the old banners: :mod:`.agent` (the task, its steps,
 the topics, the step workers), :mod:`.board` (jobs, the status keeper, the reference
 handlers), :mod:`.service` (the assembled system and the synchronous version),
-:mod:`helpers.core.jobkit.client` (requests, a poller, an SSE reader), :mod:`.watch` (measurements and the
-plot) and :mod:`.drills` (outages, measured).
+:mod:`.watch` (measurements and the plot) and :mod:`.drills` (outages, measured). The
+clients (requests, a poller, an SSE reader) are the kit's (:mod:`helpers.core.jobkit.client`).
 """
 
 from helpers.choosing.hybrid.agent import (
