@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 
 from helpers.core.broker import Broker
 from helpers.core.jobkit import http as jobhttp
+from helpers.core.jobkit.client import Answer, PollError
 from helpers.core.jobkit.store import (
     Admission,
     Change,
@@ -237,3 +238,9 @@ async def test_the_event_stream_sends_each_change_and_keep_alives_then_closes() 
     assert text.startswith("retry: 2000\n\n"), "a reconnecting client waits as long as Retry-After says"
     assert text.count("event: status") == 2
     assert ": keep-alive\n\n" in text
+
+
+def test_a_client_goes_on_only_from_a_202_that_names_its_job() -> None:
+    assert Answer("POST", "http://h/jobs", 202, {}, {"job_id": "j1"}, 0.0, 0.1).job_id() == "j1"
+    with pytest.raises(PollError, match="POST http://h/jobs answered 400"):
+        Answer("POST", "http://h/jobs", 400, {}, {"title": "Invalid task"}, 0.0, 0.1).job_id()

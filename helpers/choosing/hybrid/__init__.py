@@ -65,6 +65,7 @@ from helpers.choosing.hybrid.board import (
     Change,
     Job,
     JobBoard,
+    JobHandler,
     apply_event,
     cancel_job,
     job_events,
@@ -76,7 +77,6 @@ from helpers.choosing.hybrid.board import (
 from helpers.choosing.hybrid.service import (
     HandlerError,
     HybridSystem,
-    JobHandler,
     build_app,
     start_hybrid,
     start_sync_agent,

@@ -19,7 +19,7 @@ import inspect
 import json
 import time
 import uuid
-from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -376,31 +376,39 @@ class JobBoard:
 
 unknown_job = jobhttp.unknown_job
 
+JobHandler = Callable[[web.Request, JobBoard], Awaitable[web.StreamResponse]]
+"""A route of the jobs service: ``(request, jobs)``, where ``jobs`` is the :class:`JobBoard`."""
 
-async def job_status(request: web.Request, jobs: JobBoard) -> web.Response:
+
+def _of_a_job(handle: Callable[[web.Request, JobBoard, Job], Awaitable[web.StreamResponse]]) -> JobHandler:
+    """A reference handler of ``/jobs/{job_id}...`` taking ``(request, jobs)``: an unknown job is a 404 before ``handle`` runs."""
+
+    async def call(request: web.Request, jobs: JobBoard) -> web.StreamResponse:
+        job = jobs.get(request.match_info["job_id"])
+        return unknown_job(request.match_info["job_id"]) if job is None else await handle(request, jobs, job)
+
+    call.__name__, call.__qualname__, call.__doc__ = handle.__name__, handle.__qualname__, handle.__doc__
+    return call
+
+
+@_of_a_job
+async def job_status(request: web.Request, jobs: JobBoard, job: Job) -> web.Response:
     """The reference status resource: 404, 303 to the result, a failure as problem+json, else the status."""
-    job = jobs.get(request.match_info["job_id"])
-    if job is None:
-        return unknown_job(request.match_info["job_id"])
     return jobhttp.status(job.to_json(), job.state, job.result_path, jobs.retry_after_s)
 
 
-async def cancel_job(request: web.Request, jobs: JobBoard) -> web.Response:
+@_of_a_job
+async def cancel_job(request: web.Request, jobs: JobBoard, job: Job) -> web.Response:
     """The reference cancel: 404 for an unknown job, 409 for a finished one, else cancel it and answer its status."""
-    job = jobs.get(request.match_info["job_id"])
-    if job is None:
-        return unknown_job(request.match_info["job_id"])
     if job.final:
         return jobhttp.job_finished(job.job_id, job.state)
     await jobs.cancel(job)
     return web.json_response(job.to_json())
 
 
-async def job_result(request: web.Request, jobs: JobBoard) -> web.Response:
+@_of_a_job
+async def job_result(request: web.Request, jobs: JobBoard, job: Job) -> web.Response:
     """``GET /jobs/{id}/result``: the result of a job that succeeded, else a 404 problem saying why."""
-    job = jobs.get(request.match_info["job_id"])
-    if job is None:
-        return unknown_job(request.match_info["job_id"])
     if job.state != SUCCEEDED:
         return jobhttp.no_result(job.job_id, job.state, job.path, jobs.retry_after_s)
     return web.json_response({"job_id": job.job_id, "result": job.result})
@@ -409,10 +417,8 @@ async def job_result(request: web.Request, jobs: JobBoard) -> web.Response:
 sse_frame = jobhttp.sse_frame
 
 
-async def job_events(request: web.Request, jobs: JobBoard) -> web.StreamResponse:
+@_of_a_job
+async def job_events(request: web.Request, jobs: JobBoard, job: Job) -> web.StreamResponse:
     """``GET /jobs/{id}/events``: the job's changes as ``text/event-stream``, from the start (or after
     ``Last-Event-ID``) until the job ends; then the stream closes."""
-    job = jobs.get(request.match_info["job_id"])
-    if job is None:
-        return unknown_job(request.match_info["job_id"])
     return await jobhttp.event_stream(request, jobs.follow(job, jobhttp.last_event_id(request)), jobs.retry_after_s)

@@ -46,6 +46,7 @@ from helpers.choosing.hybrid.board import (
     ApplyFn,
     Job,
     JobBoard,
+    JobHandler,
     apply_event,
     cancel_job,
     job_events,
@@ -64,9 +65,6 @@ from helpers.core.waiting import until
 HOUSEKEEPING_S = 0.2
 """How often the service fails overdue jobs and publishes what its outbox still holds."""
 STORE_FILE = "jobs.sqlite3"
-
-JobHandler = Callable[[web.Request, JobBoard], Awaitable[web.StreamResponse]]
-"""A route of the jobs service: ``(request, jobs)``, where ``jobs`` is the :class:`JobBoard`."""
 
 
 @dataclass(frozen=True)
@@ -239,7 +237,15 @@ class HybridSystem:
 
     async def finished(self, job_id: str, timeout: float = 10.0) -> Job:
         """The job, once it is final (or once ``timeout`` passed: then in whatever state it is)."""
-        await until(lambda: (job := self.board.get(job_id)) is not None and job.final, timeout)
+        [job] = await self.all_finished([job_id], timeout)
+        return job
+
+    async def all_finished(self, job_ids: Sequence[str], timeout: float = 10.0) -> list[Job]:
+        """The jobs, once every one is final (or once ``timeout`` passed: then as they are); an unknown id is a KeyError."""
+        await until(lambda: all((job := self.board.get(i)) is not None and job.final for i in job_ids), timeout)
+        return [self._job(job_id) for job_id in job_ids]
+
+    def _job(self, job_id: str) -> Job:
         job = self.board.get(job_id)
         if job is None:
             raise KeyError(f"no job {job_id!r} on this board")

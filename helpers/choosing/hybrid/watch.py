@@ -18,7 +18,6 @@ from helpers.choosing.hybrid.service import HybridSystem
 from helpers.core.jobkit.client import Answer, Polled, PollError, SseEvent, distinct, poll_job, read_events, resolve
 from helpers.core.measure import Summary, summarize
 from helpers.core.messaging import Event, decode
-from helpers.core.waiting import until
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -70,13 +69,8 @@ async def measure_kickoffs(system: HybridSystem, count: int = 16, *, timeout: fl
     answers: list[Answer] = []
     async with aiohttp.ClientSession() as http:
         for i in range(count):
-            answer = await submit(http, system.url, f"kickoff {i}: compare {2 + i % 4} message brokers")
-            if answer.status != 202 or not isinstance(answer.body, dict):
-                raise PollError(f"kickoff {i} answered {answer.status}: {str(answer.body)[:120]}")
-            answers.append(answer)
-    ids = [str(a.body["job_id"]) for a in answers]
-    await until(lambda: all((job := system.board.get(i)) is not None and job.final for i in ids), timeout)
-    jobs = [job for i in ids if (job := system.board.get(i)) is not None]
+            answers.append(await submit(http, system.url, f"kickoff {i}: compare {2 + i % 4} message brokers"))
+    jobs = await system.all_finished([answer.job_id() for answer in answers], timeout)
     seconds = [job.changes[-1].at - answer.sent for job, answer in zip(jobs, answers, strict=True)]
     return KickoffRun(answers, jobs, seconds)
 
@@ -148,9 +142,7 @@ async def watch_job(system: HybridSystem, task: str, *, every_s: float = 0.05, t
         for kind in ("succeeded", "failed"):
             await watcher.subscribe(system.topics.job(kind), qos=1)
         accepted = await submit(http, system.url, task)
-        if accepted.status != 202 or not isinstance(accepted.body, dict):
-            raise PollError(f"the kickoff answered {accepted.status}: {str(accepted.body)[:120]}")
-        job_id = str(accepted.body["job_id"])
+        job_id = accepted.job_id()
         polite, eager, stream, pushed = await asyncio.wait_for(
             asyncio.gather(
                 poll_job(http, system.url, accepted, timeout=timeout),

@@ -65,6 +65,12 @@ class Answer:
     def location(self) -> str | None:
         return self.headers.get("Location")
 
+    def job_id(self) -> str:
+        """The job a ``202 Accepted`` made; any other answer is one a client cannot go on from (:class:`PollError`)."""
+        if self.status != 202 or not isinstance(self.body, dict) or "job_id" not in self.body:
+            raise PollError(f"{self.method} {self.url} answered {self.status}: {str(self.body)[:120]}")
+        return str(self.body["job_id"])
+
     def retry_after(self, default: float = RETRY_AFTER_S) -> float:
         """``Retry-After`` in seconds (delay-seconds form), or ``default``."""
         value = self.headers.get("Retry-After", "")
