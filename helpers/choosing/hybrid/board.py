@@ -27,7 +27,7 @@ from typing import Any
 import aiomqtt
 from aiohttp import web
 
-from helpers.choosing.hybrid.agent import JOB_CANCEL, JOB_FAILED, JOB_SUCCEEDED, STEP_DONE, STEP_STARTED, Step, Topics, WorkOrder
+from helpers.choosing.hybrid.task import JOB_CANCEL, JOB_FAILED, JOB_SUCCEEDED, STEP_DONE, STEP_STARTED, Step, Topics, WorkOrder
 from helpers.core.events import iso
 from helpers.core.jobkit import http as jobhttp
 from helpers.core.jobkit.client import distinct

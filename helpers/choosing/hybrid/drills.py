@@ -18,9 +18,10 @@ from typing import Any
 
 import aiohttp
 
-from helpers.choosing.hybrid.agent import DONE_RUN, submit
+from helpers.choosing.hybrid.agent import DONE_RUN
 from helpers.choosing.hybrid.board import FAILED, SUCCEEDED
 from helpers.choosing.hybrid.service import HybridSystem
+from helpers.choosing.hybrid.task import submit
 from helpers.core.jobkit.client import Answer, request, resolve
 from helpers.core.waiting import until, until_quiet
 

@@ -27,18 +27,7 @@ from typing import Any
 import aiomqtt
 from aiohttp import web
 
-from helpers.choosing.hybrid.agent import (
-    STEPS,
-    Agent,
-    AgentFaults,
-    Step,
-    Topics,
-    compose_result,
-    first_crash,
-    kill_all,
-    read_task,
-    step_output,
-)
+from helpers.choosing.hybrid.agent import Agent, AgentFaults, first_crash, kill_all
 from helpers.choosing.hybrid.board import (
     CALLER,
     DEADLINE_S,
@@ -53,6 +42,7 @@ from helpers.choosing.hybrid.board import (
     job_result,
     job_status,
 )
+from helpers.choosing.hybrid.task import STEPS, Step, Topics, compose_result, read_task, step_output
 from helpers.core import lifecycle
 from helpers.core.broker import Broker
 from helpers.core.http import Service, start_service

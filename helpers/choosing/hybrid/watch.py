@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING
 import aiohttp
 import aiomqtt
 
-from helpers.choosing.hybrid.agent import JOB_SUCCEEDED, StepRun, submit
+from helpers.choosing.hybrid.agent import StepRun
 from helpers.choosing.hybrid.board import ACCEPTED, CANCELLED, FAILED, RUNNING, SUCCEEDED, Job
 from helpers.choosing.hybrid.service import HybridSystem
+from helpers.choosing.hybrid.task import JOB_SUCCEEDED, submit
 from helpers.core.jobkit.client import Answer, Polled, PollError, SseEvent, distinct, poll_job, read_events, resolve
 from helpers.core.measure import Summary, summarize
 from helpers.core.messaging import Event, decode
