@@ -18,6 +18,7 @@ from helpers.choosing.head_to_head import (
     DEFAULT_WORK,
     HEALTHY,
     SLOW_THEN_DOWN,
+    DesignKind,
     Effects,
     Result,
     Scenario,
@@ -63,10 +64,11 @@ async def test_without_faults_both_designs_complete_every_order(broker: Broker, 
     pair = await compare(broker, place_order_sync, place_order_async, HEALTHY, workload, topic=topic)
     for design, result in pair.items():
         assert result.errors == 0, f"{design}: {result.caller}"
-        assert result.done == workload.count and result.not_done == 0 and result.half_done == 0, design
+        assert (result.done, result.not_done, result.half_done) == (workload.count, 0, 0), design
         assert result.effects.repeats == 0, f"{design} applied an effect twice"
     rows = {row["design"]: row for row in summary_rows([pair])}
-    assert rows.keys() == {"sync", "async"} and rows["sync"]["not done"] == rows["async"]["not done"] == 0
+    assert rows.keys() == {"sync", "async"}
+    assert rows["sync"]["not done"] == rows["async"]["not done"] == 0
     # the sync handler notifies last; async consumers do not wait for each other, so the 10 ms e-mail beats the 40 ms charge
     assert pair["sync"].finished_before("notification", "payment") == 0
     assert pair["async"].finished_before("notification", "payment") >= 0.5 * workload.count
@@ -87,7 +89,8 @@ async def test_slow_payment_reaches_the_sync_caller_not_the_async_one(broker: Br
     assert ratio > 5, f"async p50 {async_.caller.p50_ms:.1f} ms, sync {sync.caller.p50_ms:.1f} ms: only {ratio:.1f}x"
     assert async_.caller.p99_ms < sync.caller.p50_ms / 2, "the async caller's tail stays below half the sync median"
     # the work itself is no faster: async only stops the caller from waiting for it
-    assert async_.done == sync.done == 30 and async_.done_summary.p50_ms >= 300
+    assert async_.done == sync.done == 30
+    assert async_.done_summary.p50_ms >= 300
 
 
 async def test_outage_sync_caller_sees_errors_async_loses_nothing_and_catches_up(broker: Broker, topic: str) -> None:
@@ -95,17 +98,19 @@ async def test_outage_sync_caller_sees_errors_async_loses_nothing_and_catches_up
     workload = Workload(rate=20, count=60, seed=6)
     pair = await compare(broker, place_order_sync, place_order_async, outage, workload, topic=topic)
     sync, async_ = pair["sync"], pair["async"]
-    assert sync.down_window is not None and async_.down_window is not None
+    assert sync.down_window is not None
+    assert async_.down_window is not None
     during = 2.0 * workload.rate  # orders sent while payment was down
     assert sync.errors >= 0.6 * during, f"sync caller saw {sync.errors} errors"
     assert sync.not_done == sync.errors, "every failed sync order is an order not done, and the caller knows it"
     assert async_.errors == 0, f"async caller saw {async_.errors} errors"
-    assert async_.done == workload.count and async_.not_done == 0 and async_.half_done == 0, "async lost nothing"
+    assert (async_.done, async_.not_done, async_.half_done) == (workload.count, 0, 0), "async lost nothing"
     assert async_.effects.repeats == 0
     assert len(async_.waiting_at_return) >= 0.6 * during, "the orders placed during the outage waited at the broker"
     back = async_.down_window[1]
     assert async_.half_done_at(back) >= 0.6 * during, "inventory and notification went ahead without payment"
-    assert async_.caught_up_s is not None and 0 <= async_.caught_up_s < 5, f"caught up after {async_.caught_up_s} s"
+    assert async_.caught_up_s is not None
+    assert 0 <= async_.caught_up_s < 5, f"caught up after {async_.caught_up_s} s"
     # the orders that waited at the broker were done only after payment returned
     assert async_.done_summary.max_ms >= 1000
 
@@ -136,7 +141,9 @@ async def test_a_consumer_killed_mid_work_gets_its_events_again_and_applies_them
         result = await run_design(design, sick, Workload(rate=20, count=30, seed=7))
     finally:
         await design.stop()
-    assert result.errors == 0 and result.done == 30 and result.not_done == 0
+    assert result.errors == 0
+    assert result.done == 30
+    assert result.not_done == 0
     assert result.in_progress_at_kill >= 1, "the consumer is killed while it works, not while it idles"
     assert result.redelivered >= result.in_progress_at_kill, "the events in progress at the kill were never acknowledged"
     assert result.effects.repeats == 0, "the ids already applied keep a redelivered event from charging twice"
@@ -149,8 +156,10 @@ async def test_the_lesson_kills_payment_while_it_works(broker: Broker, topic: st
         result = await run_design(design, SLOW_THEN_DOWN, Workload(rate=20, count=100, seed=5))
     finally:
         await design.stop()
-    assert result.in_progress_at_kill >= 1 and result.redelivered >= result.in_progress_at_kill
-    assert result.effects.repeats == 0 and result.not_done == 0
+    assert result.in_progress_at_kill >= 1
+    assert result.redelivered >= result.in_progress_at_kill
+    assert result.effects.repeats == 0
+    assert result.not_done == 0
 
 
 def test_the_table_puts_counts_beside_percentiles_and_says_max_for_a_short_run() -> None:
@@ -158,16 +167,17 @@ def test_the_table_puts_counts_beside_percentiles_and_says_max_for_a_short_run()
     run = LoadRun(samples)
     result = Result("sync", HEALTHY, Workload(count=40), run, [f"o{i}" for i in range(40)], Effects(DEFAULT_WORK), {})
     row = result.as_row()
-    assert row["answered"] == 30 and row["errors"] == 10, row
+    assert (row["answered"], row["errors"]) == (30, 10), row
     assert row["caller p99"] == f"max {run.summary().max_ms:,.1f}", "30 values: the tail is the max, and says so"
-    assert row["done"] == 0 and row["not done"] == 40 and row["done p50"] == row["done p99"] == "-", "nothing done: no NaN"
-    assert "10 error(s)" in result.caller_line() and "max" in result.caller_line()
+    assert (row["done"], row["not done"], row["done p50"], row["done p99"]) == (0, 40, "-", "-"), "nothing done: no NaN"
+    assert "10 error(s)" in result.caller_line()
+    assert "max" in result.caller_line()
     many = LoadRun([Sample(float(i), float(i), i + 0.01, ok=True) for i in range(200)])
     assert many.summary().tail() == ("p99", many.summary().p99_ms)
 
 
 def test_the_percentile_plot_says_what_each_p99_bar_leaves_out() -> None:
-    def result(design: str, errors: int) -> Result:
+    def result(design: DesignKind, errors: int) -> Result:
         samples = [Sample(float(i), float(i), i + 0.01, ok=i >= errors) for i in range(40)]
         return Result(
             design, HEALTHY, Workload(count=40), LoadRun(samples), [f"o{i}" for i in range(40)], Effects(DEFAULT_WORK), {}

@@ -5,16 +5,19 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+from collections.abc import AsyncGenerator
 from pathlib import Path
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import make_mocked_request
+from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 
 from helpers.core.broker import Broker
 from helpers.core.jobkit import http as jobhttp
+from helpers.core.jobkit.client import Answer, PollError
 from helpers.core.jobkit.store import (
     Admission,
+    Change,
     JobRecord,
     JobState,
     JobStore,
@@ -38,12 +41,14 @@ def store(tmp_path: Path) -> JobStore:
 
 
 def test_states_only_move_forward() -> None:
-    assert moves_forward("accepted", "running") and moves_forward("running", "succeeded")
-    assert moves_forward("accepted", "failed") and moves_forward("running", "running")
+    assert moves_forward("accepted", "running")
+    assert moves_forward("running", "succeeded")
+    assert moves_forward("accepted", "failed")
+    assert moves_forward("running", "running")
     assert not moves_forward("running", "accepted")
     for final in ("succeeded", "failed", "cancelled"):
         assert not any(moves_forward(final, other) for other in JobState if other != final), final
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="done"):
         moves_forward("accepted", "done")  # one vocabulary: "done" is not a state
 
 
@@ -55,13 +60,15 @@ def test_the_store_refuses_a_move_back_and_keeps_what_it_had(store: JobStore) ->
     with pytest.raises(StateMovedBack, match="from 'succeeded' to 'running'"):
         store.update(job, {"state": "running"})
     stored = store.get("j1")
-    assert stored is not None and stored.state == JobState.SUCCEEDED
+    assert stored is not None
+    assert stored.state == JobState.SUCCEEDED
     assert [c.document["state"] for c in store.changes("j1")] == ["accepted", "succeeded"]
 
 
 def test_the_fingerprint_ignores_key_order_but_not_content() -> None:
     assert fingerprint({"a": 1, "b": 2}) == fingerprint({"b": 2, "a": 1})
-    assert fingerprint({"a": 1}) != fingerprint({"a": 2}) and fingerprint(b"x") != fingerprint(b"y")
+    assert fingerprint({"a": 1}) != fingerprint({"a": 2})
+    assert fingerprint(b"x") != fingerprint(b"y")
 
 
 def test_idempotency_is_per_caller_with_a_fingerprint(store: JobStore) -> None:
@@ -71,16 +78,21 @@ def test_idempotency_is_per_caller_with_a_fingerprint(store: JobStore) -> None:
     assert store.admit("ada", "k1", fingerprint(task)).outcome == Admission.IN_FLIGHT, "not answered yet"
     store.answered("ada", "k1")
     replay = store.admit("ada", "k1", fingerprint(task))
-    assert replay.outcome == Admission.REPLAY and replay.job is not None and replay.job.job_id == "j1"
+    assert replay.outcome == Admission.REPLAY
+    assert replay.job is not None
+    assert replay.job.job_id == "j1"
     assert store.admit("ada", "k1", fingerprint({"task": "other"})).outcome == Admission.MISMATCH
     assert store.admit("bob", "k1", fingerprint({"task": "other"})).outcome == Admission.NEW, "another caller's key"
     assert store.admit("ada", None, fingerprint(task)).outcome == Admission.NEW
     with pytest.raises(KeyInUse):
         store.accept(new_job("j2", task, key="k1"), {"state": "accepted"})  # the race's loser
-    assert store.get("j2") is None and len(store) == 1, "the loser left no job behind (one transaction)"
+    assert store.get("j2") is None, "the loser left no job behind (one transaction)"
+    assert len(store) == 1
     by_bob = store.accept(new_job("j3", task, caller="bob", key="k1"), {"state": "accepted"})
     found = store.by_key("bob", "k1")
-    assert found is not None and found.job_id == by_bob.job_id and store.by_key("eve", "k1") is None
+    assert found is not None
+    assert found.job_id == by_bob.job_id
+    assert store.by_key("eve", "k1") is None
 
 
 def test_a_restart_keeps_jobs_history_and_pending_outbox(tmp_path: Path) -> None:
@@ -93,8 +105,11 @@ def test_a_restart_keeps_jobs_history_and_pending_outbox(tmp_path: Path) -> None
     first.close()  # the service stops (or dies) before its relay sent order-2
     again = JobStore(path)
     stored = again.get("j1")
-    assert stored is not None and stored.state == JobState.RUNNING and stored.data == {"step": "plan"}
-    assert [c.seq for c in again.changes("j1")] == [1, 2] and [c.seq for c in again.changes("j1", after=1)] == [2]
+    assert stored is not None
+    assert stored.state == JobState.RUNNING
+    assert stored.data == {"step": "plan"}
+    assert [c.seq for c in again.changes("j1")] == [1, 2]
+    assert [c.seq for c in again.changes("j1", after=1)] == [2]
     assert [m.payload for m in again.pending()] == [b"order-2"], "what was not published is published after the restart"
     assert again.admit("ada", "k", fingerprint({"task": "t"})).outcome == Admission.REPLAY, "no key stays in flight"
     assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -128,7 +143,7 @@ async def test_a_failed_publish_leaves_the_rest_pending(store: JobStore) -> None
             raise OSError("broker down")
 
     store.accept(new_job("j1", {"task": "t"}), {"state": "accepted"}, [("t/a", b"1")])
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="broker down"):
         await relay_outbox(store, Down())  # type: ignore[arg-type]  # a stand-in client whose publish fails
     assert [m.payload for m in store.pending()] == [b"1"]
 
@@ -140,15 +155,22 @@ def _body(response: web.Response) -> str:
 
 def test_the_http_convention() -> None:
     made = jobhttp.accepted({"job_id": "j", "state": "accepted"}, "/jobs/j", 2)
-    assert made.status == 202 and made.headers["Location"] == "/jobs/j" and made.headers["Retry-After"] == "2"
+    assert made.status == 202
+    assert made.headers["Location"] == "/jobs/j"
+    assert made.headers["Retry-After"] == "2"
     running = jobhttp.status({"state": "running"}, "running", "/jobs/j/result")
-    assert running.status == 200 and running.headers["Retry-After"] == "1"
+    assert running.status == 200
+    assert running.headers["Retry-After"] == "1"
     done = jobhttp.status({"state": "succeeded"}, "succeeded", "/jobs/j/result")
-    assert done.status == 303 and done.headers["Location"] == "/jobs/j/result"
+    assert done.status == 303
+    assert done.headers["Location"] == "/jobs/j/result"
     failed = jobhttp.status({"state": "failed"}, "failed", "/jobs/j/result")
-    assert failed.status == 200 and failed.content_type == PROBLEM_JSON and "Retry-After" not in failed.headers
+    assert failed.status == 200
+    assert failed.content_type == PROBLEM_JSON
+    assert "Retry-After" not in failed.headers
     cancelled = jobhttp.status({"state": "cancelled"}, "cancelled", "/jobs/j/result")
-    assert cancelled.status == 200 and "Retry-After" not in cancelled.headers
+    assert cancelled.status == 200
+    assert "Retry-After" not in cancelled.headers
     for response, code in (
         (jobhttp.unknown_job("x"), 404),
         (jobhttp.job_finished("x", "failed"), 409),
@@ -156,7 +178,9 @@ def test_the_http_convention() -> None:
         (jobhttp.key_in_flight("k"), 409),
         (jobhttp.no_result("x", "running", "/jobs/x"), 404),
     ):
-        assert response.status == code and response.content_type == PROBLEM_JSON and '"title"' in _body(response)
+        assert response.status == code
+        assert response.content_type == PROBLEM_JSON
+        assert '"title"' in _body(response)
     assert jobhttp.key_in_flight("k", 3).headers["Retry-After"] == "3"
 
 
@@ -176,3 +200,47 @@ async def test_no_store_marks_every_answer() -> None:
     response = await jobhttp.no_store(make_mocked_request("GET", "/jobs/j"), handler)
     assert response.headers["Cache-Control"] == "no-store"
     await asyncio.sleep(0)
+
+
+def test_a_failed_jobs_document_is_problem_details_without_a_status_member() -> None:
+    body = {"job_id": "j", "state": "failed", "links": {"self": "/jobs/j"}}
+    document = jobhttp.failed_document(body, "step 'draft' failed: timeout", failed_step="draft")
+    assert document["type"].endswith("job-failed")
+    assert document["instance"] == "/jobs/j", "the problem's instance is the job's status resource"
+    assert document["failed_step"] == "draft"
+    assert "status" not in document, "RFC 9457's status would have to equal the HTTP 200 of the read"
+
+
+def test_a_reconnecting_client_resumes_after_its_last_event_id() -> None:
+    change = Change(3, 0.0, {"state": "running"})
+    assert jobhttp.sse_frame(change) == b'id: 3\nevent: status\ndata: {"state":"running"}\n\n'
+    assert (change.state, change.final) == ("running", False)
+    assert jobhttp.last_event_id(make_mocked_request("GET", "/e", headers={"Last-Event-ID": "3"})) == 3
+    assert jobhttp.last_event_id(make_mocked_request("GET", "/e", headers={"Last-Event-ID": "x"})) == 0
+    assert jobhttp.last_event_id(make_mocked_request("GET", "/e")) == 0
+
+
+async def test_the_event_stream_sends_each_change_and_keep_alives_then_closes() -> None:
+    async def changes() -> AsyncGenerator[Change | None, None]:
+        yield Change(1, 0.0, {"state": "accepted"})
+        yield None  # nothing happened for a heartbeat
+        yield Change(2, 0.0, {"state": "succeeded"})
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        return await jobhttp.event_stream(request, changes(), retry_after_s=2)
+
+    app = web.Application()
+    app.router.add_get("/events", stream)
+    async with TestClient(TestServer(app)) as client:
+        response = await client.get("/events")
+        text = await response.text()
+    assert response.headers["Content-Type"] == "text/event-stream"
+    assert text.startswith("retry: 2000\n\n"), "a reconnecting client waits as long as Retry-After says"
+    assert text.count("event: status") == 2
+    assert ": keep-alive\n\n" in text
+
+
+def test_a_client_goes_on_only_from_a_202_that_names_its_job() -> None:
+    assert Answer("POST", "http://h/jobs", 202, {}, {"job_id": "j1"}, 0.0, 0.1).job_id() == "j1"
+    with pytest.raises(PollError, match="POST http://h/jobs answered 400"):
+        Answer("POST", "http://h/jobs", 400, {}, {"title": "Invalid task"}, 0.0, 0.1).job_id()

@@ -20,10 +20,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Final, Literal
 
-SYNC, ASYNC, HYBRID = "sync", "async", "hybrid 202"
-STYLES = (SYNC, ASYNC, HYBRID)
+Style = Literal["sync", "async", "hybrid 202"]
 """The three answers the walk can give."""
+SYNC: Final = "sync"
+ASYNC: Final = "async"
+HYBRID: Final = "hybrid 202"
+STYLES: tuple[Style, ...] = (SYNC, ASYNC, HYBRID)
 
 PATIENCE_S = 2.0
 """How long a caller should hold a request open for an answer. Past a couple of seconds a
@@ -33,7 +37,7 @@ stretch its own deadline and every timeout on the way."""
 BUSY_PER_S = 1_000.0
 """Requests per second at peak above which the volume alone is worth a queue in front of the workers."""
 
-FLOWS = {
+FLOWS: dict[Style, str] = {
     SYNC: "caller -> service: request ... response (the caller waits, with a timeout)",
     ASYNC: "producer -> broker -> worker(s): publish an event, answer at once, nobody waits",
     HYBRID: "POST -> 202 + Location; workers over the broker; GET status (Retry-After) or a push; 303 -> result",
@@ -72,7 +76,7 @@ class Interaction:
 class Recommendation:
     """What the walk recommends for one interaction, and why."""
 
-    style: str
+    style: Style
     reasons: Sequence[str] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:

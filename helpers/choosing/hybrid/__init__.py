@@ -21,34 +21,15 @@ agent task (plan, research, draft, review), built on the course's async-job kit
 
 Durable by default (see :mod:`.service`): the jobs live in SQLite, every consumer that must
 not lose work has a fixed client id and a persistent session, and an unfinished job fails
-at its deadline. The modules, along the old banners: :mod:`.agent` (the task, its steps,
-the topics, the step workers), :mod:`.board` (jobs, the status keeper, the reference
-handlers), :mod:`.service` (the assembled system and the synchronous version),
-:mod:`.clients` (requests, a poller, an SSE reader), :mod:`.watch` (measurements and the
-plot) and :mod:`.drills` (outages, measured).
+at its deadline. The modules, along the old banners: :mod:`.task` (the task, its steps,
+the events and work orders on the wire, the topics), :mod:`.agent` (the step workers),
+:mod:`.board` (jobs, the status keeper, the reference handlers), :mod:`.service` (the
+assembled system and the synchronous version), :mod:`.watch` (measurements and the plot)
+and :mod:`.drills` (outages, measured). The clients (requests, a poller, an SSE reader)
+are the kit's (:mod:`helpers.core.jobkit.client`).
 """
 
-from helpers.choosing.hybrid.agent import (
-    JOB_CANCEL,
-    JOB_FAILED,
-    JOB_SUCCEEDED,
-    MAX_TASK_CHARS,
-    STEP_DONE,
-    STEP_EVENT_TOPICS,
-    STEP_ORDER,
-    STEP_STARTED,
-    STEPS,
-    Agent,
-    AgentFaults,
-    Step,
-    StepFailed,
-    StepRun,
-    Topics,
-    compose_result,
-    quick_steps,
-    read_task,
-    step_output,
-)
+from helpers.choosing.hybrid.agent import Agent, AgentFaults, RunOutcome, StepRun
 from helpers.choosing.hybrid.board import (
     ACCEPTED,
     CANCELLED,
@@ -63,6 +44,7 @@ from helpers.choosing.hybrid.board import (
     Change,
     Job,
     JobBoard,
+    JobHandler,
     apply_event,
     cancel_job,
     job_events,
@@ -71,7 +53,37 @@ from helpers.choosing.hybrid.board import (
     sse_frame,
     unknown_job,
 )
-from helpers.choosing.hybrid.clients import (
+from helpers.choosing.hybrid.service import (
+    HandlerError,
+    HybridSystem,
+    build_app,
+    start_hybrid,
+    start_sync_agent,
+    sync_agent_app,
+)
+from helpers.choosing.hybrid.task import (
+    JOB_CANCEL,
+    JOB_FAILED,
+    JOB_SUCCEEDED,
+    MAX_TASK_CHARS,
+    STEP_DONE,
+    STEP_EVENT_TOPICS,
+    STEP_ORDER,
+    STEP_STARTED,
+    STEPS,
+    Step,
+    StepFailed,
+    Task,
+    Topics,
+    WorkOrder,
+    compose_result,
+    quick_steps,
+    read_task,
+    step_output,
+    submit,
+)
+from helpers.choosing.hybrid.watch import STATE_COLORS, KickoffRun, Watch, measure_kickoffs, plot_watch, watch_job
+from helpers.core.jobkit.client import (
     Answer,
     Polled,
     PollError,
@@ -81,27 +93,16 @@ from helpers.choosing.hybrid.clients import (
     read_events,
     request,
     resolve,
-    submit,
 )
-from helpers.choosing.hybrid.service import (
-    HandlerError,
-    HybridSystem,
-    JobHandler,
-    build_app,
-    start_hybrid,
-    start_sync_agent,
-    sync_agent_app,
-)
-from helpers.choosing.hybrid.watch import STATE_COLORS, KickoffRun, Watch, measure_kickoffs, plot_watch, watch_job
 from helpers.core.jobkit.store import FINAL
 
 __all__ = [
     "ACCEPTED", "CANCELLED", "DEADLINE_S", "FAILED", "FINAL", "HEARTBEAT_S", "JOB_CANCEL", "JOB_FAILED", "JOB_SUCCEEDED",
     "MAX_TASK_CHARS", "RETRY_AFTER_S", "RUNNING", "STATES", "STATE_COLORS", "STEPS", "STEP_DONE", "STEP_EVENT_TOPICS",
     "STEP_ORDER", "STEP_STARTED", "SUCCEEDED", "Agent", "AgentFaults", "Answer", "ApplyFn", "Change", "HandlerError",
-    "HybridSystem", "Job", "JobBoard", "JobHandler", "KickoffRun", "PollError", "Polled", "SseEvent", "Step", "StepFailed",
-    "StepRun", "Topics", "Watch", "apply_event", "build_app", "cancel_job", "compose_result", "distinct", "job_events",
-    "job_result", "job_status", "measure_kickoffs", "plot_watch", "poll_job", "quick_steps", "read_events", "read_task",
-    "request", "resolve", "sse_frame", "start_hybrid", "start_sync_agent", "step_output", "submit", "sync_agent_app",
-    "unknown_job", "watch_job",
+    "HybridSystem", "Job", "JobBoard", "JobHandler", "KickoffRun", "PollError", "Polled", "RunOutcome", "SseEvent", "Step",
+    "StepFailed", "StepRun", "Task", "Topics", "Watch", "WorkOrder", "apply_event", "build_app", "cancel_job",
+    "compose_result", "distinct", "job_events", "job_result", "job_status", "measure_kickoffs", "plot_watch", "poll_job",
+    "quick_steps", "read_events", "read_task", "request", "resolve", "sse_frame", "start_hybrid", "start_sync_agent",
+    "step_output", "submit", "sync_agent_app", "unknown_job", "watch_job",
 ]  # fmt: skip

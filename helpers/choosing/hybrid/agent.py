@@ -1,4 +1,4 @@
-"""Lesson 06's agent: the task's four steps, the run's topics, and the step workers that do them over MQTT.
+"""Lesson 06's agent: the step workers that do the task's steps over MQTT (the task itself is :mod:`.task`).
 
 Each step has its own worker: a pool behind one subscription. A worker takes a work order,
 announces the step (``job.step_started``), does the work, announces it done
@@ -19,155 +19,60 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
-from aiohttp import web
 
+from helpers.choosing.hybrid.task import (
+    JOB_FAILED,
+    JOB_SUCCEEDED,
+    STEP_DONE,
+    STEP_EVENT_TOPICS,
+    STEP_STARTED,
+    STEPS,
+    Step,
+    StepFailed,
+    Topics,
+    WorkOrder,
+    compose_result,
+    step_output,
+)
 from helpers.core import lifecycle
 from helpers.core.broker import Broker
 from helpers.core.messaging import Consumer, Event, SeenIds, make_event, manual_ack, publish
 from helpers.core.worker_pool import run_pool
 
-MAX_TASK_CHARS = 500
 
-STEP_ORDER = "agent.step"
-"""A work order for one step (data: ``job_id``, ``task``, ``steps``, ``index``, ``outputs``): the job carries its own route."""
-STEP_STARTED = "job.step_started"
-"""A worker began a step (data: ``job_id``, ``step``, ``index``, ``total``)."""
-STEP_DONE = "job.step_done"
-"""A worker finished a step (data: ``job_id``, ``step``, ``done`` steps so far, ``total``)."""
-JOB_SUCCEEDED = "job.succeeded"
-"""The last step finished: the completion event (data: ``job_id``, ``result``)."""
-JOB_FAILED = "job.failed"
-"""A step failed and the job stops there (data: ``job_id``, ``step``, ``reason``)."""
-JOB_CANCEL = "job.cancel"
-"""The service asks the workers to stop a job (data: ``job_id``)."""
-
-STEP_EVENT_TOPICS = {STEP_STARTED: "started", STEP_DONE: "progress", JOB_SUCCEEDED: "succeeded", JOB_FAILED: "failed"}
-"""Which sub-topic of ``PREFIX/jobs/`` each worker event goes to."""
+async def kill_all(lives: Mapping[str, lifecycle.Restartable]) -> dict[str, Exception]:
+    """Kill every loop, the last started first; return what each had died of by itself, by name."""
+    errors: dict[str, Exception] = {}
+    for name, life in reversed(list(lives.items())):
+        if (error := await life.kill()) is not None:
+            errors[name] = error
+    return errors
 
 
-# --------------------------------------------------------------------------- the task and its steps
+def first_crash(lives: Mapping[str, lifecycle.Restartable]) -> Exception | None:
+    """What the first of ``lives`` to die by itself died of, if one did."""
+    return next((error for life in lives.values() if (error := life.crashed()) is not None), None)
 
 
-@dataclass(frozen=True)
-class Step:
-    """One step of the agent's task: a name, how long its work takes, and what it stands for."""
+class RunOutcome(StrEnum):
+    """How a worker's step ended."""
 
-    name: str
-    work_s: float
-    does: str = ""
-
-    def __post_init__(self) -> None:
-        if not self.name or "/" in self.name or "+" in self.name or "#" in self.name:
-            raise ValueError(f"a step name is a plain word (it becomes a topic level), got {self.name!r}")
-        if self.work_s < 0:
-            raise ValueError(f"work_s is seconds >= 0, got {self.work_s} for step {self.name!r}")
+    DONE = "done"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+    """The job was cancelled while the step ran."""
 
 
-STEPS: tuple[Step, ...] = (
-    Step("plan", 0.2, "split the task into questions (one model call)"),
-    Step("research", 0.7, "look each question up (search API calls)"),
-    Step("draft", 0.6, "write the report (a long model call)"),
-    Step("review", 0.3, "check the draft against the notes (one more model call)"),
-)
-"""The lesson's agent: about 1.8 s of work in four steps, each done by its own worker."""
-
-
-def quick_steps(scale: float = 0.25) -> tuple[Step, ...]:
-    """:data:`STEPS` with every work time multiplied by ``scale`` (checks and tests need short jobs)."""
-    return tuple(Step(s.name, round(s.work_s * scale, 4), s.does) for s in STEPS)
-
-
-class StepFailed(RuntimeError):
-    """A step could not do its work (the simulated model answered with an error)."""
-
-
-def step_output(step: str, task: str, outputs: Mapping[str, Any]) -> str:
-    """What a step produces (simulated, deterministic): enough to see the steps build on each other."""
-    words = len(task.split())
-    if step == "plan":
-        return f"{2 + words % 3} questions about {task!r}"
-    if step == "research":
-        return f"notes from {3 + words % 4} sources"
-    if step == "draft":
-        return f"a {150 + 25 * words}-word draft built on {outputs.get('research', 'no notes')}"
-    if step == "review":
-        return "approved with 2 small edits"
-    return f"{step} done"
-
-
-def compose_result(task: str, outputs: Mapping[str, Any]) -> dict[str, Any]:
-    """The job's result: the task, and what each step produced."""
-    return {"task": task, "report": f"Report on {task!r}", "steps": dict(outputs)}
-
-
-async def read_task(request: web.Request) -> dict[str, str] | None:
-    """The request's task, ``{"task": "..."}``, or None when the body is not a valid task.
-
-    Valid: a JSON object whose ``task`` is a non-empty string of at most 500 characters.
-    """
-    try:
-        body = await request.json()
-    except (ValueError, UnicodeDecodeError):
-        return None
-    if not isinstance(body, dict):
-        return None
-    task = body.get("task")
-    if not isinstance(task, str) or not task.strip() or len(task) > MAX_TASK_CHARS:
-        return None
-    return {"task": task.strip()}
-
-
-# --------------------------------------------------------------------------- topics
-
-
-@dataclass(frozen=True)
-class Topics:
-    """Every topic of one run, under one prefix (runs on a shared broker never mix)."""
-
-    prefix: str
-
-    @classmethod
-    def fresh(cls, base: str = "agent") -> Topics:
-        """Topics under ``base/<random id>``."""
-        return cls(f"{base}/{uuid.uuid4().hex[:8]}")
-
-    def step(self, name: str) -> str:
-        """Work orders for the worker of step ``name``."""
-        return f"{self.prefix}/steps/{name}"
-
-    def job(self, kind: str) -> str:
-        """Worker events of one kind: ``started``, ``progress``, ``succeeded`` or ``failed``."""
-        return f"{self.prefix}/jobs/{kind}"
-
-    @property
-    def events(self) -> str:
-        """A filter for every worker event (what the service's status keeper reads)."""
-        return f"{self.prefix}/jobs/+"
-
-    @property
-    def cancel(self) -> str:
-        """Where the service asks the workers to stop a job."""
-        return f"{self.prefix}/control/cancel"
-
-    def dead_letter(self, who: str) -> str:
-        return f"{self.prefix}/dead-letter/{who}"
-
-    def client_id(self, who: str) -> str:
-        """A fixed MQTT client id for ``who`` in this run: the same id resumes the same persistent session."""
-        return f"{self.prefix.replace('/', '-')}-{who}"
-
-
-# --------------------------------------------------------------------------- the agent's workers
-
-DONE_RUN, FAILED_RUN, INTERRUPTED_RUN = "done", "failed", "interrupted"
+DONE_RUN, FAILED_RUN, INTERRUPTED_RUN = RunOutcome.DONE, RunOutcome.FAILED, RunOutcome.INTERRUPTED
+"""The outcomes under their older names."""
 
 
 @dataclass(frozen=True)
@@ -178,8 +83,7 @@ class StepRun:
     step: str
     started: float
     ended: float
-    outcome: str
-    """``done``, ``failed`` or ``interrupted`` (the job was cancelled while the step ran)."""
+    outcome: RunOutcome
 
     @property
     def seconds(self) -> float:
@@ -234,8 +138,8 @@ class Agent:
         self._running: dict[str, asyncio.Task[Any]] = {}
         self._running_step: dict[str, str] = {}
         self._gate = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._names: list[str] = []
+        self._lives: dict[str, lifecycle.Restartable] = {}
+        """The workers and the cancel listener by name, in start order."""
         self._stack = contextlib.AsyncExitStack()
         self.work_dir = Path(work_dir) if work_dir is not None else None
         """Where each worker keeps the ids of the orders it finished (None: in memory, forgotten on a restart)."""
@@ -244,7 +148,7 @@ class Agent:
 
     async def start(self) -> Agent:
         """Connect every worker and the cancel listener (resuming their sessions); return once all are subscribed."""
-        if self._tasks:
+        if self._lives:
             raise RuntimeError("the agent's workers are running already: halt() them first")
         self._stack = contextlib.AsyncExitStack()
         try:
@@ -253,14 +157,12 @@ class Agent:
                 consumer = Consumer(client, self.topics.step(step.name), self._worker(index, client), qos=1)
                 consumer.dead_letter_topic = self.topics.dead_letter(step.name)
                 consumer.dedupe = SeenIds(self.work_dir / f"seen-{step.name}.txt" if self.work_dir else None)
-                self._tasks.append(await lifecycle.start(run_pool, consumer, self.concurrency))
-                self._names.append(f"{step.name} worker")
+                await self._launch(f"{step.name} worker", run_pool, consumer, self.concurrency)
             listener = await self._client("cancel")
             consumer = Consumer(
                 listener, self.topics.cancel, self._on_cancel, dead_letter_topic=self.topics.dead_letter("cancel")
             )
-            self._tasks.append(await lifecycle.start(consumer.run))
-            self._names.append("cancel listener")
+            await self._launch("cancel listener", consumer.run)
         except BaseException:  # not swallowed: close what did open, then re-raise
             await self.halt()
             raise
@@ -284,15 +186,10 @@ class Agent:
         Like a crash for the broker: a step in progress is not acknowledged, so its order is
         delivered again when the workers come back (:meth:`start`).
         """
-        errors: dict[str, Exception] = {}
         try:
-            for name, task in reversed(list(zip(self._names, self._tasks, strict=True))):
-                error = await lifecycle.kill(task)
-                if error is not None:
-                    errors[name] = error
+            errors = await kill_all(self._lives)
         finally:
-            self._tasks.clear()
-            self._names.clear()
+            self._lives = {}
             for work in list(self._running.values()):
                 work.cancel()
             await self._stack.aclose()
@@ -302,12 +199,13 @@ class Agent:
         """Stop every worker; raise what any of them had died of (a worker never dies quietly)."""
         lifecycle.raise_crashed(await self.halt(), "the agent's workers")
 
-    def crashed(self) -> BaseException | None:
+    def crashed(self) -> Exception | None:
         """The error a worker died of, if one did."""
-        for task in self._tasks:
-            if task.done() and not task.cancelled() and task.exception() is not None:
-                return task.exception()
-        return None
+        return first_crash(self._lives)
+
+    async def _launch(self, name: str, run: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        life = self._lives[name] = lifecycle.Restartable()
+        await life.launch(run, *args)
 
     def release(self) -> None:
         """Let every job held at ``faults.hold_step`` go on (later jobs are held again while the knob is set)."""
@@ -337,52 +235,51 @@ class Agent:
         step = self.steps[index]
 
         async def handle(event: Event) -> None:
-            order = event.data if isinstance(event.data, dict) else {}
-            job_id, steps = str(order.get("job_id", "")), list(order.get("steps") or [])
-            if order.get("index") != index or steps[index : index + 1] != [step.name]:
-                raise ValueError(
-                    f"work order for {steps[order.get('index', 0)] if steps else '?'} sent to the {step.name} worker"
-                )
-            if job_id in self.cancelled:
+            order = WorkOrder.read(event)
+            if order.index != index or order.steps[index : index + 1] != (step.name,):
+                raise ValueError(f"work order for {order.step or '?'} sent to the {step.name} worker")
+            if order.job_id in self.cancelled:
                 self.skipped += 1
                 return
-            total = len(steps)
-            self.attempts[job_id, step.name] += 1
-            await self._emit(client, STEP_STARTED, {"job_id": job_id, "step": step.name, "index": index, "total": total})
-            started = time.monotonic()
-            work = asyncio.ensure_future(self._work(step, str(order.get("task", "")), dict(order.get("outputs") or {})))
-            self._running[job_id], self._running_step[job_id] = work, step.name
-            if job_id in self.cancelled:  # the cancel arrived while we announced the step
-                work.cancel()
-            try:
-                await asyncio.wait({work})
-            finally:
-                if self._running.get(job_id) is work:
-                    del self._running[job_id], self._running_step[job_id]
-                if not work.done():  # this worker is being stopped: stop its work too
-                    work.cancel()
-            if work.cancelled():
-                self.runs.append(StepRun(job_id, step.name, started, time.monotonic(), INTERRUPTED_RUN))
+            output = await self._run(order, step, client)
+            if output is None or order.job_id in self.cancelled:
                 return
-            error = work.exception()
-            if error is not None:
-                self.runs.append(StepRun(job_id, step.name, started, time.monotonic(), FAILED_RUN))
-                reason = str(error) if isinstance(error, StepFailed) else f"{type(error).__name__}: {error}"
-                await self._emit(client, JOB_FAILED, {"job_id": job_id, "step": step.name, "reason": reason})
-                return
-            outputs = {**dict(order.get("outputs") or {}), step.name: work.result()}
-            self.runs.append(StepRun(job_id, step.name, started, time.monotonic(), DONE_RUN))
-            await self._emit(client, STEP_DONE, {"job_id": job_id, "step": step.name, "done": index + 1, "total": total})
-            if job_id in self.cancelled:
-                return
-            if index + 1 == total:
-                result = compose_result(str(order.get("task", "")), outputs)
-                await self._emit(client, JOB_SUCCEEDED, {"job_id": job_id, "result": result})
+            if order.last:
+                result = compose_result(order.task, {**order.outputs, step.name: output})
+                await self._emit(client, JOB_SUCCEEDED, {"job_id": order.job_id, "result": result})
             else:
-                following = {**order, "index": index + 1, "outputs": outputs}
-                await publish(client, self.topics.step(steps[index + 1]), make_event(STEP_ORDER, following, source="/agent"))
+                following = order.then(output)
+                await publish(client, self.topics.step(str(following.step)), following.event("/agent"))
 
         return handle
+
+    async def _run(self, order: WorkOrder, step: Step, client: aiomqtt.Client) -> str | None:
+        """Do one step of the order, announced before and after; its output, or None when it failed or was interrupted."""
+        job_id, total = order.job_id, len(order.steps)
+        self.attempts[job_id, step.name] += 1
+        await self._emit(client, STEP_STARTED, {"job_id": job_id, "step": step.name, "index": order.index, "total": total})
+        started = time.monotonic()
+        work = asyncio.ensure_future(self._work(step, order.task, dict(order.outputs)))
+        self._running[job_id], self._running_step[job_id] = work, step.name
+        if job_id in self.cancelled:  # the cancel arrived while we announced the step
+            work.cancel()
+        try:
+            await asyncio.wait({work})
+        finally:
+            if self._running.get(job_id) is work:
+                del self._running[job_id], self._running_step[job_id]
+            if not work.done():  # this worker is being stopped: stop its work too
+                work.cancel()
+        error = None if work.cancelled() else work.exception()
+        outcome = RunOutcome.INTERRUPTED if work.cancelled() else RunOutcome.FAILED if error else RunOutcome.DONE
+        self.runs.append(StepRun(job_id, step.name, started, time.monotonic(), outcome))
+        if outcome is RunOutcome.FAILED:
+            reason = str(error) if isinstance(error, StepFailed) else f"{type(error).__name__}: {error}"
+            await self._emit(client, JOB_FAILED, {"job_id": job_id, "step": step.name, "reason": reason})
+        if outcome is not RunOutcome.DONE:
+            return None
+        await self._emit(client, STEP_DONE, {"job_id": job_id, "step": step.name, "done": order.index + 1, "total": total})
+        return str(work.result())
 
     async def _work(self, step: Step, task: str, outputs: dict[str, Any]) -> str:
         if self.faults.hold_step == step.name:

@@ -19,21 +19,29 @@ import inspect
 import json
 import time
 import uuid
-from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
 import aiomqtt
 from aiohttp import web
 
-from helpers.choosing.hybrid.agent import JOB_CANCEL, JOB_FAILED, JOB_SUCCEEDED, STEP_DONE, STEP_ORDER, STEP_STARTED, Step, Topics
-from helpers.choosing.hybrid.clients import distinct
+from helpers.choosing.hybrid.task import JOB_CANCEL, JOB_FAILED, JOB_SUCCEEDED, STEP_DONE, STEP_STARTED, Step, Topics, WorkOrder
 from helpers.core.jobkit import http as jobhttp
-from helpers.core.jobkit.store import FINAL, Admission, JobRecord, JobState, JobStore, KeyInUse, StateMovedBack, relay_outbox
+from helpers.core.jobkit.client import distinct
+from helpers.core.jobkit.store import (
+    FINAL,
+    Admission,
+    Change,
+    JobRecord,
+    JobState,
+    JobStore,
+    KeyInUse,
+    StateMovedBack,
+    relay_outbox,
+)
 from helpers.core.messaging import Event, make_event
-from helpers.core.problems import PROBLEM_BASE
 from helpers.core.timestamps import iso
 
 ACCEPTED, RUNNING, SUCCEEDED = JobState.ACCEPTED, JobState.RUNNING, JobState.SUCCEEDED
@@ -49,26 +57,6 @@ CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default=j
 """Whose request the handler is answering (set by the service for each request): idempotency keys are per caller."""
 
 
-@dataclass(frozen=True)
-class Change:
-    """One change of a job, as its status resource and its event stream show it."""
-
-    seq: int
-    """1, 2, 3, ... per job: the event stream's ``id``."""
-    at: float
-    """``time.monotonic()`` when the service recorded it."""
-    document: dict[str, Any]
-    """The status document right after the change (what ``GET /jobs/{id}`` answered then)."""
-
-    @property
-    def state(self) -> str:
-        return str(self.document.get("state"))
-
-    @property
-    def final(self) -> bool:
-        return self.state in FINAL
-
-
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -82,7 +70,8 @@ class Job:
     task: dict[str, Any]
     steps: tuple[str, ...]
     key: str | None = None
-    state: str = ACCEPTED
+    state: JobState = ACCEPTED
+    """Set by the status keeper (a plain string such as ``"running"`` is read as the same state)."""
     step: str | None = None
     """The step running now (or the last one that ran)."""
     done: int = 0
@@ -123,11 +112,7 @@ class Job:
         return f"{self.path}/events"
 
     def to_json(self) -> dict[str, Any]:
-        """The status document. For a failed job it is a problem details object (RFC 9457) with the job's fields.
-
-        It has no ``status`` member: RFC 9457 wants that member to equal the HTTP status of
-        the response, and reading the status of a failed job is itself a success (200).
-        """
+        """The status document; for a failed job, problem details with the job's fields (the kit's ``failed_document``)."""
         body: dict[str, Any] = {
             "job_id": self.job_id,
             "state": str(self.state),
@@ -139,14 +124,7 @@ class Job:
         if self.state == SUCCEEDED:
             body["links"]["result"] = self.result_path
         if self.state == FAILED:
-            return {
-                "type": f"{PROBLEM_BASE}job-failed",
-                "title": "Job failed",
-                "detail": f"step {self.failed_step!r} failed: {self.reason}",
-                "instance": self.path,
-                **body,
-                "failed_step": self.failed_step,
-            }
+            return jobhttp.failed_document(body, f"step {self.failed_step!r} failed: {self.reason}", failed_step=self.failed_step)
         return body
 
     def history(self) -> list[str]:
@@ -204,7 +182,7 @@ class JobBoard:
     handler looks a key up (:meth:`by_key`) before it creates a job.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913  one argument per part of the board it wires together
         self,
         store: JobStore,
         topics: Topics,
@@ -244,8 +222,7 @@ class JobBoard:
         """The job ``job_id``, or None (read from the store the first time: it may be older than this process)."""
         job = self._jobs.get(job_id)
         if job is None and (record := self.store.get(job_id)) is not None:
-            changes = [Change(c.seq, c.at, c.document) for c in self.store.changes(job_id)]
-            job = self._jobs[job_id] = Job.of(record, changes)
+            job = self._jobs[job_id] = Job.of(record, self.store.changes(job_id))
         return job
 
     def by_key(self, key: str, caller: str | None = None) -> Job | None:
@@ -277,14 +254,8 @@ class JobBoard:
             "created": iso(job.created),
             "links": {"status": job.path, "events": job.events_path},
         }
-        order: dict[str, Any] = {
-            "job_id": job.job_id,
-            "task": job.task.get("task"),
-            "steps": list(job.steps),
-            "index": 0,
-            "outputs": {},
-        }
-        message = (self.topics.step(job.steps[0]), make_event(STEP_ORDER, order, source="/jobs").to_bytes())
+        order = WorkOrder(job.job_id, str(job.task.get("task")), job.steps)
+        message = (self.topics.step(job.steps[0]), order.event("/jobs").to_bytes())
         self.store.accept(job.record(), job.to_json(), [message])
         self._jobs[job.job_id] = job
         self._changed(job)
@@ -405,56 +376,49 @@ class JobBoard:
 
 unknown_job = jobhttp.unknown_job
 
+JobHandler = Callable[[web.Request, JobBoard], Awaitable[web.StreamResponse]]
+"""A route of the jobs service: ``(request, jobs)``, where ``jobs`` is the :class:`JobBoard`."""
 
-async def job_status(request: web.Request, jobs: JobBoard) -> web.Response:
+
+def _of_a_job(handle: Callable[[web.Request, JobBoard, Job], Awaitable[web.StreamResponse]]) -> JobHandler:
+    """A reference handler of ``/jobs/{job_id}...`` taking ``(request, jobs)``: an unknown job is a 404 before ``handle`` runs."""
+
+    async def call(request: web.Request, jobs: JobBoard) -> web.StreamResponse:
+        job = jobs.get(request.match_info["job_id"])
+        return unknown_job(request.match_info["job_id"]) if job is None else await handle(request, jobs, job)
+
+    call.__name__, call.__qualname__, call.__doc__ = handle.__name__, handle.__qualname__, handle.__doc__
+    return call
+
+
+@_of_a_job
+async def job_status(request: web.Request, jobs: JobBoard, job: Job) -> web.Response:
     """The reference status resource: 404, 303 to the result, a failure as problem+json, else the status."""
-    job = jobs.get(request.match_info["job_id"])
-    if job is None:
-        return unknown_job(request.match_info["job_id"])
     return jobhttp.status(job.to_json(), job.state, job.result_path, jobs.retry_after_s)
 
 
-async def cancel_job(request: web.Request, jobs: JobBoard) -> web.Response:
+@_of_a_job
+async def cancel_job(request: web.Request, jobs: JobBoard, job: Job) -> web.Response:
     """The reference cancel: 404 for an unknown job, 409 for a finished one, else cancel it and answer its status."""
-    job = jobs.get(request.match_info["job_id"])
-    if job is None:
-        return unknown_job(request.match_info["job_id"])
     if job.final:
         return jobhttp.job_finished(job.job_id, job.state)
     await jobs.cancel(job)
     return web.json_response(job.to_json())
 
 
-async def job_result(request: web.Request, jobs: JobBoard) -> web.Response:
+@_of_a_job
+async def job_result(request: web.Request, jobs: JobBoard, job: Job) -> web.Response:
     """``GET /jobs/{id}/result``: the result of a job that succeeded, else a 404 problem saying why."""
-    job = jobs.get(request.match_info["job_id"])
-    if job is None:
-        return unknown_job(request.match_info["job_id"])
     if job.state != SUCCEEDED:
         return jobhttp.no_result(job.job_id, job.state, job.path, jobs.retry_after_s)
     return web.json_response({"job_id": job.job_id, "result": job.result})
 
 
-def sse_frame(change: Change) -> bytes:
-    """One server-sent event: ``id`` (the change number), ``event: status`` and the status document."""
-    return f"id: {change.seq}\nevent: status\ndata: {json.dumps(change.document, separators=(',', ':'))}\n\n".encode()
+sse_frame = jobhttp.sse_frame
 
 
-async def job_events(request: web.Request, jobs: JobBoard) -> web.StreamResponse:
+@_of_a_job
+async def job_events(request: web.Request, jobs: JobBoard, job: Job) -> web.StreamResponse:
     """``GET /jobs/{id}/events``: the job's changes as ``text/event-stream``, from the start (or after
     ``Last-Event-ID``) until the job ends; then the stream closes."""
-    job = jobs.get(request.match_info["job_id"])
-    if job is None:
-        return unknown_job(request.match_info["job_id"])
-    after = request.headers.get("Last-Event-ID", "0")
-    stream = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"})
-    await stream.prepare(request)
-    await stream.write(f"retry: {jobs.retry_after_s * 1000}\n\n".encode())  # how long a reconnecting client waits
-    try:
-        async with contextlib.aclosing(jobs.follow(job, int(after) if after.isdigit() else 0)) as changes:
-            async for change in changes:
-                await stream.write(b": keep-alive\n\n" if change is None else sse_frame(change))
-        await stream.write_eof()
-    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
-        pass  # the client went away: nothing to send it any more
-    return stream
+    return await jobhttp.event_stream(request, jobs.follow(job, jobhttp.last_event_id(request)), jobs.retry_after_s)

@@ -20,8 +20,9 @@ import aiohttp
 
 from helpers.choosing.hybrid.agent import DONE_RUN
 from helpers.choosing.hybrid.board import FAILED, SUCCEEDED
-from helpers.choosing.hybrid.clients import Answer, PollError, request, resolve, submit
 from helpers.choosing.hybrid.service import HybridSystem
+from helpers.choosing.hybrid.task import submit
+from helpers.core.jobkit.client import Answer, request, resolve
 from helpers.core.waiting import until, until_quiet
 
 
@@ -57,13 +58,7 @@ class Drill:
 
 
 async def _kick_off(system: HybridSystem, http: aiohttp.ClientSession, count: int, label: str) -> list[str]:
-    ids: list[str] = []
-    for i in range(count):
-        answer = await submit(http, system.url, f"drill: {label} #{i}")
-        if answer.status != 202 or not isinstance(answer.body, dict):
-            raise PollError(f"kickoff {i} answered {answer.status}: {str(answer.body)[:120]}")
-        ids.append(str(answer.body["job_id"]))
-    return ids
+    return [(await submit(http, system.url, f"drill: {label} #{i}")).job_id() for i in range(count)]
 
 
 async def _statuses(system: HybridSystem, http: aiohttp.ClientSession, ids: Sequence[str]) -> list[Answer]:
@@ -89,7 +84,7 @@ async def workers_down_during_kickoff(
     while_down = Counter(str(a.state) for a in await _statuses(system, http, ids))
     back = time.monotonic()
     await system.start_workers()
-    await until(lambda: all((job := system.board.get(i)) is not None and job.final for i in ids), timeout)
+    await system.all_finished(ids, timeout)
     drill = _count(system, "workers down during kickoff", ids, await _statuses(system, http, ids), time.monotonic() - back)
     drill.notes = {"while down": dict(while_down), "worker starts": system.agent.starts}
     return drill
@@ -108,7 +103,7 @@ async def jobs_service_restarted(
     last = system.agent.steps_names[-1]
     meanwhile = {r.job_id for r in system.agent.runs if r.job_id in ids and r.step == last and went_down <= r.ended <= back}
     right_after = await _statuses(system, http, ids)
-    await until(lambda: all((job := system.board.get(i)) is not None and job.final for i in ids), timeout)
+    await system.all_finished(ids, timeout)
     drill = _count(system, "jobs service restarted", ids, await _statuses(system, http, ids), time.monotonic() - back)
     drill.notes = {
         "before the restart": dict(before),

@@ -27,7 +27,7 @@ from typing import Any
 import aiomqtt
 from aiohttp import web
 
-from helpers.choosing.hybrid.agent import STEPS, Agent, AgentFaults, Step, Topics, compose_result, read_task, step_output
+from helpers.choosing.hybrid.agent import Agent, AgentFaults, first_crash, kill_all
 from helpers.choosing.hybrid.board import (
     CALLER,
     DEADLINE_S,
@@ -35,12 +35,14 @@ from helpers.choosing.hybrid.board import (
     ApplyFn,
     Job,
     JobBoard,
+    JobHandler,
     apply_event,
     cancel_job,
     job_events,
     job_result,
     job_status,
 )
+from helpers.choosing.hybrid.task import STEPS, Step, Topics, compose_result, read_task, step_output
 from helpers.core import lifecycle
 from helpers.core.broker import Broker
 from helpers.core.http import Service, start_service
@@ -53,9 +55,6 @@ from helpers.core.waiting import until
 HOUSEKEEPING_S = 0.2
 """How often the service fails overdue jobs and publishes what its outbox still holds."""
 STORE_FILE = "jobs.sqlite3"
-
-JobHandler = Callable[[web.Request, JobBoard], Awaitable[web.StreamResponse]]
-"""A route of the jobs service: ``(request, jobs)``, where ``jobs`` is the :class:`JobBoard`."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +108,8 @@ class _Config:
     retry_after_s: int
     deadline_s: float
     name: str
+    topics: Topics
+    work_dir: Path
 
 
 @dataclass
@@ -119,25 +120,23 @@ class _Front:
     board: JobBoard
     service: Service
     listener: Consumer
-    tasks: dict[str, asyncio.Task[None]]
+    lives: dict[str, lifecycle.Restartable]
     stack: contextlib.AsyncExitStack
 
     async def stop(self) -> dict[str, Exception]:
-        errors: dict[str, Exception] = {}
+        """Stop answering, then the status keeper and the housekeeping; return what either had died of."""
         try:
             await self.service.stop()
-            for name, task in self.tasks.items():
-                error = await lifecycle.kill(task)
-                if error is not None:
-                    errors[name] = error
+            errors = await kill_all(self.lives)
         finally:
             await self.stack.aclose()
             self.store.close()
         return errors
 
 
-async def _housekeeping(board: JobBoard) -> None:
+async def _housekeeping(board: JobBoard, ready: asyncio.Event) -> None:
     """Fail overdue jobs and publish what the outbox holds, every :data:`HOUSEKEEPING_S` seconds."""
+    ready.set()
     while True:
         board.expire()
         with contextlib.suppress(aiomqtt.MqttError, OSError, TimeoutError):  # the broker is away: next round
@@ -145,12 +144,12 @@ async def _housekeeping(board: JobBoard) -> None:
         await asyncio.sleep(HOUSEKEEPING_S)
 
 
-async def _start_front(
-    broker: Broker, topics: Topics, work_dir: Path, config: _Config, errors: list[HandlerError], port: int = 0
-) -> _Front:
-    store = JobStore(work_dir / STORE_FILE)
+async def _start_front(broker: Broker, config: _Config, errors: list[HandlerError], port: int = 0) -> _Front:
+    """Open the job store and start the status keeper, the housekeeping and the HTTP service (on ``port``; 0: a free one)."""
+    topics = config.topics
+    store = JobStore(config.work_dir / STORE_FILE)
     stack = contextlib.AsyncExitStack()
-    tasks: dict[str, asyncio.Task[None]] = {}
+    lives = {"status keeper": lifecycle.Restartable(), "housekeeping": lifecycle.Restartable()}
     try:
         publisher = await stack.enter_async_context(broker.client(topics.client_id(f"{config.name}-outbox")))
         publisher.pending_calls_threshold = 1000
@@ -160,17 +159,16 @@ async def _start_front(
         keeper = broker.client(topics.client_id(f"{config.name}-status"), clean_session=False)  # events wait while it is down
         keeper = await stack.enter_async_context(manual_ack(keeper))
         listener = Consumer(keeper, topics.events, board.on_event, dead_letter_topic=topics.dead_letter("status"))
-        tasks["status keeper"] = await lifecycle.start(listener.run)
-        tasks["housekeeping"] = asyncio.create_task(_housekeeping(board))
+        await lives["status keeper"].launch(listener.run)
+        await lives["housekeeping"].launch(_housekeeping, board)
         app = build_app(board, config.kickoff, config.status, config.cancel, errors)
         service = await start_service(config.name, app, port=port)
     except BaseException:  # not swallowed: close what did open, then re-raise
-        for task in tasks.values():
-            await lifecycle.kill(task)
+        await kill_all(lives)
         await stack.aclose()
         store.close()
         raise
-    return _Front(store, board, service, listener, tasks, stack)
+    return _Front(store, board, service, listener, lives, stack)
 
 
 @dataclass
@@ -178,18 +176,28 @@ class HybridSystem:
     """The running hybrid: the jobs service (HTTP, store, status keeper), and the agent's workers."""
 
     broker: Broker
-    topics: Topics
     agent: Agent
     errors: list[HandlerError]
-    work_dir: Path
     _config: _Config
     _front: _Front
-    name: str = "jobs"
     temporary: bool = False
     """The work folder was made for this system: :meth:`stop` removes it and ends its broker sessions."""
     restarts: int = 0
     _stopped: bool = False
     _service_down: bool = field(default=False, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self._config.name
+
+    @property
+    def topics(self) -> Topics:
+        return self._config.topics
+
+    @property
+    def work_dir(self) -> Path:
+        """Where the job store (and the workers' finished-order files) live."""
+        return self._config.work_dir
 
     @property
     def service(self) -> Service:
@@ -213,16 +221,21 @@ class HybridSystem:
         """The agent's knobs (a step that fails, a step that holds)."""
         return self.agent.faults
 
-    def crashed(self) -> BaseException | None:
+    def crashed(self) -> Exception | None:
         """What the status keeper's consumer, the housekeeping or a worker died of, if anything did."""
-        for task in self._front.tasks.values():
-            if task.done() and not task.cancelled() and task.exception() is not None:
-                return task.exception()
-        return self.agent.crashed()
+        return first_crash(self._front.lives) or self.agent.crashed()
 
     async def finished(self, job_id: str, timeout: float = 10.0) -> Job:
         """The job, once it is final (or once ``timeout`` passed: then in whatever state it is)."""
-        await until(lambda: (job := self.board.get(job_id)) is not None and job.final, timeout)
+        [job] = await self.all_finished([job_id], timeout)
+        return job
+
+    async def all_finished(self, job_ids: Sequence[str], timeout: float = 10.0) -> list[Job]:
+        """The jobs, once every one is final (or once ``timeout`` passed: then as they are); an unknown id is a KeyError."""
+        await until(lambda: all((job := self.board.get(i)) is not None and job.final for i in job_ids), timeout)
+        return [self._job(job_id) for job_id in job_ids]
+
+    def _job(self, job_id: str) -> Job:
         job = self.board.get(job_id)
         if job is None:
             raise KeyError(f"no job {job_id!r} on this board")
@@ -244,7 +257,7 @@ class HybridSystem:
         lifecycle.raise_crashed(errors, "the jobs service")
         self._service_down = True
         await asyncio.sleep(down_s)
-        self._front = await _start_front(self.broker, self.topics, self.work_dir, self._config, self.errors, port)
+        self._front = await _start_front(self.broker, self._config, self.errors, port)
         self._service_down = False
         self.restarts += 1
 
@@ -275,7 +288,7 @@ async def _end_sessions(broker: Broker, client_ids: Sequence[str]) -> None:
                 pass
 
 
-async def start_hybrid(
+async def start_hybrid(  # noqa: PLR0913  lesson 06 and lab 06 pass these knobs by keyword
     broker: Broker,
     kickoff: JobHandler,
     *,
@@ -304,16 +317,16 @@ async def start_hybrid(
         await _replace(old)
     folder = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix=f"hybrid-{name}-"))
     topics = topics or _topics_of(folder)
-    config = _Config(kickoff, status, cancel, apply, tuple(steps), retry_after_s, deadline_s, name)
+    config = _Config(kickoff, status, cancel, apply, tuple(steps), retry_after_s, deadline_s, name, topics, folder)
     agent = Agent(broker, topics, steps, concurrency=concurrency, work_dir=folder)
     await agent.start()
     errors: list[HandlerError] = []
     try:
-        front = await _start_front(broker, topics, folder, config, errors)
+        front = await _start_front(broker, config, errors)
     except BaseException:  # not swallowed: stop the workers that did start, then re-raise
         await agent.halt()
         raise
-    system = HybridSystem(broker, topics, agent, errors, folder, config, front, name, temporary=work_dir is None)
+    system = HybridSystem(broker, agent, errors, config, front, temporary=work_dir is None)
     _systems[name] = system
     return system
 

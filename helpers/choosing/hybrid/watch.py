@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -11,13 +12,13 @@ from typing import TYPE_CHECKING
 import aiohttp
 import aiomqtt
 
-from helpers.choosing.hybrid.agent import JOB_SUCCEEDED, StepRun
+from helpers.choosing.hybrid.agent import StepRun
 from helpers.choosing.hybrid.board import ACCEPTED, CANCELLED, FAILED, RUNNING, SUCCEEDED, Job
-from helpers.choosing.hybrid.clients import Answer, Polled, PollError, SseEvent, distinct, poll_job, read_events, resolve, submit
 from helpers.choosing.hybrid.service import HybridSystem
+from helpers.choosing.hybrid.task import JOB_SUCCEEDED, submit
+from helpers.core.jobkit.client import Answer, Polled, PollError, SseEvent, distinct, poll_job, read_events, resolve
 from helpers.core.measure import Summary, summarize
 from helpers.core.messaging import Event, decode
-from helpers.core.waiting import until
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -50,47 +51,29 @@ class KickoffRun:
         return self.job.p50_ms / self.kickoff.p99_ms
 
     def outcomes(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for job in self.jobs:
-            counts[job.state] = counts.get(job.state, 0) + 1
-        return counts
+        """How many jobs ended in each state."""
+        return dict(Counter(str(job.state) for job in self.jobs))
 
     def rows(self, sync_seconds: Sequence[float] = ()) -> list[dict[str, object]]:
-        rows: list[dict[str, object]] = []
-        for label, summary in (("POST /jobs: the 202", self.kickoff), ("the job: POST to its last step", self.job)):
-            rows.append(
-                {
-                    "what the caller waits for": label,
-                    "count": summary.count,
-                    "p50 ms": round(summary.p50_ms, 1),
-                    "p99 ms": round(summary.p99_ms, 1),
-                }
-            )
+        """What the caller waits for: the 202, the whole job, and (given its timings) the synchronous version."""
+        measured = [("POST /jobs: the 202", self.kickoff), ("the job: POST to its last step", self.job)]
         if sync_seconds:
-            sync = summarize(list(sync_seconds))
-            rows.append(
-                {
-                    "what the caller waits for": "POST /agent: the sync version",
-                    "count": sync.count,
-                    "p50 ms": round(sync.p50_ms, 1),
-                    "p99 ms": round(sync.p99_ms, 1),
-                }
-            )
-        return rows
+            measured.append(("POST /agent: the sync version", summarize(list(sync_seconds))))
+        return [
+            {"what the caller waits for": label, "count": s.count, "p50 ms": round(s.p50_ms, 1), "p99 ms": round(s.p99_ms, 1)}
+            for label, s in measured
+        ]
 
 
 async def measure_kickoffs(system: HybridSystem, count: int = 16, *, timeout: float = 30.0) -> KickoffRun:
     """Kick off ``count`` jobs one after another (a patient client), then wait for every job to end."""
     answers: list[Answer] = []
+    ids: list[str] = []
     async with aiohttp.ClientSession() as http:
         for i in range(count):
-            answer = await submit(http, system.url, f"kickoff {i}: compare {2 + i % 4} message brokers")
-            if answer.status != 202 or not isinstance(answer.body, dict):
-                raise PollError(f"kickoff {i} answered {answer.status}: {str(answer.body)[:120]}")
-            answers.append(answer)
-    ids = [str(a.body["job_id"]) for a in answers]
-    await until(lambda: all((job := system.board.get(i)) is not None and job.final for i in ids), timeout)
-    jobs = [job for i in ids if (job := system.board.get(i)) is not None]
+            answers.append(await submit(http, system.url, f"kickoff {i}: compare {2 + i % 4} message brokers"))
+            ids.append(answers[-1].job_id())  # a kickoff that was not a 202 stops the run here
+    jobs = await system.all_finished(ids, timeout)
     seconds = [job.changes[-1].at - answer.sent for job, answer in zip(jobs, answers, strict=True)]
     return KickoffRun(answers, jobs, seconds)
 
@@ -162,9 +145,7 @@ async def watch_job(system: HybridSystem, task: str, *, every_s: float = 0.05, t
         for kind in ("succeeded", "failed"):
             await watcher.subscribe(system.topics.job(kind), qos=1)
         accepted = await submit(http, system.url, task)
-        if accepted.status != 202 or not isinstance(accepted.body, dict):
-            raise PollError(f"the kickoff answered {accepted.status}: {str(accepted.body)[:120]}")
-        job_id = str(accepted.body["job_id"])
+        job_id = accepted.job_id()
         polite, eager, stream, pushed = await asyncio.wait_for(
             asyncio.gather(
                 poll_job(http, system.url, accepted, timeout=timeout),

@@ -10,17 +10,25 @@
 * errors are problem+json: ``404`` for an unknown job, ``409`` for a finished job that
   cannot be cancelled and for an idempotency key whose first request is still in flight,
   ``422`` for a key reused with other content;
+* ``GET /jobs/{id}/events`` streams the same status documents as server-sent events
+  (:func:`event_stream`), each with its change number as ``id``, so a client that
+  reconnects with ``Last-Event-ID`` gets only what it missed;
 * links are relative (``/jobs/{id}``) or built from the service's configured base URL,
   never from the request's ``Host`` header (which the client controls).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+from collections.abc import AsyncGenerator
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from yarl import URL
 
+from helpers.core.jobkit.store import Change
 from helpers.core.problems import PROBLEM_BASE, PROBLEM_JSON, problem
 
 RETRY_AFTER_S = 1
@@ -54,6 +62,16 @@ def status(document: dict[str, Any], state: str, result_location: str, retry_aft
         return web.json_response(document, content_type=PROBLEM_JSON)
     unfinished = state in ("accepted", "running")
     return web.json_response(document, headers={"Retry-After": str(retry_after_s)} if unfinished else {})
+
+
+def failed_document(body: dict[str, Any], detail: str, **extra: Any) -> dict[str, Any]:
+    """A failed job's status document: problem details (RFC 9457) around the job's own fields.
+
+    It has no ``status`` member: RFC 9457 wants that member to equal the HTTP status of the
+    response, and reading the status of a failed job is itself a success (200).
+    """
+    problem_fields = {"type": f"{PROBLEM_BASE}job-failed", "title": "Job failed", "detail": detail}
+    return {**problem_fields, "instance": body["links"]["self"], **body, **extra}
 
 
 def unknown_job(job_id: str) -> web.Response:
@@ -118,3 +136,34 @@ async def no_store(request: web.Request, handler: Any) -> web.StreamResponse:
     if not response.prepared and "Cache-Control" not in response.headers:
         response.headers["Cache-Control"] = "no-store"
     return response
+
+
+def sse_frame(change: Change) -> bytes:
+    """One server-sent event: ``id`` (the change number), ``event: status`` and the status document."""
+    return f"id: {change.seq}\nevent: status\ndata: {json.dumps(change.document, separators=(',', ':'))}\n\n".encode()
+
+
+def last_event_id(request: web.Request) -> int:
+    """The change number a reconnecting client saw last (``Last-Event-ID``), 0 for a new client."""
+    after = request.headers.get("Last-Event-ID", "0")
+    return int(after) if after.isdigit() else 0
+
+
+async def event_stream(
+    request: web.Request, changes: AsyncGenerator[Change | None, None], retry_after_s: int = RETRY_AFTER_S
+) -> web.StreamResponse:
+    """Answer ``text/event-stream``: each of ``changes`` as a frame (None: a keep-alive comment), then close.
+
+    ``retry`` tells a reconnecting client how long to wait; a client that went away ends the stream quietly.
+    """
+    stream = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"})
+    await stream.prepare(request)
+    await stream.write(f"retry: {retry_after_s * 1000}\n\n".encode())
+    try:
+        async with contextlib.aclosing(changes):
+            async for change in changes:
+                await stream.write(b": keep-alive\n\n" if change is None else sse_frame(change))
+        await stream.write_eof()
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        pass  # the client went away: nothing to send it any more
+    return stream

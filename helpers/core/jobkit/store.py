@@ -131,9 +131,19 @@ class Change:
     """One status document a job had: its number (1, 2, ...), when it was recorded, and the document."""
 
     seq: int
+    """1, 2, 3, ... per job: the event stream's ``id``."""
     at: float
     """``time.monotonic()`` of the process that recorded it (compare only within one process)."""
     document: dict[str, Any]
+    """The status document right after the change (what the status resource answered then)."""
+
+    @property
+    def state(self) -> str:
+        return str(self.document.get("state"))
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
-"""Lesson 06's clients: one HTTP exchange as the client saw it, a poller that honors ``Retry-After``, an SSE reader.
+"""The client side of the async-job convention (:mod:`.http`): one exchange as the client saw it,
+a poller that honors ``Retry-After``, a server-sent-events reader.
 
 Redirects are never followed for the caller: a poller sees the ``303`` itself and GETs the
-result it points to, as the status resource asks.
+result it points to, as the status resource asks. Lesson 06's clients and checks use these.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +65,12 @@ class Answer:
     def location(self) -> str | None:
         return self.headers.get("Location")
 
+    def job_id(self) -> str:
+        """The job a ``202 Accepted`` made; any other answer is one a client cannot go on from (:class:`PollError`)."""
+        if self.status != 202 or not isinstance(self.body, dict) or "job_id" not in self.body:
+            raise PollError(f"{self.method} {self.url} answered {self.status}: {str(self.body)[:120]}")
+        return str(self.body["job_id"])
+
     def retry_after(self, default: float = RETRY_AFTER_S) -> float:
         """``Retry-After`` in seconds (delay-seconds form), or ``default``."""
         value = self.headers.get("Retry-After", "")
@@ -90,13 +97,6 @@ async def request(http: aiohttp.ClientSession, method: str, url: str, *, timeout
             except ValueError:
                 body = text
         return Answer(method, url, response.status, dict(response.headers), body, sent, at)
-
-
-async def submit(http: aiohttp.ClientSession, base_url: str, task: str | Mapping[str, Any], *, key: str | None = None) -> Answer:
-    """``POST /jobs`` with ``{"task": task}`` (and an ``Idempotency-Key`` when given)."""
-    body = {"task": task} if isinstance(task, str) else dict(task)
-    headers = {"Idempotency-Key": key} if key else {}
-    return await request(http, "POST", f"{base_url}/jobs", json=body, headers=headers)
 
 
 class PollError(RuntimeError):
