@@ -454,3 +454,16 @@ async def test_post_cancel_and_a_key_still_in_flight(broker: Broker, http: aioht
     finally:
         system.agent.release()
         await system.stop()
+
+
+def test_a_work_order_republished_after_a_redelivery_has_the_same_event_id() -> None:
+    """A step that runs twice (its worker died before the ack) publishes the next order twice:
+    the copies must share an id so the next step's SeenIds drops one, or the rest of the job
+    runs twice (seen by an outside probe that killed the workers' process mid-job)."""
+    from helpers.choosing.hybrid.task import WorkOrder
+
+    order = WorkOrder("job-1", "write a haiku", ("plan", "draft", "review"))
+    first, again = order.then("an outline").event("/agent"), order.then("another outline").event("/agent")
+    assert first.id == again.id
+    assert order.event("/jobs").id != first.id, "each step's order has its own id"
+    assert WorkOrder("job-2", "t", order.steps).event("/jobs").id != order.event("/jobs").id, "each job's too"

@@ -117,8 +117,18 @@ class WorkOrder:
         return replace(self, index=self.index + 1, outputs={**self.outputs, str(self.step): output})
 
     def event(self, source: str) -> Event:
+        """The order as an event whose id names the job and the step, never a random one.
+
+        Delivery is at least once: a step whose worker died before its ack runs again and
+        publishes the next order again. With the same id, the next step's dedupe (``SeenIds``)
+        drops the copy, so only the interrupted step runs twice, not the rest of the job.
+        """
         data = {"job_id": self.job_id, "task": self.task, "steps": list(self.steps), "index": self.index}
-        return make_event(STEP_ORDER, {**data, "outputs": dict(self.outputs)}, source=source)
+        return make_event(STEP_ORDER, {**data, "outputs": dict(self.outputs)}, source=source, id=self.event_id)
+
+    @property
+    def event_id(self) -> str:
+        return f"{self.job_id}.step-{self.index}"
 
     @classmethod
     def read(cls, event: Event) -> WorkOrder:
