@@ -316,3 +316,34 @@ def test_a_checks_module_may_define_a_dataclass(tmp_path: Path) -> None:
     assert not {name for name in set(sys.modules) - before if name.startswith("_labchecks")}, "nothing left behind"
     result = asyncio.run(run_check(checks.of("q1")[0], {}))
     assert result.passed and result.message == "p", result
+
+
+async def test_wire_watch_sees_what_each_client_received_and_acknowledged(broker: Any, topic: str) -> None:
+    """WireWatch records each delivery, and for each PUBACK what the snapshot said when it left."""
+    from helpers.core.messaging import ack, manual_ack
+    from helpers.core.receive import collect
+    from helpers.grading.probes import WireWatch
+
+    done: list[str] = []
+    watch = WireWatch(broker, snapshot=lambda: list(done))
+    async with manual_ack(watch.client("watched-manual", clean_session=True)) as client:
+        await client.subscribe(topic, qos=1)
+        async with broker.client() as sender:
+            for text in ("one", "two"):
+                await sender.publish(topic, text.encode(), qos=1)
+        got = await collect(client, expected=2, idle=0.2, timeout=5)
+        for message in got:
+            done.append(bytes(message.payload).decode())  # the work, then the ack
+            ack(client, message)
+    assert [c.client_id for c in watch.clients] == ["watched-manual"] and watch.clients[0].clean_session
+    assert [(d.topic, d.payload, d.qos) for d in watch.on(topic)] == [(topic, b"one", 1), (topic, b"two", 1)]
+    assert [d.seen_at_ack for d in watch.acked()] == [["one"], ["one", "two"]], "each ack sees the work done before it"
+    assert not any(d.out_of_order for d in watch.deliveries)
+    assert not watch.auto_acking()
+    auto = WireWatch(broker)
+    async with auto.client() as client:
+        await client.subscribe(topic, qos=1)
+        async with broker.client() as sender:
+            await sender.publish(topic, b"three", qos=1)
+        await collect(client, expected=1, idle=0.2, timeout=5)
+    assert auto.auto_acking(), "a client that acknowledges on receipt is told apart"

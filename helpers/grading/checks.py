@@ -184,6 +184,20 @@ class Checks:
 
         return register
 
+    def include(self, part: Checks) -> None:
+        """Add the checks of ``part`` here, in its order: a lab's checks split over modules.
+
+        A lab whose checks outgrow one file keeps a question's checks in a module of their
+        own (``helpers/labchecks/_<slug>_<topic>.py``, declaring ``part = Checks(lab)``) and
+        includes them where that question's checks belong. Both must be of the same lab.
+        """
+        if part.lab != self.lab:
+            raise LabError(f"checks of lab {part.lab!r} cannot be included in lab {self.lab!r}")
+        for check in part:
+            if any(c.name == check.name for c in self._checks):
+                raise LabError(f"lab {self.lab} has two checks named {check.name!r}")
+            self._checks.append(check)
+
     def __iter__(self) -> Iterator[Check]:
         return iter(self._checks)
 
