@@ -347,3 +347,24 @@ async def test_wire_watch_sees_what_each_client_received_and_acknowledged(broker
             await sender.publish(topic, b"three", qos=1)
         await collect(client, expected=1, idle=0.2, timeout=5)
     assert auto.auto_acking(), "a client that acknowledges on receipt is told apart"
+
+
+def test_a_lab_split_over_modules_includes_its_parts_in_place() -> None:
+    """checks.include(part) adds a part's checks where it is called; a part of another lab, or a name twice, is refused."""
+    from helpers.grading.checks import LabError
+
+    checks, part = Checks("96_split"), Checks("96_split")
+
+    async def noop(ctx: Context) -> None:
+        """Does nothing."""
+
+    checks.check("q1", name="first")(noop)
+    part.check("q2", name="second")(noop)
+    checks.include(part)
+    checks.check("q3", name="third")(noop)
+    assert [c.name for c in checks] == ["first", "second", "third"] and checks.questions == ["q1", "q2", "q3"]
+    assert all(c.lab == "96_split" for c in checks)
+    with pytest.raises(LabError, match="two checks named 'second'"):
+        checks.include(part)
+    with pytest.raises(LabError, match="cannot be included"):
+        checks.include(Checks("97_other"))
