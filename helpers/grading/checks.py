@@ -112,7 +112,7 @@ class Check:
     code_hint: str = ""
     """The second-level hint: the code itself, shown only on request (``await check("q1", hint=2)``)."""
     timing: bool = False
-    """The check bounds a duration: in a parallel grading batch it runs alone (see ``helpers.grading.runner.Gate``)."""
+    """The check bounds a duration: in a parallel grading batch it runs alone (see ``helpers.grading.kernels.Gate``)."""
 
 
 class Checks:
