@@ -3,8 +3,8 @@
 The execute stage of the runner's pipeline (:mod:`helpers.grading.runner`). It gets what
 the earlier stages decided, all frozen: the :class:`Submission` (cleaned notebook, lab,
 checks, steps), the batch's :class:`~helpers.grading.plan.GradingPlan`, and the
-:class:`Workspace` (scratch folder, sandbox, environment); it fills in one result per
-check and the notes that say what went wrong.
+:class:`~helpers.grading.kernels.Workspace` (scratch folder, sandbox, environment); it
+fills in one result per check and the notes that say what went wrong.
 """
 
 from __future__ import annotations
@@ -22,7 +22,16 @@ import nbformat
 from helpers.grading import kernel as grade_kernel
 from helpers.grading import sandbox as boxes
 from helpers.grading.checks import Check, CheckResult
-from helpers.grading.kernels import PROBE_TIMEOUT_S, STARTUP_TIMEOUT_S, CellRun, Gate, Kernel, tagged, timing_critical
+from helpers.grading.kernels import (
+    PROBE_TIMEOUT_S,
+    STARTUP_TIMEOUT_S,
+    CellRun,
+    Gate,
+    Kernel,
+    Workspace,
+    tagged,
+    timing_critical,
+)
 from helpers.grading.plan import HELPERS_DIR, GradingPlan
 from helpers.grading.steps import Step, describe_cell
 
@@ -46,18 +55,6 @@ class Submission:
     """What the plan had to decide (a deleted check cell: where its checks run)."""
     markdown: tuple[str, ...]
     """The Markdown cells as read from the file: what ``Context.markdown()`` gives the checks."""
-
-
-@dataclass(frozen=True)
-class Workspace:
-    """Where one submission's kernels run: a scratch folder, the sandbox, the environment."""
-
-    scratch: Path
-    cwd: Path
-    env: dict[str, str]
-    checks_dir: Path
-    """Where the kernel loads the checks from (the sandbox's read-only copy, or the plan's folder)."""
-    box: boxes.Sandbox | None = None
 
 
 class Execution:
@@ -107,7 +104,7 @@ class Execution:
         for attempt in range(self.plan.max_restarts + 1):
             connection = ws.scratch / "conn" / f"kernel-{attempt}.json"
             connection.parent.mkdir(parents=True, exist_ok=True)
-            kernel = Kernel(self.sub.nb, self.plan, str(ws.cwd), ws.env, connection_file=connection, box=ws.box, gate=self._step)
+            kernel = Kernel(self.sub.nb, self.plan, ws, connection, gate=self._step)
             async with kernel.setup():
                 restart = await self._attempt(kernel)
             for index in kernel.truncated:

@@ -34,6 +34,18 @@ STARTUP_TIMEOUT_S = 60.0
 _TIMEOUT_REPLY = {"ename": "GraderTimeout", "evalue": "cell timed out", "traceback": []}
 
 
+@dataclass(frozen=True)
+class Workspace:
+    """Where one submission's kernels run: a scratch folder, the sandbox, the environment."""
+
+    scratch: Path
+    cwd: Path
+    env: dict[str, str]
+    checks_dir: Path
+    """Where the kernel loads the checks from (the sandbox's read-only copy, or the plan's folder)."""
+    box: boxes.Sandbox | None = None
+
+
 CellStatus = Literal["ok", "error", "timeout", "dead"]
 
 
@@ -177,14 +189,11 @@ class Kernel:
         self,
         nb: nbformat.NotebookNode,
         plan: GradingPlan,
-        cwd: str,
-        env: dict[str, str],
-        *,
-        connection_file: Path | None = None,
-        box: boxes.Sandbox | None = None,
+        ws: Workspace,
+        connection_file: Path,
         gate: Callable[[bool], contextlib.AbstractAsyncContextManager[float]] | None = None,
     ) -> None:
-        self.env = env
+        self.env = ws.env
         self.client = _nb_client_class()(
             nb,
             kernel_name=plan.kernel_name,
@@ -196,10 +205,9 @@ class Kernel:
             iopub_timeout=2,
             record_timing=False,
             shutdown_kernel="immediate",
-            resources={"metadata": {"path": cwd}},
+            resources={"metadata": {"path": str(ws.cwd)}},
         )
-        if connection_file is not None:
-            self.client.make_km = lambda: kernel_manager(plan.kernel_name, connection_file, box)
+        self.client.make_km = lambda: kernel_manager(plan.kernel_name, connection_file, ws.box)
         self.client.max_output = plan.max_output
         self.gate = gate
         self.truncated: list[int] = []

@@ -45,8 +45,8 @@ import nbformat
 
 from helpers.grading import sandbox as boxes
 from helpers.grading.checks import GRADING_ENV, load_checks
-from helpers.grading.execute import Execution, Submission, Workspace
-from helpers.grading.kernels import STARTUP_TIMEOUT_S, Gate, timing_critical
+from helpers.grading.execute import Execution, Submission
+from helpers.grading.kernels import STARTUP_TIMEOUT_S, Gate, Workspace, timing_critical
 from helpers.grading.plan import (
     CELL_TIMEOUT_S,
     HELPERS_DIR,
