@@ -9,12 +9,14 @@ Hints come in two levels: the idea under every failure, the code on request.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from helpers.grading.checks import CheckFailed, Checks, Context, expect, outcome, run_check, service_stopped
+from helpers.grading.checks import CheckFailed, Checks, Context, expect, load_checks, outcome, run_check, service_stopped
 from helpers.grading.notebook import checker, format_report
 from helpers.grading.probes import LoopLag
 
@@ -204,3 +206,165 @@ async def test_overlapping_calls_leave_the_warnings_module_as_it_was() -> None:
     await asyncio.gather(run_first(), run_second())
     after = (warnings.showwarning, getattr(warnings, "_showwarnmsg_impl", None), list(warnings.filters))
     assert after == before
+
+
+# --------------------------------------------------------------------------- fixtures from the context
+
+
+async def test_context_fixtures_are_closed_newest_first_even_when_the_check_fails() -> None:
+    """tmp_path, enter, callback and on_cleanup form one exit stack, closed in reverse after a failing check."""
+    closed: list[str] = []
+    seen: dict[str, Any] = {}
+
+    class Sync:
+        def __enter__(self) -> str:
+            return "sync"
+
+        def __exit__(self, *exc: object) -> None:
+            closed.append("sync manager")
+
+    class Async:
+        async def __aenter__(self) -> str:
+            return "async"
+
+        async def __aexit__(self, *exc: object) -> None:
+            closed.append("async manager")
+
+    async def async_callback() -> None:
+        closed.append("async callback")
+
+    checks = Checks("00_fixtures")
+
+    @checks.check("q1")
+    async def uses_fixtures(ctx: Context) -> None:
+        """Uses every fixture, then fails."""
+        seen["folder"] = folder = ctx.tmp_path("fixture-")
+        (folder / "scratch.txt").write_text("kept until the check ends")
+        seen["entered"] = (await ctx.enter(Sync()), await ctx.enter(Async()))
+        ctx.callback(closed.append, "sync callback")
+        ctx.on_cleanup(async_callback)
+        stack = ctx.exit_stack()
+        stack.callback(closed.append, "stack")
+        expect(False, "the check fails after taking its fixtures")
+
+    result = await run_check(checks.of("q1")[0], {})
+    assert not result.passed, result
+    assert "fixtures" in result.message, result.message
+    assert seen["entered"] == ("sync", "async")
+    assert closed == ["stack", "async callback", "sync callback", "async manager", "sync manager"], closed
+    assert not seen["folder"].exists(), "tmp_path must be removed after the check"
+
+
+async def test_a_failing_cleanup_does_not_stop_the_others() -> None:
+    closed: list[str] = []
+    ctx = Context({})
+    ctx.callback(closed.append, "first")
+
+    def broken() -> None:
+        raise RuntimeError("cleanup failed")
+
+    ctx.on_cleanup(broken)
+    await ctx.close()
+    assert closed == ["first"]
+
+
+async def test_forget_session_connects_once_with_a_clean_session_after_the_check() -> None:
+    """ctx.forget_session(broker, id) ends the persistent session ``id`` when the check is over, not before."""
+    connects: list[tuple[str, bool]] = []
+
+    class FakeBroker:
+        def client(self, client_id: str, *, clean_session: bool) -> Any:
+            connects.append((client_id, clean_session))
+            return _Nothing()
+
+    class _Nothing:
+        async def __aenter__(self) -> None:
+            return None
+
+        async def __aexit__(self, *exc: object) -> None:
+            return None
+
+    ctx = Context({})
+    ctx.forget_session(FakeBroker(), "payments-1")
+    assert connects == [], "the session is ended after the check, not when asked"
+    await ctx.close()
+    assert connects == [("payments-1", True)]
+
+
+def test_a_checks_module_may_define_a_dataclass(tmp_path: Path) -> None:
+    """load_module registers the module while it runs (dataclasses look it up), and removes it afterwards."""
+    (tmp_path / "dc_lab.py").write_text(
+        "from __future__ import annotations\n"
+        "from dataclasses import dataclass, field\n"
+        "from typing import ClassVar\n"
+        "from helpers.grading.checks import Checks, Context, expect\n"
+        "checks = Checks('95_dc_lab')\n\n"
+        "@dataclass(frozen=True)\n"
+        "class Probe:\n"
+        "    name: str\n"
+        "    seen: list[int] = field(default_factory=list)\n"
+        "    kind: ClassVar[str] = 'probe'\n\n"
+        "@checks.check('q1')\n"
+        "async def uses_a_dataclass(ctx: Context) -> str:\n"
+        "    '''A dataclass of the checks module works.'''\n"
+        "    probe = Probe('p')\n"
+        "    expect(probe.seen == [] and Probe.kind == 'probe', 'dataclass defaults')\n"
+        "    return probe.name\n"
+    )
+    before = set(sys.modules)
+    checks = load_checks("95_dc_lab", tmp_path)
+    assert not {name for name in set(sys.modules) - before if name.startswith("_labchecks")}, "nothing left behind"
+    result = asyncio.run(run_check(checks.of("q1")[0], {}))
+    assert result.passed and result.message == "p", result
+
+
+async def test_wire_watch_sees_what_each_client_received_and_acknowledged(broker: Any, topic: str) -> None:
+    """WireWatch records each delivery, and for each PUBACK what the snapshot said when it left."""
+    from helpers.core.messaging import ack, manual_ack
+    from helpers.core.receive import collect
+    from helpers.grading.probes import WireWatch
+
+    done: list[str] = []
+    watch = WireWatch(broker, snapshot=lambda: list(done))
+    async with manual_ack(watch.client("watched-manual", clean_session=True)) as client:
+        await client.subscribe(topic, qos=1)
+        async with broker.client() as sender:
+            for text in ("one", "two"):
+                await sender.publish(topic, text.encode(), qos=1)
+        got = await collect(client, expected=2, idle=0.2, timeout=5)
+        for message in got:
+            done.append(bytes(message.payload).decode())  # the work, then the ack
+            ack(client, message)
+    assert [c.client_id for c in watch.clients] == ["watched-manual"] and watch.clients[0].clean_session
+    assert [(d.topic, d.payload, d.qos) for d in watch.on(topic)] == [(topic, b"one", 1), (topic, b"two", 1)]
+    assert [d.seen_at_ack for d in watch.acked()] == [["one"], ["one", "two"]], "each ack sees the work done before it"
+    assert not any(d.out_of_order for d in watch.deliveries)
+    assert not watch.auto_acking()
+    auto = WireWatch(broker)
+    async with auto.client() as client:
+        await client.subscribe(topic, qos=1)
+        async with broker.client() as sender:
+            await sender.publish(topic, b"three", qos=1)
+        await collect(client, expected=1, idle=0.2, timeout=5)
+    assert auto.auto_acking(), "a client that acknowledges on receipt is told apart"
+
+
+def test_a_lab_split_over_modules_includes_its_parts_in_place() -> None:
+    """checks.include(part) adds a part's checks where it is called; a part of another lab, or a name twice, is refused."""
+    from helpers.grading.checks import LabError
+
+    checks, part = Checks("96_split"), Checks("96_split")
+
+    async def noop(ctx: Context) -> None:
+        """Does nothing."""
+
+    checks.check("q1", name="first")(noop)
+    part.check("q2", name="second")(noop)
+    checks.include(part)
+    checks.check("q3", name="third")(noop)
+    assert [c.name for c in checks] == ["first", "second", "third"] and checks.questions == ["q1", "q2", "q3"]
+    assert all(c.lab == "96_split" for c in checks)
+    with pytest.raises(LabError, match="two checks named 'second'"):
+        checks.include(part)
+    with pytest.raises(LabError, match="cannot be included"):
+        checks.include(Checks("97_other"))

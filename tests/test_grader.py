@@ -11,6 +11,7 @@ broker-bound ones against Mosquitto: the submission's kernel inherits MQTT_URL.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import json
 import os
@@ -454,3 +455,35 @@ def test_batch_of_a_folder_writes_a_correct_csv(tmp_path: Path) -> None:
 def test_no_submissions_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([str(tmp_path)]) == 2
     assert "no submissions" in capsys.readouterr().err
+
+
+def test_options_are_resolved_once_into_a_frozen_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The batch edge decides every option once: the sandbox is probed once, the seed drawn once, the folders to hide
+    gathered once; the plan is frozen, and every submission of the batch is graded by it."""
+    import dataclasses
+
+    from helpers.grading import plan as planning
+    from helpers.grading.runner import grade_many, resolve_plan
+
+    asked: list[str] = []
+    resolve = planning.boxes.resolve
+    monkeypatch.setattr(planning.boxes, "resolve", lambda mode: (asked.append(mode), resolve(mode))[1])
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    files = [tmp_path / "a" / "one.ipynb", tmp_path / "b" / "two.ipynb"]
+    for f in files:
+        f.write_text("not a notebook")
+    reports = tmp_path / "reports"
+    plan = resolve_plan(Options(sandbox="none", hide=(reports,), labs_dir=None), files)
+    assert asked == ["none"] and plan.sandbox == "none"
+    assert plan.seed and plan.seed == dataclasses.replace(plan).seed, "a seed is drawn once, when none is given"
+    assert resolve_plan(Options(sandbox="none", seed="s1"), files).seed == "s1"
+    assert {reports, tmp_path / "a", tmp_path / "b", Path.cwd(), Path.home()} <= set(plan.hide)
+    assert set(plan.describe()) == {"cell_timeout_s", "total_timeout_s", "broker", "jobs", "alone", "seed", "sandbox"}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.seed = "changed"  # type: ignore[misc] # the point: no stage may change an option
+    asked.clear()
+    results = asyncio.run(grade_many(files, Options(sandbox="none", jobs=2, labs_dir=None)))
+    assert asked == ["none"], "a batch resolves its sandbox once, not once per submission"
+    assert [r.status for r in results] == ["error", "error"] and {r.sandbox for r in results} == {"none"}
+    assert all(r.error.startswith("not a Jupyter notebook") for r in results), [r.error for r in results]

@@ -163,10 +163,10 @@ async def test_timing_checks_run_while_nothing_else_runs(tmp_path: Path) -> None
 @pytest.mark.kernel
 async def test_kernels_talk_over_ipc_without_the_tcp_warning(tmp_path: Path) -> None:
     """Unsandboxed too: the grader's kernels use Unix sockets, so ipykernel has no TCP warning to print."""
-    from helpers.grading.runner import _kernel_manager
+    from helpers.grading.kernels import kernel_manager
 
     stderr = tmp_path / "kernel.err"
-    km = _kernel_manager("python3", tmp_path / "kernel.json", None)
+    km = kernel_manager("python3", tmp_path / "kernel.json", None)
     with stderr.open("w") as err:
         await km.start_kernel(stderr=err, cwd=str(tmp_path))
         client = km.client()

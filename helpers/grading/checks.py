@@ -19,30 +19,63 @@ the hidden ones. CONTRIBUTING.md ("Writing checks") is the guide; in short::
         return "stock included"
 
 Checks run inside the learner's kernel (they need the learner's objects), on the
-kernel's event loop, so they are ``async``.
+kernel's event loop, so they are ``async``. This module declares, loads and runs them;
+what a check is handed lives beside it and is re-exported here, so check authors import
+everything from one place: the verdicts (:mod:`~helpers.grading.verdicts`), calling the
+learner's code (:mod:`~helpers.grading.calls`), the context and its fixtures
+(:mod:`~helpers.grading.context`) and the saved notebook (:mod:`~helpers.grading.saved`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import importlib.util
 import inspect
-import json
-import math
-import random
-import re
 import sys
 import time
 import uuid
-import warnings
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from helpers.grading.calls import Outcome, forgot_await, outcome
+from helpers.grading.context import Context, HttpAnswer, service_stopped
 from helpers.grading.probes import LoopLag, blocking_message
+from helpers.grading.saved import SAVE_FIRST, lab_notebooks, saved_markdown
+from helpers.grading.verdicts import CheckFailed, LabError, deadline, expect, finite, format_points
+
+__all__ = [
+    "CHECKS_DIR",
+    "DEFAULT_TIMEOUT_S",
+    "GRADING_ENV",
+    "SAVE_FIRST",
+    "Check",
+    "CheckFailed",
+    "CheckFunc",
+    "CheckResult",
+    "Checks",
+    "Context",
+    "HttpAnswer",
+    "LabError",
+    "Outcome",
+    "checks_path",
+    "deadline",
+    "expect",
+    "finite",
+    "forgot_await",
+    "format_points",
+    "lab_notebooks",
+    "load_checks",
+    "load_module",
+    "outcome",
+    "run_check",
+    "saved_markdown",
+    "score",
+    "service_stopped",
+    "slug_of",
+]
 
 DEFAULT_TIMEOUT_S = 10.0
 """A check that takes longer than this fails (a learner's function that never returns)."""
@@ -55,41 +88,6 @@ GRADING_ENV = "COURSE_GRADING"
 (the grader runs every check, from a fresh copy, after the notebook)."""
 
 CheckFunc = Callable[["Context"], Awaitable[Any]]
-
-
-class CheckFailed(AssertionError):
-    """A check did not pass; the message is shown to the learner, so make it say what to fix."""
-
-
-class LabError(ValueError):
-    """A lab or its checks are mis-declared (an author error, not a learner one)."""
-
-
-def expect(condition: object, message: str) -> None:
-    """Fail the current check with ``message`` unless ``condition`` holds."""
-    if not condition:
-        raise CheckFailed(message)
-
-
-def finite(value: Any) -> bool:
-    """True for a real, finite number (not bool, not NaN): handy for measured answers."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def deadline(seconds: float) -> asyncio.Timeout:
-    """``async with deadline(5):`` raises TimeoutError after 5 s.
-
-    Unlike ``asyncio.wait_for`` it runs the body in the *current* task, so when the grader
-    interrupts an endless loop the KeyboardInterrupt lands in the check, not in the event
-    loop (which would kill the kernel). ``.expired()`` says whether it was this deadline
-    that ended the body (and not a TimeoutError of the code under test).
-    """
-    return asyncio.timeout(seconds)
-
-
-def format_points(value: float) -> str:
-    """Points as people write them: ``3``, ``0.5``, ``2.25`` (never ``3.0``)."""
-    return f"{value:g}"
 
 
 # --------------------------------------------------------------------------- declaring
@@ -114,7 +112,7 @@ class Check:
     code_hint: str = ""
     """The second-level hint: the code itself, shown only on request (``await check("q1", hint=2)``)."""
     timing: bool = False
-    """The check bounds a duration: in a parallel grading batch it runs alone (see ``helpers.grading.runner.Gate``)."""
+    """The check bounds a duration: in a parallel grading batch it runs alone (see ``helpers.grading.kernels.Gate``)."""
 
 
 class Checks:
@@ -186,6 +184,20 @@ class Checks:
 
         return register
 
+    def include(self, part: Checks) -> None:
+        """Add the checks of ``part`` here, in its order: a lab's checks split over modules.
+
+        A lab whose checks outgrow one file keeps a question's checks in a module of their
+        own (``helpers/labchecks/_<slug>_<topic>.py``, declaring ``part = Checks(lab)``) and
+        includes them where that question's checks belong. Both must be of the same lab.
+        """
+        if part.lab != self.lab:
+            raise LabError(f"checks of lab {part.lab!r} cannot be included in lab {self.lab!r}")
+        for check in part:
+            if any(c.name == check.name for c in self._checks):
+                raise LabError(f"lab {self.lab} has two checks named {check.name!r}")
+            self._checks.append(check)
+
     def __iter__(self) -> Iterator[Check]:
         return iter(self._checks)
 
@@ -218,15 +230,32 @@ def checks_path(lab: str, checks_dir: Path | str | None = None) -> Path:
 
 
 def load_module(path: Path | str, prefix: str = "_labchecks") -> ModuleType:
-    """Execute ``path`` as a brand-new module with a unique name (never a cached copy)."""
+    """Execute ``path`` as a brand-new module with a unique name (never a cached copy).
+
+    The module is in ``sys.modules`` (under that unique name) while it executes, as an
+    imported module would be, so a checks module may define a ``@dataclass`` (which looks
+    its module up there); it is taken out again afterwards, so loading leaves nothing behind.
+    """
     path = Path(path)
     mod_name = f"{prefix}_{path.stem}_{uuid.uuid4().hex[:12]}"
     spec = importlib.util.spec_from_file_location(mod_name, path)
     if spec is None or spec.loader is None:
         raise LabError(f"cannot load {path}")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    with registered(module):
+        spec.loader.exec_module(module)
     return module
+
+
+@contextlib.contextmanager
+def registered(module: ModuleType) -> Iterator[ModuleType]:
+    """``with registered(module):`` the module is importable by its name (``sys.modules``) inside the block."""
+    sys.modules[module.__name__] = module
+    try:
+        yield module
+    finally:
+        if sys.modules.get(module.__name__) is module:
+            del sys.modules[module.__name__]
 
 
 def load_checks(lab: str, checks_dir: Path | str | None = None) -> Checks:
@@ -245,354 +274,6 @@ def load_checks(lab: str, checks_dir: Path | str | None = None) -> Checks:
         if check.after is not None and check.after not in checks.questions:
             raise LabError(f"check {check.name} runs after question {check.after!r}, which {lab} does not have")
     return checks
-
-
-# --------------------------------------------------------------------------- calling the learner's code
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What one call of the learner's code did: its value, or the exception it raised, and how long it took."""
-
-    value: Any = None
-    error: Exception | None = None
-    seconds: float = 0.0
-    stalled_s: float = 0.0
-    """The longest the event loop stood still during the call (a blocking call shows here)."""
-    unawaited: tuple[str, ...] = ()
-    """Coroutines the call created and dropped without awaiting (a missing ``await``), by name."""
-
-    @property
-    def raised(self) -> str:
-        """The exception as the learner should read it (``ValueError: bad``), or ``no exception``."""
-        if self.error is None:
-            return "no exception"
-        text = str(self.error)
-        told = f"{type(self.error).__name__}: {text}" if text else type(self.error).__name__
-        if self.unawaited:
-            told += f" ({forgot_await(self.unawaited)})"
-        elif "'coroutine' object" in text:
-            told += " (a coroutine was used as a value: an `await` is missing)"
-        return told
-
-
-_UNAWAITED = re.compile(r"coroutine '([^']+)' was never awaited")
-
-_capture = {"on": False}
-"""Whether some outcome() is recording warnings right now (see :func:`_recording_warnings`)."""
-
-
-@contextlib.contextmanager
-def _recording_warnings() -> Iterator[list[warnings.WarningMessage]]:
-    """Record the warnings given while the learner's code runs (a dropped coroutine's among them).
-
-    ``warnings.catch_warnings`` swaps module-wide state and restores it on exit, so two that
-    overlap in time (two checks' calls running as concurrent tasks) would restore each other
-    out of order and leave warnings swallowed for the rest of the kernel. Only the first of
-    overlapping calls records; the others get an empty list (they miss a name, nothing worse).
-    """
-    if _capture["on"]:
-        yield []
-        return
-    _capture["on"] = True
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", RuntimeWarning)  # every dropped coroutine, even one warned about before
-            yield caught
-    finally:
-        _capture["on"] = False
-
-
-def forgot_await(names: tuple[str, ...] | list[str]) -> str:
-    """The words for coroutines created and never awaited: what the learner forgot."""
-    calls = ", ".join(f"{name.rsplit('.', 1)[-1]}()" for name in dict.fromkeys(names))
-    return f"the coroutine {calls} was never awaited: write `await` before the call"
-
-
-def _unawaited(caught: list[warnings.WarningMessage]) -> tuple[str, ...]:
-    """The coroutine names among ``caught``; every other warning is shown as it would have been."""
-    names: list[str] = []
-    for warning in caught:
-        found = _UNAWAITED.search(str(warning.message))
-        if found and issubclass(warning.category, RuntimeWarning):
-            names.append(found.group(1))
-        else:
-            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno, source=warning.source)
-    return tuple(names)
-
-
-async def outcome(label: str, call: Callable[[], Any], timeout: float = 5.0) -> Outcome:
-    """Run ``call()`` (the learner's code, sync or async) for a check, at most ``timeout`` s.
-
-    A few things end the check at once, with the same message in every lab: code that is
-    not written yet (``NotImplementedError``: "``label`` is not written yet"); code that
-    does not finish within ``timeout``, told apart by why: it blocked the event loop
-    (``time.sleep``, a blocking client, a CPU loop: measured with a
-    :class:`~helpers.grading.probes.LoopLag`), it dropped a coroutine without awaiting it
-    (the warning Python gives is caught and named), or it is simply too slow; and code that
-    returns a coroutine instead of a value (a ``return`` without ``await``). Any other
-    exception is returned in the :class:`Outcome` for the check to judge: a retry helper
-    *should* raise the service's error in the end, a fetch with a timeout *should* raise
-    its own TimeoutError. ``label`` names the call the way the learner knows it, e.g. ``"fetch()"``.
-    """
-    limit = deadline(timeout)
-    lag = LoopLag().start()
-    started = time.perf_counter()
-    value: Any = None
-    error: Exception | None = None
-    stuck = False
-    with _recording_warnings() as caught:
-        try:
-            async with limit:
-                value = call()
-                if inspect.isawaitable(value):
-                    value = await value
-        except NotImplementedError:
-            raise CheckFailed(f"{label} is not written yet (it raises NotImplementedError)") from None
-        except CheckFailed:
-            raise
-        except TimeoutError as exc:
-            stuck = limit.expired()
-            error = None if stuck else exc  # otherwise the code under test timed out by itself
-        except Exception as exc:  # noqa: BLE001 - the learner's exception is what the check inspects
-            error = exc
-        finally:
-            lag.stop()
-    seconds = time.perf_counter() - started
-    dropped = _unawaited(caught)
-    if stuck:
-        raise CheckFailed(_stuck(label, timeout, lag.longest, dropped))
-    if lag.longest >= timeout:  # a call that never let the deadline fire: it held the loop the whole time
-        raise CheckFailed(blocking_message(label, lag.longest))
-    if error is None and inspect.iscoroutine(value):
-        value.close()  # never run: close it so Python does not warn a second time
-        raise CheckFailed(
-            f"{label} returned a coroutine ({getattr(value, '__qualname__', 'a coroutine')}) instead of its result: "
-            "write `return await ...`, not `return ...`"
-        )
-    return Outcome(value, error, seconds, lag.longest, dropped)
-
-
-def _stuck(label: str, timeout: float, stalled_s: float, dropped: tuple[str, ...]) -> str:
-    """Why ``label`` did not finish within ``timeout``: blocking, a missing await, or slowness."""
-    if stalled_s >= min(1.0, timeout / 2):
-        return blocking_message(label, stalled_s)
-    if dropped:
-        return f"{label} did not finish within {timeout:g} s, and {forgot_await(dropped)}"
-    return f"{label} did not finish within {timeout:g} s"
-
-
-# --------------------------------------------------------------------------- the check's context
-
-
-@dataclass
-class HttpAnswer:
-    """What an HTTP call returned (status, headers, body), read in full."""
-
-    status: int
-    text: str
-    headers: dict[str, str]
-
-    def json(self) -> Any:
-        """The body as JSON, or a check failure that says the body was not JSON."""
-        try:
-            return json.loads(self.text)
-        except ValueError:
-            raise CheckFailed(f"the answer is not JSON (HTTP {self.status}): {self.text[:80]!r}") from None
-
-
-_MISSING = object()
-
-
-class Context:
-    """What a check gets: the learner's namespace plus tools that clean up after themselves."""
-
-    def __init__(self, namespace: dict[str, Any], check: Check | None = None, *, markdown: list[str] | None = None) -> None:
-        self.ns = namespace
-        self.check = check
-        self.rng = random.Random()
-        """Fresh randomness for inputs (unseeded on purpose: hard-coded answers must fail)."""
-        self._cleanups: list[Callable[[], Awaitable[Any]]] = []
-        self._markdown = None if markdown is None else [str(text) for text in markdown]
-
-    # -- the notebook's text
-    def markdown(self) -> list[str]:
-        """The sources of the notebook's Markdown cells, in order (a diagram, a written answer).
-
-        In the grader they come from the submitted file (the grader hands them to the
-        checks; nothing the notebook's code defines can change them). In the notebook,
-        ``await check("q1")`` reads the notebook as last saved: see :func:`saved_markdown`.
-        """
-        if self._markdown is not None:
-            return list(self._markdown)
-        return saved_markdown(self.check.lab if self.check is not None else "", Path.cwd())
-
-    # -- the learner's objects
-    def get(self, name: str, default: Any = _MISSING) -> Any:
-        """The learner's variable ``name``; a friendly failure if it is missing or still ``...``."""
-        if name not in self.ns:
-            if default is not _MISSING:
-                return default
-            if isinstance(_last_cell_error(), NotImplementedError):
-                raise CheckFailed(
-                    f"`{name}` is not defined yet: a cell stopped at `raise NotImplementedError`; write your code in "
-                    f"place of that line, then run the cell (it creates `{name}`)"
-                )
-            raise CheckFailed(f"`{name}` is not defined: run the cell that creates it (is it spelled `{name}`?)")
-        value = self.ns[name]
-        if value is Ellipsis:
-            raise CheckFailed(f"`{name}` is still `...`: replace it with your answer")
-        return value
-
-    def running_service(self, name: str) -> Any:
-        """The learner's HTTP service ``name`` (what ``start_service`` returned), checked to be still running.
-
-        A service stopped by the notebook's clean-up cell fails with that reason, instead of
-        every request to it failing (or the learner's number being blamed).
-        """
-        svc = self.get(name)
-        expect(
-            hasattr(svc, "url") and hasattr(svc, "runner"),
-            f"`{name}` should be what start_service(...) returned (it has a .url), got {type(svc).__name__}",
-        )
-        expect(
-            not service_stopped(svc),
-            f"`{name}` was stopped (did the clean-up cell run?): run the cells that start it again, then check",
-        )
-        return svc
-
-    def function(self, name: str) -> Callable[..., Any]:
-        """The learner's function ``name`` (fails clearly if it is not callable)."""
-        value = self.get(name)
-        expect(callable(value), f"`{name}` should be a function, but it is a {type(value).__name__}")
-        return value
-
-    async def call(self, func: str | Callable[..., Any], *args: Any, timeout: float = 5.0, **kwargs: Any) -> Any:
-        """Call a learner's function (sync or async) with a time limit; any error it raises fails the check.
-
-        Use :func:`outcome` instead when raising is the behaviour under test.
-        """
-        fn = self.function(func) if isinstance(func, str) else func
-        label = f"{func if isinstance(func, str) else getattr(func, '__name__', 'your function')}()"
-        done = await outcome(label, lambda: fn(*args, **kwargs), timeout)
-        if done.error is not None:
-            raise CheckFailed(f"{label} raised {done.raised}")
-        return done.value
-
-    # -- tools that are stopped after the check
-    def on_cleanup(self, func: Callable[[], Awaitable[Any]]) -> None:
-        """Run ``await func()`` after the check, pass or fail."""
-        self._cleanups.append(func)
-
-    async def service(self, name: str, target: Any, **kwargs: Any) -> Any:
-        """Start a helper service for this check (``helpers.core.http.start_service``); stopped after."""
-        from helpers.core.http import start_service
-
-        svc = await start_service(f"check-{name}-{uuid.uuid4().hex[:6]}", target, **kwargs)
-        self.on_cleanup(svc.stop)
-        return svc
-
-    async def broker(self) -> Any:
-        """A started broker of the check's own (embedded, or MQTT_URL's); stopped after."""
-        from helpers.core.broker import Broker
-
-        broker = await Broker(name=f"check-{uuid.uuid4().hex[:8]}").start()
-        self.on_cleanup(broker.stop)
-        return broker
-
-    def topic(self, prefix: str = "check") -> str:
-        """A topic no one else uses."""
-        return f"{prefix}/{uuid.uuid4().hex[:10]}"
-
-    async def http(self, method: str, url: str, *, timeout: float = 5.0, **kwargs: Any) -> HttpAnswer:
-        """One HTTP request; connection errors and timeouts become clear failures."""
-        import aiohttp
-
-        try:
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
-                async with session.request(method, url, **kwargs) as response:
-                    return HttpAnswer(response.status, await response.text(), dict(response.headers))
-        except TimeoutError:
-            raise CheckFailed(f"{method} {url} got no answer within {timeout:g} s") from None
-        except aiohttp.ClientError as exc:
-            raise CheckFailed(f"{method} {url} failed ({type(exc).__name__}: {exc}): is the service running?") from None
-
-    async def close(self) -> None:
-        """Run the cleanups, newest first; never let one failing stop the others."""
-        while self._cleanups:
-            func = self._cleanups.pop()
-            try:
-                await asyncio.wait_for(func(), 5.0)
-            except Exception:  # noqa: BLE001 - cleanup is best effort
-                pass
-
-
-def service_stopped(svc: Any) -> bool:
-    """True when a service that ``start_service`` returned has been stopped (its listener is closed)."""
-    runner = getattr(svc, "runner", None)
-    return runner is not None and not getattr(runner, "sites", True)
-
-
-def _last_cell_error() -> BaseException | None:
-    """The exception the notebook's most recent failing cell raised (IPython keeps it in ``sys``), if any."""
-    return getattr(sys, "last_value", None)
-
-
-# --------------------------------------------------------------------------- the saved notebook
-
-SAVE_FIRST = "save the notebook (Ctrl+S), then check again"
-"""What to do when the saved notebook lacks what the learner just typed (Markdown is read from the file)."""
-
-
-def _lab_of(doc: Any) -> str | None:
-    meta = doc.get("metadata") if isinstance(doc, dict) else None
-    lab = meta.get("course_lab") if isinstance(meta, dict) else None
-    claimed = lab.get("id") if isinstance(lab, dict) else None
-    return claimed if isinstance(claimed, str) else None
-
-
-def _markdown_cells(doc: dict[str, Any]) -> list[str]:
-    texts = []
-    for cell in doc.get("cells") or []:
-        if isinstance(cell, dict) and cell.get("cell_type") == "markdown":
-            source = cell.get("source", "")
-            texts.append("".join(map(str, source)) if isinstance(source, list) else str(source or ""))
-    return texts
-
-
-def lab_notebooks(lab: str, folder: Path | str) -> list[Path]:
-    """The notebooks of ``lab`` in ``folder``, newest first.
-
-    A notebook belongs to the lab when its ``metadata.course_lab.id`` says so (the lab
-    generator writes it), or, without that metadata (a solution), when its file name
-    contains the lab id: the grader's own two rules (``runner.identify_lab``).
-    """
-    found: list[tuple[float, Path]] = []
-    for path in Path(folder).glob("*.ipynb"):
-        try:
-            claimed = _lab_of(json.loads(path.read_text(encoding="utf-8")))
-            modified = path.stat().st_mtime
-        except (OSError, ValueError):
-            continue  # unreadable, half-written or not a notebook: not the learner's lab
-        if claimed == lab or (claimed is None and lab and lab in path.stem):
-            found.append((modified, path))
-    return [path for _, path in sorted(found, key=lambda item: item[0], reverse=True)]
-
-
-def saved_markdown(lab: str, folder: Path | str) -> list[str]:
-    """The Markdown cells of the newest saved notebook of ``lab`` in ``folder`` (the kernel's working folder).
-
-    Raises :class:`CheckFailed` (telling the learner to save) when there is none: a
-    kernel cannot see what the browser has not saved yet.
-    """
-    for path in lab_notebooks(lab, folder):
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue  # replaced or removed since it was listed: try the next one
-        if isinstance(doc, dict):
-            return _markdown_cells(doc)
-    raise CheckFailed(f"found no saved notebook of lab {lab or '?'} in {Path(folder)}: {SAVE_FIRST}")
 
 
 # --------------------------------------------------------------------------- running and results

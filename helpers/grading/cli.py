@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import secrets
 import sys
 from pathlib import Path
 from typing import Any
@@ -46,7 +45,7 @@ from helpers.grading.runner import (
     broker_label,
     expand,
     grade_many,
-    known_labs,
+    resolve_plan,
 )
 
 
@@ -178,13 +177,6 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, TypeError) as exc:
         print(f"error: --merge: cannot read {args.json}: {exc}", file=sys.stderr)
         return 2
-    try:
-        mode, notice = boxes.resolve(args.sandbox)
-    except boxes.SandboxError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if notice:
-        print(notice, file=sys.stderr, flush=True)
     outputs = tuple(p.resolve().parent for p in (args.csv, args.json, args.canvas_out) if p is not None)
     outputs += (args.feedback.resolve(),) if args.feedback else ()
     options = Options(
@@ -195,16 +187,23 @@ def main(argv: list[str] | None = None) -> int:
         check_timeout=args.check_timeout,
         jobs=args.jobs,
         alone=args.alone,
-        seed=args.seed or secrets.token_hex(8),
-        sandbox=mode,
-        hide=(*outputs, Path.cwd()),
+        seed=args.seed,
+        sandbox=args.sandbox,
+        hide=outputs,
     )
-    labs, broken = known_labs(options.checks_dir)
-    for name, why in broken.items():
+    try:
+        plan = resolve_plan(options, paths)  # the one place an option is decided
+    except boxes.SandboxError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if plan.sandbox_notice:
+        print(plan.sandbox_notice, file=sys.stderr, flush=True)
+    for name, why in plan.broken.items():
         print(f"warning: checks file {name} cannot be loaded: {why}", file=sys.stderr)
-    jobs = min(options.jobs, len(paths))
-    how = f"{broker_label()}, sandbox: {mode}, {jobs} at a time"
-    print(f"grading {len(paths)} submission(s); checks found for labs {', '.join(sorted(labs)) or 'none'} ({how})", flush=True)
+    jobs = min(plan.jobs, len(paths))
+    how = f"{broker_label()}, sandbox: {plan.sandbox}, {jobs} at a time"
+    labs = ", ".join(sorted(plan.labs)) or "none"
+    print(f"grading {len(paths)} submission(s); checks found for labs {labs} ({how})", flush=True)
     bar = _progress_bar(len(paths), disable=args.quiet)
 
     def show(result: Result) -> None:
@@ -220,14 +219,14 @@ def main(argv: list[str] | None = None) -> int:
         bar.update(1)
 
     try:
-        results = asyncio.run(grade_many(paths, options, progress=show))
+        results = asyncio.run(grade_many(paths, plan, progress=show))
     finally:
         if bar is not None:
             bar.close()
     full = sum(r.full_marks for r in results)
     errors = sum(r.status == "error" for r in results)
-    print(f"{full}/{len(results)} with full marks, {errors} error row(s) (sandbox: {mode})")
-    if not _write_reports(args, results, earlier, options.describe(mode)):
+    print(f"{full}/{len(results)} with full marks, {errors} error row(s) (sandbox: {plan.sandbox})")
+    if not _write_reports(args, results, earlier, plan.describe()):
         return 2
     return 0 if full == len(results) else 1
 

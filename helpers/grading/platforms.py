@@ -15,17 +15,15 @@ import argparse
 import asyncio
 import json
 import os
-import secrets
 import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from helpers.grading import sandbox as boxes
 from helpers.grading.checks import load_checks
 from helpers.grading.report import Result
-from helpers.grading.runner import ROOT, Options, grade_file, known_labs
+from helpers.grading.runner import ROOT, Options, grade_file, known_labs, resolve_plan
 
 COURSE_FILES = ("pyproject.toml", "README.md", "requirements.txt")
 """Next to ``helpers/``, what ``pip install .`` of the course needs (the README is the package's long description)."""
@@ -100,14 +98,13 @@ def _claims(path: Path) -> str | None:
 
 def grade_submission(folder: Path, lab: str, labs_dir: Path, *, sandbox: str = "auto") -> Result:
     """Grade the one submission in ``folder`` as ``lab``; an error row (score 0) says why when it cannot be."""
-    mode, notice = boxes.resolve(sandbox)
-    if notice:
-        print(notice, file=sys.stderr, flush=True)  # the instructor's log (the platform's stdout), not the learner's
     path, why = find_submission(folder, lab)
+    plan = resolve_plan(Options(labs_dir=labs_dir, sandbox=sandbox, jobs=1), [path] if path else [])
+    if plan.sandbox_notice:
+        print(plan.sandbox_notice, file=sys.stderr, flush=True)  # the instructor's log (the platform's stdout), not the learner's
     if path is None:
-        return Result(str(folder), lab=lab, status="error", error=why, sandbox=mode)
-    options = Options(labs_dir=labs_dir, seed=secrets.token_hex(8), sandbox=mode, jobs=1)
-    return asyncio.run(grade_file(path, options, sandbox=mode, lab=lab))
+        return Result(str(folder), lab=lab, status="error", error=why, sandbox=plan.sandbox)
+    return asyncio.run(grade_file(path, plan, lab=lab))
 
 
 def check_output(check: Any) -> str:

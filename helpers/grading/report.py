@@ -7,9 +7,12 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from helpers.grading.checks import CheckResult, format_points
+
+Status = Literal["graded", "error"]
+"""A submission was graded, or could not be graded at all (an error row, scored 0)."""
 
 
 @dataclass
@@ -18,7 +21,7 @@ class Result:
 
     submission: str
     lab: str = ""
-    status: str = "graded"
+    status: Status = "graded"
     """``graded``, or ``error`` when the file could not be graded at all (see ``error``)."""
     score: float = 0.0
     max_score: float = 0.0

@@ -28,130 +28,30 @@ from helpers.choosing.hybrid import (
     STEP_DONE,
     STEP_STARTED,
     SUCCEEDED,
-    Answer,
-    HybridSystem,
     Job,
-    Topics,
     poll_job,
-    quick_steps,
     read_events,
-    request,
     resolve,
-    start_hybrid,
 )
 from helpers.core.messaging import Event, make_event
 from helpers.core.problems import PROBLEM_BASE, PROBLEM_JSON
 from helpers.core.waiting import until, until_quiet
 from helpers.grading.checks import CheckFailed, Checks, Context, expect
+from helpers.labchecks._hybrid_harness import (
+    JOB_TIMEOUT_S,
+    STEPS,
+    apply_failed,
+    call_service,
+    describe_answer,
+    expect_problem,
+    finished,
+    job_of,
+    kick_off,
+    start_system,
+    task_text,
+)
 
 checks = Checks("06_hybrid_job")
-
-STEPS = quick_steps(0.2)
-"""The checks' agent: the lesson's four steps at a fifth of their work time (about 0.36 s a job)."""
-JOB_TIMEOUT_S = 3.0
-"""How long a check waits for a job of :data:`STEPS` to end (ten times its work)."""
-TOPICS = ("a vector database", "three message brokers", "the incident reports", "next quarter's traffic", "two cloud regions")
-
-
-def _task(ctx: Context) -> str:
-    return f"compare {ctx.rng.choice(TOPICS)} #{ctx.rng.randint(1, 10**6)}"
-
-
-async def _system(
-    ctx: Context, *, apply: bool = False, status: bool = False, cancel: bool = False, scale: float | None = None
-) -> HybridSystem:
-    """The hybrid with the learner's kickoff, plus their status keeper, status resource and cancel when asked."""
-    kwargs: dict[str, Any] = {}
-    if apply:
-        kwargs["apply"] = ctx.function("apply_event")
-    if status:
-        kwargs["status"] = ctx.function("job_status")
-    if cancel:
-        kwargs["cancel"] = ctx.function("cancel_job")
-    broker = await ctx.broker()
-    steps = STEPS if scale is None else quick_steps(scale)
-    name = f"check06-{uuid.uuid4().hex[:8]}"  # never the name the learner's own system runs under
-    system = await start_hybrid(
-        broker, ctx.function("start_job"), steps=steps, topics=Topics.fresh("check06"), name=name, **kwargs
-    )
-    ctx.on_cleanup(system.stop)
-    return system
-
-
-async def _session(ctx: Context) -> aiohttp.ClientSession:
-    session = aiohttp.ClientSession()
-    ctx.on_cleanup(session.close)
-    return session
-
-
-def _handler_failed(system: HybridSystem, answer: Answer, what: str) -> None:
-    """A 500 from a handler that raised: say which function and what it raised."""
-    if answer.status != 500 or not system.errors:
-        return
-    failure = system.errors[-1]
-    if isinstance(failure.error, NotImplementedError):
-        raise CheckFailed(f"{failure.handler}() is not written yet (it raises NotImplementedError)")
-    raise CheckFailed(f"{what} answered 500: {failure.handler}() raised {type(failure.error).__name__}: {failure.error}")
-
-
-def _apply_failed(system: HybridSystem) -> None:
-    """The status keeper raised on a worker event: say so (the event was dead-lettered)."""
-    if not system.board.errors:
-        return
-    error = system.board.errors[-1]
-    if isinstance(error, NotImplementedError):
-        raise CheckFailed("apply_event() is not written yet (it raises NotImplementedError)")
-    raise CheckFailed(f"apply_event() raised {type(error).__name__}: {error}")
-
-
-async def _call(system: HybridSystem, http: aiohttp.ClientSession, method: str, path: str, **kwargs: Any) -> Answer:
-    """One request to the learner's service; a handler that raised fails the check with its error."""
-    try:
-        answer = await request(http, method, resolve(system.url, path), timeout=5.0, **kwargs)
-    except TimeoutError:
-        raise CheckFailed(f"{method} {path} got no answer within 5 s: does a handler wait for the job?") from None
-    except aiohttp.ClientError as exc:
-        raise CheckFailed(f"{method} {path} failed ({type(exc).__name__}: {exc})") from None
-    _handler_failed(system, answer, f"{method} {path}")
-    return answer
-
-
-def _describe(answer: Answer) -> str:
-    body = answer.body if isinstance(answer.body, str) else str(answer.body)
-    return f"{answer.status} {body[:100]}"
-
-
-async def _kick_off(system: HybridSystem, http: aiohttp.ClientSession, task: str, key: str | None = None) -> Answer:
-    """POST /jobs and insist on a usable 202 (the Q1 checks say what is wrong in detail)."""
-    headers = {"Idempotency-Key": key} if key else {}
-    answer = await _call(system, http, "POST", "/jobs", json={"task": task}, headers=headers)
-    expect(
-        answer.status == 202 and answer.location and isinstance(answer.body, dict) and answer.body.get("job_id"),
-        f"POST /jobs should answer 202 with a Location and a body with the job_id (question 1), got {_describe(answer)}",
-    )
-    return answer
-
-
-def _job_of(system: HybridSystem, answer: Answer) -> Job:
-    job = system.board.get(str(answer.body.get("job_id")))
-    expect(job is not None, f"the 202's job_id {answer.body.get('job_id')!r} is not a job on the board: answer with job.accepted")
-    assert job is not None
-    return job
-
-
-async def _finished(system: HybridSystem, job: Job, timeout: float = JOB_TIMEOUT_S) -> Job:
-    await until(lambda: job.final or bool(system.board.errors), timeout)
-    _apply_failed(system)
-    return job
-
-
-def _problem(answer: Answer, what: str, status: int) -> None:
-    expect(answer.status == status, f"{what} answered {_describe(answer)}, expected {status}")
-    expect(
-        answer.content_type == PROBLEM_JSON and isinstance(answer.body, dict) and answer.body.get("title"),
-        f"{what} answered {answer.status} as {answer.content_type or 'no content type'}: send a problem details "
-        "document, problem(status, title, detail, type), so the client reads what went wrong (application/problem+json)",
-    )
 
 
 # --------------------------------------------------------------------------- q1: the kickoff
@@ -165,15 +65,15 @@ def _problem(answer: Answer, what: str, status: int) -> None:
 )
 async def answers_202_with_location_and_retry_after(ctx: Context) -> str:
     """POST /jobs answers 202 Accepted with Location (the job's status), Retry-After and the job id"""
-    system = await _system(ctx)
-    http = await _session(ctx)
-    answer = await _call(system, http, "POST", "/jobs", json={"task": _task(ctx)})
+    system = await start_system(ctx)
+    http = await ctx.enter(aiohttp.ClientSession())
+    answer = await call_service(system, http, "POST", "/jobs", json={"task": task_text(ctx)})
     expect(
         answer.status != 200,
         "POST /jobs answered 200 OK, which says the work is done. It is not: the job was only accepted for later, "
         "which is 202 Accepted",
     )
-    expect(answer.status == 202, f"POST /jobs answered {_describe(answer)}, expected 202 Accepted")
+    expect(answer.status == 202, f"POST /jobs answered {describe_answer(answer)}, expected 202 Accepted")
     location = answer.location
     expect(
         location,
@@ -186,13 +86,13 @@ async def answers_202_with_location_and_retry_after(ctx: Context) -> str:
     )
     body = answer.body if isinstance(answer.body, dict) else {}
     expect(body.get("job_id") and body.get("state") == ACCEPTED, f"the 202 body should be job.accepted, got {body!r:.120}")
-    job = _job_of(system, answer)
+    job = job_of(system, answer)
     expect(
         resolve(system.url, str(location)) == resolve(system.url, job.path),
         f"Location is {location!r}, but job {job.job_id}'s status lives at {job.path}",
     )
-    status = await _call(system, http, "GET", str(location))
-    expect(status.status in (200, 303), f"GET {location} (the Location you sent) answered {_describe(status)}")
+    status = await call_service(system, http, "GET", str(location))
+    expect(status.status in (200, 303), f"GET {location} (the Location you sent) answered {describe_answer(status)}")
     return f"202, Location /jobs/{job.job_id[:8]}..., Retry-After {retry_after}"
 
 
@@ -204,10 +104,10 @@ async def answers_202_with_location_and_retry_after(ctx: Context) -> str:
 )
 async def kickoff_answers_before_the_work(ctx: Context) -> str:
     """The 202 comes back long before the job is done, and the job it started runs to its end"""
-    system = await _system(ctx)
-    http = await _session(ctx)
-    answer = await _kick_off(system, http, _task(ctx))
-    job = await _finished(system, _job_of(system, answer))
+    system = await start_system(ctx)
+    http = await ctx.enter(aiohttp.ClientSession())
+    answer = await kick_off(system, http, task_text(ctx))
+    job = await finished(system, job_of(system, answer))
     expect(
         job.state == SUCCEEDED,
         f"the job is still {job.state!r} {JOB_TIMEOUT_S:g} s later: did start_job call await jobs.start(job)? "
@@ -232,12 +132,12 @@ BAD_BODIES = (b"", b"not json at all", b"[1, 2, 3]", b'{"task": ""}', b'{"task":
 )
 async def rejects_a_bad_task_at_once(ctx: Context) -> str:
     """A body that is not a valid task gets 400 problem+json at once, and no job"""
-    system = await _system(ctx)
-    http = await _session(ctx)
+    system = await start_system(ctx)
+    http = await ctx.enter(aiohttp.ClientSession())
     bodies = ctx.rng.sample(BAD_BODIES, 2)
     for body in bodies:
-        answer = await _call(system, http, "POST", "/jobs", data=body, headers={"Content-Type": "application/json"})
-        _problem(answer, f"POST /jobs with the body {body!r}", 400)
+        answer = await call_service(system, http, "POST", "/jobs", data=body, headers={"Content-Type": "application/json"})
+        expect_problem(answer, f"POST /jobs with the body {body!r}", 400)
         kind = answer.body.get("type", "") if isinstance(answer.body, dict) else ""
         expect(
             isinstance(kind, str) and kind.startswith(PROBLEM_BASE),
@@ -255,24 +155,24 @@ async def rejects_a_bad_task_at_once(ctx: Context) -> str:
 )
 async def a_retry_with_the_same_key_gets_the_same_job(ctx: Context) -> str:
     """A retried POST with the same Idempotency-Key gets the same job, and the work runs once"""
-    system = await _system(ctx)
-    http = await _session(ctx)
-    key, task = f"key-{uuid.uuid4()}", _task(ctx)
-    first = await _kick_off(system, http, task, key)
-    retried = await _call(system, http, "POST", "/jobs", json={"task": task}, headers={"Idempotency-Key": key})
+    system = await start_system(ctx)
+    http = await ctx.enter(aiohttp.ClientSession())
+    key, task = f"key-{uuid.uuid4()}", task_text(ctx)
+    first = await kick_off(system, http, task, key)
+    retried = await call_service(system, http, "POST", "/jobs", json={"task": task}, headers={"Idempotency-Key": key})
     expect(
         retried.status != 409,
         "the retry (same key, same task, after the first 202) answered 409: start_job tried to create a second job "
         "for a key the store already holds. Look the key up first (jobs.by_key(key)) and answer its job's 202 again",
     )
-    again = await _kick_off(system, http, task, key)  # the client timed out and retried
+    again = await kick_off(system, http, task, key)  # the client timed out and retried
     expect(
         len(system.board) == 1,
         f"two POSTs with the same Idempotency-Key created {len(system.board)} jobs: a retried request must get the "
         "job the first one created (a new job per retry runs the work twice)",
     )
     expect(again.location == first.location, f"the retry was sent to {again.location!r}, the first to {first.location!r}")
-    await _finished(system, _job_of(system, first))
+    await finished(system, job_of(system, first))
     plans = [r for r in system.agent.runs if r.step == "plan"]
     expect(len(plans) == 1, f"the work started {len(plans)} times for one key: start the job only when it is new")
     return "one job, one run, the same Location twice"
@@ -281,11 +181,11 @@ async def a_retry_with_the_same_key_gets_the_same_job(ctx: Context) -> str:
 @checks.check("q1", hidden=True, hint="only the same key means the same request")
 async def different_requests_make_different_jobs(ctx: Context) -> None:
     """Hidden: POSTs without a key, or with different keys, each get a job of their own"""
-    system = await _system(ctx)
-    http = await _session(ctx)
-    task = _task(ctx)
-    answers = [await _kick_off(system, http, task) for _ in range(2)]
-    answers += [await _kick_off(system, http, task, f"key-{uuid.uuid4()}") for _ in range(2)]
+    system = await start_system(ctx)
+    http = await ctx.enter(aiohttp.ClientSession())
+    task = task_text(ctx)
+    answers = [await kick_off(system, http, task) for _ in range(2)]
+    answers += [await kick_off(system, http, task, f"key-{uuid.uuid4()}") for _ in range(2)]
     locations = {a.location for a in answers}
     expect(len(locations) == 4 and len(system.board) == 4, f"4 distinct requests got {len(locations)} job(s)")
 
@@ -293,14 +193,15 @@ async def different_requests_make_different_jobs(ctx: Context) -> None:
 @checks.check("q1", hidden=True, hint="a key reused for another task is the client's bug: say so with a 422")
 async def a_key_reused_for_another_task_is_422(ctx: Context) -> None:
     """Hidden: the same Idempotency-Key with another task gets 422 problem+json, and the first job stays as it was"""
-    system = await _system(ctx)
-    http = await _session(ctx)
+    system = await start_system(ctx)
+    http = await ctx.enter(aiohttp.ClientSession())
     key = f"key-{uuid.uuid4()}"
-    first = await _kick_off(system, http, _task(ctx), key)
-    other = await _call(system, http, "POST", "/jobs", json={"task": _task(ctx) + " (changed)"}, headers={"Idempotency-Key": key})
-    _problem(other, "POST /jobs with a key already used for another task", 422)
+    first = await kick_off(system, http, task_text(ctx), key)
+    changed = {"task": task_text(ctx) + " (changed)"}
+    other = await call_service(system, http, "POST", "/jobs", json=changed, headers={"Idempotency-Key": key})
+    expect_problem(other, "POST /jobs with a key already used for another task", 422)
     expect(len(system.board) == 1, f"the reused key made a second job ({len(system.board)} jobs)")
-    expect(_job_of(system, first).key == key, "the first job lost its key")
+    expect(job_of(system, first).key == key, "the first job lost its key")
 
 
 # --------------------------------------------------------------------------- q2: the status keeper
@@ -311,7 +212,7 @@ def _event(kind: str, job: Job, **data: Any) -> Event:
 
 
 def _fresh_job(ctx: Context) -> Job:
-    return Job(uuid.uuid4().hex, {"task": _task(ctx)}, tuple(s.name for s in STEPS))
+    return Job(uuid.uuid4().hex, {"task": task_text(ctx)}, tuple(s.name for s in STEPS))
 
 
 @checks.check(
@@ -322,9 +223,9 @@ def _fresh_job(ctx: Context) -> Job:
 )
 async def follows_a_job_to_success(ctx: Context) -> str:
     """A job goes accepted > running > succeeded, with every step counted and the result kept"""
-    system = await _system(ctx, apply=True)
-    http = await _session(ctx)
-    job = await _finished(system, _job_of(system, await _kick_off(system, http, _task(ctx))))
+    system = await start_system(ctx, apply=True)
+    http = await ctx.enter(aiohttp.ClientSession())
+    job = await finished(system, job_of(system, await kick_off(system, http, task_text(ctx))))
     history = job.history()
     expect(
         job.state == SUCCEEDED,
@@ -351,11 +252,11 @@ async def follows_a_job_to_success(ctx: Context) -> str:
 )
 async def a_failed_step_ends_the_job(ctx: Context) -> str:
     """A step that fails ends the job as failed, naming the step and the reason (reported, not lost)"""
-    system = await _system(ctx, apply=True)
-    http = await _session(ctx)
+    system = await start_system(ctx, apply=True)
+    http = await ctx.enter(aiohttp.ClientSession())
     step = ctx.rng.choice([s.name for s in STEPS])
     system.faults.fail_step, system.faults.reason = step, f"the model timed out (#{ctx.rng.randint(1, 999)})"
-    job = await _finished(system, _job_of(system, await _kick_off(system, http, _task(ctx))))
+    job = await finished(system, job_of(system, await kick_off(system, http, task_text(ctx))))
     expect(
         job.state != RUNNING and job.state != ACCEPTED,
         f"step {step!r} failed, but the job still says {job.state!r} {JOB_TIMEOUT_S:g} s later: apply job.failed, or a "
@@ -414,10 +315,10 @@ async def a_repeated_event_counts_once(ctx: Context) -> None:
 )
 async def unknown_job_is_404_problem(ctx: Context) -> None:
     """GET /jobs/{id} of a job that does not exist answers 404 problem+json"""
-    system = await _system(ctx, apply=True, status=True)
-    http = await _session(ctx)
-    answer = await _call(system, http, "GET", f"/jobs/{uuid.uuid4().hex}")
-    _problem(answer, "GET of an unknown job", 404)
+    system = await start_system(ctx, apply=True, status=True)
+    http = await ctx.enter(aiohttp.ClientSession())
+    answer = await call_service(system, http, "GET", f"/jobs/{uuid.uuid4().hex}")
+    expect_problem(answer, "GET of an unknown job", 404)
 
 
 @checks.check(
@@ -427,19 +328,19 @@ async def unknown_job_is_404_problem(ctx: Context) -> None:
 )
 async def an_unfinished_job_reports_its_state(ctx: Context) -> str:
     """A running job's status answers 200 with its state and progress, and Retry-After"""
-    system = await _system(ctx, apply=True, status=True)
-    http = await _session(ctx)
+    system = await start_system(ctx, apply=True, status=True)
+    http = await ctx.enter(aiohttp.ClientSession())
     step = ctx.rng.choice([s.name for s in STEPS[1:]])
     system.faults.hold_step = step  # the job waits at this step until released: surely running while we look
-    answer = await _kick_off(system, http, _task(ctx))
-    job = _job_of(system, answer)
+    answer = await kick_off(system, http, task_text(ctx))
+    job = job_of(system, answer)
     at_step = await until(lambda: system.agent.running_step(job.job_id) == step or bool(system.board.errors), JOB_TIMEOUT_S)
-    _apply_failed(system)
+    apply_failed(system)
     expect(at_step, f"the job never reached its {step!r} step: did start_job start it?")
     await until(lambda: job.state != ACCEPTED, 1.0)  # the service applies the workers' events a moment after they happen
-    status = await _call(system, http, "GET", str(answer.location))
+    status = await call_service(system, http, "GET", str(answer.location))
     system.agent.release()
-    expect(status.status == 200, f"GET of a running job answered {_describe(status)}, expected 200 with its status")
+    expect(status.status == 200, f"GET of a running job answered {describe_answer(status)}, expected 200 with its status")
     body = status.body if isinstance(status.body, dict) else {}
     expect(body.get("state") == RUNNING, f"the job is running its {step!r} step, the status says {body.get('state')!r}")
     expect(isinstance(body.get("progress"), dict), f"the status should be job.to_json() (state, progress), got {body!r:.100}")
@@ -455,24 +356,24 @@ async def an_unfinished_job_reports_its_state(ctx: Context) -> str:
 )
 async def a_finished_job_answers_303_to_its_result(ctx: Context) -> str:
     """Once the job succeeded, its status answers 303 See Other with Location: its result"""
-    system = await _system(ctx, apply=True, status=True)
-    http = await _session(ctx)
-    answer = await _kick_off(system, http, _task(ctx))
-    job = await _finished(system, _job_of(system, answer))
+    system = await start_system(ctx, apply=True, status=True)
+    http = await ctx.enter(aiohttp.ClientSession())
+    answer = await kick_off(system, http, task_text(ctx))
+    job = await finished(system, job_of(system, answer))
     expect(job.state == SUCCEEDED, f"the job ended {job.state!r}, so there is no result to point at (question 2)")
-    status = await _call(system, http, "GET", str(answer.location))
+    status = await call_service(system, http, "GET", str(answer.location))
     expect(
         status.status != 302,
         "the status of a finished job answered 302 Found, which says the status resource itself moved. Send 303 See "
         "Other: the answer is at another address, GET it",
     )
     expect(status.status != 200, "a job that succeeded answered 200: answer 303 See Other with Location: its result")
-    expect(status.status == 303, f"a job that succeeded answered {_describe(status)}, expected 303 See Other")
+    expect(status.status == 303, f"a job that succeeded answered {describe_answer(status)}, expected 303 See Other")
     expect(status.location, "the 303 has no Location: point it at job.result_path")
-    result = await _call(system, http, "GET", str(status.location))
+    result = await call_service(system, http, "GET", str(status.location))
     expect(
         result.status == 200 and isinstance(result.body, dict) and result.body.get("result") == job.result,
-        f"the 303 points at {status.location!r}, which answered {_describe(result)}; point it at job.result_path",
+        f"the 303 points at {status.location!r}, which answered {describe_answer(result)}; point it at job.result_path",
     )
     return f"303 to {status.location}"
 
@@ -484,17 +385,17 @@ async def a_finished_job_answers_303_to_its_result(ctx: Context) -> str:
 )
 async def a_failed_job_is_problem_json(ctx: Context) -> str:
     """A failed job's status stays readable: 200 with a problem+json document naming the failed step"""
-    system = await _system(ctx, apply=True, status=True)
-    http = await _session(ctx)
+    system = await start_system(ctx, apply=True, status=True)
+    http = await ctx.enter(aiohttp.ClientSession())
     step = ctx.rng.choice([s.name for s in STEPS])
     system.faults.fail_step = step
-    answer = await _kick_off(system, http, _task(ctx))
-    job = await _finished(system, _job_of(system, answer))
+    answer = await kick_off(system, http, task_text(ctx))
+    job = await finished(system, job_of(system, answer))
     expect(job.state == FAILED, f"the failing job ended {job.state!r}, expected 'failed' (question 2)")
-    status = await _call(system, http, "GET", str(answer.location))
+    status = await call_service(system, http, "GET", str(answer.location))
     expect(
         status.status == 200,
-        f"the status of a failed job answered {_describe(status)}: reading the status worked, so 200, with the failure "
+        f"the status of a failed job answered {describe_answer(status)}: reading the status worked, so 200, with the failure "
         "in the body (a 4xx or 5xx would say this GET failed)",
     )
     expect(status.content_type == PROBLEM_JSON, f"a failed job's status is {status.content_type}: send it as {PROBLEM_JSON}")
@@ -507,15 +408,17 @@ async def a_failed_job_is_problem_json(ctx: Context) -> str:
 @checks.check("q3", hidden=True, hint="a cancelled job is final too: nothing to wait for, so no Retry-After")
 async def a_cancelled_job_has_no_retry_after(ctx: Context) -> None:
     """Hidden: a cancelled job's status answers 200 with its document, and no Retry-After"""
-    system = await _system(ctx, apply=True, status=True)
-    http = await _session(ctx)
+    system = await start_system(ctx, apply=True, status=True)
+    http = await ctx.enter(aiohttp.ClientSession())
     system.faults.hold_step = STEPS[0].name  # the job waits at its first step: surely unfinished when it is cancelled
-    answer = await _kick_off(system, http, _task(ctx))
-    job = _job_of(system, answer)
+    answer = await kick_off(system, http, task_text(ctx))
+    job = job_of(system, answer)
     await system.board.cancel(job)  # the course's cancel, not the learner's (that is question 4)
     system.agent.release()
-    status = await _call(system, http, "GET", str(answer.location))
-    expect(status.status == 200, f"the status of a cancelled job answered {_describe(status)}, expected 200 with its status")
+    status = await call_service(system, http, "GET", str(answer.location))
+    expect(
+        status.status == 200, f"the status of a cancelled job answered {describe_answer(status)}, expected 200 with its status"
+    )
     body = status.body if isinstance(status.body, dict) else {}
     expect(body.get("state") == CANCELLED, f"the job was cancelled, the status says {body.get('state')!r}")
     expect(
@@ -528,10 +431,10 @@ async def a_cancelled_job_has_no_retry_after(ctx: Context) -> None:
 @checks.check("q3", hidden=True, timeout=15, hint="a poller needs Retry-After while the job runs and the 303 once it is done")
 async def a_poll_and_the_stream_see_the_same_states(ctx: Context) -> None:
     """Hidden: a poller honoring Retry-After and the event stream see the same states, in a bounded number of requests"""
-    system = await _system(ctx, apply=True, status=True, scale=0.7)  # about 1.3 s: longer than Retry-After
-    http = await _session(ctx)
-    answer = await _kick_off(system, http, _task(ctx))
-    job = _job_of(system, answer)
+    system = await start_system(ctx, apply=True, status=True, scale=0.7)  # about 1.3 s: longer than Retry-After
+    http = await ctx.enter(aiohttp.ClientSession())
+    answer = await kick_off(system, http, task_text(ctx))
+    job = job_of(system, answer)
     try:
         polled, stream = await asyncio.gather(
             poll_job(http, system.url, answer, timeout=8), read_events(http, resolve(system.url, job.events_path), timeout=8)
@@ -558,17 +461,17 @@ async def a_poll_and_the_stream_see_the_same_states(ctx: Context) -> None:
 )
 async def cancel_stops_the_running_step(ctx: Context) -> str:
     """DELETE /jobs/{id} cancels a running job: state 'cancelled', its running step stops, no later step runs"""
-    system = await _system(ctx, apply=True, status=True, cancel=True)
-    http = await _session(ctx)
+    system = await start_system(ctx, apply=True, status=True, cancel=True)
+    http = await ctx.enter(aiohttp.ClientSession())
     step = ctx.rng.choice([s.name for s in STEPS[1:-1]])
     system.faults.hold_step = step  # the job waits in this step: it is surely running when we cancel it
-    answer = await _kick_off(system, http, _task(ctx))
-    job = _job_of(system, answer)
+    answer = await kick_off(system, http, task_text(ctx))
+    job = job_of(system, answer)
     at_step = await until(lambda: system.agent.running_step(job.job_id) == step or bool(system.board.errors), JOB_TIMEOUT_S)
-    _apply_failed(system)
+    apply_failed(system)
     expect(at_step, f"the job never reached its {step!r} step: did start_job start it?")
-    cancel = await _call(system, http, "DELETE", str(answer.location))
-    expect(cancel.status in (200, 202, 204), f"DELETE of a running job answered {_describe(cancel)}, expected 200")
+    cancel = await call_service(system, http, "DELETE", str(answer.location))
+    expect(cancel.status in (200, 202, 204), f"DELETE of a running job answered {describe_answer(cancel)}, expected 200")
     expect(job.state == CANCELLED, f"after DELETE the job says {job.state!r}, expected 'cancelled'")
     stopped = await until(lambda: not system.agent.running(job.job_id), 2.0)
     system.agent.release()
@@ -581,7 +484,7 @@ async def cancel_stops_the_running_step(ctx: Context) -> str:
     names = [s.name for s in STEPS]
     later = [r.step for r in system.agent.runs_of(job.job_id) if r.step in names[names.index(step) + 1 :]]
     expect(not later, f"after the cancel, the step(s) {later} still ran")
-    status = await _call(system, http, "GET", str(answer.location))
+    status = await call_service(system, http, "GET", str(answer.location))
     expect(status.state == CANCELLED, f"GET of the cancelled job says {status.state!r}")
     return f"cancelled during {step!r}; it stopped, and nothing ran after it"
 
@@ -593,21 +496,21 @@ async def cancel_stops_the_running_step(ctx: Context) -> str:
 )
 async def cancel_of_an_unknown_job_is_404(ctx: Context) -> None:
     """DELETE of a job that does not exist answers 404 problem+json"""
-    system = await _system(ctx, apply=True, status=True, cancel=True)
-    http = await _session(ctx)
-    answer = await _call(system, http, "DELETE", f"/jobs/{uuid.uuid4().hex}")
-    _problem(answer, "DELETE of an unknown job", 404)
+    system = await start_system(ctx, apply=True, status=True, cancel=True)
+    http = await ctx.enter(aiohttp.ClientSession())
+    answer = await call_service(system, http, "DELETE", f"/jobs/{uuid.uuid4().hex}")
+    expect_problem(answer, "DELETE of an unknown job", 404)
 
 
 @checks.check("q4", hidden=True, hint="a job that ended cannot be cancelled: 409, and leave it as it is")
 async def cancel_of_a_finished_job_is_409(ctx: Context) -> None:
     """Hidden: DELETE of a job that already ended answers 409 problem+json and leaves the job as it was"""
-    system = await _system(ctx, apply=True, status=True, cancel=True)
-    http = await _session(ctx)
-    answer = await _kick_off(system, http, _task(ctx))
-    job = await _finished(system, _job_of(system, answer))
+    system = await start_system(ctx, apply=True, status=True, cancel=True)
+    http = await ctx.enter(aiohttp.ClientSession())
+    answer = await kick_off(system, http, task_text(ctx))
+    job = await finished(system, job_of(system, answer))
     expect(job.state in FINAL, f"the job did not end within {JOB_TIMEOUT_S:g} s")
     ended = job.state
-    cancel = await _call(system, http, "DELETE", str(answer.location))
-    _problem(cancel, f"DELETE of a {ended} job", 409)
+    cancel = await call_service(system, http, "DELETE", str(answer.location))
+    expect_problem(cancel, f"DELETE of a {ended} job", 409)
     expect(job.state == ended, f"DELETE turned a {ended} job into {job.state!r}")

@@ -11,21 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
 
-from helpers.core import internals
 from helpers.core.internals import acks_manually
 from helpers.core.lifecycle import kill, start
 from helpers.core.messaging import Event, InvalidEvent, ack, decode, publish
 from helpers.core.receive import collect, flush
 from helpers.core.waiting import until, until_quiet
 from helpers.grading.checks import CheckFailed, Checks, Context, expect, outcome
+from helpers.grading.probes import WireWatch
 from helpers.pubsub.idempotency import Ledger, order_event
 
 checks = Checks("04_reliable_consumer")
@@ -38,28 +36,8 @@ QUIET_MAX_S = 1.0
 """The longest the checks wait for the ledger to go quiet (charges that never stop are counted as they stand)."""
 
 
-def _folder(ctx: Context) -> Path:
-    path = Path(tempfile.mkdtemp(prefix="check04-"))
-
-    async def remove() -> None:
-        shutil.rmtree(path, ignore_errors=True)
-
-    ctx.on_cleanup(remove)
-    return path
-
-
 def _name(ctx: Context, role: str = "payments") -> str:
     return f"{role}-{uuid.uuid4().hex[:8]}"
-
-
-def _forget_session(ctx: Context, broker: Any, name: str) -> None:
-    """After the check, drop the persistent session (keeps a shared broker tidy)."""
-
-    async def forget() -> None:
-        async with broker.client(name, clean_session=True):
-            pass
-
-    ctx.on_cleanup(forget)
 
 
 async def _client(ctx: Context, broker: Any, name: str) -> aiomqtt.Client:
@@ -106,7 +84,7 @@ async def orders_wait_for_an_offline_consumer(ctx: Context) -> str:
     """Orders published while the consumer is offline arrive at QoS 1 when it reconnects under its name."""
     broker = await ctx.broker()
     name, n = _name(ctx), ctx.rng.randint(3, 6)
-    _forget_session(ctx, broker, name)
+    ctx.forget_session(broker, name)
     identifier = getattr(await _client(ctx, broker, name), "identifier", name)
     expect(
         identifier == name,
@@ -151,7 +129,7 @@ async def each_name_has_its_own_session(ctx: Context) -> None:
     broker = await ctx.broker()
     a, b = _name(ctx, "fulfil"), _name(ctx, "notify")
     for name in (a, b):
-        _forget_session(ctx, broker, name)
+        ctx.forget_session(broker, name)
     topic_a, topic_b = ctx.topic("a"), ctx.topic("b")
     async with await _client(ctx, broker, a) as client:
         await client.subscribe(topic_a, qos=_qos(ctx))
@@ -189,7 +167,7 @@ async def _store(ctx: Context, folder: Path) -> Any:
 )
 async def charges_each_event_once(ctx: Context) -> str:
     """apply_once charges a new event, skips the same event delivered again, and says which it did."""
-    folder = _folder(ctx)
+    folder = ctx.tmp_path("check04-")
     ledger, applied = Ledger(folder / "ledger.jsonl"), await _store(ctx, folder)
     first, other = order_event(ctx.rng.randint(1, 999)), order_event(ctx.rng.randint(1000, 1999))
     results = [
@@ -209,7 +187,7 @@ async def charges_each_event_once(ctx: Context) -> str:
 )
 async def remembers_after_a_restart(ctx: Context) -> None:
     """A store reopened on the same workdir (a restarted consumer) still knows the applied ids."""
-    folder = _folder(ctx)
+    folder = ctx.tmp_path("check04-")
     ledger, event = Ledger(folder / "ledger.jsonl"), order_event(ctx.rng.randint(1, 999))
     await _apply(ctx, event, ledger, await _store(ctx, folder))
     again = await _apply(ctx, event, ledger, await _store(ctx, folder))  # the consumer restarted
@@ -224,7 +202,7 @@ async def remembers_after_a_restart(ctx: Context) -> None:
 )
 async def stores_belong_to_their_folder(ctx: Context) -> None:
     """A store in another workdir does not know this one's ids (the store lives in workdir, not in a global)."""
-    one, two = _folder(ctx), _folder(ctx)
+    one, two = ctx.tmp_path("check04-"), ctx.tmp_path("check04-")
     event = order_event(ctx.rng.randint(1, 999))
     await _apply(ctx, event, Ledger(one / "ledger.jsonl"), await _store(ctx, one))
     ledger_two = Ledger(two / "ledger.jsonl")
@@ -242,7 +220,7 @@ async def stores_belong_to_their_folder(ctx: Context) -> None:
 )
 async def dedupes_on_event_id(ctx: Context) -> None:
     """Two distinct events for the same order id are both charged: dedupe on the event id."""
-    folder = _folder(ctx)
+    folder = ctx.tmp_path("check04-")
     ledger, applied = Ledger(folder / "ledger.jsonl"), await _store(ctx, folder)
     order = ctx.rng.randint(1, 999)
     await _apply(ctx, order_event(order, amount=10.0), ledger, applied)
@@ -280,7 +258,7 @@ class _FailingLedger:
 )
 async def records_only_after_charging(ctx: Context) -> None:
     """When a charge fails, the event is not recorded as applied, so its redelivery charges it."""
-    folder = _folder(ctx)
+    folder = ctx.tmp_path("check04-")
     ledger = _FailingLedger(Ledger(folder / "ledger.jsonl"))
     applied = await _store(ctx, folder)
     event = order_event(ctx.rng.randint(1, 999))
@@ -392,64 +370,40 @@ async def incomplete_and_binary_are_dead_lettered(ctx: Context) -> None:
 # --------------------------------------------------------------------------- q4: the consumer
 
 
-class _AckWatch:
-    """The broker as the learner's consumer sees it: real clients, each watched on the wire.
+def _event_id(payload: bytes) -> str | None:
+    """The order a message carries (None for a malformed one: dead-lettered, nothing to charge)."""
+    try:
+        return decode(payload).id
+    except InvalidEvent:
+        return None
 
-    For every order the consumer receives it notes the QoS it arrived at, and for every
-    PUBACK the client sends, whether that order was already charged. That shows an ack
-    sent before the work on any broker, whether or not the broker would resend.
-    """
 
-    def __init__(self, broker: Any, ledger: Ledger) -> None:
-        self._broker, self._ledger = broker, ledger
-        self.early: list[str] = []  # orders acknowledged before they were charged
-        self.qos0: list[str] = []  # orders that arrived at QoS 0 (never acknowledged, never resent)
-        self.out_of_order = 0  # acks sent while an earlier message (in arrival order) was still unacknowledged
+def _out_of_order(watch: WireWatch) -> int:
+    """Acks sent while an earlier message (in arrival order) was still unacknowledged."""
+    return sum(d.out_of_order for d in watch.deliveries)
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._broker, name)
 
-    def client(self, *args: Any, **kwargs: Any) -> Any:
-        client = self._broker.client(*args, **kwargs)
-        in_flight: dict[int, str] = {}  # mid -> event id
-        arrived: list[int] = []  # mids of QoS 1 messages not acknowledged yet, in arrival order
+def _qos0(watch: WireWatch) -> list[str]:
+    """Orders that arrived at QoS 0 (never acknowledged, never resent)."""
+    return [i for d in watch.deliveries if d.qos == 0 and (i := _event_id(d.payload)) is not None]
 
-        def received(message: Any) -> None:
-            if message.qos > 0:
-                arrived.append(message.mid)
-            try:
-                event_id = decode(bytes(message.payload)).id
-            except InvalidEvent:
-                return  # malformed: dead-lettered, nothing to charge
-            if message.qos == 0:
-                self.qos0.append(event_id)
-            else:
-                in_flight[message.mid] = event_id
 
-        def acked(mid: int) -> None:
-            if mid in arrived:
-                if arrived[0] != mid:
-                    self.out_of_order += 1
-                arrived.remove(mid)
-            event_id = in_flight.pop(mid, None)
-            if event_id is not None and event_id not in {c["event_id"] for c in self._ledger.charges()}:
-                self.early.append(event_id)
-
-        internals.on_receive(client, received)
-        internals.on_puback(client, acked)
-        return client
+def _early(watch: WireWatch) -> list[str]:
+    """Orders acknowledged before they were charged (the watch's snapshot is the set of charged ids)."""
+    return [i for d in watch.acked() if (i := _event_id(d.payload)) is not None and i not in d.seen_at_ack]
 
 
 class _Run:
     """The learner's run_consumer under test: started, killed and restarted like a process."""
 
     def __init__(self, ctx: Context, broker: Any) -> None:
-        self.ledger = Ledger(_folder(ctx) / "ledger.jsonl")
-        self.watch = _AckWatch(broker, self.ledger)
+        self.ledger = Ledger(ctx.tmp_path("check04-") / "ledger.jsonl")
+        # the broker as the learner's consumer sees it: each PUBACK notes what was charged by then
+        self.watch = WireWatch(broker, snapshot=lambda: {c["event_id"] for c in self.ledger.charges()})
         self.ctx, self.broker = ctx, broker
         self.name, self.topic, self.folder = _name(ctx), ctx.topic("orders"), self.ledger.path.parent
         self.task: Any = None
-        _forget_session(ctx, broker, self.name)
+        ctx.forget_session(broker, self.name)
         ctx.on_cleanup(self.stop)
 
     async def start(self) -> None:
@@ -533,18 +487,18 @@ async def acks_each_order_after_charging_it(ctx: Context) -> str:
     await run.publish(orders)
     counts = await run.wait_charged(orders)
     expect(
-        not run.watch.out_of_order,
-        f"{run.watch.out_of_order} acknowledgement(s) were sent before an earlier message's: MQTT requires acks in "
+        not _out_of_order(run.watch),
+        f"{_out_of_order(run.watch)} acknowledgement(s) were sent before an earlier message's: MQTT requires acks in "
         "the order the messages arrived (a strict broker disconnects the client); handle one message at a time",
     )
     _charged_once(counts, "orders published while it ran")
     await run.stop()
     expect(
-        not run.watch.qos0,
-        f"{len(run.watch.qos0)} of {len(orders)} orders arrived at QoS 0: a delivery is capped by the subscription's "
+        not _qos0(run.watch),
+        f"{len(_qos0(run.watch))} of {len(orders)} orders arrived at QoS 0: a delivery is capped by the subscription's "
         "QoS, and a QoS 0 message is never acknowledged nor resent (subscribe with qos=QOS, QOS = 1)",
     )
-    early = [e for e in run.watch.early if e in {o.id for o in orders}]
+    early = [e for e in _early(run.watch) if e in {o.id for o in orders}]
     expect(
         not early,
         f"{len(early)} of {len(orders)} orders were acknowledged before they were charged: if the consumer dies in "
