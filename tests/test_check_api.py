@@ -31,7 +31,8 @@ async def test_a_blocking_call_is_named_not_reported_as_slow() -> None:
     with pytest.raises(CheckFailed, match=r"blocked the event loop for .*time\.sleep\(\)"):
         await outcome("wait_a_bit()", sleeps(0.6), timeout=0.5)  # blocks past the limit: the deadline never fired
     long_enough = await outcome("wait_a_bit()", sleeps(0.3), timeout=2.0)  # finished in time: the check judges
-    assert long_enough.error is None and long_enough.stalled_s >= 0.25
+    assert long_enough.error is None
+    assert long_enough.stalled_s >= 0.25
 
 
 async def test_a_blocking_loop_that_then_hangs_is_named() -> None:
@@ -74,7 +75,8 @@ async def test_a_coroutine_used_as_a_value_says_await_is_missing() -> None:
         return body()["a"]  # type: ignore[index] # the mistake under test: TypeError, 'coroutine' object is not subscriptable
 
     got = await outcome("fetch()", learner)
-    assert isinstance(got.error, TypeError) and "await" in got.raised
+    assert isinstance(got.error, TypeError)
+    assert "await" in got.raised
 
 
 async def test_a_correct_call_is_not_blamed() -> None:
@@ -83,7 +85,10 @@ async def test_a_correct_call_is_not_blamed() -> None:
         return 7
 
     got = await outcome("fine()", learner, timeout=2.0)
-    assert got.value == 7 and got.error is None and got.unawaited == () and got.stalled_s < 0.05 + 0.5
+    assert got.value == 7
+    assert got.error is None
+    assert got.unawaited == ()
+    assert got.stalled_s < 0.05 + 0.5
 
 
 async def test_slow_async_code_still_reads_as_too_slow() -> None:
@@ -113,11 +118,14 @@ async def test_a_check_that_times_out_on_a_blocking_call_says_so() -> None:
 async def test_loop_lag_sees_blocking_and_not_waiting() -> None:
     async with LoopLag() as idle:
         await asyncio.sleep(0.2)
-    assert idle.blocked < 0.1 and idle.blocked_fraction() < 0.5
+    assert idle.blocked < 0.1
+    assert idle.blocked_fraction() < 0.5
     async with LoopLag() as busy:
         await asyncio.sleep(0.01)
         time.sleep(0.2)  # noqa: ASYNC251 - what the probe must see
-    assert busy.longest >= 0.2 and busy.blocked >= 0.15 and busy.blocked_fraction() > 0.5
+    assert busy.longest >= 0.2
+    assert busy.blocked >= 0.15
+    assert busy.blocked_fraction() > 0.5
 
 
 async def test_a_stopped_service_is_told_apart() -> None:
@@ -130,7 +138,8 @@ async def test_a_stopped_service_is_told_apart() -> None:
 
     svc = await start_service("api-probe", ok)
     ctx = Context({"svc": svc})
-    assert ctx.running_service("svc") is svc and not service_stopped(svc)
+    assert ctx.running_service("svc") is svc
+    assert not service_stopped(svc)
     await svc.stop()
     assert service_stopped(svc)
     with pytest.raises(CheckFailed, match="was stopped"):
@@ -155,10 +164,13 @@ def _hinted() -> Checks:
 async def test_level_one_gives_the_idea_and_says_how_to_get_the_code() -> None:
     result = await run_check(next(iter(_hinted())), {"double": lambda x: x})
     text = format_report([result])
-    assert "hint: twice the input" in text and "return 2 * x" not in text
+    assert "hint: twice the input" in text
+    assert "return 2 * x" not in text
     assert 'await check("q1", hint=2)' in text
     code = format_report([result], hint=2)
-    assert "hint: twice the input" in code and "code: return 2 * x" in code and "hint=2)" not in code
+    assert "hint: twice the input" in code
+    assert "code: return 2 * x" in code
+    assert "hint=2)" not in code
 
 
 async def test_a_passing_check_shows_no_hint() -> None:
@@ -175,10 +187,12 @@ async def test_check_takes_a_hint_level_and_refuses_others(
     monkeypatch.delenv("COURSE_GRADING", raising=False)
     check = checker("00_warmup")
     report = await notebook.PendingCheck("00_warmup", "q1", {"double": lambda x: x}, 2)
-    assert not report.passed and "code: return 2 * x" in capsys.readouterr().out
+    assert not report.passed
+    assert "code: return 2 * x" in capsys.readouterr().out
     assert "hint=2" in repr(check("q1", hint=2))
     refused = await notebook.PendingCheck("00_warmup", "q1", {"double": lambda x: x}, 3)
-    assert refused.results == [] and "hint=1 gives the idea, hint=2 the code" in capsys.readouterr().out
+    assert refused.results == []
+    assert "hint=1 gives the idea, hint=2 the code" in capsys.readouterr().out
 
 
 async def test_overlapping_calls_leave_the_warnings_module_as_it_was() -> None:
@@ -335,7 +349,8 @@ async def test_wire_watch_sees_what_each_client_received_and_acknowledged(broker
         for message in got:
             done.append(bytes(message.payload).decode())  # the work, then the ack
             ack(client, message)
-    assert [c.client_id for c in watch.clients] == ["watched-manual"] and watch.clients[0].clean_session
+    assert [c.client_id for c in watch.clients] == ["watched-manual"]
+    assert watch.clients[0].clean_session
     assert [(d.topic, d.payload, d.qos) for d in watch.on(topic)] == [(topic, b"one", 1), (topic, b"two", 1)]
     assert [d.seen_at_ack for d in watch.acked()] == [["one"], ["one", "two"]], "each ack sees the work done before it"
     assert not any(d.out_of_order for d in watch.deliveries)
@@ -362,7 +377,8 @@ def test_a_lab_split_over_modules_includes_its_parts_in_place() -> None:
     part.check("q2", name="second")(noop)
     checks.include(part)
     checks.check("q3", name="third")(noop)
-    assert [c.name for c in checks] == ["first", "second", "third"] and checks.questions == ["q1", "q2", "q3"]
+    assert [c.name for c in checks] == ["first", "second", "third"]
+    assert checks.questions == ["q1", "q2", "q3"]
     assert all(c.lab == "96_split" for c in checks)
     with pytest.raises(LabError, match="two checks named 'second'"):
         checks.include(part)

@@ -91,7 +91,9 @@ def test_every_problem_is_reported_at_once_and_nothing_is_written(tmp_path: Path
     path = roster(tmp_path, "username\nada\nada\nb/x\n")
     assert classroom.main([str(path), "--out", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
-    assert "2 problem(s), nothing written" in err and "line 3" in err and "line 4" in err
+    assert "2 problem(s), nothing written" in err
+    assert "line 3" in err
+    assert "line 4" in err
     assert not (tmp_path / "out").exists()
     assert classroom.main([str(tmp_path / "missing.csv")]) == 1
     assert "no such roster file" in capsys.readouterr().err
@@ -119,7 +121,8 @@ def test_written_files_hash_passwords_and_hand_out_urls(tmp_path: Path) -> None:
         assert stat.S_IMODE((room / private).stat().st_mode) == 0o600, f"{private} must be private to its owner"
     with (room / "handout.csv").open() as fh:
         rows = {row["username"]: row for row in csv.DictReader(fh)}
-    assert set(rows) == {"ada", "grace", "instructor"} and rows["instructor"]["role"] == "instructor"
+    assert set(rows) == {"ada", "grace", "instructor"}
+    assert rows["instructor"]["role"] == "instructor"
     grace = parse_mqtt_url(rows["grace"]["mqtt_url"])
     assert (grace.username, grace.password, grace.host, grace.port) == ("grace", "p:ss w/rd%", "127.0.0.1", 18883)
 
@@ -208,7 +211,9 @@ async def test_prefixing_is_transparent_and_the_instructor_sees_the_real_topic(a
         await shop.publish("orders/placed", b"order 1", qos=1)
         [got] = await collect(consumer, expected=1, timeout=5)
         [observed] = await collect(observer, expected=1, timeout=5)
-    assert str(got.topic) == "orders/placed" and got.topic.matches("orders/#") and got.payload == b"order 1"
+    assert str(got.topic) == "orders/placed"
+    assert got.topic.matches("orders/#")
+    assert got.payload == b"order 1"
     assert seen_by_spy == ["orders/placed"], "a spy on paho's on_message sees the topic the code used too"
     assert str(observed.topic) == "course/ada/orders/placed", "on the wire the topic is under the learner's prefix"
     assert (consumer.identifier, consumer.wire_identifier) == ("fulfilment", "ada:fulfilment")
@@ -342,7 +347,8 @@ def test_mosquitto_classroom_runs_a_command_as_a_learner(capsys: pytest.CaptureF
         else:
             os.environ["PYTHONPATH"] = saved
     out = capsys.readouterr().out
-    assert "[mosquitto] mqtt://ada:***@127.0.0.1:" in out and "classroom: ada, grace, instructor" in out
+    assert "[mosquitto] mqtt://ada:***@127.0.0.1:" in out
+    assert "classroom: ada, grace, instructor" in out
     assert mosquitto.main(["--nope", "--", "true"]) == 2
 
 
@@ -369,7 +375,8 @@ def tls_room() -> Iterator[tuple[str, int, Path]]:
             learner_cafile=str(cert),
         )  # fmt: skip
         conf = (folder / "mosquitto.conf").read_text()
-        assert f"listener {port} 127.0.0.1" in conf and f"listener {tls_port} 127.0.0.1\ncertfile {cert}" in conf
+        assert f"listener {port} 127.0.0.1" in conf
+        assert f"listener {tls_port} 127.0.0.1\ncertfile {cert}" in conf
         mosquitto.readable_by_broker(folder, ["passwd", "acl", "data", "key.pem", "cert.pem"])
         with mosquitto.serving(folder / "mosquitto.conf", port):
             yield written.urls["ada"], tls_port, cert
@@ -380,7 +387,8 @@ def tls_room() -> Iterator[tuple[str, int, Path]]:
 @pytest.mark.broker
 async def test_learners_connect_with_mqtts_and_the_classroom_ca(tls_room: tuple[str, int, Path]) -> None:
     url, tls_port, cert = tls_room
-    assert url.startswith("mqtts://ada:") and url.endswith(f":{tls_port}?cafile={cert}")
+    assert url.startswith("mqtts://ada:")
+    assert url.endswith(f":{tls_port}?cafile={cert}")
     async with Broker(url, name="tls") as broker, broker.client("tls") as client:
         assert broker.url.startswith("mqtts://ada:***@127.0.0.1:")
         await client.subscribe("secure", qos=1)

@@ -145,7 +145,8 @@ def test_lab_as_shipped_fails_its_checks(lab: str, tmp_path: Path) -> None:
     report = tmp_path / "results.json"
     code = main([str(LABS / f"{lab}.ipynb"), "--json", str(report)])
     graded = json.loads(report.read_text())["submissions"][0]
-    assert graded["status"] == "graded" and graded["lab"] == lab
+    assert graded["status"] == "graded"
+    assert graded["lab"] == lab
     assert graded["score"] <= 0.2 * graded["max_score"], f"{lab} as shipped already earns {graded['score']}/{graded['max_score']}"
     assert code == 1
 
@@ -157,7 +158,8 @@ def test_lab_as_shipped_fails_its_checks(lab: str, tmp_path: Path) -> None:
 async def test_tiny_solution_full_marks_and_kernel_inherits_mqtt_url(tiny_checks: Path, tmp_path: Path) -> None:
     result = await grade_file(tiny_notebook(tmp_path / "t.ipynb"), tiny_options(tiny_checks))
     assert result.full_marks, result.failures()
-    assert result.score == TINY_MAX and result.seconds < 20
+    assert result.score == TINY_MAX
+    assert result.seconds < 20
 
 
 @pytest.mark.kernel
@@ -204,7 +206,8 @@ async def test_code_under_check_cannot_rewire_the_graders_modules(tiny_checks: P
     )
     result = await grade_file(tiny_notebook(tmp_path / "rewire.ipynb", q3=rewire), tiny_options(tiny_checks))
     greets = next(c for c in result.checks if c.name == "greets")
-    assert not greets.passed and "helpers.grading.checks.CheckResult" in greets.message
+    assert not greets.passed
+    assert "helpers.grading.checks.CheckResult" in greets.message
     assert any("replaced helpers.grading.checks.CheckResult" in f for f in result.flags), result.flags
     assert points(result) == {"q1": 2, "q2": 1, "q3": 1}
 
@@ -231,7 +234,8 @@ async def test_hidden_checks_count_in_the_grade(tiny_checks: Path, tmp_path: Pat
     only_positive = "def double(x):\n    return 42 if x == 21 else 0"
     result = await grade_file(tiny_notebook(tmp_path / "h.ipynb", q1=only_positive), tiny_options(tiny_checks))
     hidden = next(c for c in result.checks if c.name == "doubles_negative")
-    assert hidden.hidden and not hidden.passed
+    assert hidden.hidden
+    assert not hidden.passed
     assert points(result)["q1"] == 1
 
 
@@ -379,7 +383,8 @@ async def test_not_a_notebook_is_an_error_row(tmp_path: Path) -> None:
     not_nb.write_text('{"hello": 1}', encoding="utf-8")
     for path in (text, not_nb, tmp_path / "missing.ipynb"):
         result = await grade_file(path)
-        assert result.status == "error" and not result.full_marks
+        assert result.status == "error"
+        assert not result.full_marks
         assert "not a Jupyter notebook" in result.error or "no such file" in result.error
 
 
@@ -406,7 +411,9 @@ async def test_unknown_lab_is_an_error_row(tmp_path: Path) -> None:
     nbformat.write(new_notebook(cells=[new_code_cell("x = 1")], metadata={"course_lab": {"id": "99_nope"}}), path)
     result = await grade_file(path)
     assert result.status == "error"
-    assert "unknown lab" in result.error and "99_nope" in result.error and "00_warmup" in result.error
+    assert "unknown lab" in result.error
+    assert "99_nope" in result.error
+    assert "00_warmup" in result.error
 
 
 def test_lab_identified_by_metadata_then_file_name() -> None:
@@ -444,9 +451,13 @@ def test_batch_of_a_folder_writes_a_correct_csv(tmp_path: Path) -> None:
         "100.0",
     )
     q1, q2, q3 = (f"00_warmup q{n}" for n in (1, 2, 3))  # one column per lab question
-    assert (alice[q1], alice[q2], alice[q3]) == ("3", "5", "5") and alice["failed"] == ""
-    assert (bob["status"], bob["score"], bob[q1]) == ("graded", "0", "0") and "svc" in bob["failed"]
-    assert carol["status"] == "error" and "not a Jupyter notebook" in carol["error"] and carol[q1] == ""
+    assert (alice[q1], alice[q2], alice[q3]) == ("3", "5", "5")
+    assert alice["failed"] == ""
+    assert (bob["status"], bob["score"], bob[q1]) == ("graded", "0", "0")
+    assert "svc" in bob["failed"]
+    assert carol["status"] == "error"
+    assert "not a Jupyter notebook" in carol["error"]
+    assert carol[q1] == ""
     doc = json.loads(out_json.read_text())
     assert [s["full_marks"] for s in doc["submissions"]] == [True, False, False]
     assert "1/3 with full marks, 1 error row(s)" in run.stdout
@@ -475,7 +486,8 @@ def test_options_are_resolved_once_into_a_frozen_plan(tmp_path: Path, monkeypatc
         f.write_text("not a notebook")
     reports = tmp_path / "reports"
     plan = resolve_plan(Options(sandbox="none", hide=(reports,), labs_dir=None), files)
-    assert asked == ["none"] and plan.sandbox == "none"
+    assert asked == ["none"]
+    assert plan.sandbox == "none"
     assert plan.seed and plan.seed == dataclasses.replace(plan).seed, "a seed is drawn once, when none is given"
     assert resolve_plan(Options(sandbox="none", seed="s1"), files).seed == "s1"
     assert {reports, tmp_path / "a", tmp_path / "b", Path.cwd(), Path.home()} <= set(plan.hide)
@@ -485,5 +497,6 @@ def test_options_are_resolved_once_into_a_frozen_plan(tmp_path: Path, monkeypatc
     asked.clear()
     results = asyncio.run(grade_many(files, Options(sandbox="none", jobs=2, labs_dir=None)))
     assert asked == ["none"], "a batch resolves its sandbox once, not once per submission"
-    assert [r.status for r in results] == ["error", "error"] and {r.sandbox for r in results} == {"none"}
+    assert [r.status for r in results] == ["error", "error"]
+    assert {r.sandbox for r in results} == {"none"}
     assert all(r.error.startswith("not a Jupyter notebook") for r in results), [r.error for r in results]

@@ -61,7 +61,8 @@ def test_default_jobs_is_the_cores_and_bad_jobs_is_a_usage_error(capsys: pytest.
     assert default_jobs() == len(os.sched_getaffinity(0))
     with pytest.raises(SystemExit) as stop:
         main(["x.ipynb", "--jobs", "0"])
-    assert stop.value.code == 2 and "at least 1" in capsys.readouterr().err
+    assert stop.value.code == 2
+    assert "at least 1" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- the gate
@@ -177,7 +178,8 @@ async def test_kernels_talk_over_ipc_without_the_tcp_warning(tmp_path: Path) -> 
         finally:
             client.stop_channels()
             await km.shutdown_kernel(now=True)
-    assert info["transport"] == "ipc" and str(tmp_path) in info["ip"]
+    assert info["transport"] == "ipc"
+    assert str(tmp_path) in info["ip"]
     assert "without encryption" not in stderr.read_text()
 
 
@@ -194,5 +196,6 @@ def test_a_check_is_timing_critical_when_it_says_so_or_with_alone_all() -> None:
 
     measures.timing = True  # type: ignore[attr-defined]
     timed, plain = list(checks)
-    assert timing_critical(timed) and not timing_critical(plain)
+    assert timing_critical(timed)
+    assert not timing_critical(plain)
     assert timing_critical(plain, "all")

@@ -177,12 +177,15 @@ def test_gradescope_package_grades_like_the_plain_grader(python: str, plain: dic
     assert {t["visibility"] for t in correct if "(hidden)" in t["name"]} == {"after_due_date"}
     assert {t["visibility"] for t in correct if "(hidden)" not in t["name"]} == {"visible"}
     failed = [t for t in docs["partial"]["tests"] if t["status"] == "failed" and t["visibility"] == "visible"]
-    assert failed and all(t["output"] for t in failed) and any("Hint: " in t["output"] for t in failed)
+    assert failed
+    assert all(t["output"] for t in failed)
+    assert any("Hint: " in t["output"] for t in failed)
     assert "await round_trip" not in json.dumps(docs["partial"])  # no code hints anywhere
     for kind, why in (("wrong_lab", "wrong lab: this notebook is lab 04_reliable_consumer"), ("not_a_notebook", "not a Jupyter")):
         doc = docs[kind]
         assert doc["score"] == 0 and len(doc["tests"]) == 1, doc
-        assert doc["tests"][0]["visibility"] == "visible" and why in doc["tests"][0]["output"]
+        assert doc["tests"][0]["visibility"] == "visible"
+        assert why in doc["tests"][0]["output"]
 
 
 # --------------------------------------------------------------------------- PrairieLearn
@@ -192,8 +195,10 @@ def test_prairielearn_package_grades_like_the_plain_grader(python: str, plain: d
     build("prairielearn", root / "build")
     package = root / "build" / f"prairielearn-{LAB}"
     options = json.loads((package / "info.json").read_text(encoding="utf-8"))["externalGradingOptions"]
-    assert options["timeout"] > 30 and options["entrypoint"].startswith("/grade/serverFilesCourse/")
-    assert (package / "image" / "Dockerfile").is_file() and (package / "image" / "requirements.txt").is_file()
+    assert options["timeout"] > 30
+    assert options["entrypoint"].startswith("/grade/serverFilesCourse/")
+    assert (package / "image" / "Dockerfile").is_file()
+    assert (package / "image" / "requirements.txt").is_file()
     grade = root / "grade"
     shutil.copytree(package / "serverFilesCourse", grade / "serverFilesCourse")
     entrypoint = grade / options["entrypoint"].removeprefix("/grade/")
@@ -215,7 +220,8 @@ def test_prairielearn_package_grades_like_the_plain_grader(python: str, plain: d
         scores[kind] = doc["score"] * max_points() if doc["gradable"] else None
     assert {k: pytest.approx(scores[k]) for k in GRADED} == plain
     hidden = [t for t in docs["partial"]["tests"] if "hidden check" in t["name"]]
-    assert hidden and all(t["message"] in ("passed", "failed") and t["description"] == "" for t in hidden)
+    assert hidden
+    assert all(t["message"] in ("passed", "failed") and t["description"] == "" for t in hidden)
     assert "await round_trip" not in json.dumps(docs["partial"])
     for kind, why in (("wrong_lab", "wrong lab"), ("not_a_notebook", "not a Jupyter")):
         doc = docs[kind]

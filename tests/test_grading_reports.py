@@ -46,8 +46,10 @@ def test_each_lab_question_gets_its_own_csv_column(tmp_path: Path) -> None:
     ]
     write_csv(rows, tmp_path / "grades.csv")
     table = list(csv.DictReader((tmp_path / "grades.csv").open(encoding="utf-8")))
-    assert table[0]["00_warmup q1"] == "3" and table[0]["04_reliable_consumer q1"] == ""
-    assert table[1]["00_warmup q1"] == "" and table[1]["04_reliable_consumer q1"] == "0"
+    assert table[0]["00_warmup q1"] == "3"
+    assert table[0]["04_reliable_consumer q1"] == ""
+    assert table[1]["00_warmup q1"] == ""
+    assert table[1]["04_reliable_consumer q1"] == "0"
     assert "q1" not in table[0]
 
 
@@ -148,16 +150,26 @@ def test_feedback_files_tell_each_learner_their_own_result_only(tmp_path: Path) 
     assert [p.name for p in written] == ["ada_00_warmup.md", "bob.md", "carol.md"]
     ada = (tmp_path / "fb" / "ada_00_warmup.md").read_text(encoding="utf-8")
     assert "ada_00_warmup.ipynb: 3 of 5 points." in ada
-    assert "| q1 | 2 / 2 |" in ada and "| q2 | 0 / 2 |" in ada
-    assert "### q2: echoes works (echoes)" in ada and "- What went wrong: got None" in ada and "- Hint: await the reply" in ada
+    assert "| q1 | 2 / 2 |" in ada
+    assert "| q2 | 0 / 2 |" in ada
+    assert "### q2: echoes works (echoes)" in ada
+    assert "- What went wrong: got None" in ada
+    assert "- Hint: await the reply" in ada
     assert "1 hidden check passed, 1 failed." in ada
-    assert "echoes_unicode" not in ada and "é" not in ada and "encode as UTF-8" not in ada  # hidden: counted, not named
+    assert "echoes_unicode" not in ada
+    assert "é" not in ada
+    assert "encode as UTF-8" not in ada
     assert "return await reply()" not in ada  # never the code hint
-    assert "ran past 15 s" in ada and "replaced by notebook code" not in ada  # notes yes, tamper flags no
-    assert "BOB-ONLY-MESSAGE" not in ada and "bob" not in ada.lower()
+    assert "ran past 15 s" in ada
+    assert "replaced by notebook code" not in ada
+    assert "BOB-ONLY-MESSAGE" not in ada
+    assert "bob" not in ada.lower()
     page = (tmp_path / "fb" / "ada_00_warmup.html").read_text(encoding="utf-8")
-    assert "<h3>q2: echoes works (echoes)</h3>" in page and "<li>Hint: await the reply</li>" in page
-    assert "echoes_unicode" not in page and "return await reply()" not in page and "<script" not in page
+    assert "<h3>q2: echoes works (echoes)</h3>" in page
+    assert "<li>Hint: await the reply</li>" in page
+    assert "echoes_unicode" not in page
+    assert "return await reply()" not in page
+    assert "<script" not in page
     carol = (tmp_path / "fb" / "carol.md").read_text(encoding="utf-8")
     assert "could not be graded: not a Jupyter notebook" in carol
 
@@ -224,7 +236,9 @@ def test_canvas_fills_one_column_and_leaves_every_other_byte(tmp_path: Path) -> 
     assert done.not_graded == ["eve_00_warmup.ipynb (not a Jupyter notebook)"]
     assert done.missing == ['Hopper, "Amazing" Grace', "Student, Test"]
     summary = done.summary()
-    assert "wrote 2 score(s)" in summary and "nobody_00_warmup.ipynb" in summary and "Student, Test" in summary
+    assert "wrote 2 score(s)" in summary
+    assert "nobody_00_warmup.ipynb" in summary
+    assert "Student, Test" in summary
 
 
 def test_canvas_never_guesses(tmp_path: Path) -> None:
@@ -235,7 +249,8 @@ def test_canvas_never_guesses(tmp_path: Path) -> None:
     (tmp_path / "roster.csv").write_text("submission,ID\nada,101\nada_00_warmup,101\n", encoding="utf-8")
     twice = [graded(f"{d}/ada_00_warmup.ipynb", "00_warmup", check("q1", "x", True)) for d in ("a", "b")]
     done = fill(export, tmp_path / "roster.csv", twice)
-    assert done.written == {} and done.conflicts == ["Lovelace, Ada (ada_00_warmup.ipynb, ada_00_warmup.ipynb)"]
+    assert done.written == {}
+    assert done.conflicts == ["Lovelace, Ada (ada_00_warmup.ipynb, ada_00_warmup.ipynb)"]
     assert "Lovelace, Ada" not in done.missing
     assert done.out.read_bytes() == export.read_bytes()
     with pytest.raises(CanvasError, match="no assignment column names lab 04_reliable_consumer"):

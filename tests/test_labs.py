@@ -73,7 +73,7 @@ def test_strip_code_keeps_hints_and_indentation() -> None:
 
 
 @pytest.mark.parametrize(
-    "source, problem",
+    ("source", "problem"),
     [
         ("# BEGIN SOLUTION\nx = 1", "without END"),
         ("x = 1\n# END SOLUTION", "line 2: END SOLUTION without BEGIN"),
@@ -87,7 +87,9 @@ def test_unbalanced_markers_are_reported_with_their_line(source: str, problem: s
 
 def test_markdown_answers_become_a_prompt() -> None:
     text, blocks = strip_markdown("Why?\n<!-- BEGIN SOLUTION -->\nBecause the caller waits.\n<!-- END SOLUTION -->")
-    assert blocks == 1 and "caller waits" not in text and "Your answer here" in text
+    assert blocks == 1
+    assert "caller waits" not in text
+    assert "Your answer here" in text
 
 
 def _solution() -> nbformat.NotebookNode:
@@ -104,8 +106,11 @@ def test_make_lab_clears_outputs_drops_solution_only_cells_and_labels_the_lab() 
     lab = make_lab(solution, "77_demo")
     assert [c.cell_type for c in lab.cells] == ["markdown", "code"]
     code = lab.cells[1]
-    assert code.outputs == [] and code.execution_count is None and "return 1" not in code.source
-    assert lab.metadata["course_lab"]["id"] == "77_demo" and lab.metadata["kernelspec"]["name"] == "python3"
+    assert code.outputs == []
+    assert code.execution_count is None
+    assert "return 1" not in code.source
+    assert lab.metadata["course_lab"]["id"] == "77_demo"
+    assert lab.metadata["kernelspec"]["name"] == "python3"
     assert "return 1" in solution.cells[1].source and solution.cells[1].outputs, "the solution is left untouched"
 
 
@@ -119,15 +124,19 @@ def test_check_mode_fails_when_labs_are_stale(tmp_path: Path, capsys: pytest.Cap
     sols.mkdir()
     nbformat.write(_solution(), sols / "77_demo.ipynb")
     args = ["--solutions", str(sols), "--labs", str(labs)]
-    assert main(["--check", *args]) == 1 and "missing" in capsys.readouterr().out
-    assert main(args) == 0 and (labs / "77_demo.ipynb").exists()
+    assert main(["--check", *args]) == 1
+    assert "missing" in capsys.readouterr().out
+    assert main(args) == 0
+    assert (labs / "77_demo.ipynb").exists()
     assert main(["--check", *args]) == 0
     lab = labs / "77_demo.ipynb"
     lab.write_text(lab.read_text().replace("Lab", "Lab (edited by hand)"))
-    assert main(["--check", *args]) == 1 and "differs" in capsys.readouterr().out
+    assert main(["--check", *args]) == 1
+    assert "differs" in capsys.readouterr().out
     shutil.copy(lab, labs / "88_gone.ipynb")  # a generated lab whose solution was deleted
     generate(sols, labs)
-    assert not (labs / "88_gone.ipynb").exists() and stale(sols, labs) == []
+    assert not (labs / "88_gone.ipynb").exists()
+    assert stale(sols, labs) == []
 
 
 # --------------------------------------------------------------------------- every lab
@@ -159,9 +168,11 @@ def test_checks_match_the_notebook(lab: str) -> None:
 def test_lab_keeps_no_solution_code(lab: str) -> None:
     nb = nbformat.read(LABS / f"{lab}.ipynb", as_version=4)
     for cell in nb.cells:
-        assert "BEGIN SOLUTION" not in cell.source and "END SOLUTION" not in cell.source
+        assert "BEGIN SOLUTION" not in cell.source
+        assert "END SOLUTION" not in cell.source
         if cell.cell_type == "code":
-            assert cell.outputs == [] and cell.execution_count is None
+            assert cell.outputs == []
+            assert cell.execution_count is None
     assert nb.metadata["course_lab"]["id"] == lab
 
 
@@ -203,7 +214,9 @@ async def test_run_check_reports_pass_fail_and_learner_errors() -> None:
     doubles, hidden, slow = list(demo)
     assert (await run_check(doubles, {"double": lambda x: 2 * x})).passed
     failed = await run_check(doubles, {"double": lambda x: x})
-    assert not failed.passed and failed.message == "double(2) returned 2" and failed.points == 0
+    assert not failed.passed
+    assert failed.message == "double(2) returned 2"
+    assert failed.points == 0
     assert "not defined" in (await run_check(doubles, {})).message
     raising = await run_check(doubles, {"double": lambda x: 1 / 0})
     assert raising.message == "double() raised ZeroDivisionError: division by zero"
@@ -218,14 +231,16 @@ async def test_run_check_reports_pass_fail_and_learner_errors() -> None:
         await asyncio.sleep(30)
 
     timed_out = await run_check(slow, {"slow": never})
-    assert not timed_out.passed and "timed out after 0.2 s" in timed_out.message
+    assert not timed_out.passed
+    assert "timed out after 0.2 s" in timed_out.message
 
 
 def test_checks_registry_counts_hidden_points_and_rejects_mistakes() -> None:
     demo = _demo_checks()
     assert demo.questions == ["q1", "q2"]
     assert [c.name for c in demo.of("q1", hidden=False)] == ["doubles"]
-    assert demo.max_points() == 4 and demo.max_points("q1") == 3
+    assert demo.max_points() == 4
+    assert demo.max_points("q1") == 3
     with pytest.raises(LabError, match="async def"):
         demo.check("q3")(lambda ctx: None)  # type: ignore[arg-type] # a sync lambda on purpose: the registry must refuse it
 
@@ -240,8 +255,10 @@ async def test_report_shows_ticks_reasons_and_hints() -> None:
     demo = _demo_checks()
     results = [await run_check(c, {"double": lambda x: x, "value": 1}) for c in demo.of("q1")]
     text = format_report(results)
-    assert "q1: 1/2 passed" in text and "\u2717 double(2) is 4" in text
-    assert "why:  double(2) returned 2" in text and "hint: return twice the input" in text
+    assert "q1: 1/2 passed" in text
+    assert "\u2717 double(2) is 4" in text
+    assert "why:  double(2) returned 2" in text
+    assert "hint: return twice the input" in text
 
 
 async def test_check_in_a_notebook_must_be_awaited_and_is_skipped_while_grading(
@@ -251,7 +268,8 @@ async def test_check_in_a_notebook_must_be_awaited_and_is_skipped_while_grading(
     pending = check("q1")
     assert 'await check("q1")' in repr(pending)
     report = await pending  # no svc in this namespace: both visible checks fail, with reasons
-    assert not report.passed and "`svc` is not defined" in capsys.readouterr().out
+    assert not report.passed
+    assert "`svc` is not defined" in capsys.readouterr().out
     monkeypatch.setenv(GRADING_ENV, "1")
     assert (await check("q1")).results == []
     assert "skipped while grading" in capsys.readouterr().out

@@ -29,14 +29,9 @@ MAX_LINES = 600
 LONG_FOR_NOW = {
     "helpers/labchecks/image_pipeline.py",
     "helpers/capstone/pipeline.py",
-    "helpers/grading/runner.py",
-    "helpers/labchecks/resilient_client.py",
     "helpers/capstone/images.py",
     "helpers/capstone/assembly.py",
-    "helpers/grading/checks.py",
-    "helpers/labchecks/reliable_consumer.py",
     "helpers/capstone/scaleout.py",
-    "helpers/labchecks/hybrid_job.py",
 }
 
 

@@ -106,7 +106,8 @@ hc.Context.markdown = lambda self: ["TOKEN-42"]
     path = notes_notebook(tmp_path / "cheat.ipynb", answer="no answer here", q1_code=plant)
     result = await grade_file(path, options(notes_checks))
     mentions = next(c for c in result.checks if c.name == "mentions_the_token")
-    assert not mentions.passed and "no token in 2 Markdown cell(s)" in mentions.message
+    assert not mentions.passed
+    assert "no token in 2 Markdown cell(s)" in mentions.message
 
 
 @pytest.mark.kernel
@@ -172,7 +173,8 @@ async def test_in_the_notebook_check_reads_the_saved_file(tmp_path: Path, monkey
     (reads,) = list(_reader())
     _write(tmp_path / f"{LAB}.ipynb", ["intro", "```mermaid\nflowchart LR\n```"])
     result = await run_check(reads, {})
-    assert result.passed and result.message == "intro | ```mermaid\nflowchart LR\n```"
+    assert result.passed
+    assert result.message == "intro | ```mermaid\nflowchart LR\n```"
     given = await run_check(reads, {}, markdown=["from the grader"])
     assert given.message == "from the grader", "markdown handed in wins over the saved file"
 
@@ -181,4 +183,6 @@ async def test_without_a_saved_notebook_the_check_says_to_save(tmp_path: Path, m
     monkeypatch.chdir(tmp_path)
     (reads,) = list(_reader())
     result = await run_check(reads, {})
-    assert not result.passed and SAVE_FIRST in result.message and LAB in result.message
+    assert not result.passed
+    assert SAVE_FIRST in result.message
+    assert LAB in result.message

@@ -95,13 +95,16 @@ def test_setpriv_mode_runs_the_kernel_unprivileged_limited_and_in_its_scratch(py
     assert run.returncode == 0, run.stdout + run.stderr
     assert "MISSING: no network isolation" in run.stderr  # said plainly, every run
     doc = json.loads(out.read_text(encoding="utf-8"))
-    assert doc["grader"]["sandbox"]["mode"] == "setpriv" and doc["grader"]["sandbox"]["missing"] == list(boxes.FALLBACK_MISSING)
+    assert doc["grader"]["sandbox"]["mode"] == "setpriv"
+    assert doc["grader"]["sandbox"]["missing"] == list(boxes.FALLBACK_MISSING)
     row = doc["submissions"][0]
     assert row["sandbox"] == "setpriv"
     facts = json.loads(row["checks"][0]["message"])
     assert boxes.UID_BASE <= facts["uid"] < boxes.UID_BASE + boxes.UID_SPAN
     cwd = Path(facts["cwd"])
-    assert facts["home"] == str(cwd) and cwd.name == "work" and cwd.parent.name.startswith("grade-")
+    assert facts["home"] == str(cwd)
+    assert cwd.name == "work"
+    assert cwd.parent.name.startswith("grade-")
     limits = boxes.Limits()
     assert (facts["nproc"], facts["as"], facts["fsize"]) == (limits.processes, limits.memory_bytes, limits.file_bytes)
     assert facts["secret"] is None  # the grader's environment is not inherited
@@ -115,12 +118,15 @@ def test_auto_falls_back_to_setpriv_and_says_what_is_missing(monkeypatch: pytest
     monkeypatch.setattr(boxes, "probe_fallback", lambda: None)
     mode, notice = boxes.resolve("auto")
     assert mode == "setpriv"
-    assert "no namespaces here" in notice and all(missing in notice for missing in boxes.FALLBACK_MISSING)
+    assert "no namespaces here" in notice
+    assert all(missing in notice for missing in boxes.FALLBACK_MISSING)
     with pytest.raises(boxes.SandboxError, match="no namespaces here"):
         boxes.resolve("bwrap")
     monkeypatch.setattr(boxes, "probe_fallback", lambda: "not root")
     mode, notice = boxes.resolve("auto")
-    assert mode == "none" and "WITHOUT a sandbox" in notice and "not root" in notice
+    assert mode == "none"
+    assert "WITHOUT a sandbox" in notice
+    assert "not root" in notice
     with pytest.raises(boxes.SandboxError, match="not root"):
         boxes.resolve("setpriv")
 
@@ -130,4 +136,5 @@ def test_a_host_broker_keeps_the_fallback(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("MQTT_URL", "mqtt://127.0.0.1:1883")
     monkeypatch.setattr(boxes, "probe_fallback", lambda: None)
     mode, notice = boxes.resolve("auto")
-    assert mode == "setpriv" and "MQTT_URL" in notice
+    assert mode == "setpriv"
+    assert "MQTT_URL" in notice
