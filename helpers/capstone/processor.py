@@ -37,6 +37,7 @@ exactly such a message.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import threading
 import time
@@ -92,6 +93,42 @@ FailOn = Callable[[Mapping[str, Any]], bool]
 
 CaptionFn = Callable[[Image.Image], str]
 """A caption model: a Pillow image in, one sentence out (default: :func:`helpers.capstone.images.caption`)."""
+
+
+@dataclass(frozen=True)
+class ProcessorSettings:
+    """How the AI Image Processor runs: declared once, passed through every layer that starts one.
+
+    ``work`` (or ``work_of(job)`` per job) scales the CPU cost of each image; ``fail_on(job)``
+    makes a job's transform fail every time; ``attempts`` tries per delivery before the job
+    is failed and dead-lettered; ``caption_fn(image) -> str`` replaces the default caption
+    (swap in a real model here). ``session`` fixes the members' client ids (``session``, or
+    ``session-0``, ... for several workers), so a process restarted with the same ``session``
+    resumes the persistent sessions (and the messages in flight) of the one that died;
+    without it each start takes fresh ids (``name-<random>-i``).
+    """
+
+    workers: int = 4
+    shared: bool | None = None
+    """None: shared subscriptions on an external broker, the pool on the embedded one."""
+    work: float = 1.0
+    work_of: WorkOf | None = None
+    fail_on: FailOn | None = None
+    caption_fn: CaptionFn | None = None
+    attempts: int = DEFAULT_ATTEMPTS
+    retry_delay: float = DEFAULT_RETRY_DELAY_S
+    name: str = "processor"
+    session: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"the processor needs at least one worker, got {self.workers}")
+        if self.attempts < 1:
+            raise ValueError(f"attempts counts the first try too, so it is at least 1, got {self.attempts}")
+
+    def with_(self, **changes: Any) -> ProcessorSettings:
+        """These settings with some changed (``settings.with_(workers=2)``); unknown names raise TypeError."""
+        return dataclasses.replace(self, **changes) if changes else self
 
 
 class TransformFailed(RuntimeError):
@@ -187,41 +224,22 @@ class Processor:
     """The running AI Image Processor: its workers, what they did, and kill/restart for the lessons."""
 
     def __init__(
-        self,
-        broker: Broker,
-        topics: Topics,
-        storage_url: str,
-        *,
-        workers: int = 4,
-        shared: bool | None = None,
-        work: float = 1.0,
-        work_of: WorkOf | None = None,
-        fail_on: FailOn | None = None,
-        caption_fn: CaptionFn | None = None,
-        attempts: int = DEFAULT_ATTEMPTS,
-        retry_delay: float = DEFAULT_RETRY_DELAY_S,
-        name: str = "processor",
-        session: str | None = None,
+        self, broker: Broker, topics: Topics, storage_url: str, settings: ProcessorSettings | None = None, **changes: Any
     ) -> None:
-        """``session`` fixes the client ids (``session``, or ``session-0``, ... for several workers).
-
-        Without it each start takes fresh ids (``name-<random>-i``), and a restarted
-        *process* could never resume the sessions that hold its predecessor's messages.
-        """
-        if workers < 1:
-            raise ValueError(f"the processor needs at least one worker, got {workers}")
-        if attempts < 1:
-            raise ValueError(f"attempts counts the first try too, so it is at least 1, got {attempts}")
+        """``settings`` (the defaults when None), with ``changes`` applied (``workers=2``, ``work=0.5``, ...)."""
+        settings = (settings or ProcessorSettings()).with_(**changes)
+        workers, shared, session = settings.workers, settings.shared, settings.session
         use_shared = (broker.supports_shared_subscriptions and not broker.embedded) if shared is None else shared
         if use_shared and broker.embedded:
             raise ValueError(f"shared=True is refused: {EMBEDDED_SHARED_PROBLEM}")
+        self.settings = settings
         self.broker, self.topics = broker, topics
         self.storage = StorageClient(storage_url)
-        self.work, self.work_of, self.fail_on = work, work_of, fail_on
-        self.caption_fn = caption_fn or images.caption
-        self.attempts, self.retry_delay = attempts, retry_delay
+        self.work, self.work_of, self.fail_on = settings.work, settings.work_of, settings.fail_on
+        self.caption_fn = settings.caption_fn or images.caption
+        self.attempts, self.retry_delay = settings.attempts, settings.retry_delay
         self.mode = SHARED if use_shared else POOL
-        base = session or f"{name}-{uuid.uuid4().hex[:6]}"
+        base = session or f"{settings.name}-{uuid.uuid4().hex[:6]}"
         if use_shared:
             topic = f"$share/processors/{topics.uploaded}"
             ids = [base] if session and workers == 1 else [f"{base}-{i}" for i in range(workers)]
@@ -481,45 +499,10 @@ def _retrieve(task: asyncio.Task[Any]) -> None:
 
 
 async def start_processor(
-    broker: Broker,
-    topics: Topics,
-    storage_url: str,
-    *,
-    workers: int = 4,
-    shared: bool | None = None,
-    work: float = 1.0,
-    work_of: WorkOf | None = None,
-    fail_on: FailOn | None = None,
-    caption_fn: CaptionFn | None = None,
-    attempts: int = DEFAULT_ATTEMPTS,
-    retry_delay: float = DEFAULT_RETRY_DELAY_S,
-    name: str = "processor",
-    session: str | None = None,
+    broker: Broker, topics: Topics, storage_url: str, settings: ProcessorSettings | None = None, **changes: Any
 ) -> Processor:
-    """Start the AI Image Processor with ``workers`` workers; returns once every worker has subscribed.
-
-    ``work`` (or ``work_of(job)`` per job) scales the CPU cost of each image; ``fail_on(job)``
-    makes a job's transform fail every time; ``attempts`` tries per delivery before the job
-    is failed and dead-lettered; ``caption_fn(image) -> str`` replaces the default caption
-    (swap in a real model here). ``session`` fixes the members' client ids, so a process
-    restarted with the same ``session`` resumes the persistent sessions (and the messages
-    in flight) of the one that died.
-    """
-    processor = Processor(
-        broker,
-        topics,
-        storage_url,
-        workers=workers,
-        shared=shared,
-        work=work,
-        work_of=work_of,
-        fail_on=fail_on,
-        caption_fn=caption_fn,
-        attempts=attempts,
-        retry_delay=retry_delay,
-        name=name,
-        session=session,
-    )
+    """Start the AI Image Processor (see :class:`ProcessorSettings`); returns once every worker has subscribed."""
+    processor = Processor(broker, topics, storage_url, settings, **changes)
     try:
         return await processor.start()
     except BaseException as exc:  # not swallowed: stop the members that did start, then re-raise

@@ -36,11 +36,11 @@ from PIL import Image
 
 from helpers.capstone import images
 from helpers.capstone.jobs import DONE, FAILED, JOB_DONE, JOB_FAILED, JOB_PROGRESS, Topics
-from helpers.capstone.pipeline import UploadAnswer, post_image
 from helpers.capstone.processor import start_processor
 from helpers.capstone.services import _import
 from helpers.capstone.storage import start_storage
 from helpers.capstone.upload import UploadService, start_upload
+from helpers.capstone.wire import UploadAnswer, post_image
 from helpers.core import lifecycle
 from helpers.core.broker import Broker, BrokerError, start_broker
 from helpers.core.cpu import machine_busy_seconds
