@@ -45,9 +45,9 @@ async def mosquitto_front(tmp_path: Path) -> AsyncIterator[tuple[Any, Any]]:
 
 async def _upload_and_wait(front: scaleout.Front, n: int) -> None:
     photo = images.generated_image(7, size=(320, 240), fmt="JPEG")
-    answers = [await front.upload(photo, f"user-{i}") for i in range(n)]
+    answers = [await front.post(photo, f"user-{i}") for i in range(n)]
     assert [a.status for a in answers] == [202] * n
-    assert await front.wait_done([a.job_id for a in answers if a.job_id], timeout=60)
+    assert await front.wait_finished([a.job_id for a in answers if a.job_id], timeout=60)
 
 
 @needs_broker
@@ -193,7 +193,7 @@ async def test_a_slot_killed_and_not_restarted_keeps_its_jobs_waiting(mosquitto_
     async with scaleout.worker_processes(front, 2, mqtt_url=real.url, work=0.2) as workers:
         drill = await scaleout.kill_drill(front, workers, 6, while_away=2, restart=False, quiet=3.0)
         await workers.start("processor-3")  # a new process with a NEW id: not the dead one's session
-        assert not await front.wait_done([j.job_id for j in front.upload_service.store], timeout=5)
+        assert not await front.wait_finished([j.job_id for j in front.upload_service.store], timeout=5)
     assert drill.held >= 2 and drill.lost == drill.held and drill.done == drill.accepted - drill.held
     assert drill.finish_after_restart_s is None
     unfinished = [job for job in front.upload_service.store if not job.final]

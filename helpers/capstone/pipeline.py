@@ -22,7 +22,7 @@ import aiomqtt
 
 from helpers.capstone.jobs import Topics
 from helpers.capstone.notifier import Notifier
-from helpers.capstone.processor import Processor, ProcessorSettings, ProcessorStats, start_processor
+from helpers.capstone.processor import Member, Processor, ProcessorSettings, ProcessorStats, start_processor
 from helpers.capstone.system import WatchedSystem
 from helpers.capstone.upload import UploadService, end_session, start_upload
 from helpers.capstone.wire import RecordingStorage, UploadAnswer, start_recorder
@@ -55,6 +55,10 @@ class ProcessorHandle:
     @property
     def stats(self) -> ProcessorStats:
         return self.service.stats
+
+    @property
+    def members(self) -> list[Member]:
+        return self.service.members
 
     async def start(self) -> None:
         for member in self.service.members:

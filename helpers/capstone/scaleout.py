@@ -113,7 +113,11 @@ async def start_real_broker(name: str = "beyond-one-kernel") -> RealBroker:
 
 @dataclass
 class Front:
-    """Storage and Upload, running in the kernel; the workers are started separately."""
+    """Storage and Upload, running in the kernel; the workers are started separately.
+
+    The request side of :class:`helpers.capstone.system.CapstoneSystem` (:class:`~helpers.capstone.system.Uploads`),
+    plus a wait on the Upload service's job store: the workers are other processes, watched through it.
+    """
 
     topics: Topics
     storage: Service
@@ -126,11 +130,17 @@ class Front:
     def storage_url(self) -> str:
         return self.storage.url
 
-    async def upload(self, data: bytes, user: str) -> UploadAnswer:
-        """``POST /images`` over HTTP, as any client would."""
-        return await post_image(self.session, self.upload_service.url, data, user)
+    @property
+    def url(self) -> str:
+        return self.upload_service.url
 
-    async def wait_done(self, job_ids: Sequence[str], timeout: float = 120.0) -> bool:
+    async def post(
+        self, data: bytes, user: str, *, idempotency_key: str | None = None, timeout: float | None = 10.0
+    ) -> UploadAnswer:
+        """``POST /images`` over HTTP, as any client would."""
+        return await post_image(self.session, self.url, data, user, idempotency_key=idempotency_key, timeout=timeout)
+
+    async def wait_finished(self, job_ids: Sequence[str], timeout: float = 120.0) -> bool:
         """True once every job is done or failed (the Upload service hears it on ``jobs/+``)."""
         store = self.upload_service.store
         return await until(lambda: store.finished(list(job_ids)), timeout, poll=0.01)
@@ -451,7 +461,7 @@ async def job_events(front: Front) -> AsyncIterator[JobEvents]:
 
 
 @dataclass(frozen=True)
-class KillDrill:
+class SlotKillDrill:
     """One "kill -9 a worker process while a batch runs" drill, counted."""
 
     slot: str
@@ -511,7 +521,7 @@ async def kill_drill(
     quiet: float = 4.0,
     timeout: float = 120.0,
     photo: bytes | None = None,
-) -> KillDrill:
+) -> SlotKillDrill:
     """Upload ``jobs`` photos, ``kill -9`` the slot's process mid-batch, upload ``while_away`` more, then restart the slot.
 
     The kill comes once as many jobs have begun as there are workers. Then the
@@ -526,7 +536,7 @@ async def kill_drill(
     store = front.upload_service.store
 
     async def upload(users: range) -> list[str]:
-        answers = [await front.upload(photo, f"drill-user-{i}") for i in users]
+        answers = [await front.post(photo, f"drill-user-{i}") for i in users]
         return [a.job_id for a in answers if a.status == 202 and a.job_id]
 
     def unfinished(ids: list[str]) -> int:
@@ -547,11 +557,11 @@ async def kill_drill(
         if restart:
             await workers.restart(slot)
             began = time.perf_counter()
-            if await front.wait_done(ids, timeout):
+            if await front.wait_finished(ids, timeout):
                 finish_s = time.perf_counter() - began
         await until_quiet(lambda: sum(events.done.values()), idle=1.0, timeout=timeout)  # a late duplicate would show
     states = [job.state for job_id in ids if (job := store.get(job_id))]
-    return KillDrill(
+    return SlotKillDrill(
         slot,
         "SIGTERM" if graceful else "kill -9",
         len(ids),
