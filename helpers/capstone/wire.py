@@ -110,25 +110,26 @@ class Recorder:
     def __init__(self, broker: Broker, client_id: str, topic: str) -> None:
         self.broker, self.client_id, self.topic = broker, client_id, topic
         self.records: list[Record] = []
+        self._events: list[tuple[float, Event]] = []
+        """The records that are events, decoded once as they arrive (drills poll them every few ms)."""
 
     async def run(self, ready: asyncio.Event | None = None) -> None:
         """Connect, subscribe, record until cancelled (or until the connection is lost: run it with ``reconnecting``)."""
         async with self.broker.client(self.client_id) as client:
             async for message in subscribed_messages(client, self.topic, qos=1, ready=ready):
                 payload = message.payload if isinstance(message.payload, bytes | bytearray) else str(message.payload).encode()
-                self.records.append(Record(time.perf_counter(), str(message.topic), bytes(payload)))
+                record = Record(time.perf_counter(), str(message.topic), bytes(payload))
+                self.records.append(record)
+                if (event := record.event()) is not None:
+                    self._events.append((record.t, event))
 
     def events(self, kind: str | None = None, job_id: str | None = None) -> list[tuple[float, Event]]:
         """(arrival time, event) of every event of type ``kind`` (any if None), for ``job_id`` if given."""
-        found = []
-        for record in self.records:
-            event = record.event()
-            if event is None or (kind is not None and event.type != kind):
-                continue
-            if job_id is not None and (event.data or {}).get("job_id") != job_id:
-                continue
-            found.append((record.t, event))
-        return found
+        return [
+            (t, event)
+            for t, event in self._events
+            if (kind is None or event.type == kind) and (job_id is None or (event.data or {}).get("job_id") == job_id)
+        ]
 
     def on(self, topic: str) -> list[Record]:
         """The records of one topic, oldest first."""

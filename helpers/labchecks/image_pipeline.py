@@ -788,6 +788,33 @@ async def other_keys_are_other_jobs(ctx: Context) -> None:
 # --------------------------------------------------------------------------- q3: the processor
 
 
+class _Loop:
+    """One of the learner's consumer loops under test, started, killed and restarted like a process.
+
+    A :class:`helpers.core.lifecycle.Restartable` keeps the task and what it died of; a
+    crash is named (a loop that is not written yet raises NotImplementedError: not a crash).
+    """
+
+    def __init__(self, ctx: Context, function: str) -> None:
+        self.ctx, self.function = ctx, function
+        self.life = lifecycle.Restartable()
+
+    async def launch(self, *args: Any, **kwargs: Any) -> None:
+        run = self.ctx.function(self.function)
+        began = await outcome(f"{self.function}()", lambda: self.life.launch(run, *args, **kwargs), START_S)
+        if isinstance(began.error, TimeoutError):  # lifecycle.start's own: it says the loop never set `ready`
+            raise CheckFailed(str(began.error))
+        expect(began.error is None, f"{self.function}() failed while starting: {began.raised}")
+
+    async def stop(self) -> None:
+        error = await self.life.kill()
+        if error is not None and not isinstance(error, NotImplementedError):
+            raise CheckFailed(f"{self.function}() crashed: {type(error).__name__}: {error}")
+
+    def crashed(self) -> BaseException | None:
+        return self.life.crashed()
+
+
 class _ProcessorRig:
     """The learner's run_processor under test: started, killed and restarted like a process, watched on the wire."""
 
@@ -801,7 +828,7 @@ class _ProcessorRig:
         ctx.on_cleanup(self.storage.stop)
         self.watch = _Watch(broker, lambda: self.storage.stored("processor"))
         self.name = f"processor-{uuid.uuid4().hex[:8]}"
-        self.task: asyncio.Task[Any] | None = None
+        self.loop = _Loop(ctx, "run_processor")
         self.recorder: Recorder | None = None
         self.stack = _stack(ctx)
         _forget_session(ctx, broker, self.name)
@@ -816,26 +843,13 @@ class _ProcessorRig:
         return rig
 
     async def start(self) -> None:
-        run = self.ctx.function("run_processor")
-        url = await self.storage.url("processor")
-        began = await outcome(
-            "run_processor()", lambda: lifecycle.start(run, self.watch, self.topics, url, self.name, work=self.work), START_S
-        )
-        if isinstance(began.error, TimeoutError):  # lifecycle.start's own: it says the loop never set `ready`
-            raise CheckFailed(str(began.error))
-        expect(began.error is None, f"run_processor() failed while starting: {began.raised}")
-        self.task = began.value
+        await self.loop.launch(self.watch, self.topics, await self.storage.url("processor"), self.name, work=self.work)
 
     async def stop(self) -> None:
-        if self.task is not None:
-            error = await lifecycle.kill(self.task)
-            self.task = None
-            if error is not None and not isinstance(error, NotImplementedError):
-                raise CheckFailed(f"run_processor() crashed: {type(error).__name__}: {error}")
+        await self.loop.stop()
 
     def crashed(self) -> BaseException | None:
-        task = self.task
-        return task.exception() if task is not None and task.done() and not task.cancelled() else None
+        return self.loop.crashed()
 
     async def job(self, data: bytes | None = None, user: str | None = None) -> Event:
         """An image.uploaded event for a new job whose original is stored (as the upload would do it)."""
@@ -1120,7 +1134,7 @@ class _NotifierRig:
         self.inbox = Inbox(self.folder)
         self.watch = _Watch(broker, lambda: set(self.inbox.per_job()))
         self.name = f"notifier-{uuid.uuid4().hex[:8]}"
-        self.task: asyncio.Task[Any] | None = None
+        self.loop = _Loop(ctx, "run_notifier")
         self.stack = _stack(ctx)
         _forget_session(ctx, broker, self.name)
         ctx.on_cleanup(self.stop)
@@ -1133,25 +1147,13 @@ class _NotifierRig:
         return rig
 
     async def start(self) -> None:
-        run = self.ctx.function("run_notifier")
-        began = await outcome(
-            "run_notifier()", lambda: lifecycle.start(run, self.watch, self.topics, self.folder, self.name), START_S
-        )
-        if isinstance(began.error, TimeoutError):
-            raise CheckFailed(str(began.error))
-        expect(began.error is None, f"run_notifier() failed while starting: {began.raised}")
-        self.task = began.value
+        await self.loop.launch(self.watch, self.topics, self.folder, self.name)
 
     async def stop(self) -> None:
-        if self.task is not None:
-            error = await lifecycle.kill(self.task)
-            self.task = None
-            if error is not None and not isinstance(error, NotImplementedError):
-                raise CheckFailed(f"run_notifier() crashed: {type(error).__name__}: {error}")
+        await self.loop.stop()
 
     def crashed(self) -> BaseException | None:
-        task = self.task
-        return task.exception() if task is not None and task.done() and not task.cancelled() else None
+        return self.loop.crashed()
 
     def jobs(self, count: int, state: str = "done") -> list[tuple[str, str, str]]:
         return [(uuid.uuid4().hex, _user(self.ctx), state) for _ in range(count)]
