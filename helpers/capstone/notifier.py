@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
@@ -153,8 +152,6 @@ class Notifier:
         self.outbox_path = self.folder / "outbox.jsonl"
         self.notified = {note.job_id for note in self.notifications()}
         """Jobs whose user has an inbox entry: read from the inbox itself, so it is exactly what was written."""
-        self.delivered_at: dict[str, float] = {}
-        """Job id -> ``time.perf_counter()`` when its notification was written (this process only)."""
         self.duplicates = 0
         """Finished-job events that found the job already notified (redeliveries, repeated job.done)."""
         self.consumer: Consumer | None = None
@@ -215,7 +212,6 @@ class Notifier:
         self._append(self.outbox_path, email)  # a crash after this line: the e-mail goes again, the inbox once
         self._append(self.inbox_path, note.__dict__)  # the inbox entry and the "notified" record: one line, one write
         self.notified.add(job_id)
-        self.delivered_at[job_id] = time.perf_counter()
 
     @staticmethod
     def _append(path: Path, record: dict[str, Any]) -> None:
@@ -233,15 +229,3 @@ class Notifier:
         if not self.outbox_path.exists():
             return []
         return [json.loads(line) for line in self.outbox_path.read_text().splitlines() if line.strip()]
-
-
-async def start_notifier(
-    broker: Broker,
-    topics: Topics,
-    workdir: str | Path,
-    *,
-    client_id: str | None = None,
-    status_base: str | None = None,
-) -> Notifier:
-    """Start the Notification service; returns once it is subscribed (its session now queues for it)."""
-    return await Notifier(broker, topics, workdir, client_id=client_id, status_base=status_base).start()

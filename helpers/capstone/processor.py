@@ -305,10 +305,6 @@ class Processor:
             self._errors[target.client_id] = error
         return error
 
-    def member_of(self, job_id: str) -> int | None:
-        """The member working on ``job_id`` right now (None if no one is)."""
-        return self.busy.get(job_id)
-
     def crashed(self) -> dict[str, BaseException]:
         """Members whose task died with an error (a healthy member runs until it is killed or stopped)."""
         errors = dict(self._errors)
