@@ -33,6 +33,7 @@ from helpers.capstone.pipeline import ReferenceSystem, reference_system, start_p
 from helpers.capstone.plots import plot_head_of_line, plot_notifier_outage, plot_upload_latency
 from helpers.capstone.processor import POOL, SHARED, Processor
 from helpers.capstone.sync_design import start_sync_pipeline
+from helpers.capstone.system import CapstoneSystem, ServiceHandle, Uploads
 from helpers.core.broker import Broker
 from helpers.core.messaging import make_event
 from helpers.core.problems import PROBLEM_JSON
@@ -266,8 +267,19 @@ async def test_a_job_event_applied_twice_or_late_changes_nothing(tmp_path: Path)
     assert reopened.results == {"a": "results/x/a"} and reopened.caption == "c" and reopened.done_steps == 4
 
 
+async def test_the_reference_system_is_a_capstone_system_with_restartable_services(pipeline: ReferenceSystem) -> None:
+    assert isinstance(pipeline, CapstoneSystem)
+    for handle in (pipeline.processor, pipeline.notifier):
+        assert isinstance(handle, ServiceHandle) and handle.alive
+    await pipeline.notifier.kill()
+    assert not pipeline.notifier.alive and pipeline.notifier.crashed() is None, "a kill is not a crash"
+    await pipeline.notifier.start()
+    assert pipeline.notifier.alive
+
+
 async def test_the_sync_design_answers_200_only_after_processing(tmp_path: Path) -> None:
     sync = await start_sync_pipeline(tmp_path, workers=1, work=WORK)
+    assert isinstance(sync, Uploads) and not isinstance(sync, CapstoneSystem), "the request side only"
     try:
         answer = await sync.post(images.sample_photo(), "hal")
         refused = await sync.post(images.not_an_image(), "hal")
