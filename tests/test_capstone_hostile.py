@@ -29,7 +29,7 @@ import psutil
 import pytest
 from PIL import Image
 
-from helpers.capstone import images
+from helpers.capstone import images, samples
 from helpers.capstone.pipeline import ReferenceSystem, start_pipeline
 from helpers.capstone.storage import StorageClient
 from helpers.core import http
@@ -88,7 +88,7 @@ def thin_png(width: int, height: int) -> bytes:
         left -= rows
     pixels += squeeze.flush()
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    chunk = images._png_chunk
+    chunk = samples.png_chunk
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", bytes(pixels)) + chunk(b"IEND", b"")
 
 

@@ -83,7 +83,8 @@ def exif_rotated_jpeg() -> bytes:
     return out.getvalue()
 
 
-def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+def png_chunk(kind: bytes, payload: bytes) -> bytes:
+    """One PNG chunk: length, type, payload, CRC (tests build hostile PNGs from these)."""
     return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
 
 
@@ -94,7 +95,7 @@ def decompression_bomb(width: int = 30_000, height: int = 30_000) -> bytes:
     """
     rows = zlib.compress(b"".join(b"\x00" + bytes(3 * min(width, 256)) for _ in range(4)))
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", rows) + _png_chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", rows) + png_chunk(b"IEND", b"")
 
 
 def truncated_jpeg() -> bytes:
