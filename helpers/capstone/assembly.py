@@ -21,7 +21,6 @@ This module runs them the way the lesson's reference system runs its own service
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import inspect
 import shutil
@@ -33,20 +32,25 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import aiomqtt
 from aiohttp import web
 
 from helpers.capstone import images
 from helpers.capstone.jobs import STORE_FILE, Job, Topics, UploadJobs
 from helpers.capstone.notifier import Inbox
 from helpers.capstone.system import WatchedSystem
-from helpers.capstone.upload import accepted, accepted_body, add_status_routes, end_session
+from helpers.capstone.upload import (
+    accepted,
+    accepted_body,
+    add_status_routes,
+    consume_job_events,
+    end_session,
+    end_session_quietly,
+)
 from helpers.capstone.wire import RecordingStorage, start_recorder
 from helpers.core import lifecycle
 from helpers.core.http import Service, start_service
 from helpers.core.jobkit import http as jobhttp
 from helpers.core.jobkit.store import KeyInUse
-from helpers.core.messaging import Consumer, Event, manual_ack
 from helpers.core.problems import problem, problems_everywhere
 from helpers.core.reconnect import reconnecting
 
@@ -134,16 +138,6 @@ def _handler_errors(errors: list[str]) -> Any:
     return catch
 
 
-async def _job_events(broker: Any, topics: Topics, client_id: str, store: UploadJobs, *, ready: asyncio.Event) -> None:
-    """The Upload service's job-event consumer: the processor's ``job.*`` events, applied to the store."""
-
-    async def apply(event: Event) -> None:
-        store.apply(event)
-
-    async with manual_ack(broker.client(client_id, clean_session=False)) as client:
-        await Consumer(client, topics.jobs, apply, dead_letter_topic=f"{topics.prefix}/dead-letter/upload").run(ready)
-
-
 async def serve_upload(
     make_handler: UploadFactory, broker: Any, topics: Topics, storage_url: str, *, name: str, work_dir: str | Path | None = None
 ) -> UploadServer:
@@ -170,8 +164,8 @@ async def serve_upload(
         stack.push_async_callback(storage.close)
         consumer_id = topics.client_id(f"{name}-jobs")
         if work_dir is None:  # nobody resumes this session after the server stops
-            stack.push_async_callback(_end_session, broker, consumer_id)
-        consumer = await lifecycle.start(reconnecting, _job_events, broker, topics, consumer_id, store)
+            stack.push_async_callback(end_session_quietly, broker, consumer_id)
+        consumer = await lifecycle.start(reconnecting, consume_job_events, broker, topics, consumer_id, store)
         stack.push_async_callback(lifecycle.kill, consumer)
         mqtt = await stack.enter_async_context(broker.client(f"{name}-pub-{uuid.uuid4().hex[:6]}"))
         mqtt.pending_calls_threshold = 1000  # a burst of uploads means many publishes in flight: not a warning
@@ -196,11 +190,6 @@ async def serve_upload(
         await stack.aclose()
         raise
     return UploadServer(service, jobs, errors)
-
-
-async def _end_session(broker: Any, client_id: str) -> None:
-    with contextlib.suppress(aiomqtt.MqttError, OSError, TimeoutError):
-        await end_session(broker, client_id)
 
 
 # --- a consumer loop, run like a process ------------------------------------------------------------
@@ -259,12 +248,6 @@ class LearnerSystem(WatchedSystem):
         return self.upload.url
 
 
-async def _forget_session(broker: Any, name: str) -> None:
-    """A clean connect drops the persistent session ``name`` left on the broker."""
-    async with broker.client(name, clean_session=True):
-        pass
-
-
 async def start_system(
     broker: Any,
     workdir: str | Path,
@@ -297,11 +280,11 @@ async def start_system(
         stack.push_async_callback(server.stop)
         notify_name, process_name = f"{name}-notifier-{run_id}", f"{name}-processor-{run_id}"
         notifying = Worker("notifier", notifier, (broker, topics, folder / "notifier", notify_name), {}, notify_name)
-        stack.push_async_callback(_forget_session, broker, notify_name)  # last: after the loop is gone
+        stack.push_async_callback(end_session, broker, notify_name)  # last: after the loop is gone
         stack.push_async_callback(notifying.kill)
         await notifying.start()
         processing = Worker("processor", processor, (broker, topics, processor_url, process_name), {"work": work}, process_name)
-        stack.push_async_callback(_forget_session, broker, process_name)
+        stack.push_async_callback(end_session, broker, process_name)
         stack.push_async_callback(processing.kill)
         await processing.start()
     except BaseException:  # not swallowed: stop what did start, then re-raise

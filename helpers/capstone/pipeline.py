@@ -18,13 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import aiomqtt
 
 from helpers.capstone.jobs import Topics
 from helpers.capstone.notifier import Notifier
 from helpers.capstone.processor import Member, Processor, ProcessorSettings, ProcessorStats, start_processor
 from helpers.capstone.system import WatchedSystem
-from helpers.capstone.upload import UploadService, end_session, start_upload
+from helpers.capstone.upload import UploadService, end_session_quietly, start_upload
 from helpers.capstone.wire import RecordingStorage, UploadAnswer, start_recorder
 from helpers.core.broker import Broker
 
@@ -117,12 +116,6 @@ class ReferenceSystem(WatchedSystem):
         return await self.wait_finished(job_ids, timeout)
 
 
-async def _end_session_quietly(broker: Broker, client_id: str) -> None:
-    """End a persistent session at the end of a run (a broker that is gone already has nothing to end)."""
-    with contextlib.suppress(aiomqtt.MqttError, OSError, TimeoutError):
-        await end_session(broker, client_id)
-
-
 def _collect(errors: dict[str, BaseException]) -> Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[None]]:
     """A stop that keeps what a service had died of (its return value) in ``errors`` instead of dropping it."""
 
@@ -168,7 +161,7 @@ async def start_pipeline(
         upload = await start_upload(
             broker, topics, await storage.url("upload"), name=f"{name}-upload", work_dir=folder / "upload"
         )
-        stack.push_async_callback(_end_session_quietly, broker, upload.client_id)  # last: nobody resumes it after the run
+        stack.push_async_callback(end_session_quietly, broker, upload.client_id)  # last: nobody resumes it after the run
         stack.push_async_callback(stopped, "upload job-event consumer", upload.stop)
         notifier = Notifier(broker, topics, folder / "notifier", client_id=f"{name}-notifier-{run_id}", status_base=upload.url)
         await notifier.start()
