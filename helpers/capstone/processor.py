@@ -181,8 +181,8 @@ def job_of(event: Event) -> ClaimCheck:
     return ClaimCheck(str(job_id), str(user), str(original["key"]), etag if isinstance(etag, str) else None, data)
 
 
-RunOutcome = Literal["running", "done", "failed", "abandoned"]
-"""How a worker's run of a job ended (``abandoned``: the worker was killed, or crashed, mid-job)."""
+RunOutcome = Literal["running", "succeeded", "failed", "abandoned"]
+"""How a worker's run of a job ended: the job's words (``succeeded``, ``failed``), or ``abandoned`` (killed mid-job)."""
 
 
 @dataclass(frozen=True)
@@ -373,7 +373,7 @@ class Processor:
                 run.outcome = "failed"
             else:
                 await self._announce_done(client, job, result)
-                run.outcome = "done"
+                run.outcome = "succeeded"
         finally:
             self.busy.pop(job_id, None)
             run.ended = time.perf_counter()
