@@ -18,7 +18,7 @@ from PIL import Image
 
 from helpers.capstone import images
 from helpers.capstone.diagram import check_design, find_mermaid, parse_flowchart
-from helpers.capstone.pipeline import Pipeline, start_pipeline
+from helpers.capstone.pipeline import ReferenceSystem, start_pipeline
 from helpers.core.broker import Broker
 from helpers.core.problems import PROBLEM_JSON
 from helpers.core.waiting import until
@@ -50,7 +50,7 @@ def test_the_reference_drawn_with_a_sync_upload_to_the_processor_fails() -> None
 
 
 @pytest.fixture
-async def pipeline(broker: Broker, tmp_path: Path) -> AsyncIterator[Pipeline]:
+async def pipeline(broker: Broker, tmp_path: Path) -> AsyncIterator[ReferenceSystem]:
     running = await start_pipeline(broker, tmp_path, workers=1, work=0.3)
     try:
         yield running
@@ -59,8 +59,8 @@ async def pipeline(broker: Broker, tmp_path: Path) -> AsyncIterator[Pipeline]:
 
 
 @pytest.mark.broker
-async def test_the_status_says_when_to_ask_again_until_the_job_is_final(pipeline: Pipeline) -> None:
-    answer = await pipeline.upload(images.sample_photo(), "ada")
+async def test_the_status_says_when_to_ask_again_until_the_job_is_final(pipeline: ReferenceSystem) -> None:
+    answer = await pipeline.post(images.sample_photo(), "ada")
     assert answer.status == 202 and answer.job_id is not None
     status_url = f"{pipeline.url}{answer.location}"
     polls: list[tuple[str, str | None]] = []
@@ -79,7 +79,7 @@ async def test_the_status_says_when_to_ask_again_until_the_job_is_final(pipeline
 
 
 @pytest.mark.broker
-async def test_a_text_file_sent_as_a_jpeg_and_a_path_as_user_name_are_refused_over_http(pipeline: Pipeline) -> None:
+async def test_a_text_file_sent_as_a_jpeg_and_a_path_as_user_name_are_refused_over_http(pipeline: ReferenceSystem) -> None:
     sent = {
         "text named holiday.jpg": (
             images.not_an_image(),
@@ -107,9 +107,9 @@ async def test_caption_model_is_swapped_by_a_parameter(broker: Broker, tmp_path:
 
     pipeline = await start_pipeline(broker, tmp_path, workers=1, work=0.0, caption_fn=my_caption)
     try:
-        answer = await pipeline.upload(images.sample_photo(), "ada")
-        assert answer.job_id is not None and await pipeline.wait_done([answer.job_id], timeout=30)
-        status, body = await pipeline.job(answer.job_id)
+        answer = await pipeline.post(images.sample_photo(), "ada")
+        assert answer.job_id is not None and await pipeline.wait_finished([answer.job_id], timeout=30)
+        status, body = await pipeline.status(answer.job_id, follow=True)
     finally:
         await pipeline.stop()
     assert status in (200, 303) and body["caption"].startswith("my model saw a ")

@@ -29,8 +29,8 @@ import psutil
 import pytest
 from PIL import Image
 
-from helpers.capstone import images
-from helpers.capstone.pipeline import Pipeline, start_pipeline
+from helpers.capstone import images, samples
+from helpers.capstone.pipeline import ReferenceSystem, start_pipeline
 from helpers.capstone.storage import StorageClient
 from helpers.core import http
 from helpers.core.broker import Broker
@@ -47,7 +47,7 @@ ANSWER_S = 2.0
 
 
 @pytest.fixture
-async def pipeline(broker: Broker, tmp_path: Path) -> AsyncIterator[Pipeline]:
+async def pipeline(broker: Broker, tmp_path: Path) -> AsyncIterator[ReferenceSystem]:
     running = await start_pipeline(broker, tmp_path, workers=2, work=WORK)
     try:
         yield running
@@ -55,12 +55,12 @@ async def pipeline(broker: Broker, tmp_path: Path) -> AsyncIterator[Pipeline]:
         await running.stop()
 
 
-async def assert_healthy(pipeline: Pipeline) -> None:
+async def assert_healthy(pipeline: ReferenceSystem) -> None:
     """A normal upload after the case: 202 at once, processed, and no service or worker died."""
-    answer = await pipeline.upload(images.sample_photo(), "after")
+    answer = await pipeline.post(images.sample_photo(), "after")
     assert answer.status == 202, answer.body
     assert answer.seconds < ANSWER_S
-    assert answer.job_id is not None and await pipeline.wait_done([answer.job_id], 30)
+    assert answer.job_id is not None and await pipeline.wait_finished([answer.job_id], 30)
     assert pipeline.state(answer.job_id) == "succeeded"
     assert not pipeline.crashed()
 
@@ -88,7 +88,7 @@ def thin_png(width: int, height: int) -> bytes:
         left -= rows
     pixels += squeeze.flush()
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    chunk = images._png_chunk
+    chunk = samples.png_chunk
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", bytes(pixels)) + chunk(b"IEND", b"")
 
 
@@ -154,11 +154,11 @@ async def raw_http(base_url: str, head: str, parts: Sequence[bytes] = (), *, dri
         writer.close()
 
 
-def upload_head(pipeline: Pipeline, extra: str) -> str:
+def upload_head(pipeline: ReferenceSystem, extra: str) -> str:
     return f"POST /images?user=mallory HTTP/1.1\nHost: 127.0.0.1\nContent-Type: image/jpeg\n{extra}\n"
 
 
-def storage_head(pipeline: Pipeline, extra: str) -> str:
+def storage_head(pipeline: ReferenceSystem, extra: str) -> str:
     return f"PUT /objects/hostile/x HTTP/1.1\nHost: 127.0.0.1\nContent-Type: image/jpeg\n{extra}\n"
 
 
@@ -203,13 +203,13 @@ REFUSED_SHAPES = {
 
 
 @pytest.mark.parametrize("case", list(REFUSED_SHAPES))
-async def test_an_extreme_shape_is_refused_from_its_header_at_once(pipeline: Pipeline, case: str) -> None:
+async def test_an_extreme_shape_is_refused_from_its_header_at_once(pipeline: ReferenceSystem, case: str) -> None:
     make, slug = REFUSED_SHAPES[case]
     data = make()
     published = pipeline.upload_service.published
     with PeakRss() as rss:
         async with LoopLag() as lag:
-            answers = await asyncio.gather(*(pipeline.upload(data, f"mallory{i}") for i in range(4)))  # four at once
+            answers = await asyncio.gather(*(pipeline.post(data, f"mallory{i}") for i in range(4)))  # four at once
     for answer in answers:
         assert_problem(answer.status, answer.headers.get("Content-Type"), answer.body, 413, slug)
         assert answer.seconds < ANSWER_S, answer.seconds
@@ -243,23 +243,23 @@ def worst_accepted() -> dict[str, bytes]:
 
 
 async def test_the_worst_accepted_shapes_are_processed_in_bounded_memory_without_stopping_the_loop(
-    pipeline: Pipeline, worst_accepted: dict[str, bytes]
+    pipeline: ReferenceSystem, worst_accepted: dict[str, bytes]
 ) -> None:
     with PeakRss() as rss:
         async with LoopLag() as lag:
-            answers = await asyncio.gather(*(pipeline.upload(data, "panorama") for data in worst_accepted.values()))
+            answers = await asyncio.gather(*(pipeline.post(data, "panorama") for data in worst_accepted.values()))
             for answer in answers:
                 assert answer.status == 202, answer.body
                 assert answer.seconds < ACCEPT_WORST_S, f"the 202 took {answer.seconds:.2f} s"
             job_ids = [answer.job_id for answer in answers if answer.job_id is not None]
-            assert await pipeline.wait_done(job_ids, 90)
+            assert await pipeline.wait_finished(job_ids, 90)
     slowest = max(answer.seconds for answer in answers)
     print(f"\nworst accepted shapes, four at once: slowest 202 {slowest:.2f} s, ", end="")
     print(f"peak growth {rss.growth_mb:.0f} MB, loop lag {lag.longest:.3f} s")
     assert rss.growth_mb < PEAK_GROWTH_LIMIT_MB, f"the process grew {rss.growth_mb:.0f} MB"
     assert lag.longest < LOOP_LAG_LIMIT_S, f"the event loop stood still for {lag.longest:.2f} s"
     for (size, *_), job_id in zip(WORST_ACCEPTED.values(), job_ids, strict=True):
-        status, body = await pipeline.job(job_id)
+        status, body = await pipeline.status(job_id, follow=True)
         assert status == 200 and body["state"] == "succeeded", body
         assert f"{size[0]}x{size[1]}" in body["caption"], "the caption names the upload's size, not the working copy's"
     await assert_healthy(pipeline)
@@ -269,11 +269,13 @@ async def test_the_worst_accepted_shapes_are_processed_in_bounded_memory_without
 
 
 @pytest.mark.parametrize("encoding", ["gzip", "deflate"])
-async def test_a_content_encoding_that_does_not_decode_is_400_on_upload_and_storage(pipeline: Pipeline, encoding: str) -> None:
+async def test_a_content_encoding_that_does_not_decode_is_400_on_upload_and_storage(
+    pipeline: ReferenceSystem, encoding: str
+) -> None:
     photo = images.sample_photo()
     extra = f"Content-Encoding: {encoding}\nContent-Length: {len(photo)}\n"
     for head in (upload_head(pipeline, extra), storage_head(pipeline, extra)):
-        target = pipeline.url if head.startswith("POST") else pipeline.storage.url
+        target = pipeline.url if head.startswith("POST") else pipeline.storage_url
         answer = await raw_http(target, head, [photo])
         assert_problem(answer.status, answer.headers.get("Content-Type"), answer.problem, 400, "undecodable-body")
         assert answer.seconds < ANSWER_S
@@ -281,7 +283,7 @@ async def test_a_content_encoding_that_does_not_decode_is_400_on_upload_and_stor
     await assert_healthy(pipeline)
 
 
-async def test_a_body_that_really_is_gzip_is_decoded_and_a_gzip_bomb_is_refused(pipeline: Pipeline) -> None:
+async def test_a_body_that_really_is_gzip_is_decoded_and_a_gzip_bomb_is_refused(pipeline: ReferenceSystem) -> None:
     async with aiohttp.ClientSession() as session:
         packed = gzip.compress(images.sample_photo())
         headers = {"Content-Encoding": "gzip", "Content-Type": "image/jpeg"}
@@ -294,13 +296,13 @@ async def test_a_body_that_really_is_gzip_is_decoded_and_a_gzip_bomb_is_refused(
     await assert_healthy(pipeline)
 
 
-async def test_a_chunked_body_that_grows_past_the_limit_is_413_on_upload_and_storage(pipeline: Pipeline) -> None:
+async def test_a_chunked_body_that_grows_past_the_limit_is_413_on_upload_and_storage(pipeline: ReferenceSystem) -> None:
     async def endless() -> AsyncIterator[bytes]:  # no Content-Length: only counting while reading can stop it
         for _ in range(images.MAX_UPLOAD_BYTES // 65536 + 64):
             yield bytes(65536)
 
     async with aiohttp.ClientSession() as session:
-        for method, url in (("POST", f"{pipeline.url}/images?user=chunky"), ("PUT", f"{pipeline.storage.url}/objects/big")):
+        for method, url in (("POST", f"{pipeline.url}/images?user=chunky"), ("PUT", f"{pipeline.storage_url}/objects/big")):
             began = time.perf_counter()
             async with session.request(method, url, data=endless()) as response:
                 body = await response.json(content_type=None)
@@ -316,9 +318,9 @@ STALLED = {
 
 
 @pytest.mark.parametrize("case", list(STALLED))
-async def test_a_stalled_body_is_answered_408_within_the_idle_timeout(pipeline: Pipeline, case: str) -> None:
+async def test_a_stalled_body_is_answered_408_within_the_idle_timeout(pipeline: ReferenceSystem, case: str) -> None:
     extra, parts = STALLED[case]
-    for head, target in ((upload_head(pipeline, extra), pipeline.url), (storage_head(pipeline, extra), pipeline.storage.url)):
+    for head, target in ((upload_head(pipeline, extra), pipeline.url), (storage_head(pipeline, extra), pipeline.storage_url)):
         answer = await raw_http(target, head, parts)
         assert_problem(answer.status, answer.headers.get("Content-Type"), answer.problem, 408, "body-timeout")
         assert http.BODY_IDLE_TIMEOUT_S * 0.9 <= answer.seconds < ANSWER_S, answer.seconds
@@ -327,7 +329,7 @@ async def test_a_stalled_body_is_answered_408_within_the_idle_timeout(pipeline: 
 
 
 async def test_a_body_dripped_a_byte_at_a_time_is_cut_off_at_the_total_timeout(
-    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+    pipeline: ReferenceSystem, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(http, "BODY_TOTAL_TIMEOUT_S", 1.2)  # the default is 10 s: the mechanism is the same
     answer = await raw_http(pipeline.url, upload_head(pipeline, "Content-Length: 1000\n"), drip=bytes(1000), every=0.2)
@@ -349,14 +351,14 @@ def form(*files: tuple[str, bytes], fields: dict[str, str] | None = None, multip
     return data
 
 
-async def test_a_form_with_one_file_part_is_accepted_and_processed(pipeline: Pipeline) -> None:
+async def test_a_form_with_one_file_part_is_accepted_and_processed(pipeline: ReferenceSystem) -> None:
     photo = images.sample_photo()
     async with aiohttp.ClientSession() as session:
         sent = form(("photo.jpg", photo), fields={"comment": "from a browser form"})
         async with session.post(f"{pipeline.url}/images?user=browser", data=sent) as response:
             assert response.status == 202, await response.text()
             job_id = (await response.json())["job_id"]
-    assert await pipeline.wait_done([job_id], 30)
+    assert await pipeline.wait_finished([job_id], 30)
     assert pipeline.state(job_id) == "succeeded"
 
 
@@ -368,7 +370,7 @@ FORMS_REFUSED = {
 
 
 @pytest.mark.parametrize("case", list(FORMS_REFUSED))
-async def test_a_form_without_exactly_one_file_is_400_saying_what_to_send(pipeline: Pipeline, case: str) -> None:
+async def test_a_form_without_exactly_one_file_is_400_saying_what_to_send(pipeline: ReferenceSystem, case: str) -> None:
     files, multipart, reason = FORMS_REFUSED[case]
     photo = images.sample_photo()
     published = pipeline.upload_service.published
@@ -387,8 +389,8 @@ async def test_a_form_without_exactly_one_file_is_400_saying_what_to_send(pipeli
 
 
 @pytest.mark.parametrize("order", [("x", "x.json/y"), ("x.json/y", "x")])
-async def test_keys_whose_metadata_paths_collided_are_both_stored(pipeline: Pipeline, order: tuple[str, str]) -> None:
-    async with StorageClient(pipeline.storage.url) as storage:
+async def test_keys_whose_metadata_paths_collided_are_both_stored(pipeline: ReferenceSystem, order: tuple[str, str]) -> None:
+    async with StorageClient(pipeline.storage_url) as storage:
         for key in order:
             await storage.put(key, key.encode(), "text/plain")
         for key in order:
@@ -468,17 +470,17 @@ async def test_every_mqtt_client_reconnects_after_its_connection_is_cut(broker: 
         # shared=False on the embedded broker, as start_pipeline picks there: rumqttd strands a $share member's message
         pipeline = await start_pipeline(through, tmp_path, workers=2, work=WORK, shared=False if broker.embedded else None)
         try:
-            first = await pipeline.upload(images.sample_photo(), "before")
-            assert first.job_id is not None and await pipeline.wait_done([first.job_id], 30)
+            first = await pipeline.post(images.sample_photo(), "before")
+            assert first.job_id is not None and await pipeline.wait_finished([first.job_id], 30)
             connected = len(link.links)
             assert connected >= 5, "Upload's publisher and listener, the processor, the notifier and the recorder"
             assert link.cut() == connected
-            answer = await pipeline.upload(images.sample_photo(), "after-cut")  # the publisher is reconnecting meanwhile
+            answer = await pipeline.post(images.sample_photo(), "after-cut")  # the publisher is reconnecting meanwhile
             assert answer.status == 202, answer.body
             assert answer.seconds < ANSWER_S
             job_id = answer.job_id
             assert job_id is not None
-            assert await until(lambda: job_id in {note.job_id for note in pipeline.notifications()}, 30, poll=0.02)
+            assert await until(lambda: job_id in {note.job_id for note in pipeline.inbox.entries()}, 30, poll=0.02)
             assert await until(lambda: len(link.links) >= connected, 10, poll=0.02), "every client connected again"
             assert link.accepted >= 2 * connected
             assert pipeline.upload_service.publisher.connections == 2

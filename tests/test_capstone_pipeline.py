@@ -26,22 +26,14 @@ from matplotlib.axes import Axes
 from PIL import Image
 
 from helpers.capstone import images
+from helpers.capstone.drills import FAILING_USER, failing_transform, notifier_outage, upload_restarted, worker_killed
+from helpers.capstone.experiments import head_of_line, upload_latency
 from helpers.capstone.jobs import IMAGE_UPLOADED, JOB_DONE, Job, Topics, UploadJobs
-from helpers.capstone.pipeline import (
-    Pipeline,
-    failing_transform,
-    head_of_line,
-    notifier_outage,
-    plot_head_of_line,
-    plot_notifier_outage,
-    plot_upload_latency,
-    start_pipeline,
-    start_sync_pipeline,
-    upload_latency,
-    upload_restarted,
-    worker_killed,
-)
+from helpers.capstone.pipeline import ReferenceSystem, reference_system, start_pipeline
+from helpers.capstone.plots import plot_head_of_line, plot_notifier_outage, plot_upload_latency
 from helpers.capstone.processor import POOL, SHARED, Processor
+from helpers.capstone.sync_design import start_sync_pipeline
+from helpers.capstone.system import CapstoneSystem, ServiceHandle, Uploads
 from helpers.core.broker import Broker
 from helpers.core.messaging import make_event
 from helpers.core.problems import PROBLEM_JSON
@@ -62,7 +54,7 @@ def _close_figures() -> Iterator[None]:
 
 
 @pytest.fixture
-async def pipeline(broker: Broker, tmp_path: Path) -> AsyncIterator[Pipeline]:
+async def pipeline(broker: Broker, tmp_path: Path) -> AsyncIterator[ReferenceSystem]:
     running = await start_pipeline(broker, tmp_path, workers=2, work=WORK)
     try:
         yield running
@@ -85,8 +77,8 @@ def assert_problem(status: int, body: dict[str, object], content_type: str | Non
 # --- the Upload service -----------------------------------------------------------------------
 
 
-async def test_upload_answers_202_at_once_with_location_retry_after_and_body(pipeline: Pipeline) -> None:
-    answer = await pipeline.upload(images.sample_photo(), "ann")
+async def test_upload_answers_202_at_once_with_location_retry_after_and_body(pipeline: ReferenceSystem) -> None:
+    answer = await pipeline.post(images.sample_photo(), "ann")
     assert answer.status == 202, answer.body
     assert answer.job_id is not None
     assert answer.location == f"/jobs/{answer.job_id}"
@@ -95,11 +87,11 @@ async def test_upload_answers_202_at_once_with_location_retry_after_and_body(pip
     assert set(answer.body) == {"job_id", "state", "created", "links"}, "shaped like lesson 06's 202"
     assert answer.body["state"] == "accepted" and ISO_UTC.fullmatch(str(answer.body["created"]))
     assert answer.body["links"] == {"status": answer.location}, "a relative link: never built from the Host header"
-    assert await pipeline.wait_done([answer.job_id], 20)
+    assert await pipeline.wait_finished([answer.job_id], 20)
 
 
-async def test_a_job_succeeds_its_status_answers_303_and_its_result_links_serve_the_renditions(pipeline: Pipeline) -> None:
-    answer = await pipeline.upload(images.exif_rotated_jpeg(), "bea")
+async def test_a_job_succeeds_its_status_answers_303_and_its_result_links_serve_the_renditions(pipeline: ReferenceSystem) -> None:
+    answer = await pipeline.post(images.exif_rotated_jpeg(), "bea")
     job_id = answer.job_id
     assert job_id is not None
     seen: list[tuple[str, int, str | None]] = []
@@ -117,7 +109,7 @@ async def test_a_job_succeeds_its_status_answers_303_and_its_result_links_serve_
     assert seen[0][0] in ("accepted", "running") and seen[-1] == ("succeeded", 303, None), seen
     assert all(status == 200 and after == "1" for state, status, after in seen[:-1]), "unfinished: 200 + Retry-After"
     assert {state for state, _, _ in seen} <= {"accepted", "running", "succeeded"}, seen
-    status, body = await pipeline.job(job_id)  # a client that follows the 303 gets the result
+    status, body = await pipeline.status(job_id, follow=True)  # a client that follows the 303 gets the result
     assert status == 200 and body["state"] == "succeeded"
     assert ISO_UTC.fullmatch(body["created"]) and ISO_UTC.fullmatch(body["updated"]), body
     assert body["created"] <= body["updated"]
@@ -137,43 +129,43 @@ async def test_a_job_succeeds_its_status_answers_303_and_its_result_links_serve_
     assert uploaded[0][1].data["original"]["key"] == f"originals/{job_id}"
 
 
-async def test_an_idempotency_key_returns_the_same_job_and_refuses_other_bytes(pipeline: Pipeline) -> None:
+async def test_an_idempotency_key_returns_the_same_job_and_refuses_other_bytes(pipeline: ReferenceSystem) -> None:
     photo = images.sample_photo()
-    first = await pipeline.upload(photo, "cy", idempotency_key="key-1")
-    again = await pipeline.upload(photo, "cy", idempotency_key="key-1")
+    first = await pipeline.post(photo, "cy", idempotency_key="key-1")
+    again = await pipeline.post(photo, "cy", idempotency_key="key-1")
     assert first.status == again.status == 202
     assert again.body == first.body and again.location == first.location
     assert again.headers.get("Idempotent-Replayed") == "true"
-    other = await pipeline.upload(images.generated_image(1), "cy", idempotency_key="key-1")
+    other = await pipeline.post(images.generated_image(1), "cy", idempotency_key="key-1")
     assert_problem(other.status, other.body, other.headers.get("Content-Type"), 422)
     assert "key-1" in str(other.body["detail"])
-    someone_else = await pipeline.upload(photo, "dee", idempotency_key="key-1")  # keys belong to one user
+    someone_else = await pipeline.post(photo, "dee", idempotency_key="key-1")  # keys belong to one user
     assert someone_else.status == 202 and someone_else.job_id != first.job_id
     assert len(pipeline.upload_service.store) == 2
     assert pipeline.upload_service.published == 2
     assert first.job_id is not None and someone_else.job_id is not None
-    assert await pipeline.wait_done([first.job_id, someone_else.job_id], 20)
+    assert await pipeline.wait_finished([first.job_id, someone_else.job_id], 20)
 
 
-async def test_a_restarted_upload_service_keeps_its_jobs_its_keys_and_its_address(pipeline: Pipeline) -> None:
+async def test_a_restarted_upload_service_keeps_its_jobs_its_keys_and_its_address(pipeline: ReferenceSystem) -> None:
     photo = images.sample_photo()
-    first = await pipeline.upload(photo, "kay", idempotency_key="key-r")
+    first = await pipeline.post(photo, "kay", idempotency_key="key-r")
     assert first.status == 202 and first.job_id is not None
     url = pipeline.url
     await pipeline.upload_service.restart()
     assert pipeline.url == url and pipeline.upload_service.restarts == 1
     async with pipeline.session.get(f"{url}{first.location}", allow_redirects=False) as response:
         assert response.status in (200, 303), await response.text()
-    again = await pipeline.upload(photo, "kay", idempotency_key="key-r")  # the key survived the restart
+    again = await pipeline.post(photo, "kay", idempotency_key="key-r")  # the key survived the restart
     assert again.status == 202 and again.body == first.body and again.headers.get("Idempotent-Replayed") == "true"
-    other = await pipeline.upload(images.generated_image(3), "kay", idempotency_key="key-r")
+    other = await pipeline.post(images.generated_image(3), "kay", idempotency_key="key-r")
     assert_problem(other.status, other.body, other.headers.get("Content-Type"), 422)
-    assert await pipeline.wait_done([first.job_id], 20)
+    assert await pipeline.wait_finished([first.job_id], 20)
     assert pipeline.state(first.job_id) == "succeeded" and len(pipeline.upload_service.store) == 1
 
 
 async def test_a_publish_that_fails_costs_no_job_the_outbox_sends_it_later(
-    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+    pipeline: ReferenceSystem, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     upload = pipeline.upload_service
 
@@ -181,30 +173,30 @@ async def test_a_publish_that_fails_costs_no_job_the_outbox_sends_it_later(
         raise NotConnected("the broker is away (test)")
 
     monkeypatch.setattr(upload.publisher, "publish_raw", refused)
-    answer = await pipeline.upload(images.sample_photo(), "oli")
+    answer = await pipeline.post(images.sample_photo(), "oli")
     assert answer.status == 202 and answer.job_id is not None, "the job is stored: the 202 is a promise kept"
     assert upload.published == 0 and len(upload.store.store.pending()) == 1, "its event waits in the outbox"
     assert pipeline.state(answer.job_id) == "accepted"
     monkeypatch.undo()  # the broker is back: the housekeeping relays what the outbox holds
-    assert await pipeline.wait_done([answer.job_id], 20)
+    assert await pipeline.wait_finished([answer.job_id], 20)
     assert upload.published == 1 and upload.store.store.pending() == []
     assert len(pipeline.recorder.events(IMAGE_UPLOADED, answer.job_id)) == 1
 
 
-async def test_storage_down_is_a_503_problem_and_the_same_key_works_once_it_is_back(pipeline: Pipeline) -> None:
+async def test_storage_down_is_a_503_problem_and_the_same_key_works_once_it_is_back(pipeline: ReferenceSystem) -> None:
     pipeline.storage.faults.down = True
-    refused = await pipeline.upload(images.sample_photo(), "joy", idempotency_key="retry-me")
+    refused = await pipeline.post(images.sample_photo(), "joy", idempotency_key="retry-me")
     assert_problem(refused.status, refused.body, refused.headers.get("Content-Type"), 503)
     assert refused.retry_after == "1"
     assert len(pipeline.upload_service.store) == 0 and pipeline.upload_service.published == 0
     pipeline.storage.faults.down = False
-    retried = await pipeline.upload(images.sample_photo(), "joy", idempotency_key="retry-me")
+    retried = await pipeline.post(images.sample_photo(), "joy", idempotency_key="retry-me")
     assert retried.status == 202 and retried.job_id is not None
-    assert await pipeline.wait_done([retried.job_id], 20)
+    assert await pipeline.wait_finished([retried.job_id], 20)
 
 
-async def test_unknown_job_and_unknown_route_are_404_problem_json(pipeline: Pipeline) -> None:
-    status, body = await pipeline.job("no-such-job")
+async def test_unknown_job_and_unknown_route_are_404_problem_json(pipeline: ReferenceSystem) -> None:
+    status, body = await pipeline.status("no-such-job", follow=True)
     assert status == 404 and body["status"] == 404 and "no-such-job" in body["detail"]
     assert {"type", "title", "status", "detail"} <= set(body)
     async with pipeline.session.get(f"{pipeline.url}/nowhere") as response:
@@ -222,27 +214,27 @@ HOSTILE = {
 }
 
 
-async def test_hostile_uploads_are_refused_with_their_status_and_leave_no_job_and_no_event(pipeline: Pipeline) -> None:
+async def test_hostile_uploads_are_refused_with_their_status_and_leave_no_job_and_no_event(pipeline: ReferenceSystem) -> None:
     for label, (data, expected) in HOSTILE.items():
-        answer = await pipeline.upload(data, "eve")
+        answer = await pipeline.post(data, "eve")
         assert answer.status == expected, f"{label}: expected {expected}, got {answer.status} {answer.body}"
         assert_problem(answer.status, answer.body, answer.headers.get("Content-Type"), expected)
-    missing_user = await pipeline.upload(images.sample_photo(), "")
+    missing_user = await pipeline.post(images.sample_photo(), "")
     assert_problem(missing_user.status, missing_user.body, missing_user.headers.get("Content-Type"), 400)
     assert len(pipeline.upload_service.store) == 0
     assert pipeline.upload_service.published == 0
     # No event: a good upload's event arrives behind anything published before it (same connection, same topic)
-    good = await pipeline.upload(images.sample_photo(), "eve")
+    good = await pipeline.post(images.sample_photo(), "eve")
     assert good.job_id is not None
     assert await until(lambda: len(pipeline.recorder.events(IMAGE_UPLOADED)) >= 1, 5)
     assert [e.data["job_id"] for _, e in pipeline.recorder.events(IMAGE_UPLOADED)] == [good.job_id]
-    assert await pipeline.wait_done([good.job_id], 20)
+    assert await pipeline.wait_finished([good.job_id], 20)
 
 
-async def test_the_processor_absorbs_a_duplicate_event_one_set_of_results_one_done(pipeline: Pipeline) -> None:
-    answer = await pipeline.upload(images.sample_photo(), "fay")
+async def test_the_processor_absorbs_a_duplicate_event_one_set_of_results_one_done(pipeline: ReferenceSystem) -> None:
+    answer = await pipeline.post(images.sample_photo(), "fay")
     job_id = answer.job_id
-    assert job_id is not None and await pipeline.wait_done([job_id], 20)
+    assert job_id is not None and await pipeline.wait_finished([job_id], 20)
     (_, uploaded), *_ = pipeline.recorder.events(IMAGE_UPLOADED, job_id)
     async with pipeline.broker.client() as again:  # the same event once more, as a redelivery would bring it
         await again.publish(pipeline.topics.uploaded, uploaded.to_bytes(), qos=1)
@@ -275,11 +267,22 @@ async def test_a_job_event_applied_twice_or_late_changes_nothing(tmp_path: Path)
     assert reopened.results == {"a": "results/x/a"} and reopened.caption == "c" and reopened.done_steps == 4
 
 
+async def test_the_reference_system_is_a_capstone_system_with_restartable_services(pipeline: ReferenceSystem) -> None:
+    assert isinstance(pipeline, CapstoneSystem)
+    for handle in (pipeline.processor, pipeline.notifier):
+        assert isinstance(handle, ServiceHandle) and handle.alive
+    await pipeline.notifier.kill()
+    assert not pipeline.notifier.alive and pipeline.notifier.crashed() is None, "a kill is not a crash"
+    await pipeline.notifier.start()
+    assert pipeline.notifier.alive
+
+
 async def test_the_sync_design_answers_200_only_after_processing(tmp_path: Path) -> None:
     sync = await start_sync_pipeline(tmp_path, workers=1, work=WORK)
+    assert isinstance(sync, Uploads) and not isinstance(sync, CapstoneSystem), "the request side only"
     try:
-        answer = await sync.upload(images.sample_photo(), "hal")
-        refused = await sync.upload(images.not_an_image(), "hal")
+        answer = await sync.post(images.sample_photo(), "hal")
+        refused = await sync.post(images.not_an_image(), "hal")
     finally:
         await sync.stop()
     assert answer.status == 200 and answer.body["state"] == "succeeded" and len(answer.body["results"]) == 4
@@ -310,10 +313,10 @@ async def test_a_crashed_worker_is_reported_not_swallowed(broker: Broker, tmp_pa
 
     pipeline = await start_pipeline(broker, tmp_path, workers=1, shared=False, work_of=work_of)
     try:
-        answer = await pipeline.upload(images.sample_photo(), "ida")
+        answer = await pipeline.post(images.sample_photo(), "ida")
         assert answer.job_id is not None
         with pytest.raises(ProcessDied) as raised:
-            await pipeline.wait_done([answer.job_id], 10)
+            await pipeline.wait_finished([answer.job_id], 10)
         assert any("processor" in note for note in raised.value.__notes__)
     finally:
         with pytest.raises(ProcessDied):
@@ -369,25 +372,30 @@ async def test_head_of_line_a_pool_finishes_normal_images_before_the_slow_one(br
 
 
 async def test_notifier_outage_loses_nothing_and_delivers_after_the_restart(broker: Broker, tmp_path: Path) -> None:
-    result = await notifier_outage(broker, tmp_path, jobs=3, workers=2, work=0.05, outage_s=0)
+    async with reference_system(broker, tmp_path, workers=2, work=0.05) as system:
+        result = await notifier_outage(system, [images.sample_photo()] * 3)
+        emails = system.outbox()
     assert result.lost == 0 and result.duplicates == 0, result.as_row()
     assert result.during_outage == 0
     assert all(t >= result.up_s for t in result.notified_s)
     assert all(result.down_s <= t < result.up_s for t in result.done_s), "every job finished while the service was down"
-    assert result.emails == 3
+    assert result.done_while_down == 3
+    assert len(emails) == 3
     assert_plot(plot_notifier_outage(result), x_unit="(s)", y_unit=None)
 
 
 async def test_a_worker_killed_mid_image_redoes_it_and_the_user_hears_once(broker: Broker, tmp_path: Path) -> None:
-    result = await worker_killed(broker, tmp_path, workers=2, work=0.6)
-    assert result.killed_mid_image, result.as_row()
+    async with reference_system(broker, tmp_path, workers=2, work=0.6) as system:
+        result = await worker_killed(system, images.sample_photo(), after_steps=1)
+    assert result.killed_mid_image and result.steps_before_kill >= 1, result.as_row()
     assert result.redelivered and result.starts == 2, result.as_row()
     assert result.state == "succeeded" and result.results == 4
     assert result.done_events == 1 and result.notifications == 1, result.as_row()
 
 
 async def test_upload_restarted_mid_burst_every_job_answers_is_done_and_notified_once(broker: Broker, tmp_path: Path) -> None:
-    result = await upload_restarted(broker, tmp_path, jobs=6, workers=2, work=0.2, down_s=0.5)
+    async with reference_system(broker, tmp_path, workers=2, work=0.2) as system:
+        result = await upload_restarted(system, images.sample_photo(), jobs=6, down_s=0.5)
     row = result.as_row()
     assert result.accepted == 6, row
     assert result.unfinished_at_stop >= 1 and result.done_while_down >= 1, f"the stop did not land mid-burst: {row}"
@@ -398,8 +406,8 @@ async def test_upload_restarted_mid_burst_every_job_answers_is_done_and_notified
 async def test_a_failed_job_answers_200_problem_json_and_has_no_result(broker: Broker, tmp_path: Path) -> None:
     pipeline = await start_pipeline(broker, tmp_path, workers=1, work=0.0, attempts=1, fail_on=lambda job: True)
     try:
-        job_id = (await pipeline.upload(images.sample_photo(), "ivy")).job_id
-        assert job_id is not None and await pipeline.wait_done([job_id], 20)
+        job_id = (await pipeline.post(images.sample_photo(), "ivy")).job_id
+        assert job_id is not None and await pipeline.wait_finished([job_id], 20)
         async with pipeline.session.get(f"{pipeline.url}/jobs/{job_id}", allow_redirects=False) as response:
             body = await response.json(content_type=None)
             assert response.status == 200 and response.content_type == PROBLEM_JSON, body
@@ -413,11 +421,15 @@ async def test_a_failed_job_answers_200_problem_json_and_has_no_result(broker: B
 
 
 async def test_a_transform_that_always_fails_ends_failed_with_reason_and_dead_letter(broker: Broker, tmp_path: Path) -> None:
-    result = await failing_transform(broker, tmp_path, attempts=3, work=0.0)
+    def fail_on(job: object) -> bool:
+        return isinstance(job, dict) and job.get("user") == FAILING_USER
+
+    async with reference_system(broker, tmp_path, workers=1, work=0.0, attempts=3, fail_on=fail_on) as system:
+        result = await failing_transform(system, images.sample_photo())
     assert result.attempts == 3
     assert result.state == "failed"
     assert result.reason is not None and "caption model crashed" in result.reason and "3 time" in result.reason
     assert result.dead_letters == 1 and result.dead_letter_reason == result.reason
-    assert result.notification is not None and "could not be processed" in result.notification
+    assert result.notification is not None and "could not be processed" in result.notification.text
     assert result.next_job_state == "succeeded", "the worker lived on after the failure"
     assert result.as_row()["dead letters"] == 1

@@ -28,10 +28,6 @@ MAX_LINES = 600
 #: i20-temp: removed, entry by entry, as the rewrites of issue 20 split these modules along their banners.
 LONG_FOR_NOW = {
     "helpers/labchecks/image_pipeline.py",
-    "helpers/capstone/pipeline.py",
-    "helpers/capstone/images.py",
-    "helpers/capstone/assembly.py",
-    "helpers/capstone/scaleout.py",
 }
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from helpers.capstone import images, scaleout
+from helpers.capstone import images, scaleout, slot_drill
 from helpers.core.loop_lag import LoopLag
 from helpers.core.mosquitto import find_mosquitto
 
@@ -45,9 +45,9 @@ async def mosquitto_front(tmp_path: Path) -> AsyncIterator[tuple[Any, Any]]:
 
 async def _upload_and_wait(front: scaleout.Front, n: int) -> None:
     photo = images.generated_image(7, size=(320, 240), fmt="JPEG")
-    answers = [await front.upload(photo, f"user-{i}") for i in range(n)]
+    answers = [await front.post(photo, f"user-{i}") for i in range(n)]
     assert [a.status for a in answers] == [202] * n
-    assert await front.wait_done([a.job_id for a in answers if a.job_id], timeout=60)
+    assert await front.wait_finished([a.job_id for a in answers if a.job_id], timeout=60)
 
 
 @needs_broker
@@ -144,7 +144,7 @@ async def test_kill_9_a_worker_process_restart_its_slot_every_job_done_none_twic
     async with scaleout.worker_processes(front, 2, mqtt_url=real.url, work=0.2) as workers:
         assert workers.client_ids["processor-1"].endswith("-processor-1")
         killed_pid = workers.procs["processor-1"].pid
-        drill = await scaleout.kill_drill(front, workers, 6, while_away=2, quiet=3.0)
+        drill = await slot_drill.kill_drill(front, workers, 6, while_away=2, quiet=3.0)
         assert workers.procs["processor-1"].returncode is None and workers.procs["processor-1"].pid != killed_pid
     assert drill.accepted == 8
     assert drill.held_in_flight >= 1, "the killed process held messages: the drill must exercise its session"
@@ -158,7 +158,7 @@ async def test_kill_9_a_worker_process_restart_its_slot_every_job_done_none_twic
 async def test_sigterm_a_worker_process_restart_its_slot_every_job_done(mosquitto_front: tuple[Any, Any]) -> None:
     real, front = mosquitto_front
     async with scaleout.worker_processes(front, 2, mqtt_url=real.url, work=0.2) as workers:
-        drill = await scaleout.kill_drill(front, workers, 6, graceful=True, quiet=3.0)
+        drill = await slot_drill.kill_drill(front, workers, 6, graceful=True, quiet=3.0)
     assert drill.how == "SIGTERM" and drill.held >= 1, "the stopped process kept its session, and what it held"
     assert (drill.done, drill.duplicated, drill.lost) == (6, 0, 0), drill
 
@@ -178,7 +178,7 @@ async def test_a_process_without_a_slot_drops_what_it_held_when_it_stops(mosquit
     try:
         await workers.start_all(["processor-1", "processor-2"])
         assert not any(cid.endswith("-processor-1") for cid in workers.client_ids.values())
-        drill = await scaleout.kill_drill(front, workers, 6, graceful=True, restart=False, while_away=2, quiet=3.0)
+        drill = await slot_drill.kill_drill(front, workers, 6, graceful=True, restart=False, while_away=2, quiet=3.0)
         assert drill.held_in_flight >= 1 and drill.lost == drill.held_in_flight, "the dropped session took them along"
         assert drill.held_new == 0, "a member that dropped its session is out of the group: new jobs go to the others"
     finally:
@@ -191,9 +191,9 @@ async def test_a_process_without_a_slot_drops_what_it_held_when_it_stops(mosquit
 async def test_a_slot_killed_and_not_restarted_keeps_its_jobs_waiting(mosquitto_front: tuple[Any, Any]) -> None:
     real, front = mosquitto_front
     async with scaleout.worker_processes(front, 2, mqtt_url=real.url, work=0.2) as workers:
-        drill = await scaleout.kill_drill(front, workers, 6, while_away=2, restart=False, quiet=3.0)
+        drill = await slot_drill.kill_drill(front, workers, 6, while_away=2, restart=False, quiet=3.0)
         await workers.start("processor-3")  # a new process with a NEW id: not the dead one's session
-        assert not await front.wait_done([j.job_id for j in front.upload_service.store], timeout=5)
+        assert not await front.wait_finished([j.job_id for j in front.upload_service.store], timeout=5)
     assert drill.held >= 2 and drill.lost == drill.held and drill.done == drill.accepted - drill.held
     assert drill.finish_after_restart_s is None
     unfinished = [job for job in front.upload_service.store if not job.final]

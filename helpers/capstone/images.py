@@ -15,33 +15,94 @@ Two jobs, kept apart on purpose:
   so two jobs in two threads run on two cores. ``work`` scales the cost linearly, the way the
   number of denoising steps scales the cost of a diffusion model.
 
-The inputs the lesson needs (a photo, generated images, and hostile files) are made in
-memory from installed packages: nothing is downloaded and no image file is committed.
+The caption is :mod:`helpers.capstone.caption`; the inputs the lesson needs (a photo, generated
+images, hostile files) are :mod:`helpers.capstone.samples`. Both are re-exported here.
 """
 
 from __future__ import annotations
 
-import colorsys
 import io
 import math
-import random
 import struct
 import threading
 import warnings
 import zlib
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
-from importlib import resources
 from typing import TYPE_CHECKING, Final
 
-from PIL import Image, ImageDraw, ImageFile, ImageFilter, ImageOps, ImageStat, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageFilter, ImageOps, UnidentifiedImageError
 
+from helpers.capstone.caption import (
+    FACE_MAX_SIDE as FACE_MAX_SIDE,
+)
+from helpers.capstone.caption import (  # re-exported: images.caption, images.measure
+    UPLOAD_SIZE_KEY as UPLOAD_SIZE_KEY,
+)
+from helpers.capstone.caption import (
+    Measurements as Measurements,
+)
+from helpers.capstone.caption import (
+    brightness_word as brightness_word,
+)
+from helpers.capstone.caption import (
+    caption as caption,
+)
+from helpers.capstone.caption import (
+    color_name as color_name,
+)
+from helpers.capstone.caption import (
+    count_faces as count_faces,
+)
+from helpers.capstone.caption import (
+    dominant_colors as dominant_colors,
+)
+from helpers.capstone.caption import (
+    faces_phrase as faces_phrase,
+)
+from helpers.capstone.caption import (
+    measure as measure,
+)
+from helpers.capstone.caption import (
+    shape_word as shape_word,
+)
+from helpers.capstone.caption import (
+    to_rgb as to_rgb,
+)
+from helpers.capstone.caption import (
+    upload_size as upload_size,
+)
+from helpers.capstone.samples import (  # re-exported: images.sample_photo() and the hostile inputs
+    EXIF_ROTATED_QUADRANTS as EXIF_ROTATED_QUADRANTS,
+)
+from helpers.capstone.samples import (
+    EXIF_ROTATED_UPRIGHT_SIZE as EXIF_ROTATED_UPRIGHT_SIZE,
+)
+from helpers.capstone.samples import (
+    corrupt_png as corrupt_png,
+)
+from helpers.capstone.samples import (
+    decompression_bomb as decompression_bomb,
+)
+from helpers.capstone.samples import (
+    exif_rotated_jpeg as exif_rotated_jpeg,
+)
+from helpers.capstone.samples import (
+    generated_image as generated_image,
+)
+from helpers.capstone.samples import (
+    not_an_image as not_an_image,
+)
+from helpers.capstone.samples import (
+    sample_photo as sample_photo,
+)
+from helpers.capstone.samples import (
+    truncated_jpeg as truncated_jpeg,
+)
 from helpers.core.problems import PROBLEM_BASE
 
 if TYPE_CHECKING:
-    import cv2
+    pass
 
 ACCEPTED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP")
 """Pillow format names; the only decoders Pillow may try on an upload (``Image.open(formats=...)``)."""
@@ -64,8 +125,6 @@ and the filter works at 4 MP, so more pixels only cost time and memory (a 40 MP 
 this copy, measured). A 12 MP phone photo (4032x3024) is worked on at 3072x2304; the caption still says 4032x3024."""
 IMAGE_WORK_SLOTS: int = 2
 """How many uploads the Upload service decodes at once; more wait their turn (memory stays bounded under a burst)."""
-UPLOAD_SIZE_KEY = "course.upload_size"
-"""``img.info`` entry with the upright (width, height) of the upload, when ``process_image`` works on a smaller copy."""
 
 STEPS: tuple[str, ...] = ("upright", "thumbnails", "filter", "caption")
 """The steps of ``process_image``, in order; progress is reported after each."""
@@ -80,8 +139,6 @@ WORKING_MAX_PIXELS = 4_000_000
 REFINEMENT_STEPS_PER_WORK = 8
 """Blur-and-sharpen passes per unit of ``work``; 8 makes grace_hopper.jpg take ~0.6 s at work=1 (see process_image)."""
 MAX_WORK = 100.0
-FACE_MAX_SIDE = 640
-"""Face detection runs on a copy at most this wide and high: it bounds the cost (~40 ms for a portrait here)."""
 JPEG_QUALITY = 85
 
 _OPEN_LOCK = threading.Lock()
@@ -313,19 +370,6 @@ def inspect_upload(data: bytes, *, max_bytes: int = MAX_UPLOAD_BYTES, max_pixels
 # --- processing ---------------------------------------------------------------------------
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
-    """An RGB copy; transparent parts become white, so every later step (and JPEG) gets one mode."""
-    if img.mode == "RGB":
-        return img.copy()
-    if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    if img.mode.startswith("I"):  # 16-bit greyscale PNG: scale 0..65535 to 0..255 (a plain convert clips at 255)
-        return img.convert("I").point(lambda value: value * (1 / 256)).convert("RGB")
-    return img.convert("RGB")
-
-
 def upright(img: Image.Image) -> Image.Image:
     """The image the way the camera held it (EXIF Orientation applied), in RGB."""
     return to_rgb(ImageOps.exif_transpose(img))
@@ -397,165 +441,6 @@ def apply_filter(img: Image.Image, *, work: float = 1.0) -> Rendition:
     return Rendition(FILTER_NAME, encode_jpeg(result), "image/jpeg")
 
 
-# --- caption --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Measurements:
-    """What ``caption`` measured, as numbers, so a test (or a curious learner) can check the words."""
-
-    width: int
-    height: int
-    brightness: float
-    """Mean luminance, 0 (black) to 255 (white)."""
-    colors: tuple[str, ...]
-    """Color names covering most of the picture, most common first."""
-    faces: int | None
-    """Frontal faces found by OpenCV's Haar cascade; None when OpenCV is not installed."""
-
-
-def shape_word(width: int, height: int) -> str:
-    """'portrait-oriented', 'landscape-oriented' or 'square' (within 5%)."""
-    ratio = width / height
-    if ratio > 1.05:
-        return "landscape-oriented"
-    if ratio < 1 / 1.05:
-        return "portrait-oriented"
-    return "square"
-
-
-def brightness_word(brightness: float) -> str:
-    """A word for a mean luminance (0-255)."""
-    for limit, word in ((45, "very dark"), (95, "fairly dark"), (160, "medium-bright"), (210, "bright")):
-        if brightness < limit:
-            return word
-    return "very bright"
-
-
-def color_name(rgb: tuple[int, int, int]) -> str:
-    """A plain-English name for an sRGB color, from its hue, saturation and value."""
-    hue, sat, val = colorsys.rgb_to_hsv(*(channel / 255 for channel in rgb))
-    if val < 0.15:
-        return "black"
-    if sat < 0.18:
-        return "white" if val > 0.85 else "light grey" if val > 0.65 else "grey" if val > 0.35 else "dark grey"
-    degrees = hue * 360
-    hues = ((15, "red"), (40, "orange"), (70, "yellow"), (160, "green"), (200, "cyan"), (255, "blue"), (290, "purple"))
-    name = next((word for limit, word in hues if degrees < limit), "pink" if degrees < 345 else "red")
-    if name in ("red", "orange") and val < 0.6:
-        return "brown"
-    if val < 0.4:
-        return f"dark {name}"
-    if val > 0.8 and sat < 0.5:
-        return f"light {name}"
-    return name
-
-
-def dominant_colors(img: Image.Image, count: int = 2, min_share: float = 0.15) -> tuple[str, ...]:
-    """The ``count`` most common color names that each cover at least ``min_share`` of the picture.
-
-    Median-cut quantisation of a 64x64 copy to 8 colors: deterministic and a few ms.
-    """
-    small = to_rgb(img).resize((64, 64), Image.Resampling.BOX)
-    quantised = small.quantize(colors=8, method=Image.Quantize.MEDIANCUT)
-    palette = quantised.getpalette() or []
-    shares: Counter[str] = Counter()
-    for pixels, index in quantised.getcolors() or []:
-        assert isinstance(index, int), "a P-mode image's colors are palette indexes"
-        r, g, b = palette[3 * index : 3 * index + 3]
-        shares[color_name((r, g, b))] += pixels
-    total = sum(shares.values()) or 1
-    ranked = sorted(shares.items(), key=lambda item: (-item[1], item[0]))
-    named = tuple(name for name, pixels in ranked if pixels / total >= min_share)[:count]
-    return named or (ranked[0][0],)
-
-
-_cascades = threading.local()
-"""One Haar classifier per thread: OpenCV does not promise that one object is safe in two threads at once."""
-
-
-def _face_cascade() -> cv2.CascadeClassifier:
-    """This thread's frontal-face classifier, loaded once (~8 ms) from the XML OpenCV ships in cv2/data."""
-    import cv2
-
-    cascade: cv2.CascadeClassifier | None = getattr(_cascades, "frontal_face", None)
-    if cascade is None:
-        path = str(resources.files("cv2") / "data" / "haarcascade_frontalface_default.xml")
-        cascade = cv2.CascadeClassifier(path)
-        if cascade.empty():
-            raise RuntimeError(f"OpenCV could not load its bundled face cascade from {path}")
-        _cascades.frontal_face = cascade
-    return cascade
-
-
-def count_faces(img: Image.Image) -> int | None:
-    """Frontal faces found by OpenCV's Haar cascade (Viola-Jones, 2001), or None if OpenCV is not installed.
-
-    A 20-year-old detector, honest about being one: it finds upright, frontal faces and
-    misses profiles and small faces. OpenCV is imported here, not at module import, so the
-    course works (with "faces not checked" captions) where it is not installed.
-    Measured on a 2-core cloud VM (AMD EPYC, OpenCV 4.14): grace_hopper.jpg ~45 ms (OpenCV
-    uses both cores; ~70 ms on one); the worst case seen, 800x600 random noise (detected at
-    640x480), ~100 ms; the first call in a process adds ~100 ms to import OpenCV.
-    """
-    try:
-        import cv2  # noqa: F401 - imported to learn whether OpenCV is installed; _face_cascade uses it
-        import numpy
-    except ImportError:
-        return None
-    grey = to_rgb(img).convert("L")
-    grey.thumbnail((FACE_MAX_SIDE, FACE_MAX_SIDE), Image.Resampling.BOX)
-    faces = _face_cascade().detectMultiScale(numpy.asarray(grey), scaleFactor=1.1, minNeighbors=5, minSize=(24, 24))
-    return len(faces)
-
-
-def upload_size(img: Image.Image) -> tuple[int, int]:
-    """The upright (width, height) of the upload ``img`` was made from (``process_image`` may work on a smaller copy)."""
-    stored = img.info.get(UPLOAD_SIZE_KEY)
-    if not (isinstance(stored, tuple) and len(stored) == 2):
-        return img.size
-    width, height = stored
-    turned = (img.width > img.height) != (width > height) and img.width != img.height
-    return (height, width) if turned else (width, height)
-
-
-def measure(img: Image.Image) -> Measurements:
-    """Everything the caption says, as numbers; the size is the upload's, even when ``img`` is a working copy."""
-    brightness = ImageStat.Stat(to_rgb(img).convert("L")).mean[0]
-    width, height = upload_size(img)
-    return Measurements(width, height, brightness, dominant_colors(img), count_faces(img))
-
-
-def faces_phrase(faces: int | None) -> str:
-    """'1 face found (OpenCV Haar cascade)', or says that faces were not looked for."""
-    if faces is None:
-        return "faces not checked (OpenCV is not installed)"
-    counted = "no faces" if faces == 0 else "1 face" if faces == 1 else f"{faces} faces"
-    return f"{counted} found (OpenCV Haar cascade)"
-
-
-def caption(img: Image.Image) -> str:
-    """A caption from measured properties only, a swappable stand-in for a captioning model.
-
-    It says what it measured and nothing it did not: shape and size, mean brightness,
-    dominant colors, and frontal faces if OpenCV is installed. The same image always gets
-    the same caption. grace_hopper.jpg gets ``"a portrait-oriented 512x600 image, fairly dark
-    (mean brightness 77/255), mostly black and light grey, 1 face found (OpenCV Haar cascade)"``
-    (her navy uniform is dark enough to count as black).
-
-    OpenCV fits the course's budget, so it is a dependency: its 62 MB wheel
-    (opencv-python-headless 4.14) installed in 1.2 s from a local package mirror (plus the
-    download), and a caption costs ~50 ms on grace_hopper.jpg with face detection, ~2 ms
-    without it (measured on a 2-core cloud VM).
-    """
-    m = measure(img)
-    colors = " and ".join(m.colors)
-    return (
-        f"a {shape_word(m.width, m.height)} {m.width}x{m.height} image, {brightness_word(m.brightness)}"
-        f" (mean brightness {m.brightness:.0f}/255), mostly {colors}, {faces_phrase(m.faces)}"
-    )
-
-
 # --- the pipeline ---------------------------------------------------------------------------
 
 StepResult = list[Rendition] | str | Image.Image
@@ -611,109 +496,3 @@ def process_image(
         if on_step is not None:
             on_step(step, done, len(STEPS))
     return renditions, text
-
-
-# --- sample and hostile inputs, made in memory ----------------------------------------------
-
-
-@cache
-def sample_photo() -> bytes:
-    """matplotlib's sample ``grace_hopper.jpg`` (512x600, 61 KB): a real photo with one face, no download."""
-    from matplotlib import cbook
-
-    path = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
-    with open(path, "rb") as file:
-        return file.read()
-
-
-def generated_image(seed: int, size: tuple[int, int] = (800, 600), fmt: str = "PNG") -> bytes:
-    """A seeded picture: a two-color gradient and a dozen shapes; same seed, same bytes.
-
-    ``fmt`` is any format Pillow can write, so a test can also make a valid image in a
-    format the service refuses (say "GIF").
-    """
-    rng = random.Random(seed)
-
-    def color() -> tuple[int, int, int]:
-        return (rng.randrange(256), rng.randrange(256), rng.randrange(256))
-
-    gradient = Image.linear_gradient("L").resize(size)
-    img = ImageOps.colorize(gradient, color(), color()).convert("RGB")
-    draw = ImageDraw.Draw(img)
-    width, height = size
-    for _ in range(12):
-        x0, y0 = rng.randrange(width), rng.randrange(height)
-        box = (x0, y0, x0 + rng.randrange(10, max(11, width // 3)), y0 + rng.randrange(10, max(11, height // 3)))
-        if rng.random() < 0.5:
-            draw.ellipse(box, fill=color())
-        else:
-            draw.rectangle(box, fill=color())
-    out = io.BytesIO()
-    img.save(out, fmt)
-    return out.getvalue()
-
-
-EXIF_ROTATED_UPRIGHT_SIZE = (300, 200)
-EXIF_ROTATED_QUADRANTS = {
-    "top-left": (255, 0, 0),
-    "top-right": (0, 160, 0),
-    "bottom-left": (0, 0, 255),
-    "bottom-right": (255, 255, 0),
-}
-"""``exif_rotated_jpeg``'s picture once upright: four solid quadrants (red, green / blue, yellow)."""
-
-
-def exif_rotated_jpeg() -> bytes:
-    """A JPEG stored sideways (200x300) with EXIF Orientation=6, as phones write them; upright it is 300x200.
-
-    Orientation 6 means "rotate 90 degrees clockwise to view", so the stored pixels are the
-    upright picture turned 90 degrees counter-clockwise.
-    """
-    width, height = EXIF_ROTATED_UPRIGHT_SIZE
-    picture = Image.new("RGB", (width, height))
-    draw = ImageDraw.Draw(picture)
-    half_w, half_h = width // 2, height // 2
-    corners = {"top-left": (0, 0), "top-right": (half_w, 0), "bottom-left": (0, half_h), "bottom-right": (half_w, half_h)}
-    for name, (x, y) in corners.items():
-        draw.rectangle((x, y, x + half_w - 1, y + half_h - 1), fill=EXIF_ROTATED_QUADRANTS[name])
-    stored = picture.transpose(Image.Transpose.ROTATE_90)
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    out = io.BytesIO()
-    stored.save(out, "JPEG", quality=95, exif=exif)
-    return out.getvalue()
-
-
-def _png_chunk(kind: bytes, payload: bytes) -> bytes:
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-
-def decompression_bomb(width: int = 30_000, height: int = 30_000) -> bytes:
-    """A valid PNG header declaring ``width`` x ``height`` RGB pixels, with a few rows of data (~100 bytes).
-
-    30000x30000 would decode to 2.7 GB; a guard that reads the header refuses it first.
-    """
-    rows = zlib.compress(b"".join(b"\x00" + bytes(3 * min(width, 256)) for _ in range(4)))
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", rows) + _png_chunk(b"IEND", b"")
-
-
-def truncated_jpeg() -> bytes:
-    """The sample photo cut off at 60%: the header is fine, the pixel data stops early."""
-    photo = sample_photo()
-    return photo[: len(photo) * 6 // 10]
-
-
-def corrupt_png() -> bytes:
-    """A small PNG whose compressed pixel data was overwritten: it opens, then fails to decode."""
-    out = io.BytesIO()
-    Image.new("RGB", (64, 64), (200, 30, 30)).save(out, "PNG")
-    data = bytearray(out.getvalue())
-    start = data.index(b"IDAT") + 4
-    data[start : start + 24] = bytes(byte ^ 0x55 for byte in data[start : start + 24])
-    return bytes(data)
-
-
-def not_an_image() -> bytes:
-    """Text, as a client might send under the name holiday.jpg with Content-Type image/jpeg."""
-    return b"This is not a photo, just text in a file named holiday.jpg.\n"

@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +61,57 @@ class Notification:
     def as_row(self) -> dict[str, object]:
         """A row for a results table."""
         return {"user": self.user, "job": self.job_id[:8], "state": self.state, "message": self.text}
+
+
+def notification_text(state: str) -> str:
+    """What a user reads for a job that ended in ``state`` (the lab's notifier; the reference says more)."""
+    return "Sorry, your image could not be processed." if state == "failed" else "Your image is ready."
+
+
+class Inbox:
+    """The users' in-app inbox: one JSON line per notification in ``workdir/inbox.jsonl``.
+
+    The reference :class:`Notifier` and the learner's notifier of lab 07 write the same file,
+    so one reader serves every drill. It lives in a file, so what a notifier wrote before it
+    was killed is still there when it comes back.
+    """
+
+    FILE = "inbox.jsonl"
+
+    def __init__(self, workdir: str | Path) -> None:
+        self.path = Path(workdir) / self.FILE
+
+    def notify(self, user: str, job_id: str, state: str, text: str = "") -> Notification:
+        """Tell ``user`` that ``job_id`` ended in ``state``; one line, written and flushed at once."""
+        note = Notification(str(user), str(job_id), str(state), text or notification_text(state), iso(now()))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(note.__dict__) + "\n")
+            fh.flush()
+        return note
+
+    def entries(self) -> list[Notification]:
+        """Every notification, oldest first (a line cut off by a crash is skipped)."""
+        if not self.path.exists():
+            return []
+        found = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                found.append(Notification(**json.loads(line)))
+            except (ValueError, TypeError):
+                continue
+        return found
+
+    def __call__(self, user: str) -> list[Notification]:
+        """``user``'s in-app inbox, oldest first."""
+        return [note for note in self.entries() if note.user == user]
+
+    def per_job(self) -> Counter[str]:
+        """Notifications per job id (2 means the user heard twice)."""
+        return Counter(note.job_id for note in self.entries())
+
+    def __len__(self) -> int:
+        return len(self.entries())
 
 
 def message_for(event: Event, status_url: str | None) -> tuple[str, str]:
@@ -95,19 +146,19 @@ class Notifier:
         self.client_id = client_id or f"notifier-{uuid.uuid4().hex[:6]}"
         self.status_base = status_base
         """The Upload service's base URL, for a link to the job's status in each message."""
-        self.inbox_path = self.folder / "inbox.jsonl"
+        self.inbox = Inbox(self.folder)
+        """The users' inboxes: ``notifier.inbox(user)``, ``notifier.inbox.entries()``."""
+        self.inbox_path = self.inbox.path
         self.outbox_path = self.folder / "outbox.jsonl"
         self.notified = {note.job_id for note in self.notifications()}
         """Jobs whose user has an inbox entry: read from the inbox itself, so it is exactly what was written."""
-        self.delivered_at: dict[str, float] = {}
-        """Job id -> ``time.perf_counter()`` when its notification was written (this process only)."""
         self.duplicates = 0
         """Finished-job events that found the job already notified (redeliveries, repeated job.done)."""
         self.consumer: Consumer | None = None
         self._life = lifecycle.Restartable()
 
     @property
-    def running(self) -> bool:
+    def alive(self) -> bool:
         return self._life.alive
 
     async def start(self) -> Notifier:
@@ -115,7 +166,7 @@ class Notifier:
 
         After a :meth:`kill` this is the restart: the broker hands over what arrived meanwhile.
         """
-        if self.running:
+        if self.alive:
             raise RuntimeError("the notifier is running already; kill() it first")
         await self._life.launch(reconnecting, self._serve)  # a lost connection: connect again, the session resumes
         return self
@@ -161,7 +212,6 @@ class Notifier:
         self._append(self.outbox_path, email)  # a crash after this line: the e-mail goes again, the inbox once
         self._append(self.inbox_path, note.__dict__)  # the inbox entry and the "notified" record: one line, one write
         self.notified.add(job_id)
-        self.delivered_at[job_id] = time.perf_counter()
 
     @staticmethod
     def _append(path: Path, record: dict[str, Any]) -> None:
@@ -172,29 +222,10 @@ class Notifier:
 
     def notifications(self) -> list[Notification]:
         """Every inbox entry, oldest first (read from the file: what survives a restart is what counts)."""
-        if not self.inbox_path.exists():
-            return []
-        lines = self.inbox_path.read_text().splitlines()
-        return [Notification(**json.loads(line)) for line in lines if line.strip()]
-
-    def inbox(self, user: str) -> list[Notification]:
-        """``user``'s in-app inbox, oldest first."""
-        return [note for note in self.notifications() if note.user == user]
+        return self.inbox.entries()
 
     def outbox(self) -> list[dict[str, Any]]:
         """Every "e-mail" written, oldest first."""
         if not self.outbox_path.exists():
             return []
         return [json.loads(line) for line in self.outbox_path.read_text().splitlines() if line.strip()]
-
-
-async def start_notifier(
-    broker: Broker,
-    topics: Topics,
-    workdir: str | Path,
-    *,
-    client_id: str | None = None,
-    status_base: str | None = None,
-) -> Notifier:
-    """Start the Notification service; returns once it is subscribed (its session now queues for it)."""
-    return await Notifier(broker, topics, workdir, client_id=client_id, status_base=status_base).start()

@@ -37,6 +37,7 @@ exactly such a message.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import threading
 import time
@@ -44,15 +45,13 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import aiomqtt
 from PIL import Image
 
 from helpers.capstone import images
 from helpers.capstone.jobs import (
-    DONE,
-    FAILED,
     IMAGE_UPLOADED,
     JOB_DONE,
     JOB_FAILED,
@@ -94,6 +93,42 @@ CaptionFn = Callable[[Image.Image], str]
 """A caption model: a Pillow image in, one sentence out (default: :func:`helpers.capstone.images.caption`)."""
 
 
+@dataclass(frozen=True)
+class ProcessorSettings:
+    """How the AI Image Processor runs: declared once, passed through every layer that starts one.
+
+    ``work`` (or ``work_of(job)`` per job) scales the CPU cost of each image; ``fail_on(job)``
+    makes a job's transform fail every time; ``attempts`` tries per delivery before the job
+    is failed and dead-lettered; ``caption_fn(image) -> str`` replaces the default caption
+    (swap in a real model here). ``session`` fixes the members' client ids (``session``, or
+    ``session-0``, ... for several workers), so a process restarted with the same ``session``
+    resumes the persistent sessions (and the messages in flight) of the one that died;
+    without it each start takes fresh ids (``name-<random>-i``).
+    """
+
+    workers: int = 4
+    shared: bool | None = None
+    """None: shared subscriptions on an external broker, the pool on the embedded one."""
+    work: float = 1.0
+    work_of: WorkOf | None = None
+    fail_on: FailOn | None = None
+    caption_fn: CaptionFn | None = None
+    attempts: int = DEFAULT_ATTEMPTS
+    retry_delay: float = DEFAULT_RETRY_DELAY_S
+    name: str = "processor"
+    session: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"the processor needs at least one worker, got {self.workers}")
+        if self.attempts < 1:
+            raise ValueError(f"attempts counts the first try too, so it is at least 1, got {self.attempts}")
+
+    def with_(self, **changes: Any) -> ProcessorSettings:
+        """These settings with some changed (``settings.with_(workers=2)``); unknown names raise TypeError."""
+        return dataclasses.replace(self, **changes) if changes else self
+
+
 class TransformFailed(RuntimeError):
     """A processing step failed (the lesson injects it with ``fail_on``: "the caption model crashed")."""
 
@@ -117,18 +152,47 @@ def failed_marker(job_id: str) -> str:
     return f"results/{job_id}/_failed.json"
 
 
-def job_of(event: Event) -> dict[str, Any]:
-    """The event's data if it is a well-formed ``image.uploaded`` claim check; else ValueError (dead-lettered)."""
+@dataclass(frozen=True)
+class ClaimCheck:
+    """An ``image.uploaded`` event's data, checked: the job, its user, and where its original is stored."""
+
+    job_id: str
+    user: str
+    key: str
+    """The original's storage key (the claim check itself)."""
+    etag: str | None
+    data: Mapping[str, Any]
+    """The event's data as sent: ``work_of`` and ``fail_on`` read it (``job["user"]``)."""
+
+
+def job_of(event: Event) -> ClaimCheck:
+    """The event's claim check if it is a well-formed ``image.uploaded`` event; else ValueError (dead-lettered)."""
     data = event.data
     if event.type != IMAGE_UPLOADED or not isinstance(data, dict):
         raise ValueError(f"expected an {IMAGE_UPLOADED} event with an object as data, got type {event.type!r}")
     original = data.get("original")
-    for name, value in (("job_id", data.get("job_id")), ("user", data.get("user"))):
+    job_id, user = data.get("job_id"), data.get("user")
+    for name, value in (("job_id", job_id), ("user", user)):
         if not isinstance(value, str) or not value:
             raise ValueError(f"{IMAGE_UPLOADED} event {event.id} has no {name}")
     if not isinstance(original, dict) or not isinstance(original.get("key"), str):
         raise ValueError(f"{IMAGE_UPLOADED} event {event.id} has no original.key (the claim check)")
-    return data
+    etag = original.get("etag")
+    return ClaimCheck(str(job_id), str(user), str(original["key"]), etag if isinstance(etag, str) else None, data)
+
+
+RunOutcome = Literal["running", "succeeded", "failed", "abandoned"]
+"""How a worker's run of a job ended: the job's words (``succeeded``, ``failed``), or ``abandoned`` (killed mid-job)."""
+
+
+@dataclass(frozen=True)
+class Processed:
+    """What the attempts at one job came to: the stored renditions and the caption, or why it failed every time."""
+
+    results: dict[str, str] = field(default_factory=dict)
+    """Rendition name -> storage key."""
+    caption: str = ""
+    failure: str | None = None
 
 
 @dataclass
@@ -140,8 +204,7 @@ class Run:
     started: float
     """``time.perf_counter()`` when the worker began (after the finished-marker check)."""
     ended: float | None = None
-    outcome: str = "running"
-    """"done", "failed", "abandoned" (the worker was killed) or "running"."""
+    outcome: RunOutcome = "running"
 
 
 @dataclass
@@ -187,41 +250,22 @@ class Processor:
     """The running AI Image Processor: its workers, what they did, and kill/restart for the lessons."""
 
     def __init__(
-        self,
-        broker: Broker,
-        topics: Topics,
-        storage_url: str,
-        *,
-        workers: int = 4,
-        shared: bool | None = None,
-        work: float = 1.0,
-        work_of: WorkOf | None = None,
-        fail_on: FailOn | None = None,
-        caption_fn: CaptionFn | None = None,
-        attempts: int = DEFAULT_ATTEMPTS,
-        retry_delay: float = DEFAULT_RETRY_DELAY_S,
-        name: str = "processor",
-        session: str | None = None,
+        self, broker: Broker, topics: Topics, storage_url: str, settings: ProcessorSettings | None = None, **changes: Any
     ) -> None:
-        """``session`` fixes the client ids (``session``, or ``session-0``, ... for several workers).
-
-        Without it each start takes fresh ids (``name-<random>-i``), and a restarted
-        *process* could never resume the sessions that hold its predecessor's messages.
-        """
-        if workers < 1:
-            raise ValueError(f"the processor needs at least one worker, got {workers}")
-        if attempts < 1:
-            raise ValueError(f"attempts counts the first try too, so it is at least 1, got {attempts}")
+        """``settings`` (the defaults when None), with ``changes`` applied (``workers=2``, ``work=0.5``, ...)."""
+        settings = (settings or ProcessorSettings()).with_(**changes)
+        workers, shared, session = settings.workers, settings.shared, settings.session
         use_shared = (broker.supports_shared_subscriptions and not broker.embedded) if shared is None else shared
         if use_shared and broker.embedded:
             raise ValueError(f"shared=True is refused: {EMBEDDED_SHARED_PROBLEM}")
+        self.settings = settings
         self.broker, self.topics = broker, topics
         self.storage = StorageClient(storage_url)
-        self.work, self.work_of, self.fail_on = work, work_of, fail_on
-        self.caption_fn = caption_fn or images.caption
-        self.attempts, self.retry_delay = attempts, retry_delay
+        self.work, self.work_of, self.fail_on = settings.work, settings.work_of, settings.fail_on
+        self.caption_fn = settings.caption_fn or images.caption
+        self.attempts, self.retry_delay = settings.attempts, settings.retry_delay
         self.mode = SHARED if use_shared else POOL
-        base = session or f"{name}-{uuid.uuid4().hex[:6]}"
+        base = session or f"{settings.name}-{uuid.uuid4().hex[:6]}"
         if use_shared:
             topic = f"$share/processors/{topics.uploaded}"
             ids = [base] if session and workers == 1 else [f"{base}-{i}" for i in range(workers)]
@@ -260,10 +304,6 @@ class Processor:
         if error is not None:
             self._errors[target.client_id] = error
         return error
-
-    def member_of(self, job_id: str) -> int | None:
-        """The member working on ``job_id`` right now (None if no one is)."""
-        return self.busy.get(job_id)
 
     def crashed(self) -> dict[str, BaseException]:
         """Members whose task died with an error (a healthy member runs until it is killed or stopped)."""
@@ -316,9 +356,9 @@ class Processor:
 
         return handle
 
-    async def _handle(self, member: Member, client: aiomqtt.Client, event: Event, job: dict[str, Any]) -> None:
+    async def _handle(self, member: Member, client: aiomqtt.Client, event: Event, job: ClaimCheck) -> None:
         """One ``image.uploaded`` event, start to finish (the ack follows when this returns)."""
-        job_id = str(job["job_id"])
+        job_id = job.job_id
         if await self._finished(job_id):
             self.stats.skipped[job_id] += 1
             return
@@ -328,44 +368,43 @@ class Processor:
         try:
             result = await self._attempts(client, job)
             self.stats.processing_s[job_id] = time.perf_counter() - run.started  # before the news can reach anyone
-            if isinstance(result, str):
-                await self._give_up(client, event, job, result)
-                run.outcome = FAILED
+            if result.failure is not None:
+                await self._give_up(client, event, job, result.failure)
+                run.outcome = "failed"
             else:
-                await self._announce_done(client, job, *result)
-                run.outcome = DONE
+                await self._announce_done(client, job, result)
+                run.outcome = "succeeded"
         finally:
             self.busy.pop(job_id, None)
             run.ended = time.perf_counter()
             if run.outcome == "running":  # it never got to the end: the worker was killed (or crashed)
                 run.outcome = "abandoned"
 
-    async def _attempts(self, client: aiomqtt.Client, job: dict[str, Any]) -> tuple[dict[str, str], str] | str:
-        """Up to ``attempts`` tries; (results, caption), or the reason it failed every time."""
+    async def _attempts(self, client: aiomqtt.Client, job: ClaimCheck) -> Processed:
+        """Up to ``attempts`` tries: the results, or the reason it failed every time."""
         reasons: list[str] = []
         for attempt in range(1, self.attempts + 1):
-            self.stats.attempts[str(job["job_id"])] += 1
+            self.stats.attempts[job.job_id] += 1
             try:
                 return await self._attempt(client, job)
             except images.ImageRejected as exc:  # the stored bytes are not an image: no retry can fix that
-                return f"the stored original is not an acceptable image: {exc.detail}"
+                return Processed(failure=f"the stored original is not an acceptable image: {exc.detail}")
             except aiomqtt.MqttError:  # the connection is gone, not the transform: reconnect, and the event comes again
                 raise
             except Exception as exc:  # noqa: BLE001 - a failed attempt is retried, then reported as job.failed
                 reasons.append(f"{type(exc).__name__}: {exc}")
             if attempt < self.attempts:
                 await asyncio.sleep(self.retry_delay * 2 ** (attempt - 1))  # backoff: the pause is the point
-        return f"failed {self.attempts} time(s); last error: {reasons[-1]}"
+        return Processed(failure=f"failed {self.attempts} time(s); last error: {reasons[-1]}")
 
-    async def _attempt(self, client: aiomqtt.Client, job: dict[str, Any]) -> tuple[dict[str, str], str]:
-        """Fetch, transform (in a thread), store every rendition; returns ({name: key}, caption)."""
-        job_id = str(job["job_id"])
-        original = job["original"]
-        data, _, etag = await self.storage.get(original["key"])
-        if original.get("etag") and etag != original["etag"]:
-            raise RuntimeError(f"the original changed since upload (etag {etag}, expected {original['etag']})")
-        work = self.work_of(job) if self.work_of is not None else self.work
-        caption_fn = _failing_caption if self.fail_on is not None and self.fail_on(job) else self.caption_fn
+    async def _attempt(self, client: aiomqtt.Client, job: ClaimCheck) -> Processed:
+        """Fetch, transform (in a thread), store every rendition."""
+        job_id = job.job_id
+        data, _, etag = await self.storage.get(job.key)
+        if job.etag and etag != job.etag:
+            raise RuntimeError(f"the original changed since upload (etag {etag}, expected {job.etag})")
+        work = self.work_of(job.data) if self.work_of is not None else self.work
+        caption_fn = _failing_caption if self.fail_on is not None and self.fail_on(job.data) else self.caption_fn
         progress = _Progress(self, client, job_id)
         try:
             renditions, caption = await asyncio.to_thread(
@@ -386,7 +425,7 @@ class Processor:
             key = result_key(job_id, rendition.name)
             await self.storage.put(key, rendition.data, rendition.content_type)
             results[rendition.name] = key
-        return results, caption
+        return Processed(results, caption)
 
     async def _finished(self, job_id: str) -> bool:
         """Whether a finished marker says ``job_id`` is done or failed already."""
@@ -403,27 +442,27 @@ class Processor:
         except Exception:  # noqa: BLE001 - the job is finished and announced; a missing marker costs a duplicate at most
             self.stats.marker_errors += 1
 
-    async def _announce_done(self, client: aiomqtt.Client, job: dict[str, Any], results: dict[str, str], caption: str) -> None:
+    async def _announce_done(self, client: aiomqtt.Client, job: ClaimCheck, processed: Processed) -> None:
         """Publish ``job.done`` unless the marker says it went out already, then write the marker."""
-        job_id = str(job["job_id"])
+        job_id = job.job_id
         if await self._finished(job_id):  # another delivery of this job got here first
             self.stats.skipped[job_id] += 1
             return
-        data = {"job_id": job_id, "user": job["user"], "results": results, "caption": caption}
+        data = {"job_id": job_id, "user": job.user, "results": processed.results, "caption": processed.caption}
         self.stats.finished_at[job_id] = time.perf_counter()  # before publishing: a subscriber may see it before our PUBACK
         await publish(client, self.topics.done, make_event(JOB_DONE, data, source="/processor", id=done_event_id(job_id)))
         self.stats.published[JOB_DONE] += 1
         await self._mark(done_marker(job_id), data)
 
-    async def _give_up(self, client: aiomqtt.Client, event: Event, job: dict[str, Any], reason: str) -> None:
+    async def _give_up(self, client: aiomqtt.Client, event: Event, job: ClaimCheck, reason: str) -> None:
         """Dead-letter the event with the reason and publish ``job.failed`` (once, like ``job.done``)."""
-        job_id = str(job["job_id"])
+        job_id = job.job_id
         if await self._finished(job_id):
             self.stats.skipped[job_id] += 1
             return
         record = dead_letter_payload(self.topics.uploaded, event.to_bytes(), reason)
         await client.publish(self.topics.dead_letter, record, qos=1)
-        data = {"job_id": job_id, "user": job["user"], "reason": reason}
+        data = {"job_id": job_id, "user": job.user, "reason": reason}
         self.stats.finished_at[job_id] = time.perf_counter()
         await publish(client, self.topics.failed, make_event(JOB_FAILED, data, source="/processor", id=failed_event_id(job_id)))
         self.stats.published[JOB_FAILED] += 1
@@ -481,45 +520,10 @@ def _retrieve(task: asyncio.Task[Any]) -> None:
 
 
 async def start_processor(
-    broker: Broker,
-    topics: Topics,
-    storage_url: str,
-    *,
-    workers: int = 4,
-    shared: bool | None = None,
-    work: float = 1.0,
-    work_of: WorkOf | None = None,
-    fail_on: FailOn | None = None,
-    caption_fn: CaptionFn | None = None,
-    attempts: int = DEFAULT_ATTEMPTS,
-    retry_delay: float = DEFAULT_RETRY_DELAY_S,
-    name: str = "processor",
-    session: str | None = None,
+    broker: Broker, topics: Topics, storage_url: str, settings: ProcessorSettings | None = None, **changes: Any
 ) -> Processor:
-    """Start the AI Image Processor with ``workers`` workers; returns once every worker has subscribed.
-
-    ``work`` (or ``work_of(job)`` per job) scales the CPU cost of each image; ``fail_on(job)``
-    makes a job's transform fail every time; ``attempts`` tries per delivery before the job
-    is failed and dead-lettered; ``caption_fn(image) -> str`` replaces the default caption
-    (swap in a real model here). ``session`` fixes the members' client ids, so a process
-    restarted with the same ``session`` resumes the persistent sessions (and the messages
-    in flight) of the one that died.
-    """
-    processor = Processor(
-        broker,
-        topics,
-        storage_url,
-        workers=workers,
-        shared=shared,
-        work=work,
-        work_of=work_of,
-        fail_on=fail_on,
-        caption_fn=caption_fn,
-        attempts=attempts,
-        retry_delay=retry_delay,
-        name=name,
-        session=session,
-    )
+    """Start the AI Image Processor (see :class:`ProcessorSettings`); returns once every worker has subscribed."""
+    processor = Processor(broker, topics, storage_url, settings, **changes)
     try:
         return await processor.start()
     except BaseException as exc:  # not swallowed: stop the members that did start, then re-raise

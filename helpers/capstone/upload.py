@@ -221,8 +221,7 @@ class UploadService:
         self._down = True
         await self.storage.close()
         if self.temporary:
-            with contextlib.suppress(aiomqtt.MqttError, OSError, TimeoutError):
-                await end_session(self.broker, self.client_id)
+            await end_session_quietly(self.broker, self.client_id)
             shutil.rmtree(self.work_dir, ignore_errors=True)
         return error
 
@@ -231,6 +230,12 @@ async def end_session(broker: Broker, client_id: str) -> None:
     """Discard the persistent session of ``client_id`` (a clean-session connect ends it, MQTT 3.1.1 section 3.1.2.4)."""
     async with broker.client(client_id, clean_session=True):
         pass
+
+
+async def end_session_quietly(broker: Broker, client_id: str) -> None:
+    """:func:`end_session` at the end of a run: a broker that is gone already has nothing to end."""
+    with contextlib.suppress(aiomqtt.MqttError, OSError, TimeoutError):
+        await end_session(broker, client_id)
 
 
 def problem_unknown_job(job_id: str) -> web.Response:
@@ -465,6 +470,31 @@ async def _housekeeping(store: UploadJobs, relay: Callable[[], Awaitable[int]]) 
         await asyncio.sleep(HOUSEKEEPING_S)
 
 
+async def consume_job_events(
+    broker: Broker,
+    topics: Topics,
+    client_id: str,
+    store: UploadJobs,
+    consumers: list[Consumer] | None = None,
+    *,
+    ready: asyncio.Event,
+) -> None:
+    """The Upload service's job-event consumer: the processor's ``job.*`` events, applied to the job store.
+
+    A fixed ``client_id`` with a persistent session, so events wait on the broker while it is
+    down. ``consumers`` (if given) holds the consumer of the current connection.
+    """
+
+    async def apply(event: Event) -> None:
+        store.apply(event)
+
+    async with manual_ack(broker.client(client_id, clean_session=False)) as client:
+        consumer = Consumer(client, topics.jobs, apply, dead_letter_topic=f"{topics.prefix}/dead-letter/upload")
+        if consumers is not None:
+            consumers[:] = [consumer]
+        await consumer.run(ready)
+
+
 async def _start_running(
     broker: Broker, topics: Topics, storage: StorageClient, work_dir: Path, options: Options, port: int = 0
 ) -> _Running:
@@ -483,17 +513,8 @@ async def _start_running(
             options.counters.published += sent
             return sent
 
-        async def apply(event: Event) -> None:
-            store.apply(event)
-
-        async def listen(ready: asyncio.Event) -> None:
-            client = broker.client(options.client_id(topics), clean_session=False)  # events wait while it is down
-            async with manual_ack(client) as listener:
-                consumer = Consumer(listener, topics.jobs, apply, dead_letter_topic=f"{topics.prefix}/dead-letter/upload")
-                options.consumers[:] = [consumer]
-                await consumer.run(ready)
-
-        tasks["job-event consumer"] = await lifecycle.start(reconnecting, listen)
+        consume = (consume_job_events, broker, topics, options.client_id(topics), store, options.consumers)
+        tasks["job-event consumer"] = await lifecycle.start(reconnecting, *consume)
         tasks["housekeeping"] = asyncio.create_task(_housekeeping(store, relay))
         front = _Front(store, relay, topics, storage, options.max_bytes, options.steps)
         service = await start_service(f"{options.name}-{topics.prefix.rsplit('/', 1)[-1]}", build_app(front), port=port)

@@ -3,7 +3,7 @@
 Every check runs the learner's code against a broker, a Storage and topics of its own,
 with fresh names, users and counts each time, and judges what it sees from outside:
 
-* Storage requests per caller (:class:`helpers.capstone.assembly.RecordingStorage`
+* Storage requests per caller (:class:`helpers.capstone.wire.RecordingStorage`
   serves one folder on a port per caller, so a request says who made it, and when);
 * every MQTT message of the run (a wildcard subscriber on the run's prefix);
 * the learner's MQTT clients on the wire (:class:`_Watch`: their session settings, the
@@ -34,21 +34,11 @@ from typing import Any
 import aiohttp
 
 from helpers.capstone import diagram, images
-from helpers.capstone.assembly import (
-    AnswersTooSlow,
-    Inbox,
-    RecordingStorage,
-    System,
-    UploadServer,
-    notifier_outage,
-    serve_upload,
-    start_recorder,
-    start_system,
-    upload_burst,
-    worker_killed,
-)
+from helpers.capstone.assembly import LearnerSystem, UploadServer, serve_upload, start_system
+from helpers.capstone.drills import AnswersTooSlow, notifier_outage, upload_burst, worker_killed
 from helpers.capstone.jobs import IMAGE_UPLOADED, JOB_DONE, JOB_FAILED, JOB_PROGRESS, Topics, done_event_id, failed_event_id
-from helpers.capstone.pipeline import Record, Recorder
+from helpers.capstone.notifier import Inbox
+from helpers.capstone.wire import Record, Recorder, RecordingStorage, start_recorder
 from helpers.core import internals, lifecycle
 from helpers.core.messaging import Event, InvalidEvent, decode, make_event, publish
 from helpers.core.problems import PROBLEM_JSON
@@ -109,7 +99,7 @@ async def _recorder(ctx: Context, broker: Any, topics: Topics) -> Recorder:
 
 
 def _on(recorder: Recorder, topic: str) -> list[Record]:
-    return [r for r in recorder.records if r.topic == topic]
+    return recorder.on(topic)
 
 
 def _kb(size: int) -> str:
@@ -294,7 +284,7 @@ async def design_holds(ctx: Context) -> str:
     return "; ".join(f.message for f in design)
 
 
-async def _system(ctx: Context, work: float) -> System:
+async def _system(ctx: Context, work: float) -> LearnerSystem:
     """The learner's three services composed (start_system), on a broker and folder of the check's own."""
     broker = await ctx.broker()
     upload, processor, notifier = (ctx.function(n) for n in ("make_upload_handler", "run_processor", "run_notifier"))
@@ -308,7 +298,7 @@ async def _system(ctx: Context, work: float) -> System:
         2 * START_S,
     )
     expect(started.error is None, f"your services could not start: {started.raised}")
-    system: System = started.value
+    system: LearnerSystem = started.value
     ctx.on_cleanup(system.stop)
     return system
 
@@ -322,7 +312,9 @@ def _processing_window(storage: RecordingStorage) -> float | None:
     return min(stored) - min(fetched)
 
 
-def _observe(system: System, job_id: str | None, posted: float, answered: float) -> tuple[dict[tuple[str, str], str], list[str]]:
+def _observe(
+    system: LearnerSystem, job_id: str | None, posted: float, answered: float
+) -> tuple[dict[tuple[str, str], str], list[str]]:
     """What the running code did, as (role, role) -> "sync" / "async", plus what the wire shows beyond that."""
     observed = {("user", "upload"): "sync"}  # the check itself sent POST /images and got an HTTP answer
     storage, topics = system.storage, system.topics
@@ -796,6 +788,33 @@ async def other_keys_are_other_jobs(ctx: Context) -> None:
 # --------------------------------------------------------------------------- q3: the processor
 
 
+class _Loop:
+    """One of the learner's consumer loops under test, started, killed and restarted like a process.
+
+    A :class:`helpers.core.lifecycle.Restartable` keeps the task and what it died of; a
+    crash is named (a loop that is not written yet raises NotImplementedError: not a crash).
+    """
+
+    def __init__(self, ctx: Context, function: str) -> None:
+        self.ctx, self.function = ctx, function
+        self.life = lifecycle.Restartable()
+
+    async def launch(self, *args: Any, **kwargs: Any) -> None:
+        run = self.ctx.function(self.function)
+        began = await outcome(f"{self.function}()", lambda: self.life.launch(run, *args, **kwargs), START_S)
+        if isinstance(began.error, TimeoutError):  # lifecycle.start's own: it says the loop never set `ready`
+            raise CheckFailed(str(began.error))
+        expect(began.error is None, f"{self.function}() failed while starting: {began.raised}")
+
+    async def stop(self) -> None:
+        error = await self.life.kill()
+        if error is not None and not isinstance(error, NotImplementedError):
+            raise CheckFailed(f"{self.function}() crashed: {type(error).__name__}: {error}")
+
+    def crashed(self) -> BaseException | None:
+        return self.life.crashed()
+
+
 class _ProcessorRig:
     """The learner's run_processor under test: started, killed and restarted like a process, watched on the wire."""
 
@@ -809,7 +828,7 @@ class _ProcessorRig:
         ctx.on_cleanup(self.storage.stop)
         self.watch = _Watch(broker, lambda: self.storage.stored("processor"))
         self.name = f"processor-{uuid.uuid4().hex[:8]}"
-        self.task: asyncio.Task[Any] | None = None
+        self.loop = _Loop(ctx, "run_processor")
         self.recorder: Recorder | None = None
         self.stack = _stack(ctx)
         _forget_session(ctx, broker, self.name)
@@ -824,26 +843,13 @@ class _ProcessorRig:
         return rig
 
     async def start(self) -> None:
-        run = self.ctx.function("run_processor")
-        url = await self.storage.url("processor")
-        began = await outcome(
-            "run_processor()", lambda: lifecycle.start(run, self.watch, self.topics, url, self.name, work=self.work), START_S
-        )
-        if isinstance(began.error, TimeoutError):  # lifecycle.start's own: it says the loop never set `ready`
-            raise CheckFailed(str(began.error))
-        expect(began.error is None, f"run_processor() failed while starting: {began.raised}")
-        self.task = began.value
+        await self.loop.launch(self.watch, self.topics, await self.storage.url("processor"), self.name, work=self.work)
 
     async def stop(self) -> None:
-        if self.task is not None:
-            error = await lifecycle.kill(self.task)
-            self.task = None
-            if error is not None and not isinstance(error, NotImplementedError):
-                raise CheckFailed(f"run_processor() crashed: {type(error).__name__}: {error}")
+        await self.loop.stop()
 
     def crashed(self) -> BaseException | None:
-        task = self.task
-        return task.exception() if task is not None and task.done() and not task.cancelled() else None
+        return self.loop.crashed()
 
     async def job(self, data: bytes | None = None, user: str | None = None) -> Event:
         """An image.uploaded event for a new job whose original is stored (as the upload would do it)."""
@@ -1128,7 +1134,7 @@ class _NotifierRig:
         self.inbox = Inbox(self.folder)
         self.watch = _Watch(broker, lambda: set(self.inbox.per_job()))
         self.name = f"notifier-{uuid.uuid4().hex[:8]}"
-        self.task: asyncio.Task[Any] | None = None
+        self.loop = _Loop(ctx, "run_notifier")
         self.stack = _stack(ctx)
         _forget_session(ctx, broker, self.name)
         ctx.on_cleanup(self.stop)
@@ -1141,25 +1147,13 @@ class _NotifierRig:
         return rig
 
     async def start(self) -> None:
-        run = self.ctx.function("run_notifier")
-        began = await outcome(
-            "run_notifier()", lambda: lifecycle.start(run, self.watch, self.topics, self.folder, self.name), START_S
-        )
-        if isinstance(began.error, TimeoutError):
-            raise CheckFailed(str(began.error))
-        expect(began.error is None, f"run_notifier() failed while starting: {began.raised}")
-        self.task = began.value
+        await self.loop.launch(self.watch, self.topics, self.folder, self.name)
 
     async def stop(self) -> None:
-        if self.task is not None:
-            error = await lifecycle.kill(self.task)
-            self.task = None
-            if error is not None and not isinstance(error, NotImplementedError):
-                raise CheckFailed(f"run_notifier() crashed: {type(error).__name__}: {error}")
+        await self.loop.stop()
 
     def crashed(self) -> BaseException | None:
-        task = self.task
-        return task.exception() if task is not None and task.done() and not task.cancelled() else None
+        return self.loop.crashed()
 
     def jobs(self, count: int, state: str = "done") -> list[tuple[str, str, str]]:
         return [(uuid.uuid4().hex, _user(self.ctx), state) for _ in range(count)]
@@ -1339,7 +1333,7 @@ async def worker_killed_mid_image(ctx: Context) -> str:
     expect(got.error is None, f"the drill did not complete: {got.raised}")
     drill = got.value
     expect(drill.killed_mid_image, "the image was finished before the processor could be killed in the middle of it")
-    expect(drill.fetched >= 2, "after the kill the image was not processed again")
+    expect(drill.starts >= 2, "after the kill the image was not processed again")
     expect(drill.done_events == 1, f"{drill.done_events} job.done events for one image, expected 1")
     expect(drill.notifications == 1, f"the user was notified {drill.notifications} times, expected once")
     return "killed mid-image: processed again, 1 job.done, the user notified once"

@@ -1,0 +1,291 @@
+"""Lesson 07's two comparisons of designs: upload latency (async vs sync) and head-of-line blocking (one worker vs a pool).
+
+Each starts the systems it compares on the same image and load, runs a drill or a burst on
+each (:mod:`helpers.capstone.drills`), and returns a frozen result with ``as_rows()`` for
+:func:`helpers.core.tables.show`; the plots are in :mod:`helpers.capstone.plots`.
+
+1. :func:`upload_latency`: a burst of uploads, async vs sync: upload latency, processing
+   time, and the sync design's client timeouts.
+2. :func:`head_of_line`: one pathological image among normal ones, one worker vs a pool.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from helpers.capstone import images
+from helpers.capstone.drills import SLOW_USER, Completion, slow_image_first
+from helpers.capstone.pipeline import reference_system
+from helpers.capstone.sync_design import start_sync_pipeline
+from helpers.capstone.wire import UploadAnswer
+from helpers.core.broker import Broker
+from helpers.core.measure import LoadRun, Summary, open_loop, percentile
+from helpers.core.waiting import until
+
+# --- experiment helpers -----------------------------------------------------------------------
+
+
+async def _burst(call: Callable[[int], Awaitable[UploadAnswer]], count: int, *, rate: float, timeout: float | None) -> LoadRun:
+    """``count`` uploads at ``rate`` per second (open loop); a non-2xx answer counts as an error."""
+    numbers = itertools.count()
+
+    async def one() -> UploadAnswer:
+        answer = await call(next(numbers))
+        if not 200 <= answer.status < 300:
+            raise RuntimeError(f"HTTP {answer.status}: {answer.body.get('detail', answer.body)}")
+        return answer
+
+    return await open_loop(one, rate=rate, count=count, timeout=timeout)
+
+
+def _job_ids(run: LoadRun) -> list[str]:
+    return [s.value.job_id for s in run.samples if s.ok and isinstance(s.value, UploadAnswer) and s.value.job_id]
+
+
+def _seconds(values: Iterable[float]) -> tuple[float, ...]:
+    return tuple(round(v, 4) for v in values)
+
+
+def _p(values: Sequence[float], q: float) -> float:
+    return percentile(list(values), q)
+
+
+def _shown(value: float, digits: int = 1) -> float | str:
+    """A number rounded for a table, or "-" when there is none (NaN: e.g. every caller gave up)."""
+    return "-" if math.isnan(value) else round(value, digits)
+
+
+# --- 1. upload latency: async vs sync ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LatencyResult:
+    """A burst of uploads against both designs: what the uploader waited, and what the work took."""
+
+    uploads: int
+    workers: int
+    work: float
+    client_timeout_s: float
+    async_run: LoadRun
+    sync_run: LoadRun
+    processing_s: tuple[float, ...]
+    """Async design: seconds each image took in the processor (fetch, transform, store)."""
+    sync_processing_s: tuple[float, ...]
+    """Sync design: seconds each image took in the request's worker thread."""
+    async_all_done_s: float
+    """Async design: seconds from the first upload until the last job was done."""
+    sync_all_done_s: float
+    """Sync design: seconds from the first upload until the server finished the last one (callers gone or not)."""
+    async_done: int
+
+    @property
+    def async_summary(self) -> Summary:
+        return self.async_run.summary()
+
+    @property
+    def sync_summary(self) -> Summary:
+        """Latency percentiles of the sync uploads that were answered (NaN when every caller gave up)."""
+        return self.sync_run.summary()
+
+    @property
+    def sync_timeouts(self) -> int:
+        """Sync uploads whose caller gave up after ``client_timeout_s`` (the server went on working)."""
+        return sum(s.error == "timeout" for s in self.sync_run.samples)
+
+    @property
+    def processing_p50_s(self) -> float:
+        return _p(self.processing_s, 50)
+
+    def _row(self, design: str, run: LoadRun, processing: Sequence[float], all_done_s: float) -> dict[str, object]:
+        summary = run.summary()
+        return {
+            "design": design,
+            "uploads": self.uploads,
+            "answered": summary.count - summary.errors,
+            "gave up": sum(x.error == "timeout" for x in run.samples),
+            "upload p50 ms": _shown(summary.p50_ms),
+            "upload p99 ms": summary.tail_cell(),  # the p99 of 8 uploads is the slowest: "max"
+            "processing p50 s": _shown(_p(processing, 50), 2),
+            "all processed after s": _shown(all_done_s, 2),
+        }
+
+    def as_rows(self) -> list[dict[str, object]]:
+        """One row per design, for :func:`helpers.core.tables.show`."""
+        return [
+            self._row("async: 202, then events", self.async_run, self.processing_s, self.async_all_done_s),
+            self._row("sync: 200 when processed", self.sync_run, self.sync_processing_s, self.sync_all_done_s),
+        ]
+
+    def as_row(self) -> dict[str, object]:
+        """The headline numbers in one row."""
+        return {
+            "uploads": self.uploads,
+            "async upload p99 ms": self.async_summary.tail_cell(),
+            "sync upload p50 ms": _shown(self.sync_summary.p50_ms),
+            "processing p50 s": _shown(self.processing_p50_s, 2),
+            "sync callers gave up": self.sync_timeouts,
+        }
+
+
+async def upload_latency(
+    broker: Broker,
+    workdir: str | Path,
+    *,
+    uploads: int = 8,
+    workers: int = 4,
+    work: float = 1.0,
+    client_timeout: float = 2.0,
+    rate: float = 50.0,
+    image: bytes | None = None,
+    timeout: float = 60.0,
+) -> LatencyResult:
+    """A burst of ``uploads`` (at ``rate``/s) against the async design, then against the sync one.
+
+    Both designs get the same image, the same ``work`` and ``workers``; the sync callers
+    give up after ``client_timeout`` seconds, as a browser or a gateway would.
+    """
+    photo = image if image is not None else images.sample_photo()
+    folder = Path(workdir)
+    async with reference_system(broker, folder / "async", workers=workers, work=work) as system:
+        began = time.perf_counter()
+        async_run = await _burst(
+            lambda i: system.post(photo, f"user{i}", timeout=client_timeout), uploads, rate=rate, timeout=client_timeout
+        )
+        ids = _job_ids(async_run)
+        if not await system.wait_finished(ids, timeout):
+            states = system.upload_service.store.states()
+            raise TimeoutError(f"the async pipeline did not finish {len(ids)} jobs within {timeout:g} s: {states}")
+        stats = system.processor.stats
+        processing = _seconds(stats.processing_s[j] for j in ids)
+        all_done = max(stats.finished_at[j] for j in ids) - began if ids else 0.0
+    sync = await start_sync_pipeline(folder / "sync", workers=workers, work=work)
+    try:
+        sync_began = time.perf_counter()
+        sync_run = await _burst(lambda i: sync.post(photo, f"user{i}", timeout=None), uploads, rate=rate, timeout=client_timeout)
+        # the callers that gave up left work behind on the server: let it finish before the next experiment
+        if not await until(lambda: sync.in_flight == 0, timeout):
+            raise TimeoutError(f"the sync service still had {sync.in_flight} requests in flight after {timeout:g} s")
+        sync_processing = _seconds(sync.processing_s)
+        sync_all_done = max(sync.done_at, default=sync_began) - sync_began
+    finally:
+        await sync.stop()
+    return LatencyResult(
+        uploads,
+        workers,
+        work,
+        client_timeout,
+        async_run,
+        sync_run,
+        processing,
+        sync_processing,
+        all_done,
+        sync_all_done,
+        len(ids),
+    )
+
+
+# --- 2. head-of-line blocking ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DesignRun:
+    """One design's run of :func:`head_of_line`."""
+
+    design: str
+    workers: int
+    mode: str
+    completions: tuple[Completion, ...]
+
+    @property
+    def slow_done_s(self) -> float:
+        return max(c.done_s for c in self.completions if c.slow)
+
+    @property
+    def normal_done_s(self) -> tuple[float, ...]:
+        return tuple(sorted(c.done_s for c in self.completions if not c.slow))
+
+    @property
+    def normal_before_slow(self) -> int:
+        """Normal images finished before the pathological one."""
+        return sum(t < self.slow_done_s for t in self.normal_done_s)
+
+    def as_row(self) -> dict[str, object]:
+        normal = self.normal_done_s
+        return {
+            "design": self.design,
+            "normal images": len(normal),
+            "done before the slow one": self.normal_before_slow,
+            "first normal done s": round(normal[0], 2) if normal else "-",
+            "last normal done s": round(normal[-1], 2) if normal else "-",
+            "slow one done s": round(self.slow_done_s, 2),
+        }
+
+
+@dataclass(frozen=True)
+class HeadOfLineResult:
+    """Both designs of :func:`head_of_line`: the single worker first, then the pool."""
+
+    normal: int
+    work: float
+    slow_work: float
+    runs: tuple[DesignRun, ...]
+
+    def as_rows(self) -> list[dict[str, object]]:
+        return [run.as_row() for run in self.runs]
+
+    def as_row(self) -> dict[str, object]:
+        return {run.design: f"{run.normal_before_slow}/{self.normal} before the slow one" for run in self.runs}
+
+
+async def _head_of_line_run(
+    broker: Broker,
+    workdir: Path,
+    design: str,
+    workers: int,
+    *,
+    normal: int,
+    work: float,
+    slow_work: float,
+    image: bytes,
+    timeout: float,
+) -> DesignRun:
+    def work_of(job: Mapping[str, Any]) -> float:
+        return slow_work if job.get("user") == SLOW_USER else work
+
+    async with reference_system(broker, workdir, workers=workers, shared=False, work_of=work_of) as system:
+        completions = await slow_image_first(system, image, normal=normal, timeout=timeout)
+        return DesignRun(design, workers, system.processor.mode, completions)
+
+
+async def head_of_line(
+    broker: Broker,
+    workdir: str | Path,
+    *,
+    normal: int = 6,
+    work: float = 1.0,
+    slow_work: float = 10.0,
+    workers: int = 4,
+    image: bytes | None = None,
+    timeout: float = 120.0,
+) -> HeadOfLineResult:
+    """One pathological image (``slow_work``) then ``normal`` normal ones (``work``): one worker, then a pool.
+
+    The pool is one subscription handing each event to the next *free* worker
+    (``shared=False``): with shared subscriptions the broker deals events round robin,
+    and the events dealt to the slow image's member would wait behind it.
+    """
+    photo = image if image is not None else images.sample_photo()
+    runs = []
+    for design, count in (("one worker", 1), (f"pool of {workers} workers", workers)):
+        folder = Path(workdir) / f"hol-{count}"
+        run = _head_of_line_run(
+            broker, folder, design, count, normal=normal, work=work, slow_work=slow_work, image=photo, timeout=timeout
+        )
+        runs.append(await run)
+    return HeadOfLineResult(normal, work, slow_work, tuple(runs))
