@@ -64,7 +64,8 @@ async def test_breaker_opens_after_threshold_and_refuses_without_calling() -> No
     for _ in range(5):
         with pytest.raises(CircuitOpenError):
             await breaker.call(counted)
-    assert calls == 0 and breaker.rejected == 5
+    assert calls == 0
+    assert breaker.rejected == 5
 
 
 async def test_success_resets_the_failure_count() -> None:
@@ -84,7 +85,8 @@ async def test_half_open_lets_one_trial_through_then_closes_on_success() -> None
     with pytest.raises(ServiceError):
         await breaker.call(fail)
     clock.now += 0.5
-    assert not breaker.allow() and breaker.state == "open"
+    assert not breaker.allow()
+    assert breaker.state == "open"
     clock.now += 0.6
     trial_started, release = asyncio.Event(), asyncio.Event()
 
@@ -116,7 +118,8 @@ async def test_failed_trial_reopens_for_a_full_reset_timeout() -> None:
     clock.now += 0.9
     assert not breaker.allow()
     clock.now += 0.2
-    assert breaker.allow() and breaker.state == "half-open"
+    assert breaker.allow()
+    assert breaker.state == "half-open"
 
 
 async def test_stragglers_do_not_move_an_open_breaker() -> None:
@@ -128,7 +131,8 @@ async def test_stragglers_do_not_move_an_open_breaker() -> None:
     clock.now += 0.5
     breaker.record_failure()  # a call that started before the breaker opened
     breaker.record_success()
-    assert breaker.state == "open" and breaker.opened_at == opened_at
+    assert breaker.state == "open"
+    assert breaker.opened_at == opened_at
 
 
 async def test_other_errors_pass_through_uncounted() -> None:
@@ -137,7 +141,7 @@ async def test_other_errors_pass_through_uncounted() -> None:
     async def bug() -> None:
         raise ValueError("a bug in the caller, not a sick dependency")
 
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="a bug in the caller"):
         await breaker.call(bug)
     assert breaker.state == "closed"
 
@@ -154,14 +158,15 @@ def test_spans_cover_the_window_in_relative_seconds() -> None:
     breaker.record_success()
     spans = breaker.spans(start, start + 5.0)
     assert [s[2] for s in spans] == ["closed", "open", "half-open", "closed"]
-    assert spans[0][0] == 0 and spans[-1][1] == 5.0
+    assert spans[0][0] == 0
+    assert spans[-1][1] == 5.0
     assert all(a[1] == b[0] for a, b in itertools.pairwise(spans)), "spans are contiguous"
 
 
 def test_breaker_rejects_nonsense_settings() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="failure_threshold must be >= 1"):
         CircuitBreaker(failure_threshold=0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="reset_timeout_s > 0"):
         CircuitBreaker(reset_timeout_s=0)
 
 
@@ -179,7 +184,8 @@ def test_full_jitter_draws_the_whole_wait_at_random_below_the_cap() -> None:
         draws = [wait(SimpleNamespace(attempt_number=attempt)) for _ in range(200)]
         top = _window(0.05, 0.3, attempt)
         assert all(0 <= d <= top for d in draws)
-        assert min(draws) < 0.2 * top and max(draws) > 0.8 * top, "full jitter spans the whole window"
+        assert min(draws) < 0.2 * top, "full jitter spans the whole window"
+        assert max(draws) > 0.8 * top, "full jitter spans the whole window"
 
 
 def test_no_jitter_waits_are_fixed_and_capped() -> None:
@@ -189,9 +195,9 @@ def test_no_jitter_waits_are_fixed_and_capped() -> None:
 
 
 def test_policy_rejects_nonsense() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="attempts must be at least 1, got 0"):
         retry_policy(attempts=0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="jitter must be one of .*, got 'some'"):
         retry_policy(jitter="some")  # type: ignore[arg-type]  # a bad argument on purpose
 
 
@@ -226,7 +232,7 @@ async def test_retries_return_the_first_success_and_skip_non_retryable() -> None
         calls += 1
         raise ValueError("4xx-like: retrying will not help")
 
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="retrying will not help"):
         await call_with_retries(bad_request, retry_policy(attempts=5, jitter="immediate"))
     assert calls == 1
 
