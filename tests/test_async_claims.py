@@ -160,14 +160,14 @@ async def test_m9_routing_harness_refuses_a_partition_nobody_consumes(broker: Br
 
 
 async def test_m6_queue_levels_a_burst_that_times_out_sync_callers(broker: Broker, topic: str) -> None:
-    burst = dict(n=400, rate=1000, workers=4, work_s=0.025)  # 400 < Mosquitto's 1000 queued messages per client
-    queued = await queued_burst(broker, topic, **burst)
+    n, rate, workers, work_s = 400, 1000, 4, 0.025  # 400 < Mosquitto's 1000 queued messages per client
+    queued = await queued_burst(broker, topic, n=n, rate=rate, workers=workers, work_s=work_s)
     assert queued.sent == queued.processed == 400
     assert queued.lost == 0
     times, depth = queued.depth()
     assert max(depth) >= 100, "the burst really queued up"
     assert depth[-1] == 0, "and the queue drained"
-    sync = await sync_burst(**burst, timeout=1.0)
+    sync = await sync_burst(n=n, rate=rate, workers=workers, work_s=work_s, timeout=1.0)
     assert sync.timed_out >= 100, f"only {sync.timed_out} sync callers timed out"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import cast
 
 import aiomqtt
 import pytest
@@ -17,7 +18,7 @@ from helpers.core.messaging import Consumer, InvalidEvent, decode, make_event, p
 from helpers.core.receive import collect, flush, payloads
 from helpers.core.tables import render
 from helpers.core.worker_pool import run_pool
-from helpers.pubsub.consistency import View, own_reads_after_write
+from helpers.pubsub.consistency import StatusSystem, View, own_reads_after_write
 from helpers.pubsub.deadletters import dead_letter_rows, sample_messages
 from helpers.pubsub.delivery import OfflineResult, offline_delivery
 from helpers.pubsub.idempotency import Ledger, die_before_ack, order_event
@@ -89,7 +90,7 @@ class FakeStatusSystem:
 
 async def test_read_your_own_writes_prefers_the_newer_of_own_write_and_read_model() -> None:
     system = FakeStatusSystem()
-    session = ReadYourWrites(system)
+    session = ReadYourWrites(cast("StatusSystem", system))  # a fake with StatusSystem's write and read, no broker
     await session.write("o1", "paid")
     assert (await session.read("o1")) == View("paid", 1, "own write")
     system.model["o1"] = View("shipped", 2)  # the projection caught up, and someone else moved it on
@@ -373,7 +374,7 @@ def test_lesson04_plots_have_titles_units_and_no_legend_on_the_data() -> None:
     assert "4 trials" in ax.get_title()
     plt.close("all")
 
-    steps = {mode: [Step("alice", 1, 0), Step("alice", 0, 1)] for mode in MODES}
+    steps: dict[str, list[Step]] = {mode: [Step("alice", 1, 0), Step("alice", 0, 1)] for mode in MODES}
     axes = plot_processing_order(steps, key="alice")
     assert [a.get_title() for a in axes] == [f"{mode}: 1 inversion" for mode in MODES]
     assert all(a.get_legend() is None and a.get_xlabel() for a in axes)

@@ -437,10 +437,20 @@ async def test_course_consumer_acks_in_arrival_order_when_work_finishes_out_of_o
 
     async with client:
         real_ack = internals.paho_of(client).ack
-        internals.replace_ack(client, lambda mid, qos: (sent.append(mid), real_ack(mid, qos))[1])
+
+        def spy_ack(mid: int, qos: int) -> object:
+            sent.append(mid)
+            return real_ack(mid, qos)
+
+        internals.replace_ack(client, spy_ack)
         consumer = Consumer(client, topic, handler)
         original_received = consumer.acks.received
-        consumer.acks.received = lambda m: (order.setdefault(m.mid, len(order)), original_received(m))[1]  # type: ignore[method-assign]  # spy
+
+        def spy_received(message: aiomqtt.Message) -> None:
+            order.setdefault(message.mid, len(order))
+            original_received(message)
+
+        consumer.acks.received = spy_received  # type: ignore[method-assign]  # a spy on this one instance
         ready = asyncio.Event()
         task = asyncio.create_task(run_pool(consumer, 4, ready))
         await asyncio.wait_for(ready.wait(), WAIT_S)

@@ -15,6 +15,7 @@ from helpers.core.broker import Broker
 from helpers.core.messaging import (
     SPEC_VERSION,
     Consumer,
+    ConsumerStats,
     Event,
     InvalidEvent,
     SeenIds,
@@ -293,8 +294,10 @@ async def test_dedupe_survives_consumer_restart(broker: Broker, topic: str, tmp_
                 await asyncio.wait_for(ready.wait(), WAIT_S)
                 await publish(publisher, topic, event)
 
-                stats = consumer.stats
-                assert await until(lambda s=stats: s.processed + s.duplicates >= 1, WAIT_S, poll=0.005)
+                def handled_once(s: ConsumerStats = consumer.stats) -> bool:
+                    return s.processed + s.duplicates >= 1
+
+                assert await until(handled_once, WAIT_S, poll=0.005)
                 task.cancel()
                 with pytest.raises(asyncio.CancelledError):
                     await task

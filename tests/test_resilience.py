@@ -7,10 +7,12 @@ import itertools
 import random
 import time
 from types import SimpleNamespace
+from typing import cast
 
 import aiohttp
 import pytest
 from aiohttp import web
+from tenacity import RetryCallState
 
 from helpers.core.http import Faults, start_service
 from helpers.core.resilience import (
@@ -173,6 +175,11 @@ def test_breaker_rejects_nonsense_settings() -> None:
 # --------------------------------------------------------------------------- retries
 
 
+def _attempt(number: int) -> RetryCallState:
+    """A stand-in for tenacity's call state: the policies' waits read only ``attempt_number``."""
+    return cast("RetryCallState", SimpleNamespace(attempt_number=number))
+
+
 def _window(base: float, cap: float, attempt: int) -> float:
     return min(cap, base * 2 ** (attempt - 1))
 
@@ -181,7 +188,7 @@ def test_full_jitter_draws_the_whole_wait_at_random_below_the_cap() -> None:
     random.seed(3)
     wait = retry_policy(jitter="full", base_s=0.05, cap_s=0.3).wait
     for attempt in range(1, 7):
-        draws = [wait(SimpleNamespace(attempt_number=attempt)) for _ in range(200)]
+        draws = [wait(_attempt(attempt)) for _ in range(200)]
         top = _window(0.05, 0.3, attempt)
         assert all(0 <= d <= top for d in draws)
         assert min(draws) < 0.2 * top, "full jitter spans the whole window"
@@ -190,8 +197,8 @@ def test_full_jitter_draws_the_whole_wait_at_random_below_the_cap() -> None:
 
 def test_no_jitter_waits_are_fixed_and_capped() -> None:
     wait = retry_policy(jitter="none", base_s=0.05, cap_s=0.3).wait
-    assert [round(wait(SimpleNamespace(attempt_number=n)), 6) for n in range(1, 6)] == [0.05, 0.1, 0.2, 0.3, 0.3]
-    assert retry_policy(jitter="immediate").wait(SimpleNamespace(attempt_number=3)) == 0
+    assert [round(wait(_attempt(n)), 6) for n in range(1, 6)] == [0.05, 0.1, 0.2, 0.3, 0.3]
+    assert retry_policy(jitter="immediate").wait(_attempt(3)) == 0
 
 
 def test_policy_rejects_nonsense() -> None:
@@ -215,7 +222,7 @@ async def test_retries_stop_at_the_attempt_budget_and_reraise() -> None:
 
 
 async def test_retries_return_the_first_success_and_skip_non_retryable() -> None:
-    outcomes = [ServiceError(503, "u"), TimeoutError(), "done"]
+    outcomes: list[Exception | str] = [ServiceError(503, "u"), TimeoutError(), "done"]
 
     async def recovering() -> str:
         item = outcomes.pop(0)

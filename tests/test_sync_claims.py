@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
-import psutil
+import psutil  # type: ignore[import-untyped]  # psutil ships no hints; types-psutil is not worth a pin
 from aiohttp import web
 
 from helpers.core import tracing
@@ -61,10 +61,13 @@ async def test_m2_cascade_then_breaker_fails_fast_and_recovers() -> None:
     shop = await start_http_shop(work_s=0.01)
     user = Downstream("user", shop.url)
     try:
+        inventory, gateway = shop.inventory.service, shop.gateway.service
+        assert inventory is not None
+        assert gateway is not None
+        assert shop.product.next is not None
+        assert shop.gateway.next is not None
         await user.get("/products/42")
-        naive = await replay(
-            lambda: user.get("/products/42"), shop.inventory.service, shop.gateway.service, phases=SHORT_SCRIPT, rate=20
-        )
+        naive = await replay(lambda: user.get("/products/42"), inventory, gateway, phases=SHORT_SCRIPT, rate=20)
         assert naive.window(["slow 2 s"]).p50_ms > 1900, "without a timeout the gateway waits for the slow inventory"
         naive_peak = max(n for _, n in naive.in_flight)
         assert naive_peak >= 15, f"requests pile up at the gateway, peak {naive_peak}"
@@ -74,8 +77,8 @@ async def test_m2_cascade_then_breaker_fails_fast_and_recovers() -> None:
         shop.gateway.next.timeout_s = 0.4
         guarded = await replay(
             lambda: user.get("/products/42"),
-            shop.inventory.service,
-            shop.gateway.service,
+            inventory,
+            gateway,
             phases=SHORT_SCRIPT,
             rate=20,
             breaker=breaker,
