@@ -64,7 +64,8 @@ async def test_m5_producer_does_not_wait_for_500ms_consumers(broker: Broker, top
     finally:
         await sync_shop.stop()
     async_summary, sync_summary = run.summary(), sync.summary()
-    assert async_summary.errors == 0 and sync_summary.errors == 0
+    assert async_summary.errors == 0
+    assert sync_summary.errors == 0
     assert work.p50_ms >= 500, "the consumers really took 500 ms per order"
     assert sync_summary.p50_ms >= 500, f"sync caller p50 {sync_summary.p50_ms:.1f} ms"
     # judged against the sync caller of the same run (a busy machine slows both): milliseconds vs the consumers' 500 ms
@@ -89,15 +90,18 @@ async def test_m8_idempotent_consumer_applies_publisher_retries_once(broker: Bro
     naive = await publisher_retry(broker, f"{topic}/n", tmp_path, charge_naively, orders=10, retried=(1, 4, 8))
     idem = await publisher_retry(broker, f"{topic}/i", tmp_path, charge_once, orders=10, retried=(1, 4, 8))
     assert naive.deliveries == idem.deliveries == 13
-    assert naive.charges == 13 and naive.double_charged == 3, "the naive function is caught charging the retries"
-    assert idem.charges == 10 and idem.skipped == 3
+    assert naive.charges == 13, "the naive function is caught charging the retries"
+    assert naive.double_charged == 3, "the naive function is caught charging the retries"
+    assert idem.charges == 10
+    assert idem.skipped == 3
     assert (naive.consumer, idem.consumer) == ("charge_naively", "charge_once")
 
 
 async def test_m8_consumer_dies_before_ack(broker: Broker, topic: str, tmp_path: Path) -> None:
     naive, redelivered = await crash_before_ack(broker, f"{topic}/n", tmp_path, charge_naively)
     idem, redelivered_again = await crash_before_ack(broker, f"{topic}/i", tmp_path, charge_once)
-    assert redelivered and redelivered_again, "both brokers the course runs on resend an un-acknowledged QoS 1 message"
+    assert redelivered, "both brokers the course runs on resend an un-acknowledged QoS 1 message"
+    assert redelivered_again, "both brokers the course runs on resend an un-acknowledged QoS 1 message"
     assert (naive.deliveries, idem.deliveries) == (2, 2)
     assert (naive.charges, idem.charges, idem.skipped) == (2, 1, 1), "the duplicate is charged twice, once when idempotent"
 
@@ -112,7 +116,8 @@ async def test_m8_crash_harness_catches_a_seen_store_kept_only_in_memory(broker:
             forgetful.add(event.id)
 
     outcome, redelivered = await crash_before_ack(broker, topic, tmp_path, charge_once_in_memory)
-    assert redelivered and outcome.charges == 2
+    assert redelivered
+    assert outcome.charges == 2
 
 
 async def test_m8_harness_reports_a_function_that_raises(broker: Broker, topic: str, tmp_path: Path) -> None:
@@ -130,7 +135,8 @@ async def test_m9_pool_reorders_and_routing_keeps_per_key_order(broker: Broker, 
     }
     assert all(len(steps) == 100 for steps in runs.values())
     single, pool, routed = (runs[m] for m in MODES)
-    assert sum(inversions(single).values()) == 0 and global_inversions(single) == 0
+    assert sum(inversions(single).values()) == 0
+    assert global_inversions(single) == 0
     assert sum(inversions(pool).values()) >= 1
     assert sum(inversions(routed).values()) == 0
 
@@ -154,13 +160,14 @@ async def test_m9_routing_harness_refuses_a_partition_nobody_consumes(broker: Br
 
 
 async def test_m6_queue_levels_a_burst_that_times_out_sync_callers(broker: Broker, topic: str) -> None:
-    burst = dict(n=400, rate=1000, workers=4, work_s=0.025)  # 400 < Mosquitto's 1000 queued messages per client
-    queued = await queued_burst(broker, topic, **burst)
-    assert queued.sent == queued.processed == 400 and queued.lost == 0
+    n, rate, workers, work_s = 400, 1000, 4, 0.025  # 400 < Mosquitto's 1000 queued messages per client
+    queued = await queued_burst(broker, topic, n=n, rate=rate, workers=workers, work_s=work_s)
+    assert queued.sent == queued.processed == 400
+    assert queued.lost == 0
     times, depth = queued.depth()
     assert max(depth) >= 100, "the burst really queued up"
     assert depth[-1] == 0, "and the queue drained"
-    sync = await sync_burst(**burst, timeout=1.0)
+    sync = await sync_burst(n=n, rate=rate, workers=workers, work_s=work_s, timeout=1.0)
     assert sync.timed_out >= 100, f"only {sync.timed_out} sync callers timed out"
 
 
@@ -174,7 +181,8 @@ async def test_m11_throughput_scales_with_consumers(broker: Broker, topic: str) 
     assert results[1].throughput >= 1.5 * results[0].throughput
     assert results[2].throughput >= 2.5 * results[0].throughput
     for k, r in zip((1, 2, 4), results, strict=True):  # counted per member or worker, really: never one total per row
-        assert len(r.per_consumer) == k and sum(r.per_consumer) == 40, r.per_consumer
+        assert len(r.per_consumer) == k, r.per_consumer
+        assert sum(r.per_consumer) == 40, r.per_consumer
     assert min(results[2].per_consumer) > 0, "every member or worker got work"
 
 
@@ -197,7 +205,8 @@ async def test_m12_async_producer_span_ends_before_consumers_begin(broker: Broke
     work = {"fulfillment": 0.05, "notification": 0.02, "agent": 0.1}
     async_rows = await traced_async_order(broker, topic, inject=with_trace_context, extract=trace_context_of, work=work)
     sync_rows = await traced_sync_order(work=work)
-    assert len(async_rows) == 4 and len({r.trace_id for r in async_rows}) == 1, "the traceparent crossed the broker"
+    assert len(async_rows) == 4, "a span for each of the four steps"
+    assert len({r.trace_id for r in async_rows}) == 1, "the traceparent crossed the broker"
     assert producer_gap_ms(async_rows) > 0
     assert producer_gap_ms(sync_rows) < 0
 
@@ -209,7 +218,8 @@ async def test_m12_harness_shows_a_trace_broken_at_the_broker(broker: Broker, to
     inject = (lambda event: event) if broken == "inject" else with_trace_context
     extract = (lambda event: Context()) if broken == "extract" else trace_context_of
     rows = await traced_async_order(broker, topic, inject=inject, extract=extract, work=work)
-    assert len(rows) == 3 and len({r.trace_id for r in rows}) == 3
+    assert len(rows) == 3
+    assert len({r.trace_id for r in rows}) == 3
     assert all(r.depth == 0 for r in rows), "no consumer span has the producer as its parent"
 
 
@@ -227,7 +237,8 @@ async def test_dead_letters_keep_the_consumer_running(broker: Broker, topic: str
         alive = not task.done()
         assert await lifecycle.kill(task) is None, "the consumer ended with an error"
     assert alive
-    assert len(dead) == 3 and consumer.stats.dead_lettered == 3
+    assert len(dead) == 3
+    assert consumer.stats.dead_lettered == 3
     assert len(ledger) == 3 == consumer.stats.processed
 
 
@@ -258,7 +269,9 @@ async def test_dead_letters_retry_transient_failures_and_park_poison(
     assert ended["good order, payment service timed out 2x"] == (3, "charged"), "a transient failure is retried"
     assert ended["poison: negative amount"] == (3, "dead letter"), "poison goes after the last try"
     assert ended["not JSON"] == (0, "dead letter"), "malformed: no try wasted"
-    assert run.still_running and run.charged == 3 and run.dead_lettered == 3
+    assert run.still_running
+    assert run.charged == 3
+    assert run.dead_lettered == 3
 
 
 async def test_dead_letter_drill_catches_a_step_that_gives_up_at_once(broker: Broker, topic: str, tmp_path: Path) -> None:
@@ -273,7 +286,8 @@ async def test_dead_letter_drill_catches_a_step_that_gives_up_at_once(broker: Br
 
     ledger = Ledger(tmp_path / "l.jsonl")
     run = await dead_letter_drill(broker, f"{topic}/orders", f"dead-letter/{topic}/orders", ledger, no_retry)
-    assert run.charged == 2 and run.dead_lettered == 4
+    assert run.charged == 2
+    assert run.dead_lettered == 4
 
 
 async def test_dead_letter_topic_under_the_orders_tree_is_refused(broker: Broker, topic: str, tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import cast
 
 import aiomqtt
 import pytest
@@ -17,7 +18,7 @@ from helpers.core.messaging import Consumer, InvalidEvent, decode, make_event, p
 from helpers.core.receive import collect, flush, payloads
 from helpers.core.tables import render
 from helpers.core.worker_pool import run_pool
-from helpers.pubsub.consistency import View, own_reads_after_write
+from helpers.pubsub.consistency import StatusSystem, View, own_reads_after_write
 from helpers.pubsub.deadletters import dead_letter_rows, sample_messages
 from helpers.pubsub.delivery import OfflineResult, offline_delivery
 from helpers.pubsub.idempotency import Ledger, die_before_ack, order_event
@@ -54,7 +55,9 @@ def test_the_course_keys_spread_over_four_partitions_with_lesson_04s_crc32() -> 
 def test_burst_depth_is_sent_minus_processed() -> None:
     result = BurstResult(sent_at=[0.0, 0.0, 0.05, 0.05], done_at=[0.03, 0.07, 0.09, 0.11])
     times, depth = result.depth(step=0.02)
-    assert depth[0] == 2 and max(depth) <= 4 and depth[-1] == 0
+    assert depth[0] == 2
+    assert max(depth) <= 4
+    assert depth[-1] == 0
     assert result.drain_s == pytest.approx(0.11)
 
 
@@ -65,7 +68,8 @@ def test_ledger_survives_reopening_and_counts_per_order(tmp_path: Path) -> None:
     ledger.charge(first)
     ledger.charge(order_event(2))
     reopened = Ledger(tmp_path / "sub" / "ledger.jsonl")
-    assert len(reopened) == 3 and reopened.per_order() == {"order-001": 2, "order-002": 1}
+    assert len(reopened) == 3
+    assert reopened.per_order() == {"order-001": 2, "order-002": 1}
     assert Ledger(tmp_path / "none.jsonl").charges() == []
 
 
@@ -86,7 +90,7 @@ class FakeStatusSystem:
 
 async def test_read_your_own_writes_prefers_the_newer_of_own_write_and_read_model() -> None:
     system = FakeStatusSystem()
-    session = ReadYourWrites(system)
+    session = ReadYourWrites(cast("StatusSystem", system))  # a fake with StatusSystem's write and read, no broker
     await session.write("o1", "paid")
     assert (await session.read("o1")) == View("paid", 1, "own write")
     system.model["o1"] = View("shipped", 2)  # the projection caught up, and someone else moved it on
@@ -96,7 +100,8 @@ async def test_read_your_own_writes_prefers_the_newer_of_own_write_and_read_mode
 async def test_own_reads_harness_tells_a_working_session_from_a_broken_one() -> None:
     system = FakeStatusSystem()
     own, other = await own_reads_after_write(system, ReadYourWrites(system), trials=5)  # type: ignore[arg-type]  # a fake
-    assert own == [False] * 5 and other == [True] * 5
+    assert own == [False] * 5
+    assert other == [True] * 5
     broken, _ = await own_reads_after_write(system, system, trials=5)  # type: ignore[arg-type]  # reads like anyone else
     assert broken == [True] * 5
 
@@ -104,8 +109,11 @@ async def test_own_reads_harness_tells_a_working_session_from_a_broken_one() -> 
 def test_texttable_aligns_numbers_right_and_text_left() -> None:
     text = render([{"name": "a", "n": 5}, {"name": "longer", "n": 1234}], title="T")
     lines = text.splitlines()
-    assert lines[0] == "T" and lines[1].split() == ["name", "n"]
-    assert lines[3].startswith("a     ") and lines[3].endswith("    5") and lines[4].endswith("1234")
+    assert lines[0] == "T"
+    assert lines[1].split() == ["name", "n"]
+    assert lines[3].startswith("a     ")
+    assert lines[3].endswith("    5")
+    assert lines[4].endswith("1234")
     assert render([]) == "(no rows)"
 
 
@@ -128,7 +136,8 @@ def test_sample_messages_are_three_good_and_three_bad() -> None:
             decodable.append(decode(payload))
         except InvalidEvent:
             pass
-    assert len(sample_messages()) == 6 and len(decodable) == 4  # 2 malformed; the poison one decodes fine
+    assert len(sample_messages()) == 6
+    assert len(decodable) == 4  # 2 malformed; the poison one decodes fine
 
 
 def test_rows_for_tables() -> None:
@@ -164,7 +173,8 @@ async def test_lifecycle_until_and_start_report_clearly() -> None:
         await asyncio.sleep(10)
 
     task = await lifecycle.start(fine)
-    assert await lifecycle.kill(task) is None and task.cancelled()
+    assert await lifecycle.kill(task) is None
+    assert task.cancelled()
 
 
 async def test_running_stops_the_consumer_and_raises_its_crash() -> None:
@@ -185,15 +195,17 @@ async def test_running_stops_the_consumer_and_raises_its_crash() -> None:
         await crash.wait()
         raise RuntimeError("consumer bug")
 
+    async def block_outlived_by(error: Exception | None) -> None:
+        async with running(crashes) as task:
+            crash.set()
+            await asyncio.wait([task])
+            if error is not None:
+                raise error
+
     with pytest.raises(RuntimeError, match="consumer bug"):
-        async with running(crashes) as task:
-            crash.set()
-            await asyncio.wait([task])
-    with pytest.raises(KeyError) as caught:  # the block's own error wins; the consumer's is noted on it
-        async with running(crashes) as task:
-            crash.set()
-            await asyncio.wait([task])
-            raise KeyError("block")
+        await block_outlived_by(None)
+    with pytest.raises(KeyError, match="block") as caught:  # the block's own error wins; the consumer's is noted on it
+        await block_outlived_by(KeyError("block"))
     assert any("consumer bug" in note for note in caught.value.__notes__)
 
 
@@ -214,10 +226,13 @@ async def test_died_of_names_a_crash_and_nothing_else() -> None:
     cancelled.cancel()
     gate.set()
     await asyncio.wait([returned, crashed, cancelled])
-    assert lifecycle.died_of(returned) is None and lifecycle.died_of(cancelled) is None
+    assert lifecycle.died_of(returned) is None
+    assert lifecycle.died_of(cancelled) is None
     error = lifecycle.died_of(crashed)
-    assert isinstance(error, RuntimeError) and str(error) == "worker bug"
-    assert await running_task == 1 and lifecycle.died_of(running_task) is None
+    assert isinstance(error, RuntimeError)
+    assert str(error) == "worker bug"
+    assert await running_task == 1
+    assert lifecycle.died_of(running_task) is None
 
 
 async def test_run_pool_rejects_zero_workers() -> None:
@@ -232,7 +247,9 @@ def test_sync_burst_outcomes_are_cumulative() -> None:
     burst = SyncBurst(LoadRun(samples), served=3)
     assert (burst.answered, burst.timed_out) == (2, 1)
     times, answered, gave_up = burst.outcomes(step=0.1)
-    assert answered[-1] == 2 and gave_up[-1] == 1 and answered == sorted(answered)
+    assert answered[-1] == 2
+    assert gave_up[-1] == 1
+    assert answered == sorted(answered)
     assert burst.over_s == pytest.approx(0.5)
 
 
@@ -270,7 +287,8 @@ async def test_die_before_ack_escapes_the_consumers_error_handling(broker: Broke
         await publish(pub, topic, order_event(1), qos=1)
         with pytest.raises(ProcessDied):
             await asyncio.wait_for(task, 5)
-    assert len(handled) == 1 and consumer.stats.dead_lettered == 0  # the work ran; no ack, no dead letter
+    assert len(handled) == 1
+    assert consumer.stats.dead_lettered == 0  # the work ran; no ack, no dead letter
 
 
 async def test_event_shop_reports_a_crashed_worker_instead_of_swallowing_it(broker: Broker, topic: str) -> None:
@@ -340,18 +358,25 @@ def test_lesson04_plots_have_titles_units_and_no_legend_on_the_data() -> None:
     sync = [row("order-service", 0, 300, 0), row("fulfillment", 1, 100, 1), row("agent", 1, 299, 1)]
     asynchronous = [row("order-service", 0, 1, 0), row("fulfillment", 2, 100, 1), row("agent", 2, 302, 1)]
     top, bottom = plot_traces(sync, asynchronous)
-    assert top.get_legend() is not None and bottom.get_legend() is None, "one legend for both panels"
-    assert top.get_xlabel() == "" and "(ms)" in bottom.get_xlabel(), "one x label, under the lower panel"
-    assert top.get_title() and bottom.get_title()
+    assert top.get_legend() is not None, "one legend for both panels"
+    assert bottom.get_legend() is None, "one legend for both panels"
+    assert top.get_xlabel() == "", "one x label, under the lower panel"
+    assert "(ms)" in bottom.get_xlabel(), "one x label, under the lower panel"
+    assert top.get_title()
+    assert bottom.get_title()
     assert bottom.get_xlim()[1] > 302, "room for the duration label of the longest span"
     plt.close("all")
 
     ax = plot_staleness([10.0, 20.0, 30.0, 41.0])
-    assert ax.get_legend() is None and "(ms)" in ax.get_xlabel() and ax.get_ylabel() and "4 trials" in ax.get_title()
+    assert ax.get_legend() is None
+    assert "(ms)" in ax.get_xlabel()
+    assert ax.get_ylabel()
+    assert "4 trials" in ax.get_title()
     plt.close("all")
 
-    steps = {mode: [Step("alice", 1, 0), Step("alice", 0, 1)] for mode in MODES}
+    steps: dict[str, list[Step]] = {mode: [Step("alice", 1, 0), Step("alice", 0, 1)] for mode in MODES}
     axes = plot_processing_order(steps, key="alice")
     assert [a.get_title() for a in axes] == [f"{mode}: 1 inversion" for mode in MODES]
-    assert all(a.get_legend() is None and a.get_xlabel() for a in axes) and axes[0].get_ylabel()
+    assert all(a.get_legend() is None and a.get_xlabel() for a in axes)
+    assert axes[0].get_ylabel()
     plt.close("all")

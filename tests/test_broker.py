@@ -83,7 +83,9 @@ def test_malformed_url_gives_clear_error_fast(monkeypatch: pytest.MonkeyPatch, u
 def test_a_bad_url_error_never_shows_the_password(url: str) -> None:
     with pytest.raises(BrokerError) as info:
         parse_mqtt_url(url)
-    assert "s3c" not in str(info.value) and "r3t" not in str(info.value) and "ada:***@" in str(info.value)
+    assert "s3c" not in str(info.value)
+    assert "r3t" not in str(info.value)
+    assert "ada:***@" in str(info.value)
 
 
 def test_mqtts_url_with_a_cafile_keeps_it(tmp_path: Path) -> None:
@@ -128,7 +130,8 @@ def test_endpoint_url_hides_the_password() -> None:
 def test_empty_mqtt_url_means_embedded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MQTT_URL", "")
     broker = mqtt_broker()
-    assert broker.embedded and broker.kind == "embedded rumqttd"
+    assert broker.embedded
+    assert broker.kind == "embedded rumqttd"
     assert broker.supports_shared_subscriptions
 
 
@@ -251,10 +254,13 @@ async def test_embedded_broker_binds_loopback_and_stops(monkeypatch: pytest.Monk
     async with mqtt_broker(name="lifecycle") as broker:
         assert broker.embedded
         endpoint = broker.endpoint
-        assert endpoint is not None and endpoint.host == "127.0.0.1" and endpoint.port > 0
+        assert endpoint is not None
+        assert endpoint.host == "127.0.0.1"
+        assert endpoint.port > 0
         assert _accepts(endpoint.port)
     assert not _accepts(endpoint.port)
-    assert broker.started_in_s is not None and broker.started_in_s < 5, "started within the budget"
+    assert broker.started_in_s is not None, "the start was timed"
+    assert broker.started_in_s < 5, "started within the budget"
     await broker.stop()  # stopping twice is harmless
 
 
@@ -265,7 +271,8 @@ async def test_start_broker_again_replaces_the_old_one(monkeypatch: pytest.Monke
     first = await start_broker(name="rerun")
     second = await start_broker(name="rerun")
     try:
-        assert first.endpoint and second.endpoint
+        assert first.endpoint
+        assert second.endpoint
         assert first.endpoint.port != second.endpoint.port
         assert not _accepts(first.endpoint.port), "the replaced broker still listens"
         assert await second.ping() > 0
@@ -287,7 +294,8 @@ async def test_embedded_broker_busy_port_is_retried(monkeypatch: pytest.MonkeyPa
     monkeypatch.delenv("MQTT_URL", raising=False)
     try:
         async with mqtt_broker(name="busy-port") as broker:
-            assert broker.endpoint is not None and broker.endpoint.port != taken.getsockname()[1]
+            assert broker.endpoint is not None
+            assert broker.endpoint.port != taken.getsockname()[1]
             await broker.ping()
     finally:
         taken.close()
@@ -341,7 +349,8 @@ async def test_embedded_broker_that_crashes_once_at_startup_comes_up_on_the_next
 
     monkeypatch.setattr(iotcore.Broker, "start", once)
     async with mqtt_broker(name="second-try", embedded=True) as broker:
-        assert not crashes and await broker.ping() < 5
+        assert not crashes
+        assert await broker.ping() < 5
 
 
 async def test_embedded_broker_ignores_mqtt_url_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:

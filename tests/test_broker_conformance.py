@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import aiomqtt
 import pytest
@@ -276,7 +277,8 @@ async def test_shared_subscription_splits_messages_among_members(broker: Broker,
         got1, got2 = await asyncio.gather(until_sentinel(m1), until_sentinel(m2))
     one, two = [m.payload for m in got1], [m.payload for m in got2]
     assert sorted(one + two) == sorted(payloads), f"members got {len(one)} + {len(two)} of {N}, expected a split of {N}"
-    assert one and two, f"one member got everything ({len(one)} / {len(two)})"
+    assert one, f"one member got everything ({len(one)} / {len(two)})"
+    assert two, f"one member got everything ({len(one)} / {len(two)})"
 
 
 # --- keepalive -----------------------------------------------------------------------------------
@@ -287,9 +289,15 @@ def _mqtt_string(text: str | bytes) -> bytes:
     return len(data).to_bytes(2, "big") + data
 
 
-def raw_connect(
-    client_id: str, *, keepalive: int, will_topic: str, will: bytes, username: str | None = None, password: str | None = None
-) -> bytes:
+@dataclass(frozen=True)
+class Will:
+    """The message the broker publishes for a client that went away: where, and what."""
+
+    topic: str
+    payload: bytes
+
+
+def raw_connect(client_id: str, *, keepalive: int, will: Will, username: str | None = None, password: str | None = None) -> bytes:
     """A CONNECT packet written by hand: a client that will then say nothing at all.
 
     aiomqtt always answers the broker's keepalive needs (it pings), so a client that
@@ -297,7 +305,7 @@ def raw_connect(
     It logs in when MQTT_URL names a user (a classroom broker refuses anonymous clients).
     """
     flags = 0x02 | 0x04 | 0x08  # clean session, will flag, will QoS 1
-    payload = _mqtt_string(client_id) + _mqtt_string(will_topic) + _mqtt_string(will)
+    payload = _mqtt_string(client_id) + _mqtt_string(will.topic) + _mqtt_string(will.payload)
     if username is not None:
         flags |= 0x80
         payload += _mqtt_string(username)
@@ -324,8 +332,7 @@ async def test_silent_client_is_dropped_after_keepalive_and_its_will_sent(broker
             packet = raw_connect(
                 cid(topic, "silent"),
                 keepalive=1,
-                will_topic=wire_will,
-                will=b"went silent",
+                will=Will(wire_will, b"went silent"),
                 username=end.username,
                 password=end.password,
             )
@@ -430,10 +437,20 @@ async def test_course_consumer_acks_in_arrival_order_when_work_finishes_out_of_o
 
     async with client:
         real_ack = internals.paho_of(client).ack
-        internals.replace_ack(client, lambda mid, qos: (sent.append(mid), real_ack(mid, qos))[1])
+
+        def spy_ack(mid: int, qos: int) -> object:
+            sent.append(mid)
+            return real_ack(mid, qos)
+
+        internals.replace_ack(client, spy_ack)
         consumer = Consumer(client, topic, handler)
         original_received = consumer.acks.received
-        consumer.acks.received = lambda m: (order.setdefault(m.mid, len(order)), original_received(m))[1]  # type: ignore[method-assign]  # spy
+
+        def spy_received(message: aiomqtt.Message) -> None:
+            order.setdefault(message.mid, len(order))
+            original_received(message)
+
+        consumer.acks.received = spy_received  # type: ignore[method-assign]  # a spy on this one instance
         ready = asyncio.Event()
         task = asyncio.create_task(run_pool(consumer, 4, ready))
         await asyncio.wait_for(ready.wait(), WAIT_S)
@@ -474,7 +491,9 @@ async def test_out_of_order_acks_on_a_strict_broker(broker: Broker, topic: str) 
     if broker.embedded:
         assert disconnected, "rumqttd should drop a client that acks out of order"
     else:
-        assert not disconnected and after is not None and after.payload == b"after"
+        assert not disconnected
+        assert after is not None
+        assert after.payload == b"after"
 
 
 async def test_shared_member_that_dies_unacked_does_not_strand_its_message(

@@ -163,9 +163,11 @@ def test_an_unmarked_required_relation_cannot_be_checked() -> None:
 def test_thick_two_words_and_no_arrowhead_are_reported() -> None:
     chart = parse_flowchart("flowchart LR\n  A[Upload] ==>|HTTP| B[Storage]\n  A -->|HTTP or MQTT| B\n  A ---|HTTP| B")
     problems = [marking_problem(chart, edge) for edge in chart.edges]
-    assert problems[0] is not None and problems[0].startswith("Upload -> Storage: a thick arrow (==>) is neither")
+    assert problems[0] is not None
+    assert problems[0].startswith("Upload -> Storage: a thick arrow (==>) is neither")
     assert problems[1] == "Upload -> Storage: the label says both HTTP and MQTT: one arrow is one kind of call"
-    assert problems[2] is not None and "has no arrowhead" in problems[2]
+    assert problems[2] is not None
+    assert "has no arrowhead" in problems[2]
     assert [kind_of(edge) for edge in chart.edges] == [None, None, None]
 
 
@@ -258,7 +260,8 @@ def test_edge_kinds_collapse_the_broker() -> None:
         ("processor", "storage"): "sync",
         ("processor", "notification"): "async",
     }
-    assert core.items() <= with_broker.items() and core.items() <= without.items()
+    assert core.items() <= with_broker.items()
+    assert core.items() <= without.items()
     assert not any("broker" in pair for pair in with_broker)
     assert ("processor", "processor") not in with_broker
 

@@ -15,6 +15,7 @@ from helpers.core.broker import Broker
 from helpers.core.messaging import (
     SPEC_VERSION,
     Consumer,
+    ConsumerStats,
     Event,
     InvalidEvent,
     SeenIds,
@@ -48,7 +49,8 @@ def test_event_wire_format_is_cloudevents_structured_json() -> None:
     wire = json.loads(event.to_bytes())
     assert wire["specversion"] == SPEC_VERSION == "1.0"
     assert set(wire) == {"specversion", "id", "source", "type", "time", "datacontenttype", "data"}
-    assert wire["source"] == "/course" and wire["datacontenttype"] == "application/json"
+    assert wire["source"] == "/course"
+    assert wire["datacontenttype"] == "application/json"
     assert "traceparent" not in wire, "no traceparent key when there is no trace"
     assert make_event("x").id != make_event("x").id, "every event gets a fresh id"
 
@@ -95,7 +97,8 @@ def test_dead_letter_record_is_lossless() -> None:
     text = json.loads(dead_letter_payload("orders", b"not json", "malformed: x"))
     assert text == {"reason": "malformed: x", "topic": "orders", "payload": "not json", "encoding": "utf-8"}
     binary = json.loads(dead_letter_payload("orders", b"\xff\x00", "r"))
-    assert binary["encoding"] == "base64" and base64.b64decode(binary["payload"]) == b"\xff\x00"
+    assert binary["encoding"] == "base64"
+    assert base64.b64decode(binary["payload"]) == b"\xff\x00"
 
 
 # --- SeenIds ---------------------------------------------------------------------------------------------
@@ -103,10 +106,12 @@ def test_dead_letter_record_is_lossless() -> None:
 
 def test_seen_ids_in_memory() -> None:
     seen = SeenIds()
-    assert "a" not in seen and len(seen) == 0
+    assert "a" not in seen
+    assert len(seen) == 0
     seen.add("a")
     seen.add("a")
-    assert "a" in seen and len(seen) == 1
+    assert "a" in seen
+    assert len(seen) == 1
 
 
 def test_seen_ids_survive_a_restart(tmp_path: Path) -> None:
@@ -116,7 +121,9 @@ def test_seen_ids_survive_a_restart(tmp_path: Path) -> None:
         first.add(event_id)
     del first  # the consumer process "dies"
     restarted = SeenIds(path)
-    assert "e1" in restarted and "e2" in restarted and "e3" not in restarted
+    assert "e1" in restarted
+    assert "e2" in restarted
+    assert "e3" not in restarted
     assert len(restarted) == 2
     assert path.read_text().split() == ["e1", "e2"], "ids are appended once each"
     restarted.add("e3")
@@ -246,7 +253,8 @@ async def test_consumer_does_not_retry_a_process_death(broker: Broker, topic: st
         await publish(publisher, topic, make_event("order.placed", 1))
         with pytest.raises(Died):
             await asyncio.wait_for(task, WAIT_S)
-    assert tries == 1 and consumer.stats.dead_lettered == 0
+    assert tries == 1
+    assert consumer.stats.dead_lettered == 0
 
 
 async def test_consumer_needs_at_least_one_attempt() -> None:
@@ -286,8 +294,10 @@ async def test_dedupe_survives_consumer_restart(broker: Broker, topic: str, tmp_
                 await asyncio.wait_for(ready.wait(), WAIT_S)
                 await publish(publisher, topic, event)
 
-                stats = consumer.stats
-                assert await until(lambda s=stats: s.processed + s.duplicates >= 1, WAIT_S, poll=0.005)
+                def handled_once(s: ConsumerStats = consumer.stats) -> bool:
+                    return s.processed + s.duplicates >= 1
+
+                assert await until(handled_once, WAIT_S, poll=0.005)
                 task.cancel()
                 with pytest.raises(asyncio.CancelledError):
                     await task

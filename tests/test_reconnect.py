@@ -33,7 +33,8 @@ async def test_a_session_that_loses_its_connection_runs_again_until_it_is_killed
 
     task = await lifecycle.start(reconnecting, session)
     await asyncio.wait_for(settled.wait(), 3 * RECONNECT_MAX_S)
-    assert runs == 3 and not task.done()
+    assert runs == 3
+    assert not task.done()
     assert await lifecycle.kill(task) is None
 
 
@@ -75,5 +76,6 @@ async def test_a_publisher_stops_trying_once_its_embedded_broker_was_stopped_on_
     async with mqtt_broker(name="stopped-on-purpose") as broker:
         publisher = await Publisher(broker, "upload-pub").start()
     assert await until(lambda: publisher.crashed() is not None, 3 * RECONNECT_MAX_S + 5)
-    assert isinstance(publisher.crashed(), BrokerError) and "was stopped" in str(publisher.crashed())
+    assert isinstance(publisher.crashed(), BrokerError)
+    assert "was stopped" in str(publisher.crashed())
     await publisher.stop()

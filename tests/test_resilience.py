@@ -7,10 +7,12 @@ import itertools
 import random
 import time
 from types import SimpleNamespace
+from typing import cast
 
 import aiohttp
 import pytest
 from aiohttp import web
+from tenacity import RetryCallState
 
 from helpers.core.http import Faults, start_service
 from helpers.core.resilience import (
@@ -64,7 +66,8 @@ async def test_breaker_opens_after_threshold_and_refuses_without_calling() -> No
     for _ in range(5):
         with pytest.raises(CircuitOpenError):
             await breaker.call(counted)
-    assert calls == 0 and breaker.rejected == 5
+    assert calls == 0
+    assert breaker.rejected == 5
 
 
 async def test_success_resets_the_failure_count() -> None:
@@ -84,7 +87,8 @@ async def test_half_open_lets_one_trial_through_then_closes_on_success() -> None
     with pytest.raises(ServiceError):
         await breaker.call(fail)
     clock.now += 0.5
-    assert not breaker.allow() and breaker.state == "open"
+    assert not breaker.allow()
+    assert breaker.state == "open"
     clock.now += 0.6
     trial_started, release = asyncio.Event(), asyncio.Event()
 
@@ -116,7 +120,8 @@ async def test_failed_trial_reopens_for_a_full_reset_timeout() -> None:
     clock.now += 0.9
     assert not breaker.allow()
     clock.now += 0.2
-    assert breaker.allow() and breaker.state == "half-open"
+    assert breaker.allow()
+    assert breaker.state == "half-open"
 
 
 async def test_stragglers_do_not_move_an_open_breaker() -> None:
@@ -128,7 +133,8 @@ async def test_stragglers_do_not_move_an_open_breaker() -> None:
     clock.now += 0.5
     breaker.record_failure()  # a call that started before the breaker opened
     breaker.record_success()
-    assert breaker.state == "open" and breaker.opened_at == opened_at
+    assert breaker.state == "open"
+    assert breaker.opened_at == opened_at
 
 
 async def test_other_errors_pass_through_uncounted() -> None:
@@ -137,7 +143,7 @@ async def test_other_errors_pass_through_uncounted() -> None:
     async def bug() -> None:
         raise ValueError("a bug in the caller, not a sick dependency")
 
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="a bug in the caller"):
         await breaker.call(bug)
     assert breaker.state == "closed"
 
@@ -154,18 +160,24 @@ def test_spans_cover_the_window_in_relative_seconds() -> None:
     breaker.record_success()
     spans = breaker.spans(start, start + 5.0)
     assert [s[2] for s in spans] == ["closed", "open", "half-open", "closed"]
-    assert spans[0][0] == 0 and spans[-1][1] == 5.0
+    assert spans[0][0] == 0
+    assert spans[-1][1] == 5.0
     assert all(a[1] == b[0] for a, b in itertools.pairwise(spans)), "spans are contiguous"
 
 
 def test_breaker_rejects_nonsense_settings() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="failure_threshold must be >= 1"):
         CircuitBreaker(failure_threshold=0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="reset_timeout_s > 0"):
         CircuitBreaker(reset_timeout_s=0)
 
 
 # --------------------------------------------------------------------------- retries
+
+
+def _attempt(number: int) -> RetryCallState:
+    """A stand-in for tenacity's call state: the policies' waits read only ``attempt_number``."""
+    return cast("RetryCallState", SimpleNamespace(attempt_number=number))
 
 
 def _window(base: float, cap: float, attempt: int) -> float:
@@ -176,22 +188,23 @@ def test_full_jitter_draws_the_whole_wait_at_random_below_the_cap() -> None:
     random.seed(3)
     wait = retry_policy(jitter="full", base_s=0.05, cap_s=0.3).wait
     for attempt in range(1, 7):
-        draws = [wait(SimpleNamespace(attempt_number=attempt)) for _ in range(200)]
+        draws = [wait(_attempt(attempt)) for _ in range(200)]
         top = _window(0.05, 0.3, attempt)
         assert all(0 <= d <= top for d in draws)
-        assert min(draws) < 0.2 * top and max(draws) > 0.8 * top, "full jitter spans the whole window"
+        assert min(draws) < 0.2 * top, "full jitter spans the whole window"
+        assert max(draws) > 0.8 * top, "full jitter spans the whole window"
 
 
 def test_no_jitter_waits_are_fixed_and_capped() -> None:
     wait = retry_policy(jitter="none", base_s=0.05, cap_s=0.3).wait
-    assert [round(wait(SimpleNamespace(attempt_number=n)), 6) for n in range(1, 6)] == [0.05, 0.1, 0.2, 0.3, 0.3]
-    assert retry_policy(jitter="immediate").wait(SimpleNamespace(attempt_number=3)) == 0
+    assert [round(wait(_attempt(n)), 6) for n in range(1, 6)] == [0.05, 0.1, 0.2, 0.3, 0.3]
+    assert retry_policy(jitter="immediate").wait(_attempt(3)) == 0
 
 
 def test_policy_rejects_nonsense() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="attempts must be at least 1, got 0"):
         retry_policy(attempts=0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="jitter must be one of .*, got 'some'"):
         retry_policy(jitter="some")  # type: ignore[arg-type]  # a bad argument on purpose
 
 
@@ -209,7 +222,7 @@ async def test_retries_stop_at_the_attempt_budget_and_reraise() -> None:
 
 
 async def test_retries_return_the_first_success_and_skip_non_retryable() -> None:
-    outcomes = [ServiceError(503, "u"), TimeoutError(), "done"]
+    outcomes: list[Exception | str] = [ServiceError(503, "u"), TimeoutError(), "done"]
 
     async def recovering() -> str:
         item = outcomes.pop(0)
@@ -226,7 +239,7 @@ async def test_retries_return_the_first_success_and_skip_non_retryable() -> None
         calls += 1
         raise ValueError("4xx-like: retrying will not help")
 
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="retrying will not help"):
         await call_with_retries(bad_request, retry_policy(attempts=5, jitter="immediate"))
     assert calls == 1
 

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
-import psutil
+import psutil  # type: ignore[import-untyped]  # psutil ships no hints; types-psutil is not worth a pin
 from aiohttp import web
 
 from helpers.core import tracing
@@ -61,10 +61,13 @@ async def test_m2_cascade_then_breaker_fails_fast_and_recovers() -> None:
     shop = await start_http_shop(work_s=0.01)
     user = Downstream("user", shop.url)
     try:
+        inventory, gateway = shop.inventory.service, shop.gateway.service
+        assert inventory is not None
+        assert gateway is not None
+        assert shop.product.next is not None
+        assert shop.gateway.next is not None
         await user.get("/products/42")
-        naive = await replay(
-            lambda: user.get("/products/42"), shop.inventory.service, shop.gateway.service, phases=SHORT_SCRIPT, rate=20
-        )
+        naive = await replay(lambda: user.get("/products/42"), inventory, gateway, phases=SHORT_SCRIPT, rate=20)
         assert naive.window(["slow 2 s"]).p50_ms > 1900, "without a timeout the gateway waits for the slow inventory"
         naive_peak = max(n for _, n in naive.in_flight)
         assert naive_peak >= 15, f"requests pile up at the gateway, peak {naive_peak}"
@@ -74,8 +77,8 @@ async def test_m2_cascade_then_breaker_fails_fast_and_recovers() -> None:
         shop.gateway.next.timeout_s = 0.4
         guarded = await replay(
             lambda: user.get("/products/42"),
-            shop.inventory.service,
-            shop.gateway.service,
+            inventory,
+            gateway,
             phases=SHORT_SCRIPT,
             rate=20,
             breaker=breaker,
@@ -86,13 +89,17 @@ async def test_m2_cascade_then_breaker_fails_fast_and_recovers() -> None:
         assert sick.p90_ms < waited.p50_ms / 2, f"with the breaker p90 {sick.p90_ms:.0f} ms, without p50 {waited.p50_ms:.0f} ms"
         assert max(n for _, n in guarded.in_flight) < naive_peak / 2
         states = breaker.transitions()
-        assert "open" in states and "half-open" in states and breaker.state == "closed"
+        assert "open" in states
+        assert "half-open" in states
+        assert breaker.state == "closed"
         assert breaker.rejected > 10, "while open the breaker refuses calls without touching inventory"
         last = [s for s in guarded.run.samples if s.intended - guarded.start >= guarded.phases[-1][0] + 0.7]
         bad = [(round(s.intended - guarded.start, 2), s.error) for s in last if not s.ok]
         # Recovery: the breaker closed again and (nearly) every late call succeeds. One miss is
         # tolerated: a pause of the shared runner can push a single call past the 0.4 s gateway timeout.
-        assert last and len(bad) <= 1 and last[-1].ok, f"recovers by itself after inventory heals; failed late: {bad}"
+        assert last, "calls were made after inventory healed"
+        assert len(bad) <= 1, f"recovers by itself after inventory heals; failed late: {bad}"
+        assert last[-1].ok, f"recovers by itself after inventory heals; failed late: {bad}"
     finally:
         await user.aclose()
 
@@ -125,17 +132,20 @@ async def test_storm_runs_the_learners_retry_loop() -> None:
         raise AssertionError("unreachable")
 
     result = await storm(svc, three_tries, users=20)
-    assert len(users) == 20 and result.policy == "three_tries"
+    assert len(users) == 20
+    assert result.policy == "three_tries"
     assert result.requests == len(result.arrivals_s) <= 60, "at most 3 requests per user reach the service"
     assert result.requests > 20, "20 users at once overflow 5 slots, so some users retry"
-    assert result.peak() <= result.requests and result.as_row()["policy"] == "three_tries"
+    assert result.peak() <= result.requests
+    assert result.as_row()["policy"] == "three_tries"
 
 
 def test_storm_result_peak_counts_the_tallest_wave() -> None:
     arrivals = (0.001, 0.002, 0.005, 0.050, 0.051, 0.052, 0.053, 0.300)
     result = StormResult("x", users=3, succeeded=3, requests=len(arrivals), arrivals_s=arrivals)
     assert result.peak() == 4, "0.04-0.06 s holds the tallest wave (4); the first 20 ms only 3"
-    assert result.peak(after_s=0.1) == 1 and result.peak(after_s=1.0) == 0
+    assert result.peak(after_s=0.1) == 1
+    assert result.peak(after_s=1.0) == 0
     assert result.busy_bins() == 3
 
 
@@ -151,7 +161,8 @@ async def test_m4_small_pool_queues_and_times_out() -> None:
     finally:
         await client.aclose()
     report = client.report()
-    assert report["failed"] > 0 and report["pool wait p99 ms"] > 400, report
+    assert report["failed"] > 0, report
+    assert report["pool wait p99 ms"] > 400, report
     assert run.summary().throughput < 30
     assert report["failed"] == report["failed before getting a connection"] + report["failed after getting a connection"]
 
@@ -181,8 +192,10 @@ async def test_pool_timeouts_after_connecting_are_not_counted_as_never_connected
         await client.aclose()
     assert all(isinstance(o, Exception) for o in outcomes), outcomes
     report = client.report()
-    assert report["failed"] == 5 and client.never_connected == 0, report
-    assert report["failed after getting a connection"] == 5 and slow.stats.requests == 5
+    assert report["failed"] == 5, report
+    assert client.never_connected == 0, report
+    assert report["failed after getting a connection"] == 5
+    assert slow.stats.requests == 5
 
 
 async def test_m4_bounded_async_concurrency_fixes_it() -> None:
@@ -193,7 +206,8 @@ async def test_m4_bounded_async_concurrency_fixes_it() -> None:
         run = await pool_load(client, slow.url, rate=40, duration=1.0, bulkhead=bulkhead)
     finally:
         await client.aclose()
-    assert run.summary().errors == 0 and run.summary().p99_ms < 500
+    assert run.summary().errors == 0
+    assert run.summary().p99_ms < 500
     assert bulkhead.max_in_flight <= 16
 
     slow.faults.latency = 0.6
@@ -205,8 +219,10 @@ async def test_m4_bounded_async_concurrency_fixes_it() -> None:
     finally:
         await client.aclose()
     refused = [s.latency for s in run.samples if not s.ok and "BulkheadFull" in (s.error or "")]
-    assert bulkhead.max_in_flight <= 8 and slow.stats.max_in_flight <= 8
-    assert refused and np.percentile(refused, 99) < 0.1, "beyond the bound calls are refused at once"
+    assert bulkhead.max_in_flight <= 8
+    assert slow.stats.max_in_flight <= 8
+    assert refused, "beyond the bound some calls are refused"
+    assert np.percentile(refused, 99) < 0.1, "beyond the bound calls are refused at once"
 
 
 async def test_s9_concurrency_not_the_io_model_sets_the_time() -> None:
@@ -272,7 +288,8 @@ async def test_m12_sync_trace_is_one_nested_trace_across_services() -> None:
     for r in rows:
         if r.parent_id in by_id:
             parent = by_id[r.parent_id]
-            assert parent.start_ms <= r.start_ms and r.end_ms <= parent.end_ms, f"{r} escapes its parent"
+            assert parent.start_ms <= r.start_ms, f"{r} escapes its parent"
+            assert r.end_ms <= parent.end_ms, f"{r} escapes its parent"
     assert max(r.depth for r in rows) >= 5, "frontend > gateway (server, client) > product (server, client) > inventory"
     gateway = next(r for r in rows if r.service == "gateway" and r.depth == 2)
     assert gateway.duration_ms >= 60, "the gateway's span covers the whole wait for product and inventory"

@@ -492,7 +492,7 @@ class _CourseClient(aiomqtt.Client):
         )
         await super().unsubscribe(wire, properties, *args, timeout=timeout, **kwargs)
 
-    async def publish(
+    async def publish(  # noqa: PLR0913  aiomqtt's Client.publish signature, mirrored
         self,
         /,
         topic: str,

@@ -112,7 +112,7 @@ def classroom_acl(accounts: Sequence[Account]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def classroom_config(
+def classroom_config(  # noqa: PLR0913  one keyword per mosquitto.conf setting
     folder: Path,
     *,
     port: int,

@@ -68,7 +68,7 @@ def cdf(series: Mapping[str, Sequence[float]], *, ax: Axes | None = None, title:
     return ax
 
 
-def timeline(
+def timeline(  # noqa: PLR0913  a plot's labels and options, by keyword
     t_s: Sequence[float],
     series: Mapping[str, Sequence[float]],
     *,
@@ -150,7 +150,7 @@ def waterfall(rows: Sequence[SpanRow], *, ax: Axes | None = None, title: str = "
     return ax
 
 
-def histogram(
+def histogram(  # noqa: PLR0913  a plot's labels and options, by keyword
     series: Mapping[str, Sequence[float]],
     *,
     xlabel: str,
@@ -176,7 +176,7 @@ def histogram(
     return ax
 
 
-def small_multiples(
+def small_multiples(  # noqa: PLR0913  a plot's labels and options, by keyword
     series: Mapping[str, Sequence[float]],
     *,
     bins: Sequence[float],

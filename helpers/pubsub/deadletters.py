@@ -152,7 +152,7 @@ def check_dead_letter_topic(topic: str, dead_letter_topic: str) -> None:
             )
 
 
-async def dead_letter_drill(
+async def dead_letter_drill(  # noqa: PLR0913  learner-facing: lesson 04 passes its topics and the learner's step
     broker: Broker, topic: str, dead_letter_topic: str, ledger: Ledger, deliver: DeliverOne | None = None, *, attempts: int = 3
 ) -> DrillResult:
     """Send :func:`sample_messages` to ``topic``; a consumer charges them through a flaky payment service.
@@ -170,7 +170,7 @@ async def dead_letter_drill(
         await watcher.subscribe(dead_letter_topic, qos=1)
         consumer = Consumer(sub, topic, work, dead_letter_topic=dead_letter_topic, attempts=attempts)
         loop = Restartable()
-        await loop.launch(_loop, sub, topic, work, dead_letter_topic, deliver, consumer, handled)
+        await loop.launch(_loop, consumer, deliver, dead_letter_topic, handled)
         for _, payload in messages:
             await pub.publish(topic, payload, qos=1)
         done = await until(lambda: len(handled) == len(messages) or not loop.alive, timeout=10)
@@ -184,22 +184,19 @@ async def dead_letter_drill(
 
 
 async def _loop(
-    client: aiomqtt.Client,
-    topic: str,
-    work: EventHandler,
-    dead_letter_topic: str,
-    deliver: DeliverOne | None,
-    consumer: Consumer,
-    handled: list[int],
-    ready: asyncio.Event,
+    consumer: Consumer, deliver: DeliverOne | None, dead_letter_topic: str, handled: list[int], ready: asyncio.Event
 ) -> None:
-    """Deliver each message with the learner's step (then ack), or with the course's Consumer."""
-    async for message in subscribed_messages(client, topic, qos=1, ready=ready):
+    """Deliver each message of ``consumer``'s subscription with the learner's step (then ack), or with ``consumer`` itself.
+
+    The learner's step gets ``consumer``'s client and work, and ``dead_letter_topic``.
+    """
+    client = consumer.client
+    async for message in subscribed_messages(client, consumer.topic, qos=1, ready=ready):
         if deliver is None:
             await consumer.handle(message)
             handled.append(0)
         else:
-            handled.append(await deliver(client, message, work, dead_letter_topic))
+            handled.append(await deliver(client, message, consumer.handler, dead_letter_topic))
             ack(client, message)
 
 

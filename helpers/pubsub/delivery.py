@@ -65,7 +65,7 @@ class OfflineResult:
         }
 
 
-async def offline_messages(
+async def offline_messages(  # noqa: PLR0913  one keyword per MQTT setting the experiments vary
     broker: Broker,
     topic: str,
     *,
@@ -112,17 +112,25 @@ async def offline_delivery(broker: Broker, topic: str, *, n: int = 20, qos: int 
     return OfflineResult(qos, persistent, n, len(distinct_ids(messages)))
 
 
-async def offline_trial(
-    broker: Broker, experiment: AwayAndBack, topic: str, *, client_id: str, qos: int, clean_session: bool, n: int
-) -> OfflineResult:
-    """Run ``experiment`` once with these settings, count distinct events, then delete the stored session."""
+@dataclass(frozen=True)
+class Trial:
+    """The settings of one run of an ``away_and_back`` experiment: the keywords it is called with."""
+
+    client_id: str
+    qos: int
+    clean_session: bool
+    n: int
+
+
+async def offline_trial(broker: Broker, experiment: AwayAndBack, topic: str, trial: Trial) -> OfflineResult:
+    """Run ``experiment`` once with ``trial``'s settings, count distinct events, then delete the stored session."""
     try:
-        messages = await experiment(topic, client_id=client_id, clean_session=clean_session, qos=qos, n=n)
+        messages = await experiment(topic, client_id=trial.client_id, clean_session=trial.clean_session, qos=trial.qos, n=trial.n)
     finally:
-        if not clean_session:  # a clean connect deletes the session, so the broker does not keep it for a run that is over
-            async with broker.client(client_id, clean_session=True):
+        if not trial.clean_session:  # a clean connect deletes the session, so the broker does not keep it for a run that is over
+            async with broker.client(trial.client_id, clean_session=True):
                 pass
-    return OfflineResult(qos, not clean_session, n, len(distinct_ids(messages)))
+    return OfflineResult(trial.qos, not trial.clean_session, trial.n, len(distinct_ids(messages)))
 
 
 def _course_experiment(broker: Broker) -> AwayAndBack:
@@ -147,12 +155,12 @@ async def durability_matrix(
     results = []
     for qos, clean in SETTINGS:
         tag = f"q{qos}{'c' if clean else 'p'}"
-        trial = await offline_trial(broker, run, f"{topic}/{tag}", client_id=f"{base}-{tag}", qos=qos, clean_session=clean, n=n)
-        results.append(trial)
+        settings = Trial(client_id=f"{base}-{tag}", qos=qos, clean_session=clean, n=n)
+        results.append(await offline_trial(broker, run, f"{topic}/{tag}", settings))
     return results
 
 
-async def queue_bound(
+async def queue_bound(  # noqa: PLR0913  learner-facing: lesson 03 passes these knobs
     broker: Broker,
     topic: str,
     *,
@@ -165,4 +173,4 @@ async def queue_bound(
     """Send ``n`` events to one offline consumer (durable settings by default): does the broker keep them all?"""
     run = experiment or _course_experiment(broker)
     cid = f"{client_id or 'offline'}-{uuid.uuid4().hex[:6]}-bound"
-    return await offline_trial(broker, run, topic, client_id=cid, qos=qos, clean_session=clean_session, n=n)
+    return await offline_trial(broker, run, topic, Trial(client_id=cid, qos=qos, clean_session=clean_session, n=n))

@@ -43,7 +43,7 @@ class Downstream:
     of ``pool_limit`` connections) is created on first use inside the running loop.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913  learner-facing: lessons 01-02 set these knobs
         self,
         caller: str,
         url: str,

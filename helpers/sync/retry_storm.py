@@ -106,7 +106,7 @@ def _bins(values: Sequence[float], width: float) -> np.ndarray:
     return np.arange(0.0, top + width, width)
 
 
-async def storm(
+async def storm(  # noqa: PLR0913  learner-facing: lesson 02 passes these knobs
     service: Service,
     retry: RetryFn | Jitter,
     *,
