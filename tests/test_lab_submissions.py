@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from lab_submissions import Edit, submission
+from lab_submissions import Edit, submission, warmup_kernel
 
-from helpers.core.http import start_service
 from helpers.grading.checks import CheckResult, load_checks, run_check
 
 
@@ -325,12 +324,8 @@ async def _kernel(variant: Variant) -> AsyncIterator[dict[str, Any]]:
     if variant.lab != "00_warmup":
         yield ns
         return
-    ns["svc"] = await start_service("hello", ns["hello"])
-    try:
-        ns["p50_ms"] = await ns["measure_p50"](f"{ns['svc'].url}/", 20)
+    async with warmup_kernel(ns):
         yield ns
-    finally:
-        await ns["svc"].stop()
 
 
 async def _judge(variant: Variant) -> dict[str, CheckResult]:
