@@ -135,9 +135,9 @@ def replaced(namespace: dict[str, Any], **functions: Callable[..., Any]) -> dict
     return namespace
 
 
-def solution_markdown(lab: str) -> list[str]:
-    """The Markdown cells of ``solutions/<lab>.ipynb``: what the grader gives the checks that read the notebook."""
-    nb = nbformat.read(SOLUTIONS / f"{lab}.ipynb", as_version=4)
+def markdown_cells(lab: str, *, shipped: bool = False) -> list[str]:
+    """The Markdown cells of the solution (or, ``shipped``, of the lab): what the grader gives the checks."""
+    nb = nbformat.read((LABS if shipped else SOLUTIONS) / f"{lab}.ipynb", as_version=4)
     return [cell.source for cell in nb.cells if cell.cell_type == "markdown"]
 
 
