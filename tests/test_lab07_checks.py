@@ -1,13 +1,13 @@
 """Lab 07's checks catch the mistakes they are meant to catch, on the broker in use.
 
 The grader tests prove the solution notebook scores full marks and the lab as shipped
-scores (near) zero. These tests go further: a correct pipeline (the same code as the
-solution notebook) passes every check, and each classic mistake fails the check that
-names it: processing inside the upload request, publishing the bytes instead of a
+scores (near) zero. These tests go further: the solution notebook's own pipeline (its
+code run into a namespace) passes every check, and each classic mistake, an edit of that
+code, fails the check that names it: processing inside the upload request, publishing the bytes instead of a
 reference, trusting the file extension or content type, no idempotency (the upload's
 key, the processor's done marker), ack before storing, blocking the event loop, and a
-clean-session notifier. The diagram's checks get the Markdown the way the grader gives
-it (``run_check(..., markdown=...)``).
+clean-session notifier. The diagram's checks get the solution's Markdown cells (or the
+shipped lab's) the way the grader gives them (``run_check(..., markdown=...)``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import pytest
 from aiohttp import web
 from lab_submissions import Edit, edited, markdown_cells, replaced, submission
 
-from helpers.capstone.assembly import UploadJobsDesk
 from helpers.capstone.storage import StorageClient
 from helpers.grading.checks import SAVE_FIRST, CheckResult, load_checks, run_check
 
@@ -212,7 +211,7 @@ async def test_an_unscoped_dict_from_key_to_202_body_is_named() -> None:
     ns = submission(LAB)
     make_correct = ns["make_upload_handler"]
 
-    def unscoped_dict(storage: StorageClient, mqtt: Any, topics: Any, jobs: UploadJobsDesk) -> Any:
+    def unscoped_dict(storage: StorageClient, mqtt: Any, topics: Any, jobs: Any) -> Any:
         correct = make_correct(storage, mqtt, topics, jobs)
         answered: dict[str, web.Response] = {}
 
