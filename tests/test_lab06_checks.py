@@ -1,11 +1,11 @@
 """Lab 06's checks catch the mistakes they are meant to catch, on the broker in use.
 
 The grader tests prove the solution notebook scores full marks and the lab as shipped
-scores (near) zero. These go further: a correct answer passes every check, and each
-classic mistake of the 202 flow (200 instead of 202, no Location, 302 instead of 303, a
-job left 'running' when a step fails, a new job per retried request, a cancel that only
-changes the state, a kickoff that waits for the work) fails the check whose message
-names it.
+scores (near) zero. These go further: the solution notebook's own code (run into a
+namespace) passes every check, and each classic mistake of the 202 flow (200 instead of
+202, no Location, 302 instead of 303, a job left 'running' when a step fails, a new job
+per retried request, a cancel that only changes the state, a kickoff that waits for the
+work), an edit of that code, fails the check whose message names it.
 """
 
 from __future__ import annotations
@@ -15,85 +15,44 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from lab_submissions import Edit, replaced, shipped_lab, submission
 
-from helpers.choosing.hybrid import (
-    CANCELLED,
-    FAILED,
-    JOB_FAILED,
-    JOB_SUCCEEDED,
-    RUNNING,
-    STEP_DONE,
-    STEP_STARTED,
-    SUCCEEDED,
-    read_task,
-)
-from helpers.core.problems import PROBLEM_BASE, PROBLEM_JSON, problem
 from helpers.core.waiting import until
 from helpers.grading.checks import CheckResult, load_checks, run_check
 
 pytestmark = pytest.mark.broker
 
-CHECKS = load_checks("06_hybrid_job")
+LAB = "06_hybrid_job"
+CHECKS = load_checks(LAB)
+
+JOB_FAILED_BRANCH = (
+    '\n    elif event.type == JOB_FAILED:\n        job.state, job.failed_step, job.reason = FAILED, data["step"], data["reason"]'
+)
+RETRY_AFTER = '    headers = {} if job.final else {"Retry-After": str(jobs.retry_after_s)}'
+FAILED_AS_PROBLEM = "        return web.json_response(job.to_json(), content_type=PROBLEM_JSON)"
+EDITS: dict[str, tuple[Edit, ...]] = {
+    "200 instead of 202": (("json_response(job.accepted, status=202,", "json_response(job.accepted, status=200,"),),
+    "no Location": (('headers={"Location": f"/jobs/{job.job_id}", "Retry-After"', 'headers={"Retry-After"'),),
+    "302 instead of 303": (("status=303, headers", "status=302, headers"),),
+    "a failed step not applied": ((JOB_FAILED_BRANCH, ""),),
+    "a new job per retry": (("    job = jobs.by_key(key) if key else None\n", "    job = None  # never looks the key up\n"),),
+    "a cosmetic cancel": (("    await jobs.cancel(job)\n", "    job.state = CANCELLED  # the workers are never told\n"),),
+    "a repeat counted": (
+        ('job.state, job.done = RUNNING, max(job.done, data["done"])', "job.state, job.done = RUNNING, job.done + 1"),
+    ),
+    "a finished job moved": (("    if job.final:\n        return\n    data = event.data", "    data = event.data"),),
+    "a failure not problem+json": ((FAILED_AS_PROBLEM, "        return web.json_response(job.to_json())"),),
+    "a failure as 500": ((FAILED_AS_PROBLEM, FAILED_AS_PROBLEM.replace("content_type=", "status=500, content_type=")),),
+    "no Retry-After": ((RETRY_AFTER, "    headers = {}"),),
+    "Retry-After when final": ((RETRY_AFTER, '    headers = {"Retry-After": str(jobs.retry_after_s)}'),),
+    "a 400 of type about:blank": ((',\n                       f"{PROBLEM_BASE}invalid-task")', ")"),),
+}
+"""Each classic mistake as an edit of the solution notebook's code (tests/lab_submissions.py)."""
 
 
-def solution(**overrides: Any) -> dict[str, Any]:
-    """The lab's answers as a namespace of functions; ``overrides`` swaps in a mistake."""
-
-    async def start_job(request: web.Request, jobs: Any) -> web.Response:
-        task = await read_task(request)
-        if task is None:
-            return problem(400, "Invalid task", 'send JSON like {"task": "..."}', f"{PROBLEM_BASE}invalid-task")
-        key = request.headers.get("Idempotency-Key")
-        job = jobs.by_key(key) if key else None
-        if job is not None and job.task != task:
-            return problem(422, "Idempotency-Key reused", "this key came with another task", f"{PROBLEM_BASE}key-reused")
-        if job is None:
-            job = jobs.create(task, key)
-            await jobs.start(job)
-        headers = {"Location": f"/jobs/{job.job_id}", "Retry-After": str(jobs.retry_after_s)}
-        return web.json_response(job.accepted, status=202, headers=headers)
-
-    def apply_event(job: Any, event: Any) -> None:
-        if job.final:
-            return
-        data = event.data
-        if event.type == STEP_STARTED:
-            job.state, job.step = RUNNING, data["step"]
-        elif event.type == STEP_DONE:
-            job.state, job.done = RUNNING, max(job.done, data["done"])
-        elif event.type == JOB_SUCCEEDED:
-            job.state, job.done, job.result = SUCCEEDED, job.total, data["result"]
-        elif event.type == JOB_FAILED:
-            job.state, job.failed_step, job.reason = FAILED, data["step"], data["reason"]
-
-    async def job_status(request: web.Request, jobs: Any) -> web.Response:
-        job = jobs.get(request.match_info["job_id"])
-        if job is None:
-            return problem(404, "Unknown job", "no such job", f"{PROBLEM_BASE}unknown-job")
-        if job.state == SUCCEEDED:
-            return web.json_response(job.to_json(), status=303, headers={"Location": job.result_path})
-        if job.state == FAILED:
-            return web.json_response(job.to_json(), content_type=PROBLEM_JSON)
-        headers = {} if job.final else {"Retry-After": str(jobs.retry_after_s)}
-        return web.json_response(job.to_json(), headers=headers)
-
-    async def cancel_job(request: web.Request, jobs: Any) -> web.Response:
-        job = jobs.get(request.match_info["job_id"])
-        if job is None:
-            return problem(404, "Unknown job", "no such job", f"{PROBLEM_BASE}unknown-job")
-        if job.final:
-            return problem(409, "Job already finished", f"the job is {job.state}", f"{PROBLEM_BASE}job-finished")
-        await jobs.cancel(job)
-        return web.json_response(job.to_json())
-
-    ns: dict[str, Any] = {
-        "start_job": start_job,
-        "apply_event": apply_event,
-        "job_status": job_status,
-        "cancel_job": cancel_job,
-    }
-    ns.update(overrides)
-    return ns
+def mistake(name: str) -> dict[str, Any]:
+    """The solution notebook's namespace with the mistake ``name`` of EDITS made."""
+    return submission(LAB, *EDITS[name])
 
 
 async def results(ns: dict[str, Any], names: set[str] | None = None) -> dict[str, CheckResult]:
@@ -101,99 +60,60 @@ async def results(ns: dict[str, Any], names: set[str] | None = None) -> dict[str
 
 
 async def test_the_answer_passes_every_check() -> None:
-    got = await results(solution())
+    got = await results(submission(LAB))
     failed = {name: r.message for name, r in got.items() if not r.passed}
     assert not failed
     assert sum(r.points for r in got.values()) == CHECKS.max_points() == 21
 
 
 async def test_the_unwritten_lab_fails_every_check_saying_what_is_missing() -> None:
-    async def todo(*args: Any) -> Any:
-        raise NotImplementedError("your code here")
-
-    def todo_sync(*args: Any) -> Any:
-        raise NotImplementedError("your code here")
-
-    ns = {"start_job": todo, "apply_event": todo_sync, "job_status": todo, "cancel_job": todo}
-    got = await results(ns)
+    got = await results(shipped_lab(LAB))
     assert not any(r.passed for r in got.values())
     assert all("is not written yet" in r.message for r in got.values()), {n: r.message for n, r in got.items()}
 
 
 async def test_200_instead_of_202_is_caught() -> None:
-    sound = solution()["start_job"]
-
-    async def ok_200(request: web.Request, jobs: Any) -> web.Response:
-        answer = await sound(request, jobs)
-        answer.set_status(200)
-        return answer
-
-    got = await results(solution(start_job=ok_200), {"answers_202_with_location_and_retry_after"})
+    got = await results(mistake("200 instead of 202"), {"answers_202_with_location_and_retry_after"})
     message = got["answers_202_with_location_and_retry_after"].message
-    assert "200 OK" in message and "202 Accepted" in message
+    assert "200 OK" in message, message
+    assert "202 Accepted" in message, message
 
 
 async def test_no_location_is_caught() -> None:
-    sound = solution()["start_job"]
-
-    async def nowhere(request: web.Request, jobs: Any) -> web.Response:
-        answer = await sound(request, jobs)
-        del answer.headers["Location"]
-        return answer
-
-    got = await results(solution(start_job=nowhere), {"answers_202_with_location_and_retry_after"})
+    got = await results(mistake("no Location"), {"answers_202_with_location_and_retry_after"})
     assert "no Location header" in got["answers_202_with_location_and_retry_after"].message
 
 
 async def test_302_instead_of_303_is_caught() -> None:
-    sound = solution()["job_status"]
-
-    async def found(request: web.Request, jobs: Any) -> web.Response:
-        answer = await sound(request, jobs)
-        if answer.status == 303:
-            answer.set_status(302)
-        return answer
-
-    got = await results(solution(job_status=found), {"a_finished_job_answers_303_to_its_result"})
+    got = await results(mistake("302 instead of 303"), {"a_finished_job_answers_303_to_its_result"})
     message = got["a_finished_job_answers_303_to_its_result"].message
-    assert "302 Found" in message and "303 See Other" in message
+    assert "302 Found" in message, message
+    assert "303 See Other" in message, message
 
 
 async def test_a_job_left_running_when_a_step_fails_is_caught() -> None:
-    sound = solution()["apply_event"]
-
-    def no_failures(job: Any, event: Any) -> None:
-        if event.type != JOB_FAILED:  # the mistake: a failed step is not applied
-            sound(job, event)
-
-    got = await results(solution(apply_event=no_failures), {"a_failed_step_ends_the_job", "follows_a_job_to_success"})
+    got = await results(mistake("a failed step not applied"), {"a_failed_step_ends_the_job", "follows_a_job_to_success"})
     assert got["follows_a_job_to_success"].passed
-    message = got["a_failed_step_ends_the_job"].message
-    assert not got["a_failed_step_ends_the_job"].passed and "still says 'running'" in message and "never leaves" in message
+    result = got["a_failed_step_ends_the_job"]
+    assert not result.passed
+    assert "still says 'running'" in result.message, result.message
+    assert "never leaves" in result.message, result.message
 
 
 async def test_a_new_job_per_retry_is_caught() -> None:
-    sound = solution()["start_job"]
-
-    async def forgetful(request: web.Request, jobs: Any) -> web.Response:
-        task = await read_task(request)
-        if task is None:
-            return await sound(request, jobs)
-        job = jobs.create(task, request.headers.get("Idempotency-Key"))  # the mistake: never looks the key up
-        await jobs.start(job)
-        return web.json_response(job.accepted, status=202, headers={"Location": job.path, "Retry-After": "1"})
-
     got = await results(
-        solution(start_job=forgetful),
+        mistake("a new job per retry"),
         {"a_retry_with_the_same_key_gets_the_same_job", "answers_202_with_location_and_retry_after"},
     )
     assert got["answers_202_with_location_and_retry_after"].passed
     message = got["a_retry_with_the_same_key_gets_the_same_job"].message
-    assert "answered 409" in message and "jobs.by_key(key)" in message, message
+    assert "answered 409" in message, message
+    assert "jobs.by_key(key)" in message, message
 
 
 async def test_a_kickoff_that_waits_for_the_work_is_caught() -> None:
-    sound = solution()["start_job"]
+    ns = submission(LAB)
+    sound = ns["start_job"]
 
     async def patient(request: web.Request, jobs: Any) -> web.Response:
         answer = await sound(request, jobs)
@@ -201,70 +121,28 @@ async def test_a_kickoff_that_waits_for_the_work_is_caught() -> None:
         await until(lambda: job.final, 5)  # the mistake: a sync endpoint in disguise
         return answer
 
-    got = await results(solution(start_job=patient), {"kickoff_answers_before_the_work"})
+    got = await results(replaced(ns, start_job=patient), {"kickoff_answers_before_the_work"})
     assert "without waiting for the work" in got["kickoff_answers_before_the_work"].message
 
 
 async def test_a_cancel_that_only_changes_the_state_is_caught() -> None:
-    async def cosmetic(request: web.Request, jobs: Any) -> web.Response:
-        job = jobs.get(request.match_info["job_id"])
-        job.state = CANCELLED  # the mistake: the workers are never told
-        return web.json_response(job.to_json())
-
-    got = await results(solution(cancel_job=cosmetic), {"cancel_stops_the_running_step"})
+    got = await results(mistake("a cosmetic cancel"), {"cancel_stops_the_running_step"})
     assert "kept running" in got["cancel_stops_the_running_step"].message
 
 
 async def test_counting_repeats_and_moving_finished_jobs_are_caught() -> None:
-    def plus_one(job: Any, event: Any) -> None:
-        if job.final:
-            return
-        if event.type == STEP_STARTED:
-            job.state = RUNNING
-        elif event.type == STEP_DONE:
-            job.done += 1  # the mistake: a repeated event counts twice
-        elif event.type == JOB_SUCCEEDED:
-            job.state, job.result = SUCCEEDED, event.data["result"]
-
-    reference = solution()["apply_event"]
-
-    def unguarded(job: Any, event: Any) -> None:
-        if job.final and event.type == STEP_STARTED:
-            job.state = RUNNING  # the mistake: a late event revives a finished job
-            return
-        reference(job, event)
-
-    got = await results(solution(apply_event=plus_one), {"a_repeated_event_counts_once"})
+    got = await results(mistake("a repeat counted"), {"a_repeated_event_counts_once"})
     assert "a repeat is not a new step" in got["a_repeated_event_counts_once"].message
-    got = await results(solution(apply_event=unguarded), {"a_finished_job_never_moves"})
+    got = await results(mistake("a finished job moved"), {"a_finished_job_never_moves"})
     assert "once a job is final" in got["a_finished_job_never_moves"].message
 
 
 async def test_status_mistakes_are_caught() -> None:
-    sound = solution()["job_status"]
-
-    async def plain_failure(request: web.Request, jobs: Any) -> web.Response:
-        job = jobs.get(request.match_info["job_id"])
-        if job is not None and job.state == FAILED:
-            return web.json_response(job.to_json())  # the mistake: not problem+json
-        return await sound(request, jobs)
-
-    async def failure_as_500(request: web.Request, jobs: Any) -> web.Response:
-        job = jobs.get(request.match_info["job_id"])
-        if job is not None and job.state == FAILED:
-            return web.json_response(job.to_json(), status=500, content_type=PROBLEM_JSON)
-        return await sound(request, jobs)
-
-    async def no_retry_after(request: web.Request, jobs: Any) -> web.Response:
-        answer = await sound(request, jobs)
-        answer.headers.pop("Retry-After", None)
-        return answer
-
-    got = await results(solution(job_status=plain_failure), {"a_failed_job_is_problem_json"})
+    got = await results(mistake("a failure not problem+json"), {"a_failed_job_is_problem_json"})
     assert "application/problem+json" in got["a_failed_job_is_problem_json"].message
-    got = await results(solution(job_status=failure_as_500), {"a_failed_job_is_problem_json"})
+    got = await results(mistake("a failure as 500"), {"a_failed_job_is_problem_json"})
     assert "reading the status worked" in got["a_failed_job_is_problem_json"].message
-    got = await results(solution(job_status=no_retry_after), {"an_unfinished_job_reports_its_state"})
+    got = await results(mistake("no Retry-After"), {"an_unfinished_job_reports_its_state"})
     assert "no Retry-After" in got["an_unfinished_job_reports_its_state"].message
 
 
@@ -278,8 +156,10 @@ async def test_a_kickoff_without_validation_is_caught() -> None:
         await jobs.start(job)
         return web.json_response(job.accepted, status=202, headers={"Location": job.path, "Retry-After": "1"})
 
-    got = await results(solution(start_job=trusting), {"rejects_a_bad_task_at_once"})
-    assert not got["rejects_a_bad_task_at_once"].passed and "expected 400" in got["rejects_a_bad_task_at_once"].message
+    got = await results(replaced(submission(LAB), start_job=trusting), {"rejects_a_bad_task_at_once"})
+    result = got["rejects_a_bad_task_at_once"]
+    assert not result.passed
+    assert "expected 400" in result.message, result.message
 
 
 async def test_checks_that_draw_a_step_pass_whichever_step_they_draw() -> None:
@@ -291,26 +171,15 @@ async def test_checks_that_draw_a_step_pass_whichever_step_they_draw() -> None:
         "a_failed_job_is_problem_json",
     }
     for _ in range(4):
-        got = await results(solution(), names)
+        got = await results(submission(LAB), names)
         assert all(r.passed for r in got.values()), {n: r.message for n, r in got.items() if not r.passed}
 
 
 async def test_a_400_without_a_course_problem_type_is_caught() -> None:
-    async def about_blank(request: web.Request, jobs: Any) -> web.Response:
-        if await read_task(request) is None:
-            return problem(400, "Invalid task", "send a task")  # the mistake: type stays about:blank
-        raise AssertionError("only bad bodies are sent by this check")
-
-    got = await results(solution(start_job=about_blank), {"rejects_a_bad_task_at_once"})
+    got = await results(mistake("a 400 of type about:blank"), {"rejects_a_bad_task_at_once"})
     assert "PROBLEM_BASE" in got["rejects_a_bad_task_at_once"].message
 
 
 async def test_retry_after_on_a_cancelled_job_is_caught() -> None:
-    async def always_retry_after(request: web.Request, jobs: Any) -> web.Response:
-        job = jobs.get(request.match_info["job_id"])
-        if job.state in (SUCCEEDED, FAILED):
-            raise AssertionError("this check only reads a cancelled job")
-        return web.json_response(job.to_json(), headers={"Retry-After": str(jobs.retry_after_s)})  # the mistake: final too
-
-    got = await results(solution(job_status=always_retry_after), {"a_cancelled_job_has_no_retry_after"})
+    got = await results(mistake("Retry-After when final"), {"a_cancelled_job_has_no_retry_after"})
     assert "a cancelled job is final" in got["a_cancelled_job_has_no_retry_after"].message

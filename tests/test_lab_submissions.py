@@ -9,6 +9,7 @@ the rule that was broken.
 
 from __future__ import annotations
 
+import importlib
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,9 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from lab_submissions import Edit, submission
+from lab_submissions import Edit, edited, notebook_definitions, replaced, solution_source, submission, warmup_kernel
 
-from helpers.core.http import start_service
 from helpers.grading.checks import CheckResult, load_checks, run_check
 
 
@@ -325,12 +325,8 @@ async def _kernel(variant: Variant) -> AsyncIterator[dict[str, Any]]:
     if variant.lab != "00_warmup":
         yield ns
         return
-    ns["svc"] = await start_service("hello", ns["hello"])
-    try:
-        ns["p50_ms"] = await ns["measure_p50"](f"{ns['svc'].url}/", 20)
+    async with warmup_kernel(ns):
         yield ns
-    finally:
-        await ns["svc"].stop()
 
 
 async def _judge(variant: Variant) -> dict[str, CheckResult]:
@@ -371,3 +367,46 @@ def test_the_classic_mistakes_are_among_them() -> None:
         "04 mistake: a dedupe on the order id",
     ):
         assert VARIANTS[label].fails, label
+
+
+# --------------------------------------------------------------------------- drift between a solution and its tests
+
+CHECK_TESTS = ("test_lab00_checks", "test_lab04_checks", "test_lab06_checks", "test_lab07_checks")
+
+
+@pytest.mark.parametrize("module", CHECK_TESTS)
+def test_every_mistake_of_the_check_tests_is_still_an_edit_of_the_solution(module: str) -> None:
+    """Without a broker: each classic mistake's edits still find their text in today's solution notebook."""
+    tests = importlib.import_module(module)
+    assert tests.EDITS, f"{module} has no mistakes"
+    source = solution_source(tests.LAB)
+    for name, edits in tests.EDITS.items():
+        assert edited(source, *edits) != source, f"{module}: {name!r} changes nothing"
+        assert submission(tests.LAB, *edits), name  # and the edited code still runs
+
+
+def test_every_submission_here_is_still_an_edit_of_the_solution() -> None:
+    for label, variant in VARIANTS.items():
+        assert submission(variant.lab, *variant.edits), label
+
+
+def test_an_edit_the_solution_does_not_have_fails_loudly() -> None:
+    with pytest.raises(AssertionError, match="occurs 0 times"):
+        submission("04_reliable_consumer", ("QOS = 7\n", "QOS = 0\n"))
+    with pytest.raises(AssertionError, match="occurs 2 times"):
+        edited("ack(); ack()", ("ack()", "pass"))
+
+
+def test_a_function_the_solution_does_not_define_cannot_be_swapped_in() -> None:
+    ns = submission("04_reliable_consumer")
+    with pytest.raises(AssertionError, match="no longer defines"):
+        replaced(ns, run_consumerr=lambda: None)
+    assert replaced(ns, apply_once=len)["apply_once"] is len
+
+
+def test_a_lesson_cell_that_is_gone_fails_loudly() -> None:
+    from lesson04_fixes import NOTEBOOK
+
+    assert set(notebook_definitions(NOTEBOOK, ["partition_for"])) >= {"partition_for", "zlib"}
+    with pytest.raises(AssertionError, match="changed"):
+        notebook_definitions(NOTEBOOK, ["partition_for", "no_such_fix"])
