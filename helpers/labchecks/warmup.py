@@ -251,7 +251,8 @@ class _Counted:
     def __init__(self, latency: float) -> None:
         self.latency, self.requests, self.in_flight, self.most_at_once = latency, 0, 0, 0
 
-    async def __call__(self, _: web.Request) -> web.Response:
+    async def handle(self, _: web.Request) -> web.Response:
+        """The request handler (a bound coroutine method: aiohttp deprecates callable objects as handlers)."""
         self.requests += 1
         self.in_flight += 1
         self.most_at_once = max(self.most_at_once, self.in_flight)
@@ -264,7 +265,7 @@ class _Counted:
 
 async def _measure(ctx: Context, latency: float, n: int) -> tuple[float, _Counted]:
     counted = _Counted(latency)
-    svc = await ctx.service("measured", counted)
+    svc = await ctx.service("measured", counted.handle)
     p50 = await ctx.call("measure_p50", svc.url, n, timeout=8.0)
     expect(finite(p50), f"measure_p50 should return a number of milliseconds, got {p50!r}")
     return float(p50), counted
