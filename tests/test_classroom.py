@@ -28,7 +28,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
 from helpers.core import internals, mosquitto
-from helpers.core.broker import Broker, BrokerError, ConnectRefused, SubscriptionRefused, parse_mqtt_url
+from helpers.core.broker import Broker, BrokerError, ConnectRefused, SubscriptionRefused, _CourseClient, parse_mqtt_url
 from helpers.core.receive import collect
 from helpers.tools import classroom
 from helpers.tools.classroom import Learner, RosterError, read_roster, write_classroom
@@ -218,6 +218,7 @@ async def test_prefixing_is_transparent_and_the_instructor_sees_the_real_topic(a
     assert got.payload == b"order 1"
     assert seen_by_spy == ["orders/placed"], "a spy on paho's on_message sees the topic the code used too"
     assert str(observed.topic) == "course/ada/orders/placed", "on the wire the topic is under the learner's prefix"
+    assert isinstance(consumer, _CourseClient), "Broker.client gives the course's client, which knows its wire id"
     assert (consumer.identifier, consumer.wire_identifier) == ("fulfilment", "ada:fulfilment")
 
 

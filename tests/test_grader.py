@@ -102,8 +102,8 @@ def tiny_notebook(path: Path, **replace: str) -> Path:
     return path
 
 
-def tiny_options(tiny_checks: Path, **kwargs: float) -> Options:
-    return Options(checks_dir=tiny_checks, cell_timeout=kwargs.pop("cell_timeout", 4), total_timeout=60, **kwargs)
+def tiny_options(tiny_checks: Path, *, cell_timeout: float = 4, check_timeout: float | None = None) -> Options:
+    return Options(checks_dir=tiny_checks, cell_timeout=cell_timeout, check_timeout=check_timeout, total_timeout=60)
 
 
 def points(result: Result) -> dict[str, float]:
@@ -481,7 +481,12 @@ def test_options_are_resolved_once_into_a_frozen_plan(tmp_path: Path, monkeypatc
 
     asked: list[str] = []
     resolve = planning.boxes.resolve
-    monkeypatch.setattr(planning.boxes, "resolve", lambda mode: (asked.append(mode), resolve(mode))[1])
+
+    def counted(mode: str) -> tuple[str, str]:
+        asked.append(mode)
+        return resolve(mode)
+
+    monkeypatch.setattr(planning.boxes, "resolve", counted)
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     files = [tmp_path / "a" / "one.ipynb", tmp_path / "b" / "two.ipynb"]

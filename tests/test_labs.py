@@ -243,7 +243,7 @@ def test_checks_registry_counts_hidden_points_and_rejects_mistakes() -> None:
     assert demo.max_points() == 4
     assert demo.max_points("q1") == 3
     with pytest.raises(LabError, match="async def"):
-        demo.check("q3")(lambda ctx: None)  # type: ignore[arg-type] # a sync lambda on purpose: the registry must refuse it
+        demo.check("q3")(lambda ctx: None)  # type: ignore[arg-type, return-value]  # a sync lambda on purpose: the registry must refuse it
 
     async def doubles(ctx: Context) -> None:
         return None
