@@ -112,7 +112,8 @@ async def test_a_check_that_times_out_on_a_blocking_call_says_so() -> None:
         await asyncio.sleep(30)  # ...so the check's deadline fires only at this await
 
     result = await run_check(next(iter(demo)), {"work": work})
-    assert not result.passed and "blocked the event loop" in result.message, result.message
+    assert not result.passed, result.message
+    assert "blocked the event loop" in result.message, result.message
 
 
 async def test_loop_lag_sees_blocking_and_not_waiting() -> None:
@@ -329,7 +330,8 @@ def test_a_checks_module_may_define_a_dataclass(tmp_path: Path) -> None:
     checks = load_checks("95_dc_lab", tmp_path)
     assert not {name for name in set(sys.modules) - before if name.startswith("_labchecks")}, "nothing left behind"
     result = asyncio.run(run_check(checks.of("q1")[0], {}))
-    assert result.passed and result.message == "p", result
+    assert result.passed, result
+    assert result.message == "p", result
 
 
 async def test_wire_watch_sees_what_each_client_received_and_acknowledged(broker: Any, topic: str) -> None:

@@ -28,7 +28,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
 from helpers.core import internals, mosquitto
-from helpers.core.broker import Broker, BrokerError, ConnectRefused, SubscriptionRefused, parse_mqtt_url
+from helpers.core.broker import Broker, BrokerError, ConnectRefused, SubscriptionRefused, _CourseClient, parse_mqtt_url
 from helpers.core.receive import collect
 from helpers.tools import classroom
 from helpers.tools.classroom import Learner, RosterError, read_roster, write_classroom
@@ -108,7 +108,8 @@ def test_written_files_hash_passwords_and_hand_out_urls(tmp_path: Path) -> None:
     written = write_classroom(learners, tmp_path / "room", port=18883)
     room = tmp_path / "room"
     passwords = {a.username: a.password for a in written.accounts}
-    assert passwords["grace"] == "p:ss w/rd%" and len(passwords["ada"]) >= 16, "given passwords kept, missing ones random"
+    assert passwords["grace"] == "p:ss w/rd%", "given passwords kept"
+    assert len(passwords["ada"]) >= 16, "missing ones random"
     assert passwords["ada"] != write_classroom(learners, tmp_path / "other", port=18883).accounts[0].password
     for name in ("mosquitto.conf", "passwd", "acl"):
         text = (room / name).read_text()
@@ -116,7 +117,8 @@ def test_written_files_hash_passwords_and_hand_out_urls(tmp_path: Path) -> None:
     assert [line.split(":", 1)[0] for line in (room / "passwd").read_text().splitlines()] == ["ada", "grace", "instructor"]
     assert "pattern readwrite course/%u/#" in (room / "acl").read_text()
     conf = (room / "mosquitto.conf").read_text()
-    assert "allow_anonymous false" in conf and "listener 18883 127.0.0.1" in conf, "no anonymous clients; loopback by default"
+    assert "allow_anonymous false" in conf, "no anonymous clients"
+    assert "listener 18883 127.0.0.1" in conf, "loopback by default"
     for private in ("passwd", "handout.csv"):
         assert stat.S_IMODE((room / private).stat().st_mode) == 0o600, f"{private} must be private to its owner"
     with (room / "handout.csv").open() as fh:
@@ -216,6 +218,7 @@ async def test_prefixing_is_transparent_and_the_instructor_sees_the_real_topic(a
     assert got.payload == b"order 1"
     assert seen_by_spy == ["orders/placed"], "a spy on paho's on_message sees the topic the code used too"
     assert str(observed.topic) == "course/ada/orders/placed", "on the wire the topic is under the learner's prefix"
+    assert isinstance(consumer, _CourseClient), "Broker.client gives the course's client, which knows its wire id"
     assert (consumer.identifier, consumer.wire_identifier) == ("fulfilment", "ada:fulfilment")
 
 
@@ -294,7 +297,8 @@ async def test_shared_subscriptions_work_under_the_prefix(ada: Broker, instructo
         assert len(await collect(observer, expected=6, timeout=5)) == 6
         a, b = await collect(one, idle=0.3, timeout=3), await collect(two, idle=0.3, timeout=3)
     assert sorted(str(m.topic) for m in a + b) == [f"jobs/{i}" for i in range(6)], "each job once, topic without prefix"
-    assert a and b, "the group split the work"
+    assert a, "the group split the work: the first member got none"
+    assert b, "the group split the work: the second member got none"
 
 
 @pytest.mark.broker

@@ -102,8 +102,8 @@ def tiny_notebook(path: Path, **replace: str) -> Path:
     return path
 
 
-def tiny_options(tiny_checks: Path, **kwargs: float) -> Options:
-    return Options(checks_dir=tiny_checks, cell_timeout=kwargs.pop("cell_timeout", 4), total_timeout=60, **kwargs)
+def tiny_options(tiny_checks: Path, *, cell_timeout: float = 4, check_timeout: float | None = None) -> Options:
+    return Options(checks_dir=tiny_checks, cell_timeout=cell_timeout, check_timeout=check_timeout, total_timeout=60)
 
 
 def points(result: Result) -> dict[str, float]:
@@ -296,7 +296,8 @@ async def test_deleted_check_cell_runs_its_checks_before_the_clean_up_cell(tmp_p
     result = await grade_file(path)
     assert result.full_marks, result.failures()
     notes = " | ".join(result.notes)
-    assert 'no check("q3") cell found: its checks ran before code cell' in notes and "await stop_all()" in notes, notes
+    assert 'no check("q3") cell found: its checks ran before code cell' in notes, notes
+    assert "await stop_all()" in notes, notes
     assert 'no check("q1") cell found: its checks ran before code cell' in notes, notes
     # without the lab as shipped to go by they run after the last cell: the service is gone by then
     late = await grade_file(path, Options(labs_dir=None))
@@ -336,7 +337,8 @@ async def test_monkeypatching_check_checks_module_and_helpers_does_not_change_th
         nb.cells.insert(2, new_code_cell(sabotage))
 
     lab = await grade_file(warmup_variant(tmp_path / "cheat_00_warmup.ipynb", add, from_lab=True))
-    assert lab.status == "graded" and lab.score == 0, lab.failures()
+    assert lab.status == "graded", lab.failures()
+    assert lab.score == 0, lab.failures()
     assert any("helpers.grading.checks.run_check was replaced" in f for f in lab.flags), lab.flags
 
 
@@ -403,7 +405,8 @@ async def test_malformed_cells_are_graded_not_crashed(tiny_checks: Path, tmp_pat
     }
     path.write_text(json.dumps(doc), encoding="utf-8")
     result = await grade_file(path, tiny_options(tiny_checks))
-    assert result.status == "graded" and points(result) == {"q1": 2, "q2": 0, "q3": 1}, result.failures()
+    assert result.status == "graded", result.failures()
+    assert points(result) == {"q1": 2, "q2": 0, "q3": 1}, result.failures()
 
 
 async def test_unknown_lab_is_an_error_row(tmp_path: Path) -> None:
@@ -478,7 +481,12 @@ def test_options_are_resolved_once_into_a_frozen_plan(tmp_path: Path, monkeypatc
 
     asked: list[str] = []
     resolve = planning.boxes.resolve
-    monkeypatch.setattr(planning.boxes, "resolve", lambda mode: (asked.append(mode), resolve(mode))[1])
+
+    def counted(mode: str) -> tuple[str, str]:
+        asked.append(mode)
+        return resolve(mode)
+
+    monkeypatch.setattr(planning.boxes, "resolve", counted)
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     files = [tmp_path / "a" / "one.ipynb", tmp_path / "b" / "two.ipynb"]
@@ -488,7 +496,8 @@ def test_options_are_resolved_once_into_a_frozen_plan(tmp_path: Path, monkeypatc
     plan = resolve_plan(Options(sandbox="none", hide=(reports,), labs_dir=None), files)
     assert asked == ["none"]
     assert plan.sandbox == "none"
-    assert plan.seed and plan.seed == dataclasses.replace(plan).seed, "a seed is drawn once, when none is given"
+    assert plan.seed, "a seed is drawn when none is given"
+    assert plan.seed == dataclasses.replace(plan).seed, "a seed is drawn once"
     assert resolve_plan(Options(sandbox="none", seed="s1"), files).seed == "s1"
     assert {reports, tmp_path / "a", tmp_path / "b", Path.cwd(), Path.home()} <= set(plan.hide)
     assert set(plan.describe()) == {"cell_timeout_s", "total_timeout_s", "broker", "jobs", "alone", "seed", "sandbox"}

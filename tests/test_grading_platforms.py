@@ -28,7 +28,7 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]  # no stubs: types-jsonschema is not among the dev pins
 import nbformat
 import pytest
 from test_grader import cell_with
@@ -155,7 +155,8 @@ def test_gradescope_package_grades_like_the_plain_grader(python: str, plain: dic
         cwd=gs / "source",
         timeout=300,
     )
-    assert setup.returncode == 0 and "setup.sh: done" in setup.stdout, setup.stdout + setup.stderr[-2000:]
+    assert setup.returncode == 0, setup.stdout + setup.stderr[-2000:]
+    assert "setup.sh: done" in setup.stdout, setup.stdout + setup.stderr[-2000:]
     shutil.copy2(gs / "source" / "run_autograder", gs / "run_autograder")  # where Gradescope puts it
     metadata = {"created_at": "2026-12-07T04:00:00Z", "due_date": "2026-12-08T00:00:00Z", "users": [{"name": "Ada"}]}
     (gs / "submission_metadata.json").write_text(json.dumps(metadata), encoding="utf-8")
@@ -183,7 +184,8 @@ def test_gradescope_package_grades_like_the_plain_grader(python: str, plain: dic
     assert "await round_trip" not in json.dumps(docs["partial"])  # no code hints anywhere
     for kind, why in (("wrong_lab", "wrong lab: this notebook is lab 04_reliable_consumer"), ("not_a_notebook", "not a Jupyter")):
         doc = docs[kind]
-        assert doc["score"] == 0 and len(doc["tests"]) == 1, doc
+        assert doc["score"] == 0, doc
+        assert len(doc["tests"]) == 1, doc
         assert doc["tests"][0]["visibility"] == "visible"
         assert why in doc["tests"][0]["output"]
 
@@ -225,7 +227,8 @@ def test_prairielearn_package_grades_like_the_plain_grader(python: str, plain: d
     assert "await round_trip" not in json.dumps(docs["partial"])
     for kind, why in (("wrong_lab", "wrong lab"), ("not_a_notebook", "not a Jupyter")):
         doc = docs[kind]
-        assert doc["gradable"] is False and why in doc["format_errors"][0], doc
+        assert doc["gradable"] is False, doc
+        assert why in doc["format_errors"][0], doc
 
 
 def test_unknown_lab_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -11,6 +11,7 @@ import csv
 import json
 import os
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 import pytest
 from test_grader import TINY_CHECKS, tiny_notebook
@@ -30,7 +31,17 @@ def tiny_checks(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def check(question: str, name: str, passed: bool, *, points: float = 1, hidden: bool = False, **more: str) -> CheckResult:
+class Texts(TypedDict, total=False):
+    """What a failed check may say besides its description."""
+
+    message: str
+    hint: str
+    code_hint: str
+
+
+def check(
+    question: str, name: str, passed: bool, *, points: float = 1, hidden: bool = False, **more: Unpack[Texts]
+) -> CheckResult:
     """One check's result, as the grader records it."""
     return CheckResult(question, name, f"{name} works", passed, points if passed else 0.0, points, hidden=hidden, **more)
 

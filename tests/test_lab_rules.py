@@ -186,7 +186,8 @@ def test_every_stated_rule_is_judged_by_a_visible_check(lab: str) -> None:
         assert judge.question == rule.question, f"{lab}: {rule.visible} is a check of {judge.question}, not {rule.question}"
         for name in rule.hidden:
             variant = checks.get(name)
-            assert variant is not None and variant.hidden, f"{lab}: {name} (listed under '{label}') is not a hidden check"
+            assert variant is not None, f"{lab}: {name} (listed under '{label}') is not a check"
+            assert variant.hidden, f"{lab}: {name} (listed under '{label}') is not a hidden check"
             assert variant.question == rule.question, f"{lab}: {name} belongs to {variant.question}, '{label}' to {rule.question}"
 
 
@@ -200,4 +201,5 @@ def test_every_hidden_check_varies_a_rule_a_visible_check_judges(lab: str) -> No
         "(or list the hidden check under its rule in RULES, or in UNSTATED with the reason)"
     )
     for name, why in UNSTATED[lab].items():
-        assert name in hidden and why, f"{lab}: UNSTATED lists {name}, which is not a hidden check, or gives no reason"
+        assert name in hidden, f"{lab}: UNSTATED lists {name}, which is not a hidden check"
+        assert why, f"{lab}: UNSTATED gives no reason for {name}"

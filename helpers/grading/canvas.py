@@ -169,16 +169,16 @@ def fill(gradebook: Path, roster: Path, results: Sequence[Result], out: Path | N
     header = table[0]
     col = choose_column(header, lab, column)
     done = Filled(header[col], out)
-    ids = {name: header.index(name) for name in KEYS if name in header}
-    students = [i for i, row in enumerate(table[1:], 1) if len(row) > col and row[1].strip() and not _special(row)]
+    rows = [i for i, row in enumerate(table[1:], 1) if len(row) > col and row[1].strip() and not _special(row)]
+    students = _Students(table, rows, ids={name: header.index(name) for name in KEYS if name in header})
     scale = _points_possible(table, col)
-    targets, conflicted = _match(results, read_roster(roster), table, students, ids, done)
+    targets, conflicted = _match(results, read_roster(roster), students, done)
     edits: dict[int, str] = {}
     for row, result in targets.items():
         score = result.score / result.max_score * scale if scale is not None and result.max_score else result.score
         edits[row] = format_points(round(score, 2))
         done.written[table[row][0]] = edits[row]
-    done.missing = [table[i][0] for i in students if i not in targets and i not in conflicted]
+    done.missing = [table[i][0] for i in students.rows if i not in targets and i not in conflicted]
     pieces, last = [], 0
     for row in sorted(edits):
         a, b = spans[row][col]
@@ -203,13 +203,27 @@ def _points_possible(table: list[list[str]], col: int) -> float | None:
     return None
 
 
+@dataclass(frozen=True)
+class _Students:
+    """The gradebook's student rows, and where each of Canvas's id columns is."""
+
+    table: list[list[str]]
+    rows: list[int]
+    """Indexes into ``table`` of the rows that are students (not the header or Canvas's special rows)."""
+    ids: dict[str, int]
+    """Canvas id column (one of :data:`KEYS`) -> its index in a row."""
+
+    def row_of(self, who: tuple[str, str]) -> int | None:
+        """The one student row whose id column ``who[0]`` holds ``who[1]``; None when none or several do."""
+        column, wanted = who
+        if column not in self.ids:
+            return None
+        rows = [i for i in self.rows if self.table[i][self.ids[column]].strip() == wanted]
+        return rows[0] if len(rows) == 1 else None
+
+
 def _match(
-    results: Sequence[Result],
-    roster: dict[str, tuple[str, str]],
-    table: list[list[str]],
-    students: list[int],
-    ids: dict[str, int],
-    done: Filled,
+    results: Sequence[Result], roster: dict[str, tuple[str, str]], students: _Students, done: Filled
 ) -> tuple[dict[int, Result], set[int]]:
     """(gradebook row -> the graded result for it, rows two submissions claim); what cannot be
     matched goes into ``done``'s lists."""
@@ -220,7 +234,7 @@ def _match(
             done.not_graded.append(f"{name} ({result.error})")
             continue
         who = next((roster[k] for k in submission_keys(result) if k in roster), None)
-        where = _student_row(who, table, students, ids) if who else None
+        where = students.row_of(who) if who else None
         if where is None:
             done.unmatched.append(name if who is None else f"{name} ({who[0]} {who[1]} is not in the gradebook)")
             continue
@@ -228,13 +242,5 @@ def _match(
     conflicted = {row for row, hits in found.items() if len(hits) > 1}
     for row in sorted(conflicted):
         names = ", ".join(Path(r.submission).name for r in found[row])
-        done.conflicts.append(f"{table[row][0]} ({names})")
+        done.conflicts.append(f"{students.table[row][0]} ({names})")
     return {row: hits[0] for row, hits in found.items() if row not in conflicted}, conflicted
-
-
-def _student_row(who: tuple[str, str], table: list[list[str]], students: list[int], ids: dict[str, int]) -> int | None:
-    column, wanted = who
-    if column not in ids:
-        return None
-    rows = [i for i in students if table[i][ids[column]].strip() == wanted]
-    return rows[0] if len(rows) == 1 else None

@@ -124,7 +124,7 @@ class Checks:
         self.lab = lab
         self._checks: list[Check] = []
 
-    def check(
+    def check(  # noqa: PLR0913  the check-writing API: every knob is a keyword a checks module passes
         self,
         question: str,
         *,

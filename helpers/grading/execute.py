@@ -182,9 +182,8 @@ class Execution:
             return False
         nonce = secrets.token_hex(16)  # new for every question: a nonce seen by later cells is already dead
         checks_dir = str(self.ws.checks_dir)
-        source = grade_kernel.boot_source(
-            nonce, self.sub.lab, str(HELPERS_DIR), checks_dir, list(self.sub.markdown), self.plan.seed
-        )
+        given = grade_kernel.Boot(nonce, self.sub.lab, checks_dir, self.sub.markdown, self.plan.seed)
+        source = grade_kernel.boot_source(given, str(HELPERS_DIR))
         out = await kernel.run_source(source, min(BOOT_TIMEOUT_S, self.remaining()), keep=nonce)
         boot = [p for p in tagged(out.cell, nonce) if p.get("boot") == "ok"]
         if not boot or boot[0].get("checks") != [c.name for c in self.sub.checks]:

@@ -91,9 +91,24 @@ def _from_notebook(obj: Any) -> bool:
 def scan(extra_modules: dict[str, ModuleType] | None = None) -> list[str]:
     """Signs that notebook code changed the machinery the checks rely on (best effort)."""
     cells = _cell_files()
-    flags: list[str] = []
     modules = dict(sys.modules)
     modules.update(extra_modules or {})
+    flags = _replaced_functions(modules, cells)
+    for finder in sys.meta_path:
+        if _from_notebook(finder):
+            flags.append(f"an import hook defined in the notebook is installed ({finder!r})")
+    if sys.gettrace() is not None or sys.getprofile() is not None:
+        flags.append("a trace/profile function is installed")
+    flags += _shell_hooks(cells)
+    unique = list(dict.fromkeys(flags))
+    if len(unique) > MAX_FLAGS:
+        unique = unique[:MAX_FLAGS] + [f"... and {len(unique) - MAX_FLAGS} more"]
+    return unique
+
+
+def _replaced_functions(modules: dict[str, ModuleType], cells: set[str]) -> list[str]:
+    """Module attributes, and members of the modules' own classes, whose code was written in a cell."""
+    flags: list[str] = []
     for name, module in modules.items():
         if name == "__main__" or name.startswith("_labchecks") or not isinstance(module, ModuleType):
             continue
@@ -108,11 +123,15 @@ def scan(extra_modules: dict[str, ModuleType] | None = None) -> list[str]:
                 for member, inner in list(vars(value).items()):
                     if _from_cell(inner, cells):
                         flags.append(f"{name}.{value.__name__}.{member} was replaced by notebook code")
-    for finder in sys.meta_path:
-        if _from_notebook(finder):
-            flags.append(f"an import hook defined in the notebook is installed ({finder!r})")
-    if sys.gettrace() is not None or sys.getprofile() is not None:
-        flags.append("a trace/profile function is installed")
+    return flags
+
+
+def _shell_hooks(cells: set[str]) -> list[str]:
+    """IPython event hooks and input transformers written in a cell, and a replaced ``sys.stdout``.
+
+    What was found before an error is kept: the scan itself must never break grading.
+    """
+    flags: list[str] = []
     try:
         from IPython import get_ipython
 
@@ -128,10 +147,7 @@ def scan(extra_modules: dict[str, ModuleType] | None = None) -> list[str]:
                 flags.append(f"sys.stdout was replaced ({type(sys.stdout).__name__})")
     except Exception:  # noqa: BLE001 - the scan itself must never break grading
         pass
-    unique = list(dict.fromkeys(flags))
-    if len(unique) > MAX_FLAGS:
-        unique = unique[:MAX_FLAGS] + [f"... and {len(unique) - MAX_FLAGS} more"]
-    return unique
+    return flags
 
 
 def _fingerprint(modules: dict[str, ModuleType]) -> dict[tuple[str, str], int]:
@@ -149,28 +165,33 @@ def _fingerprint(modules: dict[str, ModuleType]) -> dict[tuple[str, str], int]:
     return found
 
 
+@dataclasses.dataclass(frozen=True)
+class Boot:
+    """What the grader hands a question's session: written into its boot cell as literals (see :func:`boot_source`)."""
+
+    nonce: str
+    """This question's random tag: the session prints its result lines after it."""
+    lab: str
+    checks_dir: str
+    """The grader's copy of the checks, loaded from here by file path."""
+    markdown: tuple[str, ...] = ()
+    """The submission's Markdown cells, from the file the grader read (not from the notebook's namespace)."""
+    seed: str | None = None
+    """When set, each check's ``ctx.rng`` is seeded from it and the check's name (a batch re-graded
+    with the same seed draws the same inputs); None: fresh randomness, as in the notebook."""
+
+
 class Session:
     """The checks of one lab, ready to run one by one from grader-written cells."""
 
     def __init__(
-        self,
-        nonce: str,
-        lab: str,
-        checks_dir: str,
-        user_ns: dict[str, Any],
-        learner_modules: dict[str, ModuleType],
-        learner_meta_path: list[Any],
-        markdown: list[str] | None = None,
-        seed: str | None = None,
+        self, boot: Boot, user_ns: dict[str, Any], learner_modules: dict[str, ModuleType], learner_meta_path: list[Any]
     ) -> None:
-        self.nonce = nonce
-        self.seed = seed
-        """When set, each check's ``ctx.rng`` is seeded from it and the check's name (a batch re-graded
-        with the same seed draws the same inputs); None: fresh randomness, as in the notebook."""
+        self.nonce = boot.nonce
+        self.seed = boot.seed
         self.user_ns = user_ns
-        self.markdown = list(markdown or [])
-        """The submission's Markdown cells, from the file the grader read (not from the notebook's namespace)."""
-        self.checks = list(checking.load_checks(lab, checks_dir))
+        self.markdown = list(boot.markdown)
+        self.checks = list(checking.load_checks(boot.lab, boot.checks_dir))
         self._scanned: set[str] = set()
         self._fresh = _take_helpers()  # our pristine copies, used only while checks run
         self._learner = learner_modules
@@ -280,7 +301,8 @@ def __course_grader_boot():
     try:
         spec.loader.exec_module(package)
         kernel_side = importlib.import_module("helpers.grading.kernel")
-        return kernel_side.Session({nonce!r}, {lab!r}, {checks_dir!r}, globals(), mine, meta, {markdown!r}, {seed!r})
+        boot = kernel_side.Boot({nonce!r}, {lab!r}, {checks_dir!r}, {markdown!r}, {seed!r})
+        return kernel_side.Session(boot, globals(), mine, meta)
     except BaseException:
         for k in [k for k in list(sys.modules) if k == "helpers" or k.startswith("helpers.")]:
             del sys.modules[k]
@@ -292,24 +314,22 @@ del __course_grader_boot
 """
 
 
-def boot_source(
-    nonce: str, lab: str, helpers_dir: str, checks_dir: str, markdown: list[str] | None = None, seed: str | None = None
-) -> str:
-    """The cell that loads a pristine copy of helpers and the lab's checks into the kernel.
+def boot_source(boot: Boot, helpers_dir: str) -> str:
+    """The cell that loads a pristine copy of helpers (from ``helpers_dir``) and the lab's checks into the kernel.
 
-    ``markdown``, the submission's Markdown cell sources as the grader read them from the
-    file, travels in this grader-written cell as a Python literal (``repr`` of a list of
+    ``boot.markdown``, the submission's Markdown cell sources as the grader read them from the
+    file, travels in this grader-written cell as a Python literal (``repr`` of a tuple of
     str), so checks read the submitted text and nothing the notebook's code made up.
     """
     return BOOT.format(
-        nonce=nonce,
-        lab=lab,
+        nonce=boot.nonce,
+        lab=boot.lab,
         helpers_dir=helpers_dir,
         helpers_init=f"{helpers_dir}/__init__.py",
-        checks_dir=checks_dir,
-        session=session_name(nonce),
-        markdown=[str(text) for text in markdown or []],
-        seed=seed,
+        checks_dir=boot.checks_dir,
+        session=session_name(boot.nonce),
+        markdown=tuple(str(text) for text in boot.markdown),
+        seed=boot.seed,
     ).strip()
 
 

@@ -50,6 +50,16 @@ CellStatus = Literal["ok", "error", "timeout", "dead"]
 
 
 @dataclass(frozen=True)
+class GraderCell:
+    """How a cell the grader wrote runs: out of the kernel's history (In/Out), unlike the learner's cells."""
+
+    keep: str = ""
+    """Lines starting with it are kept even past the output cap (the grader's result lines)."""
+    exclusive: bool = False
+    """Run while no other submission runs a step (:class:`Gate`)."""
+
+
+@dataclass(frozen=True)
 class CellRun:
     """How one cell's run ended, and the cell with its outputs."""
 
@@ -239,24 +249,19 @@ class Kernel:
         kc = self.client.kc
         return isinstance(kc, AsyncKernelClient) and await kc.is_alive()
 
-    async def run(
-        self, cell: Any, index: int, timeout: float, *, trusted: bool = False, keep: str = "", exclusive: bool = False
-    ) -> CellRun:
-        """Execute one cell; trusted (grader) cells stay out of the kernel's history (In/Out).
-
-        ``keep``: lines starting with it are kept even past the output cap (the grader's
-        result lines); ``exclusive``: run while no other submission runs a step (:class:`Gate`).
-        """
+    async def run(self, cell: Any, index: int, timeout: float, grader: GraderCell | None = None) -> CellRun:
+        """Execute one cell: the learner's, or (``grader`` given) one the grader wrote (see :class:`GraderCell`)."""
         if self.gate is None:
-            return await self._run(cell, index, timeout, trusted, keep)
-        async with self.gate(exclusive):
-            return await self._run(cell, index, timeout, trusted, keep)
+            return await self._run(cell, index, timeout, grader)
+        async with self.gate(grader is not None and grader.exclusive):
+            return await self._run(cell, index, timeout, grader)
 
-    async def _run(self, cell: Any, index: int, timeout: float, trusted: bool, keep: str) -> CellRun:
+    async def _run(self, cell: Any, index: int, timeout: float, grader: GraderCell | None) -> CellRun:
         from nbclient.exceptions import DeadKernelError
 
+        trusted = grader is not None
         self.client.timeout = max(1, math.ceil(timeout))
-        self.client.keep, self.client.used, self.client.dropped = keep, 0, 0
+        self.client.keep, self.client.used, self.client.dropped = grader.keep if grader else "", 0, 0
         self._reply = {}
         try:
             await self.client.async_execute_cell(cell, index, store_history=not trusted)
@@ -277,7 +282,7 @@ class Kernel:
         return CellRun("ok", cell=cell)
 
     async def run_source(self, source: str, timeout: float, *, keep: str = "", exclusive: bool = False) -> CellRun:
-        return await self.run(nbformat.v4.new_code_cell(source), 0, timeout, trusted=True, keep=keep, exclusive=exclusive)
+        return await self.run(nbformat.v4.new_code_cell(source), 0, timeout, GraderCell(keep, exclusive))
 
     async def responsive(self) -> bool:
         """After a timeout: did the interrupt work, i.e. does the kernel answer a trivial cell?"""
