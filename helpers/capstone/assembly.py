@@ -226,7 +226,7 @@ class Worker:
         """Kill it mid-work, like a crashed process; returns the error it had died of before, if any."""
         return await self.life.kill()
 
-    def crashed(self) -> Exception | None:
+    def crashed(self) -> BaseException | None:
         """The error it died of, if it died by itself (a healthy loop runs until it is killed)."""
         return self.life.crashed()
 
