@@ -38,7 +38,8 @@ def reference_diagram() -> str:
 def test_the_lessons_reference_design_passes_every_check() -> None:
     chart = parse_flowchart(reference_diagram())
     findings = check_design(chart)
-    assert findings and all(f.ok for f in findings), [str(f) for f in findings if not f.ok]
+    assert findings, [str(f) for f in findings if not f.ok]
+    assert all(f.ok for f in findings), [str(f) for f in findings if not f.ok]
 
 
 def test_the_reference_drawn_with_a_sync_upload_to_the_processor_fails() -> None:
@@ -61,13 +62,15 @@ async def pipeline(broker: Broker, tmp_path: Path) -> AsyncIterator[ReferenceSys
 @pytest.mark.broker
 async def test_the_status_says_when_to_ask_again_until_the_job_is_final(pipeline: ReferenceSystem) -> None:
     answer = await pipeline.post(images.sample_photo(), "ada")
-    assert answer.status == 202 and answer.job_id is not None
+    assert answer.status == 202
+    assert answer.job_id is not None
     status_url = f"{pipeline.url}{answer.location}"
     polls: list[tuple[str, str | None]] = []
 
     async def final() -> bool:
         async with pipeline.session.get(status_url, allow_redirects=False) as response:
-            assert response.status in (200, 303) and response.headers["Cache-Control"] == "no-store"
+            assert response.status in (200, 303)
+            assert response.headers["Cache-Control"] == "no-store"
             body = await response.json()
             polls.append((body["state"], response.headers.get("Retry-After")))
             return body["state"] in ("succeeded", "failed")
@@ -93,8 +96,10 @@ async def test_a_text_file_sent_as_a_jpeg_and_a_path_as_user_name_are_refused_ov
         async with pipeline.session.post(f"{pipeline.url}/images", params={"user": user}, data=data, headers=headers) as response:
             body = await response.json(content_type=None)
             assert response.status == expected, f"{label}: {response.status} {body}"
-            assert response.content_type == PROBLEM_JSON and body["status"] == expected, (label, body)
-    assert len(pipeline.upload_service.store) == 0 and pipeline.upload_service.published == 0
+            assert response.content_type == PROBLEM_JSON, (label, body)
+            assert body["status"] == expected, (label, body)
+    assert len(pipeline.upload_service.store) == 0
+    assert pipeline.upload_service.published == 0
 
 
 async def test_caption_model_is_swapped_by_a_parameter(broker: Broker, tmp_path: Path) -> None:
@@ -108,9 +113,11 @@ async def test_caption_model_is_swapped_by_a_parameter(broker: Broker, tmp_path:
     pipeline = await start_pipeline(broker, tmp_path, workers=1, work=0.0, caption_fn=my_caption)
     try:
         answer = await pipeline.post(images.sample_photo(), "ada")
-        assert answer.job_id is not None and await pipeline.wait_finished([answer.job_id], timeout=30)
+        assert answer.job_id is not None
+        assert await pipeline.wait_finished([answer.job_id], timeout=30)
         status, body = await pipeline.status(answer.job_id, follow=True)
     finally:
         await pipeline.stop()
-    assert status in (200, 303) and body["caption"].startswith("my model saw a ")
+    assert status in (200, 303)
+    assert body["caption"].startswith("my model saw a ")
     assert len(seen) == 1

@@ -25,7 +25,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiohttp
-import psutil
+import psutil  # type: ignore[import-untyped]  # psutil ships no hints; types-psutil is not worth a pin
 import pytest
 from PIL import Image
 
@@ -60,15 +60,19 @@ async def assert_healthy(pipeline: ReferenceSystem) -> None:
     answer = await pipeline.post(images.sample_photo(), "after")
     assert answer.status == 202, answer.body
     assert answer.seconds < ANSWER_S
-    assert answer.job_id is not None and await pipeline.wait_finished([answer.job_id], 30)
+    assert answer.job_id is not None
+    assert await pipeline.wait_finished([answer.job_id], 30)
     assert pipeline.state(answer.job_id) == "succeeded"
     assert not pipeline.crashed()
 
 
 def assert_problem(status: int, content_type: str | None, body: dict[str, object], expected: int, slug: str) -> None:
     assert status == expected, f"expected HTTP {expected}, got {status}: {body}"
-    assert content_type is not None and content_type.startswith(PROBLEM_JSON), content_type
-    assert body["status"] == expected and body["title"] and body["detail"], body
+    assert content_type is not None, content_type
+    assert content_type.startswith(PROBLEM_JSON), content_type
+    assert body["status"] == expected, body
+    assert body["title"], body
+    assert body["detail"], body
     assert body["type"] == PROBLEM_BASE + slug, body
 
 
@@ -260,7 +264,8 @@ async def test_the_worst_accepted_shapes_are_processed_in_bounded_memory_without
     assert lag.longest < LOOP_LAG_LIMIT_S, f"the event loop stood still for {lag.longest:.2f} s"
     for (size, *_), job_id in zip(WORST_ACCEPTED.values(), job_ids, strict=True):
         status, body = await pipeline.status(job_id, follow=True)
-        assert status == 200 and body["state"] == "succeeded", body
+        assert status == 200, body
+        assert body["state"] == "succeeded", body
         assert f"{size[0]}x{size[1]}" in body["caption"], "the caption names the upload's size, not the working copy's"
     await assert_healthy(pipeline)
 
@@ -380,7 +385,8 @@ async def test_a_form_without_exactly_one_file_is_400_saying_what_to_send(pipeli
             body = await response.json(content_type=None)
             assert_problem(response.status, response.content_type, body, 400, "one-image-per-upload")
     assert reason in str(body["detail"])
-    assert "exactly one file part" in str(body["detail"]) and "bytes as the body" in str(body["detail"])
+    assert "exactly one file part" in str(body["detail"])
+    assert "bytes as the body" in str(body["detail"])
     assert pipeline.upload_service.published == published
     await assert_healthy(pipeline)
 
@@ -471,7 +477,8 @@ async def test_every_mqtt_client_reconnects_after_its_connection_is_cut(broker: 
         pipeline = await start_pipeline(through, tmp_path, workers=2, work=WORK, shared=False if broker.embedded else None)
         try:
             first = await pipeline.post(images.sample_photo(), "before")
-            assert first.job_id is not None and await pipeline.wait_finished([first.job_id], 30)
+            assert first.job_id is not None
+            assert await pipeline.wait_finished([first.job_id], 30)
             connected = len(link.links)
             assert connected >= 5, "Upload's publisher and listener, the processor, the notifier and the recorder"
             assert link.cut() == connected

@@ -96,7 +96,9 @@ def test_a_multi_picture_jpeg_from_a_camera_is_a_jpeg() -> None:
     info = inspect_upload(out.getvalue())
     assert (info.format, info.content_type, info.width) == ("JPEG", "image/jpeg", 64)
     red, green, blue = open_upright(out.getvalue()).getpixel((0, 0))  # type: ignore[misc]  # an RGB pixel is a 3-tuple
-    assert red > 200 and green < 40 and blue < 40, "the first picture (red), not the second"
+    assert red > 200, "the first picture (red), not the second"
+    assert green < 40, "the first picture (red), not the second"
+    assert blue < 40, "the first picture (red), not the second"
 
 
 def test_generated_images_repeat_for_a_seed_and_differ_between_seeds() -> None:
@@ -130,8 +132,10 @@ def test_hostile_upload_is_refused_with_its_status_and_a_one_sentence_problem(na
     make, status = HOSTILE[name]
     error = rejected(make())
     assert error.status == status, f"{name}: {error.detail}"
-    assert error.type.startswith(PROBLEM_BASE) and error.title
-    assert error.detail.endswith(".") and ". " not in error.detail.rstrip("."), f"not one sentence: {error.detail!r}"
+    assert error.type.startswith(PROBLEM_BASE)
+    assert error.title
+    assert error.detail.endswith("."), f"not one sentence: {error.detail!r}"
+    assert ". " not in error.detail.rstrip("."), f"not one sentence: {error.detail!r}"
     assert " at 0x" not in error.detail, "no object addresses from Pillow's messages"
 
 
@@ -174,7 +178,8 @@ def test_a_decompression_bomb_is_refused_from_its_header_quickly_and_in_little_m
 def test_the_budget_holds_even_with_pillows_own_guard_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
     error = rejected(decompression_bomb())
-    assert error.status == 413 and "30000x30000" in error.detail
+    assert error.status == 413
+    assert "30000x30000" in error.detail
 
 
 def test_turning_the_bomb_warning_into_an_error_leaves_the_warning_filters_as_they_were() -> None:
@@ -207,7 +212,8 @@ def test_sides_and_their_ratio_are_capped_before_decoding(size: tuple[int, int],
         return
     error = rejected(data)
     assert (error.status, error.type) == (413, PROBLEM_BASE + "image-shape")
-    assert f"{size[0]}x{size[1]}" in error.detail and "before decoding" in error.detail
+    assert f"{size[0]}x{size[1]}" in error.detail
+    assert "before decoding" in error.detail
 
 
 def test_webp_has_a_lower_pixel_budget_than_the_other_formats() -> None:
@@ -217,7 +223,8 @@ def test_webp_has_a_lower_pixel_budget_than_the_other_formats() -> None:
     png = generated_image(2, (side, side), "PNG")
     assert inspect_upload(png).width == side
     error = rejected(_webp_of(side))
-    assert error.status == 413 and "limit for WEBP" in error.detail
+    assert error.status == 413
+    assert "limit for WEBP" in error.detail
 
 
 def _webp_of(side: int) -> bytes:
@@ -231,7 +238,8 @@ def test_a_large_upload_is_processed_on_a_smaller_copy_and_the_caption_keeps_its
     for fmt in ("JPEG", "PNG"):  # JPEG: decoded at a reduced scale (draft); PNG: shrunk after decoding
         data = generated_image(4, (900, 300), fmt)
         working = images.decode(data, max_side=160)
-        assert max(working.size) <= 160 and working.info[images.UPLOAD_SIZE_KEY] == (900, 300)
+        assert max(working.size) <= 160
+        assert working.info[images.UPLOAD_SIZE_KEY] == (900, 300)
         renditions, text = process_image(data, work=0.1)
         assert "900x300" in text, text
         assert {r.name for r in renditions} >= {"thumb-128", FILTER_NAME}
@@ -254,7 +262,8 @@ def test_an_exif_rotated_photo_comes_out_upright() -> None:
     assert (info.width, info.height, info.orientation) == (height, width, 6), "stored sideways, tagged 6"
     assert info.upright_size == EXIF_ROTATED_UPRIGHT_SIZE
     img = open_upright(data)
-    assert img.size == EXIF_ROTATED_UPRIGHT_SIZE and img.mode == "RGB"
+    assert img.size == EXIF_ROTATED_UPRIGHT_SIZE
+    assert img.mode == "RGB"
     centers = {
         "top-left": (width // 4, height // 4),
         "top-right": (3 * width // 4, height // 4),
@@ -299,7 +308,8 @@ def test_the_filter_output_decodes_and_changes_the_picture() -> None:
     result = apply_filter(img, work=0.5)
     out = decoded(result)
     assert (result.name, result.content_type, out.format) == (FILTER_NAME, "image/jpeg", "JPEG")
-    assert max(out.size) <= 1024 and abs(out.width / out.height - img.width / img.height) < 0.01
+    assert max(out.size) <= 1024
+    assert abs(out.width / out.height - img.width / img.height) < 0.01
     original = img.resize(out.size)
     difference = sum(abs(a - b) for a, b in zip(out.tobytes(), original.tobytes(), strict=True)) / len(out.tobytes())
     assert difference > 5, f"the filter barely changed the picture (mean difference {difference:.1f}/255)"

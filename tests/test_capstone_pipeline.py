@@ -69,7 +69,8 @@ async def fetch(url: str) -> tuple[int, str, bytes]:
 
 def assert_problem(status: int, body: dict[str, object], content_type: str | None, expected: int) -> None:
     assert status == expected, f"expected HTTP {expected}, got {status}: {body}"
-    assert content_type is not None and content_type.startswith(PROBLEM_JSON), content_type
+    assert content_type is not None, content_type
+    assert content_type.startswith(PROBLEM_JSON), content_type
     assert {"type", "title", "status", "detail"} <= set(body), body
     assert body["status"] == expected
 
@@ -85,7 +86,8 @@ async def test_upload_answers_202_at_once_with_location_retry_after_and_body(pip
     assert answer.retry_after == "1"
     assert answer.headers["Content-Type"].startswith("application/json")
     assert set(answer.body) == {"job_id", "state", "created", "links"}, "shaped like lesson 06's 202"
-    assert answer.body["state"] == "accepted" and ISO_UTC.fullmatch(str(answer.body["created"]))
+    assert answer.body["state"] == "accepted"
+    assert ISO_UTC.fullmatch(str(answer.body["created"]))
     assert answer.body["links"] == {"status": answer.location}, "a relative link: never built from the Host header"
     assert await pipeline.wait_finished([answer.job_id], 20)
 
@@ -106,20 +108,25 @@ async def test_a_job_succeeds_its_status_answers_303_and_its_result_links_serve_
         return body["state"] == "succeeded" and location == f"/jobs/{job_id}/result"
 
     assert await until(succeeded_over_http, 20, poll=0.02)
-    assert seen[0][0] in ("accepted", "running") and seen[-1] == ("succeeded", 303, None), seen
+    assert seen[0][0] in ("accepted", "running"), seen
+    assert seen[-1] == ("succeeded", 303, None), seen
     assert all(status == 200 and after == "1" for state, status, after in seen[:-1]), "unfinished: 200 + Retry-After"
     assert {state for state, _, _ in seen} <= {"accepted", "running", "succeeded"}, seen
     status, body = await pipeline.status(job_id, follow=True)  # a client that follows the 303 gets the result
-    assert status == 200 and body["state"] == "succeeded"
-    assert ISO_UTC.fullmatch(body["created"]) and ISO_UTC.fullmatch(body["updated"]), body
+    assert status == 200
+    assert body["state"] == "succeeded"
+    assert ISO_UTC.fullmatch(body["created"]), body
+    assert ISO_UTC.fullmatch(body["updated"]), body
     assert body["created"] <= body["updated"]
     assert body["progress"] == {"done": 4, "total": 4}
-    assert body["caption"] and "reason" not in body
+    assert body["caption"]
+    assert "reason" not in body
     assert "eventual" in body["consistency"]
     assert set(body["results"]) == {"thumb-128", "thumb-512", "thumb-1024", images.FILTER_NAME}
     for name, url in body["results"].items():
         got, content_type, data = await fetch(url)
-        assert got == 200 and content_type == "image/jpeg", (name, got, content_type)
+        assert got == 200, (name, got, content_type)
+        assert content_type == "image/jpeg", (name, got, content_type)
         picture = Image.open(io.BytesIO(data))
         assert picture.width > picture.height, f"{name} is not upright: {picture.size}"  # the EXIF rotation was applied
     uploaded = pipeline.recorder.events(IMAGE_UPLOADED, job_id)
@@ -134,34 +141,42 @@ async def test_an_idempotency_key_returns_the_same_job_and_refuses_other_bytes(p
     first = await pipeline.post(photo, "cy", idempotency_key="key-1")
     again = await pipeline.post(photo, "cy", idempotency_key="key-1")
     assert first.status == again.status == 202
-    assert again.body == first.body and again.location == first.location
+    assert again.body == first.body
+    assert again.location == first.location
     assert again.headers.get("Idempotent-Replayed") == "true"
     other = await pipeline.post(images.generated_image(1), "cy", idempotency_key="key-1")
     assert_problem(other.status, other.body, other.headers.get("Content-Type"), 422)
     assert "key-1" in str(other.body["detail"])
     someone_else = await pipeline.post(photo, "dee", idempotency_key="key-1")  # keys belong to one user
-    assert someone_else.status == 202 and someone_else.job_id != first.job_id
+    assert someone_else.status == 202
+    assert someone_else.job_id != first.job_id
     assert len(pipeline.upload_service.store) == 2
     assert pipeline.upload_service.published == 2
-    assert first.job_id is not None and someone_else.job_id is not None
+    assert first.job_id is not None
+    assert someone_else.job_id is not None
     assert await pipeline.wait_finished([first.job_id, someone_else.job_id], 20)
 
 
 async def test_a_restarted_upload_service_keeps_its_jobs_its_keys_and_its_address(pipeline: ReferenceSystem) -> None:
     photo = images.sample_photo()
     first = await pipeline.post(photo, "kay", idempotency_key="key-r")
-    assert first.status == 202 and first.job_id is not None
+    assert first.status == 202
+    assert first.job_id is not None
     url = pipeline.url
     await pipeline.upload_service.restart()
-    assert pipeline.url == url and pipeline.upload_service.restarts == 1
+    assert pipeline.url == url
+    assert pipeline.upload_service.restarts == 1
     async with pipeline.session.get(f"{url}{first.location}", allow_redirects=False) as response:
         assert response.status in (200, 303), await response.text()
     again = await pipeline.post(photo, "kay", idempotency_key="key-r")  # the key survived the restart
-    assert again.status == 202 and again.body == first.body and again.headers.get("Idempotent-Replayed") == "true"
+    assert again.status == 202
+    assert again.body == first.body
+    assert again.headers.get("Idempotent-Replayed") == "true"
     other = await pipeline.post(images.generated_image(3), "kay", idempotency_key="key-r")
     assert_problem(other.status, other.body, other.headers.get("Content-Type"), 422)
     assert await pipeline.wait_finished([first.job_id], 20)
-    assert pipeline.state(first.job_id) == "succeeded" and len(pipeline.upload_service.store) == 1
+    assert pipeline.state(first.job_id) == "succeeded"
+    assert len(pipeline.upload_service.store) == 1
 
 
 async def test_a_publish_that_fails_costs_no_job_the_outbox_sends_it_later(
@@ -174,12 +189,15 @@ async def test_a_publish_that_fails_costs_no_job_the_outbox_sends_it_later(
 
     monkeypatch.setattr(upload.publisher, "publish_raw", refused)
     answer = await pipeline.post(images.sample_photo(), "oli")
-    assert answer.status == 202 and answer.job_id is not None, "the job is stored: the 202 is a promise kept"
-    assert upload.published == 0 and len(upload.store.store.pending()) == 1, "its event waits in the outbox"
+    assert answer.status == 202, "the job is stored: the 202 is a promise kept"
+    assert answer.job_id is not None, "the job is stored: the 202 is a promise kept"
+    assert upload.published == 0, "its event waits in the outbox"
+    assert len(upload.store.store.pending()) == 1, "its event waits in the outbox"
     assert pipeline.state(answer.job_id) == "accepted"
     monkeypatch.undo()  # the broker is back: the housekeeping relays what the outbox holds
     assert await pipeline.wait_finished([answer.job_id], 20)
-    assert upload.published == 1 and upload.store.store.pending() == []
+    assert upload.published == 1
+    assert upload.store.store.pending() == []
     assert len(pipeline.recorder.events(IMAGE_UPLOADED, answer.job_id)) == 1
 
 
@@ -188,19 +206,24 @@ async def test_storage_down_is_a_503_problem_and_the_same_key_works_once_it_is_b
     refused = await pipeline.post(images.sample_photo(), "joy", idempotency_key="retry-me")
     assert_problem(refused.status, refused.body, refused.headers.get("Content-Type"), 503)
     assert refused.retry_after == "1"
-    assert len(pipeline.upload_service.store) == 0 and pipeline.upload_service.published == 0
+    assert len(pipeline.upload_service.store) == 0
+    assert pipeline.upload_service.published == 0
     pipeline.storage.faults.down = False
     retried = await pipeline.post(images.sample_photo(), "joy", idempotency_key="retry-me")
-    assert retried.status == 202 and retried.job_id is not None
+    assert retried.status == 202
+    assert retried.job_id is not None
     assert await pipeline.wait_finished([retried.job_id], 20)
 
 
 async def test_unknown_job_and_unknown_route_are_404_problem_json(pipeline: ReferenceSystem) -> None:
     status, body = await pipeline.status("no-such-job", follow=True)
-    assert status == 404 and body["status"] == 404 and "no-such-job" in body["detail"]
+    assert status == 404
+    assert body["status"] == 404
+    assert "no-such-job" in body["detail"]
     assert {"type", "title", "status", "detail"} <= set(body)
     async with pipeline.session.get(f"{pipeline.url}/nowhere") as response:
-        assert response.status == 404 and response.content_type == PROBLEM_JSON
+        assert response.status == 404
+        assert response.content_type == PROBLEM_JSON
 
 
 HOSTILE = {
@@ -234,14 +257,16 @@ async def test_hostile_uploads_are_refused_with_their_status_and_leave_no_job_an
 async def test_the_processor_absorbs_a_duplicate_event_one_set_of_results_one_done(pipeline: ReferenceSystem) -> None:
     answer = await pipeline.post(images.sample_photo(), "fay")
     job_id = answer.job_id
-    assert job_id is not None and await pipeline.wait_finished([job_id], 20)
+    assert job_id is not None
+    assert await pipeline.wait_finished([job_id], 20)
     (_, uploaded), *_ = pipeline.recorder.events(IMAGE_UPLOADED, job_id)
     async with pipeline.broker.client() as again:  # the same event once more, as a redelivery would bring it
         await again.publish(pipeline.topics.uploaded, uploaded.to_bytes(), qos=1)
     stats = pipeline.processor.stats
     assert await until(lambda: stats.skipped[job_id] >= 1, 10)
     assert await until_quiet(lambda: len(pipeline.recorder.records), 0.3, 5)
-    assert stats.starts(job_id) == 1 and stats.published[JOB_DONE] == 1
+    assert stats.starts(job_id) == 1
+    assert stats.published[JOB_DONE] == 1
     assert len(pipeline.recorder.events(JOB_DONE, job_id)) == 1
     assert len(pipeline.inbox("fay")) == 1
 
@@ -254,38 +279,49 @@ async def test_a_job_event_applied_twice_or_late_changes_nothing(tmp_path: Path)
         return store.apply(make_event(kind, {"job_id": job.job_id, **data}))
 
     def state() -> str | None:
-        return (stored := store.get(job.job_id)) and stored.state
+        stored = store.get(job.job_id)
+        return stored.state if stored is not None else None
 
-    assert event("job.progress", step="upright", done=1, total=4) and state() == "running"
-    assert event("job.done", results={"a": "results/x/a"}, caption="c") and state() == "succeeded"
+    assert event("job.progress", step="upright", done=1, total=4)
+    assert state() == "running"
+    assert event("job.done", results={"a": "results/x/a"}, caption="c")
+    assert state() == "succeeded"
     assert not event("job.done", results={}, caption="other")  # a duplicate: the first one stands
     assert not event("job.progress", step="filter", done=3, total=4)  # late: never backwards
     assert not event("job.failed", reason="late")
     store.close()
     reopened = UploadJobs(tmp_path / "jobs.sqlite3").get(job.job_id)  # what a restarted service reads
-    assert reopened is not None and reopened.state == "succeeded"
-    assert reopened.results == {"a": "results/x/a"} and reopened.caption == "c" and reopened.done_steps == 4
+    assert reopened is not None
+    assert reopened.state == "succeeded"
+    assert reopened.results == {"a": "results/x/a"}
+    assert reopened.caption == "c"
+    assert reopened.done_steps == 4
 
 
 async def test_the_reference_system_is_a_capstone_system_with_restartable_services(pipeline: ReferenceSystem) -> None:
     assert isinstance(pipeline, CapstoneSystem)
     for handle in (pipeline.processor, pipeline.notifier):
-        assert isinstance(handle, ServiceHandle) and handle.alive
+        assert isinstance(handle, ServiceHandle)
+        assert handle.alive
     await pipeline.notifier.kill()
-    assert not pipeline.notifier.alive and pipeline.notifier.crashed() is None, "a kill is not a crash"
+    assert not pipeline.notifier.alive, "a kill is not a crash"
+    assert pipeline.notifier.crashed() is None, "a kill is not a crash"
     await pipeline.notifier.start()
     assert pipeline.notifier.alive
 
 
 async def test_the_sync_design_answers_200_only_after_processing(tmp_path: Path) -> None:
     sync = await start_sync_pipeline(tmp_path, workers=1, work=WORK)
-    assert isinstance(sync, Uploads) and not isinstance(sync, CapstoneSystem), "the request side only"
+    assert isinstance(sync, Uploads), "the request side only"
+    assert not isinstance(sync, CapstoneSystem), "the request side only"
     try:
         answer = await sync.post(images.sample_photo(), "hal")
         refused = await sync.post(images.not_an_image(), "hal")
     finally:
         await sync.stop()
-    assert answer.status == 200 and answer.body["state"] == "succeeded" and len(answer.body["results"]) == 4
+    assert answer.status == 200
+    assert answer.body["state"] == "succeeded"
+    assert len(answer.body["results"]) == 4
     assert answer.seconds >= sync.processing_s[0], "the caller waited for the whole processing"
     assert refused.status == 415
 
@@ -294,11 +330,13 @@ async def test_the_processor_picks_a_design_each_broker_handles_safely(broker: B
     topics = Topics.fresh("test-capstone")
     processor = Processor(broker, topics, "http://127.0.0.1:9", workers=3)
     if broker.embedded:
-        assert processor.mode == POOL and len(processor.members) == 1
+        assert processor.mode == POOL
+        assert len(processor.members) == 1
         with pytest.raises(ValueError, match="rumqttd"):
             Processor(broker, topics, "http://127.0.0.1:9", workers=3, shared=True)
     else:
-        assert processor.mode == SHARED and len(processor.members) == 3
+        assert processor.mode == SHARED
+        assert len(processor.members) == 3
         assert all(m.topic.startswith("$share/processors/") for m in processor.members)
     await processor.storage.close()
 
@@ -333,7 +371,8 @@ def assert_plot(ax: Axes, *, x_unit: str | None, y_unit: str | None) -> None:
     if y_unit is not None:
         assert y_unit in ax.get_ylabel(), ax.get_ylabel()
     legend = ax.get_legend()
-    assert legend is not None and legend.get_texts(), "every plot needs a legend"
+    assert legend is not None, "every plot needs a legend"
+    assert legend.get_texts(), "every plot needs a legend"
     ax.figure.canvas.draw()
     box = legend.get_window_extent()
     axes_box = ax.get_window_extent()
@@ -351,20 +390,24 @@ async def test_upload_latency_async_answers_long_before_the_work_sync_waits_for_
     # two (another test beside this one) can make the run's rounds faster than the yardstick's by more than 4/2.5.
     result = await upload_latency(broker, tmp_path, uploads=12, workers=2, work=0.3, client_timeout=2.5 * round_s)
     a = result.async_summary
-    assert a.errors == 0 and result.async_done == 12
+    assert a.errors == 0
+    assert result.async_done == 12
     assert a.p99_ms / 1000 < 0.5 * result.processing_p50_s, result.as_rows()
     answered = [s for s in result.sync_run.samples if s.ok]
     assert answered, f"a timeout of 2.5 rounds lets the first round answer: {result.as_rows()}"
     assert all(s.latency >= min(result.sync_processing_s) for s in answered), result.as_rows()
     assert result.sync_timeouts >= 1, result.as_rows()
-    assert len(result.as_rows()) == 2 and result.as_row()["uploads"] == 12
+    assert len(result.as_rows()) == 2
+    assert result.as_row()["uploads"] == 12
     assert_plot(plot_upload_latency(result), x_unit="upload", y_unit="(s")
 
 
 async def test_head_of_line_a_pool_finishes_normal_images_before_the_slow_one(broker: Broker, tmp_path: Path) -> None:
     result = await head_of_line(broker, tmp_path, normal=4, work=0.05, slow_work=2.0, workers=4)
     single, pool = result.runs
-    assert single.workers == 1 and pool.workers == 4 and pool.mode == POOL
+    assert single.workers == 1
+    assert pool.workers == 4
+    assert pool.mode == POOL
     assert single.normal_before_slow == 0, single.as_row()
     assert pool.normal_before_slow == 4, pool.as_row()
     assert max(pool.normal_done_s) < min(single.normal_done_s), result.as_rows()
@@ -375,7 +418,8 @@ async def test_notifier_outage_loses_nothing_and_delivers_after_the_restart(brok
     async with reference_system(broker, tmp_path, workers=2, work=0.05) as system:
         result = await notifier_outage(system, [images.sample_photo()] * 3)
         emails = system.outbox()
-    assert result.lost == 0 and result.duplicates == 0, result.as_row()
+    assert result.lost == 0, result.as_row()
+    assert result.duplicates == 0, result.as_row()
     assert result.during_outage == 0
     assert all(t >= result.up_s for t in result.notified_s)
     assert all(result.down_s <= t < result.up_s for t in result.done_s), "every job finished while the service was down"
@@ -387,10 +431,14 @@ async def test_notifier_outage_loses_nothing_and_delivers_after_the_restart(brok
 async def test_a_worker_killed_mid_image_redoes_it_and_the_user_hears_once(broker: Broker, tmp_path: Path) -> None:
     async with reference_system(broker, tmp_path, workers=2, work=0.6) as system:
         result = await worker_killed(system, images.sample_photo(), after_steps=1)
-    assert result.killed_mid_image and result.steps_before_kill >= 1, result.as_row()
-    assert result.redelivered and result.starts == 2, result.as_row()
-    assert result.state == "succeeded" and result.results == 4
-    assert result.done_events == 1 and result.notifications == 1, result.as_row()
+    assert result.killed_mid_image, result.as_row()
+    assert result.steps_before_kill >= 1, result.as_row()
+    assert result.redelivered, result.as_row()
+    assert result.starts == 2, result.as_row()
+    assert result.state == "succeeded"
+    assert result.results == 4
+    assert result.done_events == 1, result.as_row()
+    assert result.notifications == 1, result.as_row()
 
 
 async def test_upload_restarted_mid_burst_every_job_answers_is_done_and_notified_once(broker: Broker, tmp_path: Path) -> None:
@@ -398,24 +446,33 @@ async def test_upload_restarted_mid_burst_every_job_answers_is_done_and_notified
         result = await upload_restarted(system, images.sample_photo(), jobs=6, down_s=0.5)
     row = result.as_row()
     assert result.accepted == 6, row
-    assert result.unfinished_at_stop >= 1 and result.done_while_down >= 1, f"the stop did not land mid-burst: {row}"
+    assert result.unfinished_at_stop >= 1, f"the stop did not land mid-burst: {row}"
+    assert result.done_while_down >= 1, f"the stop did not land mid-burst: {row}"
     assert result.answered == result.done == result.notified == 6, row
-    assert result.duplicated == 0 and result.lost == 0, row
+    assert result.duplicated == 0, row
+    assert result.lost == 0, row
 
 
 async def test_a_failed_job_answers_200_problem_json_and_has_no_result(broker: Broker, tmp_path: Path) -> None:
     pipeline = await start_pipeline(broker, tmp_path, workers=1, work=0.0, attempts=1, fail_on=lambda job: True)
     try:
         job_id = (await pipeline.post(images.sample_photo(), "ivy")).job_id
-        assert job_id is not None and await pipeline.wait_finished([job_id], 20)
+        assert job_id is not None
+        assert await pipeline.wait_finished([job_id], 20)
         async with pipeline.session.get(f"{pipeline.url}/jobs/{job_id}", allow_redirects=False) as response:
             body = await response.json(content_type=None)
-            assert response.status == 200 and response.content_type == PROBLEM_JSON, body
-            assert "Retry-After" not in response.headers and "Location" not in response.headers
-        assert body["state"] == "failed" and body["title"] == "Job failed" and "status" not in body
-        assert body["reason"] and body["reason"] in body["detail"]
+            assert response.status == 200, body
+            assert response.content_type == PROBLEM_JSON, body
+            assert "Retry-After" not in response.headers
+            assert "Location" not in response.headers
+        assert body["state"] == "failed"
+        assert body["title"] == "Job failed"
+        assert "status" not in body
+        assert body["reason"]
+        assert body["reason"] in body["detail"]
         async with pipeline.session.get(f"{pipeline.url}/jobs/{job_id}/result") as response:
-            assert response.status == 404 and response.content_type == PROBLEM_JSON
+            assert response.status == 404
+            assert response.content_type == PROBLEM_JSON
     finally:
         await pipeline.stop()
 
@@ -428,8 +485,12 @@ async def test_a_transform_that_always_fails_ends_failed_with_reason_and_dead_le
         result = await failing_transform(system, images.sample_photo())
     assert result.attempts == 3
     assert result.state == "failed"
-    assert result.reason is not None and "caption model crashed" in result.reason and "3 time" in result.reason
-    assert result.dead_letters == 1 and result.dead_letter_reason == result.reason
-    assert result.notification is not None and "could not be processed" in result.notification.text
+    assert result.reason is not None
+    assert "caption model crashed" in result.reason
+    assert "3 time" in result.reason
+    assert result.dead_letters == 1
+    assert result.dead_letter_reason == result.reason
+    assert result.notification is not None
+    assert "could not be processed" in result.notification.text
     assert result.next_job_state == "succeeded", "the worker lived on after the failure"
     assert result.as_row()["dead letters"] == 1

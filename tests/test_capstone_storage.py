@@ -71,7 +71,8 @@ def test_safe_key_refuses_every_trick(name: str) -> None:
     with pytest.raises(KeyRejected) as caught:
         safe_key(HOSTILE_KEYS[name])
     assert caught.value.status == 400
-    assert caught.value.detail.startswith("The key ") and caught.value.detail.endswith(".")
+    assert caught.value.detail.startswith("The key ")
+    assert caught.value.detail.endswith(".")
     assert len(caught.value.detail) < 300, "a very long key is shortened in the message"
 
 
@@ -115,7 +116,9 @@ async def raw(method: str, url: str, data: bytes | None = None, headers: dict[st
 def assert_problem(status: int, content_type: str, body: bytes, expected: int) -> dict[str, object]:
     assert (status, content_type) == (expected, PROBLEM_JSON), body[:200]
     fields = json.loads(body)
-    assert fields["status"] == expected and fields["title"] and fields["detail"]
+    assert fields["status"] == expected
+    assert fields["title"]
+    assert fields["detail"]
     return dict(fields)
 
 
@@ -254,12 +257,14 @@ async def test_a_symlink_planted_in_the_folder_does_not_lead_outside(tmp_path: P
     (tmp_path / "root" / "link").symlink_to(outside, target_is_directory=True)
     with pytest.raises(StorageError) as caught:
         await client.put("link/victim", b"pwned", "text/plain")
-    assert caught.value.status == 400 and "outside the storage folder" in caught.value.detail
+    assert caught.value.status == 400
+    assert "outside the storage folder" in caught.value.detail
     assert files_under(outside) == set()
 
 
 async def test_the_service_is_registered_by_name(storage: Service) -> None:
-    assert get_service("storage") is storage and storage.url.startswith("http://127.0.0.1:")
+    assert get_service("storage") is storage
+    assert storage.url.startswith("http://127.0.0.1:")
 
 
 async def test_a_client_closes_only_the_session_it_made(storage: Service) -> None:

@@ -25,10 +25,6 @@ ALLOWED: dict[str, set[str]] = {
     "": ANY,
 }
 MAX_LINES = 600
-#: i20-temp: removed, entry by entry, as the rewrites of issue 20 split these modules along their banners.
-LONG_FOR_NOW = {
-    "helpers/labchecks/image_pipeline.py",
-}
 
 
 def module_name(path: Path) -> str:
@@ -112,7 +108,5 @@ def test_no_import_cycles() -> None:
 
 def test_no_helpers_module_is_over_600_lines() -> None:
     lengths = {str(path.relative_to(ROOT)): len(path.read_text(encoding="utf-8").splitlines()) for path in HELPERS.rglob("*.py")}
-    long = sorted(f"{name}: {lines} lines" for name, lines in lengths.items() if lines > MAX_LINES and name not in LONG_FOR_NOW)
+    long = sorted(f"{name}: {lines} lines" for name, lines in lengths.items() if lines > MAX_LINES)
     assert long == [], "split these along their concerns (CONTRIBUTING.md):\n" + "\n".join(long)
-    stale = sorted(name for name in LONG_FOR_NOW if lengths.get(name, 0) <= MAX_LINES)
-    assert stale == [], "no longer over the limit (or gone): take them out of LONG_FOR_NOW:\n" + "\n".join(stale)

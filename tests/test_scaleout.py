@@ -56,13 +56,17 @@ async def _upload_and_wait(front: scaleout.Front, n: int) -> None:
 async def test_worker_processes_share_one_subscription_and_finish_every_job(mosquitto_front: tuple[Any, Any]) -> None:
     real, front = mosquitto_front
     async with scaleout.worker_processes(front, 2, mqtt_url=real.url, work=0.0) as workers:
-        assert len(set(workers.pids)) == 2 and os.getpid() not in workers.pids
+        assert len(set(workers.pids)) == 2
+        assert os.getpid() not in workers.pids
         result = await scaleout.measure(front, workers, _upload_and_wait, 6, warmup=2)
         alive = _running(workers.pids)
-    assert result.images == 6 and result.images_per_s > 0 and result.cores_busy > 0
+    assert result.images == 6
+    assert result.images_per_s > 0
+    assert result.cores_busy > 0
     assert alive == workers.pids, "both workers ran until the block ended"
     assert not _running(workers.pids), "the block waited for every process to exit"
-    assert {job.state for job in front.upload_service.store} == {"succeeded"} and len(front.upload_service.store) == 8
+    assert {job.state for job in front.upload_service.store} == {"succeeded"}
+    assert len(front.upload_service.store) == 8
 
 
 @needs_broker
@@ -82,7 +86,8 @@ def test_a_processor_process_refuses_the_embedded_broker() -> None:
         [sys.executable, "-m", "helpers", "serve", "capstone-processor", "--topics", "t", "--storage-url", "http://127.0.0.1:9"],
         env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
-    assert run.returncode != 0 and "set MQTT_URL" in run.stderr
+    assert run.returncode != 0
+    assert "set MQTT_URL" in run.stderr
 
 
 def test_an_unknown_capstone_service_is_named() -> None:
@@ -105,7 +110,8 @@ def test_the_python_caption_model_is_pure_python_work() -> None:
     img = images.open_upright(images.sample_photo())
     began = time.process_time()
     text = scaleout.python_caption(img, rounds=5)
-    assert "bright" in text and time.process_time() - began < 5
+    assert "bright" in text
+    assert time.process_time() - began < 5
 
 
 def _run(design: str, workers: int, images_per_s: float) -> scaleout.Throughput:
@@ -145,7 +151,8 @@ async def test_kill_9_a_worker_process_restart_its_slot_every_job_done_none_twic
         assert workers.client_ids["processor-1"].endswith("-processor-1")
         killed_pid = workers.procs["processor-1"].pid
         drill = await slot_drill.kill_drill(front, workers, 6, while_away=2, quiet=3.0)
-        assert workers.procs["processor-1"].returncode is None and workers.procs["processor-1"].pid != killed_pid
+        assert workers.procs["processor-1"].returncode is None
+        assert workers.procs["processor-1"].pid != killed_pid
     assert drill.accepted == 8
     assert drill.held_in_flight >= 1, "the killed process held messages: the drill must exercise its session"
     assert drill.held_new >= 1, "Mosquitto hands the dead member its turn of the new jobs too"
@@ -159,7 +166,8 @@ async def test_sigterm_a_worker_process_restart_its_slot_every_job_done(mosquitt
     real, front = mosquitto_front
     async with scaleout.worker_processes(front, 2, mqtt_url=real.url, work=0.2) as workers:
         drill = await slot_drill.kill_drill(front, workers, 6, graceful=True, quiet=3.0)
-    assert drill.how == "SIGTERM" and drill.held >= 1, "the stopped process kept its session, and what it held"
+    assert drill.how == "SIGTERM", "the stopped process kept its session, and what it held"
+    assert drill.held >= 1, "the stopped process kept its session, and what it held"
     assert (drill.done, drill.duplicated, drill.lost) == (6, 0, 0), drill
 
 
@@ -179,7 +187,8 @@ async def test_a_process_without_a_slot_drops_what_it_held_when_it_stops(mosquit
         await workers.start_all(["processor-1", "processor-2"])
         assert not any(cid.endswith("-processor-1") for cid in workers.client_ids.values())
         drill = await slot_drill.kill_drill(front, workers, 6, graceful=True, restart=False, while_away=2, quiet=3.0)
-        assert drill.held_in_flight >= 1 and drill.lost == drill.held_in_flight, "the dropped session took them along"
+        assert drill.held_in_flight >= 1, "the dropped session took them along"
+        assert drill.lost == drill.held_in_flight, "the dropped session took them along"
         assert drill.held_new == 0, "a member that dropped its session is out of the group: new jobs go to the others"
     finally:
         await workers.stop()
@@ -194,7 +203,9 @@ async def test_a_slot_killed_and_not_restarted_keeps_its_jobs_waiting(mosquitto_
         drill = await slot_drill.kill_drill(front, workers, 6, while_away=2, restart=False, quiet=3.0)
         await workers.start("processor-3")  # a new process with a NEW id: not the dead one's session
         assert not await front.wait_finished([j.job_id for j in front.upload_service.store], timeout=5)
-    assert drill.held >= 2 and drill.lost == drill.held and drill.done == drill.accepted - drill.held
+    assert drill.held >= 2
+    assert drill.lost == drill.held
+    assert drill.done == drill.accepted - drill.held
     assert drill.finish_after_restart_s is None
     unfinished = [job for job in front.upload_service.store if not job.final]
     assert len(unfinished) == drill.held, "a worker with a new client id took none of them"

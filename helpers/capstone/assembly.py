@@ -138,7 +138,7 @@ def _handler_errors(errors: list[str]) -> Any:
     return catch
 
 
-async def serve_upload(
+async def serve_upload(  # noqa: PLR0913  learner-facing: lab 07's notebook serves its handler with these
     make_handler: UploadFactory, broker: Any, topics: Topics, storage_url: str, *, name: str, work_dir: str | Path | None = None
 ) -> UploadServer:
     """Start an upload service (127.0.0.1, free port) around ``make_handler(storage, mqtt, topics, jobs)``.
@@ -226,7 +226,7 @@ class Worker:
         """Kill it mid-work, like a crashed process; returns the error it had died of before, if any."""
         return await self.life.kill()
 
-    def crashed(self) -> Exception | None:
+    def crashed(self) -> BaseException | None:
         """The error it died of, if it died by itself (a healthy loop runs until it is killed)."""
         return self.life.crashed()
 
@@ -248,7 +248,7 @@ class LearnerSystem(WatchedSystem):
         return self.upload.url
 
 
-async def start_system(
+async def start_system(  # noqa: PLR0913  learner-facing: lab 07 passes its three services and work as knobs
     broker: Any,
     workdir: str | Path,
     *,

@@ -312,7 +312,7 @@ def _wall(note: Notification) -> float:
     return datetime.fromisoformat(note.at.replace("Z", "+00:00")).timestamp()
 
 
-async def notifier_outage(
+async def notifier_outage(  # noqa: PLR0913  learner-facing: lesson 07 passes outage_s, lab 07 the users
     system: CapstoneSystem,
     photos: Sequence[bytes],
     users: Sequence[str] | None = None,

@@ -133,7 +133,7 @@ class LatencyResult:
         }
 
 
-async def upload_latency(
+async def upload_latency(  # noqa: PLR0913  learner-facing: lesson 07 passes these knobs
     broker: Broker,
     workdir: str | Path,
     *,
@@ -243,27 +243,27 @@ class HeadOfLineResult:
         return {run.design: f"{run.normal_before_slow}/{self.normal} before the slow one" for run in self.runs}
 
 
-async def _head_of_line_run(
-    broker: Broker,
-    workdir: Path,
-    design: str,
-    workers: int,
-    *,
-    normal: int,
-    work: float,
-    slow_work: float,
-    image: bytes,
-    timeout: float,
-) -> DesignRun:
-    def work_of(job: Mapping[str, Any]) -> float:
-        return slow_work if job.get("user") == SLOW_USER else work
+@dataclass(frozen=True)
+class _SlowFirst:
+    """The batch both designs get: one slow image, then ``normal`` normal ones."""
 
-    async with reference_system(broker, workdir, workers=workers, shared=False, work_of=work_of) as system:
-        completions = await slow_image_first(system, image, normal=normal, timeout=timeout)
+    normal: int
+    work: float
+    slow_work: float
+    image: bytes
+    timeout: float
+
+    def work_of(self, job: Mapping[str, Any]) -> float:
+        return self.slow_work if job.get("user") == SLOW_USER else self.work
+
+
+async def _head_of_line_run(broker: Broker, workdir: Path, design: str, workers: int, batch: _SlowFirst) -> DesignRun:
+    async with reference_system(broker, workdir, workers=workers, shared=False, work_of=batch.work_of) as system:
+        completions = await slow_image_first(system, batch.image, normal=batch.normal, timeout=batch.timeout)
         return DesignRun(design, workers, system.processor.mode, completions)
 
 
-async def head_of_line(
+async def head_of_line(  # noqa: PLR0913  learner-facing: lesson 07 passes these knobs
     broker: Broker,
     workdir: str | Path,
     *,
@@ -281,11 +281,8 @@ async def head_of_line(
     and the events dealt to the slow image's member would wait behind it.
     """
     photo = image if image is not None else images.sample_photo()
+    batch = _SlowFirst(normal, work, slow_work, photo, timeout)
     runs = []
     for design, count in (("one worker", 1), (f"pool of {workers} workers", workers)):
-        folder = Path(workdir) / f"hol-{count}"
-        run = _head_of_line_run(
-            broker, folder, design, count, normal=normal, work=work, slow_work=slow_work, image=photo, timeout=timeout
-        )
-        runs.append(await run)
+        runs.append(await _head_of_line_run(broker, Path(workdir) / f"hol-{count}", design, count, batch))
     return HeadOfLineResult(normal, work, slow_work, tuple(runs))

@@ -175,7 +175,7 @@ class Notifier:
         """Stop the service abruptly (its session stays on the broker); returns the error it had died of, if any."""
         return await self._life.kill()
 
-    def crashed(self) -> Exception | None:
+    def crashed(self) -> BaseException | None:
         """The error the service died of, if it died (a healthy one runs until killed)."""
         return self._life.crashed()
 

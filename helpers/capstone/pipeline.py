@@ -24,7 +24,7 @@ from helpers.capstone.notifier import Notifier
 from helpers.capstone.processor import Member, Processor, ProcessorSettings, ProcessorStats, start_processor
 from helpers.capstone.system import WatchedSystem
 from helpers.capstone.upload import UploadService, end_session_quietly, start_upload
-from helpers.capstone.wire import RecordingStorage, UploadAnswer, start_recorder
+from helpers.capstone.wire import RecordingStorage, start_recorder
 from helpers.core.broker import Broker
 
 
@@ -105,15 +105,6 @@ class ReferenceSystem(WatchedSystem):
         if (upload_error := self.upload_service.crashed()) is not None:
             errors["upload job-event consumer"] = upload_error
         return errors
-
-    # helpers/tools/bench.py still says upload/wait_done (not this module's to change): the same calls, two names
-    async def upload(self, data: bytes, user: str) -> UploadAnswer:
-        """Deprecated name of :meth:`post`, kept for ``helpers/tools/bench.py``."""
-        return await self.post(data, user)
-
-    async def wait_done(self, job_ids: list[str], timeout: float = 30.0) -> bool:
-        """Deprecated name of :meth:`wait_finished`, kept for ``helpers/tools/bench.py``."""
-        return await self.wait_finished(job_ids, timeout)
 
 
 def _collect(errors: dict[str, BaseException]) -> Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[None]]:

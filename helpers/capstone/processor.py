@@ -232,18 +232,19 @@ class ProcessorStats:
 
 @dataclass
 class Member:
-    """One MQTT client of the processor: its client id (fixed, so a restart resumes its session) and its task."""
+    """One MQTT client of the processor: its client id (fixed, so a restart resumes its session) and its life."""
 
     index: int
     client_id: str
     topic: str
     pool: int
-    task: asyncio.Task[None] | None = None
+    life: lifecycle.Restartable = field(default_factory=lifecycle.Restartable)
+    """Its task, and what it died of (a BaseException too: a worker's process that died)."""
     consumer: Consumer | None = None
 
     @property
     def alive(self) -> bool:
-        return self.task is not None and not self.task.done()
+        return self.life.alive
 
 
 class Processor:
@@ -276,7 +277,6 @@ class Processor:
         self.stats = ProcessorStats()
         self.busy: dict[str, int] = {}
         """Job id -> the member working on it right now."""
-        self._errors: dict[str, BaseException] = {}
 
     async def start(self) -> Processor:
         """Start every member; returns once each has subscribed."""
@@ -289,30 +289,18 @@ class Processor:
         target = self.members[member]
         if target.alive:
             raise RuntimeError(f"processor member {member} is running; kill it first")
-        target.task = await lifecycle.start(reconnecting, self._serve, target)  # a lost connection: connect again
+        await target.life.launch(reconnecting, self._serve, target)  # a lost connection: connect again
 
     async def kill(self, member: int = 0) -> Exception | None:
         """Kill one member mid-work, like a crashed process: its connection drops, its unacked event stays queued.
 
         Returns the error the member had died of before, if any (a healthy member: None).
         """
-        target = self.members[member]
-        if target.task is None:
-            return None
-        error = await lifecycle.kill(target.task)
-        target.task = None
-        if error is not None:
-            self._errors[target.client_id] = error
-        return error
+        return await self.members[member].life.kill()
 
     def crashed(self) -> dict[str, BaseException]:
         """Members whose task died with an error (a healthy member runs until it is killed or stopped)."""
-        errors = dict(self._errors)
-        for member in self.members:
-            task = member.task
-            if task is not None and task.done() and not task.cancelled() and (error := task.exception()) is not None:
-                errors[member.client_id] = error
-        return errors
+        return {member.client_id: error for member in self.members if (error := member.life.crashed()) is not None}
 
     async def stop(self, *, forget: bool = True) -> dict[str, BaseException]:
         """Stop every member, then (``forget``) drop their sessions; returns what members had died of (name -> error).
@@ -324,7 +312,7 @@ class Processor:
         try:
             for member in self.members:
                 await self.kill(member.index)
-            errors = dict(self._errors)
+            errors = self.crashed()
         finally:
             try:
                 if forget:
@@ -515,8 +503,7 @@ class _Progress:
 
 def _retrieve(task: asyncio.Task[Any]) -> None:
     """Mark a dropped publish's failure as seen: the connection it used was closed on purpose."""
-    if not task.cancelled():
-        task.exception()
+    lifecycle.died_of(task)
 
 
 async def start_processor(

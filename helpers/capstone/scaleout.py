@@ -132,7 +132,7 @@ class Front:
         self, data: bytes, user: str, *, idempotency_key: str | None = None, timeout: float | None = 10.0
     ) -> UploadAnswer:
         """``POST /images`` over HTTP, as any client would."""
-        return await post_image(self.session, self.url, data, user, idempotency_key=idempotency_key, timeout=timeout)
+        return await post_image(self, data, user, idempotency_key=idempotency_key, timeout=timeout)
 
     async def wait_finished(self, job_ids: Sequence[str], timeout: float = 120.0) -> bool:
         """True once every job is done or failed (the Upload service hears it on ``jobs/+``)."""

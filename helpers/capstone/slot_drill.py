@@ -118,7 +118,7 @@ class SlotKillDrill:
         }
 
 
-async def kill_drill(
+async def kill_drill(  # noqa: PLR0913  learner-facing: appendix 08 passes slot, while_away and restart
     front: Front,
     workers: WorkerProcesses,
     jobs: int,

@@ -54,7 +54,7 @@ class SyncSystem:
         self, data: bytes, user: str, *, idempotency_key: str | None = None, timeout: float | None = 10.0
     ) -> UploadAnswer:
         """Upload and wait for the processing, like a client of this design must (there are no idempotency keys here)."""
-        return await post_image(self.session, self.url, data, user, idempotency_key=idempotency_key, timeout=timeout)
+        return await post_image(self, data, user, idempotency_key=idempotency_key, timeout=timeout)
 
     async def stop(self) -> None:
         """Stop the service, its storage and the clients."""

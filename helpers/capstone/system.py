@@ -137,7 +137,7 @@ class WatchedSystem:
         self, data: bytes, user: str, *, idempotency_key: str | None = None, timeout: float | None = 10.0
     ) -> UploadAnswer:
         """Upload like a client would: ``POST /images?user=USER`` over HTTP; the answer is 202 or a problem."""
-        return await post_image(self.session, self.url, data, user, idempotency_key=idempotency_key, timeout=timeout)
+        return await post_image(self, data, user, idempotency_key=idempotency_key, timeout=timeout)
 
     async def status(self, job_id: str, *, follow: bool = False) -> tuple[int, dict[str, Any]]:
         """``GET /jobs/{job_id}`` over HTTP: (status, body); a finished job answers 303 unless ``follow``."""

@@ -20,7 +20,7 @@ import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 from aiohttp import web
@@ -60,16 +60,21 @@ class UploadAnswer:
         return self.headers.get("Retry-After")
 
 
+class UploadTarget(Protocol):
+    """What :func:`post_image` posts through: an HTTP session and the upload service's base URL."""
+
+    @property
+    def session(self) -> aiohttp.ClientSession: ...
+
+    @property
+    def url(self) -> str: ...
+
+
 async def post_image(
-    session: aiohttp.ClientSession,
-    base_url: str,
-    data: bytes,
-    user: str,
-    *,
-    idempotency_key: str | None = None,
-    timeout: float | None = None,
+    target: UploadTarget, data: bytes, user: str, *, idempotency_key: str | None = None, timeout: float | None = None
 ) -> UploadAnswer:
-    """``POST {base_url}/images?user=USER`` with the bytes; raises ``TimeoutError`` after ``timeout`` seconds."""
+    """``POST {target.url}/images?user=USER`` with the bytes; raises ``TimeoutError`` after ``timeout`` seconds."""
+    session, base_url = target.session, target.url
     headers = {"Content-Type": "application/octet-stream"}
     if idempotency_key is not None:
         headers["Idempotency-Key"] = idempotency_key

@@ -121,12 +121,15 @@ class Restartable:
     """A long-running loop (a consumer, a service) that a lesson kills and restarts like a process.
 
     Keeps the running task and what it died of, so a scenario can ask "did it crash by
-    itself?" after a kill, and nothing it raised is lost.
+    itself?" after a kill, and nothing it raised is lost: a ``BaseException`` too (a
+    simulated process death, a KeyboardInterrupt or SystemExit that hit its task: asyncio
+    re-raised those out of the event loop when they happened, and they are what it died
+    of). Being cancelled (a kill) is not a crash.
     """
 
     def __init__(self) -> None:
         self.task: asyncio.Task[Any] | None = None
-        self.errors: list[Exception] = []
+        self.errors: list[BaseException] = []
 
     @property
     def alive(self) -> bool:
@@ -139,7 +142,10 @@ class Restartable:
         self.task = await start(run, *args, timeout=timeout, **kwargs)
 
     async def kill(self) -> Exception | None:
-        """Kill it mid-work, like a crashed process; returns the error it had died of before, if any."""
+        """Kill it mid-work, like a crashed process; returns the error it had died of before, if any.
+
+        A ``BaseException`` it had died of is raised here, as :func:`kill` does, not returned.
+        """
         if self.task is None:
             return None
         error = await kill(self.task)
@@ -148,9 +154,9 @@ class Restartable:
             self.errors.append(error)
         return error
 
-    def crashed(self) -> Exception | None:
-        """The error it died of, if it died by itself (a healthy loop runs until it is killed)."""
+    def crashed(self) -> BaseException | None:
+        """What it died of, if it died by itself (a healthy loop runs until it is killed); never a cancellation."""
         error = died_of(self.task) if self.task is not None else None
-        if isinstance(error, Exception):
+        if error is not None:
             return error
         return self.errors[-1] if self.errors else None

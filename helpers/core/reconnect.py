@@ -133,7 +133,7 @@ class Publisher:
             raise NotConnected("the connection to the MQTT broker was lost")
         return client
 
-    def crashed(self) -> Exception | None:
+    def crashed(self) -> BaseException | None:
         """The error its connection loop died of (a healthy publisher's loop runs until stopped)."""
         return self._life.crashed()
 

@@ -182,7 +182,7 @@ async def capstone_uploads_per_second(n: int = 40, concurrency: int = 8) -> floa
 
                 async def one(i: int) -> int:
                     async with slots:
-                        return (await pipeline.upload(photo, f"user-{i % 5}")).status
+                        return (await pipeline.post(photo, f"user-{i % 5}")).status
 
                 began = time.perf_counter()
                 statuses = await asyncio.gather(*(one(i) for i in range(n)))
@@ -205,9 +205,9 @@ async def capstone_images_per_second(workers: int, n: int = 8, work: float = 0.5
             pipeline = await start_pipeline(broker, folder, workers=workers, work=work)
             try:
                 began = time.perf_counter()
-                answers = [await pipeline.upload(photo, f"user-{i}") for i in range(n)]
+                answers = [await pipeline.post(photo, f"user-{i}") for i in range(n)]
                 ids = [a.job_id for a in answers if a.job_id]
-                if len(ids) != n or not await pipeline.wait_done(ids, timeout=120):
+                if len(ids) != n or not await pipeline.wait_finished(ids, timeout=120):
                     raise RuntimeError(f"only {len(ids)} of {n} images were accepted and done")
                 took = time.perf_counter() - began
             finally:

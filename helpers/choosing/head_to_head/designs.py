@@ -115,7 +115,7 @@ class Design:
     async def bring_back(self, service: str) -> None:
         raise NotImplementedError
 
-    def crashed(self) -> dict[str, Exception]:
+    def crashed(self) -> dict[str, BaseException]:
         """Downstream services that died of an error of their own (none for HTTP services)."""
         return {}
 
@@ -249,7 +249,7 @@ class AsyncDesign(Design):
         await self.start_consumer(service)
         self.faults[service].down = False
 
-    def crashed(self) -> dict[str, Exception]:
+    def crashed(self) -> dict[str, BaseException]:
         return {name: error for name, life in self.consumers.items() if (error := life.crashed()) is not None}
 
     @property

@@ -57,7 +57,7 @@ async def kill_all(lives: Mapping[str, lifecycle.Restartable]) -> dict[str, Exce
     return errors
 
 
-def first_crash(lives: Mapping[str, lifecycle.Restartable]) -> Exception | None:
+def first_crash(lives: Mapping[str, lifecycle.Restartable]) -> BaseException | None:
     """What the first of ``lives`` to die by itself died of, if one did."""
     return next((error for life in lives.values() if (error := life.crashed()) is not None), None)
 
@@ -199,7 +199,7 @@ class Agent:
         """Stop every worker; raise what any of them had died of (a worker never dies quietly)."""
         lifecycle.raise_crashed(await self.halt(), "the agent's workers")
 
-    def crashed(self) -> Exception | None:
+    def crashed(self) -> BaseException | None:
         """The error a worker died of, if one did."""
         return first_crash(self._lives)
 

@@ -221,7 +221,7 @@ class HybridSystem:
         """The agent's knobs (a step that fails, a step that holds)."""
         return self.agent.faults
 
-    def crashed(self) -> Exception | None:
+    def crashed(self) -> BaseException | None:
         """What the status keeper's consumer, the housekeeping or a worker died of, if anything did."""
         return first_crash(self._front.lives) or self.agent.crashed()
 
