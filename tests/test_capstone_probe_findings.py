@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import aiohttp
 import pytest
 from PIL import Image
 
@@ -46,15 +47,19 @@ async def pipeline(broker: Broker, tmp_path: Path) -> AsyncIterator[Pipeline]:
 async def assert_healthy(pipeline: Pipeline) -> None:
     answer = await pipeline.upload(images.sample_photo(), "after")
     assert answer.status == 202, answer.body
-    assert answer.job_id is not None and await pipeline.wait_done([answer.job_id], 30)
+    assert answer.job_id is not None
+    assert await pipeline.wait_done([answer.job_id], 30)
     assert pipeline.state(answer.job_id) == "succeeded"
     assert not pipeline.crashed()
 
 
 def assert_problem(status: int, content_type: str | None, body: dict[str, object], expected: int, slug: str) -> None:
     assert status == expected, f"expected HTTP {expected}, got {status}: {body}"
-    assert content_type is not None and content_type.startswith(PROBLEM_JSON), content_type
-    assert body["status"] == expected and body["title"] and body["detail"], body
+    assert content_type is not None
+    assert content_type.startswith(PROBLEM_JSON), content_type
+    assert body["status"] == expected, body
+    assert body["title"], body
+    assert body["detail"], body
     assert body["type"] == PROBLEM_BASE + slug, body
 
 
@@ -118,7 +123,8 @@ async def test_a_form_part_whose_headers_aiohttp_refuses_is_400_problem_json(pip
     answer = await raw_http(pipeline.url, head, body)
     answer.assert_problem(400, "bad-form-part")  # was: 500 text/plain "Server got itself in trouble"
     detail = str(answer.problem["detail"])
-    assert says in detail and "short name" in detail
+    assert says in detail
+    assert "short name" in detail
     assert len(detail) < 500, "the refused header line is not echoed back"
     assert pipeline.upload_service.published == 0
     await assert_healthy(pipeline)
@@ -167,7 +173,8 @@ async def test_an_unsupported_content_encoding_is_415_naming_the_accepted_ones(p
         answer = await raw_http(url, head, images.sample_photo())
         answer.assert_problem(415, "unsupported-encoding")  # was: 400 text/plain "Please install `Brotli`"
         detail = str(answer.problem["detail"])
-        assert "gzip, deflate, identity" in detail and encoding.rsplit(" ", 1)[-1] in detail
+        assert "gzip, deflate, identity" in detail
+        assert encoding.rsplit(" ", 1)[-1] in detail
         assert answer.headers.get("Accept-Encoding") == "gzip, deflate, identity"
     await assert_healthy(pipeline)
 
@@ -231,7 +238,8 @@ async def test_retries_racing_the_first_request_get_409_and_store_nothing(
     assert len(pipeline.upload_service.store) == 1
     assert len(stored_originals(tmp_path)) == 1, "a losing retry left no orphaned original"
     replay = await pipeline.upload(large_png, "retrier", "key-1")
-    assert replay.status == 202 and replay.headers.get("Idempotent-Replayed") == "true"
+    assert replay.status == 202
+    assert replay.headers.get("Idempotent-Replayed") == "true"
     assert replay.job_id == next(a.job_id for a in answers if a.status == 202)
     assert len(stored_originals(tmp_path)) == 1
 
@@ -273,3 +281,22 @@ async def test_large_uploads_past_the_queue_get_a_fast_503_and_a_normal_photo_is
         assert answer.headers.get("Retry-After") == str(upload.RETRY_AFTER_S)
         assert answer.seconds < ANSWER_S, f"a shed upload waited {answer.seconds:.2f} s for its 503"
     await assert_healthy(pipeline)
+
+
+# --- 6. an Expect header other than 100-continue ---------------------------------------------------
+
+
+async def test_an_unknown_expect_is_417_problem_json_and_100_continue_still_works(pipeline: Pipeline) -> None:
+    for url, head in targets(pipeline, "Expect: weird\n"):
+        answer = await raw_http(url, head, images.sample_photo())
+        answer.assert_problem(417, "expectation-failed")  # was: 417 text/plain
+        assert "100-continue" in str(answer.problem["detail"])
+        assert answer.headers.get("Connection", "").lower() == "close"
+    photo = images.sample_photo()
+    async with aiohttp.ClientSession() as session:
+        upload_url = f"{pipeline.url}/images?user=polite"
+        async with session.post(upload_url, data=photo, expect100=True, headers={"Content-Type": "image/jpeg"}) as response:
+            assert response.status == 202, await response.text()
+        storage_url = f"{pipeline.storage.url}/objects/polite/x"
+        async with session.put(storage_url, data=photo, expect100=True, headers={"Content-Type": "image/jpeg"}) as response:
+            assert response.status == 201, await response.text()

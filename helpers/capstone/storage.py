@@ -44,7 +44,7 @@ import yarl
 from aiohttp import web
 
 from helpers.core.http import DECODES_ITSELF, BodyRefused, Handler, Service, body_problem, read_body, start_service
-from helpers.core.problems import PROBLEM_BASE, PROBLEM_JSON, problem, problem_for
+from helpers.core.problems import PROBLEM_BASE, PROBLEM_JSON, expect_continue, problem, problem_for
 
 MAX_OBJECT_BYTES = 8 * 1024 * 1024
 """The largest object; the same as ``images.MAX_UPLOAD_BYTES`` (a test keeps them equal) without importing Pillow here."""
@@ -326,7 +326,7 @@ def storage_app(root: str | Path, *, max_bytes: int = MAX_OBJECT_BYTES) -> web.A
     app[STORE] = ObjectStore(Path(root))
     app[LOCKS] = weakref.WeakValueDictionary()
     route = r"/objects/{key:[\s\S]*}"  # any key, even empty or with a newline, reaches safe_key and its 400
-    app.router.add_put(route, _put)
+    app.router.add_put(route, _put, expect_handler=expect_continue)  # a 417 as problem+json too
     app.router.add_get(route, _get, allow_head=False)
     app.router.add_route("HEAD", route, _head)
     return app

@@ -74,7 +74,7 @@ from helpers.core.http import (
 from helpers.core.jobkit import http as jobhttp
 from helpers.core.jobkit.store import Admission, Admitted, KeyInUse, relay_outbox
 from helpers.core.messaging import Consumer, Event, make_event, manual_ack
-from helpers.core.problems import PROBLEM_BASE, problem, problem_for, problems_everywhere
+from helpers.core.problems import PROBLEM_BASE, expect_continue, problem, problem_for, problems_everywhere
 from helpers.core.reconnect import Publisher, reconnecting
 from helpers.core.timestamps import iso
 
@@ -480,7 +480,7 @@ def build_app(front: _Front) -> web.Application:
     decoding = _DecodeSlots(images.IMAGE_WORK_SLOTS, DECODE_QUEUE)
     store = front.store
 
-    @routes.post("/images")
+    @routes.post("/images", expect_handler=expect_continue)
     async def post_image(request: web.Request) -> web.Response:
         user = request.query.get("user", "")
         if not USER_PATTERN.fullmatch(user):
