@@ -428,10 +428,13 @@ class _Busy(Exception):
 
 
 def _declared_pixels(data: bytes, max_bytes: int) -> int:
-    """The pixels the upload's header declares (no pixel is decoded); ImageRejected for what is refused from the header."""
-    if len(data) > max_bytes:
-        return 0  # inspect_upload refuses it before opening it
-    img = images._open_header(data)  # noqa: SLF001 - the same guarded header parse inspect_upload starts with
+    """The pixels the upload's header declares (no pixel is decoded); 0 for what inspect_upload refuses at once."""
+    if not data or len(data) > max_bytes:
+        return 0
+    try:
+        img = images._open_header(data)  # noqa: SLF001 - the same guarded header parse inspect_upload starts with
+    except images.ImageRejected:
+        return 0  # inspect_upload refuses it from the header too, with its own order of checks and status
     return img.width * img.height
 
 
