@@ -11,6 +11,7 @@ import asyncio
 import gzip
 import io
 import json
+import logging
 import time
 import zlib
 from collections.abc import AsyncIterator, Sequence
@@ -27,6 +28,7 @@ from helpers.capstone.pipeline import Pipeline, UploadAnswer, start_pipeline
 from helpers.core.broker import Broker
 from helpers.core.loop_lag import LoopLag
 from helpers.core.problems import PROBLEM_BASE, PROBLEM_JSON
+from helpers.core.waiting import until
 
 pytestmark = pytest.mark.broker
 
@@ -300,3 +302,33 @@ async def test_an_unknown_expect_is_417_problem_json_and_100_continue_still_work
         storage_url = f"{pipeline.storage.url}/objects/polite/x"
         async with session.put(storage_url, data=photo, expect100=True, headers={"Content-Type": "image/jpeg"}) as response:
             assert response.status == 201, await response.text()
+
+
+# --- 7. a client that hangs up in the middle of its body --------------------------------------------
+
+
+async def hang_up_mid_body(base_url: str, head: str) -> None:
+    url = urlsplit(base_url)
+    _, writer = await asyncio.open_connection(url.hostname, url.port)
+    writer.write(head.replace("\n", "\r\n").encode() + b"Content-Length: 100000\r\n\r\n" + bytes(1000))
+    await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+
+
+async def test_a_client_that_hangs_up_mid_body_is_no_server_error(pipeline: Pipeline, caplog: pytest.LogCaptureFixture) -> None:
+    form_head, _ = form_post([])
+    cases = [*targets(pipeline, ""), (pipeline.url, form_head)]
+    services = [pipeline.upload_service.service, pipeline.storage]
+    before = sum(service.stats.requests for service in services)
+    with caplog.at_level(logging.ERROR, logger="aiohttp.server"):
+        for url, head in cases:
+            await hang_up_mid_body(url, head)
+
+        def handled() -> bool:
+            return sum(s.stats.requests for s in services) == before + len(cases) and not any(s.stats.in_flight for s in services)
+
+        assert await until(handled, 10, poll=0.01)
+    errors = [record.getMessage() for record in caplog.records if record.name == "aiohttp.server"]
+    assert not errors, f"a hang-up was logged as a server error (a traceback each): {errors}"  # was: 600 tracebacks
+    await assert_healthy(pipeline)

@@ -248,6 +248,11 @@ class BodyUndecodable(BodyRefused):
     """The body could not be read as framed and encoded: bad gzip/deflate, a broken chunk, broken multipart: 400."""
 
 
+class BodyAbandoned(BodyRefused):
+    """The client closed the connection before its body was complete: a 400 nobody reads, not a server error (500)
+    with a traceback in the log for every client that gives up."""
+
+
 ACCEPTED_ENCODINGS = ("gzip", "deflate", "identity")
 """The Content-Encodings :func:`read_body` decodes (``x-gzip`` is gzip's old name); any other is a 415."""
 DECODES_ITSELF = {"auto_decompress": False}
@@ -359,6 +364,10 @@ class BodyClock:
                 else f"No bytes of the body arrived for {self.idle:g} s; send the whole body at once."
             )
             raise BodyTimedOut(408, "Body not received in time", detail, "body-timeout") from None
+        except ConnectionResetError:  # aiohttp's word for "the client hung up" while a body was being read
+            raise BodyAbandoned(
+                400, "Body incomplete", "The connection was closed before the body was complete.", "body-incomplete"
+            ) from None
         except web.RequestPayloadError as exc:  # aiohttp's error for a body it cannot decode or de-chunk
             raise BodyUndecodable(
                 400,
