@@ -422,11 +422,12 @@ def body_problem(error: BodyRefused) -> web.Response:
     A stalled client (408) would otherwise hold the connection through aiohttp's "lingering"
     read (up to 10 s), and a body that failed to decode (400) cannot be read on. A 413 keeps
     the lingering read: a client still sending a big body must get to read the answer, and
-    closing a socket with unread bytes makes the kernel send a reset that can destroy it.
+    closing a socket with unread bytes makes the kernel send a reset that can destroy it. A 415 (an
+    encoding it does not decode) is answered before a byte is read too, and keeps it the same way.
     """
     response = problem_for(error)
     if isinstance(error, BodyEncodingUnsupported):
         response.headers[hdrs.ACCEPT_ENCODING] = ", ".join(ACCEPTED_ENCODINGS)  # what RFC 9110 15.5.16 asks a 415 to say
-    if not isinstance(error, BodyTooLarge):
+    if not isinstance(error, BodyTooLarge | BodyEncodingUnsupported):  # both refused before reading: let it linger
         response.force_close()
     return response
