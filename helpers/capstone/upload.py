@@ -435,7 +435,8 @@ def _declared_pixels(data: bytes, max_bytes: int) -> int:
         img = images._open_header(data)  # noqa: SLF001 - the same guarded header parse inspect_upload starts with
     except images.ImageRejected:
         return 0  # inspect_upload refuses it from the header too, with its own order of checks and status
-    return img.width * img.height
+    with img:
+        return img.width * img.height
 
 
 class _DecodeSlots:
