@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import socket
 import time
+import zlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,7 +14,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from helpers.core import http
 from helpers.core.http import Faults, Stats, get_service, running_services, start_service, stop_all
+from helpers.core.problems import PROBLEM_BASE, PROBLEM_JSON
 
 
 async def ok(_: web.Request) -> web.Response:
@@ -261,3 +265,79 @@ async def test_stats_count_requests_arrivals_and_concurrency(session: aiohttp.Cl
     assert stats.arrivals == sorted(stats.arrivals)
     stats.reset()
     assert stats == Stats()
+
+
+# --- read_body: Content-Encoding decoded under the limit -------------------------------------------
+
+BODY_LIMIT = 100_000
+
+
+@pytest.fixture
+async def echo_url() -> AsyncIterator[str]:
+    """A service that reads its body with read_body (limit BODY_LIMIT) and answers its length and first bytes."""
+
+    async def echo(request: web.Request) -> web.Response:
+        try:
+            data = await http.read_body(request, BODY_LIMIT)
+        except http.BodyRefused as exc:
+            return http.body_problem(exc)
+        return web.json_response({"size": len(data), "head": data[:8].hex()})
+
+    app = web.Application(handler_args=http.DECODES_ITSELF)
+    app.router.add_post("/", echo)
+    service = await start_service("echo-body", app)
+    try:
+        yield service.url
+    finally:
+        await service.stop()
+
+
+BODY = bytes(range(256)) * 100
+DECODED = {
+    "gzip": gzip.compress(BODY),
+    "x-gzip": gzip.compress(BODY),
+    "GZIP": gzip.compress(BODY),
+    "deflate": zlib.compress(BODY),
+    "identity": BODY,
+    "gzip, identity": gzip.compress(BODY),
+    "deflate, gzip": gzip.compress(zlib.compress(BODY)),
+}
+
+
+@pytest.mark.parametrize("encoding", list(DECODED))
+async def test_read_body_decodes_gzip_and_deflate_itself(session: aiohttp.ClientSession, echo_url: str, encoding: str) -> None:
+    async with session.post(echo_url, data=DECODED[encoding], headers={"Content-Encoding": encoding}) as response:
+        assert response.status == 200, await response.text()
+        assert await response.json() == {"size": len(BODY), "head": BODY[:8].hex()}
+
+
+async def test_read_body_takes_raw_deflate_and_a_gzip_of_two_members(session: aiohttp.ClientSession, echo_url: str) -> None:
+    raw = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    for encoding, data in (
+        ("deflate", raw.compress(BODY) + raw.flush()),
+        ("gzip", gzip.compress(BODY[:1000]) + gzip.compress(BODY[1000:])),
+    ):
+        async with session.post(echo_url, data=data, headers={"Content-Encoding": encoding}) as response:
+            assert (await response.json())["size"] == len(BODY)
+
+
+REFUSED_BODIES = {
+    "br": (b"\x0b\x02\x80hello\x03", 415, "unsupported-encoding"),
+    "gzip, zstd": (b"x", 415, "unsupported-encoding"),
+    "gzip": (gzip.compress(bytes(BODY_LIMIT + 1)), 413, "too-large"),  # a bomb: refused at the limit, never inflated
+    "deflate": (zlib.compress(BODY)[:-20], 400, "undecodable-body"),  # cut short
+    "x-gzip": (b"not gzip at all", 400, "undecodable-body"),
+}
+
+
+@pytest.mark.parametrize("encoding", list(REFUSED_BODIES))
+async def test_read_body_refuses_what_it_cannot_decode(session: aiohttp.ClientSession, echo_url: str, encoding: str) -> None:
+    data, status, slug = REFUSED_BODIES[encoding]
+    async with session.post(echo_url, data=data, headers={"Content-Encoding": encoding}) as response:
+        body = await response.json(content_type=None)
+        assert response.status == status, body
+        assert response.content_type == PROBLEM_JSON
+        assert body["type"] == PROBLEM_BASE + slug
+    if status == 415:
+        assert response.headers["Accept-Encoding"] == "gzip, deflate, identity"
+        assert "gzip, deflate, identity" in body["detail"]

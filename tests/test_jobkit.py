@@ -95,6 +95,42 @@ def test_idempotency_is_per_caller_with_a_fingerprint(store: JobStore) -> None:
     assert store.by_key("eve", "k1") is None
 
 
+def test_a_reserved_key_is_in_flight_until_its_job_is_stored(store: JobStore) -> None:
+    task = {"task": "decode a large image"}
+    store.reserve("ada", "k1", fingerprint(task), "j1")  # before the expensive work: no job yet
+    assert store.get("j1") is None
+    in_flight = store.admit("ada", "k1", fingerprint(task))
+    assert (in_flight.outcome, in_flight.job) == (Admission.IN_FLIGHT, None), "a concurrent retry: 409"
+    assert store.admit("ada", "k1", fingerprint({"task": "other"})).outcome == Admission.MISMATCH
+    assert store.admit("bob", "k1", fingerprint(task)).outcome == Admission.NEW, "another caller's key"
+    with pytest.raises(KeyInUse):
+        store.reserve("ada", "k1", fingerprint(task), "j2")
+    with pytest.raises(KeyInUse):
+        store.accept(new_job("j2", task, key="k1"), {"state": "accepted"})  # not the reserving job
+    store.accept(new_job("j1", task, key="k1"), {"state": "accepted"})  # the reservation becomes the job's key
+    assert not store.release("ada", "k1", "j1"), "a stored job keeps its key"
+    assert store.admit("ada", "k1", fingerprint(task)).outcome == Admission.IN_FLIGHT
+    store.answered("ada", "k1")
+    replay = store.admit("ada", "k1", fingerprint(task))
+    assert replay.outcome == Admission.REPLAY
+    assert replay.job is not None
+    assert replay.job.job_id == "j1"
+
+
+def test_a_released_or_abandoned_reservation_frees_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.sqlite3"
+    task = {"task": "decode"}
+    store = JobStore(path)
+    store.reserve("ada", "failed", fingerprint(task), "j1")
+    assert store.release("ada", "failed", "j1"), "the first request failed: nothing was stored"
+    assert store.admit("ada", "failed", fingerprint(task)).outcome == Admission.NEW
+    store.reserve("ada", "crashed", fingerprint(task), "j2")  # the process dies before the job is stored
+    store.close()
+    again = JobStore(path)
+    assert again.admit("ada", "crashed", fingerprint(task)).outcome == Admission.NEW, "a restart frees the key"
+    again.close()
+
+
 def test_a_restart_keeps_jobs_history_and_pending_outbox(tmp_path: Path) -> None:
     path = tmp_path / "work" / "jobs.sqlite3"
     first = JobStore(path)

@@ -43,8 +43,8 @@ import aiohttp
 import yarl
 from aiohttp import web
 
-from helpers.core.http import BodyRefused, Handler, Service, body_problem, read_body, start_service
-from helpers.core.problems import PROBLEM_BASE, PROBLEM_JSON, problem, problem_for
+from helpers.core.http import DECODES_ITSELF, BodyRefused, Handler, Service, body_problem, read_body, start_service
+from helpers.core.problems import PROBLEM_BASE, PROBLEM_JSON, expect_continue, problem, problem_for
 
 MAX_OBJECT_BYTES = 8 * 1024 * 1024
 """The largest object; the same as ``images.MAX_UPLOAD_BYTES`` (a test keeps them equal) without importing Pillow here."""
@@ -321,11 +321,12 @@ async def _problems(request: web.Request, handler: Handler) -> web.StreamRespons
 
 def storage_app(root: str | Path, *, max_bytes: int = MAX_OBJECT_BYTES) -> web.Application:
     """The storage service as a fresh aiohttp app (a started app cannot be started again)."""
-    app = web.Application(client_max_size=max_bytes, middlewares=[_problems])
+    # DECODES_ITSELF: read_body decodes gzip/deflate under the limit and answers br, zstd, ... 415 problem+json
+    app = web.Application(client_max_size=max_bytes, middlewares=[_problems], handler_args=DECODES_ITSELF)
     app[STORE] = ObjectStore(Path(root))
     app[LOCKS] = weakref.WeakValueDictionary()
     route = r"/objects/{key:[\s\S]*}"  # any key, even empty or with a newline, reaches safe_key and its 400
-    app.router.add_put(route, _put)
+    app.router.add_put(route, _put, expect_handler=expect_continue)  # a 417 as problem+json too
     app.router.add_get(route, _get, allow_head=False)
     app.router.add_route("HEAD", route, _head)
     return app

@@ -52,6 +52,7 @@ from pathlib import Path
 import aiohttp
 import aiomqtt
 from aiohttp import BodyPartReader, hdrs, web
+from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 
 from helpers.capstone import images
 from helpers.capstone.jobs import IMAGE_UPLOADED, STORE_FILE, Job, Topics, UploadJobs
@@ -59,11 +60,13 @@ from helpers.capstone.storage import StorageClient, StorageError
 from helpers.core import lifecycle
 from helpers.core.broker import Broker
 from helpers.core.http import (
+    DECODES_ITSELF,
     BodyClock,
     BodyRefused,
     BodyTooLarge,
     Service,
     body_problem,
+    content_codings,
     read_body,
     read_chunks,
     start_service,
@@ -71,7 +74,7 @@ from helpers.core.http import (
 from helpers.core.jobkit import http as jobhttp
 from helpers.core.jobkit.store import Admission, Admitted, KeyInUse, relay_outbox
 from helpers.core.messaging import Consumer, Event, make_event, manual_ack
-from helpers.core.problems import PROBLEM_BASE, problem, problem_for, problems_everywhere
+from helpers.core.problems import PROBLEM_BASE, expect_continue, problem, problem_for, problems_everywhere
 from helpers.core.reconnect import Publisher, reconnecting
 from helpers.core.timestamps import iso
 
@@ -85,6 +88,17 @@ FORM_OVERHEAD = 64 * 1024
 """Room for a form's boundaries, part headers and small text fields on top of the image's byte limit."""
 HOUSEKEEPING_S = 0.2
 """How often the service publishes what its outbox still holds and fails jobs past their deadline."""
+MAX_FORM_PARTS = 8
+"""Parts a multipart form may have: the endpoint takes one file part, and skips a few text fields beside it (what
+a browser form sends); a form with more is refused (400) before its other parts are parsed."""
+LARGE_IMAGE_PIXELS = 4_000_000
+"""An upload whose header declares more pixels than this (2000 x 2000) is a large one: decoding it takes a second
+or more and hundreds of MB. Large and small uploads are decoded in separate lanes of
+:data:`helpers.capstone.images.IMAGE_WORK_SLOTS` each, so a normal photo never waits behind a panorama."""
+DECODE_QUEUE = 2
+"""Large uploads that may wait for a decode slot of their lane; when its slots are busy and this many already
+wait, the next large upload is answered ``503`` with ``Retry-After`` at once (load shedding), instead of waiting
+seconds in a queue with no end."""
 
 
 def original_key(job_id: str) -> str:
@@ -251,6 +265,8 @@ async def read_upload(request: web.Request, limit: int) -> bytes:
     """
     clock = BodyClock()
     if request.content_type == "multipart/form-data":
+        if content_codings(request):  # a 415 for an unknown one, and a form is read as sent: no encoded forms
+            raise _not_one_file("a form is sent without a Content-Encoding (its file part may be compressed itself)")
         return await _one_file_part(request, limit, clock)
     if request.content_type.startswith("multipart/"):
         raise _not_one_file(f"a {request.content_type} body is not a form")
@@ -267,18 +283,40 @@ async def _one_file_part(request: web.Request, limit: int, clock: BodyClock) -> 
     seen = 0
     try:
         reader = await request.multipart()
-        while (part := await clock.wait(reader.next())) is not None:
+        for parts in range(MAX_FORM_PARTS + 1):
+            if (part := await clock.wait(reader.next())) is None:
+                break
+            if parts == MAX_FORM_PARTS:
+                raise _not_one_file(f"it has more than {MAX_FORM_PARTS} parts; the image is all this endpoint takes")
             if not isinstance(part, BodyPartReader):
                 raise _not_one_file("it has a nested multipart part")
             data = await read_chunks(part.read_chunk, limit - seen, clock)
             seen += len(data)
             if part.filename is not None or not part.headers.get(hdrs.CONTENT_TYPE, "text/plain").startswith("text/"):
                 files.append(data)
+            await asyncio.sleep(0)  # a part already received is parsed without waiting: let other requests run between
+    except BadHttpMessage as exc:  # a part's header line over 8190 bytes (LineTooLong), too many headers in a part
+        raise _bad_part_headers(exc) from None
     except (ValueError, RuntimeError, AssertionError) as exc:  # what aiohttp's multipart reader raises for a broken form
         raise _not_one_file(f"the form could not be read ({exc})") from None
     if len(files) != 1:
         raise _not_one_file(f"it has {len(files)} file parts")
     return files[0]
+
+
+def _bad_part_headers(exc: BadHttpMessage) -> BodyRefused:
+    """The 400 for a form part whose headers aiohttp's multipart reader refused; never echoes the (long) line."""
+    if isinstance(exc, LineTooLong):
+        why = f"a header line of a form part is longer than {exc.args[1]} bytes (a file name that long, or a big extra header)"
+    else:
+        why = f"the headers of a form part could not be read ({exc.message[:200]})"
+    return BodyRefused(
+        400,
+        "Form part headers refused",
+        f"The upload was refused: {why}. Send the file with a short name and only the usual part headers"
+        " (Content-Disposition, Content-Type).",
+        "bad-form-part",
+    )
 
 
 def _not_one_file(reason: str) -> BodyRefused:
@@ -390,13 +428,68 @@ class _Front:
             self.store.answered(job)
 
 
+class _Busy(Exception):
+    """Every decode slot is busy and :data:`DECODE_QUEUE` uploads already wait for one."""
+
+
+def _declared_pixels(data: bytes, max_bytes: int) -> int:
+    """The pixels the upload's header declares (no pixel is decoded); 0 for what inspect_upload refuses at once."""
+    if not data or len(data) > max_bytes:
+        return 0
+    try:
+        img = images._open_header(data)  # noqa: SLF001 - the same guarded header parse inspect_upload starts with
+    except images.ImageRejected:
+        return 0  # inspect_upload refuses it from the header too, with its own order of checks and status
+    with img:
+        return img.width * img.height
+
+
+class _DecodeSlots:
+    """Decoding in threads, a few at a time per lane (:data:`LARGE_IMAGE_PIXELS`), at most ``queue`` large ones waiting."""
+
+    def __init__(self, slots: int, queue: int) -> None:
+        self._small, self._large = asyncio.Semaphore(slots), asyncio.Semaphore(slots)
+        self.queue = queue
+        self.waiting = 0
+        """Large uploads waiting for a slot now."""
+
+    async def inspect(self, data: bytes, max_bytes: int) -> images.ImageInfo:
+        """``images.inspect_upload`` in a thread; :class:`_Busy` at once for a large upload when its lane is full."""
+        if await asyncio.to_thread(_declared_pixels, data, max_bytes) <= LARGE_IMAGE_PIXELS:
+            async with self._small:
+                return await asyncio.to_thread(images.inspect_upload, data, max_bytes=max_bytes)
+        if self._large.locked() and self.waiting >= self.queue:
+            raise _Busy
+        self.waiting += 1
+        try:
+            await self._large.acquire()
+        finally:
+            self.waiting -= 1
+        try:
+            return await asyncio.to_thread(images.inspect_upload, data, max_bytes=max_bytes)
+        finally:
+            self._large.release()
+
+
+def _busy() -> web.Response:
+    response = problem(
+        503,
+        "Too many uploads at once",
+        f"{images.IMAGE_WORK_SLOTS} large uploads are being checked and {DECODE_QUEUE} more wait; try again in"
+        f" {RETRY_AFTER_S} s (with the same Idempotency-Key, if you sent one)",
+        f"{PROBLEM_BASE}busy",
+    )
+    response.headers["Retry-After"] = str(RETRY_AFTER_S)
+    return response
+
+
 def build_app(front: _Front) -> web.Application:
     """The Upload service's routes: ``POST /images`` and the status routes (:func:`add_status_routes`)."""
     routes = web.RouteTableDef()
-    decoding = asyncio.Semaphore(images.IMAGE_WORK_SLOTS)
+    decoding = _DecodeSlots(images.IMAGE_WORK_SLOTS, DECODE_QUEUE)
     store = front.store
 
-    @routes.post("/images")
+    @routes.post("/images", expect_handler=expect_continue)
     async def post_image(request: web.Request) -> web.Response:
         user = request.query.get("user", "")
         if not USER_PATTERN.fullmatch(user):
@@ -410,12 +503,23 @@ def build_app(front: _Front) -> web.Application:
         digest = hashlib.sha256(data).hexdigest()  # the request's fingerprint
         if key is not None and (repeat := answer_for(store.admit(user, key, digest), key)) is not None:
             return repeat  # a retry answers before any validation work: it was validated the first time
+        job = Job(uuid.uuid4().hex, user, len(front.steps), digest, key)
+        if key is None:
+            return await accept_new(job, data)
+        store.store.reserve(user, key, digest, job.job_id)  # no await since admit: the key is still free
+        try:  # a retry meanwhile is told 409 (in flight) instead of decoding and storing the same image again
+            return await accept_new(job, data)
+        finally:
+            store.store.release(user, key, job.job_id)  # only if no job was stored: a failed first try frees its key
+
+    async def accept_new(job: Job, data: bytes) -> web.Response:
         try:  # decoding is CPU work: off the event loop, and a few at a time, so memory stays bounded under a burst
-            async with decoding:
-                info = await asyncio.to_thread(images.inspect_upload, data, max_bytes=front.max_bytes)
+            info = await decoding.inspect(data, front.max_bytes)
         except images.ImageRejected as exc:
             return problem_for(exc)
-        job = Job(uuid.uuid4().hex, user, len(front.steps), digest, key)
+        except _Busy:
+            return _busy()  # load shedding: a fast 503 beats an answer after seconds in a queue
+        user, key, digest = job.user, job.idempotency_key, job.digest
         job.accepted_body = accepted_body(job)
         try:
             etag = await front.storage.put(original_key(job.job_id), data, info.content_type)  # sniffed, never the header
@@ -430,7 +534,8 @@ def build_app(front: _Front) -> web.Application:
             return answer_for(store.admit(user, key, digest), key or "") or jobhttp.key_in_flight(key or "")
         return accepted(job)
 
-    app = web.Application(middlewares=[jobhttp.no_store, problems_everywhere])
+    # DECODES_ITSELF: read_body decodes gzip/deflate under the byte limit and answers br, zstd, ... 415 problem+json
+    app = web.Application(middlewares=[jobhttp.no_store, problems_everywhere], handler_args=DECODES_ITSELF)
     app.add_routes(routes)
     add_status_routes(app, store, front.storage.url)
     return app

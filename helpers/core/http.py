@@ -12,7 +12,8 @@ instead of failing with "address in use".
 
 A service that takes bodies from clients it cannot trust reads them with :func:`read_body`:
 a limit on the bytes (413), deadlines instead of waiting for a client that stopped sending
-(408), and a clear 400 for a Content-Encoding that does not decode.
+(408), a clear 400 for a Content-Encoding that does not decode, and a 415 for one it does not know (an app
+made with ``handler_args=DECODES_ITSELF`` leaves the decoding to it, under the body's limit).
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from helpers.core.problems import PROBLEM_BASE, problem_for
 
@@ -246,6 +248,96 @@ class BodyUndecodable(BodyRefused):
     """The body could not be read as framed and encoded: bad gzip/deflate, a broken chunk, broken multipart: 400."""
 
 
+class BodyAbandoned(BodyRefused):
+    """The client closed the connection before its body was complete: a 400 nobody reads, not a server error (500)
+    with a traceback in the log for every client that gives up."""
+
+
+ACCEPTED_ENCODINGS = ("gzip", "deflate", "identity")
+"""The Content-Encodings :func:`read_body` decodes (``x-gzip`` is gzip's old name); any other is a 415."""
+DECODES_ITSELF = {"auto_decompress": False}
+"""``web.Application(handler_args=DECODES_ITSELF)`` for an app that reads bodies with :func:`read_body`: aiohttp
+then leaves Content-Encoding to it (under the body's limit, 415 problem+json for an encoding it does not know),
+instead of answering a ``br`` or ``zstd`` body with a plain-text 400 before any handler runs."""
+
+
+class BodyEncodingUnsupported(BodyRefused):
+    """The body declares a Content-Encoding the service does not decode (``br``, ``zstd``, ...): 415 (RFC 9110 15.5.16)."""
+
+    def __init__(self, coding: str) -> None:
+        accepted = ", ".join(ACCEPTED_ENCODINGS)
+        super().__init__(
+            415,
+            "Content-Encoding not supported",
+            f"The body's Content-Encoding {coding!r} is not supported here; send it as one of {accepted}"
+            " (identity: no Content-Encoding header at all).",
+            "unsupported-encoding",
+        )
+        self.coding = coding
+
+
+def content_codings(request: web.BaseRequest) -> list[str]:
+    """The body's Content-Encodings in the order they were applied (``identity`` left out); 415 for one not accepted."""
+    codings = []
+    for value in request.headers.getall(hdrs.CONTENT_ENCODING, []):
+        for item in value.split(","):
+            coding = item.strip().lower()
+            coding = "gzip" if coding == "x-gzip" else coding
+            if coding not in ACCEPTED_ENCODINGS:
+                raise BodyEncodingUnsupported(item.strip()[:40])
+            if coding != "identity":
+                codings.append(coding)
+    return codings
+
+
+class _Inflater:
+    """One gzip or deflate layer of a body, decoded as the bytes arrive and never past ``limit`` bytes (a bomb: 413)."""
+
+    def __init__(self, coding: str, limit: int) -> None:
+        self.coding, self.limit = coding, limit
+        self.size = 0
+        self._inflate: zlib._Decompress | None = None
+        self._fed = False
+
+    def _refused(self, why: str) -> BodyUndecodable:
+        return BodyUndecodable(
+            400,
+            "Body could not be decoded",
+            f"The body could not be read ({why}); it declares Content-Encoding: {self.coding}, so it must really be"
+            f" encoded that way, else send it without one.",
+            "undecodable-body",
+        )
+
+    def _start(self, first: bytes) -> zlib._Decompress:
+        if self.coding == "gzip":
+            return zlib.decompressobj(16 + zlib.MAX_WBITS)
+        # "deflate" is meant to be zlib-wrapped (RFC 9110 8.4.1.2), but some clients send raw deflate, as aiohttp accepts
+        return zlib.decompressobj(zlib.MAX_WBITS if first[0] & 0x0F == 8 else -zlib.MAX_WBITS)
+
+    def feed(self, data: bytes) -> bytes:
+        out = b""
+        while data:
+            if self._inflate is None or (self._inflate.eof and self.coding == "gzip"):  # gzip may have several members
+                self._inflate = self._start(data)
+            elif self._inflate.eof:
+                raise self._refused("bytes follow the end of the compressed data")
+            self._fed = True
+            try:
+                piece = self._inflate.decompress(data, self.limit - self.size + 1)
+            except zlib.error as exc:
+                raise self._refused(f"{self.coding}: {exc}") from None
+            self.size += len(piece)
+            if self.size > self.limit:
+                raise BodyTooLarge(self.limit)
+            out += piece
+            data = self._inflate.unused_data
+        return out
+
+    def finish(self) -> None:
+        if self._fed and self._inflate is not None and not self._inflate.eof:
+            raise self._refused(f"{self.coding}: the body ended inside the compressed data")
+
+
 class BodyClock:
     """The deadlines of one body: every wait for bytes ends after ``idle`` s of silence or at ``total`` s overall.
 
@@ -272,6 +364,10 @@ class BodyClock:
                 else f"No bytes of the body arrived for {self.idle:g} s; send the whole body at once."
             )
             raise BodyTimedOut(408, "Body not received in time", detail, "body-timeout") from None
+        except ConnectionResetError:  # aiohttp's word for "the client hung up" while a body was being read
+            raise BodyAbandoned(
+                400, "Body incomplete", "The connection was closed before the body was complete.", "body-incomplete"
+            ) from None
         except web.RequestPayloadError as exc:  # aiohttp's error for a body it cannot decode or de-chunk
             raise BodyUndecodable(
                 400,
@@ -299,11 +395,25 @@ async def read_body(request: web.Request, limit: int, clock: BodyClock | None = 
 
     A declared Content-Length over ``limit`` is refused before a byte is read; a body that
     grows past it while arriving (chunked, or decompressed) is refused as soon as it does.
+    gzip and deflate are decoded here when aiohttp left them alone (:data:`DECODES_ITSELF`);
+    any other Content-Encoding is :class:`BodyEncodingUnsupported` (415).
     """
     declared = request.content_length
     if declared is not None and declared > limit:
         raise BodyTooLarge(limit)
-    return await read_chunks(request.content.read, limit, clock or BodyClock())
+    codings = content_codings(request)  # 415 for one it does not know, before a byte is read
+    clock = clock or BodyClock()
+    if not codings:  # what aiohttp decoded itself, in an app that lets it (one without DECODES_ITSELF)
+        return await read_chunks(request.content.read, limit, clock)
+    layers = [_Inflater(coding, limit) for coding in reversed(codings)]  # the last one applied comes off first
+    chunks: list[bytes] = []
+    while raw := await clock.wait(request.content.read(BODY_CHUNK)):
+        for layer in layers:
+            raw = layer.feed(raw)
+        chunks.append(raw)
+    for layer in layers:
+        layer.finish()
+    return b"".join(chunks)
 
 
 def body_problem(error: BodyRefused) -> web.Response:
@@ -312,9 +422,12 @@ def body_problem(error: BodyRefused) -> web.Response:
     A stalled client (408) would otherwise hold the connection through aiohttp's "lingering"
     read (up to 10 s), and a body that failed to decode (400) cannot be read on. A 413 keeps
     the lingering read: a client still sending a big body must get to read the answer, and
-    closing a socket with unread bytes makes the kernel send a reset that can destroy it.
+    closing a socket with unread bytes makes the kernel send a reset that can destroy it. A 415 (an
+    encoding it does not decode) is answered before a byte is read too, and keeps it the same way.
     """
     response = problem_for(error)
-    if not isinstance(error, BodyTooLarge):
+    if isinstance(error, BodyEncodingUnsupported):
+        response.headers[hdrs.ACCEPT_ENCODING] = ", ".join(ACCEPTED_ENCODINGS)  # what RFC 9110 15.5.16 asks a 415 to say
+    if not isinstance(error, BodyTooLarge | BodyEncodingUnsupported):  # both refused before reading: let it linger
         response.force_close()
     return response

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from aiohttp import web
+from aiohttp import HttpVersion11, hdrs, web
 
 PROBLEM_JSON = "application/problem+json"
 PROBLEM_BASE = "https://course.invalid/problems/"
@@ -66,4 +66,28 @@ async def problems_everywhere(request: web.Request, handler: Any) -> web.StreamR
         if "Retry-After" in exc.headers:
             answer.headers["Retry-After"] = exc.headers["Retry-After"]
         return answer
+    return response
+
+
+async def expect_continue(request: web.Request) -> web.StreamResponse | None:
+    """A route's ``expect_handler=``: ``100 Continue`` for ``Expect: 100-continue``, a 417 problem+json for any other.
+
+    aiohttp's own Expect handler runs before the middlewares, so :func:`problems_everywhere` never sees its
+    plain-text 417. This one answers as aiohttp's does for 100-continue, and closes the connection after a 417:
+    the body the client may send anyway is never read.
+    """
+    expect = request.headers.get(hdrs.EXPECT, "")
+    if request.version != HttpVersion11:
+        return None
+    if expect.lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the answer's own bytes are counted from here, as aiohttp does
+        return None
+    response = problem(
+        417,
+        "Expectation Failed",
+        f"Expect: {expect[:100]!r} is not supported; send no Expect header, or Expect: 100-continue",
+        f"{PROBLEM_BASE}expectation-failed",
+    )
+    response.force_close()
     return response

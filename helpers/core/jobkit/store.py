@@ -12,7 +12,10 @@ One table per concern, all in the same file, so one transaction covers them toge
   event can never reopen a finished job;
 * ``idempotency``: ``(caller, key)`` -> the job and the fingerprint of the request that
   made it; :meth:`JobStore.admit` tells a replay from a key reused for other content and
-  from a key whose first request is still being answered;
+  from a key whose first request is still being answered. A service whose work before
+  :meth:`JobStore.accept` is expensive (decoding an image, storing it) reserves the key first
+  (:meth:`JobStore.reserve`), so a concurrent retry is told "in flight" instead of doing that
+  work again, and releases it (:meth:`JobStore.release`) if the request fails;
 * ``changes``: every status document a job had, numbered (an event stream replays them);
 * ``outbox``: messages to publish, written in the *same* transaction as the job change
   they belong to (the dual write "store, then publish" cannot half-happen); a relay
@@ -182,7 +185,9 @@ class JobStore:
         self._db.executescript(SCHEMA)
         # A process that died between accepting a job and answering it left its key "in flight"
         # forever; the job itself is stored (and its outbox will be sent), so a retry may replay it.
+        # One that died while a key was only reserved made no job: the key is free again.
         with self._transaction():
+            self._db.execute("DELETE FROM idempotency WHERE answered = 0 AND job_id NOT IN (SELECT job_id FROM jobs)")
             self._db.execute("UPDATE idempotency SET answered = 1 WHERE answered = 0")
 
     def close(self) -> None:
@@ -275,15 +280,40 @@ class JobStore:
         try:
             with self._transaction() as db:
                 db.execute("INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", _row(job))
-                if job.key:
-                    db.execute(
-                        "INSERT INTO idempotency VALUES (?, ?, ?, ?, ?)",
+                if job.key:  # a reservation of this very job (reserve) becomes its key; any other row is KeyInUse
+                    taken = db.execute(
+                        "INSERT INTO idempotency VALUES (?, ?, ?, ?, ?) ON CONFLICT (caller, key) DO UPDATE"
+                        " SET answered = excluded.answered WHERE job_id = excluded.job_id AND fingerprint = excluded.fingerprint",
                         (job.caller, job.key, job.fingerprint, job.job_id, int(answered)),
-                    )
+                    ).rowcount
+                    if taken != 1:
+                        raise KeyInUse(job.key, job.caller)
                 self._append(db, job.job_id, document, outbox)
         except sqlite3.IntegrityError as exc:
             raise KeyInUse(job.key or "", job.caller) from exc
         return job
+
+    def reserve(self, caller: str, key: str, print_: str, job_id: str) -> None:
+        """Hold ``key`` for the job ``job_id`` that is not stored yet: until :meth:`accept` stores it (or
+        :meth:`release` gives the key up), :meth:`admit` says IN_FLIGHT for the same content, MISMATCH for other.
+
+        Raises :class:`KeyInUse` when the caller's key is reserved or used already.
+        """
+        try:
+            with self._transaction() as db:
+                db.execute("INSERT INTO idempotency VALUES (?, ?, ?, ?, 0)", (caller, key, print_, job_id))
+        except sqlite3.IntegrityError as exc:
+            raise KeyInUse(key, caller) from exc
+
+    def release(self, caller: str, key: str, job_id: str) -> bool:
+        """Give up a reservation of :meth:`reserve` whose job was never stored; True if there was one."""
+        with self._transaction() as db:
+            gone = db.execute(
+                "DELETE FROM idempotency WHERE caller = ? AND key = ? AND job_id = ? AND answered = 0"
+                " AND NOT EXISTS (SELECT 1 FROM jobs WHERE job_id = ?)",
+                (caller, key, job_id, job_id),
+            ).rowcount
+        return gone > 0
 
     def answered(self, caller: str, key: str | None) -> None:
         """The first request with this key was answered: from now on a retry is a replay, not in flight."""
