@@ -24,7 +24,8 @@ import pytest
 from PIL import Image
 
 from helpers.capstone import images, upload
-from helpers.capstone.pipeline import Pipeline, UploadAnswer, start_pipeline
+from helpers.capstone.pipeline import ReferenceSystem, start_pipeline
+from helpers.capstone.wire import UploadAnswer
 from helpers.core.broker import Broker
 from helpers.core.loop_lag import LoopLag
 from helpers.core.problems import PROBLEM_BASE, PROBLEM_JSON
@@ -38,7 +39,7 @@ ANSWER_S = 2.0
 
 
 @pytest.fixture
-async def pipeline(broker: Broker, tmp_path: Path) -> AsyncIterator[Pipeline]:
+async def pipeline(broker: Broker, tmp_path: Path) -> AsyncIterator[ReferenceSystem]:
     running = await start_pipeline(broker, tmp_path, workers=2, work=WORK)
     try:
         yield running
@@ -46,11 +47,11 @@ async def pipeline(broker: Broker, tmp_path: Path) -> AsyncIterator[Pipeline]:
         await running.stop()
 
 
-async def assert_healthy(pipeline: Pipeline) -> None:
-    answer = await pipeline.upload(images.sample_photo(), "after")
+async def assert_healthy(pipeline: ReferenceSystem) -> None:
+    answer = await pipeline.post(images.sample_photo(), "after")
     assert answer.status == 202, answer.body
     assert answer.job_id is not None
-    assert await pipeline.wait_done([answer.job_id], 30)
+    assert await pipeline.wait_finished([answer.job_id], 30)
     assert pipeline.state(answer.job_id) == "succeeded"
     assert not pipeline.crashed()
 
@@ -119,7 +120,7 @@ PART_HEADERS = {
 
 
 @pytest.mark.parametrize("case", list(PART_HEADERS))
-async def test_a_form_part_whose_headers_aiohttp_refuses_is_400_problem_json(pipeline: Pipeline, case: str) -> None:
+async def test_a_form_part_whose_headers_aiohttp_refuses_is_400_problem_json(pipeline: ReferenceSystem, case: str) -> None:
     part, says = PART_HEADERS[case]
     head, body = form_post([part])
     answer = await raw_http(pipeline.url, head, body)
@@ -132,7 +133,7 @@ async def test_a_form_part_whose_headers_aiohttp_refuses_is_400_problem_json(pip
     await assert_healthy(pipeline)
 
 
-async def test_a_long_file_name_under_the_line_limit_is_still_accepted(pipeline: Pipeline) -> None:
+async def test_a_long_file_name_under_the_line_limit_is_still_accepted(pipeline: ReferenceSystem) -> None:
     head, body = form_post([file_part("a" * 8000 + ".jpg", images.sample_photo())])
     answer = await raw_http(pipeline.url, head, body)
     assert answer.status == 202, answer.body
@@ -141,7 +142,7 @@ async def test_a_long_file_name_under_the_line_limit_is_still_accepted(pipeline:
 # --- 2. a form with thousands of parts --------------------------------------------------------------
 
 
-async def test_a_form_with_thousands_of_fields_is_refused_at_once_without_stopping_the_loop(pipeline: Pipeline) -> None:
+async def test_a_form_with_thousands_of_fields_is_refused_at_once_without_stopping_the_loop(pipeline: ReferenceSystem) -> None:
     fields = [b'Content-Disposition: form-data; name="f"\r\n\r\n'] * 20_000
     head, body = form_post([*fields, file_part("a.jpg", images.sample_photo())])  # 1.2 MB: 6-13 s and a 408 before
     async with LoopLag() as lag:
@@ -152,7 +153,7 @@ async def test_a_form_with_thousands_of_fields_is_refused_at_once_without_stoppi
     await assert_healthy(pipeline)
 
 
-async def test_a_form_with_a_few_fields_beside_its_file_is_accepted(pipeline: Pipeline) -> None:
+async def test_a_form_with_a_few_fields_beside_its_file_is_accepted(pipeline: ReferenceSystem) -> None:
     fields = [f'Content-Disposition: form-data; name="f{i}"\r\n\r\nvalue'.encode() for i in range(upload.MAX_FORM_PARTS - 1)]
     head, body = form_post([*fields, file_part("a.jpg", images.sample_photo())])
     answer = await raw_http(pipeline.url, head, body)
@@ -162,15 +163,15 @@ async def test_a_form_with_a_few_fields_beside_its_file_is_accepted(pipeline: Pi
 # --- 3. Content-Encodings the services do not decode ------------------------------------------------
 
 
-def targets(pipeline: Pipeline, extra: str) -> list[tuple[str, str]]:
+def targets(pipeline: ReferenceSystem, extra: str) -> list[tuple[str, str]]:
     return [
         (pipeline.url, f"POST /images?user=mallory HTTP/1.1\nHost: 127.0.0.1\nContent-Type: image/jpeg\n{extra}"),
-        (pipeline.storage.url, f"PUT /objects/ce/x HTTP/1.1\nHost: 127.0.0.1\nContent-Type: image/jpeg\n{extra}"),
+        (pipeline.storage_url, f"PUT /objects/ce/x HTTP/1.1\nHost: 127.0.0.1\nContent-Type: image/jpeg\n{extra}"),
     ]
 
 
 @pytest.mark.parametrize("encoding", ["br", "zstd", "compress", "gzip, br"])
-async def test_an_unsupported_content_encoding_is_415_naming_the_accepted_ones(pipeline: Pipeline, encoding: str) -> None:
+async def test_an_unsupported_content_encoding_is_415_naming_the_accepted_ones(pipeline: ReferenceSystem, encoding: str) -> None:
     for url, head in targets(pipeline, f"Content-Encoding: {encoding}\n"):
         answer = await raw_http(url, head, images.sample_photo())
         answer.assert_problem(415, "unsupported-encoding")  # was: 400 text/plain "Please install `Brotli`"
@@ -192,17 +193,16 @@ ENCODED = {
 
 
 @pytest.mark.parametrize("encoding", list(ENCODED))
-async def test_the_accepted_encodings_are_decoded_by_upload_and_storage(pipeline: Pipeline, encoding: str) -> None:
+async def test_the_accepted_encodings_are_decoded_by_upload_and_storage(pipeline: ReferenceSystem, encoding: str) -> None:
     photo = images.sample_photo()
     header = encoding.replace(", raw", "")
     for url, head in targets(pipeline, f"Content-Encoding: {header}\n"):
         answer = await raw_http(url, head, ENCODED[encoding](photo))
         assert answer.status in (200, 201, 202), answer.body
-    data, _, _ = await pipeline.upload_service.storage.get("ce/x")
-    assert data == photo
+    assert pipeline.storage.read("ce/x") == photo
 
 
-async def test_a_gzip_bomb_is_413_and_a_gzip_body_cut_short_is_400(pipeline: Pipeline) -> None:
+async def test_a_gzip_bomb_is_413_and_a_gzip_body_cut_short_is_400(pipeline: ReferenceSystem) -> None:
     bomb = gzip.compress(bytes(images.MAX_UPLOAD_BYTES + 1))
     cut = gzip.compress(images.sample_photo())[:-100]
     for url, head in targets(pipeline, "Content-Encoding: gzip\n"):
@@ -227,9 +227,9 @@ def large_png() -> bytes:
 
 
 async def test_retries_racing_the_first_request_get_409_and_store_nothing(
-    pipeline: Pipeline, tmp_path: Path, large_png: bytes
+    pipeline: ReferenceSystem, tmp_path: Path, large_png: bytes
 ) -> None:
-    answers = await asyncio.gather(*(pipeline.upload(large_png, "retrier", "key-1") for _ in range(6)))
+    answers = await asyncio.gather(*(pipeline.post(large_png, "retrier", idempotency_key="key-1") for _ in range(6)))
     assert {answer.status for answer in answers} == {202, 409}, [(a.status, a.body) for a in answers]
     assert len({answer.job_id for answer in answers if answer.status == 202}) == 1, "one job, the others replay it"
     for answer in answers:
@@ -239,24 +239,24 @@ async def test_retries_racing_the_first_request_get_409_and_store_nothing(
             assert answer.seconds < ANSWER_S, "a retry is told at once, without decoding the image again"
     assert len(pipeline.upload_service.store) == 1
     assert len(stored_originals(tmp_path)) == 1, "a losing retry left no orphaned original"
-    replay = await pipeline.upload(large_png, "retrier", "key-1")
+    replay = await pipeline.post(large_png, "retrier", idempotency_key="key-1")
     assert replay.status == 202
     assert replay.headers.get("Idempotent-Replayed") == "true"
     assert replay.job_id == next(a.job_id for a in answers if a.status == 202)
     assert len(stored_originals(tmp_path)) == 1
 
 
-async def test_a_key_whose_first_request_failed_is_free_again(pipeline: Pipeline) -> None:
+async def test_a_key_whose_first_request_failed_is_free_again(pipeline: ReferenceSystem) -> None:
     photo = images.sample_photo()
     pipeline.storage.faults.down = True  # the original cannot be stored: 503, and no job
-    failed = await pipeline.upload(photo, "retrier", "key-2")
+    failed = await pipeline.post(photo, "retrier", idempotency_key="key-2")
     assert_problem(failed.status, failed.headers.get("Content-Type"), failed.body, 503, "not-stored")
     pipeline.storage.faults.down = False
-    retried = await pipeline.upload(photo, "retrier", "key-2")
+    retried = await pipeline.post(photo, "retrier", idempotency_key="key-2")
     assert retried.status == 202, retried.body
-    refused = await pipeline.upload(images.not_an_image(), "retrier", "key-3")
+    refused = await pipeline.post(images.not_an_image(), "retrier", idempotency_key="key-3")
     assert refused.status == 415
-    fixed = await pipeline.upload(photo, "retrier", "key-3")  # a refused upload keeps nothing: the key is free
+    fixed = await pipeline.post(photo, "retrier", idempotency_key="key-3")  # a refused upload keeps nothing: the key is free
     assert fixed.status == 202, fixed.body
 
 
@@ -264,13 +264,13 @@ async def test_a_key_whose_first_request_failed_is_free_again(pipeline: Pipeline
 
 
 async def test_large_uploads_past_the_queue_get_a_fast_503_and_a_normal_photo_is_not_held_up(
-    pipeline: Pipeline, large_png: bytes
+    pipeline: ReferenceSystem, large_png: bytes
 ) -> None:
     async def later_photo() -> UploadAnswer:
         await asyncio.sleep(0.05)  # after the large ones arrived (an ordering, not a timing bound)
-        return await pipeline.upload(images.sample_photo(), "normal")
+        return await pipeline.post(images.sample_photo(), "normal")
 
-    large = [pipeline.upload(large_png, f"panorama{i}", timeout=60) for i in range(8)]
+    large = [pipeline.post(large_png, f"panorama{i}", timeout=60) for i in range(8)]
     *answers, photo = await asyncio.gather(*large, later_photo())
     assert photo.status == 202, photo.body
     assert photo.seconds < ANSWER_S, f"a normal photo waited {photo.seconds:.2f} s behind large uploads"
@@ -288,7 +288,7 @@ async def test_large_uploads_past_the_queue_get_a_fast_503_and_a_normal_photo_is
 # --- 6. an Expect header other than 100-continue ---------------------------------------------------
 
 
-async def test_an_unknown_expect_is_417_problem_json_and_100_continue_still_works(pipeline: Pipeline) -> None:
+async def test_an_unknown_expect_is_417_problem_json_and_100_continue_still_works(pipeline: ReferenceSystem) -> None:
     for url, head in targets(pipeline, "Expect: weird\n"):
         answer = await raw_http(url, head, images.sample_photo())
         answer.assert_problem(417, "expectation-failed")  # was: 417 text/plain
@@ -299,7 +299,7 @@ async def test_an_unknown_expect_is_417_problem_json_and_100_continue_still_work
         upload_url = f"{pipeline.url}/images?user=polite"
         async with session.post(upload_url, data=photo, expect100=True, headers={"Content-Type": "image/jpeg"}) as response:
             assert response.status == 202, await response.text()
-        storage_url = f"{pipeline.storage.url}/objects/polite/x"
+        storage_url = f"{pipeline.storage_url}/objects/polite/x"
         async with session.put(storage_url, data=photo, expect100=True, headers={"Content-Type": "image/jpeg"}) as response:
             assert response.status == 201, await response.text()
 
@@ -316,17 +316,22 @@ async def hang_up_mid_body(base_url: str, head: str) -> None:
     await writer.wait_closed()
 
 
-async def test_a_client_that_hangs_up_mid_body_is_no_server_error(pipeline: Pipeline, caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_client_that_hangs_up_mid_body_is_no_server_error(
+    pipeline: ReferenceSystem, caplog: pytest.LogCaptureFixture
+) -> None:
     form_head, _ = form_post([])
     cases = [*targets(pipeline, ""), (pipeline.url, form_head)]
-    services = [pipeline.upload_service.service, pipeline.storage]
-    before = sum(service.stats.requests for service in services)
+    to_upload = sum(url == pipeline.url for url, _ in cases)
+    upload_stats = pipeline.upload_service.service.stats  # counts a request when it arrives, in_flight until it is answered
+    before = upload_stats.requests
+    stored_before = len(pipeline.storage.requests("client"))  # a Storage call is recorded once it was answered
     with caplog.at_level(logging.ERROR, logger="aiohttp.server"):
         for url, head in cases:
             await hang_up_mid_body(url, head)
 
         def handled() -> bool:
-            return sum(s.stats.requests for s in services) == before + len(cases) and not any(s.stats.in_flight for s in services)
+            storage_done = len(pipeline.storage.requests("client")) == stored_before + len(cases) - to_upload
+            return upload_stats.requests == before + to_upload and not upload_stats.in_flight and storage_done
 
         assert await until(handled, 10, poll=0.01)
     errors = [record.getMessage() for record in caplog.records if record.name == "aiohttp.server"]

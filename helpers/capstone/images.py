@@ -124,7 +124,12 @@ WORKING_MAX_SIDE: int = 3072
 and the filter works at 4 MP, so more pixels only cost time and memory (a 40 MP PNG took +915 MB and 12 s without
 this copy, measured). A 12 MP phone photo (4032x3024) is worked on at 3072x2304; the caption still says 4032x3024."""
 IMAGE_WORK_SLOTS: int = 2
-"""How many uploads the Upload service decodes at once; more wait their turn (memory stays bounded under a burst)."""
+"""How many uploads of one lane the Upload service decodes at once. It has two lanes with this many slots each:
+normal photos, and large images (a header declaring more than
+:data:`helpers.capstone.upload.LARGE_IMAGE_PIXELS`), so at most twice this many decode at once and a photo never
+waits behind a panorama. A normal photo waits its turn for a slot; a large one waits only while fewer than
+:data:`helpers.capstone.upload.DECODE_QUEUE` already wait, else it is answered 503 with ``Retry-After`` at once
+(memory stays bounded under a burst)."""
 
 STEPS: tuple[str, ...] = ("upright", "thumbnails", "filter", "caption")
 """The steps of ``process_image``, in order; progress is reported after each."""
@@ -230,8 +235,11 @@ def _pixel_bomb(detail: str) -> ImageRejected:
     return ImageRejected(413, "Image has too many pixels", detail, "too-many-pixels")
 
 
-def _open_header(data: bytes) -> ImageFile.ImageFile:
+def open_header(data: bytes) -> ImageFile.ImageFile:
     """Parse the header only, with the decoders limited to ACCEPTED_FORMATS and Pillow's bomb guard as an error.
+
+    No pixel is decoded; the caller closes the image (``with open_header(data) as img``). ``ImageRejected`` for
+    bytes that are not an accepted image, a header that does not parse, or a pixel bomb.
 
     Pillow warns (``DecompressionBombWarning``) above ``Image.MAX_IMAGE_PIXELS`` and raises
     (``DecompressionBombError``) above twice that; the warning is turned into an error here.
@@ -334,7 +342,7 @@ def decode(
     as stored.
     """
     _check_byte_count(data, max_bytes)
-    img = _open_header(bytes(data))
+    img = open_header(bytes(data))
     _check_pixel_budget(img, max_pixels)
     _check_shape(img)
     stored_size = img.size

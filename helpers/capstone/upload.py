@@ -437,7 +437,7 @@ def _declared_pixels(data: bytes, max_bytes: int) -> int:
     if not data or len(data) > max_bytes:
         return 0
     try:
-        img = images._open_header(data)  # noqa: SLF001 - the same guarded header parse inspect_upload starts with
+        img = images.open_header(data)  # the same guarded header parse inspect_upload starts with
     except images.ImageRejected:
         return 0  # inspect_upload refuses it from the header too, with its own order of checks and status
     with img:
