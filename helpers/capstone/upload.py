@@ -4,7 +4,7 @@
 one file part, as a browser sends it) does only what must happen before the user hears
 back, in this order:
 
-1. **Read and validate** the bytes (:func:`read_upload`, then
+1. **Read and validate** the bytes (:func:`helpers.capstone.intake.read_upload`, then
    :func:`helpers.capstone.images.inspect_upload`, two at a time in threads): an empty,
    oversized, stalled (408), undecodable (400), non-image, decompression-bomb, extremely
    shaped or truncated upload is refused here with a problem+json answer and its own
@@ -51,24 +51,22 @@ from pathlib import Path
 
 import aiohttp
 import aiomqtt
-from aiohttp import BodyPartReader, hdrs, web
-from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from aiohttp import web
 
 from helpers.capstone import images
+from helpers.capstone.intake import DECODE_QUEUE as DECODE_QUEUE  # re-exported: lesson 07 states it
+from helpers.capstone.intake import LARGE_IMAGE_PIXELS as LARGE_IMAGE_PIXELS
+from helpers.capstone.intake import MAX_FORM_PARTS as MAX_FORM_PARTS
+from helpers.capstone.intake import Busy, DecodeSlots, busy_answer
+from helpers.capstone.intake import read_image_body as read_image_body  # re-exported: lab 07's Upload reads the same way
+from helpers.capstone.intake import read_upload as read_upload
 from helpers.capstone.jobs import IMAGE_UPLOADED, STORE_FILE, Job, Topics, UploadJobs
 from helpers.capstone.storage import StorageClient, StorageError
 from helpers.core import lifecycle
 from helpers.core.broker import Broker
 from helpers.core.http import (
     DECODES_ITSELF,
-    BodyClock,
-    BodyRefused,
-    BodyTooLarge,
     Service,
-    body_problem,
-    content_codings,
-    read_body,
-    read_chunks,
     start_service,
 )
 from helpers.core.jobkit import http as jobhttp
@@ -84,21 +82,8 @@ KEY_PATTERN = re.compile(r"[\x21-\x7e]{1,255}")
 """Idempotency keys: printable ASCII without spaces, at most 255 characters (what clients send: UUIDs)."""
 RETRY_AFTER_S = jobhttp.RETRY_AFTER_S
 """What the 202 (and an unfinished job's status) tells the client: ask again in about a second."""
-FORM_OVERHEAD = 64 * 1024
-"""Room for a form's boundaries, part headers and small text fields on top of the image's byte limit."""
 HOUSEKEEPING_S = 0.2
 """How often the service publishes what its outbox still holds and fails jobs past their deadline."""
-MAX_FORM_PARTS = 8
-"""Parts a multipart form may have: the endpoint takes one file part, and skips a few text fields beside it (what
-a browser form sends); a form with more is refused (400) before its other parts are parsed."""
-LARGE_IMAGE_PIXELS = 4_000_000
-"""An upload whose header declares more pixels than this (2000 x 2000) is a large one: decoding it takes a second
-or more and hundreds of MB. Large and small uploads are decoded in separate lanes of
-:data:`helpers.capstone.images.IMAGE_WORK_SLOTS` each, so a normal photo never waits behind a panorama."""
-DECODE_QUEUE = 2
-"""Large uploads that may wait for a decode slot of their lane; when its slots are busy and this many already
-wait, the next large upload is answered ``503`` with ``Retry-After`` at once (load shedding), instead of waiting
-seconds in a queue with no end."""
 
 
 def original_key(job_id: str) -> str:
@@ -211,8 +196,8 @@ class UploadService:
     def crashed(self) -> BaseException | None:
         """The error the job-event consumer, the housekeeping or the publisher died of (a lost connection is not one)."""
         for task in self._running.tasks.values():
-            if task.done() and not task.cancelled() and task.exception() is not None:
-                return task.exception()
+            if (error := lifecycle.died_of(task)) is not None:
+                return error
         return self.publisher.crashed()
 
     async def restart(self, down_s: float = 0.0, *, while_down: Callable[[], Awaitable[object]] | None = None) -> None:
@@ -255,94 +240,6 @@ async def end_session_quietly(broker: Broker, client_id: str) -> None:
 def problem_unknown_job(job_id: str) -> web.Response:
     """The 404 for a job id the store does not know (never created, or from another run)."""
     return jobhttp.unknown_job(job_id)
-
-
-async def read_upload(request: web.Request, limit: int) -> bytes:
-    """The uploaded bytes: the raw body, or the one file part of a ``multipart/form-data`` body (a browser form).
-
-    Either way nothing is buffered past ``limit`` bytes and a stalled client is not waited
-    for: :class:`helpers.core.http.BodyRefused` (413, 408 or 400) says what went wrong.
-    """
-    clock = BodyClock()
-    if request.content_type == "multipart/form-data":
-        if content_codings(request):  # a 415 for an unknown one, and a form is read as sent: no encoded forms
-            raise _not_one_file("a form is sent without a Content-Encoding (its file part may be compressed itself)")
-        return await _one_file_part(request, limit, clock)
-    if request.content_type.startswith("multipart/"):
-        raise _not_one_file(f"a {request.content_type} body is not a form")
-    if request.content_type == "application/x-www-form-urlencoded":
-        raise _not_one_file("a url-encoded form carries no file")
-    return await read_body(request, limit, clock)
-
-
-async def _one_file_part(request: web.Request, limit: int, clock: BodyClock) -> bytes:
-    """The bytes of the form's only file part (a part with a file name, or any non-text part); text fields are skipped."""
-    if request.content_length is not None and request.content_length > limit + FORM_OVERHEAD:
-        raise BodyTooLarge(limit)
-    files: list[bytes] = []
-    seen = 0
-    try:
-        reader = await request.multipart()
-        for parts in range(MAX_FORM_PARTS + 1):
-            if (part := await clock.wait(reader.next())) is None:
-                break
-            if parts == MAX_FORM_PARTS:
-                raise _not_one_file(f"it has more than {MAX_FORM_PARTS} parts; the image is all this endpoint takes")
-            if not isinstance(part, BodyPartReader):
-                raise _not_one_file("it has a nested multipart part")
-            data = await read_chunks(part.read_chunk, limit - seen, clock)
-            seen += len(data)
-            if part.filename is not None or not part.headers.get(hdrs.CONTENT_TYPE, "text/plain").startswith("text/"):
-                files.append(data)
-            await asyncio.sleep(0)  # a part already received is parsed without waiting: let other requests run between
-    except BadHttpMessage as exc:  # a part's header line over 8190 bytes (LineTooLong), too many headers in a part
-        raise _bad_part_headers(exc) from None
-    except (ValueError, RuntimeError, AssertionError) as exc:  # what aiohttp's multipart reader raises for a broken form
-        raise _not_one_file(f"the form could not be read ({exc})") from None
-    if len(files) != 1:
-        raise _not_one_file(f"it has {len(files)} file parts")
-    return files[0]
-
-
-def _bad_part_headers(exc: BadHttpMessage) -> BodyRefused:
-    """The 400 for a form part whose headers aiohttp's multipart reader refused; never echoes the (long) line."""
-    if isinstance(exc, LineTooLong):
-        why = f"a header line of a form part is longer than {exc.args[1]} bytes (a file name that long, or a big extra header)"
-    else:
-        why = f"the headers of a form part could not be read ({exc.message[:200]})"
-    return BodyRefused(
-        400,
-        "Form part headers refused",
-        f"The upload was refused: {why}. Send the file with a short name and only the usual part headers"
-        " (Content-Disposition, Content-Type).",
-        "bad-form-part",
-    )
-
-
-def _not_one_file(reason: str) -> BodyRefused:
-    """The 400 for a body that is neither raw image bytes nor a form with exactly one file; says what to send."""
-    return BodyRefused(
-        400,
-        "Send one image",
-        f"The upload was refused: {reason}. Send the image's bytes as the body (any Content-Type), or a "
-        "multipart/form-data form with exactly one file part, e.g. curl -F image=@photo.jpg.",
-        "one-image-per-upload",
-    )
-
-
-async def read_image_body(request: web.Request, max_bytes: int) -> bytes | web.Response:
-    """The uploaded bytes, or the problem+json answer that refuses them (413, 408, 400)."""
-    try:
-        return await read_upload(request, max_bytes)
-    except BodyTooLarge:
-        return problem(
-            413,
-            "Upload too large",
-            f"the upload is larger than {max_bytes} bytes; send a smaller image",
-            f"{PROBLEM_BASE}too-large",
-        )
-    except BodyRefused as exc:
-        return body_problem(exc)
 
 
 def accepted(job: Job, *, replayed: bool = False) -> web.Response:
@@ -428,65 +325,10 @@ class _Front:
             self.store.answered(job)
 
 
-class _Busy(Exception):
-    """Every decode slot is busy and :data:`DECODE_QUEUE` uploads already wait for one."""
-
-
-def _declared_pixels(data: bytes, max_bytes: int) -> int:
-    """The pixels the upload's header declares (no pixel is decoded); 0 for what inspect_upload refuses at once."""
-    if not data or len(data) > max_bytes:
-        return 0
-    try:
-        img = images.open_header(data)  # the same guarded header parse inspect_upload starts with
-    except images.ImageRejected:
-        return 0  # inspect_upload refuses it from the header too, with its own order of checks and status
-    with img:
-        return img.width * img.height
-
-
-class _DecodeSlots:
-    """Decoding in threads, a few at a time per lane (:data:`LARGE_IMAGE_PIXELS`), at most ``queue`` large ones waiting."""
-
-    def __init__(self, slots: int, queue: int) -> None:
-        self._small, self._large = asyncio.Semaphore(slots), asyncio.Semaphore(slots)
-        self.queue = queue
-        self.waiting = 0
-        """Large uploads waiting for a slot now."""
-
-    async def inspect(self, data: bytes, max_bytes: int) -> images.ImageInfo:
-        """``images.inspect_upload`` in a thread; :class:`_Busy` at once for a large upload when its lane is full."""
-        if await asyncio.to_thread(_declared_pixels, data, max_bytes) <= LARGE_IMAGE_PIXELS:
-            async with self._small:
-                return await asyncio.to_thread(images.inspect_upload, data, max_bytes=max_bytes)
-        if self._large.locked() and self.waiting >= self.queue:
-            raise _Busy
-        self.waiting += 1
-        try:
-            await self._large.acquire()
-        finally:
-            self.waiting -= 1
-        try:
-            return await asyncio.to_thread(images.inspect_upload, data, max_bytes=max_bytes)
-        finally:
-            self._large.release()
-
-
-def _busy() -> web.Response:
-    response = problem(
-        503,
-        "Too many uploads at once",
-        f"{images.IMAGE_WORK_SLOTS} large uploads are being checked and {DECODE_QUEUE} more wait; try again in"
-        f" {RETRY_AFTER_S} s (with the same Idempotency-Key, if you sent one)",
-        f"{PROBLEM_BASE}busy",
-    )
-    response.headers["Retry-After"] = str(RETRY_AFTER_S)
-    return response
-
-
 def build_app(front: _Front) -> web.Application:
     """The Upload service's routes: ``POST /images`` and the status routes (:func:`add_status_routes`)."""
     routes = web.RouteTableDef()
-    decoding = _DecodeSlots(images.IMAGE_WORK_SLOTS, DECODE_QUEUE)
+    decoding = DecodeSlots(images.IMAGE_WORK_SLOTS, DECODE_QUEUE)
     store = front.store
 
     @routes.post("/images", expect_handler=expect_continue)
@@ -517,8 +359,8 @@ def build_app(front: _Front) -> web.Application:
             info = await decoding.inspect(data, front.max_bytes)
         except images.ImageRejected as exc:
             return problem_for(exc)
-        except _Busy:
-            return _busy()  # load shedding: a fast 503 beats an answer after seconds in a queue
+        except Busy:
+            return busy_answer()  # load shedding: a fast 503 beats an answer after seconds in a queue
         user, key, digest = job.user, job.idempotency_key, job.digest
         job.accepted_body = accepted_body(job)
         try:
@@ -575,7 +417,7 @@ async def _housekeeping(store: UploadJobs, relay: Callable[[], Awaitable[int]]) 
         await asyncio.sleep(HOUSEKEEPING_S)
 
 
-async def consume_job_events(
+async def consume_job_events(  # noqa: PLR0913  lab 07's Upload starts the same consumer with its own store
     broker: Broker,
     topics: Topics,
     client_id: str,
@@ -600,7 +442,7 @@ async def consume_job_events(
         await consumer.run(ready)
 
 
-async def _start_running(
+async def _start_running(  # noqa: PLR0913  a restart rewires each of these parts, on the same port
     broker: Broker, topics: Topics, storage: StorageClient, work_dir: Path, options: Options, port: int = 0
 ) -> _Running:
     """Open the store in the work folder, connect the publisher and the job-event consumer, serve HTTP."""
@@ -632,7 +474,7 @@ async def _start_running(
     return _Running(service, store, publisher, tasks, stack)
 
 
-async def start_upload(
+async def start_upload(  # noqa: PLR0913  lesson 07, appendix 08 and the command line pass these by keyword
     broker: Broker,
     topics: Topics,
     storage_url: str,
