@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import statistics
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -141,6 +142,7 @@ async def upload_latency(  # noqa: PLR0913  learner-facing: lesson 07 passes the
     workers: int = 4,
     work: float = 1.0,
     client_timeout: float = 2.0,
+    sync_timeout_rounds: float | None = None,
     rate: float = 50.0,
     image: bytes | None = None,
     timeout: float = 60.0,
@@ -148,7 +150,12 @@ async def upload_latency(  # noqa: PLR0913  learner-facing: lesson 07 passes the
     """A burst of ``uploads`` (at ``rate``/s) against the async design, then against the sync one.
 
     Both designs get the same image, the same ``work`` and ``workers``; the sync callers
-    give up after ``client_timeout`` seconds, as a browser or a gateway would.
+    give up after ``client_timeout`` seconds, as a browser or a gateway would. With
+    ``sync_timeout_rounds``, their patience is that many *rounds* instead, a round being the
+    processing time of one photo measured on the async run just before (``workers`` photos at
+    once, as the sync server does them too): with 12 uploads and 2 workers (6 rounds), 2.5
+    rounds answers the first round and never the last, whatever this machine's speed, and the
+    figure is measured seconds before the run it applies to.
     """
     photo = image if image is not None else images.sample_photo()
     folder = Path(workdir)
@@ -164,6 +171,10 @@ async def upload_latency(  # noqa: PLR0913  learner-facing: lesson 07 passes the
         stats = system.processor.stats
         processing = _seconds(stats.processing_s[j] for j in ids)
         all_done = max(stats.finished_at[j] for j in ids) - began if ids else 0.0
+    if sync_timeout_rounds is not None:
+        if not processing:
+            raise RuntimeError("no async upload was processed: there is no round to measure the callers' patience in")
+        client_timeout = round(sync_timeout_rounds * statistics.median(processing), 1)
     sync = await start_sync_pipeline(folder / "sync", workers=workers, work=work)
     try:
         sync_began = time.perf_counter()
