@@ -103,6 +103,18 @@ class LatencyResult:
     def processing_p50_s(self) -> float:
         return _p(self.processing_s, 50)
 
+    @property
+    def rounds_to_finish(self) -> tuple[float, float]:
+        """(async, sync): how long all the work took, in rounds (each design's own processing p50).
+
+        In rounds, not seconds: the two designs run one after the other, and on a busy machine
+        the load can change in between; each run's own processing time is its yardstick.
+        """
+        return (
+            self.async_all_done_s / _p(self.processing_s, 50),
+            self.sync_all_done_s / _p(self.sync_processing_s, 50),
+        )
+
     def _row(self, design: str, run: LoadRun, processing: Sequence[float], all_done_s: float) -> dict[str, object]:
         summary = run.summary()
         return {
