@@ -124,7 +124,7 @@ async def test_m8_harness_reports_a_function_that_raises(broker: Broker, topic: 
     async def broken(event: Event, ledger: Ledger, seen: SeenIds) -> None:
         raise KeyError("amount")
 
-    with pytest.raises(RuntimeError, match=r"broken\(\) raised on 3 event"):
+    with pytest.raises(RuntimeError, match=r"broken\(\) raised on \d+ event"):
         await publisher_retry(broker, topic, tmp_path, broken, orders=3, retried=())
 
 
