@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -65,7 +66,12 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (site / "course-deps.pth").write_text(sysconfig.get_path("purelib") + "\n")
     # pip runs inside the fresh venv (borrowed through the path entry), so it installs there
     # and never touches the editable install of the environment running the tests.
-    build = run([str(python), "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--quiet", str(ROOT)], cwd=where)
+    # Built from a copy: setuptools writes build/ into the source folder, and two test workers (or
+    # two checkouts' runs) building in the same folder at once collide on it ("File exists").
+    source = where / "source"
+    skip = shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__", ".pytest_cache", "*.ipynb")
+    shutil.copytree(ROOT, source, ignore=skip)
+    build = run([str(python), "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--quiet", str(source)], cwd=where)
     assert build.returncode == 0, build.stdout + build.stderr
     return python
 
