@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import io
 import re
+import statistics
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -24,7 +26,7 @@ import pytest
 from matplotlib.axes import Axes
 from PIL import Image
 
-from helpers.capstone import images
+from helpers.capstone import experiments, images
 from helpers.capstone.drills import FAILING_USER, failing_transform, notifier_outage, upload_restarted, worker_killed
 from helpers.capstone.experiments import head_of_line, upload_latency
 from helpers.capstone.jobs import IMAGE_UPLOADED, JOB_DONE, Job, Topics, UploadJobs
@@ -395,6 +397,26 @@ async def test_upload_latency_async_answers_long_before_the_work_sync_waits_for_
     assert len(result.as_rows()) == 2
     assert result.as_row()["uploads"] == 12
     assert_plot(plot_upload_latency(result), x_unit="upload", y_unit="(s")
+
+
+async def test_upload_latency_runs_the_sync_burst_again_when_the_load_changed_under_the_yardstick(
+    broker: Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_burst = experiments._sync_burst
+    medians: list[float] = []  # each sync run's round, as upload_latency saw it
+
+    async def first_run_three_times_slower(*args: Any, **kwargs: Any) -> Any:
+        run, processing, done = await real_burst(*args, **kwargs)
+        if not medians:  # as if the machine got three times busier after the yardstick
+            processing = tuple(t * 3 for t in processing)
+        medians.append(statistics.median(processing))
+        return run, processing, done
+
+    monkeypatch.setattr(experiments, "_sync_burst", first_run_three_times_slower)
+    result = await upload_latency(broker, tmp_path, uploads=4, workers=2, work=0.05, sync_timeout_rounds=2.5)
+    assert result.sync_attempts == len(medians) >= 2, medians
+    # the last burst's patience is 2.5 rounds of the run before it, not of the async yardstick
+    assert result.client_timeout_s == round(2.5 * medians[-2], 1), (medians, result.client_timeout_s)
 
 
 async def test_head_of_line_a_pool_finishes_normal_images_before_the_slow_one(broker: Broker, tmp_path: Path) -> None:

@@ -84,6 +84,8 @@ class LatencyResult:
     sync_all_done_s: float
     """Sync design: seconds from the first upload until the server finished the last one (callers gone or not)."""
     async_done: int
+    sync_attempts: int = 1
+    """Sync bursts run: more than 1 when the load changed under the yardstick (see ``sync_timeout_rounds``)."""
 
     @property
     def async_summary(self) -> Summary:
@@ -167,7 +169,9 @@ async def upload_latency(  # noqa: PLR0913  learner-facing: lesson 07 passes the
     processing time of one photo measured on the async run just before (``workers`` photos at
     once, as the sync server does them too): with 12 uploads and 2 workers (6 rounds), 2.5
     rounds answers the first round and never the last, whatever this machine's speed, and the
-    figure is measured seconds before the run it applies to.
+    figure is measured seconds before the run it applies to. If the sync run's own round
+    differs from it by more than 1.6x, the machine's load changed in between: the burst runs
+    again (at most 3 times) with the round it just measured.
     """
     photo = image if image is not None else images.sample_photo()
     folder = Path(workdir)
@@ -183,21 +187,19 @@ async def upload_latency(  # noqa: PLR0913  learner-facing: lesson 07 passes the
         stats = system.processor.stats
         processing = _seconds(stats.processing_s[j] for j in ids)
         all_done = max(stats.finished_at[j] for j in ids) - began if ids else 0.0
-    if sync_timeout_rounds is not None:
-        if not processing:
-            raise RuntimeError("no async upload was processed: there is no round to measure the callers' patience in")
-        client_timeout = round(sync_timeout_rounds * statistics.median(processing), 1)
-    sync = await start_sync_pipeline(folder / "sync", workers=workers, work=work)
-    try:
-        sync_began = time.perf_counter()
-        sync_run = await _burst(lambda i: sync.post(photo, f"user{i}", timeout=None), uploads, rate=rate, timeout=client_timeout)
-        # the callers that gave up left work behind on the server: let it finish before the next experiment
-        if not await until(lambda: sync.in_flight == 0, timeout):
-            raise TimeoutError(f"the sync service still had {sync.in_flight} requests in flight after {timeout:g} s")
-        sync_processing = _seconds(sync.processing_s)
-        sync_all_done = max(sync.done_at, default=sync_began) - sync_began
-    finally:
-        await sync.stop()
+    if sync_timeout_rounds is not None and not processing:
+        raise RuntimeError("no async upload was processed: there is no round to measure the callers' patience in")
+    round_s = statistics.median(processing) if processing else 0.0
+    for attempt in range(1, _SYNC_ATTEMPTS + 1):
+        if sync_timeout_rounds is not None:
+            client_timeout = round(sync_timeout_rounds * round_s, 1)
+        sync_run, sync_processing, sync_all_done = await _sync_burst(
+            folder / f"sync{attempt}", photo, uploads, workers=workers, work=work, rate=rate,
+            client_timeout=client_timeout, timeout=timeout,
+        )  # fmt: skip
+        if sync_timeout_rounds is None or _same_load(round_s, statistics.median(sync_processing)):
+            break
+        round_s = statistics.median(sync_processing)  # the load changed since the yardstick: this run's round, again
     return LatencyResult(
         uploads,
         workers,
@@ -210,7 +212,45 @@ async def upload_latency(  # noqa: PLR0913  learner-facing: lesson 07 passes the
         all_done,
         sync_all_done,
         len(ids),
+        attempt,
     )
+
+
+_SYNC_ATTEMPTS = 3
+"""How many times the sync burst may run when the machine's load changed under the yardstick."""
+
+
+def _same_load(yardstick_s: float, measured_s: float) -> bool:
+    """Whether a run's processing time per photo is within 1.6x of the yardstick it was given.
+
+    Beyond that the machine's load changed between the two (a busy laptop, a test beside
+    it), and a patience set in the yardstick's rounds is no longer that many rounds.
+    """
+    return yardstick_s / 1.6 <= measured_s <= yardstick_s * 1.6
+
+
+async def _sync_burst(  # noqa: PLR0913  the burst's knobs, passed through from upload_latency
+    folder: Path,
+    photo: bytes,
+    uploads: int,
+    *,
+    workers: int,
+    work: float,
+    rate: float,
+    client_timeout: float,
+    timeout: float,
+) -> tuple[LoadRun, tuple[float, ...], float]:
+    """One burst against a fresh sync service: the callers' samples, each photo's processing, the last done."""
+    sync = await start_sync_pipeline(folder, workers=workers, work=work)
+    try:
+        began = time.perf_counter()
+        run = await _burst(lambda i: sync.post(photo, f"user{i}", timeout=None), uploads, rate=rate, timeout=client_timeout)
+        # the callers that gave up left work behind on the server: let it finish before the next experiment
+        if not await until(lambda: sync.in_flight == 0, timeout):
+            raise TimeoutError(f"the sync service still had {sync.in_flight} requests in flight after {timeout:g} s")
+        return run, _seconds(sync.processing_s), max(sync.done_at, default=began) - began
+    finally:
+        await sync.stop()
 
 
 # --- 2. head-of-line blocking ------------------------------------------------------------------
