@@ -29,6 +29,7 @@ from typing import TypeVar
 from aiohttp import hdrs, web
 
 from helpers.core.problems import PROBLEM_BASE, problem_for
+from helpers.core.wire import ProblemAppRunner
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 AppLike = web.Application | web.RouteTableDef | Handler
@@ -180,7 +181,7 @@ async def start_service(name: str, target: AppLike, *, faults: Faults | None = N
         await old.stop()
     app[FAULTS] = faults or Faults()
     app[STATS] = Stats()
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+    runner = ProblemAppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)  # malformed HTTP: problem+json
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()

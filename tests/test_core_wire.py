@@ -1,0 +1,122 @@
+"""Malformed HTTP answered as problem+json, and a deadline on a request's head (helpers/core/wire.py).
+
+Found by the outside probe of issue 19: aiohttp answered 41 kinds of malformed request with
+its own text/plain 400 before any course code ran, and a head that never completed held its
+connection for minutes. These run against a real service on 127.0.0.1, over raw sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from helpers.core import wire
+from helpers.core.http import Service, start_service
+from helpers.core.problems import PROBLEM_JSON
+
+HEAD_TIMEOUT = 0.3
+
+
+@pytest.fixture
+async def service(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Service]:
+    monkeypatch.setattr(wire, "HEAD_TIMEOUT_S", HEAD_TIMEOUT)
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    async def bug(request: web.Request) -> web.Response:
+        raise RuntimeError("a bug in a handler")
+
+    app = web.Application()
+    app.router.add_get("/", hello)
+    app.router.add_get("/bug", bug)
+    running = await start_service("wire-test", app)
+    yield running
+    await running.stop()
+
+
+async def exchange(port: int, data: bytes, *, wait: float = 5.0) -> tuple[int, str, dict[str, object], float]:
+    """Send ``data`` on a new connection; the status, content type, JSON body and seconds until the answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    began = time.perf_counter()
+    writer.write(data)
+    answer = await asyncio.wait_for(reader.read(), wait)
+    took = time.perf_counter() - began
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers.get("Content-Type", ""), json.loads(body), took
+
+
+MALFORMED = {
+    "a space in the method": b"GE T / HTTP/1.1\r\nHost: a\r\n\r\n",
+    "a NUL in the request line": b"GET /\x00 HTTP/1.1\r\nHost: a\r\n\r\n",
+    "an HTTP/2 preface": b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    "a header value over 8,190 bytes": b"GET / HTTP/1.1\r\nHost: a\r\nX: " + b"a" * 9000 + b"\r\n\r\n",
+    "Content-Length and Transfer-Encoding": (
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\nabc"
+    ),
+    "a negative Content-Length": b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -5\r\n\r\n",
+    "two different Content-Lengths": b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+    "obsolete line folding": b"GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n",
+    "a space before the colon": b"GET / HTTP/1.1\r\nHost : a\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("data", MALFORMED.values(), ids=MALFORMED.keys())
+async def test_malformed_http_gets_a_400_problem_json(service: Service, data: bytes) -> None:
+    status, content_type, body, _ = await exchange(service.port, data)
+    assert status == 400, body
+    assert content_type.startswith(PROBLEM_JSON), content_type  # was aiohttp's text/plain
+    assert body["status"] == 400
+    assert body["title"] == "Bad Request"
+    assert 0 < len(str(body["detail"])) <= 300, body  # says what was wrong, without echoing 9 KB back
+
+
+@pytest.mark.parametrize("data", [b"POST /images?user=a HTTP/1.1\r\nHost: a\r\n", b"GET /\r\n", b""])
+async def test_a_head_that_never_completes_gets_a_408_after_the_deadline(service: Service, data: bytes) -> None:
+    status, content_type, body, took = await exchange(service.port, data)
+    assert status == 408, body
+    assert content_type.startswith(PROBLEM_JSON)
+    assert "did not arrive" in str(body["detail"])
+    assert took >= HEAD_TIMEOUT * 0.9, took  # the deadline, not earlier
+    assert took < HEAD_TIMEOUT + 3, took  # was: held until the client gave up (150 s in the probe)
+
+
+async def test_a_kernel_busy_past_the_deadline_is_not_a_slow_client(service: Service) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", service.port)
+    await asyncio.sleep(0.05)  # the server accepts the connection: its deadline runs
+    time.sleep(3 * HEAD_TIMEOUT)  # a cell blocks the event loop, so this client cannot send yet  # noqa: ASYNC251
+    await asyncio.sleep(0)  # one turn of the loop: the server's timer fires, late
+    writer.write(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    answer = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+
+
+async def test_a_kept_alive_connection_waits_longer_than_the_head_deadline(service: Service) -> None:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as session:
+        async with session.get(f"{service.url}/") as first:
+            assert first.status == 200
+        await asyncio.sleep(2 * HEAD_TIMEOUT)  # idle between two requests: keep-alive's timer, not the head's
+        async with session.get(f"{service.url}/") as second:
+            assert second.status == 200
+
+
+async def test_a_bug_in_a_handler_is_a_500_problem_json_and_its_traceback_goes_to_the_log(
+    service: Service, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR):
+        status, content_type, body, _ = await exchange(service.port, b"GET /bug HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert status == 500
+    assert content_type.startswith(PROBLEM_JSON)
+    assert "a bug in a handler" not in json.dumps(body)  # no internals in the answer
+    assert "a bug in a handler" in caplog.text  # they are in the server's log
