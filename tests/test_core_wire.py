@@ -120,3 +120,13 @@ async def test_a_bug_in_a_handler_is_a_500_problem_json_and_its_traceback_goes_t
     assert content_type.startswith(PROBLEM_JSON)
     assert "a bug in a handler" not in json.dumps(body)  # no internals in the answer
     assert "a bug in a handler" in caplog.text  # they are in the server's log
+
+
+async def test_a_client_that_half_closes_after_its_request_still_gets_the_answer(service: Service) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", service.port)
+    writer.write(b"GET / HTTP/1.0\r\nHost: a\r\n\r\n")
+    writer.write_eof()  # done sending (HTTP/1.0 style, or nc -N): the answer must still come back
+    answer = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.0 200") or answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    assert answer.endswith(b'{"ok": true}'), answer[-200:]

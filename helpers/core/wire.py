@@ -24,7 +24,7 @@ from aiohttp import web
 
 from helpers.core.problems import PROBLEM_JSON, problem
 
-HEAD_TIMEOUT_S = 2.0
+HEAD_TIMEOUT_S = 1.5
 """Seconds a new connection has to deliver its first request's line and headers (read when it connects)."""
 
 _LOOP_WAS_BUSY_S = 0.25
@@ -71,6 +71,16 @@ class ProblemRequestHandler(web.RequestHandler):
         if self._request_count and self._head_timer is not None:  # the first head is in: no deadline after it
             self._head_timer.cancel()
             self._head_timer = None
+
+    def eof_received(self) -> bool:  # type: ignore[override]  asyncio reads the bool; aiohttp typed it None
+        """Keep the way back open when a client half-closes after its request: it still gets its answer.
+
+        aiohttp lets asyncio close the socket at any EOF, so a client that shuts down its sending
+        side after a request (an HTTP/1.0 POST, ``nc -N``) got no answer. An EOF in the middle of
+        a body is still a hang-up, handled as before.
+        """
+        request = self._current_request
+        return request is None or request.content.is_eof()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._head_timer is not None:
