@@ -72,7 +72,7 @@ class ProblemRequestHandler(web.RequestHandler):
             self._head_timer.cancel()
             self._head_timer = None
 
-    def eof_received(self) -> bool:  # type: ignore[override]  asyncio reads the bool; aiohttp typed it None
+    def eof_received(self) -> bool:  # type: ignore[override]  # asyncio reads the bool; aiohttp typed it None
         """Keep the way back open when a client half-closes after its request: it still gets its answer.
 
         aiohttp lets asyncio close the socket at any EOF, so a client that shuts down its sending
