@@ -1,10 +1,12 @@
 """Checks of lab 06_hybrid_job: a slow synchronous endpoint turned into the 202 flow.
 
 Every check builds the hybrid of :mod:`helpers.choosing.hybrid` around the learner's
-functions (``start_job``, then ``apply_event``, ``job_status`` and ``cancel_job`` as the
-questions add them; the course's reference versions stand in for the parts a question
-does not ask about yet), on a broker of its own (embedded, or MQTT_URL's), with short
-steps. It sends real HTTP requests, never follows a redirect for the learner, drives
+functions (``apply_event``, ``job_status`` and ``cancel_job`` as the questions add them;
+the course's reference versions stand in for the parts a question does not ask about
+yet), on a broker of its own (embedded, or MQTT_URL's), with short steps. Only question
+1's checks (:mod:`helpers.labchecks._hybrid_kickoff`) run the learner's ``start_job``;
+the others send their jobs through the course's kickoff, so a mistake in question 1
+costs points there only. It sends real HTTP requests, never follows a redirect for the learner, drives
 jobs to success, to failure (a step made to fail) and to cancellation (a step made to
 hold), and reads what the service and the workers did.
 """
