@@ -13,12 +13,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import nbformat
 import pytest
 from aiohttp import web
 from lab_submissions import Edit, replaced, shipped_lab, submission
 
 from helpers.core.waiting import until
 from helpers.grading.checks import CheckResult, load_checks, run_check
+from helpers.grading.labgen import LABS
 
 pytestmark = pytest.mark.broker
 
@@ -30,6 +32,11 @@ JOB_FAILED_BRANCH = (
 )
 RETRY_AFTER = '    headers = {} if job.final else {"Retry-After": str(jobs.retry_after_s)}'
 FAILED_AS_PROBLEM = "        return web.json_response(job.to_json(), content_type=PROBLEM_JSON)"
+START = "        await jobs.start(job)\n"
+FIRST_STEP = (
+    '    if event.type == STEP_STARTED:\n        job.state, job.step = RUNNING, data["step"]\n    elif event.type == STEP_DONE:'
+)
+ACCEPTED_HEADERS = 'headers={"Location": f"/jobs/{job.job_id}", "Retry-After": str(jobs.retry_after_s)}'
 EDITS: dict[str, tuple[Edit, ...]] = {
     "200 instead of 202": (("json_response(job.accepted, status=202,", "json_response(job.accepted, status=200,"),),
     "no Location": (('headers={"Location": f"/jobs/{job.job_id}", "Retry-After"', 'headers={"Retry-After"'),),
@@ -46,6 +53,13 @@ EDITS: dict[str, tuple[Edit, ...]] = {
     "no Retry-After": ((RETRY_AFTER, "    headers = {}"),),
     "Retry-After when final": ((RETRY_AFTER, '    headers = {"Retry-After": str(jobs.retry_after_s)}'),),
     "a 400 of type about:blank": ((',\n                       f"{PROBLEM_BASE}invalid-task")', ")"),),
+    "a kickoff that waits until the job runs": ((START, START + "        await until(lambda: job.state != ACCEPTED, 10)\n"),),
+    "a 202 although queuing failed": ((START, "        try:\n    " + START + "        except Exception:\n            pass\n"),),
+    "the first step not reported": ((FIRST_STEP, "    if event.type == STEP_DONE:"),),
+    "Retry-After 1s in the 202": (
+        (ACCEPTED_HEADERS, ACCEPTED_HEADERS.replace("str(jobs.retry_after_s)", 'f"{jobs.retry_after_s}s"')),
+    ),
+    "Retry-After 1s while running": ((RETRY_AFTER, RETRY_AFTER.replace("str(jobs.retry_after_s)", 'f"{jobs.retry_after_s}s"')),),
 }
 """Each classic mistake as an edit of the solution notebook's code (tests/lab_submissions.py)."""
 
@@ -63,7 +77,7 @@ async def test_the_answer_passes_every_check() -> None:
     got = await results(submission(LAB))
     failed = {name: r.message for name, r in got.items() if not r.passed}
     assert not failed
-    assert sum(r.points for r in got.values()) == CHECKS.max_points() == 21
+    assert sum(r.points for r in got.values()) == CHECKS.max_points() == 25
 
 
 async def test_the_unwritten_lab_fails_every_check_saying_what_is_missing() -> None:
@@ -183,3 +197,67 @@ async def test_a_400_without_a_course_problem_type_is_caught() -> None:
 async def test_retry_after_on_a_cancelled_job_is_caught() -> None:
     got = await results(mistake("Retry-After when final"), {"a_cancelled_job_has_no_retry_after"})
     assert "a cancelled job is final" in got["a_cancelled_job_has_no_retry_after"].message
+
+
+# --------------------------------------------------------------------------- the outside review of lab 06 (issue 21)
+
+
+async def test_a_kickoff_that_waits_for_the_workers_is_caught() -> None:
+    """It passes with idle, fast workers; with the workers down it never answers."""
+    got = await results(
+        mistake("a kickoff that waits until the job runs"),
+        {"kickoff_answers_before_the_work", "kickoff_never_waits_for_the_workers"},
+    )
+    assert got["kickoff_answers_before_the_work"].passed
+    message = got["kickoff_never_waits_for_the_workers"].message
+    assert "no answer within" in message, message
+    assert "workers were down" in message, message
+
+
+async def test_a_202_although_queuing_failed_is_caught() -> None:
+    got = await results(mistake("a 202 although queuing failed"), {"no_202_when_queuing_fails", "no_202_when_the_store_refuses"})
+    message = got["no_202_when_queuing_fails"].message
+    assert "answered 202 Accepted" in message, message
+    assert "await jobs.start(job) raised" in message, message
+    assert got["no_202_when_the_store_refuses"].passed  # create raised before the try: the service answered 500
+
+
+async def test_a_kickoff_that_lets_the_queuing_error_through_passes() -> None:
+    got = await results(submission(LAB), {"no_202_when_queuing_fails", "no_202_when_the_store_refuses"})
+    assert all(r.passed for r in got.values()), {n: r.message for n, r in got.items()}
+    assert got["no_202_when_queuing_fails"].message.startswith("500"), got["no_202_when_queuing_fails"].message
+
+
+async def test_a_status_keeper_that_ignores_the_first_step_is_caught() -> None:
+    got = await results(
+        mistake("the first step not reported"), {"follows_a_job_to_success", "the_first_step_makes_the_job_running"}
+    )
+    assert got["follows_a_job_to_success"].passed  # accepted > running > succeeded: step_done makes it running later
+    message = got["the_first_step_makes_the_job_running"].message
+    assert "still says 'accepted'" in message, message
+    assert "a step started means 'running'" in message, message
+
+
+async def test_a_retry_after_with_a_unit_is_named_as_such() -> None:
+    got = await results(mistake("Retry-After 1s in the 202"), {"answers_202_with_location_and_retry_after"})
+    message = got["answers_202_with_location_and_retry_after"].message
+    assert "Retry-After: '1s', which is not a whole number of seconds" in message, message
+    got = await results(mistake("Retry-After 1s while running"), {"an_unfinished_job_reports_its_state"})
+    message = got["an_unfinished_job_reports_its_state"].message
+    assert "'1s', which is not a whole number of seconds" in message, message
+    assert "no Retry-After" not in message, message
+
+
+async def test_a_q1_mistake_costs_points_in_q1_only() -> None:
+    got = await results(mistake("200 instead of 202"))
+    lost = {name for name, r in got.items() if not r.passed}
+    later = {c.name for c in CHECKS if c.question != "q1"}
+    assert "answers_202_with_location_and_retry_after" in lost
+    assert not lost & later, {n: got[n].message for n in lost & later}
+
+
+def test_the_given_code_follows_a_location_with_resolve() -> None:
+    """An absolute Location is valid HTTP: the lab's own demo cells must not glue it onto the service's URL."""
+    code = "\n".join(c.source for c in nbformat.read(LABS / f"{LAB}.ipynb", as_version=4).cells if c.cell_type == "code")
+    assert "resolve(system.url, accepted.location)" in code
+    assert ".url + " not in code

@@ -158,6 +158,98 @@ RULES: dict[str, dict[str, Rule]] = {
     },
 }
 
+# --------------------------------------------------------------------------- lab 06 (its own block: labs merge apart)
+
+RULES["06_hybrid_job"] = {
+    "a bad body: 400 problem+json at once, no job": Rule(
+        "q1", "A body that is not a valid task is answered at once with `400` problem+json", "rejects_a_bad_task_at_once"
+    ),
+    "the 400's type under PROBLEM_BASE": Rule("q1", "a `type` URI under `PROBLEM_BASE`", "rejects_a_bad_task_at_once"),
+    "a retry with the key: the same job, nothing started": Rule(
+        "q1",
+        "A job with the same task means the client retried: answer that job's 202 again and start nothing",
+        "a_retry_with_the_same_key_gets_the_same_job",
+    ),
+    "a key reused for another task: 422": Rule(
+        "q1", "A job with another task means the client reused a key by mistake: `422`", "a_key_reused_for_another_task_is_422"
+    ),
+    "otherwise a new job, started": Rule(
+        "q1",
+        "Otherwise create the job and start it.",
+        "a_retry_with_the_same_key_gets_the_same_job",
+        ("different_requests_make_different_jobs",),
+    ),
+    "no 202 when queuing fails": Rule(
+        "q1",
+        "If `jobs.create` or `jobs.start` raises, the work is not queued: let the error through",
+        "no_202_when_queuing_fails",
+        ("no_202_when_the_store_refuses",),
+    ),
+    "202 with job.accepted, Location and Retry-After": Rule(
+        "q1",
+        "Answer `202` with the body `job.accepted`, `Location: /jobs/{job_id}` and `Retry-After`",
+        "answers_202_with_location_and_retry_after",
+    ),
+    "never wait for the work": Rule("q1", "Never wait for the work.", "kickoff_answers_before_the_work"),
+    "never wait for the workers, slow or down": Rule("q1", "Never wait for the work.", "kickoff_never_waits_for_the_workers"),
+    "a step started: running, at that step": Rule(
+        "q2", "a worker began `step`: the job is `running`, at that step", "the_first_step_makes_the_job_running"
+    ),
+    "success: succeeded, every step done, the result kept": Rule(
+        "q2", "the last step finished: `succeeded`, every step done, keep the result", "follows_a_job_to_success"
+    ),
+    "a failure: failed, with the step and the reason": Rule(
+        "q2", "a step failed and the job stops there: `failed`, with the step and the reason", "a_failed_step_ends_the_job"
+    ),
+    "a repeated event counts once": Rule(
+        "q2", "delivery is at least once: the same event can arrive twice", "a_repeated_event_counts_once"
+    ),
+    "out of order: progress never goes backwards": Rule(
+        "q2", "events from different workers can arrive out of order", "a_repeated_event_counts_once"
+    ),
+    "an ended job stays as it ended": Rule(
+        "q2",
+        "a job that ended (or that the user cancelled) stays as it ended, whatever arrives later",
+        "a_finished_job_never_moves",
+    ),
+    "an unknown job: 404": Rule("q3", "An unknown id: `404` problem+json.", "unknown_job_is_404_problem"),
+    "succeeded: 303 to the result, not 302": Rule(
+        "q3",
+        "`303 See Other` with `Location: job.result_path`",
+        "a_finished_job_answers_303_to_its_result",
+        ("a_poll_and_the_stream_see_the_same_states",),
+    ),
+    "failed: 200 as problem+json": Rule(
+        "q3",
+        "A job that **failed**: `200` with the status document as `application/problem+json`",
+        "a_failed_job_is_problem_json",
+    ),
+    "Retry-After while not final": Rule(
+        "q3",
+        "`200` with the status document, and `Retry-After` (`jobs.retry_after_s`) while the job is not final",
+        "an_unfinished_job_reports_its_state",
+        ("a_poll_and_the_stream_see_the_same_states",),
+    ),
+    "a cancelled job is final: no Retry-After": Rule(
+        "q3", "A cancelled job is final: there is nothing to wait for", "a_cancelled_job_has_no_retry_after"
+    ),
+    "cancel an unknown job: 404": Rule("q4", "an unknown id: `404` problem+json", "cancel_of_an_unknown_job_is_404"),
+    "cancel an ended job: 409, left as it ended": Rule(
+        "q4",
+        "a job that already ended (`job.final`): `409` problem+json, and the job stays as it ended",
+        "cancel_of_a_finished_job_is_409",
+    ),
+    "a cancel reaches the workers": Rule(
+        "q4",
+        "so the worker running its step stops and later steps never start",
+        "cancel_stops_the_running_step",
+    ),
+    "the cancel answers 200 with the status": Rule(
+        "q4", "answer `200` with the job's status document", "cancel_stops_the_running_step"
+    ),
+}
+
+
 UNSTATED: dict[str, dict[str, str]] = {lab: {} for lab in RULES}
 """Hidden checks of a rule the lab's text does not state: check name -> why it is fair to keep it hidden."""
 

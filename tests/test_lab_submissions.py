@@ -410,3 +410,123 @@ def test_a_lesson_cell_that_is_gone_fails_loudly() -> None:
     assert set(notebook_definitions(NOTEBOOK, ["partition_for"])) >= {"partition_for", "zlib"}
     with pytest.raises(AssertionError, match="changed"):
         notebook_definitions(NOTEBOOK, ["partition_for", "no_such_fix"])
+
+
+# --------------------------------------------------------------------------- lab 06 (its own block: labs merge apart)
+
+LOCATION = 'headers={"Location": f"/jobs/{job.job_id}", "Retry-After": str(jobs.retry_after_s)}'
+START06 = "        await jobs.start(job)\n"
+DONE06 = '        job.state, job.done = RUNNING, max(job.done, data["done"])'
+
+LAB06 = {
+    "06 correct: an absolute Location": Variant(
+        "06_hybrid_job", "q1", ((LOCATION, LOCATION.replace('f"/jobs/{job.job_id}"', "str(request.url.with_path(job.path))")),)
+    ),
+    "06 correct: a 503 problem of its own when queuing fails": Variant(
+        "06_hybrid_job",
+        "q1",
+        (
+            (
+                START06,
+                "        try:\n    " + START06 + "        except Exception as exc:  # noqa: BLE001\n"
+                '            return problem(503, "Not queued", str(exc), f"{PROBLEM_BASE}not-queued")\n',
+            ),
+        ),
+    ),
+    "06 correct: the count moved forward with an if": Variant(
+        "06_hybrid_job",
+        "q2",
+        ((DONE06, '        job.state = RUNNING\n        if data["done"] > job.done:\n            job.done = data["done"]'),),
+    ),
+    "06 mistake: 200 instead of 202 in Q1 (only Q1 loses points)": Variant(
+        "06_hybrid_job",
+        "q1",
+        (("json_response(job.accepted, status=202,", "json_response(job.accepted, status=200,"),),
+        "answers_202_with_location_and_retry_after",
+        "which is 202 Accepted",
+    ),
+    "06 mistake: a count that goes backwards": Variant(
+        "06_hybrid_job",
+        "q2",
+        ((DONE06, '        job.state, job.done = RUNNING, data["done"]'),),
+        "a_repeated_event_counts_once",
+        "progress never goes backwards",
+    ),
+    "06 mistake: a kickoff that waits until the job runs": Variant(
+        "06_hybrid_job",
+        "q1",
+        ((START06, START06 + "        await until(lambda: job.state != ACCEPTED, 10)\n"),),
+        "kickoff_never_waits_for_the_workers",
+        "the kickoff waits for them",
+    ),
+    "06 mistake: a 202 although jobs.start raised": Variant(
+        "06_hybrid_job",
+        "q1",
+        (
+            (
+                START06,
+                "        try:\n    " + START06 + "        except Exception:\n            pass  # 'the outbox sends it later'\n",
+            ),
+        ),
+        "no_202_when_queuing_fails",
+        "a promise that the work will run",
+    ),
+    "06 mistake: the first step not reported": Variant(
+        "06_hybrid_job",
+        "q2",
+        (('    if event.type == STEP_STARTED:\n        job.state, job.step = RUNNING, data["step"]\n    elif', "    if"),),
+        "the_first_step_makes_the_job_running",
+        "a step started means 'running'",
+    ),
+    "06 mistake: Retry-After '1s'": Variant(
+        "06_hybrid_job",
+        "q1",
+        ((LOCATION, LOCATION.replace("str(jobs.retry_after_s)", 'f"{jobs.retry_after_s}s"')),),
+        "answers_202_with_location_and_retry_after",
+        "not a whole number of seconds",
+    ),
+    "06 mistake: a cancel answered 204": Variant(
+        "06_hybrid_job",
+        "q4",
+        (
+            (
+                "    await jobs.cancel(job)\n    return web.json_response(job.to_json())",
+                "    await jobs.cancel(job)\n    return web.Response(status=204)",
+            ),
+        ),
+        "cancel_stops_the_running_step",
+        "expected 200 with its status",
+    ),
+}
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize("label", list(LAB06))
+async def test_each_lab06_submission_is_judged_right(label: str) -> None:
+    variant = LAB06[label]
+    got = await _judge(variant)
+    if variant.fails is None:
+        assert {name: r.message for name, r in got.items() if not r.passed} == {}, f"{label} loses points"
+        return
+    result = got[variant.fails]
+    assert not result.passed, f"{label} passes {variant.fails}"
+    assert not result.hidden, f"{label} is caught only by a hidden check: the learner would see 'all passed'"
+    assert variant.says in result.message, result.message
+
+
+@pytest.mark.broker
+async def test_a_lab06_q1_mistake_loses_no_point_in_q2_to_q4() -> None:
+    """A kickoff answering 200 cost 11 of the 15 points of Q2-Q4, whose code was right: now they use the course's kickoff."""
+    variant = LAB06["06 mistake: 200 instead of 202 in Q1 (only Q1 loses points)"]
+    ns = submission(variant.lab, *variant.edits)
+    later = [c for c in load_checks(variant.lab) if c.question != "q1"]
+    got = {c.name: await run_check(c, ns) for c in later}
+    assert {name: r.message for name, r in got.items() if not r.passed} == {}
+    assert sum(r.points for r in got.values()) == sum(c.points for c in later) == 16  # 15 before the first-step check
+
+
+def test_lab06_has_six_submissions_with_alternatives_and_mistakes() -> None:
+    assert len(LAB06) >= 6
+    assert {v.fails is None for v in LAB06.values()} == {True, False}
+    for label, variant in LAB06.items():
+        assert submission(variant.lab, *variant.edits), label  # still an edit of today's solution

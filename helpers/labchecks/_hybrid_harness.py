@@ -13,9 +13,21 @@ import uuid
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 
-from helpers.choosing.hybrid import Answer, HybridSystem, Job, Topics, quick_steps, request, resolve, start_hybrid
-from helpers.core.problems import PROBLEM_JSON
+from helpers.choosing.hybrid import (
+    Answer,
+    HybridSystem,
+    Job,
+    JobBoard,
+    Topics,
+    quick_steps,
+    read_task,
+    request,
+    resolve,
+    start_hybrid,
+)
+from helpers.core.problems import PROBLEM_BASE, PROBLEM_JSON, problem
 from helpers.core.waiting import until
 from helpers.grading.checks import CheckFailed, Context, expect
 
@@ -30,10 +42,40 @@ def task_text(ctx: Context) -> str:
     return f"compare {ctx.rng.choice(TOPICS)} #{ctx.rng.randint(1, 10**6)}"
 
 
-async def start_system(
-    ctx: Context, *, apply: bool = False, status: bool = False, cancel: bool = False, scale: float | None = None
+async def course_kickoff(request: web.Request, jobs: JobBoard) -> web.Response:
+    """The course's ``POST /jobs`` (the solution's): what the checks of questions 2-4 send their jobs through.
+
+    Those questions are not about the kickoff, so a mistake in the learner's (question 1)
+    costs points there only.
+    """
+    task = await read_task(request)
+    if task is None:
+        return problem(400, "Invalid task", 'send JSON like {"task": "..."}', f"{PROBLEM_BASE}invalid-task")
+    key = request.headers.get("Idempotency-Key")
+    job = jobs.by_key(key) if key else None
+    if job is not None and job.task != task:
+        return problem(422, "Idempotency-Key reused", "this key came before with another task", f"{PROBLEM_BASE}key-reused")
+    if job is None:
+        job = jobs.create(task, key)
+        await jobs.start(job)
+    headers = {"Location": job.path, "Retry-After": str(jobs.retry_after_s)}
+    return web.json_response(job.accepted, status=202, headers=headers)
+
+
+async def start_system(  # noqa: PLR0913  the checks pass these knobs by keyword
+    ctx: Context,
+    *,
+    kickoff: bool = False,
+    apply: bool = False,
+    status: bool = False,
+    cancel: bool = False,
+    scale: float | None = None,
 ) -> HybridSystem:
-    """The hybrid with the learner's kickoff, plus their status keeper, status resource and cancel when asked."""
+    """The hybrid with the learner's functions where asked (``kickoff``: their start_job; else the course's).
+
+    Only question 1's checks take the learner's kickoff: the others send their jobs through
+    :func:`course_kickoff`, so each question is judged by its own code.
+    """
     kwargs: dict[str, Any] = {}
     if apply:
         kwargs["apply"] = ctx.function("apply_event")
@@ -44,9 +86,8 @@ async def start_system(
     broker = await ctx.broker()
     steps = STEPS if scale is None else quick_steps(scale)
     name = f"check06-{uuid.uuid4().hex[:8]}"  # never the name the learner's own system runs under
-    system = await start_hybrid(
-        broker, ctx.function("start_job"), steps=steps, topics=Topics.fresh("check06"), name=name, **kwargs
-    )
+    start_job = ctx.function("start_job") if kickoff else course_kickoff
+    system = await start_hybrid(broker, start_job, steps=steps, topics=Topics.fresh("check06"), name=name, **kwargs)
     ctx.on_cleanup(system.stop)
     return system
 
@@ -125,3 +166,19 @@ def expect_problem(answer: Answer, what: str, status: int) -> None:
         f"{what} answered {answer.status} as {answer.content_type or 'no content type'}: send a problem details "
         "document, problem(status, title, detail, type), so the client reads what went wrong (application/problem+json)",
     )
+
+
+def retry_after_fault(value: str | None, where: str) -> str | None:
+    """What is wrong with a Retry-After header (None: a whole number of seconds, at least 1), named as it is."""
+    if value is None:
+        return f"{where} has no Retry-After header: send Retry-After: str(jobs.retry_after_s), the seconds to wait"
+    if not value.strip():
+        return f"{where} has an empty Retry-After header: send the seconds to wait, str(jobs.retry_after_s)"
+    if not value.strip().isdigit():
+        return (
+            f"{where} has Retry-After: {value!r}, which is not a whole number of seconds: send digits only, "
+            "str(jobs.retry_after_s) (no unit, no fraction)"
+        )
+    if int(value) < 1:
+        return f"{where} has Retry-After: {value!r}: a client told to wait 0 s asks again at once; send jobs.retry_after_s"
+    return None
