@@ -172,6 +172,46 @@ async def test_an_unmarked_arrow_is_named() -> None:
     assert "Upload -> Storage has no sync/async marking" in got["marks_every_arrow"].message
 
 
+LATER_FLOWCHART = "\n\n```mermaid\nflowchart LR\n    worker[Worker] -.->|MQTT job.done| inbox[Inbox]\n```\n"
+"""A second diagram, in a later answer: it draws two parts only, so read as the Q1 diagram it fails every Q1 check."""
+DIAGRAM_CHECKS = {"draws_every_part", "marks_every_arrow", "design_holds"}
+
+
+def with_later_flowchart(markdown: list[str]) -> list[str]:
+    """The Markdown with a second flowchart in Q5's answer cell (the reviewer's case: it replaced the Q1 diagram)."""
+    later = [text + LATER_FLOWCHART if text.startswith("**In your words**") else text for text in markdown]
+    assert later != markdown, "the Q5 answer cell is gone"
+    return later
+
+
+async def test_a_second_flowchart_in_a_later_answer_does_not_replace_the_q1_diagram() -> None:
+    got = await results(submission(LAB), DIAGRAM_CHECKS, markdown=with_later_flowchart(MARKDOWN))
+    assert failed(got) == {}
+
+
+async def test_a_flowchart_only_in_a_later_answer_is_not_the_q1_diagram() -> None:
+    got = await results(submission(LAB), DIAGRAM_CHECKS, markdown=with_later_flowchart(markdown_cells(LAB, shipped=True)))
+    assert not any(r.passed for r in got.values())
+    assert all("found no ```mermaid flowchart in Q1's answer cell" in r.message for r in got.values()), failed(got)
+
+
+async def test_without_the_q1_heading_the_first_flowchart_is_read() -> None:
+    from helpers.labchecks.image_pipeline import q1_section
+
+    assert q1_section(MARKDOWN) == MARKDOWN[1:3]  # the Q1 prompt and its answer cell, up to Q2's heading
+    renamed = [text.replace("## Q1 ·", "## One ·") for text in with_later_flowchart(MARKDOWN)]
+    assert q1_section(renamed) is None
+    assert failed(await results(submission(LAB), DIAGRAM_CHECKS, markdown=renamed)) == {}
+
+
+async def test_a_dotted_arrow_that_contradicts_a_solid_one_loses_the_design_points() -> None:
+    solid = "    processor -->|HTTP GET original, PUT renditions| storage\n"
+    both = diagram_with((solid, solid + "    processor -.->|MQTT renditions| storage\n"))
+    got = await results(submission(LAB), {"marks_every_arrow", "design_holds"}, markdown=both)
+    assert got["marks_every_arrow"].passed
+    assert "AI Image Processor -> Storage is drawn both sync (HTTP) and async (MQTT)" in got["design_holds"].message
+
+
 async def test_a_diagram_that_says_async_where_the_code_is_sync_loses_the_point() -> None:
     got = await results(mistake("processing in the request"), {"diagram_matches_the_running_code"})
     message = got["diagram_matches_the_running_code"].message

@@ -46,19 +46,39 @@ checks = Checks("07_image_pipeline")
 # --------------------------------------------------------------------------- q1: the diagram
 
 _FLOWCHART = re.compile(r"^\s*(flowchart|graph)\b", re.MULTILINE)
+_QUESTION = re.compile(r"^\s*#{1,6}\s*Q(\d+)\b", re.MULTILINE)  # a question's heading: "## Q1 · Draw the pipeline"
 _REQUIRED_ROLES = [role for role in diagram.ROLES if role != "broker"]
 
 
+def q1_section(cells: list[str]) -> list[str] | None:
+    """The Markdown cells of Q1, from its heading up to the next question's heading (None: no Q1 heading)."""
+    start = None
+    for i, text in enumerate(cells):
+        heading = _QUESTION.search(text)
+        if heading is None:
+            continue
+        if heading.group(1) == "1" and start is None:
+            start = i
+        elif start is not None:
+            return cells[start:i]
+    return None if start is None else cells[start:]
+
+
 def _flowchart(ctx: Context) -> diagram.Flowchart:
-    """The learner's diagram: the last ```mermaid flowchart in the notebook's Markdown cells, parsed."""
-    blocks = [b for text in ctx.markdown() for b in diagram.find_mermaid_blocks(text) if _FLOWCHART.search(b)]
+    """The learner's Q1 diagram, parsed: the last ```mermaid flowchart of Q1's Markdown cells.
+
+    A flowchart in a later answer is another question's: it never replaces the Q1 diagram.
+    Only when the Q1 heading is gone is the notebook's first flowchart read.
+    """
+    section = q1_section(list(ctx.markdown()))
+    cells = section if section is not None else list(ctx.markdown())
+    blocks = [b for text in cells for b in diagram.find_mermaid_blocks(text) if _FLOWCHART.search(b)]
     if not blocks:
         raise CheckFailed(
-            "found no ```mermaid flowchart in the notebook's Markdown cells: draw it in the Q1 answer cell; "
-            f"if you did, {SAVE_FIRST}"
+            f"found no ```mermaid flowchart in Q1's answer cell (below 'Your diagram'): draw it there; if you did, {SAVE_FIRST}"
         )
     try:
-        return diagram.parse_flowchart(blocks[-1])
+        return diagram.parse_flowchart(blocks[-1] if section is not None else blocks[0])
     except diagram.DiagramError as exc:
         raise CheckFailed(f"your diagram could not be read: {exc}") from None
 
