@@ -42,6 +42,12 @@ NOTIFIER_CLIENT = PROCESSOR_CLIENT.replace("topics.uploaded", "topics.jobs")
 PROCESSOR_ACK = "                await process_job(client, storage, topics, event, work=work)\n            ack(client, message)"
 NOTIFIER_ACK = '                notified.add(event.data["job_id"])\n            ack(client, message)'
 DECODE = "            try:\n                event = decode(message.payload)\n            except InvalidEvent as exc:"
+DONE_PUBLISH = (
+    '    await publish(client, topics.done, make_event(JOB_DONE, done, source="/processor", id=done_event_id(job_id)))\n'
+)
+DONE_MARK = '    await storage.put(done_marker(job_id), b\'{"state": "done"}\', "application/json")\n'
+FAILED_MARK = '        await storage.put(done_marker(job_id), b\'{"state": "failed"}\', "application/json")\n'
+FETCH = '    try:\n        data, _, _ = await storage.get(job["original"]["key"])\n'
 
 
 def _without_ack(ack_line: str) -> Edit:
@@ -96,6 +102,10 @@ EDITS: dict[str, tuple[Edit, ...]] = {
         ),
     ),
     "a failure crashes the worker": (("    except Exception as exc:\n", "    except ZeroDivisionError as exc:\n"),),
+    "the marker before job.done": ((DONE_PUBLISH + DONE_MARK, DONE_MARK + DONE_PUBLISH),),
+    "the marker first": ((DONE_MARK, ""), (MARKER, MARKER + DONE_MARK)),
+    "no marker on the failure path": ((FAILED_MARK, ""),),
+    "the fetch outside the try": ((FETCH, '    data, _, _ = await storage.get(job["original"]["key"])\n    try:\n'),),
     "a clean-session notifier": ((NOTIFIER_CLIENT, NOTIFIER_CLIENT.replace("clean_session=False", "clean_session=True")),),
     "a new client id per start": (
         (NOTIFIER_CLIENT, NOTIFIER_CLIENT.replace("broker.client(name,", 'broker.client(f"{name}-{uuid.uuid4().hex[:4]}",')),
@@ -313,6 +323,28 @@ async def test_blocking_the_event_loop_is_named() -> None:
 async def test_a_failure_that_crashes_the_worker_is_caught() -> None:
     got = await results(mistake("a failure crashes the worker"), {"failure_ends_failed_with_a_dead_letter"})
     assert "crashed" in got["failure_ends_failed_with_a_dead_letter"].message
+
+
+@pytest.mark.parametrize(
+    ("name", "when"), [("the marker before job.done", "before job.done"), ("the marker first", "before the work")]
+)
+async def test_a_done_marker_written_too_early_is_named(name: str, when: str) -> None:
+    got = await results(mistake(name), {"marker_written_last"})
+    message = got["marker_written_last"].message
+    assert f"the marker was written {when}" in message, message
+    assert "write the marker last" in message, message
+
+
+async def test_no_marker_on_the_failure_path_is_named() -> None:
+    got = await results(mistake("no marker on the failure path"), {"failure_ends_failed_with_a_dead_letter"})
+    message = got["failure_ends_failed_with_a_dead_letter"].message
+    assert "the failed image, delivered again, failed again (2 job.failed" in message, message
+
+
+async def test_a_failing_fetch_that_crashes_the_worker_is_caught() -> None:
+    got = await results(mistake("the fetch outside the try"), {"failure_ends_failed_with_a_dead_letter"})
+    message = got["failure_ends_failed_with_a_dead_letter"].message
+    assert "run_processor() crashed" in message, message
 
 
 # --------------------------------------------------------------------------- q4: the notifier

@@ -14,6 +14,7 @@ from typing import Any
 
 from helpers.capstone import images
 from helpers.capstone.jobs import IMAGE_UPLOADED, JOB_DONE, JOB_FAILED, Topics
+from helpers.capstone.processor import done_marker
 from helpers.capstone.wire import Recorder, RecordingStorage
 from helpers.core.messaging import Event, make_event, publish
 from helpers.core.waiting import until, until_quiet
@@ -69,11 +70,15 @@ class _ProcessorRig:
     def crashed(self) -> BaseException | None:
         return self.loop.crashed()
 
-    async def job(self, data: bytes | None = None, user: str | None = None) -> Event:
-        """An image.uploaded event for a new job whose original is stored (as the upload would do it)."""
+    async def job(self, data: bytes | None = None, user: str | None = None, *, stored: bool = True) -> Event:
+        """An image.uploaded event for a new job whose original is stored (as the upload would do it).
+
+        ``stored=False``: the event names an original Storage does not have (fetching it fails with a 404).
+        """
         job_id = uuid.uuid4().hex
         key = f"originals/{job_id}"
-        etag = await self.storage.put(key, data if data is not None else images.sample_photo(), "image/jpeg")
+        photo = data if data is not None else images.sample_photo()
+        etag = await self.storage.put(key, photo, "image/jpeg") if stored else '"gone"'
         claim = {"key": key, "etag": etag, "content_type": "image/jpeg"}
         data_ = {"job_id": job_id, "user": user or a_user(self.ctx), "original": claim}
         return make_event(IMAGE_UPLOADED, data_, source="/upload")
@@ -243,12 +248,18 @@ async def same_event_twice_is_done_once(ctx: Context) -> str:
     "job.failed on topics.failed, write the marker",
 )
 async def failure_ends_failed_with_a_dead_letter(ctx: Context) -> str:
-    """An image that cannot be processed ends as job.failed plus a dead letter, and the next image is still processed."""
+    """An image that cannot be fetched or processed ends once as job.failed plus a dead letter; the next is still processed."""
     rig = await _ProcessorRig.started(ctx, work=0.1)
-    bad, good = await rig.job(images.truncated_jpeg()), await rig.job()
-    bad_id, good_id = bad.data["job_id"], good.data["job_id"]
-    await rig.send(bad, good)
-    await rig.wait(lambda: bool(rig.events(JOB_FAILED, bad_id) and rig.events(JOB_DONE, good_id) and rig.dead_letters()), 6.0)
+    bad, gone, good = await rig.job(images.truncated_jpeg()), await rig.job(stored=False), await rig.job()
+    bad_id, gone_id, good_id = (e.data["job_id"] for e in (bad, gone, good))
+    await rig.send(bad, gone, good)
+    await rig.wait(
+        lambda: (
+            bool(rig.events(JOB_FAILED, bad_id) and rig.events(JOB_FAILED, gone_id) and rig.events(JOB_DONE, good_id))
+            and len(rig.dead_letters()) >= 2
+        ),
+        6.0,
+    )
     await rig.quiet()
     failed = rig.events(JOB_FAILED, bad_id)
     expect(failed, "no job.failed on topics.failed for the image that cannot be processed (a truncated JPEG): the user must hear")
@@ -256,16 +267,64 @@ async def failure_ends_failed_with_a_dead_letter(ctx: Context) -> str:
     reason = (failed[0].data or {}).get("reason")
     expect(isinstance(reason, str) and reason, "job.failed's data should say why (a 'reason')")
     expect(not rig.events(JOB_DONE, bad_id), "the image that cannot be processed got a job.done")
+    expect(
+        rig.events(JOB_FAILED, gone_id),
+        "no job.failed for the image whose original cannot be fetched (Storage answers 404): a failing fetch ends the job "
+        "as failed too",
+    )
     dead = rig.dead_letters()
     expect(
-        len(dead) == 1, f"{len(dead)} dead letters on topics.dead_letter, expected 1 (dead_letter_payload(...) with the reason)"
+        len(dead) == 2,
+        f"{len(dead)} dead letters on topics.dead_letter for 2 failed jobs, expected 2 "
+        "(dead_letter_payload(...) with the reason)",
     )
     expect(
         isinstance(dead[0], dict) and dead[0].get("reason"),
         f"the dead letter should be dead_letter_payload(...) with a reason, got {dead[0]!r:.120}",
     )
     expect(rig.events(JOB_DONE, good_id), "the next image was not processed after the failing one: the worker must carry on")
-    return f"job.failed ({str(reason)[:60]}), 1 dead letter, the next image done"
+    await rig.send(bad)  # the failed image delivered again (a redelivery, a retry): the user must not hear twice
+    await rig.wait_handled(bad_id, 2)
+    again = len(rig.events(JOB_FAILED, bad_id))
+    expect(
+        again == 1 and len(rig.dead_letters()) == 2,
+        f"the failed image, delivered again, failed again ({again} job.failed, {len(rig.dead_letters())} dead letters): "
+        "write the done marker on the failure path too, so the user hears once",
+    )
+    return f"job.failed ({str(reason)[:60]}), a failed fetch too, 1 dead letter each, once; the next image done"
+
+
+@part.check(
+    "q3",
+    timeout=15,
+    hint="the done marker says the job was finished and announced: it is the last step",
+    code_hint="store the renditions, publish job.done, and only then await storage.put(done_marker(job_id), ...)",
+)
+async def marker_written_last(ctx: Context) -> str:
+    """Killed right after writing the done marker, then restarted: the job was already stored and announced, once."""
+    rig = await _ProcessorRig.started(ctx, work=0.1)
+    event = await rig.job()
+    job_id = event.data["job_id"]
+    marker = done_marker(job_id)
+    gate = rig.storage.hold("processor", "PUT", marker)  # the marker lands; the processor hears nothing back yet
+    ctx.callback(gate.set)
+    await rig.send(event)
+    if not await rig.wait(lambda: rig.storage.head(marker) is not None, 8.0):
+        raise CheckFailed(f"no done marker ({marker}) in Storage within 8 s: write it once the job is done and announced")
+    results = [c for c in rig.storage.requests("processor", "PUT") if c.key.startswith(f"results/{job_id}/")]
+    await rig.stop()  # killed between writing the marker and its next step
+    gate.set()
+    await rig.start()  # the same session: the unacknowledged image comes again, and meets the marker
+    await rig.wait_handled(job_id, 1, 6.0)
+    dones = len(rig.events(JOB_DONE, job_id))
+    when = "before the work (no result stored yet)" if not results else "before job.done"
+    expect(
+        dones >= 1,
+        f"killed right after writing the done marker, the job was never announced: the marker was written {when}, so the "
+        "restarted processor skipped a job no one heard of; write the marker last, after job.done",
+    )
+    expect(dones == 1, f"{dones} job.done events for one job, expected 1")
+    return "killed right after the marker: the job had been stored and announced, 1 job.done"
 
 
 @part.check(
