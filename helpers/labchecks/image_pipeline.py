@@ -226,8 +226,8 @@ checks.include(_image_pipeline_notifier.part)  # helpers/labchecks/_image_pipeli
 )
 async def burst_of_uploads_stays_fast(ctx: Context) -> str:
     """A burst of uploads gets every 202 quickly while the processor works through the queue; each user hears once."""
-    system = await learner_system(ctx, work=0.3)
-    count = ctx.rng.randint(4, 6)
+    system = await learner_system(ctx, work=0.1)  # the 202s are judged against processing a few images: 0.1 is enough
+    count = ctx.rng.randint(3, 4)
     users = [a_user(ctx) for _ in range(count)]
     photos = [images.sample_photo()] * count
     # 8 s to answer a handful of uploads is generous on a busy machine for an upload that only
@@ -259,7 +259,7 @@ async def burst_of_uploads_stays_fast(ctx: Context) -> str:
 )
 async def worker_killed_mid_image(ctx: Context) -> str:
     """The processor killed mid-image and restarted: the image is processed again, one job.done, the user notified once."""
-    system = await learner_system(ctx, work=1.0)
+    system = await learner_system(ctx, work=0.4)  # the kill comes within ~10 ms of the fetch: 0.4 leaves it mid-image
     got = await outcome("the drill", lambda: worker_killed(system, images.sample_photo(), a_user(ctx), timeout=10), 30)
     if isinstance(got.error, TimeoutError):
         raise CheckFailed(
@@ -283,8 +283,8 @@ async def worker_killed_mid_image(ctx: Context) -> str:
 )
 async def notifier_outage_loses_nothing(ctx: Context) -> str:
     """The notifier down while jobs finish, then restarted: every user notified, each once."""
-    system = await learner_system(ctx, work=0.1)
-    count = ctx.rng.randint(2, 4)
+    system = await learner_system(ctx, work=0.0)  # the drill is about notifications: the images may be quick
+    count = ctx.rng.randint(2, 3)
     users = [a_user(ctx) for _ in range(count)]
     got = await outcome("the drill", lambda: notifier_outage(system, [images.sample_photo()] * count, users, timeout=15), 24)
     expect(got.error is None, f"the drill did not complete: {got.raised}")
