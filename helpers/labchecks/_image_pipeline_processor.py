@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from helpers.capstone import images
-from helpers.capstone.jobs import IMAGE_UPLOADED, JOB_DONE, JOB_FAILED, Topics
+from helpers.capstone.jobs import IMAGE_UPLOADED, JOB_DONE, JOB_FAILED, Topics, done_event_id, failed_event_id
 from helpers.capstone.processor import done_marker
 from helpers.capstone.wire import Recorder, RecordingStorage
 from helpers.core.messaging import Event, make_event, publish
@@ -170,6 +170,11 @@ async def processes_an_image(ctx: Context) -> str:
     stored = rig.storage.stored("processor")
     absent = [str(key) for key in results.values() if key not in stored or not rig.storage.read(str(key))]
     expect(not absent, f"job.done names keys the processor never stored: {', '.join(absent[:3])}")
+    expect(
+        done.id == done_event_id(job_id),
+        f"job.done's event id is {done.id!r}, expected done_event_id(job_id): a fixed id makes a republished job.done "
+        "recognizable as the same event",
+    )
     caption = data.get("caption")
     expect(isinstance(caption, str) and caption, "job.done's data should hold the caption process_image returned")
     return f"{len(results)} renditions stored, 1 job.done"
@@ -269,6 +274,9 @@ async def failure_ends_failed_with_a_dead_letter(ctx: Context) -> str:
     expect(failed, "no job.failed on topics.failed for the image that cannot be processed (a truncated JPEG): the user must hear")
     expect(len(failed) == 1, f"{len(failed)} job.failed events for one job, expected 1")
     reason = (failed[0].data or {}).get("reason")
+    expect(
+        failed[0].id == failed_event_id(bad_id), f"job.failed's event id is {failed[0].id!r}, expected failed_event_id(job_id)"
+    )
     expect(isinstance(reason, str) and reason, "job.failed's data should say why (a 'reason')")
     expect(not rig.events(JOB_DONE, bad_id), "the image that cannot be processed got a job.done")
     expect(
