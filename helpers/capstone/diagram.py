@@ -40,8 +40,9 @@ Storage or Notification are reported as ambiguous.
 What the design check wants (:func:`check_design`): User -> Upload sync; Upload ->
 Storage sync; Upload to the AI Image Processor async (a direct dotted arrow, or through
 the broker node); AI Image Processor -> Storage sync; AI Image Processor to Notification
-async; and no chain of sync calls from Upload to the processor or to Notification (the
-upload answers 202 at once: it must not wait for processing).
+async; no relation drawn both sync and async (a solid HTTP arrow and a dotted MQTT one
+between the same two parts); and no chain of sync calls from Upload to the processor or to
+Notification (the upload answers 202 at once: it must not wait for processing).
 
 The flowchart syntax is read by :mod:`helpers.core.mermaid` (the parser every diagram
 of the course goes through); this module adds the notation on top: :func:`kind_of` says

@@ -253,8 +253,7 @@ async def same_event_twice_is_done_once(ctx: Context) -> str:
     "job.failed on topics.failed, write the marker",
 )
 async def failure_ends_failed_with_a_dead_letter(ctx: Context) -> str:
-    """An image that cannot be fetched or processed ends once as job.failed plus a dead letter (a payload that is not
-    an event: a dead letter); the next image is still processed."""
+    """A failed fetch or transform ends once as job.failed and a dead letter, a non-event as a dead letter; the worker goes on."""
     rig = await _ProcessorRig.started(ctx, work=0.1)
     bad, gone, good = await rig.job(images.truncated_jpeg()), await rig.job(stored=False), await rig.job()
     bad_id, gone_id, good_id = (e.data["job_id"] for e in (bad, gone, good))
