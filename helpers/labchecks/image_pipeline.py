@@ -226,7 +226,7 @@ checks.include(_image_pipeline_notifier.part)  # helpers/labchecks/_image_pipeli
 )
 async def burst_of_uploads_stays_fast(ctx: Context) -> str:
     """A burst of uploads gets every 202 quickly while the processor works through the queue; each user hears once."""
-    system = await learner_system(ctx, work=0.1)  # the 202s are judged against processing a few images: 0.1 is enough
+    system = await learner_system(ctx, work=0.2)  # the 202s are judged against processing 3-4 images: ~0.2 s each
     count = ctx.rng.randint(3, 4)
     users = [a_user(ctx) for _ in range(count)]
     photos = [images.sample_photo()] * count
