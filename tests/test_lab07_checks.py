@@ -209,6 +209,8 @@ async def test_without_the_q1_heading_the_first_flowchart_is_read() -> None:
     from helpers.labchecks.image_pipeline import q1_section
 
     assert q1_section(MARKDOWN) == MARKDOWN[1:3]  # the Q1 prompt and its answer cell, up to Q2's heading
+    own_heading = [f"### Q1, my answer\n\n{text}" if text.startswith("**Your diagram:**") else text for text in MARKDOWN]
+    assert q1_section(own_heading) == own_heading[1:3]
     renamed = [text.replace("## Q1 ·", "## One ·") for text in with_later_flowchart(MARKDOWN)]
     assert q1_section(renamed) is None
     assert failed(await results(submission(LAB), DIAGRAM_CHECKS, markdown=renamed)) == {}

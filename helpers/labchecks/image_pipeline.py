@@ -57,8 +57,8 @@ def q1_section(cells: list[str]) -> list[str] | None:
         heading = _QUESTION.search(text)
         if heading is None:
             continue
-        if heading.group(1) == "1" and start is None:
-            start = i
+        if heading.group(1) == "1":
+            start = i if start is None else start  # a heading of the learner's own in the answer ("### Q1") stays in
         elif start is not None:
             return cells[start:i]
     return None if start is None else cells[start:]
