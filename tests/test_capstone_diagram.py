@@ -191,6 +191,32 @@ def test_a_missing_sync_relation() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (
+            "    UP -.->|MQTT original.stored| S\n",
+            "Upload -> Storage is drawn both sync (HTTP) and async (MQTT): one relation is one kind of call: it should be "
+            "sync, the upload stores the original with an HTTP call before it answers 202",
+        ),
+        (
+            "    N -.->|MQTT user/notifications| U\n",
+            "Notification -> User is drawn both sync (HTTP) and async (MQTT): one relation is one kind of call: keep the "
+            "arrow of the call your code makes",
+        ),
+    ],
+    ids=["a-rule's-relation", "any-relation"],
+)
+def test_a_dotted_arrow_that_contradicts_a_solid_one_is_named(extra: str, expected: str) -> None:
+    assert failures(WITH_BROKER) == []
+    assert failing(WITH_BROKER + extra, "drawn both") == expected
+
+
+def test_a_contradiction_through_the_broker_is_named() -> None:
+    text = WITH_BROKER + "    B -.->|MQTT original| S\n"
+    assert "Upload -> Storage is drawn both sync (HTTP) and async (MQTT)" in failing(text, "Upload -> Storage is drawn both")
+
+
 def test_two_nodes_for_one_role_are_ambiguous() -> None:
     text = WITHOUT_BROKER + "    upload -->|HTTP PUT copy| backup[Backup store]\n"
     assert failing(text, "look like Storage") == "'Storage' and 'Backup store' both look like Storage: give each node one role"

@@ -42,6 +42,12 @@ NOTIFIER_CLIENT = PROCESSOR_CLIENT.replace("topics.uploaded", "topics.jobs")
 PROCESSOR_ACK = "                await process_job(client, storage, topics, event, work=work)\n            ack(client, message)"
 NOTIFIER_ACK = '                notified.add(event.data["job_id"])\n            ack(client, message)'
 DECODE = "            try:\n                event = decode(message.payload)\n            except InvalidEvent as exc:"
+DONE_PUBLISH = (
+    '    await publish(client, topics.done, make_event(JOB_DONE, done, source="/processor", id=done_event_id(job_id)))\n'
+)
+DONE_MARK = '    await storage.put(done_marker(job_id), b\'{"state": "done"}\', "application/json")\n'
+FAILED_MARK = '        await storage.put(done_marker(job_id), b\'{"state": "failed"}\', "application/json")\n'
+FETCH = '    try:\n        data, _, _ = await storage.get(job["original"]["key"])\n'
 
 
 def _without_ack(ack_line: str) -> Edit:
@@ -96,6 +102,10 @@ EDITS: dict[str, tuple[Edit, ...]] = {
         ),
     ),
     "a failure crashes the worker": (("    except Exception as exc:\n", "    except ZeroDivisionError as exc:\n"),),
+    "the marker before job.done": ((DONE_PUBLISH + DONE_MARK, DONE_MARK + DONE_PUBLISH),),
+    "the marker first": ((DONE_MARK, ""), (MARKER, MARKER + DONE_MARK)),
+    "no marker on the failure path": ((FAILED_MARK, ""),),
+    "the fetch outside the try": ((FETCH, '    data, _, _ = await storage.get(job["original"]["key"])\n    try:\n'),),
     "a clean-session notifier": ((NOTIFIER_CLIENT, NOTIFIER_CLIENT.replace("clean_session=False", "clean_session=True")),),
     "a new client id per start": (
         (NOTIFIER_CLIENT, NOTIFIER_CLIENT.replace("broker.client(name,", 'broker.client(f"{name}-{uuid.uuid4().hex[:4]}",')),
@@ -170,6 +180,48 @@ async def test_an_unmarked_arrow_is_named() -> None:
     unmarked = diagram_with(("|HTTP PUT original|", "|stores the original|"))
     got = await results(submission(LAB), {"marks_every_arrow"}, markdown=unmarked)
     assert "Upload -> Storage has no sync/async marking" in got["marks_every_arrow"].message
+
+
+LATER_FLOWCHART = "\n\n```mermaid\nflowchart LR\n    worker[Worker] -.->|MQTT job.done| inbox[Inbox]\n```\n"
+"""A second diagram, in a later answer: it draws two parts only, so read as the Q1 diagram it fails every Q1 check."""
+DIAGRAM_CHECKS = {"draws_every_part", "marks_every_arrow", "design_holds"}
+
+
+def with_later_flowchart(markdown: list[str]) -> list[str]:
+    """The Markdown with a second flowchart in Q5's answer cell (the reviewer's case: it replaced the Q1 diagram)."""
+    later = [text + LATER_FLOWCHART if text.startswith("**In your words**") else text for text in markdown]
+    assert later != markdown, "the Q5 answer cell is gone"
+    return later
+
+
+async def test_a_second_flowchart_in_a_later_answer_does_not_replace_the_q1_diagram() -> None:
+    got = await results(submission(LAB), DIAGRAM_CHECKS, markdown=with_later_flowchart(MARKDOWN))
+    assert failed(got) == {}
+
+
+async def test_a_flowchart_only_in_a_later_answer_is_not_the_q1_diagram() -> None:
+    got = await results(submission(LAB), DIAGRAM_CHECKS, markdown=with_later_flowchart(markdown_cells(LAB, shipped=True)))
+    assert not any(r.passed for r in got.values())
+    assert all("found no ```mermaid flowchart in Q1's answer cell" in r.message for r in got.values()), failed(got)
+
+
+async def test_without_the_q1_heading_the_first_flowchart_is_read() -> None:
+    from helpers.labchecks.image_pipeline import q1_section
+
+    assert q1_section(MARKDOWN) == MARKDOWN[1:3]  # the Q1 prompt and its answer cell, up to Q2's heading
+    own_heading = [f"### Q1, my answer\n\n{text}" if text.startswith("**Your diagram:**") else text for text in MARKDOWN]
+    assert q1_section(own_heading) == own_heading[1:3]
+    renamed = [text.replace("## Q1 ·", "## One ·") for text in with_later_flowchart(MARKDOWN)]
+    assert q1_section(renamed) is None
+    assert failed(await results(submission(LAB), DIAGRAM_CHECKS, markdown=renamed)) == {}
+
+
+async def test_a_dotted_arrow_that_contradicts_a_solid_one_loses_the_design_points() -> None:
+    solid = "    processor -->|HTTP GET original, PUT renditions| storage\n"
+    both = diagram_with((solid, solid + "    processor -.->|MQTT renditions| storage\n"))
+    got = await results(submission(LAB), {"marks_every_arrow", "design_holds"}, markdown=both)
+    assert got["marks_every_arrow"].passed
+    assert "AI Image Processor -> Storage is drawn both sync (HTTP) and async (MQTT)" in got["design_holds"].message
 
 
 async def test_a_diagram_that_says_async_where_the_code_is_sync_loses_the_point() -> None:
@@ -273,6 +325,28 @@ async def test_blocking_the_event_loop_is_named() -> None:
 async def test_a_failure_that_crashes_the_worker_is_caught() -> None:
     got = await results(mistake("a failure crashes the worker"), {"failure_ends_failed_with_a_dead_letter"})
     assert "crashed" in got["failure_ends_failed_with_a_dead_letter"].message
+
+
+@pytest.mark.parametrize(
+    ("name", "when"), [("the marker before job.done", "before job.done"), ("the marker first", "before the work")]
+)
+async def test_a_done_marker_written_too_early_is_named(name: str, when: str) -> None:
+    got = await results(mistake(name), {"marker_written_last"})
+    message = got["marker_written_last"].message
+    assert f"the marker was written {when}" in message, message
+    assert "write the marker last" in message, message
+
+
+async def test_no_marker_on_the_failure_path_is_named() -> None:
+    got = await results(mistake("no marker on the failure path"), {"failure_ends_failed_with_a_dead_letter"})
+    message = got["failure_ends_failed_with_a_dead_letter"].message
+    assert "the failed image, delivered again, failed again (2 job.failed" in message, message
+
+
+async def test_a_failing_fetch_that_crashes_the_worker_is_caught() -> None:
+    got = await results(mistake("the fetch outside the try"), {"failure_ends_failed_with_a_dead_letter"})
+    message = got["failure_ends_failed_with_a_dead_letter"].message
+    assert "run_processor() crashed" in message, message
 
 
 # --------------------------------------------------------------------------- q4: the notifier

@@ -249,9 +249,119 @@ RULES["06_hybrid_job"] = {
     ),
 }
 
+# --------------------------------------------------------------------------- lab 07 (a block of its own)
+
+RULES["07_image_pipeline"] = {
+    "one node per part": Rule("q1", "Draw one node for each part", "draws_every_part"),
+    "the Q1 answer cell's diagram is read": Rule("q1", "reads the diagram in that answer cell", "draws_every_part"),
+    "every arrow marked sync or async": Rule("q1", "Every arrow carries one of the two markings", "marks_every_arrow"),
+    "line style and label word agree": Rule("q1", "An arrow whose line style and label word disagree", "marks_every_arrow"),
+    "only what comes before the 202 is sync": Rule("q1", "Only what must happen before the `202` is sync", "design_holds"),
+    "202 with lesson 06's body and Location": Rule(
+        "q2", "`202 Accepted` with lesson 06's body", "answers_202_with_a_status_location"
+    ),
+    "only what must happen before the user hears back": Rule(
+        "q2", "Your handler does only what must happen before the user hears back", "answers_before_processing"
+    ),
+    "the format from the bytes": Rule(
+        "q2",
+        "reads the format from the bytes (never from the file name or the `Content-Type` header)",
+        "refuses_what_is_not_an_image",
+        ("trusts_the_bytes_not_the_label",),
+    ),
+    "hostile uploads refused as problem+json": Rule(
+        "q2", "Answer it with `problem_for(exc)`", "refuses_hostile_uploads", ("refuses_too_large_and_corrupt",)
+    ),
+    "a refusal leaves no trace": Rule(
+        "q2", "A refused upload leaves no trace: nothing stored, nothing published.", "refuses_hostile_uploads"
+    ),
+    "a claim check, never the bytes": Rule("q2", "carrying a *claim check*, never the bytes", "publishes_a_claim_check"),
+    "a retry gets the same job": Rule(
+        "q2",
+        "must get the same job, with nothing stored or published twice",
+        "repeated_idempotency_key_is_one_job",
+        ("other_keys_are_other_jobs",),
+    ),
+    "a key belongs to one user and one request": Rule(
+        "q2",
+        "A key belongs to **one user** and to **one request**",
+        "idempotency_is_per_user_with_a_fingerprint",
+        ("other_keys_are_other_jobs",),
+    ),
+    "other bytes under a key: 422": Rule(
+        "q2",
+        "other bytes are a client bug, not a retry, and get `return key_reused(key)`",
+        "idempotency_is_per_user_with_a_fingerprint",
+    ),
+    "fetch, process, store, announce": Rule(
+        "q3", "Store each rendition under `result_key(job_id, rendition.name)`", "processes_an_image"
+    ),
+    "job.done's fixed event id": Rule("q3", "the event id `done_event_id(job_id)`", "processes_an_image"),
+    "job.failed's fixed event id": Rule("q3", "id `failed_event_id(job_id)`", "failure_ends_failed_with_a_dead_letter"),
+    "the marker first: a job done before is skipped": Rule(
+        "q3",
+        "If the job's **done marker** is in Storage",
+        "same_event_twice_is_done_once",
+        ("remembers_done_jobs_across_a_restart",),
+    ),
+    "the marker belongs to the job, not the event": Rule(
+        "q3", "If the job's **done marker** is in Storage", "retried_upload_event_is_done_once"
+    ),
+    "the marker last": Rule("q3", "Write the done marker (any small JSON body", "marker_written_last"),
+    "killed before the ack: delivered again, finished once": Rule(
+        "q3",
+        "If the worker dies before the ack, the broker delivers the image again; the marker makes sure it is finished once.",
+        "marker_written_last",
+    ),
+    "CPU work in a thread": Rule("q3", "call it with `await asyncio.to_thread(...)`", "keeps_the_event_loop_free"),
+    "ack last": Rule("q3", "and **then** `ack(client, message)`", "acks_after_storing"),
+    "a failed fetch or transform ends failed": Rule(
+        "q3", "If fetching or processing raises, the job ends as failed instead", "failure_ends_failed_with_a_dead_letter"
+    ),
+    "the marker on the failure path": Rule(
+        "q3", "and write the marker too, so the user hears once", "failure_ends_failed_with_a_dead_letter"
+    ),
+    "a non-event is dead-lettered and acknowledged": Rule(
+        "q3",
+        "(A payload that is not an event goes to the dead-letter topic, and is acknowledged.)",
+        "failure_ends_failed_with_a_dead_letter",
+    ),
+    "done or failed, one notification with its state": Rule(
+        "q4", 'with the state `"done"` or `"failed"`', "notifies_each_user_once"
+    ),
+    "anything else is ignored": Rule("q4", "Anything else is acknowledged and ignored.", "notifies_each_user_once"),
+    "a persistent session, the name, QoS 1": Rule(
+        "q4",
+        "a persistent session (`clean_session=False`, the client id `name`, every time)",
+        "keeps_what_arrives_while_down",
+    ),
+    "the notified ids survive a restart": Rule(
+        "q4",
+        "Keep the notified job ids in a `SeenIds` file in `workdir`, so that a restarted notifier still knows them",
+        "remembers_across_a_restart",
+    ),
+    "write, record, then ack": Rule("q4", "Write, record, then ack.", "acks_after_notifying"),
+    "a burst: nobody waits for the processing": Rule("q5", "Does anyone wait for the processing?", "burst_of_uploads_stays_fast"),
+    "a killed worker: processed again, heard once": Rule(
+        "q5", "Is the image processed again? Does the user hear once?", "worker_killed_mid_image"
+    ),
+    "a notifier outage: nobody forgotten": Rule("q5", "Is anyone forgotten?", "notifier_outage_loses_nothing"),
+}
+"""Lab 07's rules. Q5's "in your words" answer states no rule: the lab says it is not graded (no check judges prose
+fairly; the drills' checks judge the behavior it asks about)."""
 
 UNSTATED: dict[str, dict[str, str]] = {lab: {} for lab in RULES}
 """Hidden checks of a rule the lab's text does not state: check name -> why it is fair to keep it hidden."""
+
+
+UNSTATED["07_image_pipeline"] = {
+    "diagram_matches_the_running_code": (
+        "stated ('The grader also runs your Q2-Q4 code and compares your arrows with the calls it really makes'), but no "
+        "visible check can judge it: it runs the Q2-Q4 code (after='q4'), which does not exist yet when the learner runs "
+        "check('q1'); the visible q1 checks judge the notation and the design, and the lab says the grader adds this"
+    ),
+}
+"""Lab 07's hidden check that no visible check can judge, with the reason (a block of its own)."""
 
 
 def _words(text: str) -> str:

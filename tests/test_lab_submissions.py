@@ -17,7 +17,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from lab_submissions import Edit, edited, notebook_definitions, replaced, solution_source, submission, warmup_kernel
+from lab_submissions import (
+    Edit,
+    edited,
+    markdown_cells,
+    notebook_definitions,
+    replaced,
+    solution_source,
+    submission,
+    warmup_kernel,
+)
 
 from helpers.grading.checks import CheckResult, load_checks, run_check
 
@@ -367,6 +376,143 @@ def test_the_classic_mistakes_are_among_them() -> None:
         "04 mistake: a dedupe on the order id",
     ):
         assert VARIANTS[label].fails, label
+
+
+# --------------------------------------------------------------------------- lab 07 (a block of its own)
+
+LAB07 = "07_image_pipeline"
+SEP = "\n\x00 next Markdown cell \x00\n"
+"""Joins the Markdown cells so that a Markdown edit, like a code edit, must find its text exactly once."""
+
+
+@dataclass(frozen=True)
+class MarkdownVariant(Variant):
+    """A lab 07 answer: code edits, and edits of the Markdown the grader gives the checks (the Q1 diagram, an answer)."""
+
+    markdown: tuple[Edit, ...] = ()
+
+
+Q1_DIAGRAM = """flowchart LR
+    user([User]) -->|HTTP POST /images| upload[Upload]
+    upload -->|HTTP PUT original| storage[(Storage)]
+    upload -.->|MQTT image.uploaded| broker((MQTT broker))
+    broker -.->|MQTT image.uploaded| processor[AI Image Processor]
+    processor -->|HTTP GET original, PUT renditions| storage
+    processor -.->|MQTT job.done / job.failed| broker
+    broker -.->|MQTT job.done / job.failed| notification[Notification]
+    notification -->|HTTP push: your image is ready| user
+"""
+OTHER_WORDS = """flowchart LR
+    client([Browser]) -->|POST /images over HTTPS| up[Upload service]
+    up -->|HTTP PUT originals| s3[(S3 bucket)]
+    up -.->|MQTT image.uploaded| ai[AI worker]
+    ai -->|HTTP GET and PUT| s3
+    ai -.->|MQTT job.done| mail[Email notifier]
+    mail -->|HTTP push| client
+"""
+Q5_ANSWER_END = "`SeenIds` file, so a second `job.done` would notify nobody.\n"
+LATER_DIAGRAM = "\n```mermaid\nflowchart LR\n    worker[Worker] -.->|MQTT job.done| inbox[Inbox]\n```\n"
+STORE_RESULTS = """    results = {}
+    for rendition in renditions:
+        await storage.put(result_key(job_id, rendition.name), rendition.data, rendition.content_type)
+        results[rendition.name] = result_key(job_id, rendition.name)
+"""
+DONE_PUBLISH = (
+    '    await publish(client, topics.done, make_event(JOB_DONE, done, source="/processor", id=done_event_id(job_id)))\n'
+)
+DONE_MARK = '    await storage.put(done_marker(job_id), b\'{"state": "done"}\', "application/json")\n'
+FETCH = '        data, _, _ = await storage.get(job["original"]["key"])\n'
+NOTIFIER_DECODE = "            try:\n                event = decode(message.payload)\n            except InvalidEvent:\n"
+NOTIFIER_ACK = '                notified.add(event.data["job_id"])\n            ack(client, message)'
+
+LAB07_VARIANTS: dict[str, MarkdownVariant] = {
+    "07 correct: the diagram without a broker node, in other words": MarkdownVariant(
+        LAB07, "q1", (), markdown=((Q1_DIAGRAM, OTHER_WORDS),)
+    ),
+    "07 correct: a second flowchart in a later answer": MarkdownVariant(
+        LAB07, "q1", (), markdown=((Q5_ANSWER_END, Q5_ANSWER_END + LATER_DIAGRAM),)
+    ),
+    "07 correct: the renditions stored at once with asyncio.gather": MarkdownVariant(
+        LAB07,
+        "q3",
+        (
+            (
+                STORE_RESULTS,
+                "    results = {r.name: result_key(job_id, r.name) for r in renditions}\n"
+                "    await asyncio.gather(*(storage.put(results[r.name], r.data, r.content_type) for r in renditions))\n",
+            ),
+        ),
+    ),
+    "07 mistake: a dotted arrow that contradicts a solid one": MarkdownVariant(
+        LAB07,
+        "q1",
+        (),
+        "design_holds",
+        "Upload -> Storage is drawn both sync (HTTP) and async (MQTT)",
+        markdown=(
+            (
+                "    upload -->|HTTP PUT original| storage[(Storage)]\n",
+                "    upload -->|HTTP PUT original| storage[(Storage)]\n    upload -.->|MQTT original| storage\n",
+            ),
+        ),
+    ),
+    "07 mistake: the done marker before job.done": MarkdownVariant(
+        LAB07, "q3", ((DONE_PUBLISH + DONE_MARK, DONE_MARK + DONE_PUBLISH),), "marker_written_last", "before job.done"
+    ),
+    "07 mistake: no done marker when the image failed": MarkdownVariant(
+        LAB07,
+        "q3",
+        (('        await storage.put(done_marker(job_id), b\'{"state": "failed"}\', "application/json")\n', ""),),
+        "failure_ends_failed_with_a_dead_letter",
+        "failed again",
+    ),
+    "07 mistake: a failing fetch crashes the worker": MarkdownVariant(
+        LAB07,
+        "q3",
+        (("    try:\n" + FETCH, FETCH.removeprefix("    ") + "    try:\n"),),
+        "failure_ends_failed_with_a_dead_letter",
+        "crashed",
+    ),
+    "07 mistake: the notifier acks before notifying": MarkdownVariant(
+        LAB07,
+        "q4",
+        (
+            (NOTIFIER_DECODE, "            ack(client, message)  # before the work\n" + NOTIFIER_DECODE),
+            (NOTIFIER_ACK, NOTIFIER_ACK.removesuffix("\n            ack(client, message)")),
+        ),
+        "acks_after_notifying",
+        "ack before notifying",
+    ),
+}
+
+
+def lab07_markdown(variant: MarkdownVariant) -> list[str]:
+    """The solution's Markdown cells with the variant's edits, as the grader gives them to the checks."""
+    joined = SEP.join(markdown_cells(LAB07))
+    return edited(joined, *variant.markdown, what="the solution's Markdown").split(SEP)
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize("label", list(LAB07_VARIANTS))
+async def test_each_lab07_submission_is_judged_right(label: str) -> None:
+    variant = LAB07_VARIANTS[label]
+    ns, markdown = submission(variant.lab, *variant.edits), lab07_markdown(variant)
+    got = {c.name: await run_check(c, ns, markdown=markdown) for c in load_checks(LAB07).of(variant.question)}
+    if variant.fails is None:
+        assert {name: r.message for name, r in got.items() if not r.passed} == {}, f"{label} loses points"
+        return
+    result = got[variant.fails]
+    assert not result.passed, f"{label} passes {variant.fails}"
+    assert not result.hidden, f"{label} is caught only by a hidden check: the learner would see 'all passed'"
+    assert variant.says in result.message, result.message
+
+
+def test_lab07_has_six_submissions_with_alternatives_and_mistakes() -> None:
+    assert len(LAB07_VARIANTS) >= 6
+    assert {v.fails is None for v in LAB07_VARIANTS.values()} == {True, False}
+    for label, variant in LAB07_VARIANTS.items():
+        assert submission(variant.lab, *variant.edits), label  # each still an edit of today's solution
+        assert lab07_markdown(variant) != markdown_cells(LAB07) or variant.edits, f"{label} changes nothing"
 
 
 # --------------------------------------------------------------------------- drift between a solution and its tests

@@ -40,8 +40,9 @@ Storage or Notification are reported as ambiguous.
 What the design check wants (:func:`check_design`): User -> Upload sync; Upload ->
 Storage sync; Upload to the AI Image Processor async (a direct dotted arrow, or through
 the broker node); AI Image Processor -> Storage sync; AI Image Processor to Notification
-async; and no chain of sync calls from Upload to the processor or to Notification (the
-upload answers 202 at once: it must not wait for processing).
+async; no relation drawn both sync and async (a solid HTTP arrow and a dotted MQTT one
+between the same two parts); and no chain of sync calls from Upload to the processor or to
+Notification (the upload answers 202 at once: it must not wait for processing).
 
 The flowchart syntax is read by :mod:`helpers.core.mermaid` (the parser every diagram
 of the course goes through); this module adds the notation on top: :func:`kind_of` says
@@ -438,8 +439,8 @@ def check_design(chart: Flowchart) -> list[Finding]:
     """Every finding about the drawn design, passes included, in reading order.
 
     Roles first (which node is which), then the markings of every arrow, then the five
-    required relations, then the design's point: nothing makes the upload wait for
-    processing or notification.
+    required relations, then any relation drawn both sync and async, then the design's
+    point: nothing makes the upload wait for processing or notification.
     """
     role_of = roles(chart)
     by_role = _nodes_by_role(chart, role_of)
@@ -449,8 +450,45 @@ def check_design(chart: Flowchart) -> list[Finding]:
         if by_role[rule.src] and by_role[rule.dst]:
             check = _check_sync_rule if rule.kind == SYNC else _check_async_rule
             findings.append(check(chart, by_role, rule))
+    findings += _contradiction_findings(chart, role_of, by_role)
     findings += _no_waiting_findings(chart, by_role)
     return _dedupe(findings)
+
+
+_SAID_ELSEWHERE = {(rule.src, rule.dst) for rule in _RULES if rule.kind == ASYNC} | {("upload", "notification")}
+"""Relations whose sync route the async rules and the no-waiting finding already report."""
+
+
+def _contradiction_findings(chart: Flowchart, role_of: dict[str, str], by_role: dict[str, list[str]]) -> list[Finding]:
+    """A relation drawn both sync (a solid HTTP arrow) and async (a dotted MQTT arrow, or through the broker).
+
+    One relation is one kind of call. A sync route the async rules or the no-waiting finding
+    already report (:data:`_SAID_ELSEWHERE`) is not said twice.
+    """
+    findings = []
+    for pair, kinds in sorted(_pair_kinds(chart, role_of).items()):
+        if {SYNC, ASYNC} <= kinds and pair not in _SAID_ELSEWHERE:
+            name = f"{_role_name(chart, by_role, pair[0])} -> {_role_name(chart, by_role, pair[1])}"
+            rule = next((r for r in _RULES if (r.src, r.dst) == pair), None)
+            should = f": it should be sync, {rule.why}" if rule is not None else ": keep the arrow of the call your code makes"
+            message = f"{name} is drawn both sync (HTTP) and async (MQTT): one relation is one kind of call{should}"
+            findings.append(Finding(False, name, message))
+    return findings
+
+
+def _pair_kinds(chart: Flowchart, role_of: dict[str, str]) -> dict[tuple[str, str], set[Kind]]:
+    """(role, role) -> the kinds its routes are drawn with (direct, or through broker nodes); unmarked ones left out."""
+    brokers = {n for n, r in role_of.items() if r == "broker"}
+    kinds: dict[tuple[str, str], set[Kind]] = {}
+    for src, src_role in role_of.items():
+        if src_role == "broker":
+            continue
+        targets = {n for n, r in role_of.items() if r not in ("broker", src_role)}
+        for route in _routes(chart, [src], targets, brokers):
+            kind = _route_kind(route)
+            if kind is not None:  # a mixed route counts as async: the caller does not wait for the far end
+                kinds.setdefault((src_role, role_of[route[-1].dst]), set()).add(SYNC if kind == SYNC else ASYNC)
+    return kinds
 
 
 def _dedupe(findings: list[Finding]) -> list[Finding]:
@@ -476,21 +514,7 @@ def edge_kinds(chart: Flowchart) -> dict[tuple[str, str], Kind]:
     caller wait. Unmarked arrows and nodes with no role are left out; so is the broker.
     With a single broker node, every publisher is paired with every subscriber.
     """
-    role_of = roles(chart)
-    brokers = {n for n, r in role_of.items() if r == "broker"}
-    kinds: dict[tuple[str, str], Kind] = {}
-    for src, src_role in role_of.items():
-        if src_role == "broker":
-            continue
-        targets = {n for n, r in role_of.items() if r not in ("broker", src_role)}
-        for route in _routes(chart, [src], targets, brokers):
-            kind = _route_kind(route)
-            if kind is None:
-                continue
-            pair = (src_role, role_of[route[-1].dst])
-            route_kind: Kind = SYNC if kind == SYNC else ASYNC
-            kinds[pair] = SYNC if SYNC in (kinds.get(pair), route_kind) else route_kind
-    return kinds
+    return {pair: SYNC if SYNC in found else ASYNC for pair, found in _pair_kinds(chart, roles(chart)).items()}
 
 
 _SAID = {SYNC: "sync (HTTP)", ASYNC: "async (MQTT)"}

@@ -213,6 +213,7 @@ class RecordingStorage:
         self.calls: list[StorageCall] = []
         self.faults = Faults()
         """One set of fault knobs for every port (``storage.faults.down = True``: Storage is down for everyone)."""
+        self._held: dict[tuple[str, str, str], asyncio.Event] = {}
 
     async def url(self, caller: str) -> str:
         """The base URL for ``caller`` (started on first use; the same URL after that)."""
@@ -231,6 +232,8 @@ class RecordingStorage:
             try:
                 response: web.StreamResponse = await handler(request)
                 status = response.status
+                if (gate := self._held.pop((caller, request.method, request.match_info.get("key", "")), None)) is not None:
+                    await gate.wait()  # done, but the caller hears nothing yet: it can be killed right after its write
                 return response
             except web.HTTPException as exc:
                 status = exc.status
@@ -241,6 +244,16 @@ class RecordingStorage:
                 self.calls.append(StorageCall(caller, request.method, key, status, size, started, time.perf_counter()))
 
         return record
+
+    def hold(self, caller: str, method: str, key: str) -> asyncio.Event:
+        """Do ``caller``'s next ``method`` of ``key``, then hold its answer until the returned event is set.
+
+        The write lands (``head(key)`` sees it) and the caller waits: a check can kill it
+        between that step and its next one. Set the event when done (a clean-up does).
+        """
+        gate = asyncio.Event()
+        self._held[(caller, method, key)] = gate
+        return gate
 
     def requests(
         self, caller: str | None = None, method: str | None = None, *, key: str | None = None, prefix: str | None = None

@@ -151,9 +151,14 @@ async def keeps_what_arrives_while_down(ctx: Context) -> str:
     return f"{len(jobs)} jobs finished while it was down, {len(jobs)} users notified once"
 
 
-@part.check("q4", hidden=True, timeout=15, hint="write the notification first, acknowledge second")
+@part.check(
+    "q4",
+    timeout=15,
+    hint="write the notification first, acknowledge second",
+    code_hint="inbox.notify(...); notified.add(job_id); then ack(client, message), with manual_ack(broker.client(...))",
+)
 async def acks_after_notifying(ctx: Context) -> None:
-    """Hidden: each job.done is acknowledged only after its notification is written."""
+    """Each job.done is acknowledged only after its notification is written."""
     rig = await _NotifierRig.started(ctx)
     jobs = rig.jobs(ctx.rng.randint(2, 4))
     await rig.finish(*jobs)
@@ -170,9 +175,14 @@ async def acks_after_notifying(ctx: Context) -> None:
     )
 
 
-@part.check("q4", hidden=True, timeout=15, hint="keep the notified job ids in a file in workdir (SeenIds), not in memory")
+@part.check(
+    "q4",
+    timeout=15,
+    hint="keep the notified job ids in a file in workdir (SeenIds), not in memory",
+    code_hint='notified = SeenIds(Path(workdir) / "notified-jobs.txt"); skip a job id already in it',
+)
 async def remembers_across_a_restart(ctx: Context) -> None:
-    """Hidden: a job notified before a restart is not notified again when its job.done comes again after it."""
+    """A job notified before a restart is not notified again when its job.done comes again after it."""
     rig = await _NotifierRig.started(ctx)
     first, later = rig.jobs(1)[0], rig.jobs(1)[0]
     await rig.finish(first)
