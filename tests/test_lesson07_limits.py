@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from helpers.capstone import images, upload
-from helpers.core import wire
+from helpers.core import connections
 
 LESSON = Path(__file__).resolve().parents[1] / "notebooks" / "07_mini_challenge.ipynb"
 
@@ -27,7 +27,7 @@ def test_the_limits_the_lesson_states_are_the_ones_upload_enforces() -> None:
         f"at most {images.IMAGE_WORK_SLOTS} large images (over {upload.LARGE_IMAGE_PIXELS // 1_000_000} MP)",
         f"lets {upload.DECODE_QUEUE} more wait",
         f"at most {upload.MAX_FORM_PARTS} parts",
-        f"has {wire.HEAD_TIMEOUT_S:g} s to send its request line and headers",
+        f"has {connections.HEAD_TIMEOUT_S:g} s to send its request line and headers",
     ]
     missing = [phrase for phrase in stated if phrase not in said]
     assert missing == [], f"lesson 07 says: {said!r}"

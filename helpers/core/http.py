@@ -28,8 +28,8 @@ from typing import TypeVar
 
 from aiohttp import hdrs, web
 
+from helpers.core.connections import ProblemAppRunner
 from helpers.core.problems import PROBLEM_BASE, problem_for
-from helpers.core.wire import ProblemAppRunner
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 AppLike = web.Application | web.RouteTableDef | Handler

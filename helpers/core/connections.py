@@ -9,7 +9,7 @@ every service runs on :class:`ProblemAppRunner`: its connections answer those er
 problem+json (RFC 9457) and give the first request's head :data:`HEAD_TIMEOUT_S` to arrive.
 
 The hook is ``aiohttp.web.RequestHandler`` (exported by ``aiohttp.web``); the server that
-makes one per connection is not a documented extension point, so ``tests/test_core_wire.py``
+makes one per connection is not a documented extension point, so ``tests/test_core_connections.py``
 pins both behaviours: an aiohttp upgrade that changes them fails a test, not a learner's service.
 """
 

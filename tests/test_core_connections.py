@@ -1,4 +1,4 @@
-"""Malformed HTTP answered as problem+json, and a deadline on a request's head (helpers/core/wire.py).
+"""Malformed HTTP answered as problem+json, and a deadline on a request's head (helpers/core/connections.py).
 
 Found by the outside probe of issue 19: aiohttp answered 41 kinds of malformed request with
 its own text/plain 400 before any course code ran, and a head that never completed held its
@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from helpers.core import wire
+from helpers.core import connections
 from helpers.core.http import Service, start_service
 from helpers.core.problems import PROBLEM_JSON
 
@@ -26,7 +26,7 @@ HEAD_TIMEOUT = 0.3
 
 @pytest.fixture
 async def service(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Service]:
-    monkeypatch.setattr(wire, "HEAD_TIMEOUT_S", HEAD_TIMEOUT)
+    monkeypatch.setattr(connections, "HEAD_TIMEOUT_S", HEAD_TIMEOUT)
 
     async def hello(request: web.Request) -> web.Response:
         return web.json_response({"ok": True})
