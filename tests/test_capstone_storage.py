@@ -81,12 +81,22 @@ def test_safe_key_refuses_every_trick(name: str) -> None:
     [
         ("uploads/job-1/original.jpg", "uploads/job-1/original.jpg"),
         ("results/JOB_2/thumb-128.jpg", "results/JOB_2/thumb-128.jpg"),
-        ("\uff55\uff50\uff4c\uff4f\uff41\uff44.png", "upload.png"),  # fullwidth letters fold to ASCII
         ("a..b", "a..b"),  # dots inside a name are fine
     ],
 )
-def test_safe_key_keeps_ordinary_keys_and_folds_look_alikes(key: str, normal: str) -> None:
+def test_safe_key_keeps_ordinary_keys(key: str, normal: str) -> None:
     assert safe_key(key) == normal
+
+
+@pytest.mark.parametrize(
+    ("key", "plain"),
+    [("\uff55\uff50\uff4c\uff4f\uff41\uff44.png", "upload.png"), ("\ufb01le", "file")],  # fullwidth letters, the ligature fi
+)
+def test_a_look_alike_key_is_refused_with_its_plain_spelling(key: str, plain: str) -> None:
+    # Folding it (as before) stored "\ufb01le" as "file": one object, two names (found by the outside probe).
+    with pytest.raises(KeyRejected) as caught:
+        safe_key(key)
+    assert repr(plain) in caught.value.detail, caught.value.detail
 
 
 def test_storage_allows_what_the_upload_service_allows() -> None:
@@ -213,10 +223,12 @@ async def test_a_key_cannot_be_both_an_object_and_a_folder(client: StorageClient
     assert caught.value.status == 409
 
 
-async def test_look_alike_keys_are_stored_under_their_normal_form(client: StorageClient, storage: Service) -> None:
+async def test_a_look_alike_key_is_refused_over_http_and_nothing_is_stored(client: StorageClient, storage: Service) -> None:
     status, _, body = await raw("PUT", client.url("\uff46\uff55\uff4c\uff4c.txt"), b"wide")
-    assert (status, json.loads(body)["key"]) == (201, "full.txt")
-    assert (await client.get("full.txt"))[0] == b"wide"
+    assert status == 400
+    assert "'full.txt'" in json.loads(body)["detail"]
+    with pytest.raises(StorageError):
+        await client.get("full.txt")
 
 
 def escapes_into(outside: Path) -> dict[str, str]:

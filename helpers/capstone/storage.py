@@ -4,10 +4,11 @@ Other services hand each other *keys* (a claim check), never image bytes, so thi
 one place that touches the disk, and the one place where a hostile key could turn into a
 path. The defence has two layers:
 
-1. ``safe_key`` allows only a small alphabet: NFKC-normalized, then ASCII letters, digits,
+1. ``safe_key`` allows only a small alphabet: ASCII letters, digits,
    ``.``, ``_`` and ``-`` in segments separated by ``/``; no segment may be empty or start or
-   end with a dot (so no ``.``, ``..`` or hidden names), and NUL, control, format (e.g. the
-   right-to-left override) and other invisible characters are refused before normalizing.
+   end with a dot (so no ``.``, ``..`` or hidden names); NUL, control, format (e.g. the
+   right-to-left override) and other invisible characters are refused, and so are look-alikes
+   that NFKC would fold (fullwidth letters, ligatures), with the plain spelling in the message.
 2. Whatever survives is joined to the root, resolved (symlinks followed) and checked again
    to be inside the root, so even a symlink planted in the folder cannot lead outside.
 
@@ -130,10 +131,11 @@ def _check_segment(key: str, segment: str) -> None:
 
 
 def safe_key(key: str) -> str:
-    """The normalized key, or ``KeyRejected`` (400) if it could name anything outside a plain folder tree.
+    """The key, or ``KeyRejected`` (400) if it could name anything outside a plain folder tree.
 
-    NFKC folds look-alikes into what they look like (fullwidth "．．" becomes "..", which is
-    then refused), so the check runs on what the file system would effectively see.
+    A look-alike is refused with the spelling it looks like (fullwidth "．．" reads as "..",
+    the ligature "ﬁ" as "fi"): folding it quietly would give one object two names, and a
+    client that listed or compared keys would see them differ.
     """
     if not isinstance(key, str):
         raise KeyRejected(key, "a key is a string")
@@ -145,14 +147,17 @@ def safe_key(key: str) -> str:
     normal = unicodedata.normalize("NFKC", key)
     if len(normal) > MAX_KEY_LENGTH:
         raise KeyRejected(key, f"it is longer than {MAX_KEY_LENGTH} characters once normalized")
-    if normal.startswith("/"):
+    if normal != key:
+        plain = normal if len(normal) <= 60 else normal[:60] + "..."
+        raise KeyRejected(key, f"it has look-alike characters; write it {plain!r}, in plain ASCII")
+    if key.startswith("/"):
         raise KeyRejected(key, "it is an absolute path; keys are relative, like 'uploads/job-1/original'")
-    segments = normal.split("/")
+    segments = key.split("/")
     if len(segments) > MAX_SEGMENTS:
         raise KeyRejected(key, f"it has more than {MAX_SEGMENTS} segments")
     for segment in segments:
         _check_segment(key, segment)
-    return normal
+    return key
 
 
 def inside(root: Path, relative: str) -> Path:
