@@ -164,17 +164,24 @@ async def test_errors_timeouts_and_false_are_counted_not_raised() -> None:
 async def test_open_loop_sends_on_schedule() -> None:
     rate, count = 100, 100
     interval_ms = 1000 / rate
-    run = await open_loop(_noop, rate=rate, count=count)
+    # Generous bounds for a shared 2-core machine. Measured here: p50 ~1.3 ms, p90 ~2.1 ms
+    # (mostly the event loop's millisecond timer rounding), against a 10 ms interval. Up to 3
+    # runs: with installs and graders beside a busy run (load 11 on 2 cores) one run's p90 was
+    # 11 ms; a generator that drifts or waits is late in every run.
+    tails: list[tuple[float, float]] = []
+    for _ in range(3):
+        run = await open_loop(_noop, rate=rate, count=count)
+        lateness = run.lateness_ms
+        tails.append((round(percentile(lateness, 50), 1), round(percentile(lateness, 90), 1)))
+        if percentile(lateness, 50) < 0.5 * interval_ms and percentile(lateness, 90) < interval_ms:
+            break
     assert len(run.samples) == count
     intended = [s.intended for s in run.samples]
     gaps = [b - a for a, b in itertools.pairwise(intended)]
     assert gaps == pytest.approx([1 / rate] * (count - 1)), "intended times are a fixed grid"
-    lateness = run.lateness_ms
     assert min(lateness) >= 0, "never sent early"
-    # Generous bounds for a shared 2-core machine. Measured here: p50 ~1.3 ms, p90 ~2.1 ms
-    # (mostly the event loop's millisecond timer rounding), against a 10 ms interval.
-    assert percentile(lateness, 50) < 0.5 * interval_ms
-    assert percentile(lateness, 90) < interval_ms
+    assert percentile(lateness, 50) < 0.5 * interval_ms, f"(p50, p90) ms per run: {tails}"
+    assert percentile(lateness, 90) < interval_ms, f"(p50, p90) ms per run: {tails}"
     assert run.samples[-1].sent - run.samples[0].sent == pytest.approx((count - 1) / rate, abs=0.1)
 
 
@@ -194,9 +201,15 @@ async def test_open_loop_does_not_wait_for_answers() -> None:
         await asyncio.sleep(0.1)
         in_flight -= 1
 
-    run = await open_loop(slow, rate=100, count=40)
+    tails: list[float] = []
+    for _ in range(3):  # as above: one run on an overloaded machine says little; waiting would be late in all 3
+        peak = 0
+        run = await open_loop(slow, rate=100, count=40)
+        tails.append(round(percentile(run.lateness_ms, 90), 1))
+        if peak >= 5 and tails[-1] < 10:
+            break
     assert peak >= 5
-    assert percentile(run.lateness_ms, 90) < 10
+    assert tails[-1] < 10, f"lateness p90 ms per run: {tails}"
 
 
 # --- closed loop keeps its concurrency ---------------------------------------------------------------------
