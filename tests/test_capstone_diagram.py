@@ -318,9 +318,17 @@ def test_compare_with_observed_disagreeing() -> None:
             False,
             "Storage -> Notification",
             "the running code reached Storage -> Notification asynchronously (a message through the broker), "
-            "but the diagram has no arrow Storage -> Notification",
+            "but the diagram has no async route Storage -> Notification (all its hops dotted)",
         ),
     ]
+
+
+def test_compare_with_observed_names_a_solid_hop_on_an_async_route() -> None:
+    # Held-out submission: Processor -> Broker drawn solid, Broker -> Notification dotted; the old message said the
+    # diagram had no arrow Processor -> Notification, sending the learner to look for an arrow that was there.
+    chart = parse_flowchart(WITH_BROKER.replace("P -.->|MQTT job.done| B", "P -->|MQTT job.done| B"))
+    [finding] = compare_with_observed(chart, {("processor", "notification"): "async"})
+    assert "no async route AI Image Processor -> Notification (all its hops dotted)" in finding.message
 
 
 def test_compare_with_observed_rejects_a_malformed_observation() -> None:

@@ -545,7 +545,8 @@ def compare_with_observed(chart: Flowchart, observed: dict[tuple[str, str], str]
         name = f"{_role_name(chart, by_role, pair[0])} -> {_role_name(chart, by_role, pair[1])}"
         said = drawn.get(pair)
         if said is None:
-            message = f"the running code reached {name} {_HOW[kind]}, but the diagram has no arrow {name}"
+            missing = f"no arrow {name}" if kind == SYNC else f"no async route {name} (all its hops dotted)"
+            message = f"the running code reached {name} {_HOW[kind]}, but the diagram has {missing}"
             findings.append(Finding(False, name, message))
         elif said != kind:
             message = f"the diagram says {name} is {_SAID[said]}, but the running code {_DID[kind]}"
