@@ -436,13 +436,13 @@ async def test_a_lab00_q1_mistake_loses_no_point_in_q2_or_q3() -> None:
     assert "Q1" in plausible.message, plausible.message
 
 
-async def test_retries_inside_the_breaker_fail_that_check_and_nothing_else() -> None:
+async def test_lab02_retries_inside_the_breaker_fail_that_check_and_nothing_else() -> None:
     """breaker.call(lambda: with_retries(...)) passed all of Q4 (held-out pia_retryinside): now one visible check fails."""
     got = await _every_check(LAB02["02 mistake: retries inside the breaker"])
     assert set(_lost(got)) == {"every_attempt_goes_through_the_breaker"}, _lost(got)
 
 
-async def test_a_4xx_made_a_service_error_is_blamed_on_fetch_in_q4() -> None:
+async def test_lab02_a_4xx_made_a_service_error_is_blamed_on_fetch_in_q4() -> None:
     """fetch raising ServiceError for a 4xx (Q1) also fails Q4's 4xx check, which names fetch (not "after 0 answers")."""
     got = await _every_check(LAB02["02 mistake: a 4xx raised as ServiceError (Q4 names fetch)"])
     assert set(_lost(got)) == {"fetch_raises_a_4xx_as_a_client_error", "client_passes_a_4xx_through"}, _lost(got)
