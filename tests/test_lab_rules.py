@@ -109,7 +109,10 @@ RULES: dict[str, dict[str, Rule]] = {
             "q3", "its late success must not close the breaker", "a_straggler_does_not_close_the_breaker"
         ),
         "every attempt goes through the breaker": Rule(
-            "q4", "every **attempt** goes through the breaker", "client_opens_under_sustained_failure"
+            "q4", "every **attempt** goes through the breaker", "every_attempt_goes_through_the_breaker"
+        ),
+        "retries outside the breaker": Rule(
+            "q4", "Order matters: retries *outside* the breaker", "every_attempt_goes_through_the_breaker"
         ),
         "each attempt uses the client's timeout": Rule(
             "q4", "every breaker call is one `fetch` with the client's timeout", "client_uses_its_timeout"

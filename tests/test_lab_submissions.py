@@ -50,6 +50,7 @@ JSON_BY_HAND = ('    return web.json_response({"hello": name})', '    return web
 MORE_IMPORTS = ("import asyncio\n", "import asyncio\nimport json\nimport statistics\n")
 P50 = "    return run.summary().p50_ms"
 DECODE = "            return message.payload.decode()"
+NAME = '    name = request.query.get("name", "world")'
 
 LAB00 = {
     "00 correct: JSON built by hand, labelled as JSON": Variant(
@@ -86,6 +87,13 @@ LAB00 = {
         (MORE_IMPORTS, (P50, "    return statistics.mean(run.latencies_ms)")),
         "median_not_mean",
         "the median",
+    ),
+    "00 mistake: no default name (only Q1 loses points)": Variant(
+        "00_warmup",
+        "q1",
+        ((NAME, '    name = request.query["name"]'),),
+        "service_greets_the_world",
+        "answered HTTP 500",
     ),
     "00 mistake: p50 in seconds": Variant(
         "00_warmup", "q3", ((P50, "    return run.summary().p50_ms / 1000"),), "p50_in_milliseconds", "return milliseconds"
@@ -158,6 +166,20 @@ BREAKER_BY_OPENING_TIME = """        if self.state == "open" and time.monotonic(
             self.state, self.failures = "closed", 0
 """
 
+RETRIES_OUTSIDE = """        return await with_retries(
+            lambda: self.breaker.call(lambda: fetch(self.session, url, self.timeout_s)),
+            attempts=self.attempts,
+            deadline_s=self.deadline_s,
+        )
+"""
+RETRIES_INSIDE = """        return await self.breaker.call(
+            lambda: with_retries(
+                lambda: fetch(self.session, url, self.timeout_s), attempts=self.attempts, deadline_s=self.deadline_s
+            )
+        )
+"""
+FIVE_XX = "        if response.status >= 500:"
+
 LAB02 = {
     "02 correct: tenacity's @retry decorator": Variant(
         "02_resilient_client",
@@ -216,6 +238,20 @@ LAB02 = {
         (("    aiohttp.ClientConnectionError,  # refused or broken: the service's process is gone\n", ""),),
         "client_opens_when_the_service_is_gone",
         "a refused connection must count as a failure",
+    ),
+    "02 mistake: retries inside the breaker": Variant(
+        "02_resilient_client",
+        "q4",
+        ((RETRIES_OUTSIDE, RETRIES_INSIDE),),
+        "every_attempt_goes_through_the_breaker",
+        "with the retries outside it",
+    ),
+    "02 mistake: a 4xx raised as ServiceError (Q4 names fetch)": Variant(
+        "02_resilient_client",
+        "q1",
+        ((FIVE_XX, FIVE_XX.replace("500", "400")),),
+        "fetch_raises_a_4xx_as_a_client_error",
+        "a 4xx must not be retried",
     ),
     "02 mistake: the client ignores its timeout": Variant(
         "02_resilient_client",
@@ -376,6 +412,43 @@ def test_the_classic_mistakes_are_among_them() -> None:
         "04 mistake: a dedupe on the order id",
     ):
         assert VARIANTS[label].fails, label
+
+
+async def _every_check(variant: Variant) -> dict[str, CheckResult]:
+    """Every check of the variant's lab, all questions, hidden ones included: what a whole submission is graded on."""
+    async with _kernel(variant) as ns:
+        return {c.name: await run_check(c, ns) for c in load_checks(variant.lab)}
+
+
+def _lost(got: dict[str, CheckResult]) -> dict[str, str]:
+    return {name: r.message for name, r in got.items() if not r.passed}
+
+
+@pytest.mark.broker
+async def test_a_lab00_q1_mistake_loses_no_point_in_q2_or_q3() -> None:
+    """No "world" default: GET / answers 500, so the notebook's p50_ms is nan. Q3's code is right: only Q1 loses points
+    (held-out eli_nodefault lost a Q3 point to "p50_ms should be a positive number of ms, got nan")."""
+    variant = LAB00["00 mistake: no default name (only Q1 loses points)"]
+    got = await _every_check(variant)
+    assert {got[name].question for name in _lost(got)} == {"q1"}, _lost(got)
+    plausible = got["notebook_p50_is_plausible"]
+    assert "HTTP 500" in plausible.message, plausible.message
+    assert "Q1" in plausible.message, plausible.message
+
+
+async def test_lab02_retries_inside_the_breaker_fail_that_check_and_nothing_else() -> None:
+    """breaker.call(lambda: with_retries(...)) passed all of Q4 (held-out pia_retryinside): now one visible check fails."""
+    got = await _every_check(LAB02["02 mistake: retries inside the breaker"])
+    assert set(_lost(got)) == {"every_attempt_goes_through_the_breaker"}, _lost(got)
+
+
+async def test_lab02_a_4xx_made_a_service_error_is_blamed_on_fetch_in_q4() -> None:
+    """fetch raising ServiceError for a 4xx (Q1) also fails Q4's 4xx check, which names fetch (not "after 0 answers")."""
+    got = await _every_check(LAB02["02 mistake: a 4xx raised as ServiceError (Q4 names fetch)"])
+    assert set(_lost(got)) == {"fetch_raises_a_4xx_as_a_client_error", "client_passes_a_4xx_through"}, _lost(got)
+    q4 = got["client_passes_a_4xx_through"].message
+    assert "your fetch raises ServiceError" in q4, q4
+    assert "after 0" not in q4, q4
 
 
 # --------------------------------------------------------------------------- lab 07 (a block of its own)

@@ -332,6 +332,13 @@ LAB_MUTANTS_NAMED = {
         "fetch_raises_a_4xx_as_a_client_error",
         "a 4xx must not be retried",
     ),
+    "a 4xx raised as ServiceError, seen from the client": (
+        "q4",
+        "if response.status >= 500:",
+        "if response.status >= 400:",
+        "client_passes_a_4xx_through",
+        "your fetch raises ServiceError",
+    ),
     "a 4xx returned as data": (
         "q1",
         "        response.raise_for_status()\n",

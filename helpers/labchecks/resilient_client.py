@@ -394,6 +394,50 @@ async def client_stays_within_the_retry_budget(ctx: Context) -> str:
 
 @checks.check(
     "q4",
+    hint="retries go outside the breaker: each attempt is one breaker call, so the breaker sees every failed attempt "
+    "and, once open, stops the retries that are left",
+    code_hint="with_retries(lambda: self.breaker.call(lambda: fetch(...)), ...)  # not self.breaker.call(lambda: "
+    "with_retries(...))",
+)
+async def every_attempt_goes_through_the_breaker(ctx: Context) -> str:
+    """Against an always-failing service, one get() opens the breaker after failure_threshold attempts, then stops."""
+    svc = await json_service(ctx, {}, error_rate=1.0)
+    threshold = ctx.rng.randint(2, 3)
+    client = await _client(
+        ctx, svc.url, timeout_s=0.2, attempts=threshold + 2, deadline_s=3.0, failure_threshold=threshold, reset_timeout_s=5.0
+    )
+    await _get(client)
+    state = getattr(getattr(client, "breaker", None), "state", None)
+    expect(
+        state == "open" and svc.stats.requests == threshold,
+        f"one get() (attempts={threshold + 2}, failure_threshold={threshold}) sent {svc.stats.requests} requests to "
+        f"an always-failing service and left the breaker {state!r}: every attempt must go through the breaker, with "
+        f"the retries outside it, so the breaker opens after {threshold} failed attempts and stops the retries left "
+        "(retries inside one breaker call count as one failure)",
+    )
+    return f"open after {threshold} attempts of one get()"
+
+
+async def _fetch_made_it_a_service_error(ctx: Context, url: str, status: int) -> None:
+    """Fail naming the cause when the learner's fetch raises ServiceError for a 4xx (Q1's mistake, seen from Q4)."""
+    import aiohttp
+
+    service_error, _ = errors(ctx)
+    fetch = ctx.ns.get("fetch")
+    if not callable(fetch):
+        return
+    async with aiohttp.ClientSession() as session:
+        got = await outcome("fetch()", lambda: fetch(session, url, 0.5), 3.0)
+    expect(
+        not isinstance(got.error, service_error),
+        f"your fetch raises ServiceError for an HTTP {status} (Q1's checks say so too), so with_retries retries it and "
+        "the breaker counts it as a failure: a 4xx must leave fetch as aiohttp's ClientResponseError, which neither "
+        "retries nor the breaker count",
+    )
+
+
+@checks.check(
+    "q4",
     hint="a 4xx is not the service failing: no retry, and the breaker does not count it",
     code_hint="fetch lets aiohttp's ClientResponseError out; neither RETRY_ON nor the breaker's failures include it",
 )
@@ -406,19 +450,19 @@ async def client_passes_a_4xx_through(ctx: Context) -> str:
     client = await _client(ctx, svc.url, timeout_s=0.5, attempts=3, deadline_s=2.0, failure_threshold=2, reset_timeout_s=5.0)
     for n in range(1, 4):
         got = await _get(client)
+        sent = svc.stats.requests
+        if sent != n or not isinstance(got.error, aiohttp.ClientResponseError):
+            await _fetch_made_it_a_service_error(ctx, svc.url + "/stock", status)
         expect(
             not isinstance(got.error, open_error),
-            f"the breaker opened after {n - 1} answers HTTP {status} (threshold 2): a 4xx says nothing about the "
-            "service's health and must not count as a failure",
+            f"the breaker opened during get() call {n}, after {sent} requests answered HTTP {status} (threshold 2): "
+            "a 4xx says nothing about the service's health and must not count as a failure",
         )
         expect(
             isinstance(got.error, aiohttp.ClientResponseError),
             f"get() of a path answered HTTP {status} should raise aiohttp's ClientResponseError, got {got.raised}",
         )
-        expect(
-            svc.stats.requests == n,
-            f"{n} get() calls answered HTTP {status} sent {svc.stats.requests} requests: a 4xx must not be retried",
-        )
+        expect(sent == n, f"{n} get() calls answered HTTP {status} sent {sent} requests: a 4xx must not be retried")
     state = getattr(getattr(client, "breaker", None), "state", None)
     expect(
         state == "closed",

@@ -305,6 +305,24 @@ async def p50_in_milliseconds(ctx: Context) -> str:
     return f"measured {p50:.0f} ms"
 
 
+async def _hello_fails(ctx: Context) -> str:
+    """When GET / of the hello service fails (a Q1 bug), why `p50_ms` is no number; "" when it answers.
+
+    Q3 loses no point for it: its own checks measure services of theirs. The learner's
+    measure_p50 must still give no number for that service (the notebook kept what it returned).
+    """
+    svc = await _svc(ctx)
+    answer = await ctx.http("GET", f"{svc.url}/")
+    if answer.status == 200:
+        return ""
+    again = await ctx.call("measure_p50", f"{svc.url}/", 20, timeout=8.0)
+    expect(not finite(again), f"`p50_ms` is {ctx.ns.get('p50_ms')!r}, but measure_p50 of the hello service gives {again!r}")
+    return (
+        f"every request failed: the hello service answers GET / with HTTP {answer.status} (see Q1's checks), so "
+        "`p50_ms` is nan; no point lost here, fix Q1 and measure again"
+    )
+
+
 @checks.check(
     "q3",
     hint="measure the hello service itself, and keep the number your function returned",
@@ -316,6 +334,10 @@ async def notebook_p50_is_plausible(ctx: Context) -> str:
     from helpers.core.measure import time_calls
 
     reported = ctx.get("p50_ms")
+    if not finite(reported):
+        failed = await _hello_fails(ctx)
+        if failed:
+            return failed
     expect(finite(reported) and reported > 0, f"`p50_ms` should be a positive number of ms, got {reported!r}")
     svc = await _svc(ctx)
     run = await time_calls(lambda: ctx.http("GET", f"{svc.url}/"), 20)
