@@ -562,6 +562,7 @@ def test_a_lesson_cell_that_is_gone_fails_loudly() -> None:
 
 LOCATION = 'headers={"Location": f"/jobs/{job.job_id}", "Retry-After": str(jobs.retry_after_s)}'
 START06 = "        await jobs.start(job)\n"
+CREATE06 = "        job = jobs.create(task, key)\n"
 DONE06 = '        job.state, job.done = RUNNING, max(job.done, data["done"])'
 
 LAB06 = {
@@ -590,6 +591,13 @@ LAB06 = {
         (("json_response(job.accepted, status=202,", "json_response(job.accepted, status=200,"),),
         "answers_202_with_location_and_retry_after",
         "which is 202 Accepted",
+    ),
+    "06 mistake: a keyed retry that starts its job again (held-out cy_restart)": Variant(
+        "06_hybrid_job",
+        "q1",
+        ((CREATE06 + START06, CREATE06 + "    await jobs.start(job)  # also for a retry: 'start() only relays the outbox'\n"),),
+        "a_retry_with_the_same_key_starts_nothing",
+        "starts nothing",
     ),
     "06 mistake: a count that goes backwards": Variant(
         "06_hybrid_job",
@@ -669,6 +677,17 @@ async def test_a_lab06_q1_mistake_loses_no_point_in_q2_to_q4() -> None:
     got = {c.name: await run_check(c, ns) for c in later}
     assert {name: r.message for name, r in got.items() if not r.passed} == {}
     assert sum(r.points for r in got.values()) == sum(c.points for c in later) == 16  # 15 before the first-step check
+
+
+@pytest.mark.broker
+async def test_a_keyed_retry_that_starts_its_job_again_fails_that_check_only() -> None:
+    """Held-out cy_restart got 9/9 in Q1: nothing saw the retry call jobs.start again. Now one visible check does, and only it."""
+    variant = LAB06["06 mistake: a keyed retry that starts its job again (held-out cy_restart)"]
+    ns = submission(variant.lab, *variant.edits)
+    got = {c.name: await run_check(c, ns) for c in load_checks(variant.lab)}
+    assert {name for name, r in got.items() if not r.passed} == {"a_retry_with_the_same_key_starts_nothing"}, {
+        name: r.message for name, r in got.items() if not r.passed
+    }
 
 
 def test_lab06_has_six_submissions_with_alternatives_and_mistakes() -> None:
