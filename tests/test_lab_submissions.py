@@ -253,6 +253,7 @@ class SqliteIds:
 
 
 def open_applied_ids(workdir):'''
+CLIENT04 = "    return manual_ack(broker.client(name, clean_session=False))"
 DEAD_LETTER = 'record = dead_letter_payload(str(message.topic), payload, f"malformed: {exc}")'
 
 LAB04 = {
@@ -311,6 +312,20 @@ LAB04 = {
         "stores_belong_to_their_folder",
         "shared between folders",
     ),
+    "04 mistake: a client that acks on receipt (held-out uma_noack; only Q1 loses points)": Variant(
+        "04_reliable_consumer",
+        "q1",
+        (
+            (
+                CLIENT04,
+                CLIENT04.replace(
+                    "manual_ack(broker.client(name, clean_session=False))", "broker.client(name, clean_session=False)"
+                ),
+            ),
+        ),
+        "acknowledges_only_when_told",
+        "wrap it with manual_ack",
+    ),
     "04 mistake: the Topic put into JSON as it is": Variant(
         "04_reliable_consumer",
         "q3",
@@ -357,6 +372,18 @@ async def test_each_submission_is_judged_right(label: str) -> None:
     assert not result.passed, f"{label} passes {variant.fails}"
     assert not result.hidden, f"{label} is caught only by a hidden check: the learner would see 'all passed'"
     assert variant.says in result.message, result.message
+
+
+@pytest.mark.broker
+async def test_a_lab04_q1_client_mistake_loses_no_point_in_q2_to_q4() -> None:
+    """Held-out uma_noack (consumer_client without manual_ack) lost 3 of Q4's 6 points, although its run_consumer acks
+    after apply_once: Q4's checks now run the learner's loop with the course's Q1 client."""
+    variant = VARIANTS["04 mistake: a client that acks on receipt (held-out uma_noack; only Q1 loses points)"]
+    ns = submission(variant.lab, *variant.edits)
+    later = [c for c in load_checks(variant.lab) if c.question != "q1"]
+    got = {c.name: await run_check(c, ns) for c in later}
+    assert {name: r.message for name, r in got.items() if not r.passed} == {}
+    assert sum(r.points for r in got.values()) == sum(c.points for c in later)
 
 
 def test_every_lab_has_six_submissions_with_alternatives_and_mistakes() -> None:
