@@ -20,12 +20,14 @@ import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from helpers.grading.cli import main
+from helpers.grading.feedback import write_feedback
 from helpers.grading.labgen import LABS, ROOT, SOLUTIONS, solution_paths
 from helpers.grading.report import Result
 from helpers.grading.runner import Options, grade_file, identify_lab
@@ -407,6 +409,34 @@ async def test_malformed_cells_are_graded_not_crashed(tiny_checks: Path, tmp_pat
     result = await grade_file(path, tiny_options(tiny_checks))
     assert result.status == "graded", result.failures()
     assert points(result) == {"q1": 2, "q2": 0, "q3": 1}, result.failures()
+
+
+@pytest.mark.kernel
+async def test_a_failing_given_setup_cell_is_an_error_row_not_zero_points(tiny_checks: Path, tmp_path: Path) -> None:
+    """Held-out zoe_ok got 0/25 as an ordinary graded row: the course package changed under the grader, and the lab's
+    own first cell raised ModuleNotFoundError before any learner code ran. That is no grade: it is an error row."""
+    labs = tmp_path / "labs"
+    labs.mkdir()
+    broken = "import helpers.core.no_such_module_renamed_away\n" + TINY_CELLS["setup"]
+    tiny_notebook(labs / "91_tiny.ipynb", setup=broken)  # the lab as shipped: its setup cell imports a module now gone
+    given = await grade_file(tiny_notebook(tmp_path / "given.ipynb", setup=broken), Options(**_tiny(tiny_checks, labs)))
+    assert given.status == "error", given.failures()
+    assert "ModuleNotFoundError" in given.error, given.error
+    assert "setup cell" in given.error, given.error
+    assert not given.questions, given.questions  # no score presented as a grade
+    (feedback,) = write_feedback([given], tmp_path / "fb")
+    told = feedback.read_text(encoding="utf-8")
+    assert "Grading failed" in told, told
+    assert "ModuleNotFoundError" in told, told
+    assert "points" not in told, told
+    own = "import no_such_package_of_the_learner\n" + TINY_CELLS["setup"]  # the learner changed the given cell
+    theirs = await grade_file(tiny_notebook(tmp_path / "own.ipynb", setup=own), Options(**_tiny(tiny_checks, labs)))
+    assert theirs.status == "graded", theirs.error
+    assert points(theirs) == {"q1": 2, "q2": 1, "q3": 2}, theirs.failures()
+
+
+def _tiny(tiny_checks: Path, labs: Path) -> dict[str, Any]:
+    return {"checks_dir": tiny_checks, "cell_timeout": 4, "total_timeout": 60, "labs_dir": labs}
 
 
 async def test_unknown_lab_is_an_error_row(tmp_path: Path) -> None:

@@ -131,6 +131,50 @@ def test_regrading_a_subset_merges_into_the_earlier_json_and_csv(
     ]
 
 
+class _Head:
+    """A stdout read by ``head -1``: the first line gets through, then the pipe is closed."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def write(self, text: str) -> int:
+        if "\n" in self.text:
+            raise BrokenPipeError(32, "Broken pipe")
+        self.text += text
+        return len(text)
+
+    def flush(self) -> None:
+        if "\n" in self.text:
+            raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_a_closed_stdout_never_costs_the_report_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`grade ... | head` stopped the grader at its first print after the pipe closed, before --json and --csv were
+    written (held-out run). The files are written first, and printing to a closed pipe stops only the printing."""
+    folder = tmp_path / "subs"
+    folder.mkdir()
+    for name in ("ada_00_warmup", "bob_00_warmup"):
+        (folder / f"{name}.ipynb").write_text("not a notebook", encoding="utf-8")  # error rows: no kernel needed
+    out_json, out_csv, feedback = tmp_path / "results.json", tmp_path / "grades.csv", tmp_path / "fb"
+    head = _Head()
+    monkeypatch.setattr("sys.stdout", head)
+    code = main([str(folder), "--sandbox", "none", "--json", str(out_json), "--csv", str(out_csv), "--feedback", str(feedback)])
+    monkeypatch.undo()
+    assert code == 1
+    assert head.text.startswith("grading 2 submission(s)")
+    assert [Path(s["submission"]).name for s in json.loads(out_json.read_text())["submissions"]] == [
+        "ada_00_warmup.ipynb",
+        "bob_00_warmup.ipynb",
+    ]
+    assert len(list(csv.DictReader(out_csv.open(encoding="utf-8")))) == 2
+    assert sorted(p.name for p in feedback.iterdir()) == [
+        "ada_00_warmup.html",
+        "ada_00_warmup.md",
+        "bob_00_warmup.html",
+        "bob_00_warmup.md",
+    ]
+
+
 def test_merge_without_json_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "x.ipynb").write_text("{}", encoding="utf-8")
     assert main([str(tmp_path / "x.ipynb"), "--merge", "--csv", str(tmp_path / "g.csv")]) == 2

@@ -33,10 +33,16 @@ LOOP_BODY = """            event = await parse_or_dead_letter(client, message, f
                 apply_once(event, ledger, applied)"""
 IF_EVENT = "            if event is not None:"
 ACK = "\n            ack(client, message)"  # the last line of run_consumer
+OWN_CLIENT = "    async with consumer_client(broker, name) as client:"
 
 EDITS: dict[str, tuple[Edit, ...]] = {
     "clean session": ((CLIENT, CLIENT.replace("clean_session=False", "clean_session=True")),),
     "auto-ack": ((CLIENT, "    return broker.client(name, clean_session=False)"),),
+    # question 4's own mistakes with the client: run_consumer makes one itself instead of calling consumer_client
+    "run_consumer's own auto-acking client": (
+        (OWN_CLIENT, "    async with broker.client(name, clean_session=False) as client:"),
+    ),
+    "run_consumer's own clean-session client": ((OWN_CLIENT, "    async with manual_ack(broker.client(name)) as client:"),),
     "no dedupe": (("    if event.id in applied:\n        return False\n", ""),),
     "an in-memory store": (
         ("def open_applied_ids(workdir):", "SHARED_IDS = set()\n\n\ndef open_applied_ids(workdir):"),
@@ -83,9 +89,18 @@ async def test_a_slow_correct_consumer_is_not_failed_for_its_pace() -> None:
 
 
 async def test_clean_session_loses_orders_while_down() -> None:
+    """Question 1's mistake costs question 1's points; question 4's checks run its loop with the course's client."""
     got = await results(submission(LAB, *EDITS["clean session"]), {"orders_wait_for_an_offline_consumer", "survives_a_restart"})
-    assert not any(r.passed for r in got.values())
+    assert not got["orders_wait_for_an_offline_consumer"].passed
     assert "persistent session" in got["orders_wait_for_an_offline_consumer"].message
+    assert got["survives_a_restart"].passed, got["survives_a_restart"].message
+
+
+async def test_a_clean_session_client_made_in_run_consumer_loses_orders_while_down() -> None:
+    """A client run_consumer makes itself is question 4's code: its clean session loses the orders sent while down."""
+    got = await results(submission(LAB, *EDITS["run_consumer's own clean-session client"]), {"survives_a_restart"})
+    assert not got["survives_a_restart"].passed
+    assert "never charged" in got["survives_a_restart"].message
 
 
 async def test_auto_ack_is_caught() -> None:
@@ -124,11 +139,25 @@ async def test_qos_0_is_caught_on_every_broker() -> None:
     assert "arrived at QoS 0" in got["acks_each_order_after_charging_it"].message
 
 
+async def test_auto_ack_in_consumer_client_costs_question_1_only() -> None:
+    """Held-out uma_noack: consumer_client without manual_ack cost 3 of Q4's 6 points, and Q4's message said to move an
+    ack() that was already last. Q1 names the mistake; Q4's checks run the learner's loop with the course's client."""
+    names = {"acknowledges_only_when_told", "acks_each_order_after_charging_it", "killed_mid_stream"}
+    got = await results(submission(LAB, *EDITS["auto-ack"]), names)
+    assert not got["acknowledges_only_when_told"].passed
+    assert "manual_ack" in got["acknowledges_only_when_told"].message
+    assert got["acks_each_order_after_charging_it"].passed, got["acks_each_order_after_charging_it"].message
+    assert got["killed_mid_stream"].passed, got["killed_mid_stream"].message
+
+
 async def test_auto_ack_is_caught_on_every_broker() -> None:
-    """paho acknowledges on receipt unless told otherwise: seen on the wire, whatever the broker resends."""
-    got = await results(submission(LAB, *EDITS["auto-ack"]), {"acknowledges_only_when_told", "acks_each_order_after_charging_it"})
-    assert not any(r.passed for r in got.values())
-    assert "acknowledged before they were charged" in got["acks_each_order_after_charging_it"].message
+    """paho acknowledges on receipt unless told otherwise: seen on the wire, whatever the broker resends. A client
+    run_consumer makes itself is question 4's code, and the message names the cause (no manual_ack), not the ack()."""
+    got = await results(submission(LAB, *EDITS["run_consumer's own auto-acking client"]), {"acks_each_order_after_charging_it"})
+    message = got["acks_each_order_after_charging_it"].message
+    assert not got["acks_each_order_after_charging_it"].passed
+    assert "acknowledged before they were charged" in message
+    assert "made without manual_ack" in message, message
 
 
 async def test_ack_before_the_work_is_caught() -> None:

@@ -171,6 +171,11 @@ RULES["06_hybrid_job"] = {
     "a retry with the key: the same job, nothing started": Rule(
         "q1",
         "A job with the same task means the client retried: answer that job's 202 again and start nothing",
+        "a_retry_with_the_same_key_starts_nothing",
+    ),
+    "a retry with the key: the same job, the work run once": Rule(
+        "q1",
+        "A job with the same task means the client retried: answer that job's 202 again",
         "a_retry_with_the_same_key_gets_the_same_job",
     ),
     "a key reused for another task: 422": Rule(

@@ -289,6 +289,7 @@ class SqliteIds:
 
 
 def open_applied_ids(workdir):'''
+CLIENT04 = "    return manual_ack(broker.client(name, clean_session=False))"
 DEAD_LETTER = 'record = dead_letter_payload(str(message.topic), payload, f"malformed: {exc}")'
 
 LAB04 = {
@@ -347,6 +348,20 @@ LAB04 = {
         "stores_belong_to_their_folder",
         "shared between folders",
     ),
+    "04 mistake: a client that acks on receipt (held-out uma_noack; only Q1 loses points)": Variant(
+        "04_reliable_consumer",
+        "q1",
+        (
+            (
+                CLIENT04,
+                CLIENT04.replace(
+                    "manual_ack(broker.client(name, clean_session=False))", "broker.client(name, clean_session=False)"
+                ),
+            ),
+        ),
+        "acknowledges_only_when_told",
+        "wrap it with manual_ack",
+    ),
     "04 mistake: the Topic put into JSON as it is": Variant(
         "04_reliable_consumer",
         "q3",
@@ -393,6 +408,18 @@ async def test_each_submission_is_judged_right(label: str) -> None:
     assert not result.passed, f"{label} passes {variant.fails}"
     assert not result.hidden, f"{label} is caught only by a hidden check: the learner would see 'all passed'"
     assert variant.says in result.message, result.message
+
+
+@pytest.mark.broker
+async def test_a_lab04_q1_client_mistake_loses_no_point_in_q2_to_q4() -> None:
+    """Held-out uma_noack (consumer_client without manual_ack) lost 3 of Q4's 6 points, although its run_consumer acks
+    after apply_once: Q4's checks now run the learner's loop with the course's Q1 client."""
+    variant = VARIANTS["04 mistake: a client that acks on receipt (held-out uma_noack; only Q1 loses points)"]
+    ns = submission(variant.lab, *variant.edits)
+    later = [c for c in load_checks(variant.lab) if c.question != "q1"]
+    got = {c.name: await run_check(c, ns) for c in later}
+    assert {name: r.message for name, r in got.items() if not r.passed} == {}
+    assert sum(r.points for r in got.values()) == sum(c.points for c in later)
 
 
 def test_every_lab_has_six_submissions_with_alternatives_and_mistakes() -> None:
@@ -635,6 +662,7 @@ def test_a_lesson_cell_that_is_gone_fails_loudly() -> None:
 
 LOCATION = 'headers={"Location": f"/jobs/{job.job_id}", "Retry-After": str(jobs.retry_after_s)}'
 START06 = "        await jobs.start(job)\n"
+CREATE06 = "        job = jobs.create(task, key)\n"
 DONE06 = '        job.state, job.done = RUNNING, max(job.done, data["done"])'
 
 LAB06 = {
@@ -663,6 +691,13 @@ LAB06 = {
         (("json_response(job.accepted, status=202,", "json_response(job.accepted, status=200,"),),
         "answers_202_with_location_and_retry_after",
         "which is 202 Accepted",
+    ),
+    "06 mistake: a keyed retry that starts its job again (held-out cy_restart)": Variant(
+        "06_hybrid_job",
+        "q1",
+        ((CREATE06 + START06, CREATE06 + "    await jobs.start(job)  # also for a retry: 'start() only relays the outbox'\n"),),
+        "a_retry_with_the_same_key_starts_nothing",
+        "starts nothing",
     ),
     "06 mistake: a count that goes backwards": Variant(
         "06_hybrid_job",
@@ -742,6 +777,17 @@ async def test_a_lab06_q1_mistake_loses_no_point_in_q2_to_q4() -> None:
     got = {c.name: await run_check(c, ns) for c in later}
     assert {name: r.message for name, r in got.items() if not r.passed} == {}
     assert sum(r.points for r in got.values()) == sum(c.points for c in later) == 16  # 15 before the first-step check
+
+
+@pytest.mark.broker
+async def test_a_keyed_retry_that_starts_its_job_again_fails_that_check_only() -> None:
+    """Held-out cy_restart got 9/9 in Q1: nothing saw the retry call jobs.start again. Now one visible check does, and only it."""
+    variant = LAB06["06 mistake: a keyed retry that starts its job again (held-out cy_restart)"]
+    ns = submission(variant.lab, *variant.edits)
+    got = {c.name: await run_check(c, ns) for c in load_checks(variant.lab)}
+    assert {name for name, r in got.items() if not r.passed} == {"a_retry_with_the_same_key_starts_nothing"}, {
+        name: r.message for name, r in got.items() if not r.passed
+    }
 
 
 def test_lab06_has_six_submissions_with_alternatives_and_mistakes() -> None:

@@ -49,6 +49,32 @@ from helpers.grading.runner import (
 )
 
 
+class _Stdout:
+    """Printing that survives a closed pipe (``grade ... | head``): once stdout is gone, the rest is dropped.
+
+    The grading goes on and the report files are written all the same: a reader that
+    stopped reading must not cost the results.
+    """
+
+    closed = False
+
+    @classmethod
+    def say(cls, text: str = "") -> None:
+        if cls.closed:
+            return
+        try:
+            print(text, flush=True)
+        except BrokenPipeError:
+            cls.closed = True
+            try:  # what Python's docs advise: point stdout at devnull, so the flush at exit raises nothing
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            except (AttributeError, OSError, ValueError):  # a stdout with no file behind it (a test's, a wrapper's)
+                pass
+
+
+say = _Stdout.say
+
+
 def default_jobs() -> int:
     """One submission per core the grader may use."""
     try:
@@ -162,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     """Grade, print, write the reports; the exit code says whether everyone got full marks."""
     parse = parser()
     args = parse.parse_args(argv)
+    _Stdout.closed = False  # a new command, a new stdout
     paths = expand(args.submissions)
     if not paths:
         parse.print_usage(sys.stderr)
@@ -203,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs = min(plan.jobs, len(paths))
     how = f"{broker_label()}, sandbox: {plan.sandbox}, {jobs} at a time"
     labs = ", ".join(sorted(plan.labs)) or "none"
-    print(f"grading {len(paths)} submission(s); checks found for labs {labs} ({how})", flush=True)
+    say(f"grading {len(paths)} submission(s); checks found for labs {labs} ({how})")
     bar = _progress_bar(len(paths), disable=args.quiet)
 
     def show(result: Result) -> None:
@@ -212,10 +239,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             text = format_row(result)
         if bar is None:
-            print(text, flush=True)
+            say(text)
             return
         bar.clear()  # the rows go to stdout, the bar redraws itself below them on stderr
-        print(text, flush=True)
+        say(text)
         bar.update(1)
 
     try:
@@ -225,8 +252,9 @@ def main(argv: list[str] | None = None) -> int:
             bar.close()
     full = sum(r.full_marks for r in results)
     errors = sum(r.status == "error" for r in results)
-    print(f"{full}/{len(results)} with full marks, {errors} error row(s) (sandbox: {plan.sandbox})")
-    if not _write_reports(args, results, earlier, plan.describe()):
+    written, lines = _write_reports(args, results, earlier, plan.describe())  # the files first: printing may fail
+    say("\n".join([f"{full}/{len(results)} with full marks, {errors} error row(s) (sandbox: {plan.sandbox})", *lines]))
+    if not written:
         return 2
     return 0 if full == len(results) else 1
 
@@ -243,30 +271,36 @@ def _usage_problem(args: argparse.Namespace) -> str:
     return ""
 
 
-def _write_reports(args: argparse.Namespace, results: list[Result], earlier: list[Result], grader: dict[str, Any]) -> bool:
-    """The per-check summary, then every file asked for; False when the Canvas column could not be filled."""
+def _write_reports(
+    args: argparse.Namespace, results: list[Result], earlier: list[Result], grader: dict[str, Any]
+) -> tuple[bool, list[str]]:
+    """Write every file asked for; return whether the Canvas column could be filled, and the lines to print
+    (the merge, the per-check summary, what was written). Nothing goes to stdout here: a stdout closed
+    under the grader (``| head``) never costs a report file."""
     every = merge(earlier, results)
+    said = []
     if earlier:
-        print(f"merged into {args.json}: {len(results)} row(s) graded now, {len(every) - len(results)} kept from before")
+        said.append(f"merged into {args.json}: {len(results)} row(s) graded now, {len(every) - len(results)} kept from before")
     summary = format_summary(check_summary(every))
     if summary:
-        print(summary)
+        said.append(summary)
     if args.csv:
         write_csv(every, args.csv)
-        print(f"wrote {args.csv}")
+        said.append(f"wrote {args.csv}")
     if args.json:
         write_json(every, args.json, grader)
-        print(f"wrote {args.json}")
+        said.append(f"wrote {args.json}")
     if args.feedback:
         files = write_feedback(results, args.feedback, name_hidden=args.name_hidden)
-        print(f"wrote {len(files)} feedback file(s) (Markdown and HTML) to {args.feedback}")
+        said.append(f"wrote {len(files)} feedback file(s) (Markdown and HTML) to {args.feedback}")
+    filled = True
     if args.canvas:
         try:
-            print(canvas.fill(args.canvas, args.roster, every, args.canvas_out, args.canvas_column).summary())
+            said.append(canvas.fill(args.canvas, args.roster, every, args.canvas_out, args.canvas_column).summary())
         except (canvas.CanvasError, OSError, UnicodeDecodeError) as exc:
             print(f"error: --canvas: {exc}", file=sys.stderr)
-            return False
-    return True
+            filled = False
+    return filled, said
 
 
 def _progress_bar(total: int, *, disable: bool) -> Any:

@@ -55,6 +55,8 @@ class Submission:
     """What the plan had to decide (a deleted check cell: where its checks run)."""
     markdown: tuple[str, ...]
     """The Markdown cells as read from the file: what ``Context.markdown()`` gives the checks."""
+    setup_cell: int | None = None
+    """The first code cell, when it is the lab's setup cell as shipped (the course's code, unchanged)."""
 
 
 class Execution:
@@ -70,6 +72,8 @@ class Execution:
         self.skip: set[int] = set()
         self.cell_notes: dict[int, str] = {}
         self.out_of_time = False
+        self.setup_failed = ""
+        """What the lab's own setup cell raised ('' when it ran): nothing the checks found then is a grade."""
         self._guard: asyncio.Timeout | None = None
         """The bound on the whole run (see :meth:`run`): moved on by the time spent queueing at the gate."""
 
@@ -132,6 +136,8 @@ class Execution:
                 return False
             if step.kind == "cell":
                 restart = await self._cell(kernel, step.index)
+                if self.setup_failed:
+                    return False  # the course's own setup failed: nothing after it would be a grade
             else:
                 restart = await self._question(kernel, step)
             if restart:
@@ -147,6 +153,8 @@ class Execution:
         out = await kernel.run(self.sub.nb.cells[index], index, limit)
         if out.status == "error":
             self.cell_notes.setdefault(index, f"{where} raised {out.ename}: {out.evalue}"[:300] + self._limit_hit(out))
+            if index == self.sub.setup_cell and not self.setup_failed:
+                self.setup_failed = f"{where} raised {out.ename}: {out.evalue}"[:300]
         elif out.status == "timeout":
             if await kernel.responsive():
                 self.cell_notes[index] = f"{where} ran past {limit:g} s and was interrupted"

@@ -31,8 +31,14 @@ def blocks(result: Result, *, name_hidden: bool = False) -> list[Block]:
     name = Path(result.submission).name
     out: list[Block] = [("h1", f"Feedback: {result.lab or name}")]
     if result.status == "error":
-        out.append(("p", f"{name} could not be graded: {result.error}"))
-        out.append(("p", "Nothing was scored. Check that you submitted the lab notebook (.ipynb) itself, then submit again."))
+        out.append(("p", f"Grading failed: {name} could not be graded: {result.error}"))
+        out.append(
+            (
+                "p",
+                "Nothing was scored: this is not a grade. If the reason is about your file (not a notebook, another lab), "
+                "submit the lab notebook (.ipynb) itself again; otherwise your instructor grades it again.",
+            )
+        )
         return out
     pts = format_points
     out.append(("p", f"{name}: {pts(result.score)} of {pts(result.max_score)} points."))

@@ -63,7 +63,7 @@ from helpers.grading.plan import (
     resolve_plan,
 )
 from helpers.grading.report import Result
-from helpers.grading.steps import CHECK_CALL, Step, plan_steps
+from helpers.grading.steps import CHECK_CALL, Step, given_setup_cell, plan_steps
 
 __all__ = [
     "CELL_TIMEOUT_S",
@@ -159,16 +159,19 @@ def plan_submission(path: Path, nb: nbformat.NotebookNode, lab: str, plan: Gradi
         checks = tuple(load_checks(lab, plan.checks_dir))
     except Exception as exc:  # noqa: BLE001 - a broken checks file is an error row, and the batch goes on
         raise Rejected(f"the checks of lab {lab} cannot be loaded: {exc}", lab) from None
-    steps, notes = plan_steps(nb, checks, _reference(lab, plan.labs_dir))
+    reference = _reference(lab, plan.labs_dir)
+    steps, notes = plan_steps(nb, checks, reference)
     markdown = tuple(str(c.get("source", "")) for c in nb.cells if c.get("cell_type") == "markdown")
-    return Submission(path, nb, lab, checks, tuple(steps), tuple(notes), markdown)
+    return Submission(path, nb, lab, checks, tuple(steps), tuple(notes), markdown, given_setup_cell(nb, reference))
 
 
 async def execute(sub: Submission, plan: GradingPlan, gate: Gate) -> Execution:
     """Stage 4: run the steps in a fresh kernel (in the sandbox), capped in time and output.
 
     A failure of the grader itself after some checks ran keeps what they scored; before
-    any ran, the submission is rejected with the reason.
+    any ran, the submission is rejected with the reason. So is a submission whose first
+    cell, the lab's setup code as shipped, failed: no learner code had run, the course's
+    environment is broken (a package changed under the grader), and a 0 would be no grade.
     """
     deadline = time.monotonic() + plan.total_timeout
     with _workspace(plan) as ws:
@@ -182,6 +185,13 @@ async def execute(sub: Submission, plan: GradingPlan, gate: Gate) -> Execution:
             for j in range(len(sub.checks)):
                 if j not in run.results:
                     run.fail(j, "not run: grading stopped early")
+    if run.setup_failed:
+        raise Rejected(
+            "the lab's own setup cell, unchanged from the lab as shipped, failed before any "
+            f"of the learner's code ran ({run.setup_failed}); the course's environment is broken, not the submission: "
+            "fix it and grade this submission again",
+            sub.lab,
+        )
     return run
 
 

@@ -117,6 +117,21 @@ def plan_steps(
     return steps, notes
 
 
+def given_setup_cell(nb: nbformat.NotebookNode, reference: nbformat.NotebookNode | None) -> int | None:
+    """The index of the submission's first code cell when it is the lab's setup cell as shipped, unchanged.
+
+    That cell is the course's own code (imports, the checker, the broker): when it fails,
+    no learner code has run yet, and the failure says the course's environment is broken,
+    not the submission. None without a reference, or when the learner changed that cell.
+    """
+    if reference is None:
+        return None
+    mine, theirs = _code_sources(nb), _code_sources(reference)
+    if not mine or not theirs or not theirs[0][1]:
+        return None
+    return mine[0][0] if mine[0][1] == theirs[0][1] else None
+
+
 def describe_cell(nb: nbformat.NotebookNode, index: int) -> str:
     code_cells = [i for i, c in enumerate(nb.cells) if c.get("cell_type") == "code"]
     number = code_cells.index(index) + 1 if index in code_cells else index + 1

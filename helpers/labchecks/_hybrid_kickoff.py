@@ -161,6 +161,42 @@ async def a_retry_with_the_same_key_gets_the_same_job(ctx: Context) -> str:
     return "one job, one run, the same Location twice; other keys get their own jobs"
 
 
+@part.check(
+    "q1",
+    hint="a retry is answered from the job its key already made: nothing is created and nothing is started again",
+    code_hint="if job is None: job = jobs.create(task, key); await jobs.start(job)  # only a new job is started",
+)
+async def a_retry_with_the_same_key_starts_nothing(ctx: Context) -> str:
+    """A retried POST with the same Idempotency-Key and task starts nothing: jobs.start is called for new jobs only"""
+    system = await start_system(ctx, kickoff=True)
+    http = await ctx.enter(aiohttp.ClientSession())
+    board, started = system.board, []
+    start_as_given = board.start
+
+    async def counted_start(job: object) -> None:
+        started.append(getattr(job, "job_id", job))
+        await start_as_given(job)  # type: ignore[arg-type]  # the board's own start, only counted
+
+    board.start = counted_start  # type: ignore[method-assign]  # a spy on this check's board only
+    key, task = f"key-{uuid.uuid4()}", task_text(ctx)
+    first = job_of(system, await kick_off(system, http, task, key))
+    expect(
+        started == [first.job_id],
+        f"the first POST with a new key called jobs.start {len(started)} time(s), expected once for its new job",
+    )
+    retries = ctx.rng.randint(1, 3)
+    for _ in range(retries):
+        again = job_of(system, await kick_off(system, http, task, key))  # the client timed out and retried
+        expect(again.job_id == first.job_id, "the retry got another job than the first request with its key")
+    expect(
+        len(started) == 1,
+        f"{retries} retr{'y' if retries == 1 else 'ies'} with the same Idempotency-Key and task called jobs.start "
+        f"{len(started) - 1} more time(s) for the job the key already made: a retry is answered with that job's "
+        "202 again and starts nothing (call jobs.start only for a job jobs.create just made)",
+    )
+    return f"1 start for the first POST, none for {retries} retr{'y' if retries == 1 else 'ies'}"
+
+
 @part.check("q1", hidden=True, hint="only the same key means the same request")
 async def different_requests_make_different_jobs(ctx: Context) -> None:
     """Hidden: POSTs without a key, or with different keys, each get a job of their own"""

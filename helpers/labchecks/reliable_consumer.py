@@ -11,33 +11,28 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
 
 from helpers.core.internals import acks_manually
-from helpers.core.lifecycle import kill, start
-from helpers.core.messaging import Event, InvalidEvent, ack, decode, publish
+from helpers.core.messaging import Event, ack, decode, publish
 from helpers.core.receive import collect, flush
-from helpers.core.waiting import until, until_quiet
+from helpers.core.waiting import until
 from helpers.grading.checks import CheckFailed, Checks, Context, expect, outcome
-from helpers.grading.probes import WireWatch
+from helpers.labchecks._reliable_consumer_harness import (
+    ConsumerRun,
+    acked_early,
+    acked_out_of_order,
+    at_qos0,
+    charged_once,
+    consumer_name,
+    new_orders,
+)
 from helpers.pubsub.idempotency import Ledger, order_event
 
 checks = Checks("04_reliable_consumer")
-
-START_S = 8.0
-"""Time limit for starting the learner's consumer (lifecycle.start gives up on `ready` after 5 s)."""
-QUIET_S = 0.15
-"""Once every expected order is charged, the ledger must stay unchanged this long: a late double charge lands in it."""
-QUIET_MAX_S = 1.0
-"""The longest the checks wait for the ledger to go quiet (charges that never stop are counted as they stand)."""
-
-
-def _name(ctx: Context, role: str = "payments") -> str:
-    return f"{role}-{uuid.uuid4().hex[:8]}"
 
 
 async def _client(ctx: Context, broker: Any, name: str) -> aiomqtt.Client:
@@ -83,7 +78,7 @@ async def _offline_count(ctx: Context, broker: Any, name: str, topic: str, n: in
 async def orders_wait_for_an_offline_consumer(ctx: Context) -> str:
     """Orders published while the consumer is offline arrive at QoS 1 when it reconnects under its name."""
     broker = await ctx.broker()
-    name, n = _name(ctx), ctx.rng.randint(3, 6)
+    name, n = consumer_name(ctx), ctx.rng.randint(3, 6)
     ctx.forget_session(broker, name)
     identifier = getattr(await _client(ctx, broker, name), "identifier", name)
     expect(
@@ -116,7 +111,7 @@ async def orders_wait_for_an_offline_consumer(ctx: Context) -> str:
 async def acknowledges_only_when_told(ctx: Context) -> None:
     """The client acknowledges a message only when ack() is called (manual acks)."""
     broker = await ctx.broker()
-    client = await _client(ctx, broker, _name(ctx))
+    client = await _client(ctx, broker, consumer_name(ctx))
     expect(
         acks_manually(client),
         "the client acknowledges every message on receipt, before your work is done: wrap it with manual_ack(...)",
@@ -127,7 +122,7 @@ async def acknowledges_only_when_told(ctx: Context) -> None:
 async def each_name_has_its_own_session(ctx: Context) -> None:
     """Hidden (the offline check with two names): two consumer names get two separate sessions."""
     broker = await ctx.broker()
-    a, b = _name(ctx, "fulfil"), _name(ctx, "notify")
+    a, b = consumer_name(ctx, "fulfil"), consumer_name(ctx, "notify")
     for name in (a, b):
         ctx.forget_session(broker, name)
     topic_a, topic_b = ctx.topic("a"), ctx.topic("b")
@@ -368,105 +363,8 @@ async def incomplete_and_binary_are_dead_lettered(ctx: Context) -> None:
 
 
 # --------------------------------------------------------------------------- q4: the consumer
-
-
-def _event_id(payload: bytes) -> str | None:
-    """The order a message carries (None for a malformed one: dead-lettered, nothing to charge)."""
-    try:
-        return decode(payload).id
-    except InvalidEvent:
-        return None
-
-
-def _out_of_order(watch: WireWatch) -> int:
-    """Acks sent while an earlier message (in arrival order) was still unacknowledged."""
-    return sum(d.out_of_order for d in watch.deliveries)
-
-
-def _qos0(watch: WireWatch) -> list[str]:
-    """Orders that arrived at QoS 0 (never acknowledged, never resent)."""
-    return [i for d in watch.deliveries if d.qos == 0 and (i := _event_id(d.payload)) is not None]
-
-
-def _early(watch: WireWatch) -> list[str]:
-    """Orders acknowledged before they were charged (the watch's snapshot is the set of charged ids)."""
-    return [i for d in watch.acked() if (i := _event_id(d.payload)) is not None and i not in d.seen_at_ack]
-
-
-class _Run:
-    """The learner's run_consumer under test: started, killed and restarted like a process."""
-
-    def __init__(self, ctx: Context, broker: Any) -> None:
-        self.ledger = Ledger(ctx.tmp_path("check04-") / "ledger.jsonl")
-        # the broker as the learner's consumer sees it: each PUBACK notes what was charged by then
-        self.watch = WireWatch(broker, snapshot=lambda: {c["event_id"] for c in self.ledger.charges()})
-        self.ctx, self.broker = ctx, broker
-        self.name, self.topic, self.folder = _name(ctx), ctx.topic("orders"), self.ledger.path.parent
-        self.task: Any = None
-        ctx.forget_session(broker, self.name)
-        ctx.on_cleanup(self.stop)
-
-    async def start(self) -> None:
-        run = self.ctx.function("run_consumer")
-        began = await outcome("run_consumer()", lambda: start(run, self.watch, self.name, self.topic, self.folder), START_S)
-        if isinstance(began.error, TimeoutError):  # lifecycle.start's own: it says the consumer never set `ready`
-            raise CheckFailed(str(began.error))
-        expect(began.error is None, f"run_consumer() failed while starting: {began.raised}")
-        self.task = began.value
-
-    async def stop(self) -> None:
-        if self.task is not None:
-            error = await kill(self.task)
-            self.task = None
-            # An unwritten part (NotImplementedError) is reported by the checks of its own
-            # question ("apply_once() is not written yet"), not a second time as a crash here.
-            if error is not None and not isinstance(error, NotImplementedError):
-                raise CheckFailed(f"run_consumer() crashed: {type(error).__name__}: {error}")
-
-    def alive(self) -> bool:
-        return self.task is not None and not self.task.done()
-
-    async def publish(self, events: list[Event]) -> None:
-        async with self.broker.client() as shop:
-            for event in events:
-                await publish(shop, self.topic, event, qos=1)
-
-    def charged(self, events: list[Event]) -> dict[str, int]:
-        counts = {e.id: 0 for e in events}
-        for charge in self.ledger.charges():
-            counts[charge["event_id"]] = counts.get(charge["event_id"], 0) + 1
-        return counts
-
-    async def wait_charged(self, events: list[Event], timeout: float = 3.0, most: float = 6.0) -> dict[str, int]:
-        """Charges per event, once every event was charged and the ledger went quiet.
-
-        ``timeout`` is how long charging may stall (no new charge) before what is missing
-        counts as missing; while charges keep coming it waits on, up to ``most`` seconds in
-        all. A correct consumer that is slow (a SQLite store committing each id, a busy
-        machine) is not failed for its pace, and a lost order still ends the wait quickly.
-        """
-        wanted = {e.id for e in events}
-        loop = asyncio.get_running_loop()
-        end = loop.time() + most
-        seen = len(self.ledger)
-        while not await until(lambda: wanted <= {c["event_id"] for c in self.ledger.charges()}, timeout):
-            if loop.time() >= end or len(self.ledger) == seen:
-                break  # no charge for `timeout` s (or out of time): what is missing now is missing
-            seen = len(self.ledger)
-        await until_quiet(lambda: len(self.ledger), QUIET_S, timeout=QUIET_MAX_S)  # a late double charge shows up
-        return self.charged(events)
-
-
-def _orders(ctx: Context, n: int) -> list[Event]:
-    base = ctx.rng.randint(1, 10**5)
-    return [order_event(base + i, amount=float(ctx.rng.randint(5, 99))) for i in range(n)]
-
-
-def _charged_once(counts: dict[str, int], label: str) -> None:
-    missing = [i for i, c in counts.items() if c == 0]
-    doubled = [i for i, c in counts.items() if c > 1]
-    expect(not missing, f"{label}: {len(missing)} of {len(counts)} orders were never charged")
-    expect(not doubled, f"{label}: {len(doubled)} order(s) charged more than once")
+# The learner's run_consumer runs with the course's question 1 client (see ConsumerRun and
+# with_course_client in _reliable_consumer_harness): a client mistake costs question 1's points only.
 
 
 @checks.check(
@@ -477,11 +375,11 @@ def _charged_once(counts: dict[str, int], label: str) -> None:
 )
 async def charges_orders_while_running(ctx: Context) -> str:
     """Orders published while the consumer runs are each charged once."""
-    run = _Run(ctx, await ctx.broker())
+    run = ConsumerRun(ctx, await ctx.broker())
     await run.start()
-    orders = _orders(ctx, ctx.rng.randint(4, 7))
+    orders = new_orders(ctx, ctx.rng.randint(4, 7))
     await run.publish(orders)
-    _charged_once(await run.wait_charged(orders), "while running")
+    charged_once(await run.wait_charged(orders), "while running")
     return f"{len(orders)} orders, {len(orders)} charges"
 
 
@@ -493,24 +391,30 @@ async def charges_orders_while_running(ctx: Context) -> str:
 )
 async def acks_each_order_after_charging_it(ctx: Context) -> str:
     """Each order arrives at QoS 1 and is acknowledged only once it has been charged."""
-    run = _Run(ctx, await ctx.broker())
+    run = ConsumerRun(ctx, await ctx.broker())
     await run.start()
-    orders = _orders(ctx, 20)
+    orders = new_orders(ctx, 20)
     await run.publish(orders)
     counts = await run.wait_charged(orders)
     expect(
-        not _out_of_order(run.watch),
-        f"{_out_of_order(run.watch)} acknowledgement(s) were sent before an earlier message's: MQTT requires acks in "
+        not acked_out_of_order(run.watch),
+        f"{acked_out_of_order(run.watch)} acknowledgement(s) were sent before an earlier message's: MQTT requires acks in "
         "the order the messages arrived (a strict broker disconnects the client); handle one message at a time",
     )
-    _charged_once(counts, "orders published while it ran")
+    charged_once(counts, "orders published while it ran")
     await run.stop()
     expect(
-        not _qos0(run.watch),
-        f"{len(_qos0(run.watch))} of {len(orders)} orders arrived at QoS 0: a delivery is capped by the subscription's "
+        not at_qos0(run.watch),
+        f"{len(at_qos0(run.watch))} of {len(orders)} orders arrived at QoS 0: a delivery is capped by the subscription's "
         "QoS, and a QoS 0 message is never acknowledged nor resent (subscribe with qos=QOS, QOS = 1)",
     )
-    early = [e for e in _early(run.watch) if e in {o.id for o in orders}]
+    early = [e for e in acked_early(run.watch) if e in {o.id for o in orders}]
+    expect(
+        not early or not run.watch.auto_acking(),
+        f"{len(early)} of {len(orders)} orders were acknowledged before they were charged: the client run_consumer "
+        "made itself acknowledges each message on receipt (it was made without manual_ack), whatever order your "
+        "ack() calls are in: use consumer_client(broker, name), your question 1 client",
+    )
     expect(
         not early,
         f"{len(early)} of {len(orders)} orders were acknowledged before they were charged: if the consumer dies in "
@@ -527,16 +431,16 @@ async def acks_each_order_after_charging_it(ctx: Context) -> str:
 )
 async def survives_a_restart(ctx: Context) -> str:
     """Killed and restarted: orders sent while it was down are charged, a repeated order is not charged again."""
-    run = _Run(ctx, await ctx.broker())
+    run = ConsumerRun(ctx, await ctx.broker())
     await run.start()
-    before = _orders(ctx, 3)
+    before = new_orders(ctx, 3)
     await run.publish(before)
-    _charged_once(await run.wait_charged(before), "before the restart")
+    charged_once(await run.wait_charged(before), "before the restart")
     await run.stop()  # killed
-    during = _orders(ctx, 4)
+    during = new_orders(ctx, 4)
     await run.publish([*during, before[0]])  # new orders + a publisher retry of an old one, while it is down
     await run.start()
-    _charged_once(await run.wait_charged([*before, *during]), "after the restart")
+    charged_once(await run.wait_charged([*before, *during]), "after the restart")
     return "7 orders, 7 charges across a restart"
 
 
@@ -549,18 +453,18 @@ async def survives_a_restart(ctx: Context) -> str:
 async def dead_letters_and_keeps_going(ctx: Context) -> None:
     """A malformed message goes to TOPIC/dead-letter and the next order is still charged."""
     broker = await ctx.broker()
-    run = _Run(ctx, broker)
+    run = ConsumerRun(ctx, broker)
     async with broker.client() as watcher:
         await watcher.subscribe(f"{run.topic}/dead-letter", qos=1)
         await run.start()
         async with broker.client() as shop:
             await shop.publish(run.topic, f"garbage {ctx.rng.random()}".encode(), qos=1)
-        after = _orders(ctx, 1)
+        after = new_orders(ctx, 1)
         await run.publish(after)
         counts = await run.wait_charged(after)
         dead = await collect(watcher, expected=1, idle=0.5, timeout=3)
     expect(run.alive(), "the consumer stopped after the malformed message: dead-letter it and carry on")
-    _charged_once(counts, "the order after the malformed message")
+    charged_once(counts, "the order after the malformed message")
     _record(dead)
 
 
@@ -577,14 +481,14 @@ async def killed_mid_stream(ctx: Context) -> str:
     from helpers.pubsub.probes import redelivers_unacked
 
     broker = await ctx.broker()
-    run = _Run(ctx, broker)
+    run = ConsumerRun(ctx, broker)
     await run.start()
-    stream = _orders(ctx, 300)  # long enough to be killed in the middle of it (below Mosquitto's 1000 queue limit)
+    stream = new_orders(ctx, 300)  # long enough to be killed in the middle of it (below Mosquitto's 1000 queue limit)
     publishing = asyncio.ensure_future(run.publish(stream))
     await until(lambda: len(run.ledger) >= 30, 3)
     await run.stop()  # killed while messages are in flight
     await publishing
-    later = _orders(ctx, 5)
+    later = new_orders(ctx, 5)
     await run.publish(later)
     await run.start()
     counts = await run.wait_charged([*stream, *later], timeout=3, most=12)
