@@ -395,19 +395,24 @@ async def _judge(variant: Variant) -> dict[str, CheckResult]:
         return {c.name: await run_check(c, ns) for c in load_checks(variant.lab).of(variant.question)}
 
 
+def assert_judged_right(label: str, fails: str | None, says: str, got: dict[str, CheckResult]) -> None:
+    """A correct submission fails no check; a mistake fails the VISIBLE check that names it, saying ``says``."""
+    if fails is None:
+        assert {name: r.message for name, r in got.items() if not r.passed} == {}, f"{label} loses points"
+        return
+    result = got[fails]
+    assert not result.passed, f"{label} passes {fails}"
+    assert not result.hidden, f"{label} is caught only by a hidden check: the learner would see 'all passed'"
+    assert says in result.message, result.message
+
+
 @pytest.mark.parametrize(
     "label", [pytest.param(label, marks=[pytest.mark.broker] if _uses_a_broker(v) else []) for label, v in VARIANTS.items()]
 )
 async def test_each_submission_is_judged_right(label: str) -> None:
     variant = VARIANTS[label]
     got = await _judge(variant)
-    if variant.fails is None:
-        assert {name: r.message for name, r in got.items() if not r.passed} == {}, f"{label} loses points"
-        return
-    result = got[variant.fails]
-    assert not result.passed, f"{label} passes {variant.fails}"
-    assert not result.hidden, f"{label} is caught only by a hidden check: the learner would see 'all passed'"
-    assert variant.says in result.message, result.message
+    assert_judged_right(label, variant.fails, variant.says, got)
 
 
 @pytest.mark.broker
@@ -598,13 +603,7 @@ async def test_each_lab07_submission_is_judged_right(label: str) -> None:
     variant = LAB07_VARIANTS[label]
     ns, markdown = submission(variant.lab, *variant.edits), lab07_markdown(variant)
     got = {c.name: await run_check(c, ns, markdown=markdown) for c in load_checks(LAB07).of(variant.question)}
-    if variant.fails is None:
-        assert {name: r.message for name, r in got.items() if not r.passed} == {}, f"{label} loses points"
-        return
-    result = got[variant.fails]
-    assert not result.passed, f"{label} passes {variant.fails}"
-    assert not result.hidden, f"{label} is caught only by a hidden check: the learner would see 'all passed'"
-    assert variant.says in result.message, result.message
+    assert_judged_right(label, variant.fails, variant.says, got)
 
 
 def test_lab07_has_six_submissions_with_alternatives_and_mistakes() -> None:
@@ -759,13 +758,7 @@ LAB06 = {
 async def test_each_lab06_submission_is_judged_right(label: str) -> None:
     variant = LAB06[label]
     got = await _judge(variant)
-    if variant.fails is None:
-        assert {name: r.message for name, r in got.items() if not r.passed} == {}, f"{label} loses points"
-        return
-    result = got[variant.fails]
-    assert not result.passed, f"{label} passes {variant.fails}"
-    assert not result.hidden, f"{label} is caught only by a hidden check: the learner would see 'all passed'"
-    assert variant.says in result.message, result.message
+    assert_judged_right(label, variant.fails, variant.says, got)
 
 
 @pytest.mark.broker

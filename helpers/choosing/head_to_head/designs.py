@@ -188,6 +188,8 @@ class AsyncDesign(Design):
         """Every consumer life so far (a restart is a new life), for delivery counts."""
         self.in_progress = dict.fromkeys(effects.services, 0)
         """Events each consumer is working on right now (started, not finished)."""
+        self.cut_short = dict.fromkeys(effects.services, 0)
+        """Events a kill interrupted in each consumer's handler (started, cancelled before the end)."""
 
     async def open_services(self, handler: AsyncHandler) -> None:
         """Start the Order service that publishes through ``handler``, then one consumer per downstream service."""
@@ -213,6 +215,9 @@ class AsyncDesign(Design):
                 if delay:
                     await asyncio.sleep(delay)  # the same latency knob the HTTP version's middleware reads
                 await self.effects.apply(service, event.data or {})
+            except asyncio.CancelledError:
+                self.cut_short[service] += 1  # killed in the middle of this event: never acknowledged
+                raise
             finally:
                 self.in_progress[service] -= 1
 
@@ -234,11 +239,13 @@ class AsyncDesign(Design):
 
         A consumer killed while idle has nothing in progress, so nothing can come again; a
         crash usually strikes a busy process. The kill waits (up to ``busy_within`` seconds)
-        until the consumer has an event in progress, and records how many it had.
+        until the consumer has an event in progress, and records how many the kill interrupted.
         """
         await until(lambda: self.in_progress[service] > 0, busy_within)
-        self.in_progress_at_kill = self.in_progress[service]
+        before = self.cut_short[service]
         error = await self.consumers[service].kill()
+        # counted as the kill lands, not just before it: an event that finished (and was acked) in between is not in progress
+        self.in_progress_at_kill = self.cut_short[service] - before
         self.faults[service].down = True
         if error is not None:
             error.add_note(f"the {service!r} consumer had failed before it was taken down")
