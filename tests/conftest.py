@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from helpers.core.broker import Broker, mqtt_broker
 from helpers.core.http import stop_all
+
+if TYPE_CHECKING:
+    from helpers.capstone.pipeline import ReferenceSystem
 
 NEEDS = {
     "broker": "talks to an MQTT broker (embedded, or MQTT_URL)",
@@ -31,6 +35,19 @@ async def broker() -> AsyncIterator[Broker]:
     """A started broker: the embedded rumqttd, or MQTT_URL's broker when that is set."""
     async with mqtt_broker(name=f"test-{uuid.uuid4().hex[:6]}") as running:
         yield running
+
+
+@pytest.fixture
+async def pipeline(broker: Broker, tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[ReferenceSystem]:
+    """Lesson 07's reference system for one test; a test module sets ``WORKERS`` (2) and ``WORK`` (0.1 s) to its needs."""
+    from helpers.capstone.pipeline import start_pipeline  # here, not at the top: most tests never start the capstone
+
+    workers, work = getattr(request.module, "WORKERS", 2), getattr(request.module, "WORK", 0.1)
+    running = await start_pipeline(broker, tmp_path, workers=workers, work=work)
+    try:
+        yield running
+    finally:
+        await running.stop()
 
 
 @pytest.fixture

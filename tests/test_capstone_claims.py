@@ -9,7 +9,6 @@ a JPEG, and a user name that looks like a path).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import nbformat
@@ -25,6 +24,10 @@ from helpers.core.waiting import until
 
 LESSON = Path(__file__).resolve().parents[1] / "notebooks" / "07_mini_challenge.ipynb"
 ASYNC_UPLOAD = 'upload -.->|"MQTT image.uploaded"| broker'
+
+WORKERS = 1
+WORK = 0.3
+"""Lesson 07's reference system here (the ``pipeline`` fixture of conftest.py): one worker, 0.3 s a photo."""
 
 
 def reference_diagram() -> str:
@@ -48,15 +51,6 @@ def test_the_reference_drawn_with_a_sync_upload_to_the_processor_fails() -> None
     naive = reference.replace(ASYNC_UPLOAD, 'upload -->|"HTTP POST /process"| processor')
     failed = [f.message for f in check_design(parse_flowchart(naive)) if not f.ok]
     assert any("the upload would wait for processing" in message for message in failed), failed
-
-
-@pytest.fixture
-async def pipeline(broker: Broker, tmp_path: Path) -> AsyncIterator[ReferenceSystem]:
-    running = await start_pipeline(broker, tmp_path, workers=1, work=0.3)
-    try:
-        yield running
-    finally:
-        await running.stop()
 
 
 @pytest.mark.broker

@@ -46,15 +46,6 @@ ANSWER_S = 2.0
 """Every hostile request is answered within this (a stalled body: the 1 s idle timeout, then the answer)."""
 
 
-@pytest.fixture
-async def pipeline(broker: Broker, tmp_path: Path) -> AsyncIterator[ReferenceSystem]:
-    running = await start_pipeline(broker, tmp_path, workers=2, work=WORK)
-    try:
-        yield running
-    finally:
-        await running.stop()
-
-
 async def assert_healthy(pipeline: ReferenceSystem) -> None:
     """A normal upload after the case: 202 at once, processed, and no service or worker died."""
     answer = await pipeline.post(images.sample_photo(), "after")

@@ -12,7 +12,7 @@ import asyncio
 import io
 import re
 import statistics
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,15 +52,6 @@ ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 def _close_figures() -> Iterator[None]:
     yield
     plt.close("all")
-
-
-@pytest.fixture
-async def pipeline(broker: Broker, tmp_path: Path) -> AsyncIterator[ReferenceSystem]:
-    running = await start_pipeline(broker, tmp_path, workers=2, work=WORK)
-    try:
-        yield running
-    finally:
-        await running.stop()
 
 
 async def fetch(url: str) -> tuple[int, str, bytes]:

@@ -14,7 +14,7 @@ import json
 import logging
 import time
 import zlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -24,9 +24,8 @@ import pytest
 from PIL import Image
 
 from helpers.capstone import images, upload
-from helpers.capstone.pipeline import ReferenceSystem, start_pipeline
+from helpers.capstone.pipeline import ReferenceSystem
 from helpers.capstone.wire import UploadAnswer
-from helpers.core.broker import Broker
 from helpers.core.loop_lag import LoopLag
 from helpers.core.problems import PROBLEM_BASE, PROBLEM_JSON
 from helpers.core.waiting import until
@@ -36,15 +35,6 @@ pytestmark = pytest.mark.broker
 WORK = 0.1
 ANSWER_S = 2.0
 """Every hostile request is answered within this, and so is a normal photo while large uploads are in flight."""
-
-
-@pytest.fixture
-async def pipeline(broker: Broker, tmp_path: Path) -> AsyncIterator[ReferenceSystem]:
-    running = await start_pipeline(broker, tmp_path, workers=2, work=WORK)
-    try:
-        yield running
-    finally:
-        await running.stop()
 
 
 async def assert_healthy(pipeline: ReferenceSystem) -> None:
