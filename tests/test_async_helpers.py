@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from pathlib import Path
 from typing import cast
@@ -207,6 +208,63 @@ async def test_running_stops_the_consumer_and_raises_its_crash() -> None:
     with pytest.raises(KeyError, match="block") as caught:  # the block's own error wins; the consumer's is noted on it
         await block_outlived_by(KeyError("block"))
     assert any("consumer bug" in note for note in caught.value.__notes__)
+
+
+async def test_kill_stops_a_consumer_whose_wait_for_dropped_the_cancel() -> None:
+    """The busy-run hang: a cancel landing as aiomqtt's awaited PUBACK arrives is dropped by 3.11's wait_for.
+
+    The consumer then reads on as if never cancelled; ``kill`` must cancel again, not wait forever.
+    """
+    loop = asyncio.get_running_loop()
+    puback: asyncio.Future[None] = loop.create_future()
+    publishing = asyncio.Event()
+
+    async def consumer(ready: asyncio.Event) -> None:
+        ready.set()
+        publishing.set()
+        await asyncio.wait_for(puback, 10)  # a dead-letter publish waiting for its ack, as aiomqtt does
+        await asyncio.sleep(3600)  # back in `async for message in ...`, waiting for the next message
+
+    task = await lifecycle.start(consumer)
+    await publishing.wait()
+    await asyncio.sleep(0)
+    started = loop.time()
+    puback.set_result(None)  # the ack arrives in the same loop turn as the kill's cancel (3.11 drops it)
+    async with asyncio.timeout(10):
+        assert await lifecycle.kill(task) is None
+    assert task.cancelled()
+    assert loop.time() - started < 5
+
+
+async def test_cancel_and_wait_cancels_again_and_names_a_task_that_never_stops() -> None:
+    swallowed = 0
+
+    async def swallows_one_cancel() -> None:
+        nonlocal swallowed
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            swallowed += 1
+        await asyncio.sleep(3600)
+
+    released = asyncio.Event()
+
+    async def never_stops() -> None:
+        while not released.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await released.wait()
+
+    once = asyncio.ensure_future(swallows_one_cancel())
+    await asyncio.sleep(0)
+    await lifecycle.cancel_and_wait(once, recancel_after_s=0.05, deadline_s=5)
+    assert (swallowed, once.cancelled()) == (1, True)
+    stubborn = asyncio.create_task(never_stops(), name="stubborn-consumer")
+    await asyncio.sleep(0)
+    with pytest.raises(lifecycle.TaskWouldNotStop, match="stubborn-consumer"):
+        await lifecycle.cancel_and_wait(stubborn, recancel_after_s=0.05, deadline_s=0.3)
+    assert not stubborn.done()
+    released.set()  # leave nothing running
+    await stubborn
 
 
 async def test_died_of_names_a_crash_and_nothing_else() -> None:

@@ -13,12 +13,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from helpers.core.waiting import until
 
-__all__ = ["Restartable", "died_of", "kill", "raise_crashed", "running", "start", "until"]
+__all__ = [
+    "Restartable",
+    "TaskWouldNotStop",
+    "cancel_and_wait",
+    "died_of",
+    "kill",
+    "raise_crashed",
+    "running",
+    "start",
+    "until",
+]
 
 
 async def start(run: Callable[..., Awaitable[Any]], *args: Any, timeout: float = 5.0, **kwargs: Any) -> asyncio.Task[Any]:
@@ -40,17 +50,60 @@ async def start(run: Callable[..., Awaitable[Any]], *args: Any, timeout: float =
     return task
 
 
+RECANCEL_AFTER_S = 1.0
+"""How long a cancelled task may take to clean up (close its connection) before it is cancelled again."""
+STOP_DEADLINE_S = 15.0
+"""How long :func:`cancel_and_wait` keeps cancelling a task that goes on running before it gives up loudly."""
+
+
+class TaskWouldNotStop(RuntimeError):
+    """A task went on running through every cancellation: a loop that catches ``CancelledError``."""
+
+
+async def cancel_and_wait(
+    tasks: asyncio.Future[Any] | Iterable[asyncio.Future[Any]],
+    *,
+    recancel_after_s: float = RECANCEL_AFTER_S,
+    deadline_s: float = STOP_DEADLINE_S,
+) -> None:
+    """Cancel ``tasks`` and return once every one has ended (how it ended is left on the task).
+
+    One ``cancel()`` is not always enough on Python 3.11: ``asyncio.wait_for``, which
+    aiomqtt uses for every publish, subscribe and disconnect, drops a cancellation that
+    lands in the same loop turn as the reply it waits for (CPython gh-86296, fixed in
+    3.12). The task then goes on as if nothing happened, and a plain ``await task`` waits
+    forever with the loop idle. So a task still running ``recancel_after_s`` after its
+    cancel (time enough to close its connection) is cancelled again; one that outlives
+    ``deadline_s`` of that raises :class:`TaskWouldNotStop` naming it, never a silent hang.
+    """
+    pending = {tasks} if isinstance(tasks, asyncio.Future) else set(tasks)
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + deadline_s
+    while pending := {task for task in pending if not task.done()}:
+        if loop.time() >= give_up:
+            names = ", ".join(sorted(_name(task) for task in pending))
+            raise TaskWouldNotStop(f"still running {deadline_s:g} s after being cancelled: {names}")
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending, timeout=min(recancel_after_s, max(give_up - loop.time(), 0.0)))
+
+
+def _name(task: asyncio.Future[Any]) -> str:
+    return task.get_name() if isinstance(task, asyncio.Task) else repr(task)
+
+
 async def kill(task: asyncio.Task[Any]) -> Exception | None:
-    """Cancel ``task`` (the consumer dies) and wait for it. Returns the task's own error, if any."""
-    task.cancel()
-    error: Exception | None = None
-    try:
-        await task
-    except asyncio.CancelledError:
-        if not task.cancelled():
-            raise
-    except Exception as exc:  # noqa: BLE001 - report, do not raise: the caller decides
-        error = exc
+    """Cancel ``task`` (the consumer dies) and wait for it. Returns the task's own error, if any.
+
+    A ``BaseException`` it died of (a simulated process death, a KeyboardInterrupt) is
+    raised here, not returned.
+    """
+    await cancel_and_wait(task)
+    if task.cancelled():
+        return None
+    error = task.exception()
+    if error is not None and not isinstance(error, Exception):
+        raise error
     return error
 
 
@@ -60,14 +113,7 @@ async def _cancelled(task: asyncio.Task[Any]) -> None:
     Only ``Exception`` is swallowed: a KeyboardInterrupt or SystemExit (the grader
     stopping an endless loop) must travel on.
     """
-    task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        if not task.cancelled():  # we were cancelled ourselves, not just the task
-            raise
-    except Exception:  # noqa: BLE001 - the task failed while being stopped: the caller asked it to stop
-        pass
+    await kill(task)
 
 
 @contextlib.asynccontextmanager

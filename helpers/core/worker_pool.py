@@ -21,7 +21,7 @@ import asyncio
 
 import aiomqtt
 
-from helpers.core.lifecycle import died_of
+from helpers.core.lifecycle import cancel_and_wait, died_of
 from helpers.core.messaging import Consumer
 from helpers.core.receive import subscribed_messages
 
@@ -62,7 +62,5 @@ async def run_pool(consumer: Consumer, workers: int, ready: asyncio.Event | None
             running.add(task)
             task.add_done_callback(finished)
     finally:
-        for task in running:
-            task.cancel()
         if running:
-            await asyncio.gather(*running, return_exceptions=True)
+            await cancel_and_wait(running)
