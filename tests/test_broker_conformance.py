@@ -28,6 +28,7 @@ import aiomqtt
 import pytest
 
 from helpers.core.broker import MAX_PAYLOAD_BYTES, Broker, to_broker_topic
+from helpers.core.lifecycle import kill
 from helpers.core.messaging import ack, manual_ack
 from helpers.core.waiting import until
 
@@ -460,9 +461,8 @@ async def test_course_consumer_acks_in_arrival_order_when_work_finishes_out_of_o
         try:
             assert await until(lambda: len(sent) == 20, WAIT_S), f"{len(sent)} of 20 acks sent"
         finally:
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
+            assert await kill(task) is None
+            assert task.cancelled()
     assert [order[mid] for mid in sent] == sorted(order[mid] for mid in sent), "PUBACKs left out of arrival order"
     assert consumer.stats.processed == 20
 

@@ -9,9 +9,9 @@ helpers.core.receive.subscribed_messages read while subscribing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from helpers.core.broker import Broker
+from helpers.core.lifecycle import kill
 from helpers.core.messaging import Consumer, Event, ack, make_event, manual_ack, publish
 from helpers.core.receive import subscribed_messages
 
@@ -44,9 +44,7 @@ async def test_consumer_run_resumes_session_with_queued_messages(broker: Broker,
         if seen:
             break
         await asyncio.sleep(0.01)
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await kill(task)
     await asyncio.sleep(0.05)
     await _publish(broker, topic, 3)  # queued for the offline session
     task = await life()
@@ -54,9 +52,7 @@ async def test_consumer_run_resumes_session_with_queued_messages(broker: Broker,
         if len(seen) >= 4:
             break
         await asyncio.sleep(0.01)
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await kill(task)
     async with broker.client(name, clean_session=True):
         pass
     assert sorted(seen) == [0, 0, 1, 2]

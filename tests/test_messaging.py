@@ -12,6 +12,7 @@ import aiomqtt
 import pytest
 
 from helpers.core.broker import Broker
+from helpers.core.lifecycle import kill
 from helpers.core.messaging import (
     SPEC_VERSION,
     Consumer,
@@ -168,9 +169,8 @@ async def harness(broker: Broker, topic: str) -> AsyncIterator[tuple[Harness, li
         await asyncio.wait_for(ready.wait(), WAIT_S)
         yield Harness(broker, f"{topic}/orders", consumer, watcher, publisher), handled
         assert not task.done(), "the consumer stopped running"
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        assert await kill(task) is None
+        assert task.cancelled()
 
 
 async def test_consumer_processes_dedupes_and_dead_letters(harness: tuple[Harness, list[Event]]) -> None:
@@ -225,8 +225,7 @@ async def test_consumer_retries_a_transient_failure_and_dead_letters_poison(brok
             await publish(publisher, topic, make_event("order.placed", data))
         record = json.loads((await asyncio.wait_for(watcher.messages.__anext__(), WAIT_S)).payload)
         assert await until(lambda: consumer.stats.received == 3 and consumer.stats.processed == 2, WAIT_S)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await kill(task)
     assert tries == {"flaky": 3, "poison": 3, "fine": 1}
     assert record["reason"] == "handler error after 3 attempt(s): TimeoutError: poison failed on try 3"
     assert decode(record["payload"]).data == "poison"
@@ -298,9 +297,8 @@ async def test_dedupe_survives_consumer_restart(broker: Broker, topic: str, tmp_
                     return s.processed + s.duplicates >= 1
 
                 assert await until(handled_once, WAIT_S, poll=0.005)
-                task.cancel()
-                with pytest.raises(asyncio.CancelledError):
-                    await task
+                assert await kill(task) is None
+                assert task.cancelled()
             if life == 1:
                 assert (consumer.stats.processed, consumer.stats.duplicates) == (0, 1)
     assert applied == [event.id]
