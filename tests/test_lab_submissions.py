@@ -569,6 +569,27 @@ LAB07_VARIANTS: dict[str, MarkdownVariant] = {
             ),
         ),
     ),
+    "07 mistake: one solid arrow labelled MQTT (only the notation's point)": MarkdownVariant(
+        LAB07,
+        "q1",
+        (),
+        "marks_every_arrow",
+        "a solid arrow says sync, the label says MQTT",
+        markdown=(
+            (
+                "    processor -.->|MQTT job.done / job.failed| broker\n",
+                "    processor -->|MQTT job.done / job.failed| broker\n",
+            ),
+        ),
+    ),
+    "07 mistake: an upload that calls the processor, drawn dotted": MarkdownVariant(
+        LAB07,
+        "q1",
+        (),
+        "design_holds",
+        "Upload -> AI Image Processor is drawn sync: the upload would wait for processing",
+        markdown=(("upload -.->|MQTT image.uploaded| broker", "upload -.->|HTTP POST /process| processor"),),
+    ),
     "07 mistake: the done marker before job.done": MarkdownVariant(
         LAB07, "q3", ((DONE_PUBLISH + DONE_MARK, DONE_MARK + DONE_PUBLISH),), "marker_written_last", "before job.done"
     ),
