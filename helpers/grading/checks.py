@@ -231,7 +231,7 @@ class Checks:
 
 def runs_at(check: Check, questions: Sequence[str]) -> str:
     """The question whose check cell runs ``check``: its ``after`` question when the lab has it, else its own."""
-    return check.after if check.after in questions else check.question
+    return check.after if check.after is not None and check.after in questions else check.question
 
 
 def slug_of(lab: str) -> str:

@@ -105,9 +105,9 @@ def _as_meant(edge: diagram.Edge) -> diagram.Edge:
     protocol word says nothing and stays unreadable.
     """
     arrow = dataclasses.replace(edge, head="arrow")
-    for style, kind in (("solid", diagram.SYNC), ("dotted", diagram.ASYNC)):
-        if diagram.kind_of(dataclasses.replace(arrow, arrow=style)) == kind:
-            return dataclasses.replace(arrow, arrow=style)
+    for drawn in (dataclasses.replace(arrow, arrow="solid"), dataclasses.replace(arrow, arrow="dotted")):
+        if diagram.kind_of(drawn) == (diagram.SYNC if drawn.arrow == "solid" else diagram.ASYNC):
+            return drawn
     if edge.arrow in _WORD_OF_STYLE:
         return dataclasses.replace(arrow, label=_WORD_OF_STYLE[edge.arrow])
     return edge
