@@ -52,6 +52,10 @@ EDITS: dict[str, tuple[Edit, ...]] = {
         ("    except InvalidEvent as exc:\n        record", "    except ZeroDivisionError as exc:\n        record"),
     ),
     "QoS 0": (("QOS = 1\n", "QOS = 0\n"),),
+    # question 4's own QoS mistake: the loop subscribes at QoS 0 whatever QOS says
+    "run_consumer subscribing at QoS 0": (
+        ("subscribed_messages(client, topic, qos=QOS,", "subscribed_messages(client, topic, qos=0,"),
+    ),
     "ack before the work": ((LOOP_BODY + ACK, ACK[1:] + "\n" + LOOP_BODY),),
     "recorded before the charge": (
         ("    ledger.charge(event)\n    applied.add(event.id)\n", "    applied.add(event.id)\n    ledger.charge(event)\n"),
@@ -126,15 +130,22 @@ async def test_crashing_on_a_malformed_message_is_caught() -> None:
     assert not any(r.passed for r in got.values())
 
 
-async def test_qos_0_is_caught_on_every_broker() -> None:
+async def test_qos_0_is_caught_on_every_broker_and_costs_question_1_only() -> None:
     """QoS 0 promises nothing. Mosquitto drops QoS 0 messages for an offline session (the
     spec lets rumqttd keep them); on every broker the orders arrive at QoS 0, never acked,
-    and Q1's own visible check says so (not only Q4's, nor only a hidden one)."""
-    got = await results(
-        submission(LAB, *EDITS["QoS 0"]), {"orders_wait_for_an_offline_consumer", "acks_each_order_after_charging_it"}
-    )
+    and Q1's own visible check says so. ``QOS = 0`` is Q1's answer: Q4's checks run the
+    learner's loop with the course's ``QOS`` (it cost 3 of Q4's 6 points before)."""
+    names = {"orders_wait_for_an_offline_consumer", "acks_each_order_after_charging_it", "killed_mid_stream"}
+    got = await results(submission(LAB, *EDITS["QoS 0"]), names)
     assert not got["orders_wait_for_an_offline_consumer"].passed
     assert "QoS 1" in got["orders_wait_for_an_offline_consumer"].message
+    assert got["acks_each_order_after_charging_it"].passed, got["acks_each_order_after_charging_it"].message
+    assert got["killed_mid_stream"].passed, got["killed_mid_stream"].message
+
+
+async def test_a_loop_that_subscribes_at_qos_0_is_caught_in_question_4() -> None:
+    """A QoS written in run_consumer is question 4's code: its orders arrive at QoS 0, and Q4's visible check says so."""
+    got = await results(submission(LAB, *EDITS["run_consumer subscribing at QoS 0"]), {"acks_each_order_after_charging_it"})
     assert not got["acks_each_order_after_charging_it"].passed
     assert "arrived at QoS 0" in got["acks_each_order_after_charging_it"].message
 

@@ -232,6 +232,64 @@ async def test_a_diagram_that_says_async_where_the_code_is_sync_loses_the_point(
     )
 
 
+Q1_CHECKS = {c.name for c in CHECKS if c.question == "q1"}
+JOB_DONE_ARROW = "    processor -.->|MQTT job.done / job.failed| broker\n"
+
+
+def q1_points_lost(got: dict[str, CheckResult]) -> float:
+    return sum(c.points for c in CHECKS if c.name in failed(got))
+
+
+async def test_one_solid_arrow_labelled_mqtt_costs_the_notation_point_only() -> None:
+    """Held-out: `processor -->|MQTT job.done / job.failed| broker` cost 5 of Q1's 6 points (the notation, the design and
+    the comparison with the code each failing it). The label names the protocol and the event: the design and the
+    code are judged as meant, and the notation's check alone names the slip."""
+    one_arrow = diagram_with((JOB_DONE_ARROW, JOB_DONE_ARROW.replace("-.->", "-->")))
+    got = await results(submission(LAB), Q1_CHECKS, markdown=one_arrow)
+    assert set(failed(got)) == {"marks_every_arrow"}, failed(got)
+    assert "a solid arrow says sync, the label says MQTT" in got["marks_every_arrow"].message
+    assert q1_points_lost(got) == 1
+
+
+async def test_a_missing_async_route_fails_the_design_once() -> None:
+    """No job.done route to Notification: a design mistake, charged by design_holds; the comparison with the (right) code
+    does not charge it again."""
+    notify = "    broker -.->|MQTT job.done / job.failed| notification[Notification]\n"
+    missing = diagram_with((JOB_DONE_ARROW, ""), (notify, "    notification[Notification]\n"))
+    got = await results(submission(LAB), Q1_CHECKS, markdown=missing)
+    assert set(failed(got)) == {"design_holds"}, failed(got)
+    assert "there is no arrow from AI Image Processor to Notification" in got["design_holds"].message
+
+
+async def test_an_upload_that_calls_the_processor_fails_the_design_in_either_line_style() -> None:
+    """Read as meant, an arrow labelled HTTP is a call whatever its line: the upload waiting for processing fails the
+    design drawn solid, and drawn dotted too (where the notation's check names the style as well)."""
+    for arrow in ("-->", "-.->"):
+        calls = diagram_with(("upload -.->|MQTT image.uploaded| broker", f"upload {arrow}|HTTP POST /process| processor"))
+        got = await results(submission(LAB), {"marks_every_arrow", "design_holds"}, markdown=calls)
+        assert "Upload -> AI Image Processor is drawn sync: the upload would wait for processing" in got["design_holds"].message
+        assert got["marks_every_arrow"].passed == (arrow == "-->"), got["marks_every_arrow"].message
+
+
+async def test_the_diagram_is_compared_with_the_code_where_the_learner_sees_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The comparison is visible: the notebook's ``await check("q4")`` runs it (after q4's own checks), not
+    ``check("q1")``, whose code does not exist yet; it counts for Q1."""
+    from helpers.grading.notebook import PendingCheck
+
+    comparison = next(c for c in CHECKS if c.name == "diagram_matches_the_running_code")
+    assert (comparison.question, comparison.hidden, comparison.after) == ("q1", False, "q4")
+    monkeypatch.chdir(tmp_path)  # no saved notebook here: every check fails fast, saying why
+    at_q1 = await PendingCheck(LAB, "q1", {}, 1)
+    at_q4 = await PendingCheck(LAB, "q4", {}, 1)
+    assert comparison.description not in {r.description for r in at_q1.results}
+    assert at_q4.results[-1].description == comparison.description
+    assert {r.question for r in at_q4.results} == {"q4", "q1"}
+    assert SAVE_FIRST in at_q4.results[-1].message
+    capsys.readouterr()
+
+
 # --------------------------------------------------------------------------- q2: the upload
 
 

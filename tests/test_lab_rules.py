@@ -265,6 +265,12 @@ RULES["07_image_pipeline"] = {
     "every arrow marked sync or async": Rule("q1", "Every arrow carries one of the two markings", "marks_every_arrow"),
     "line style and label word agree": Rule("q1", "An arrow whose line style and label word disagree", "marks_every_arrow"),
     "only what comes before the 202 is sync": Rule("q1", "Only what must happen before the `202` is sync", "design_holds"),
+    "a marking mistake costs the marking check only": Rule(
+        "q1", "the design and that comparison read such an arrow by its label word", "design_holds"
+    ),
+    "draw what you build": Rule(
+        "q1", "runs it and compares your arrows with the calls it really makes", "diagram_matches_the_running_code"
+    ),
     "202 with lesson 06's body and Location": Rule(
         "q2", "`202 Accepted` with lesson 06's body", "answers_202_with_a_status_location"
     ),
@@ -360,16 +366,6 @@ fairly; the drills' checks judge the behavior it asks about)."""
 
 UNSTATED: dict[str, dict[str, str]] = {lab: {} for lab in RULES}
 """Hidden checks of a rule the lab's text does not state: check name -> why it is fair to keep it hidden."""
-
-
-UNSTATED["07_image_pipeline"] = {
-    "diagram_matches_the_running_code": (
-        "stated ('The grader also runs your Q2-Q4 code and compares your arrows with the calls it really makes'), but no "
-        "visible check can judge it: it runs the Q2-Q4 code (after='q4'), which does not exist yet when the learner runs "
-        "check('q1'); the visible q1 checks judge the notation and the design, and the lab says the grader adds this"
-    ),
-}
-"""Lab 07's hidden check that no visible check can judge, with the reason (a block of its own)."""
 
 
 def _words(text: str) -> str:

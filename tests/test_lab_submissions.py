@@ -415,11 +415,19 @@ async def test_each_submission_is_judged_right(label: str) -> None:
     assert_judged_right(label, variant.fails, variant.says, got)
 
 
+LAB04_Q1_MISTAKES = (
+    "04 mistake: a client that acks on receipt (held-out uma_noack; only Q1 loses points)",
+    "04 mistake: a consumer at QoS 0",
+)
+"""Q1 mistakes whose Q2-Q4 code is right. uma_noack (no manual_ack) lost 3 of Q4's 6 points although its run_consumer
+acks after apply_once; QOS = 0 lost Q4's "acknowledged after charging" check, its loop subscribing with qos=QOS."""
+
+
 @pytest.mark.broker
-async def test_a_lab04_q1_client_mistake_loses_no_point_in_q2_to_q4() -> None:
-    """Held-out uma_noack (consumer_client without manual_ack) lost 3 of Q4's 6 points, although its run_consumer acks
-    after apply_once: Q4's checks now run the learner's loop with the course's Q1 client."""
-    variant = VARIANTS["04 mistake: a client that acks on receipt (held-out uma_noack; only Q1 loses points)"]
+@pytest.mark.parametrize("label", LAB04_Q1_MISTAKES)
+async def test_a_lab04_q1_mistake_loses_no_point_in_q2_to_q4(label: str) -> None:
+    """Q4's checks run the learner's loop with the course's Q1 answer (its client and its QOS): one mistake, one question."""
+    variant = VARIANTS[label]
     ns = submission(variant.lab, *variant.edits)
     later = [c for c in load_checks(variant.lab) if c.question != "q1"]
     got = {c.name: await run_check(c, ns) for c in later}
@@ -560,6 +568,27 @@ LAB07_VARIANTS: dict[str, MarkdownVariant] = {
                 "    upload -->|HTTP PUT original| storage[(Storage)]\n    upload -.->|MQTT original| storage\n",
             ),
         ),
+    ),
+    "07 mistake: one solid arrow labelled MQTT (only the notation's point)": MarkdownVariant(
+        LAB07,
+        "q1",
+        (),
+        "marks_every_arrow",
+        "a solid arrow says sync, the label says MQTT",
+        markdown=(
+            (
+                "    processor -.->|MQTT job.done / job.failed| broker\n",
+                "    processor -->|MQTT job.done / job.failed| broker\n",
+            ),
+        ),
+    ),
+    "07 mistake: an upload that calls the processor, drawn dotted": MarkdownVariant(
+        LAB07,
+        "q1",
+        (),
+        "design_holds",
+        "Upload -> AI Image Processor is drawn sync: the upload would wait for processing",
+        markdown=(("upload -.->|MQTT image.uploaded| broker", "upload -.->|HTTP POST /process| processor"),),
     ),
     "07 mistake: the done marker before job.done": MarkdownVariant(
         LAB07, "q3", ((DONE_PUBLISH + DONE_MARK, DONE_MARK + DONE_PUBLISH),), "marker_written_last", "before job.done"

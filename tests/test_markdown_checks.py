@@ -125,6 +125,28 @@ def test_plan_steps_moves_an_after_check_to_its_anchor(notes_checks: Path, tmp_p
     assert notes == []
 
 
+def test_a_visible_after_check_runs_at_its_anchor_in_the_notebook_too() -> None:
+    """``check("q1")`` leaves out a q1 check declared after q2 (its code is not written yet); ``check("q2")`` runs it,
+    after q2's own, as the grader does. It still counts for q1."""
+    checks = Checks(LAB)
+
+    @checks.check("q1")
+    async def early(ctx: Context) -> None:
+        """q1's own"""
+
+    @checks.check("q1", after="q2")
+    async def needs_q2(ctx: Context) -> None:
+        """q1's, needing q2's code"""
+
+    @checks.check("q2")
+    async def second(ctx: Context) -> None:
+        """q2's own"""
+
+    assert [c.name for c in checks.run_at("q1", hidden=False)] == ["early"]
+    assert [c.name for c in checks.run_at("q2", hidden=False)] == ["second", "needs_q2"]
+    assert checks.max_points("q1") == 2
+
+
 def test_after_must_name_a_question_of_the_lab(tmp_path: Path) -> None:
     (tmp_path / "bad.py").write_text(
         "from helpers.grading.checks import Checks\nchecks = Checks('94_bad')\n\n"

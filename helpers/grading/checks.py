@@ -34,7 +34,7 @@ import inspect
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from types import ModuleType
@@ -147,7 +147,7 @@ class Checks:
         ``after="q4"``: the grader runs this check right after question q4's check cell
         instead of q1's, because it needs code the learner writes later (a diagram drawn in
         q1 compared with the services built in q2-q4). It still counts for ``question``;
-        in the notebook, ``await check("q1")`` runs it with q1 (if it is visible).
+        in the notebook, ``await check("q4")`` runs it too (if it is visible), after q4's own.
 
         ``timing=True``: the check bounds a duration (a timeout, a deadline, "answers within
         50 ms"), so load from other submissions could change its verdict; a parallel grader
@@ -213,9 +213,25 @@ class Checks:
         """The checks of ``question`` (all questions when None); hidden ones only if asked."""
         return [c for c in self._checks if (question is None or c.question == question) and (hidden or not c.hidden)]
 
+    def run_at(self, question: str, *, hidden: bool = True) -> list[Check]:
+        """The checks that run at ``question``'s check cell: its own, then other questions' declared ``after`` it.
+
+        The notebook's ``await check("q4")`` and the grader both run them there (see
+        :func:`runs_at`), so a check that needs later code is seen by the learner where
+        that code exists (lab 07's Q1 diagram against the Q2-Q4 code, at ``check("q4")``).
+        """
+        questions = self.questions
+        at = [c for c in self._checks if runs_at(c, questions) == question and (hidden or not c.hidden)]
+        return [c for c in at if c.question == question] + [c for c in at if c.question != question]
+
     def max_points(self, question: str | None = None) -> float:
         """Points available for ``question`` (or the whole lab), hidden checks included."""
         return sum(c.points for c in self.of(question))
+
+
+def runs_at(check: Check, questions: Sequence[str]) -> str:
+    """The question whose check cell runs ``check``: its ``after`` question when the lab has it, else its own."""
+    return check.after if check.after is not None and check.after in questions else check.question
 
 
 def slug_of(lab: str) -> str:

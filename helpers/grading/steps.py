@@ -16,7 +16,7 @@ from typing import Literal
 
 import nbformat
 
-from helpers.grading.checks import Check
+from helpers.grading.checks import Check, runs_at
 
 CHECK_CALL = re.compile(r"""\bcheck\(\s*["'](?P<q>[^"']+)["']\s*\)""")
 
@@ -81,11 +81,8 @@ def plan_steps(
     anchored: set[str] = set()
     questions = list(dict.fromkeys(c.question for c in checks))
 
-    def anchor(c: Check) -> str:
-        return c.after if c.after in questions else c.question
-
     def question(q: str) -> Step:
-        return Step("question", question=q, checks=tuple(j for j, c in enumerate(checks) if anchor(c) == q))
+        return Step("question", question=q, checks=tuple(j for j, c in enumerate(checks) if runs_at(c, questions) == q))
 
     calls = {
         i: [m.group("q") for m in CHECK_CALL.finditer(c.get("source", ""))]

@@ -2,8 +2,8 @@
 
 The learner's ``run_consumer`` started, killed and restarted like a process, on a
 :class:`~helpers.grading.probes.WireWatch` that notes what was charged as each PUBACK
-leaves, with the course's question 1 client (:func:`with_course_client`). Not a lab (the
-underscore): the grader lists only ``labchecks/<slug>.py`` files as labs.
+leaves, with the course's question 1 answer, its client and its ``QOS`` (:func:`with_course_client`).
+Not a lab (the underscore): the grader lists only ``labchecks/<slug>.py`` files as labs.
 """
 
 from __future__ import annotations
@@ -62,19 +62,25 @@ def course_client(broker: Any, name: str) -> aiomqtt.Client:
     return manual_ack(broker.client(name, clean_session=False))
 
 
-def with_course_client(run: Any) -> Any:
-    """The learner's ``run_consumer``, calling the course's ``consumer_client`` instead of theirs.
+COURSE_QOS = 1
+"""Question 1's ``QOS``, the course's: the level the lab asks the consumer to subscribe with."""
 
-    Question 4 is the loop (read, parse, apply once, then ack), not the client: a client
-    made without manual acks or with a clean session is question 1's mistake and costs
-    points there only (held-out uma_noack lost 3 of Q4's 6 points, told to move an ack()
-    that was already last). The function runs on a copy of its globals, so the learner's
-    namespace is never changed. A ``run_consumer`` that makes its own client inline is
-    judged with that client: there the client is question 4's code.
+
+def with_course_client(run: Any) -> Any:
+    """The learner's ``run_consumer``, with the course's question 1 answer (``consumer_client`` and ``QOS``) for theirs.
+
+    Question 4 is the loop (read, parse, apply once, then ack), not question 1's settings:
+    a client made without manual acks or with a clean session, or ``QOS = 0``, is question
+    1's mistake and costs points there only (held-out uma_noack lost 3 of Q4's 6 points,
+    told to move an ack() that was already last; a loop subscribing with ``qos=QOS`` under
+    ``QOS = 0`` lost 3 too, its orders arriving at QoS 0). The function runs on a copy of
+    its globals, so the learner's namespace is never changed. A ``run_consumer`` that makes
+    its own client inline, or subscribes with a QoS written in the loop, is judged with
+    that: there it is question 4's code.
     """
     if not isinstance(run, types.FunctionType):
         return run
-    names = {**run.__globals__, "consumer_client": course_client}
+    names = {**run.__globals__, "consumer_client": course_client, "QOS": COURSE_QOS}
     copy = types.FunctionType(run.__code__, names, run.__name__, run.__defaults__, run.__closure__)
     copy.__kwdefaults__ = run.__kwdefaults__
     copy.__qualname__ = run.__qualname__

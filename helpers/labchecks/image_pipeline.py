@@ -12,9 +12,15 @@ with fresh names, users and counts each time, and judges what it sees from outsi
 * the kernel's event loop (:class:`helpers.grading.probes.LoopLag`: how long it went without running).
 
 q1's diagram is read from the notebook's Markdown (``Context.markdown``): in the grader
-from the submitted file, in the notebook from the file as last saved. Its hidden check
-runs the learner's q2-q4 code and compares the drawing with the calls it really made,
-so it runs in the grader after q4's check cell (``after="q4"``).
+from the submitted file, in the notebook from the file as last saved. One of its checks
+runs the learner's q2-q4 code and compares the drawing with the calls it really made, so
+it runs after q4's check cell (``after="q4"``): in the notebook at ``await check("q4")``,
+in the grader right after it; it counts for q1.
+
+One mistake costs one check: marks_every_arrow alone judges the notation (line style and
+label word). The design and the comparison with the code read each arrow as meant
+(:func:`read_as_meant`), and the comparison leaves out what draws_every_part and
+design_holds already report.
 
 q1 and q5 live here; q2-q4 each in a module of their own (``_image_pipeline_upload``,
 ``_image_pipeline_processor``, ``_image_pipeline_notifier``), included in place, and what
@@ -23,6 +29,7 @@ they share in ``_image_pipeline_harness``.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 
@@ -83,6 +90,39 @@ def _flowchart(ctx: Context) -> diagram.Flowchart:
         raise CheckFailed(f"your diagram could not be read: {exc}") from None
 
 
+_WORD_OF_STYLE = {"solid": "HTTP", "dotted": "MQTT"}
+"""Without one protocol word in its label, an arrow is read by its line style (the notation's other half)."""
+
+
+def _as_meant(edge: diagram.Edge) -> diagram.Edge:
+    """The arrow as its author meant it: the label's one protocol word decides, else the line style; else as drawn.
+
+    ``processor -->|MQTT job.done| broker`` is a message (its label names the protocol
+    and the event, a deliberate statement; ``-->`` for ``-.->`` is a slip of one
+    character), and ``upload -.->|HTTP POST /process| processor`` is a call: read so, a
+    style slip costs the notation's point only, and an arrow that really says the
+    upload calls the processor still fails the design. A thick arrow without one
+    protocol word says nothing and stays unreadable.
+    """
+    arrow = dataclasses.replace(edge, head="arrow")
+    for drawn in (dataclasses.replace(arrow, arrow="solid"), dataclasses.replace(arrow, arrow="dotted")):
+        if diagram.kind_of(drawn) == (diagram.SYNC if drawn.arrow == "solid" else diagram.ASYNC):
+            return drawn
+    if edge.arrow in _WORD_OF_STYLE:
+        return dataclasses.replace(arrow, label=_WORD_OF_STYLE[edge.arrow])
+    return edge
+
+
+def read_as_meant(chart: diagram.Flowchart) -> diagram.Flowchart:
+    """The chart with every arrow read as meant (:func:`_as_meant`): how design_holds and the comparison read it.
+
+    marks_every_arrow reads the chart as drawn and names each marking problem; judging the
+    design (and the code) on the raw marking too made one solid arrow labelled MQTT cost
+    5 of Q1's 6 points (the notation, the design and the comparison each failing it).
+    """
+    return dataclasses.replace(chart, edges=[_as_meant(edge) for edge in chart.edges])
+
+
 def _findings(chart: diagram.Flowchart) -> tuple[list[diagram.Finding], list[diagram.Finding], list[diagram.Finding]]:
     """check_design's findings as (parts, arrow markings, design): it reports one finding per part first."""
     findings = diagram.check_design(chart)
@@ -131,7 +171,7 @@ async def marks_every_arrow(ctx: Context) -> str:
 )
 async def design_holds(ctx: Context) -> str:
     """The design holds: the upload answers without waiting; processing and notification are reached asynchronously."""
-    parts, _, design = _findings(_flowchart(ctx))
+    parts, _, design = _findings(read_as_meant(_flowchart(ctx)))
     missing = [f.message for f in parts if not f.ok]
     expect(not missing, f"the design can only be judged once every part is drawn: {'; '.join(missing)}")
     _verdict(design)
@@ -185,11 +225,33 @@ def _observe(
     return observed, notes
 
 
+def _mismatches(chart: diagram.Flowchart, observed: dict[tuple[str, str], str]) -> list[str]:
+    """Where the diagram, read as meant, says other than the running code did; each mistake charged once.
+
+    A part not drawn is draws_every_part's mistake and a relation drawn against the design
+    is design_holds' (their findings name it ``Upload -> Storage``, as the comparison does):
+    neither is charged here a second time. What is left is the rule of its own, "draw what
+    you build": a drawing the design accepts that is not what the code does.
+    """
+    meant = read_as_meant(chart)
+    drawn = set(diagram.roles(meant).values())
+    compared = {pair: kind for pair, kind in observed.items() if set(pair) <= drawn}
+    _, _, design = _findings(meant)
+    wrong = {f.subject for f in design if not f.ok}
+    return [f.message for f in diagram.compare_with_observed(meant, compared) if f.subject not in wrong]
+
+
 @checks.check(
-    "q1", hidden=True, points=2, after="q4", timeout=25, hint="draw what your code does: HTTP calls solid, messages dotted"
+    "q1",
+    points=2,
+    after="q4",
+    timeout=25,
+    hint="draw what your code does: an HTTP call a solid arrow, a message a dotted one through the broker",
+    code_hint="upload -->|HTTP PUT original| storage; upload -.->|MQTT image.uploaded| broker; "
+    "broker -.->|MQTT image.uploaded| processor",
 )
 async def diagram_matches_the_running_code(ctx: Context) -> str:
-    """Hidden: your diagram says sync where your code calls over HTTP, and async where it sends messages."""
+    """Your Q1 diagram matches your Q2-Q4 code: sync where it calls over HTTP, async where it sends messages."""
     chart = _flowchart(ctx)
     system = await learner_system(ctx, work=1.0)  # an image's processing must dwarf an upload's 202, even on a busy machine
     posted = time.perf_counter()
@@ -202,7 +264,7 @@ async def diagram_matches_the_running_code(ctx: Context) -> str:
     await until(lambda: bool(system.inbox.entries()) or bool(system.crashed()), 8.0)
     await system.settle()
     observed, notes = _observe(system, job_id, posted, answered)
-    problems = [f.message for f in diagram.compare_with_observed(chart, observed)] + notes
+    problems = _mismatches(chart, observed) + notes
     expect(not problems, "; ".join(problems))
     return "it matches the running code: " + ", ".join(f"{a} -> {b} {kind}" for (a, b), kind in observed.items())
 

@@ -363,8 +363,8 @@ async def incomplete_and_binary_are_dead_lettered(ctx: Context) -> None:
 
 
 # --------------------------------------------------------------------------- q4: the consumer
-# The learner's run_consumer runs with the course's question 1 client (see ConsumerRun and
-# with_course_client in _reliable_consumer_harness): a client mistake costs question 1's points only.
+# The learner's run_consumer runs with the course's question 1 answer, its client and its QOS (see ConsumerRun
+# and with_course_client in _reliable_consumer_harness): a client or QOS mistake costs question 1's points only.
 
 
 @checks.check(
@@ -406,7 +406,7 @@ async def acks_each_order_after_charging_it(ctx: Context) -> str:
     expect(
         not at_qos0(run.watch),
         f"{len(at_qos0(run.watch))} of {len(orders)} orders arrived at QoS 0: a delivery is capped by the subscription's "
-        "QoS, and a QoS 0 message is never acknowledged nor resent (subscribe with qos=QOS, QOS = 1)",
+        "QoS, and a QoS 0 message is never acknowledged nor resent (run_consumer must subscribe with qos=QOS)",
     )
     early = [e for e in acked_early(run.watch) if e in {o.id for o in orders}]
     expect(
