@@ -8,10 +8,12 @@ connection for minutes. These run against a real service on 127.0.0.1, over raw 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import socket
 import time
+import tracemalloc
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -21,6 +23,7 @@ from aiohttp import web
 from helpers.core import connections
 from helpers.core.http import Service, start_service
 from helpers.core.problems import PROBLEM_JSON
+from helpers.core.waiting import until
 
 HEAD_TIMEOUT = 0.3
 
@@ -171,3 +174,98 @@ async def test_a_client_still_sending_a_huge_head_reads_its_400_instead_of_a_res
         status, content_type, body = parse(answer)
         assert (status, body["status"]) == (400, 400), (attempt, body)
         assert content_type.startswith(PROBLEM_JSON)
+
+
+def keep_sending(port: int, head: bytes, chunk: bytes, pause: float, give_up: float) -> tuple[float, int]:
+    """Send ``head``, then ``chunk`` every ``pause`` s without reading, until the server cuts the connection.
+
+    Seconds from the first byte until the cut, and the bytes sent after ``head``; a server that stops
+    reading makes a send time out (raised), one that never cuts is given up after ``give_up`` s.
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        began = time.perf_counter()
+        sock.sendall(head)
+        sent = 0
+        with contextlib.suppress(ConnectionResetError, BrokenPipeError):  # the cut: what a closed socket answers
+            while time.perf_counter() - began < give_up:
+                sock.sendall(chunk)
+                sent += len(chunk)
+                time.sleep(pause)
+        return time.perf_counter() - began, sent
+
+
+def open_connections(service: Service) -> list[web.RequestHandler]:
+    """The service's connections the server still holds (a lingering one included)."""
+    server = service.runner.server
+    assert server is not None
+    return list(server.connections)
+
+
+def lingering(service: Service) -> bool:
+    """Whether one of the service's connections is in its lingering close."""
+    return any(isinstance(c, connections.ProblemRequestHandler) and c.lingering for c in open_connections(service))
+
+
+async def test_a_client_that_never_stops_sending_is_cut_off_after_the_linger_and_others_are_served_meanwhile(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(connections, "LINGER_S", 0.5)
+    garbage = asyncio.ensure_future(asyncio.to_thread(keep_sending, service.port, OVERSIZED_HEAD, b"x" * 1024, 0.01, give_up=30))
+    assert await until(lambda: lingering(service)), "the 400 was never followed by a linger"
+    status, _, _, _ = await exchange(service.port, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    assert status == 200
+    assert lingering(service)  # answered while the linger ran: the linger does not block the loop
+    assert not garbage.done()
+    took, _ = await garbage
+    assert connections.LINGER_S <= took < 4 * connections.LINGER_S, took  # was cut at once (and lost its 400)
+
+
+async def test_a_flood_after_the_answer_is_dropped_as_it_comes_and_cut_at_the_byte_bound(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(connections, "LINGER_S", 30.0)  # so only the byte bound can end this linger early
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        took, sent = await asyncio.to_thread(keep_sending, service.port, OVERSIZED_HEAD, FILLER, 0.0, give_up=20)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert took < connections.LINGER_S / 2, took  # cut before the time bound: the server read past the byte bound
+    assert sent >= connections.LINGER_MAX_BYTES, sent
+    assert peak - before < connections.LINGER_MAX_BYTES / 8, (peak - before, sent)  # read and dropped, never kept
+
+
+def trickle_then_read(port: int, head: bytes, seconds: float) -> bytes:
+    """Send ``head``, then one byte every 20 ms for ``seconds`` without reading; then read the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head)
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            sock.sendall(b"a")
+            time.sleep(0.02)
+        return read_to_eof(sock)
+
+
+async def test_a_client_still_sending_its_head_after_the_deadline_reads_its_408(service: Service) -> None:
+    answer = await asyncio.to_thread(trickle_then_read, service.port, b"GET / HTTP/1.1\r\nX: ", 3 * HEAD_TIMEOUT)
+    status, content_type, body = parse(answer)
+    assert status == 408, body
+    assert content_type.startswith(PROBLEM_JSON)
+
+
+async def test_a_connection_ending_answer_to_an_unfinished_body_ends_at_once_not_after_aiohttps_10_s(
+    service: Service,
+) -> None:
+    stalled = b"GET /bug HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n0123456789"  # the rest never comes
+    status, content_type, _, took = await exchange(service.port, stalled, wait=15)
+    assert status == 500
+    assert content_type.startswith(PROBLEM_JSON)
+    assert took < connections.LINGER_S, took  # the answer and its FIN at once, the linger after (was: EOF at 10 s)
+    assert await until(lambda: not open_connections(service), timeout=4 * connections.LINGER_S)  # closed, not held
+
+
+def test_the_linger_byte_bound_is_twice_the_largest_upload() -> None:
+    from helpers.capstone.images import MAX_UPLOAD_BYTES  # core may not import a lesson package; its test checks the pair
+
+    assert connections.LINGER_MAX_BYTES == 2 * MAX_UPLOAD_BYTES  # what LINGER_MAX_BYTES's docstring says

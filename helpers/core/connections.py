@@ -63,6 +63,11 @@ class ProblemRequestHandler(web.RequestHandler):
     _linger_timer: asyncio.TimerHandle | None = None
     _linger_budget = 0
 
+    @property
+    def lingering(self) -> bool:
+        """Whether this connection is in its lingering close: its last answer sent, what still comes dropped."""
+        return self._linger_ended is not None and not self._linger_ended.done()
+
     def handle_error(
         self,
         request: web.BaseRequest,
