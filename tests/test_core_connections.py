@@ -269,3 +269,16 @@ def test_the_linger_byte_bound_is_twice_the_largest_upload() -> None:
     from helpers.capstone.images import MAX_UPLOAD_BYTES  # core may not import a lesson package; its test checks the pair
 
     assert connections.LINGER_MAX_BYTES == 2 * MAX_UPLOAD_BYTES  # what LINGER_MAX_BYTES's docstring says
+
+
+async def test_a_client_gone_before_its_answer_ends_no_linger_and_logs_no_error(
+    service: Service, caplog: pytest.LogCaptureFixture
+) -> None:
+    for _ in range(20):  # the answer races the client's hang-up: either order must end quietly
+        _, writer = await asyncio.open_connection("127.0.0.1", service.port)
+        writer.write(b"GET /bug HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n" + bytes(1000))
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+    assert await until(lambda: not open_connections(service), timeout=4 * connections.LINGER_S)
+    assert "Unhandled exception" not in caplog.text  # was: write_eof's OSError on a socket the client reset

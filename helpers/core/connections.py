@@ -160,11 +160,15 @@ class ProblemRequestHandler(web.RequestHandler):
         if transport is None or transport.is_closing():
             self._end_linger()
             return ended
+        try:
+            if transport.can_write_eof():
+                transport.write_eof()
+        except OSError:  # the client is gone already (it hung up mid-body): nothing to wait for
+            self._end_linger()
+            return ended
         self._linger_budget = LINGER_MAX_BYTES
         self._linger_timer = self._loop.call_later(LINGER_S, self._end_linger)
         transport.resume_reading()
-        if transport.can_write_eof():
-            transport.write_eof()
         return ended
 
     def _end_linger(self) -> None:
