@@ -236,6 +236,18 @@ async def test_a_flood_after_the_answer_is_dropped_as_it_comes_and_cut_at_the_by
     assert peak - before < connections.LINGER_MAX_BYTES / 8, (peak - before, sent)  # read and dropped, never kept
 
 
+async def test_stopping_a_service_cuts_its_lingering_connections(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(connections, "LINGER_S", 30.0)
+    running = await start_service("wire-test-stop", web.Application())
+    garbage = asyncio.ensure_future(asyncio.to_thread(keep_sending, running.port, OVERSIZED_HEAD, b"x", 0.01, give_up=20))
+    try:
+        assert await until(lambda: lingering(running))
+    finally:
+        await running.stop()  # a notebook re-running its cells restarts services: no linger may outlive them
+    took, _ = await garbage
+    assert took < connections.LINGER_S / 2, took
+
+
 def trickle_then_read(port: int, head: bytes, seconds: float) -> bytes:
     """Send ``head``, then one byte every 20 ms for ``seconds`` without reading; then read the answer."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:

@@ -15,7 +15,7 @@ sending then fails in its send and never reads the answer waiting for it.
 
 The hook is ``aiohttp.web.RequestHandler`` (exported by ``aiohttp.web``); the server that
 makes one per connection is not a documented extension point, so ``tests/test_core_connections.py``
-pins both behaviours: an aiohttp upgrade that changes them fails a test, not a learner's service.
+pins these behaviours: an aiohttp upgrade that changes them fails a test, not a learner's service.
 """
 
 from __future__ import annotations
@@ -38,14 +38,14 @@ _LOOP_WAS_BUSY_S = 0.25
 
 LINGER_S = 2.0
 """Longest linger after an answer that ends a connection. A client still sending then is finishing a request it
-had begun: on 127.0.0.1 even :data:`LINGER_MAX_BYTES` take milliseconds, and over a 100 Mbit/s link about 1.3 s.
-Longer would let a client that never stops hold a connection for nothing; on a slow link, the bytes left after
-2 s are lost to a reset, as before."""
+had begun: on 127.0.0.1 even :data:`LINGER_MAX_BYTES` arrive in tens of milliseconds, over a 100 Mbit/s link about 1.3 s.
+Longer would let a client that never stops hold a connection for nothing; a client on a slow link still sending
+after it gets the reset every client got before this linger existed."""
 
 LINGER_MAX_BYTES = 16 * 2**20
 """Most bytes read and dropped in one linger. Twice the largest request a course service takes (the capstone's
 8 MiB image upload), so a client that sent all of one with a broken head still reads why; no more, so a client
-flooding 127.0.0.1 (gigabytes a second) costs a few milliseconds of reading, not :data:`LINGER_S` of a core.
+flooding 127.0.0.1 (gigabytes a second) costs tens of milliseconds of reading, not :data:`LINGER_S` of a core.
 Memory does not depend on it: each chunk read is dropped at once."""
 
 _DETAIL_CHARS = 300
@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 
 
 class ProblemRequestHandler(web.RequestHandler):
-    """One connection's protocol handler: aiohttp's, with problem+json errors and a head deadline."""
+    """One connection's protocol handler: aiohttp's, with problem+json errors, a head deadline and a lingering close."""
 
     _head_timer: asyncio.TimerHandle | None = None
     _unframed = False
@@ -95,10 +95,11 @@ class ProblemRequestHandler(web.RequestHandler):
     ) -> tuple[web.StreamResponse, bool]:
         """Send the answer as aiohttp does; then linger if it ends the connection with request bytes unread.
 
-        Unread means the parser failed (nothing after the failure can be framed) or the handler
-        left its body unread. aiohttp's own linger (``lingering_time``, 10 s) reads such a body
-        through the parser but has no byte bound, no half-close, and none for a parse failure; a
-        kept-alive answer still gets it, as it must read the body to find the next request.
+        Unread means the parser failed (nothing after the failure can be framed) or the body has
+        not all arrived (the handler answered without waiting for it). aiohttp's own linger
+        (``lingering_time``, 10 s) reads such a body through the parser but has no byte bound, no
+        half-close, and none for a parse failure; a kept-alive answer still gets it, as it must
+        read the body to find the next request.
         """
         resp, reset = await super().finish_response(request, resp, start_time)
         if not reset and not resp.keep_alive and (self._unframed or not request.content.is_eof()):
@@ -139,12 +140,6 @@ class ProblemRequestHandler(web.RequestHandler):
             self._head_timer = None
         self._stop_linger()
         super().connection_lost(exc)
-
-    async def shutdown(self, timeout: float | None = 15.0) -> None:
-        """A stopping service closes a lingering connection at once rather than wait out its linger."""
-        if self._linger_ended is not None:
-            self._end_linger()
-        await super().shutdown(timeout)
 
     def _linger(self) -> asyncio.Future[None]:
         """Half-close, then read and drop what the client still sends; the future is done when the socket closes.
@@ -212,7 +207,7 @@ class ProblemServer(web.Server):
 
 
 class ProblemAppRunner(web.AppRunner):
-    """``web.AppRunner`` whose connections answer malformed HTTP as problem+json, with a head deadline."""
+    """``web.AppRunner`` whose connections answer malformed HTTP as problem+json, with a head deadline and a lingering close."""
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
