@@ -167,10 +167,12 @@ class ProblemRequestHandler(web.RequestHandler):
         return ended
 
     def _end_linger(self) -> None:
+        """The client's FIN, a bound or a gone client ended the linger: close (what is unread now gets the reset)."""
         self._stop_linger()
         self.force_close()
 
     def _stop_linger(self) -> None:
+        """Drop the linger's timer and wake the answer waiting on it (the socket is closed or closing)."""
         if self._linger_timer is not None:
             self._linger_timer.cancel()
             self._linger_timer = None
