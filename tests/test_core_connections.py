@@ -2,15 +2,20 @@
 
 Found by the outside probe of issue 19: aiohttp answered 41 kinds of malformed request with
 its own text/plain 400 before any course code ran, and a head that never completed held its
-connection for minutes. These run against a real service on 127.0.0.1, over raw sockets.
+connection for minutes. A client still sending when such an answer closed its connection got a
+reset instead of the answer (a lingering close fixes it, bounded in time and bytes). These run
+against a real service on 127.0.0.1, over raw sockets.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import socket
 import time
+import tracemalloc
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -20,6 +25,7 @@ from aiohttp import web
 from helpers.core import connections
 from helpers.core.http import Service, start_service
 from helpers.core.problems import PROBLEM_JSON
+from helpers.core.waiting import until
 
 HEAD_TIMEOUT = 0.3
 
@@ -50,10 +56,15 @@ async def exchange(port: int, data: bytes, *, wait: float = 5.0) -> tuple[int, s
     answer = await asyncio.wait_for(reader.read(), wait)
     took = time.perf_counter() - began
     writer.close()
+    return (*parse(answer), took)
+
+
+def parse(answer: bytes) -> tuple[int, str, dict[str, object]]:
+    """Status, content type and JSON body of one HTTP/1.1 answer."""
     head, _, body = answer.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     headers = dict(line.split(": ", 1) for line in lines[1:])
-    return int(lines[0].split()[1]), headers.get("Content-Type", ""), json.loads(body), took
+    return int(lines[0].split()[1]), headers.get("Content-Type", ""), json.loads(body)
 
 
 MALFORMED = {
@@ -130,3 +141,155 @@ async def test_a_client_that_half_closes_after_its_request_still_gets_the_answer
     writer.close()
     assert answer.startswith(b"HTTP/1.0 200") or answer.startswith(b"HTTP/1.1 200"), answer[:200]
     assert answer.endswith(b'{"ok": true}'), answer[-200:]
+
+
+# --- lingering close: a client still sending when its error answer goes out still reads it ---------
+
+OVERSIZED_HEAD = b"GET / HTTP/1.1\r\nHost: a\r\nX: "
+FILLER = b"a" * 65536
+
+
+def send_whole_request_then_read(port: int, head_bytes: int) -> bytes:
+    """A blocking client as most are written: send the whole request (a ``head_bytes`` header), only then read."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(OVERSIZED_HEAD)
+        for _ in range(head_bytes // len(FILLER)):
+            sock.sendall(FILLER)
+        sock.sendall(b"\r\n\r\n")
+        return read_to_eof(sock)
+
+
+def read_to_eof(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes its side."""
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def test_a_client_still_sending_a_huge_head_reads_its_400_instead_of_a_reset(service: Service) -> None:
+    for attempt in range(5):  # the old close raced the client's sends: whether the reset won depends on timing
+        answer = await asyncio.to_thread(send_whole_request_then_read, service.port, 10 * 2**20)
+        status, content_type, body = parse(answer)
+        assert (status, body["status"]) == (400, 400), (attempt, body)
+        assert content_type.startswith(PROBLEM_JSON)
+
+
+def keep_sending(port: int, head: bytes, chunk: bytes, pause: float, give_up: float) -> tuple[float, int]:
+    """Send ``head``, then ``chunk`` every ``pause`` s without reading, until the server cuts the connection.
+
+    Seconds from the first byte until the cut, and the bytes sent after ``head``; a server that stops
+    reading makes a send time out (raised), one that never cuts is given up after ``give_up`` s.
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        began = time.perf_counter()
+        sock.sendall(head)
+        sent = 0
+        with contextlib.suppress(ConnectionResetError, BrokenPipeError):  # the cut: what a closed socket answers
+            while time.perf_counter() - began < give_up:
+                sock.sendall(chunk)
+                sent += len(chunk)
+                time.sleep(pause)
+        return time.perf_counter() - began, sent
+
+
+def open_connections(service: Service) -> list[web.RequestHandler]:
+    """The service's connections the server still holds (a lingering one included)."""
+    server = service.runner.server
+    assert server is not None
+    return list(server.connections)
+
+
+def lingering(service: Service) -> bool:
+    """Whether one of the service's connections is in its lingering close."""
+    return any(isinstance(c, connections.ProblemRequestHandler) and c.lingering for c in open_connections(service))
+
+
+async def test_a_client_that_never_stops_sending_is_cut_off_after_the_linger_and_others_are_served_meanwhile(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(connections, "LINGER_S", 0.5)
+    garbage = asyncio.ensure_future(asyncio.to_thread(keep_sending, service.port, OVERSIZED_HEAD, b"x" * 1024, 0.01, give_up=30))
+    assert await until(lambda: lingering(service)), "the 400 was never followed by a linger"
+    status, _, _, _ = await exchange(service.port, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    assert status == 200
+    assert lingering(service)  # answered while the linger ran: the linger does not block the loop
+    assert not garbage.done()
+    took, _ = await garbage
+    assert connections.LINGER_S <= took < 4 * connections.LINGER_S, took  # was cut at once (and lost its 400)
+
+
+async def test_a_flood_after_the_answer_is_dropped_as_it_comes_and_cut_at_the_byte_bound(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(connections, "LINGER_S", 30.0)  # so only the byte bound can end this linger early
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        took, sent = await asyncio.to_thread(keep_sending, service.port, OVERSIZED_HEAD, FILLER, 0.0, give_up=20)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert took < connections.LINGER_S / 2, took  # cut before the time bound: the server read past the byte bound
+    assert sent >= connections.LINGER_MAX_BYTES, sent
+    assert peak - before < connections.LINGER_MAX_BYTES / 8, (peak - before, sent)  # read and dropped, never kept
+
+
+async def test_stopping_a_service_cuts_its_lingering_connections(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(connections, "LINGER_S", 30.0)
+    running = await start_service("wire-test-stop", web.Application())
+    garbage = asyncio.ensure_future(asyncio.to_thread(keep_sending, running.port, OVERSIZED_HEAD, b"x", 0.01, give_up=20))
+    try:
+        assert await until(lambda: lingering(running))
+    finally:
+        await running.stop()  # a notebook re-running its cells restarts services: no linger may outlive them
+    took, _ = await garbage
+    assert took < connections.LINGER_S / 2, took
+
+
+def trickle_then_read(port: int, head: bytes, seconds: float) -> bytes:
+    """Send ``head``, then one byte every 20 ms for ``seconds`` without reading; then read the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head)
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            sock.sendall(b"a")
+            time.sleep(0.02)
+        return read_to_eof(sock)
+
+
+async def test_a_client_still_sending_its_head_after_the_deadline_reads_its_408(service: Service) -> None:
+    answer = await asyncio.to_thread(trickle_then_read, service.port, b"GET / HTTP/1.1\r\nX: ", 3 * HEAD_TIMEOUT)
+    status, content_type, body = parse(answer)
+    assert status == 408, body
+    assert content_type.startswith(PROBLEM_JSON)
+
+
+async def test_a_connection_ending_answer_to_an_unfinished_body_ends_at_once_not_after_aiohttps_10_s(
+    service: Service,
+) -> None:
+    stalled = b"GET /bug HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n0123456789"  # the rest never comes
+    status, content_type, _, took = await exchange(service.port, stalled, wait=15)
+    assert status == 500
+    assert content_type.startswith(PROBLEM_JSON)
+    assert took < connections.LINGER_S, took  # the answer and its FIN at once, the linger after (was: EOF at 10 s)
+    assert await until(lambda: not open_connections(service), timeout=4 * connections.LINGER_S)  # its FIN ends it
+
+
+def test_the_linger_byte_bound_is_twice_the_largest_upload() -> None:
+    from helpers.capstone.images import MAX_UPLOAD_BYTES  # core may not import a lesson package; its test checks the pair
+
+    assert connections.LINGER_MAX_BYTES == 2 * MAX_UPLOAD_BYTES  # what LINGER_MAX_BYTES's docstring says
+
+
+async def test_a_client_gone_before_its_answer_ends_no_linger_and_logs_no_error(
+    service: Service, caplog: pytest.LogCaptureFixture
+) -> None:
+    for _ in range(20):  # the answer races the client's hang-up: either order must end quietly
+        _, writer = await asyncio.open_connection("127.0.0.1", service.port)
+        writer.write(b"GET /bug HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n" + bytes(1000))
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+    assert await until(lambda: not open_connections(service), timeout=4 * connections.LINGER_S)
+    assert "Unhandled exception" not in caplog.text  # was: write_eof's OSError on a socket the client reset

@@ -8,9 +8,14 @@ client of a course service meets one error format and a bounded wait whatever it
 every service runs on :class:`ProblemAppRunner`: its connections answer those errors as
 problem+json (RFC 9457) and give the first request's head :data:`HEAD_TIMEOUT_S` to arrive.
 
+An answer that ends a connection while the client is still sending (a 10 MB head refused
+after its first 8 KB, a body nobody read) is followed by a lingering close (RFC 9112 9.6):
+closing a socket with unread bytes makes the kernel send a reset, and a client still
+sending then fails in its send and never reads the answer waiting for it.
+
 The hook is ``aiohttp.web.RequestHandler`` (exported by ``aiohttp.web``); the server that
 makes one per connection is not a documented extension point, so ``tests/test_core_connections.py``
-pins both behaviours: an aiohttp upgrade that changes them fails a test, not a learner's service.
+pins these behaviours: an aiohttp upgrade that changes them fails a test, not a learner's service.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import logging
 from http import HTTPStatus
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from helpers.core.problems import PROBLEM_JSON, problem
 
@@ -30,6 +36,18 @@ HEAD_TIMEOUT_S = 1.5
 _LOOP_WAS_BUSY_S = 0.25
 """A deadline timer that fires this late means the event loop was blocked: the head may be queued, unread."""
 
+LINGER_S = 2.0
+"""Longest linger after an answer that ends a connection. A client still sending then is finishing a request it
+had begun: on 127.0.0.1 even :data:`LINGER_MAX_BYTES` arrive in tens of milliseconds, over a 100 Mbit/s link about 1.3 s.
+Longer would let a client that never stops hold a connection for nothing; a client on a slow link still sending
+after it gets the reset every client got before this linger existed."""
+
+LINGER_MAX_BYTES = 16 * 2**20
+"""Most bytes read and dropped in one linger. Twice the largest request a course service takes (the capstone's
+8 MiB image upload), so a client that sent all of one with a broken head still reads why; no more, so a client
+flooding 127.0.0.1 (gigabytes a second) costs tens of milliseconds of reading, not :data:`LINGER_S` of a core.
+Memory does not depend on it: each chunk read is dropped at once."""
+
 _DETAIL_CHARS = 300
 """aiohttp's parse messages can quote the client's bytes: keep the detail short."""
 
@@ -37,9 +55,18 @@ log = logging.getLogger(__name__)
 
 
 class ProblemRequestHandler(web.RequestHandler):
-    """One connection's protocol handler: aiohttp's, with problem+json errors and a head deadline."""
+    """One connection's protocol handler: aiohttp's, with problem+json errors, a head deadline and a lingering close."""
 
     _head_timer: asyncio.TimerHandle | None = None
+    _unframed = False
+    _linger_ended: asyncio.Future[None] | None = None
+    _linger_timer: asyncio.TimerHandle | None = None
+    _linger_budget = 0
+
+    @property
+    def lingering(self) -> bool:
+        """Whether this connection is in its lingering close: its last answer sent, what still comes dropped."""
+        return self._linger_ended is not None and not self._linger_ended.done()
 
     def handle_error(
         self,
@@ -60,13 +87,35 @@ class ProblemRequestHandler(web.RequestHandler):
         detail = "the server failed on this request; its log has the details" if failed else message or phrase
         answer = problem(status, phrase, detail[:_DETAIL_CHARS])
         answer.force_close()
+        self._unframed = isinstance(exc, HttpProcessingError)  # the bytes after a parse failure are no requests
         return answer
+
+    async def finish_response(
+        self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
+    ) -> tuple[web.StreamResponse, bool]:
+        """Send the answer as aiohttp does; then linger if it ends the connection with request bytes unread.
+
+        Unread means the parser failed (nothing after the failure can be framed) or the body has
+        not all arrived (the handler answered without waiting for it). aiohttp's own linger
+        (``lingering_time``, 10 s) reads such a body through the parser but has no byte bound, no
+        half-close, and none for a parse failure; a kept-alive answer still gets it, as it must
+        read the body to find the next request.
+        """
+        resp, reset = await super().finish_response(request, resp, start_time)
+        if not reset and not resp.keep_alive and (self._unframed or not request.content.is_eof()):
+            await self._linger()
+        return resp, reset
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self._arm_head_timer(HEAD_TIMEOUT_S)
 
     def data_received(self, data: bytes) -> None:
+        if self._linger_ended is not None:  # lingering: count and drop, never parse or keep
+            self._linger_budget -= len(data)
+            if self._linger_budget < 0:
+                self._end_linger()
+            return
         super().data_received(data)
         if self._request_count and self._head_timer is not None:  # the first head is in: no deadline after it
             self._head_timer.cancel()
@@ -79,6 +128,9 @@ class ProblemRequestHandler(web.RequestHandler):
         side after a request (an HTTP/1.0 POST, ``nc -N``) got no answer. An EOF in the middle of
         a body is still a hang-up, handled as before.
         """
+        if self._linger_ended is not None:  # the client is done sending: nothing is left to read, close now
+            self._end_linger()
+            return True
         request = self._current_request
         return request is None or request.content.is_eof()
 
@@ -86,7 +138,46 @@ class ProblemRequestHandler(web.RequestHandler):
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+        self._stop_linger()
         super().connection_lost(exc)
+
+    def _linger(self) -> asyncio.Future[None]:
+        """Half-close, then read and drop what the client still sends; the future is done when the socket closes.
+
+        The FIN goes out once the answer is flushed (``write_eof``), so the client reads the answer
+        to its end, and the socket closes when the client's FIN comes (nothing unread: no reset),
+        or after :data:`LINGER_S` or :data:`LINGER_MAX_BYTES`, whichever first. Reading is resumed
+        (aiohttp pauses it while its queue or a body's buffer is full) and each chunk is dropped in
+        :meth:`data_received`, so memory stays flat; callbacks and a timer, nothing blocks the loop.
+        """
+        ended = self._linger_ended = self._loop.create_future()
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            self._end_linger()
+            return ended
+        try:
+            if transport.can_write_eof():
+                transport.write_eof()
+        except OSError:  # the client is gone already (it hung up mid-body): nothing to wait for
+            self._end_linger()
+            return ended
+        self._linger_budget = LINGER_MAX_BYTES
+        self._linger_timer = self._loop.call_later(LINGER_S, self._end_linger)
+        transport.resume_reading()
+        return ended
+
+    def _end_linger(self) -> None:
+        """The client's FIN, a bound or a gone client ended the linger: close (what is unread now gets the reset)."""
+        self._stop_linger()
+        self.force_close()
+
+    def _stop_linger(self) -> None:
+        """Drop the linger's timer and wake the answer waiting on it (the socket is closed or closing)."""
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
+        if self._linger_ended is not None and not self._linger_ended.done():
+            self._linger_ended.set_result(None)
 
     def _arm_head_timer(self, delay: float) -> None:
         due = self._loop.time() + delay
@@ -107,7 +198,7 @@ class ProblemRequestHandler(web.RequestHandler):
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
         )
         self.transport.write(head.encode("ascii") + body)
-        self.force_close()  # the transport sends what was written, then closes
+        self._linger()  # the transport sends what was written, then half-closes; a client still sending reads it
 
 
 class ProblemServer(web.Server):
@@ -118,7 +209,7 @@ class ProblemServer(web.Server):
 
 
 class ProblemAppRunner(web.AppRunner):
-    """``web.AppRunner`` whose connections answer malformed HTTP as problem+json, with a head deadline."""
+    """``web.AppRunner`` whose connections answer malformed HTTP as problem+json, with a head deadline and a lingering close."""
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
