@@ -421,7 +421,9 @@ def body_problem(error: BodyRefused) -> web.Response:
     """The problem+json answer to a refused body; after a 408 or a 400 the connection is closed.
 
     A stalled client (408) would otherwise hold the connection through aiohttp's "lingering"
-    read (up to 10 s), and a body that failed to decode (400) cannot be read on. A 413 keeps
+    read (up to 10 s; closed, it gets the course's bounded linger of
+    :mod:`helpers.core.connections` instead: the answer, a FIN, at most ``LINGER_S`` of
+    discarded bytes), and a body that failed to decode (400) cannot be read on. A 413 keeps
     the lingering read: a client still sending a big body must get to read the answer, and
     closing a socket with unread bytes makes the kernel send a reset that can destroy it. A 415 (an
     encoding it does not decode) is answered before a byte is read too, and keeps it the same way.
