@@ -12,18 +12,24 @@ shipped lab's) the way the grader gives them (``run_check(..., markdown=...)``).
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from lab_submissions import Edit, edited, markdown_cells, replaced, submission
 
-from helpers.capstone.assembly import UploadJobsDesk
-from helpers.capstone.jobs import IMAGE_UPLOADED, STORE_FILE, UploadJobs
+from helpers.capstone import images
+from helpers.capstone.assembly import UploadJobsDesk, serve_upload
+from helpers.capstone.jobs import IMAGE_UPLOADED, STORE_FILE, Topics, UploadJobs
 from helpers.capstone.storage import StorageClient
+from helpers.capstone.wire import RecordingStorage, start_recorder
+from helpers.core.broker import Broker
 from helpers.core.jobkit.store import KeyInUse
 from helpers.core.messaging import make_event
+from helpers.core.waiting import until
 from helpers.grading.checks import SAVE_FIRST, CheckResult, load_checks, run_check
 
 pytestmark = pytest.mark.broker
@@ -414,6 +420,36 @@ async def test_the_desk_stores_a_job_only_with_its_event_and_frees_an_unqueued_k
         assert desk.accepted(again).status == 202
     finally:
         store.close()
+
+
+async def test_a_keyed_retry_after_storage_failed_is_a_new_job_that_is_queued(broker: Broker, tmp_path: Path) -> None:
+    """Issue 19, on the solution's own handler: Storage down answers an error, and the same key afterwards gets a job
+    whose image.uploaded goes out. (The first desk replayed a 202 for the job the failed request left, with no event.)"""
+    topics, storage = Topics.fresh("t19"), RecordingStorage(tmp_path / "storage")
+    wire = await start_recorder(broker, topics, name=f"t19-{uuid.uuid4().hex[:6]}")
+    server = await serve_upload(submission(LAB)["make_upload_handler"], broker, topics, await storage.url("upload"), name="t19")
+    try:
+        async with aiohttp.ClientSession() as http:
+
+            async def post() -> tuple[int, dict[str, Any]]:
+                headers = {"Idempotency-Key": "retry-me"}
+                async with http.post(f"{server.url}/images", params={"user": "ada"}, data=photo, headers=headers) as r:
+                    return r.status, await r.json(content_type=None)
+
+            photo = images.sample_photo()
+            storage.faults.down = True
+            refused, _ = await post()
+            storage.faults.down = False
+            retried, body = await post()
+        assert refused == 500, "Storage refused the original: no 202"
+        assert retried == 202, body
+        job_id = body["job_id"]
+        assert await until(lambda: bool(wire.events(IMAGE_UPLOADED, job_id)), 5.0), "the retry's job was never announced"
+        assert len(server.jobs) == 1, "the failed request stored no job"
+    finally:
+        await server.stop()
+        await wire.stop()
+        await storage.stop()
 
 
 # --------------------------------------------------------------------------- q3: the processor
