@@ -12,13 +12,24 @@ shipped lab's) the way the grader gives them (``run_check(..., markdown=...)``).
 
 from __future__ import annotations
 
+import uuid
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from lab_submissions import Edit, edited, markdown_cells, replaced, submission
 
+from helpers.capstone import images
+from helpers.capstone.assembly import UploadJobsDesk, serve_upload
+from helpers.capstone.jobs import IMAGE_UPLOADED, STORE_FILE, Topics, UploadJobs
 from helpers.capstone.storage import StorageClient
+from helpers.capstone.wire import RecordingStorage, start_recorder
+from helpers.core.broker import Broker
+from helpers.core.jobkit.store import KeyInUse
+from helpers.core.messaging import make_event
+from helpers.core.waiting import until
 from helpers.grading.checks import SAVE_FIRST, CheckResult, load_checks, run_check
 
 pytestmark = pytest.mark.broker
@@ -48,6 +59,12 @@ DONE_PUBLISH = (
 DONE_MARK = '    await storage.put(done_marker(job_id), b\'{"state": "done"}\', "application/json")\n'
 FAILED_MARK = '        await storage.put(done_marker(job_id), b\'{"state": "failed"}\', "application/json")\n'
 FETCH = '    try:\n        data, _, _ = await storage.get(job["original"]["key"])\n'
+QUEUE = "        await jobs.queue(job, topics.uploaded, event)  # the job and its event in one transaction, published after it\n"
+PUT = "        etag = await storage.put(original_key(job.job_id), data, info.content_type)\n"
+STORAGE_ERROR = (
+    "from helpers.capstone.storage import StorageClient",
+    "from helpers.capstone.storage import StorageClient, StorageError",
+)
 
 
 def _without_ack(ack_line: str) -> Edit:
@@ -73,6 +90,11 @@ EDITS: dict[str, tuple[Edit, ...]] = {
             "            info = request  # its .content_type is the label\n"
             "        else:\n" + "".join(f"    {line}\n" for line in INSPECT.splitlines()),
         ),
+    ),
+    "publishing straight after storing": ((QUEUE, "        await publish(mqtt, topics.uploaded, event, qos=1)\n"),),
+    "a 202 when Storage fails": (
+        (PUT, "        try:\n    " + PUT + "        except StorageError:\n            etag = None  # 'the processor copes'\n"),
+        STORAGE_ERROR,
     ),
     "no idempotency key": (
         ('        key = request.headers.get("Idempotency-Key")', "        key = None  # the header is never read"),
@@ -342,6 +364,92 @@ async def test_an_unscoped_dict_from_key_to_202_body_is_named() -> None:
     assert not result.passed, result
     assert "someone else's job" in result.message, result.message
     assert "422" in result.message, result.message
+
+
+Q2 = {check.name for check in CHECKS.of("q2")}
+
+
+async def test_publishing_straight_after_storing_is_named_as_a_dual_write() -> None:
+    """The lab's first version (issue 19): publish right after storing, the job stored at the 202. The broker away, it
+    answered 500 for work it could have queued; only the outbox check fails, the rest of Q2 still runs."""
+    got = await results(mistake("publishing straight after storing"), Q2)
+    assert set(failed(got)) == {"queues_through_the_outbox"}, failed(got)
+    message = got["queues_through_the_outbox"].message
+    assert "while the MQTT broker was away" in message, message
+    assert "dual write" in message, message
+    assert "jobs.queue(job, topics.uploaded, event)" in message, message
+
+
+async def test_a_202_for_an_upload_storage_refused_is_named() -> None:
+    got = await results(mistake("a 202 when Storage fails"), {"queues_through_the_outbox"})
+    message = got["queues_through_the_outbox"].message
+    assert "never a 202 for work that is not queued" in message, message
+
+
+async def test_a_storage_failure_answered_by_the_handler_itself_frees_the_key_too() -> None:
+    """A correct alternative: the handler answers Storage's failure with its own 503 instead of raising. The key its
+    jobs.new reserved is still given up (serve_upload's middleware), so the same key's retry is a new, queued job."""
+    answer_503 = "            return web.Response(status=503, text=str(exc))\n"
+    answered = "        try:\n    " + PUT + "        except StorageError as exc:\n" + answer_503
+    ns = submission(LAB, (PUT, answered), STORAGE_ERROR)
+    got = await results(ns, {"queues_through_the_outbox"})
+    assert not failed(got)
+    assert "Storage down: HTTP 5" in got["queues_through_the_outbox"].message
+
+
+async def test_the_desk_stores_a_job_only_with_its_event_and_frees_an_unqueued_key(tmp_path: Path) -> None:
+    """Issue 19: the first desk stored the job at jobs.new. A Storage PUT or publish that then failed left an accepted
+    job with no event, and a retry with the same key was answered 202 for that job, work nobody would do."""
+    store = UploadJobs(tmp_path / STORE_FILE)
+    desk = UploadJobsDesk(store)  # no relay: what is queued waits in the outbox
+    try:
+        with desk.request():
+            job = desk.new("ada", "key-1", "f1")
+            assert len(desk) == 0, "jobs.new stores nothing: the job exists once it is queued"
+            with pytest.raises(KeyInUse):
+                desk.new("ada", "key-1", "f1")  # a concurrent request with the key is told 409
+        assert desk.find("ada", "key-1") is None, "the request ended without queueing: no job to replay"
+        with desk.request():
+            again = desk.new("ada", "key-1", "f1")  # the key is free again
+            event = make_event(IMAGE_UPLOADED, {"job_id": again.job_id}, source="/test")
+            await desk.queue(again, "t/images/uploaded", event)
+        found = desk.find("ada", "key-1")
+        assert found is not None
+        assert found.job_id == again.job_id != job.job_id
+        assert [(m.topic, m.payload) for m in store.store.pending()] == [("t/images/uploaded", event.to_bytes())]
+        assert desk.accepted(again).status == 202
+    finally:
+        store.close()
+
+
+async def test_a_keyed_retry_after_storage_failed_is_a_new_job_that_is_queued(broker: Broker, tmp_path: Path) -> None:
+    """Issue 19, on the solution's own handler: Storage down answers an error, and the same key afterwards gets a job
+    whose image.uploaded goes out. (The first desk replayed a 202 for the job the failed request left, with no event.)"""
+    topics, storage = Topics.fresh("t19"), RecordingStorage(tmp_path / "storage")
+    wire = await start_recorder(broker, topics, name=f"t19-{uuid.uuid4().hex[:6]}")
+    server = await serve_upload(submission(LAB)["make_upload_handler"], broker, topics, await storage.url("upload"), name="t19")
+    try:
+        async with aiohttp.ClientSession() as http:
+
+            async def post() -> tuple[int, dict[str, Any]]:
+                headers = {"Idempotency-Key": "retry-me"}
+                async with http.post(f"{server.url}/images", params={"user": "ada"}, data=photo, headers=headers) as r:
+                    return r.status, await r.json(content_type=None)
+
+            photo = images.sample_photo()
+            storage.faults.down = True
+            refused, _ = await post()
+            storage.faults.down = False
+            retried, body = await post()
+        assert refused == 500, "Storage refused the original: no 202"
+        assert retried == 202, body
+        job_id = body["job_id"]
+        assert await until(lambda: bool(wire.events(IMAGE_UPLOADED, job_id)), 5.0), "the retry's job was never announced"
+        assert len(server.jobs) == 1, "the failed request stored no job"
+    finally:
+        await server.stop()
+        await wire.stop()
+        await storage.stop()
 
 
 # --------------------------------------------------------------------------- q3: the processor

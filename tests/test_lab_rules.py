@@ -290,6 +290,13 @@ RULES["07_image_pipeline"] = {
         "q2", "A refused upload leaves no trace: nothing stored, nothing published.", "refuses_hostile_uploads"
     ),
     "a claim check, never the bytes": Rule("q2", "carrying a *claim check*, never the bytes", "publishes_a_claim_check"),
+    "the job and its event through the outbox": Rule(
+        "q2", "`jobs.queue` stores the job and its event in one SQLite transaction (the outbox)", "queues_through_the_outbox"
+    ),
+    "never a 202 for work that is not queued": Rule("q2", "never a 202 for work that is not queued", "queues_through_the_outbox"),
+    "a failed upload frees its key for the retry": Rule(
+        "q2", "frees the key, so the client's retry starts afresh", "queues_through_the_outbox"
+    ),
     "a retry gets the same job": Rule(
         "q2",
         "must get the same job, with nothing stored or published twice",

@@ -537,6 +537,9 @@ DONE_MARK = '    await storage.put(done_marker(job_id), b\'{"state": "done"}\', 
 FETCH = '        data, _, _ = await storage.get(job["original"]["key"])\n'
 NOTIFIER_DECODE = "            try:\n                event = decode(message.payload)\n            except InvalidEvent:\n"
 NOTIFIER_ACK = '                notified.add(event.data["job_id"])\n            ack(client, message)'
+QUEUE = "        await jobs.queue(job, topics.uploaded, event)  # the job and its event in one transaction, published after it\n"
+PUBLISH_DIRECTLY = "        await publish(mqtt, topics.uploaded, event, qos=1)\n"
+"""The lab's first version: the event published straight after storing (a dual write), the job stored at the 202."""
 
 LAB07_VARIANTS: dict[str, MarkdownVariant] = {
     "07 correct: the diagram without a broker node, in other words": MarkdownVariant(
@@ -589,6 +592,9 @@ LAB07_VARIANTS: dict[str, MarkdownVariant] = {
         "design_holds",
         "Upload -> AI Image Processor is drawn sync: the upload would wait for processing",
         markdown=(("upload -.->|MQTT image.uploaded| broker", "upload -.->|HTTP POST /process| processor"),),
+    ),
+    "07 mistake: the upload publishes itself instead of queueing through the outbox": MarkdownVariant(
+        LAB07, "q2", ((QUEUE, PUBLISH_DIRECTLY),), "queues_through_the_outbox", "dual write"
     ),
     "07 mistake: the done marker before job.done": MarkdownVariant(
         LAB07, "q3", ((DONE_PUBLISH + DONE_MARK, DONE_MARK + DONE_PUBLISH),), "marker_written_last", "before job.done"

@@ -3,7 +3,7 @@
 In lab 07 the learner writes the heart of three services of the capstone:
 
 * ``make_upload_handler(storage, mqtt, topics, jobs)`` returns the ``POST /images`` handler
-  (validate, store the original, publish a claim check, answer ``202 Accepted``);
+  (validate, store the original, queue the job with its claim check, answer ``202 Accepted``);
 * ``run_processor(broker, topics, storage_url, name, *, work, ready)`` is the AI Image
   Processor's consumer loop (fetch, transform in a thread, store, ``job.done``, then ack);
 * ``run_notifier(broker, topics, workdir, name, *, ready)`` is the Notification service's
@@ -21,17 +21,20 @@ This module runs them the way the lesson's reference system runs its own service
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import contextvars
 import inspect
 import shutil
 import tempfile
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import aiomqtt
 from aiohttp import web
 
 from helpers.capstone import images
@@ -45,12 +48,16 @@ from helpers.capstone.jobs import STORE_FILE, Job, Topics, UploadJobs
 from helpers.capstone.notifier import Inbox as Inbox
 from helpers.capstone.system import WatchedSystem
 from helpers.capstone.upload import (
+    Counters,
     accepted,
     accepted_body,
     add_status_routes,
     consume_job_events,
     end_session,
     end_session_quietly,
+    housekeeping,
+    outbox_relay,
+    queue_job,
 )
 from helpers.capstone.wire import RecordingStorage as RecordingStorage
 from helpers.capstone.wire import start_recorder as start_recorder
@@ -58,8 +65,9 @@ from helpers.core import lifecycle
 from helpers.core.http import Service, start_service
 from helpers.core.jobkit import http as jobhttp
 from helpers.core.jobkit.store import KeyInUse
+from helpers.core.messaging import Event
 from helpers.core.problems import problem, problems_everywhere
-from helpers.core.reconnect import reconnecting
+from helpers.core.reconnect import Publisher, reconnecting
 
 UPLOAD_BODY_LIMIT = images.MAX_UPLOAD_BYTES + 2**20
 """The largest body the upload server reads: above the image limit, so an oversized upload
@@ -74,39 +82,94 @@ ServiceLoop = Callable[..., Awaitable[Any]]
 # --- the learner's upload handler as a service ----------------------------------------------------
 
 
+_RESERVED: contextvars.ContextVar[list[Job] | None] = contextvars.ContextVar("lab07_reserved", default=None)
+"""The jobs whose keys the current request reserved (:meth:`UploadJobsDesk.new`), for :meth:`UploadJobsDesk.request`."""
+
+
 class UploadJobsDesk:
     """The lab's job store for the Upload service: the capstone's SQLite store (the async-job kit), with the
-    three calls a handler needs. The status resource behind every ``Location`` reads the same store.
+    calls a handler needs. The status resource behind every ``Location`` reads the same store.
 
     Idempotency is the handler's to write: :meth:`find` looks a key up *for one user*, and the
     job it returns carries the ``fingerprint`` (SHA-256 of the bytes) of the request that made it.
+
+    Storing a job and publishing its event are two writes to two systems (the job store, the broker):
+    done one after the other, a failure between them leaves a job nobody processes, or an event for a
+    job nobody knows. So :meth:`new` only reserves the key, and :meth:`queue` stores the job with its
+    event in one transaction (the kit's outbox), publishing after the commit; what the broker could
+    not take then, ``serve_upload``'s housekeeping publishes once it is back.
     """
 
-    def __init__(self, store: UploadJobs, steps: int = len(images.STEPS)) -> None:
+    def __init__(
+        self, store: UploadJobs, steps: int = len(images.STEPS), *, relay: Callable[[], Awaitable[int]] | None = None
+    ) -> None:
         self.store, self.steps = store, steps
+        self.relay = relay
+        """Publishes what the outbox holds (None: nothing publishes it, the events wait in the store)."""
 
     def find(self, user: str, key: str) -> Job | None:
-        """The job ``user`` made with Idempotency-Key ``key``, or None (another user's same key is another key)."""
+        """The job ``user`` queued with Idempotency-Key ``key``, or None (another user's same key is another key)."""
         return self.store.by_key(user, key)
 
     def new(self, user: str, key: str | None, fingerprint: str) -> Job:
-        """A new job in state ``accepted`` for ``user``, stored with its key and fingerprint; its id is ``job.job_id``.
+        """A new job for ``user`` (state ``accepted``, its id ``job.job_id``), not stored yet: :meth:`queue` stores it.
 
-        Raises :class:`~helpers.core.jobkit.store.KeyInUse` when a concurrent request with the same
-        user and key stored its job first (the server answers that with 409 and Retry-After).
+        With a key, the key is reserved for this job, so a concurrent request with it is told 409 instead
+        of storing the same image twice; a request that ends without queueing the job gives the key up
+        again (:meth:`request`), so the client's retry starts afresh. Raises
+        :class:`~helpers.core.jobkit.store.KeyInUse` when the key is reserved or used already (409 with Retry-After).
         """
         job = Job(uuid.uuid4().hex, user, self.steps, fingerprint, key)
         job.accepted_body = accepted_body(job)
-        self.store.create(job, [])
-        self.store.answered(job)
+        if key is not None:
+            self.store.store.reserve(user, key, fingerprint, job.job_id)
+            if (reserved := _RESERVED.get()) is not None:
+                reserved.append(job)
         return job
 
+    async def queue(self, job: Job, topic: str, event: Event) -> None:
+        """Store ``job`` and the event to publish on ``topic`` in one transaction (the outbox), then publish it.
+
+        Once this returns the work is queued, whether the broker took the event at once or is
+        away (the event waits in the store and goes out when the broker is back; a copy sent twice
+        carries the same event id, for the processor's dedupe). If it raises, nothing was stored.
+        """
+        await queue_job(self.store, self.relay or _nothing_to_relay, job, topic, event)
+
     def accepted(self, job: Job, *, replayed: bool = False) -> web.Response:
-        """The 202 for ``job`` (lesson 06's body, ``Location: /jobs/{id}``, ``Retry-After``); the same every time."""
+        """The 202 for ``job`` (lesson 06's body, ``Location: /jobs/{id}``, ``Retry-After``); the same every time.
+
+        A job never handed to :meth:`queue` (a handler written for this lab's first version, which
+        published the event itself) is stored here, after that publish: the dual write the outbox avoids.
+        """
+        if self.store.get(job.job_id) is None:
+            self.store.create(job, [])
+            self.store.answered(job)
         return accepted(job, replayed=replayed)
+
+    @contextlib.contextmanager
+    def request(self) -> Iterator[None]:
+        """Around one request: the keys it reserved for jobs it never queued are free again afterwards.
+
+        The handler may have raised (Storage down) or answered an error itself; either way no job was
+        stored, and a retry with the same key must not be told "in flight" or replayed a job that
+        does not exist. (:meth:`~helpers.core.jobkit.store.JobStore.release` keeps a key whose job was stored.)
+        """
+        reserved: list[Job] = []
+        token = _RESERVED.set(reserved)
+        try:
+            yield
+        finally:
+            _RESERVED.reset(token)
+            for job in reserved:
+                self.store.store.release(job.user, job.idempotency_key or "", job.job_id)
 
     def __len__(self) -> int:
         return len(self.store)
+
+
+async def _nothing_to_relay() -> int:
+    return 0
 
 
 @dataclass
@@ -117,6 +180,10 @@ class UploadServer:
     jobs: UploadJobsDesk
     errors: list[str] = field(default_factory=list)
     """Exceptions the handler raised (each was answered with a problem+json 500)."""
+    mqtt: Any = None
+    """The MQTT client the handler was given."""
+    publisher: Publisher | None = None
+    """The connection the outbox is published through."""
 
     @property
     def url(self) -> str:
@@ -126,12 +193,31 @@ class UploadServer:
         """Stop answering, then close the handler's MQTT and Storage clients, the job-event consumer and the store."""
         await self.service.stop()
 
+    @contextlib.asynccontextmanager
+    async def broker_away(self) -> AsyncIterator[None]:
+        """While inside, every publish of this Upload service fails as if the broker were away (``aiomqtt.MqttError``):
+        the handler's ``mqtt`` client's and the outbox's. The rest of the run (a recorder, the processor) is not affected."""
 
-def _handler_errors(errors: list[str]) -> Any:
+        async def away(*_args: object, **_kwargs: object) -> None:
+            raise aiomqtt.MqttError("the MQTT broker is away (a drill cut the Upload service off)")
+
+        clients = [c for c in (self.mqtt, self.publisher) if c is not None]
+        patched = [(c, name) for c in clients for name in ("publish", "publish_raw") if hasattr(c, name)]
+        for client, name in patched:
+            setattr(client, name, away)  # an instance attribute: the class's method is back once it is deleted
+        try:
+            yield
+        finally:
+            for client, name in patched:
+                delattr(client, name)
+
+
+def _handler_errors(errors: list[str], jobs: UploadJobsDesk) -> Any:
     @web.middleware
     async def catch(request: web.Request, handler: Any) -> web.StreamResponse:
         try:
-            response: web.StreamResponse = await handler(request)
+            with jobs.request():  # a key reserved for a job that was never queued is free again
+                response: web.StreamResponse = await handler(request)
             return response
         except web.HTTPException:
             raise
@@ -157,6 +243,12 @@ async def serve_upload(  # noqa: PLR0913  learner-facing: lab 07's notebook serv
     convention) from the same store, kept up to date by a job-event consumer with a fixed
     client id and a persistent session, and closes all of it when it stops. Re-running a
     cell with the same ``name`` replaces the old server.
+
+    The store's outbox (what ``jobs.queue`` stored) is published through a connection that
+    reconnects by itself, right after each commit and by the reference Upload's housekeeping
+    (:func:`helpers.capstone.upload.housekeeping`): every few tenths of a second, and after a
+    restart on the same ``work_dir``. The ``mqtt`` client the handler gets is not needed for that;
+    it stays so that a handler written for the lab's first version (it published itself) still runs.
     """
     from helpers.capstone.storage import StorageClient
 
@@ -176,14 +268,19 @@ async def serve_upload(  # noqa: PLR0913  learner-facing: lab 07's notebook serv
         stack.push_async_callback(lifecycle.kill, consumer)
         mqtt = await stack.enter_async_context(broker.client(f"{name}-pub-{uuid.uuid4().hex[:6]}"))
         mqtt.pending_calls_threshold = 1000  # a burst of uploads means many publishes in flight: not a warning
-        jobs = UploadJobsDesk(store)
+        publisher = await Publisher(broker, f"{name}-relay-{uuid.uuid4().hex[:6]}").start()  # reconnects by itself
+        stack.push_async_callback(publisher.stop)
+        relay = outbox_relay(store, publisher, Counters())
+        keeping = asyncio.create_task(housekeeping(store, relay))
+        stack.push_async_callback(lifecycle.kill, keeping)
+        jobs = UploadJobsDesk(store, relay=relay)
         handler = make_handler(storage, mqtt, topics, jobs)
         if inspect.isawaitable(handler):
             handler = await handler
         if not callable(handler):
             raise TypeError(f"make_upload_handler() should return the handler (async def post_image(request)), got {handler!r}")
         errors: list[str] = []
-        middlewares = [jobhttp.no_store, problems_everywhere, _handler_errors(errors)]
+        middlewares = [jobhttp.no_store, problems_everywhere, _handler_errors(errors, jobs)]
         app = web.Application(client_max_size=UPLOAD_BODY_LIMIT, middlewares=middlewares)
         app.router.add_post("/images", handler)
         add_status_routes(app, store, storage.url)
@@ -196,7 +293,7 @@ async def serve_upload(  # noqa: PLR0913  learner-facing: lab 07's notebook serv
     except BaseException:  # not swallowed: close what did open, then re-raise
         await stack.aclose()
         raise
-    return UploadServer(service, jobs, errors)
+    return UploadServer(service, jobs, errors, mqtt, publisher)
 
 
 # --- a consumer loop, run like a process ------------------------------------------------------------

@@ -312,17 +312,22 @@ class _Front:
     steps: tuple[str, ...]
 
     async def queue(self, job: Job, event: Event) -> None:
-        """Store the job and its event together (the outbox), then publish after the commit, briefly.
+        """Store the job with its ``image.uploaded`` event, then publish it (:func:`queue_job`)."""
+        await queue_job(self.store, self.relay, job, self.topics.uploaded, event)
 
-        A broker that is away costs nothing here: the event stays in the outbox and the
-        housekeeping publishes it once the broker is back. The job is accepted either way.
-        """
-        self.store.create(job, [(self.topics.uploaded, event.to_bytes())])
-        try:
-            with contextlib.suppress(aiomqtt.MqttError, OSError, TimeoutError):
-                await asyncio.wait_for(self.relay(), RETRY_AFTER_S)
-        finally:
-            self.store.answered(job)
+
+async def queue_job(store: UploadJobs, relay: Callable[[], Awaitable[int]], job: Job, topic: str, event: Event) -> None:
+    """Store the job and its event together (the outbox), then publish after the commit, briefly.
+
+    A broker that is away costs nothing here: the event stays in the outbox and the
+    housekeeping publishes it once the broker is back. The job is accepted either way.
+    """
+    store.create(job, [(topic, event.to_bytes())])
+    try:
+        with contextlib.suppress(aiomqtt.MqttError, OSError, TimeoutError):
+            await asyncio.wait_for(relay(), RETRY_AFTER_S)
+    finally:
+        store.answered(job)
 
 
 def build_app(front: _Front) -> web.Application:
@@ -408,7 +413,21 @@ def add_status_routes(app: web.Application, store: UploadJobs, url_of: Callable[
     app.router.add_get("/jobs/{job_id}/result", get_result)
 
 
-async def _housekeeping(store: UploadJobs, relay: Callable[[], Awaitable[int]]) -> None:
+def outbox_relay(store: UploadJobs, publisher: Publisher, counters: Counters) -> Callable[[], Awaitable[int]]:
+    """What publishes the store's outbox through ``publisher``: one relay at a time (the housekeeping and a
+    request's :func:`queue_job` would otherwise send the same message twice), counting what it sent."""
+    relaying = asyncio.Lock()
+
+    async def relay() -> int:
+        async with relaying:
+            sent = await relay_outbox(store.store, publisher)
+        counters.published += sent
+        return sent
+
+    return relay
+
+
+async def housekeeping(store: UploadJobs, relay: Callable[[], Awaitable[int]]) -> None:
     """Publish what the outbox still holds and fail overdue jobs, every :data:`HOUSEKEEPING_S` seconds."""
     while True:
         store.expire()
@@ -452,17 +471,10 @@ async def _start_running(  # noqa: PLR0913  a restart rewires each of these part
     try:
         publisher = await Publisher(broker, topics.client_id(f"{options.name}-pub")).start()  # reconnects by itself
         stack.push_async_callback(publisher.stop)
-        relaying = asyncio.Lock()
-
-        async def relay() -> int:
-            async with relaying:
-                sent = await relay_outbox(store.store, publisher)
-            options.counters.published += sent
-            return sent
-
+        relay = outbox_relay(store, publisher, options.counters)
         consume = (consume_job_events, broker, topics, options.client_id(topics), store, options.consumers)
         tasks["job-event consumer"] = await lifecycle.start(reconnecting, *consume)
-        tasks["housekeeping"] = asyncio.create_task(_housekeeping(store, relay))
+        tasks["housekeeping"] = asyncio.create_task(housekeeping(store, relay))
         front = _Front(store, relay, topics, storage, options.max_bytes, options.steps)
         service = await start_service(f"{options.name}-{topics.prefix.rsplit('/', 1)[-1]}", build_app(front), port=port)
     except BaseException:  # not swallowed: close what did open, then re-raise

@@ -82,7 +82,28 @@ class _UploadRig:
         headers: dict[str, str] | None = None,
         wait: Wait = Wait(),
     ) -> tuple[HttpAnswer, float]:
-        """POST /images?user=USER; the answer (header names in lower case) and how long it took, within ``wait``."""
+        """:meth:`send`, failing the check, with the exception named, when the answer is a 500 because the handler raised."""
+        answer, seconds = await self.send(data, user, key=key, headers=headers, wait=wait)
+        if answer.status == 500 and self.server.errors:
+            error = self.server.errors[-1]
+            if error.startswith("NotImplementedError"):
+                raise CheckFailed("your upload handler is not written yet (it raises NotImplementedError)")
+            raise CheckFailed(f"your upload handler raised {error}")
+        return answer, seconds
+
+    async def send(
+        self,
+        data: bytes,
+        user: str,
+        *,
+        key: str | None = None,
+        headers: dict[str, str] | None = None,
+        wait: Wait = Wait(),
+    ) -> tuple[HttpAnswer, float]:
+        """POST /images?user=USER; the answer (header names in lower case) and how long it took, within ``wait``.
+
+        Any answer is returned, a 500 too (a check that expects an error reads ``server.errors`` itself).
+        """
         timeout, on_timeout = wait.seconds, wait.message
         sent = {"Content-Type": "application/octet-stream", **(headers or {})}
         if key is not None:
@@ -98,20 +119,22 @@ class _UploadRig:
                 on_timeout
                 or f"POST /images got no answer within {timeout:g} s: the upload must answer 202 without waiting for processing"
             ) from None
-        seconds = time.perf_counter() - began
-        if answer.status == 500 and self.server.errors:
-            error = self.server.errors[-1]
-            if error.startswith("NotImplementedError"):
-                raise CheckFailed("your upload handler is not written yet (it raises NotImplementedError)")
-            raise CheckFailed(f"your upload handler raised {error}")
-        return answer, seconds
+        return answer, time.perf_counter() - began
 
     def uploaded(self) -> list[Record]:
         return self.recorder.on(self.topics.uploaded)
 
+    def uploaded_for(self, job_id: str) -> int:
+        """How many ``image.uploaded`` events for ``job_id`` were published so far."""
+        return sum(1 for record in self.uploaded() if (event := record.event()) is not None and _job_of(event.data) == job_id)
+
     async def quiet(self) -> None:
         """Until no message and no Storage call happened for a moment (an event published late shows up)."""
         await until_quiet(lambda: (len(self.recorder.records), len(self.storage.calls)), QUIET_S, 2.0)
+
+
+def _job_of(data: object) -> object:
+    return data.get("job_id") if isinstance(data, dict) else None
 
 
 def _body(answer: HttpAnswer) -> dict[str, Any]:
@@ -173,7 +196,8 @@ async def _no_trace(rig: _UploadRig, answers: list[tuple[str, HttpAnswer, int]])
 @part.check(
     "q2",
     hint="202 means accepted, not done: say where to ask (Location) and when (Retry-After); the job store's 202 does both",
-    code_hint="job = jobs.new(user, key, fingerprint); ...; return jobs.accepted(job)",
+    code_hint="job = jobs.new(user, key, fingerprint); ...; await jobs.queue(job, topics.uploaded, event); "
+    "return jobs.accepted(job)",
 )
 async def answers_202_with_a_status_location(ctx: Context) -> str:
     """An image gets 202 Accepted with Location, Retry-After and a JSON body naming the job; the Location answers."""
@@ -196,7 +220,8 @@ async def answers_202_with_a_status_location(ctx: Context) -> str:
     expect(
         status == 200 and state in ("accepted", "running"),
         f"GET {location} (the 202's Location) answered HTTP {status}, state {state!r}: the job must be in the store the "
-        "status resource reads; make it with jobs.new(user, key, fingerprint), not an id of your own",
+        "status resource reads; make it with jobs.new(user, key, fingerprint) and queue it with jobs.queue(...) before the 202, "
+        "not an id of your own",
     )
     return f"Location {location} answers {state!r}, Retry-After {retry}"
 
@@ -218,9 +243,9 @@ def _processing_time(work: float) -> float:
 @part.check(
     "q2",
     timeout=30,  # an upload that processes first costs up to 4 x the processing time, more on a busy machine
-    hint="the upload only validates, stores and publishes; the processor does the work later",
+    hint="the upload only validates, stores and queues the event; the processor does the work later",
     code_hint="inspect_upload (in a thread), storage.put(original_key(job_id), ...), "
-    "mqtt.publish(topics.uploaded, ...), then the 202",
+    "jobs.queue(job, topics.uploaded, event), then the 202",
 )
 async def answers_before_processing(ctx: Context) -> str:
     """The 202 comes back in a fraction of the time processing one image takes."""
@@ -228,7 +253,7 @@ async def answers_before_processing(ctx: Context) -> str:
     baseline = await asyncio.to_thread(_processing_time, 1.0)
     slow = (
         f"processing inside the upload request: no 202 within {{:.2f}} s, longer than processing one image takes here "
-        f"({baseline:.2f} s); store the original, publish image.uploaded and answer 202 at once"
+        f"({baseline:.2f} s); store the original, queue image.uploaded and answer 202 at once"
     )
     times: list[float] = []
     while len(times) < 3 and (not times or min(times) >= baseline / 3):  # up to 3 tries; one fast answer is enough
@@ -240,7 +265,7 @@ async def answers_before_processing(ctx: Context) -> str:
     expect(
         fastest < baseline / 3,
         f"processing inside the upload request: the fastest of {len(times)} uploads took {fastest:.2f} s, about as long as "
-        f"processing one image ({baseline:.2f} s here); store the original, publish image.uploaded and answer 202 at once",
+        f"processing one image ({baseline:.2f} s here); store the original, queue image.uploaded and answer 202 at once",
     )
     return f"202 in {fastest * 1000:.0f} ms; processing one image takes {baseline:.2f} s here"
 
@@ -287,6 +312,78 @@ async def publishes_a_claim_check(ctx: Context) -> str:
         "the event was published before the original was stored: a quick processor would find nothing; store, then publish",
     )
     return f"{size} bytes, original.key {key!r}"
+
+
+OUTBOX = (
+    "storing the job and publishing its event is a dual write (two systems, no transaction spanning both): hand the job "
+    "and its event to the job store's outbox, await jobs.queue(job, topics.uploaded, event), which stores them together "
+    "and publishes after the commit, again once the broker is back"
+)
+HANDED_OVER_S = 5.0
+"""How long the outbox may take to send a held event once the broker is back (it retries every few tenths of a second)."""
+
+
+def _raised(rig: _UploadRig, before: int) -> str:
+    """`` (your handler raised X)`` when the handler raised since ``before`` errors, else nothing."""
+    return f" (your handler raised {rig.server.errors[-1]})" if len(rig.server.errors) > before else ""
+
+
+@part.check(
+    "q2",
+    timeout=30,
+    hint="store the job and its event together (the outbox), publish after; never a 202 for work that is not queued",
+    code_hint="job = jobs.new(user, key, fingerprint); etag = await storage.put(...); "
+    "await jobs.queue(job, topics.uploaded, event); return jobs.accepted(job)",
+)
+async def queues_through_the_outbox(ctx: Context) -> str:
+    """With the broker away, an upload still gets its 202 and its image.uploaded goes out once the broker is back; with
+    Storage down, it gets no 202, and the same key afterwards makes a job that is queued."""
+    rig = await _UploadRig.start(ctx)
+    photo, user = images.sample_photo(), a_user(ctx)
+    before = len(rig.server.errors)
+    async with rig.server.broker_away():  # every publish of this Upload service fails; the check's recorder is unaffected
+        away, _ = await rig.send(photo, user, key=uuid.uuid4().hex)
+        expect(
+            away.status == 202,
+            f"while the MQTT broker was away, the upload got HTTP {away.status}{_raised(rig, before)}, not 202: {OUTBOX}",
+        )
+        job_id = _accepted(away)
+        status, state = await _status(rig, away.headers.get("location", ""))
+        expect(
+            status == 200 and state == "accepted",
+            f"the 202 (broker away) named job {job_id[:8]}, but its status answered HTTP {status}, state {state!r}: "
+            f"a 202 promises a stored job; {OUTBOX}",
+        )
+    sent = await until(lambda: rig.uploaded_for(job_id) > 0, HANDED_OVER_S)
+    expect(
+        sent,
+        f"the upload accepted while the broker was away (job {job_id[:8]}) was never announced: no image.uploaded for it "
+        f"within {HANDED_OVER_S:g} s after the broker came back; {OUTBOX}",
+    )
+    key, before = uuid.uuid4().hex, len(rig.server.errors)
+    rig.storage.faults.down = True
+    try:
+        refused, _ = await rig.send(photo, user, key=key)
+    finally:
+        rig.storage.faults.down = False
+    expect(
+        not 200 <= refused.status < 300,
+        f"Storage refused the original (503), yet the upload answered HTTP {refused.status}: never a 202 for work that "
+        "is not queued; let the error from storage.put through",
+    )
+    retry, _ = await rig.send(photo, user, key=key)
+    expect(
+        retry.status == 202,
+        f"after a failed upload (Storage was down), a retry with the same Idempotency-Key got HTTP {retry.status}"
+        f"{_raised(rig, before)}: a request that queued nothing must leave its key free for the retry",
+    )
+    retried = _accepted(retry, "the retry after Storage came back")
+    expect(
+        await until(lambda: rig.uploaded_for(retried) > 0, HANDED_OVER_S),
+        f"a retry after a failed upload got 202 for job {retried[:8]}, but no image.uploaded for it was published: it "
+        f"answered for a job the failed request left behind, which nothing will process; {OUTBOX}",
+    )
+    return f"broker away: 202, its event sent once the broker was back; Storage down: HTTP {refused.status}, the retry queued"
 
 
 @part.check(
