@@ -1,72 +1,60 @@
 """Appendix 08's kill -9 drill: a worker *process* killed while a batch runs, its slot restarted (or left dead).
 
 The workers are other processes (:class:`helpers.capstone.scaleout.WorkerProcesses`), so the
-drill watches from the kernel: the Upload service's job store and a subscription of its
-own on ``jobs/+``. :mod:`helpers.capstone.scaleout` re-exports :func:`kill_drill`.
+drill watches from the kernel: the Upload service's job store and a recorder of its own
+(:mod:`helpers.capstone.wire`). :mod:`helpers.capstone.scaleout` re-exports :func:`kill_drill`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 import uuid
-from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from helpers.capstone import images
-from helpers.capstone.jobs import DONE, FAILED, JOB_DONE, JOB_FAILED, JOB_PROGRESS
+from helpers.capstone.jobs import DONE, FAILED, JOB_DONE, JOB_PROGRESS
 from helpers.capstone.scaleout import Front, WorkerProcesses
-from helpers.core import lifecycle
-from helpers.core.messaging import Event, decode
-from helpers.core.receive import subscribed_messages
+from helpers.capstone.wire import Recorder, start_recorder
+from helpers.core.messaging import Event
 from helpers.core.waiting import until, until_quiet
 
 
-@dataclass
+@dataclass(frozen=True)
 class JobEvents:
-    """The job events the kernel heard during a drill, counted per job (its own subscription, not Upload's)."""
+    """The job events of the run, counted per job, as a recorder of the kernel's own heard them (not Upload's consumer)."""
 
-    done: Counter[str] = field(default_factory=Counter)
-    """``job.done`` messages per job: more than one is a job announced twice."""
-    failed: Counter[str] = field(default_factory=Counter)
-    started: Counter[str] = field(default_factory=Counter)
-    """Progress events for a job's first step: 2 means a worker started the job over (a redelivery)."""
-    seconds: dict[str, float] = field(default_factory=dict)
-    """How long each finished job took, from its first step's event to its ``job.done``."""
-    _began: dict[str, float] = field(default_factory=dict)
+    recorder: Recorder
 
-    def count(self, event: Event) -> None:
-        data = event.data if isinstance(event.data, dict) else {}
-        job_id = str(data.get("job_id"))
-        if event.type == JOB_DONE:
-            self.done[job_id] += 1
-            if job_id in self._began:
-                self.seconds.setdefault(job_id, time.perf_counter() - self._began[job_id])
-        elif event.type == JOB_FAILED:
-            self.failed[job_id] += 1
-        elif event.type == JOB_PROGRESS and data.get("done") == 1:
-            self.started[job_id] += 1
-            self._began.setdefault(job_id, time.perf_counter())
+    def done(self, job_id: str) -> int:
+        """``job.done`` messages for the job: more than one is a job announced twice."""
+        return len(self.recorder.events(JOB_DONE, job_id))
+
+    def started(self, job_id: str) -> int:
+        """Progress events for the job's first step: 2 means a worker started the job over (a redelivery)."""
+        return len(self._first_steps(job_id))
 
     def slowest_job_s(self) -> float:
-        """The longest a finished job took (0 before any finished): how long "no progress" must last to mean stuck."""
-        return max(self.seconds.values(), default=0.0)
+        """The longest a finished job took from its first step to its ``job.done`` (0 before any finished):
+        how long "no progress" must last to mean stuck."""
+        ended: dict[str, float] = {}
+        for t, event in self.recorder.events(JOB_DONE):
+            ended.setdefault(str((event.data or {}).get("job_id")), t)
+        return max((t - began[0][0] for job, t in ended.items() if (began := self._first_steps(job))), default=0.0)
+
+    def _first_steps(self, job_id: str) -> list[tuple[float, Event]]:
+        return [(t, e) for t, e in self.recorder.events(JOB_PROGRESS, job_id) if (e.data or {}).get("done") == 1]
 
 
 @contextlib.asynccontextmanager
 async def job_events(front: Front) -> AsyncIterator[JobEvents]:
-    """Count every job event of the run (``jobs/+``) for the length of the block."""
-    events = JobEvents()
-
-    async def listen(ready: asyncio.Event) -> None:
-        async with front.broker.client(f"drill-{uuid.uuid4().hex[:6]}") as client:
-            async for message in subscribed_messages(client, front.topics.jobs, ready=ready):
-                events.count(decode(message.payload))
-
-    async with lifecycle.running(listen):
-        yield events
+    """Record every message of the run for the length of the block."""
+    wire = await start_recorder(front.broker, front.topics, name=f"drill-{uuid.uuid4().hex[:6]}")
+    try:
+        yield JobEvents(wire.recorder)
+    finally:
+        await wire.stop()
 
 
 @dataclass(frozen=True)
@@ -154,7 +142,7 @@ async def kill_drill(  # noqa: PLR0913  learner-facing: appendix 08 passes slot,
     async with job_events(front) as events:
         batch = await upload(range(jobs))
         busy = min(len(workers.pids), len(batch))  # as many jobs begun as workers: each one is mid-image, most likely
-        await until(lambda: sum(events.started[job_id] > 0 for job_id in batch) >= busy, timeout)
+        await until(lambda: sum(events.started(job_id) > 0 for job_id in batch) >= busy, timeout)
         await (workers.terminate(slot) if graceful else workers.kill(slot))
         killed = time.perf_counter()
         new = await upload(range(jobs, jobs + while_away))
@@ -168,7 +156,7 @@ async def kill_drill(  # noqa: PLR0913  learner-facing: appendix 08 passes slot,
             began = time.perf_counter()
             if await front.wait_finished(ids, timeout):
                 finish_s = time.perf_counter() - began
-        await until_quiet(lambda: sum(events.done.values()), idle=1.0, timeout=timeout)  # a late duplicate would show
+        await until_quiet(lambda: len(events.recorder.events(JOB_DONE)), idle=1.0, timeout=timeout)  # a late duplicate would show
     states = [job.state for job_id in ids if (job := store.get(job_id))]
     return SlotKillDrill(
         slot,
@@ -181,7 +169,7 @@ async def kill_drill(  # noqa: PLR0913  learner-facing: appendix 08 passes slot,
         restart,
         states.count(DONE),
         states.count(FAILED),
-        sum(events.done[job_id] > 1 for job_id in ids),
-        sum(events.started[job_id] > 1 for job_id in ids),
+        sum(events.done(job_id) > 1 for job_id in ids),
+        sum(events.started(job_id) > 1 for job_id in ids),
         finish_s,
     )
