@@ -53,8 +53,6 @@ from helpers.capstone.upload import (
     accepted_body,
     add_status_routes,
     consume_job_events,
-    end_session,
-    end_session_quietly,
     housekeeping,
     outbox_relay,
     queue_job,
@@ -263,7 +261,7 @@ async def serve_upload(  # noqa: PLR0913  learner-facing: lab 07's notebook serv
         stack.push_async_callback(storage.close)
         consumer_id = topics.client_id(f"{name}-jobs")
         if work_dir is None:  # nobody resumes this session after the server stops
-            stack.push_async_callback(end_session_quietly, broker, consumer_id)
+            stack.push_async_callback(broker.end_sessions, consumer_id, quietly=True)
         consumer = await lifecycle.start(reconnecting, consume_job_events, broker, topics, consumer_id, store)
         stack.push_async_callback(lifecycle.kill, consumer)
         mqtt = await stack.enter_async_context(broker.client(f"{name}-pub-{uuid.uuid4().hex[:6]}"))
@@ -384,11 +382,11 @@ async def start_system(  # noqa: PLR0913  learner-facing: lab 07 passes its thre
         stack.push_async_callback(server.stop)
         notify_name, process_name = f"{name}-notifier-{run_id}", f"{name}-processor-{run_id}"
         notifying = Worker("notifier", notifier, (broker, topics, folder / "notifier", notify_name), {}, notify_name)
-        stack.push_async_callback(end_session, broker, notify_name)  # last: after the loop is gone
+        stack.push_async_callback(broker.end_sessions, notify_name)  # last: after the loop is gone
         stack.push_async_callback(notifying.kill)
         await notifying.start()
         processing = Worker("processor", processor, (broker, topics, processor_url, process_name), {"work": work}, process_name)
-        stack.push_async_callback(end_session, broker, process_name)
+        stack.push_async_callback(broker.end_sessions, process_name)
         stack.push_async_callback(processing.kill)
         await processing.start()
     except BaseException:  # not swallowed: stop what did start, then re-raise

@@ -182,8 +182,7 @@ class Notifier:
     async def stop(self) -> Exception | None:
         """Kill the service and drop its persistent session (the end of a run); returns what it had died of."""
         error = await self.kill()
-        async with self.broker.client(self.client_id, clean_session=True):
-            pass
+        await self.broker.end_sessions(self.client_id)
         return error
 
     async def _serve(self, ready: asyncio.Event) -> None:

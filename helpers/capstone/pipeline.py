@@ -23,7 +23,7 @@ from helpers.capstone.jobs import Topics
 from helpers.capstone.notifier import Notifier
 from helpers.capstone.processor import Member, Processor, ProcessorSettings, ProcessorStats, start_processor
 from helpers.capstone.system import WatchedSystem
-from helpers.capstone.upload import UploadService, end_session_quietly, start_upload
+from helpers.capstone.upload import UploadService, start_upload
 from helpers.capstone.wire import RecordingStorage, start_recorder
 from helpers.core.broker import Broker
 
@@ -152,7 +152,7 @@ async def start_pipeline(
         upload = await start_upload(
             broker, topics, await storage.url("upload"), name=f"{name}-upload", work_dir=folder / "upload"
         )
-        stack.push_async_callback(end_session_quietly, broker, upload.client_id)  # last: nobody resumes it after the run
+        stack.push_async_callback(broker.end_sessions, upload.client_id, quietly=True)  # last: nobody resumes it
         stack.push_async_callback(stopped, "upload job-event consumer", upload.stop)
         notifier = Notifier(broker, topics, folder / "notifier", client_id=f"{name}-notifier-{run_id}", status_base=upload.url)
         await notifier.start()

@@ -315,17 +315,11 @@ class Processor:
             errors = self.crashed()
         finally:
             try:
-                if forget:
-                    await self.forget_sessions()
+                if forget:  # nothing lingers on the broker
+                    await self.broker.end_sessions(*(member.client_id for member in self.members))
             finally:
                 await self.storage.close()
         return errors
-
-    async def forget_sessions(self) -> None:
-        """Drop the members' persistent sessions on the broker (a clean connect does), so nothing lingers."""
-        for member in self.members:
-            async with self.broker.client(member.client_id, clean_session=True):
-                pass
 
     # --- one member ----------------------------------------------------------------------
 

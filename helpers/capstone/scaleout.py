@@ -319,9 +319,7 @@ class WorkerProcesses(Workers):
                 proc.kill()
                 await proc.wait()
         if self.front is not None:
-            for client_id in self.client_ids.values():
-                async with self.front.broker.client(client_id, clean_session=True):
-                    pass
+            await self.front.broker.end_sessions(*self.client_ids.values())
 
     def _update_pids(self) -> None:
         self.pids[:] = [proc.pid for proc in self.procs.values() if proc.returncode is None]

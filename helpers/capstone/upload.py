@@ -220,21 +220,9 @@ class UploadService:
         self._down = True
         await self.storage.close()
         if self.temporary:
-            await end_session_quietly(self.broker, self.client_id)
+            await self.broker.end_sessions(self.client_id, quietly=True)
             shutil.rmtree(self.work_dir, ignore_errors=True)
         return error
-
-
-async def end_session(broker: Broker, client_id: str) -> None:
-    """Discard the persistent session of ``client_id`` (a clean-session connect ends it, MQTT 3.1.1 section 3.1.2.4)."""
-    async with broker.client(client_id, clean_session=True):
-        pass
-
-
-async def end_session_quietly(broker: Broker, client_id: str) -> None:
-    """:func:`end_session` at the end of a run: a broker that is gone already has nothing to end."""
-    with contextlib.suppress(aiomqtt.MqttError, OSError, TimeoutError):
-        await end_session(broker, client_id)
 
 
 def problem_unknown_job(job_id: str) -> web.Response:
@@ -508,5 +496,8 @@ async def start_upload(  # noqa: PLR0913  lesson 07, appendix 08 and the command
         running = await _start_running(broker, topics, storage, folder, options)
     except BaseException:  # not swallowed: close what did open, then re-raise
         await storage.close()
+        if work_dir is None:
+            await broker.end_sessions(options.client_id(topics), quietly=True)
+            shutil.rmtree(folder, ignore_errors=True)
         raise
     return UploadService(broker, topics, storage, folder, options, running, temporary=work_dir is None)

@@ -324,6 +324,18 @@ class Broker:
         internals.quick_acks(client)
         return client
 
+    async def end_sessions(self, *client_ids: str, quietly: bool = False) -> None:
+        """Drop the persistent sessions of ``client_ids`` (a clean-session connect ends one, MQTT 3.1.1 section
+        3.1.2.4): at the end of a run nobody resumes them, and a broker keeps queueing for a session it keeps.
+        ``quietly``: a broker that is gone already has nothing to end."""
+        for client_id in client_ids:
+            try:
+                async with self.client(client_id, clean_session=True):
+                    pass
+            except (aiomqtt.MqttError, OSError, TimeoutError):
+                if not quietly:
+                    raise
+
     async def ping(self) -> float:
         """Round-trip one QoS 1 message through the broker; return seconds, or raise BrokerError."""
         try:

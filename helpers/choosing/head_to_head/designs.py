@@ -199,7 +199,7 @@ class AsyncDesign(Design):
             return await handler(request, publisher, self.topic)
 
         # closed in reverse: the Order service, then the consumers, then their sessions, then the publisher
-        self._stack.push_async_callback(self.forget_sessions)
+        self._stack.push_async_callback(self.broker.end_sessions, *self.client_ids.values())
         self._stack.push_async_callback(self.kill_consumers)
         await self._open_front(call)
         for service in self.effects.services:
@@ -270,12 +270,6 @@ class AsyncDesign(Design):
         """Kill every consumer; raise what any of them had died of."""
         errors = {name: error for name, life in self.consumers.items() if (error := await life.kill()) is not None}
         lifecycle.raise_crashed(errors, "the async design's consumer")
-
-    async def forget_sessions(self) -> None:
-        """Connect once with a clean session per client id: the broker drops the stored sessions."""
-        for client_id in self.client_ids.values():
-            async with self.broker.client(client_id, clean_session=True):
-                pass
 
 
 async def _started(design: Design, start: Awaitable[None]) -> None:

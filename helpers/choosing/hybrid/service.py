@@ -275,17 +275,11 @@ class HybridSystem:
         finally:
             errors.update(await self.agent.halt())
             if self.temporary:  # nobody can resume these sessions: do not leave them queueing on the broker
-                await _end_sessions(self.broker, [*self.agent.client_ids(), self.topics.client_id(f"{self.name}-status")])
+                await self.broker.end_sessions(
+                    *self.agent.client_ids(), self.topics.client_id(f"{self.name}-status"), quietly=True
+                )
                 shutil.rmtree(self.work_dir, ignore_errors=True)
         lifecycle.raise_crashed(errors, "the hybrid's consumers")
-
-
-async def _end_sessions(broker: Broker, client_ids: Sequence[str]) -> None:
-    """Discard the persistent sessions of ``client_ids`` (a clean-session connect ends a session, MQTT 3.1.1 3.1.2.4)."""
-    for client_id in client_ids:
-        with contextlib.suppress(aiomqtt.MqttError, OSError, TimeoutError):
-            async with broker.client(client_id, clean_session=True):
-                pass
 
 
 async def start_hybrid(  # noqa: PLR0913  lesson 06 and lab 06 pass these knobs by keyword
