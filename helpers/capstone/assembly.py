@@ -53,7 +53,6 @@ from helpers.capstone.upload import (
     accepted_body,
     add_status_routes,
     consume_job_events,
-    housekeeping,
     outbox_relay,
     queue_job,
 )
@@ -62,7 +61,7 @@ from helpers.capstone.wire import start_recorder as start_recorder
 from helpers.core import lifecycle
 from helpers.core.http import Service, start_service
 from helpers.core.jobkit import http as jobhttp
-from helpers.core.jobkit.store import KeyInUse
+from helpers.core.jobkit.store import KeyInUse, housekeeping
 from helpers.core.messaging import Event
 from helpers.core.problems import problem, problems_everywhere
 from helpers.core.reconnect import Publisher, reconnecting
@@ -244,7 +243,7 @@ async def serve_upload(  # noqa: PLR0913  learner-facing: lab 07's notebook serv
 
     The store's outbox (what ``jobs.queue`` stored) is published through a connection that
     reconnects by itself, right after each commit and by the reference Upload's housekeeping
-    (:func:`helpers.capstone.upload.housekeeping`): every few tenths of a second, and after a
+    (:func:`helpers.core.jobkit.store.housekeeping`): every few tenths of a second, and after a
     restart on the same ``work_dir``. The ``mqtt`` client the handler gets is not needed for that;
     it stays so that a handler written for the lab's first version (it published itself) still runs.
     """
@@ -269,7 +268,7 @@ async def serve_upload(  # noqa: PLR0913  learner-facing: lab 07's notebook serv
         publisher = await Publisher(broker, f"{name}-relay-{uuid.uuid4().hex[:6]}").start()  # reconnects by itself
         stack.push_async_callback(publisher.stop)
         relay = outbox_relay(store, publisher, Counters())
-        keeping = asyncio.create_task(housekeeping(store, relay))
+        keeping = asyncio.create_task(housekeeping(store.expire, relay))
         stack.push_async_callback(lifecycle.kill, keeping)
         jobs = UploadJobsDesk(store, relay=relay)
         handler = make_handler(storage, mqtt, topics, jobs)

@@ -17,7 +17,7 @@ back, in this order:
 4. **Publish** what the outbox holds at QoS 1, after the commit. "Store, then publish" is
    a dual write: a crash or a broker outage between the two would leave a job nobody
    processes. With the outbox the job and its event are stored together, and an event not
-   yet published goes out later (every :data:`HOUSEKEEPING_S`, and after a restart); it
+   yet published goes out later (every :data:`~helpers.core.jobkit.store.HOUSEKEEPING_S`, and after a restart); it
    may then go out twice, which the processor absorbs (its done marker).
 5. **Answer** ``202 Accepted`` with ``Location: /jobs/{id}`` and ``Retry-After: 1``.
 
@@ -70,7 +70,7 @@ from helpers.core.http import (
     start_service,
 )
 from helpers.core.jobkit import http as jobhttp
-from helpers.core.jobkit.store import Admission, Admitted, KeyInUse, relay_outbox
+from helpers.core.jobkit.store import Admission, Admitted, KeyInUse, housekeeping, relay_outbox
 from helpers.core.messaging import Consumer, Event, make_event, manual_ack
 from helpers.core.problems import PROBLEM_BASE, expect_continue, problem, problem_for, problems_everywhere
 from helpers.core.reconnect import Publisher, reconnecting
@@ -82,8 +82,6 @@ KEY_PATTERN = re.compile(r"[\x21-\x7e]{1,255}")
 """Idempotency keys: printable ASCII without spaces, at most 255 characters (what clients send: UUIDs)."""
 RETRY_AFTER_S = jobhttp.RETRY_AFTER_S
 """What the 202 (and an unfinished job's status) tells the client: ask again in about a second."""
-HOUSEKEEPING_S = 0.2
-"""How often the service publishes what its outbox still holds and fails jobs past their deadline."""
 
 
 def original_key(job_id: str) -> str:
@@ -415,16 +413,7 @@ def outbox_relay(store: UploadJobs, publisher: Publisher, counters: Counters) ->
     return relay
 
 
-async def housekeeping(store: UploadJobs, relay: Callable[[], Awaitable[int]]) -> None:
-    """Publish what the outbox still holds and fail overdue jobs, every :data:`HOUSEKEEPING_S` seconds."""
-    while True:
-        store.expire()
-        with contextlib.suppress(aiomqtt.MqttError, OSError, TimeoutError):  # the broker is away: next round
-            await relay()
-        await asyncio.sleep(HOUSEKEEPING_S)
-
-
-async def consume_job_events(  # noqa: PLR0913  lab 07's Upload starts the same consumer with its own store
+async def consume_job_events(  # noqa: PLR0913  one argument per part the consumer ties together (broker, run, session, store)
     broker: Broker,
     topics: Topics,
     client_id: str,
@@ -462,7 +451,7 @@ async def _start_running(  # noqa: PLR0913  a restart rewires each of these part
         relay = outbox_relay(store, publisher, options.counters)
         consume = (consume_job_events, broker, topics, options.client_id(topics), store, options.consumers)
         tasks["job-event consumer"] = await lifecycle.start(reconnecting, *consume)
-        tasks["housekeeping"] = asyncio.create_task(housekeeping(store, relay))
+        tasks["housekeeping"] = asyncio.create_task(housekeeping(store.expire, relay))
         front = _Front(store, relay, topics, storage, options.max_bytes, options.steps)
         service = await start_service(f"{options.name}-{topics.prefix.rsplit('/', 1)[-1]}", build_app(front), port=port)
     except BaseException:  # not swallowed: close what did open, then re-raise

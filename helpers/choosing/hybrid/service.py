@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
 from aiohttp import web
 
 from helpers.choosing.hybrid.agent import Agent, AgentFaults, first_crash, kill_all
@@ -47,13 +46,11 @@ from helpers.core import lifecycle
 from helpers.core.broker import Broker
 from helpers.core.http import Service, start_service
 from helpers.core.jobkit import http as jobhttp
-from helpers.core.jobkit.store import JobStore, KeyInUse
+from helpers.core.jobkit.store import JobStore, KeyInUse, housekeeping
 from helpers.core.messaging import Consumer, manual_ack
 from helpers.core.problems import PROBLEM_BASE, problem, problems_everywhere
 from helpers.core.waiting import until
 
-HOUSEKEEPING_S = 0.2
-"""How often the service fails overdue jobs and publishes what its outbox still holds."""
 STORE_FILE = "jobs.sqlite3"
 
 
@@ -134,16 +131,6 @@ class _Front:
         return errors
 
 
-async def _housekeeping(board: JobBoard, ready: asyncio.Event) -> None:
-    """Fail overdue jobs and publish what the outbox holds, every :data:`HOUSEKEEPING_S` seconds."""
-    ready.set()
-    while True:
-        board.expire()
-        with contextlib.suppress(aiomqtt.MqttError, OSError, TimeoutError):  # the broker is away: next round
-            await board.relay()
-        await asyncio.sleep(HOUSEKEEPING_S)
-
-
 async def _start_front(broker: Broker, config: _Config, errors: list[HandlerError], port: int = 0) -> _Front:
     """Open the job store and start the status keeper, the housekeeping and the HTTP service (on ``port``; 0: a free one)."""
     topics = config.topics
@@ -160,7 +147,7 @@ async def _start_front(broker: Broker, config: _Config, errors: list[HandlerErro
         keeper = await stack.enter_async_context(manual_ack(keeper))
         listener = Consumer(keeper, topics.events, board.on_event, dead_letter_topic=topics.dead_letter("status"))
         await lives["status keeper"].launch(listener.run)
-        await lives["housekeeping"].launch(_housekeeping, board)
+        await lives["housekeeping"].launch(housekeeping, board.expire, board.relay)
         app = build_app(board, config.kickoff, config.status, config.cancel, errors)
         service = await start_service(config.name, app, port=port)
     except BaseException:  # not swallowed: close what did open, then re-raise

@@ -28,11 +28,13 @@ event loop, with no ``await`` between a check and the write that depends on it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -374,6 +376,29 @@ async def relay_outbox(store: JobStore, client: aiomqtt.Client | RawPublisher, *
         store.published([message.seq])
         sent += 1
     return sent
+
+
+HOUSEKEEPING_S = 0.2
+"""How often a jobs service fails its overdue jobs and publishes what its outbox still holds."""
+
+
+async def housekeeping(
+    expire: Callable[[], object],
+    relay: Callable[[], Awaitable[int]],
+    *,
+    ready: asyncio.Event | None = None,
+    every_s: float = HOUSEKEEPING_S,
+) -> None:
+    """A jobs service's sweeper, until cancelled: fail overdue jobs (``expire``: nothing says "running" forever) and
+    publish the outbox (``relay``), every ``every_s`` seconds. A broker that is away costs a round, nothing more:
+    the outbox keeps what was not sent. Sets ``ready`` at once (for :meth:`helpers.core.lifecycle.Restartable.launch`)."""
+    if ready is not None:
+        ready.set()
+    while True:
+        expire()
+        with contextlib.suppress(aiomqtt.MqttError, OSError, TimeoutError):  # the broker is away: next round
+            await relay()
+        await asyncio.sleep(every_s)
 
 
 def _dump(value: Any) -> str | None:
