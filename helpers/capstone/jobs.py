@@ -30,10 +30,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from helpers.core.jobkit import http as jobhttp
 from helpers.core.jobkit import store as kit
 from helpers.core.jobkit.store import FINAL, JobRecord, JobState
 from helpers.core.messaging import Event
-from helpers.core.problems import PROBLEM_BASE
 from helpers.core.timestamps import iso
 
 IMAGE_UPLOADED = "image.uploaded"
@@ -187,14 +187,7 @@ class Job:
         if self.state == SUCCEEDED:
             body["links"]["result"] = self.result_path
         if self.state == FAILED:
-            return {
-                "type": f"{PROBLEM_BASE}job-failed",
-                "title": "Job failed",
-                "detail": f"the image could not be processed: {self.reason}",
-                "instance": self.path,
-                **body,
-                "reason": self.reason,
-            }
+            return jobhttp.failed_document(body, f"the image could not be processed: {self.reason}", reason=self.reason)
         return body
 
     def result_json(self, url_of: Callable[[str], str]) -> dict[str, Any]:
