@@ -37,7 +37,7 @@ from helpers.capstone.processor import start_processor
 from helpers.capstone.services import _import
 from helpers.capstone.storage import start_storage
 from helpers.capstone.upload import UploadService, start_upload
-from helpers.capstone.wire import UploadAnswer, post_image
+from helpers.capstone.wire import PostsImages
 from helpers.core.broker import Broker, BrokerError, start_broker
 from helpers.core.cpu import machine_busy_seconds
 from helpers.core.http import Service
@@ -106,7 +106,7 @@ async def start_real_broker(name: str = "beyond-one-kernel") -> RealBroker:
 
 
 @dataclass
-class Front:
+class Front(PostsImages):
     """Storage and Upload, running in the kernel; the workers are started separately.
 
     The request side of :class:`helpers.capstone.system.CapstoneSystem` (:class:`~helpers.capstone.system.Uploads`),
@@ -127,12 +127,6 @@ class Front:
     @property
     def url(self) -> str:
         return self.upload_service.url
-
-    async def post(
-        self, data: bytes, user: str, *, idempotency_key: str | None = None, timeout: float | None = 10.0
-    ) -> UploadAnswer:
-        """``POST /images`` over HTTP, as any client would."""
-        return await post_image(self, data, user, idempotency_key=idempotency_key, timeout=timeout)
 
     async def wait_finished(self, job_ids: Sequence[str], timeout: float = 120.0) -> bool:
         """True once every job is done or failed (the Upload service hears it on ``jobs/+``)."""

@@ -23,14 +23,14 @@ from helpers.capstone.jobs import DONE
 from helpers.capstone.processor import result_key
 from helpers.capstone.storage import StorageClient, start_storage
 from helpers.capstone.upload import USER_PATTERN, original_key, read_image_body
-from helpers.capstone.wire import UploadAnswer, post_image
+from helpers.capstone.wire import PostsImages
 from helpers.core.http import Service, start_service
 from helpers.core.problems import PROBLEM_BASE, problem, problem_for, problems_everywhere
 
 
 @dataclass
-class SyncSystem:
-    """The naive design: ``POST /images`` does the processing and answers 200 when it is done."""
+class SyncSystem(PostsImages):
+    """The naive design: ``POST /images`` does the processing and answers 200 when it is done (no idempotency keys)."""
 
     storage: Service
     service: Service
@@ -49,12 +49,6 @@ class SyncSystem:
     def in_flight(self) -> int:
         """Requests the service is still working on (including those whose caller gave up)."""
         return self.service.stats.in_flight
-
-    async def post(
-        self, data: bytes, user: str, *, idempotency_key: str | None = None, timeout: float | None = 10.0
-    ) -> UploadAnswer:
-        """Upload and wait for the processing, like a client of this design must (there are no idempotency keys here)."""
-        return await post_image(self, data, user, idempotency_key=idempotency_key, timeout=timeout)
 
     async def stop(self) -> None:
         """Stop the service, its storage and the clients."""

@@ -30,7 +30,7 @@ import aiohttp
 
 from helpers.capstone.jobs import JOB_DONE, JOB_FAILED, Topics
 from helpers.capstone.notifier import Inbox
-from helpers.capstone.wire import Recorder, RecordingStorage, UploadAnswer, post_image
+from helpers.capstone.wire import PostsImages, Recorder, RecordingStorage, UploadAnswer
 from helpers.core import lifecycle
 from helpers.core.messaging import Event
 from helpers.core.waiting import until, until_quiet
@@ -108,7 +108,7 @@ class CapstoneSystem(Uploads, Protocol):
 
 
 @dataclass(kw_only=True)
-class WatchedSystem:
+class WatchedSystem(PostsImages):
     """What every watched adapter shares: an HTTP client, a recorder on every topic, Storage per caller, the inbox.
 
     Subclasses give :attr:`url`; what a system did is judged only
@@ -132,12 +132,6 @@ class WatchedSystem:
     def url(self) -> str:
         """The Upload service's base URL (``POST /images``, ``GET /jobs/{id}``)."""
         raise NotImplementedError
-
-    async def post(
-        self, data: bytes, user: str, *, idempotency_key: str | None = None, timeout: float | None = 10.0
-    ) -> UploadAnswer:
-        """Upload like a client would: ``POST /images?user=USER`` over HTTP; the answer is 202 or a problem."""
-        return await post_image(self, data, user, idempotency_key=idempotency_key, timeout=timeout)
 
     async def status(self, job_id: str, *, follow: bool = False) -> tuple[int, dict[str, Any]]:
         """``GET /jobs/{job_id}`` over HTTP: (status, body); a finished job answers 303 unless ``follow``."""

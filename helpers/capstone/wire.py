@@ -90,6 +90,17 @@ async def post_image(
         raise TimeoutError(f"no answer within {timeout} s") from exc
 
 
+class PostsImages:
+    """``post`` for every design's request side (an :class:`UploadTarget`): the same HTTP call whatever serves it."""
+
+    async def post(
+        self: UploadTarget, data: bytes, user: str, *, idempotency_key: str | None = None, timeout: float | None = 10.0
+    ) -> UploadAnswer:
+        """Upload like a client would: ``POST /images?user=USER`` over HTTP; the answer is 202 (or 200 from the
+        synchronous design, after the processing) or a problem."""
+        return await post_image(self, data, user, idempotency_key=idempotency_key, timeout=timeout)
+
+
 # --- every message of a run -------------------------------------------------------------------
 
 
