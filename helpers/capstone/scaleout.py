@@ -414,7 +414,7 @@ def python_caption(img: Image.Image, rounds: int = 300) -> str:
     hand-written model, JSON of a large result).
     """
     small = img.convert("L").resize((160, 120))
-    pixels = list(small.getdata())
+    pixels = list(small.tobytes())  # mode L: one byte per pixel (getdata is deprecated in Pillow 13)
     edges = 0
     for _ in range(rounds):
         for left, right in zip(pixels, pixels[1:], strict=False):
