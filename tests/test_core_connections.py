@@ -122,6 +122,24 @@ async def test_a_kept_alive_connection_waits_longer_than_the_head_deadline(servi
             assert second.status == 200
 
 
+async def test_a_second_head_that_never_completes_on_a_kept_alive_connection_gets_a_408(service: Service) -> None:
+    """The deadline holds for every request's head, not only the first: the probe parked 200 connections so."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", service.port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    first = await asyncio.wait_for(reader.readuntil(b'{"ok": true}'), 5)
+    assert first.startswith(b"HTTP/1.1 200"), first[:100]
+    await asyncio.sleep(2 * HEAD_TIMEOUT)  # idle: keep-alive's time, no deadline runs
+    began = time.perf_counter()
+    writer.write(b"GET / HTTP/1.1\r\nHost: a\r\nX-Unfinished: ")
+    answer = await asyncio.wait_for(reader.read(), 5)
+    took = time.perf_counter() - began
+    writer.close()
+    status, content_type, body = parse(answer)
+    assert (status, content_type.startswith(PROBLEM_JSON)) == (408, True), answer[:200]
+    assert "of its first byte" in str(body["detail"])
+    assert HEAD_TIMEOUT * 0.9 <= took < HEAD_TIMEOUT + 3, took
+
+
 async def test_a_bug_in_a_handler_is_a_500_problem_json_and_its_traceback_goes_to_the_log(
     service: Service, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -6,7 +6,7 @@ line folding...) it answers with its own plain-text 400, which no middleware see
 head that never completes holds its connection until a keep-alive timer much later. A
 client of a course service meets one error format and a bounded wait whatever it sent, so
 every service runs on :class:`ProblemAppRunner`: its connections answer those errors as
-problem+json (RFC 9457) and give the first request's head :data:`HEAD_TIMEOUT_S` to arrive.
+problem+json (RFC 9457) and give every request's head :data:`HEAD_TIMEOUT_S` to arrive.
 
 An answer that ends a connection while the client is still sending (a 10 MB head refused
 after its first 8 KB, a body nobody read) is followed by a lingering close (RFC 9112 9.6):
@@ -31,7 +31,8 @@ from aiohttp.http_exceptions import HttpProcessingError
 from helpers.core.problems import PROBLEM_JSON, problem
 
 HEAD_TIMEOUT_S = 1.5
-"""Seconds a new connection has to deliver its first request's line and headers (read when it connects)."""
+"""Seconds a request's line and headers have to arrive: from the connect for a connection's first request, from
+the first byte of the head for a later one on a kept-alive connection (idle time between requests is keep-alive's)."""
 
 _LOOP_WAS_BUSY_S = 0.25
 """A deadline timer that fires this late means the event loop was blocked: the head may be queued, unread."""
@@ -58,6 +59,9 @@ class ProblemRequestHandler(web.RequestHandler):
     """One connection's protocol handler: aiohttp's, with problem+json errors, a head deadline and a lingering close."""
 
     _head_timer: asyncio.TimerHandle | None = None
+    _heads_before = 0  # requests whose head had arrived when the head timer was armed
+    _answered = 0  # requests answered on this connection
+    _head_from = "connecting"
     _unframed = False
     _linger_ended: asyncio.Future[None] | None = None
     _linger_timer: asyncio.TimerHandle | None = None
@@ -102,6 +106,7 @@ class ProblemRequestHandler(web.RequestHandler):
         read the body to find the next request.
         """
         resp, reset = await super().finish_response(request, resp, start_time)
+        self._answered += 1
         if not reset and not resp.keep_alive and (self._unframed or not request.content.is_eof()):
             await self._linger()
         return resp, reset
@@ -116,10 +121,17 @@ class ProblemRequestHandler(web.RequestHandler):
             if self._linger_budget < 0:
                 self._end_linger()
             return
+        heads = self._request_count
         super().data_received(data)
-        if self._request_count and self._head_timer is not None:  # the first head is in: no deadline after it
+        if self._head_timer is not None and self._request_count > self._heads_before:  # the head is in
             self._head_timer.cancel()
             self._head_timer = None
+        elif self._head_timer is None and self._request_count == heads and self._idle():
+            self._arm_head_timer(HEAD_TIMEOUT_S, after="its first byte")  # a kept-alive connection begins a new head
+
+    def _idle(self) -> bool:
+        """Every request parsed so far is answered: bytes arriving now begin the next request's head, not a body."""
+        return self._answered == self._request_count and self._linger_ended is None
 
     def eof_received(self) -> bool:  # type: ignore[override]  # asyncio reads the bool; aiohttp typed it None
         """Keep the way back open when a client half-closes after its request: it still gets its answer.
@@ -179,19 +191,20 @@ class ProblemRequestHandler(web.RequestHandler):
         if self._linger_ended is not None and not self._linger_ended.done():
             self._linger_ended.set_result(None)
 
-    def _arm_head_timer(self, delay: float) -> None:
+    def _arm_head_timer(self, delay: float, *, after: str = "connecting") -> None:
         due = self._loop.time() + delay
+        self._heads_before, self._head_from = self._request_count, after
         self._head_timer = self._loop.call_at(due, self._head_due, due)
 
     def _head_due(self, due: float) -> None:
         """408 problem+json and close, unless the loop was too busy to read what may have arrived."""
         self._head_timer = None
-        if self._request_count or self.transport is None or self.transport.is_closing():
+        if self._request_count > self._heads_before or self.transport is None or self.transport.is_closing():
             return
         if self._loop.time() - due > _LOOP_WAS_BUSY_S:
-            self._arm_head_timer(0.1)  # read the socket first: a blocked kernel is not a slow client
+            self._arm_head_timer(0.1, after=self._head_from)  # read the socket first: a blocked kernel is not a slow client
             return
-        detail = f"the request line and headers did not arrive within {HEAD_TIMEOUT_S:g} s of connecting"
+        detail = f"the request line and headers did not arrive within {HEAD_TIMEOUT_S:g} s of {self._head_from}"
         body = json.dumps({"type": "about:blank", "title": "Request Timeout", "status": 408, "detail": detail}).encode()
         head = (
             f"HTTP/1.1 408 Request Timeout\r\nContent-Type: {PROBLEM_JSON}\r\n"
