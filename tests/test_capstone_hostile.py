@@ -99,6 +99,22 @@ def webp_declaring(width: int, height: int) -> bytes:
     return bytes(data)
 
 
+def png_with_private_chunks(count: int) -> bytes:
+    """A small valid PNG with ``count`` empty private chunks between its header and its image data."""
+    plain = encoded((64, 48), "PNG")
+    header_end = 8 + 12 + struct.unpack(">I", plain[8:12])[0]  # signature, then the IHDR chunk
+    chunk = struct.pack(">I", 0) + b"prVt" + struct.pack(">I", zlib.crc32(b"prVt"))
+    return plain[:header_end] + chunk * count + plain[header_end:]
+
+
+def jpeg_with_scans(count: int) -> bytes:
+    """A progressive JPEG whose last scan is repeated until it has ``count`` scans."""
+    plain = encoded((256, 256), "JPEG", progressive=True)
+    last_scan = plain.rindex(images.JPEG_START_OF_SCAN)
+    extra = count - plain.count(images.JPEG_START_OF_SCAN)
+    return plain[:-2] + plain[last_scan:-2] * extra + plain[-2:]
+
+
 def encoded(size: tuple[int, int], fmt: str, mode: str = "RGB", **options: object) -> bytes:
     """A flat image of ``size`` in ``fmt``, fast to make (the cost is in decoding it)."""
     out = io.BytesIO()
@@ -213,6 +229,37 @@ async def test_an_extreme_shape_is_refused_from_its_header_at_once(pipeline: Ref
     assert rss.growth_mb < 150, f"refusing from the header costs no pixels, yet the process grew {rss.growth_mb:.0f} MB"
     assert lag.longest < 0.5, f"the event loop stood still for {lag.longest:.2f} s"
     await assert_healthy(pipeline)
+
+
+COSTLY_TO_DECODE = {
+    "a PNG of 100,000 empty private chunks (1.2 MB; 2.6 s to read)": lambda: png_with_private_chunks(100_000),
+    "a PNG one chunk over the cap": lambda: png_with_private_chunks(images.MAX_PNG_CHUNKS - 1),
+    "a progressive JPEG of 15,000 scans (~17 s to decode)": lambda: jpeg_with_scans(15_000),
+    "a JPEG one scan over the cap": lambda: jpeg_with_scans(images.MAX_JPEG_SCANS + 1),
+}
+"""Small files whose structure costs seconds of decoding (an outside probe's finds); the byte and pixel limits
+cannot see it, so the bytes are read for it before Pillow parses anything."""
+
+
+@pytest.mark.parametrize("case", list(COSTLY_TO_DECODE))
+async def test_a_structure_too_costly_to_decode_is_refused_at_once(pipeline: ReferenceSystem, case: str) -> None:
+    data = COSTLY_TO_DECODE[case]()
+    async with LoopLag() as lag:
+        answers = await asyncio.gather(*(pipeline.post(data, f"mallory{i}") for i in range(4)))  # four at once
+    for answer in answers:
+        assert_problem(answer.status, answer.headers.get("Content-Type"), answer.body, 413, "costly-structure")
+        assert answer.seconds < ANSWER_S, answer.seconds
+    assert lag.longest < 0.5, f"the event loop stood still for {lag.longest:.2f} s"
+    await assert_healthy(pipeline)
+
+
+def test_the_structure_caps_leave_ordinary_images_alone() -> None:
+    """At the caps, and a common progressive JPEG (about 10 scans): accepted."""
+    assert images.inspect_upload(png_with_private_chunks(images.MAX_PNG_CHUNKS - 2)).format == "PNG"  # + IHDR, IEND
+    progressive = encoded((640, 480), "JPEG", progressive=True)
+    assert 5 <= progressive.count(images.JPEG_START_OF_SCAN) <= 20
+    assert images.inspect_upload(progressive).format == "JPEG"
+    assert images.inspect_upload(jpeg_with_scans(images.MAX_JPEG_SCANS)).format == "JPEG"
 
 
 WORST_ACCEPTED = {

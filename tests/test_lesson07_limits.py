@@ -28,6 +28,7 @@ def test_the_limits_the_lesson_states_are_the_ones_upload_enforces() -> None:
         f"lets {upload.DECODE_QUEUE} more wait",
         f"at most {upload.MAX_FORM_PARTS} parts",
         f"has {connections.HEAD_TIMEOUT_S:g} s to send its request line and headers",
+        f"at most {images.MAX_PNG_CHUNKS:,} PNG chunks besides the image data and {images.MAX_JPEG_SCANS} JPEG scans",
     ]
     missing = [phrase for phrase in stated if phrase not in said]
     assert missing == [], f"lesson 07 says: {said!r}"

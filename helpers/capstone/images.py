@@ -119,6 +119,13 @@ MAX_ASPECT_RATIO: float = 10.0
 MAX_PIXELS_BY_FORMAT: Final = {"WEBP": 16_000_000}
 """Lower budgets where decoding costs more per pixel. Pillow decodes WebP through libwebp's animation decoder,
 which keeps about four RGBA copies: a 40 MP WebP took +615 MB to validate, 16 MP takes about 250 MB (measured)."""
+MAX_PNG_CHUNKS: int = 1_000
+"""Chunks a PNG may carry besides its image data (IDAT). A real one has a handful (size, colour profile, text,
+EXIF); Pillow reads each in Python, about 26 us apiece: a 1.2 MB PNG of 100,000 empty private chunks took 2.6 s to
+check and one of 690,000 (8 MB) 7 s, each holding a decode slot (measured by an outside probe)."""
+MAX_JPEG_SCANS: int = 100
+"""Scans a JPEG may have. A progressive photo has about 10; libjpeg decodes the whole picture once per scan, so
+a 210 KB progressive JPEG of 15,000 scans took ~17 s of decoding (measured by an outside probe)."""
 WORKING_MAX_SIDE: int = 3072
 """``process_image`` works on a copy at most this wide and high (7 MP at 4:3): every rendition is at most 1024 px
 and the filter works at 4 MP, so more pixels only cost time and memory (a 40 MP PNG took +915 MB and 12 s without
@@ -231,6 +238,49 @@ def _refuse_truncated_loading() -> None:
         )
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+JPEG_START_OF_SCAN = b"\xff\xda"
+"""The SOS marker: inside a scan's entropy-coded data a 0xFF byte is always followed by 0x00 or a restart marker,
+so every occurrence of these two bytes starts a scan."""
+
+
+def _check_structure(data: bytes) -> None:
+    """Refuse (413) a PNG with more than :data:`MAX_PNG_CHUNKS` chunks besides its image data, or a JPEG with more
+    than :data:`MAX_JPEG_SCANS` scans, from the bytes, before Pillow spends seconds on either.
+
+    Both cost decoding time out of proportion to their size, which the byte and pixel limits cannot see. The PNG
+    walk reads chunk lengths only (IDAT chunks are skipped: an 8 MB PNG may hold a thousand of them); a malformed
+    or truncated layout is left to Pillow, which reports it as a corrupt image.
+    """
+    if data.startswith(PNG_SIGNATURE):
+        count = _png_chunks_besides_image_data(data)
+        what = f"more than {MAX_PNG_CHUNKS:,} chunks besides its image data" if count > MAX_PNG_CHUNKS else ""
+        limit = f"at most {MAX_PNG_CHUNKS:,} are accepted"
+    elif data.startswith(b"\xff\xd8"):
+        count = data.count(JPEG_START_OF_SCAN)
+        what = f"{count:,} scans (a progressive photo has about 10)" if count > MAX_JPEG_SCANS else ""
+        limit = f"at most {MAX_JPEG_SCANS:,} are accepted"
+    else:
+        return
+    if what:
+        raise ImageRejected(
+            413,
+            "Image too costly to decode",
+            f"The image has {what}; {limit}, since each costs decoding time. Save it again with a common encoder.",
+            "costly-structure",
+        )
+
+
+def _png_chunks_besides_image_data(data: bytes) -> int:
+    """How many chunks other than IDAT the PNG has (IHDR and IEND too), counting no further than one past the limit."""
+    count, at = 0, len(PNG_SIGNATURE)
+    while at + 8 <= len(data) and count <= MAX_PNG_CHUNKS:
+        length = int.from_bytes(data[at : at + 4], "big")
+        count += data[at + 4 : at + 8] != b"IDAT"
+        at += 12 + length  # length, type, data, CRC
+    return count
+
+
 def _pixel_bomb(detail: str) -> ImageRejected:
     return ImageRejected(413, "Image has too many pixels", detail, "too-many-pixels")
 
@@ -239,12 +289,14 @@ def open_header(data: bytes) -> ImageFile.ImageFile:
     """Parse the header only, with the decoders limited to ACCEPTED_FORMATS and Pillow's bomb guard as an error.
 
     No pixel is decoded; the caller closes the image (``with open_header(data) as img``). ``ImageRejected`` for
-    bytes that are not an accepted image, a header that does not parse, or a pixel bomb.
+    bytes that are not an accepted image, a header that does not parse, a pixel bomb, or a structure too costly
+    to parse (:func:`_check_structure`, first: Pillow reads a PNG's chunks up to the image data to find its header).
 
     Pillow warns (``DecompressionBombWarning``) above ``Image.MAX_IMAGE_PIXELS`` and raises
     (``DecompressionBombError``) above twice that; the warning is turned into an error here.
     """
     _refuse_truncated_loading()
+    _check_structure(data)
     try:
         with _OPEN_LOCK, warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
