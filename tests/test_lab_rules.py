@@ -206,6 +206,11 @@ RULES["06_hybrid_job"] = {
     "success: succeeded, every step done, the result kept": Rule(
         "q2", "the last step finished: `succeeded`, every step done, keep the result", "follows_a_job_to_success"
     ),
+    "success before the last step_done: still every step done": Rule(
+        "q2",
+        "the last step finished: `succeeded`, every step done",
+        "success_before_the_last_step_done_counts_every_step",
+    ),
     "a failure: failed, with the step and the reason": Rule(
         "q2", "a step failed and the job stops there: `failed`, with the step and the reason", "a_failed_step_ends_the_job"
     ),

@@ -766,6 +766,18 @@ LAB06 = {
         "the_first_step_makes_the_job_running",
         "a step started means 'running'",
     ),
+    "06 mistake: job.succeeded that leaves job.done as it was (held-out; only Q2 loses points)": Variant(
+        "06_hybrid_job",
+        "q2",
+        (
+            (
+                'job.state, job.done, job.result = SUCCEEDED, job.total, data["result"]',
+                'job.state, job.result = SUCCEEDED, data["result"]',
+            ),
+        ),
+        "success_before_the_last_step_done_counts_every_step",
+        "a succeeded job has every step done",
+    ),
     "06 mistake: Retry-After '1s'": Variant(
         "06_hybrid_job",
         "q1",
@@ -804,7 +816,7 @@ async def test_a_lab06_q1_mistake_loses_no_point_in_q2_to_q4() -> None:
     later = [c for c in load_checks(variant.lab) if c.question != "q1"]
     got = {c.name: await run_check(c, ns) for c in later}
     assert {name: r.message for name, r in got.items() if not r.passed} == {}
-    assert sum(r.points for r in got.values()) == sum(c.points for c in later) == 16  # 15 before the first-step check
+    assert sum(r.points for r in got.values()) == sum(c.points for c in later) == 17  # 16 before the out-of-order success check
 
 
 @pytest.mark.broker
@@ -816,6 +828,17 @@ async def test_a_keyed_retry_that_starts_its_job_again_fails_that_check_only() -
     assert {name for name, r in got.items() if not r.passed} == {"a_retry_with_the_same_key_starts_nothing"}, {
         name: r.message for name, r in got.items() if not r.passed
     }
+
+
+@pytest.mark.broker
+async def test_lab06_a_success_that_leaves_steps_undone_loses_q2_points_only() -> None:
+    """It passed every check: none delivered job.succeeded before the last job.step_done. Now one Q2 check does, only it."""
+    variant = LAB06["06 mistake: job.succeeded that leaves job.done as it was (held-out; only Q2 loses points)"]
+    ns = submission(variant.lab, *variant.edits)
+    got = {c.name: await run_check(c, ns) for c in load_checks(variant.lab)}
+    lost = {name: r.message for name, r in got.items() if not r.passed}
+    assert set(lost) == {"success_before_the_last_step_done_counts_every_step"}, lost
+    assert {c.question for c in load_checks(variant.lab) if c.name in lost} == {"q2"}
 
 
 def test_lab06_has_six_submissions_with_alternatives_and_mistakes() -> None:
