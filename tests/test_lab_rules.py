@@ -270,6 +270,7 @@ RULES["07_image_pipeline"] = {
     "every arrow marked sync or async": Rule("q1", "Every arrow carries one of the two markings", "marks_every_arrow"),
     "line style and label word agree": Rule("q1", "An arrow whose line style and label word disagree", "marks_every_arrow"),
     "only what comes before the 202 is sync": Rule("q1", "Only what must happen before the `202` is sync", "design_holds"),
+    "calls and messages, not answers": Rule("q1", "Draw calls and\n>   messages, not answers.", "design_holds"),
     "a marking mistake costs the marking check only": Rule(
         "q1", "the design and that comparison read such an arrow by its label word", "design_holds"
     ),

@@ -572,6 +572,23 @@ LAB07_VARIANTS: dict[str, MarkdownVariant] = {
             ),
         ),
     ),
+    "07 mistake: every call drawn, and the answers too (held-out)": MarkdownVariant(
+        LAB07,
+        "q1",
+        (),
+        "design_holds",
+        "Upload -> User: this is the answer to User's call (HTTP 202); draw the call only",
+        markdown=(
+            (
+                "flowchart LR\n    user([User]) -->|HTTP POST /images| upload[Upload]\n",
+                "flowchart LR\n    user([User]) -->|HTTP POST /images| upload[Upload]\n    upload -->|HTTP 202 Accepted| user\n",
+            ),
+            (
+                "    upload -->|HTTP PUT original| storage[(Storage)]\n",
+                "    upload -->|HTTP PUT original| storage[(Storage)]\n    storage -->|HTTP 201| upload\n",
+            ),
+        ),
+    ),
     "07 mistake: one solid arrow labelled MQTT (only the notation's point)": MarkdownVariant(
         LAB07,
         "q1",
