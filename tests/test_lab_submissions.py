@@ -246,12 +246,19 @@ LAB02 = {
         "every_attempt_goes_through_the_breaker",
         "with the retries outside it",
     ),
-    "02 mistake: a 4xx raised as ServiceError (Q4 names fetch)": Variant(
+    "02 mistake: a 4xx raised as ServiceError (only Q1 loses points)": Variant(
         "02_resilient_client",
         "q1",
         ((FIVE_XX, FIVE_XX.replace("500", "400")),),
         "fetch_raises_a_4xx_as_a_client_error",
         "a 4xx must not be retried",
+    ),
+    "02 mistake: one retry too many (only Q2 loses points)": Variant(
+        "02_resilient_client",
+        "q2",
+        (("stop=stop_after_attempt(attempts),", "stop=stop_after_attempt(attempts + 1),"),),
+        "stops_at_the_retry_budget",
+        "but the call was made",
     ),
     "02 mistake: the client ignores its timeout": Variant(
         "02_resilient_client",
@@ -482,13 +489,22 @@ async def test_lab02_retries_inside_the_breaker_fail_that_check_and_nothing_else
     assert set(_lost(got)) == {"every_attempt_goes_through_the_breaker"}, _lost(got)
 
 
-async def test_lab02_a_4xx_made_a_service_error_is_blamed_on_fetch_in_q4() -> None:
-    """fetch raising ServiceError for a 4xx (Q1) also fails Q4's 4xx check, which names fetch (not "after 0 answers")."""
-    got = await _every_check(LAB02["02 mistake: a 4xx raised as ServiceError (Q4 names fetch)"])
-    assert set(_lost(got)) == {"fetch_raises_a_4xx_as_a_client_error", "client_passes_a_4xx_through"}, _lost(got)
-    q4 = got["client_passes_a_4xx_through"].message
-    assert "your fetch raises ServiceError" in q4, q4
-    assert "after 0" not in q4, q4
+LAB02_EARLIER_MISTAKES = (
+    "02 mistake: a 4xx raised as ServiceError (only Q1 loses points)",
+    "02 mistake: one retry too many (only Q2 loses points)",
+)
+"""Mistakes of Q1 or Q2 whose get() is right. Q4 ran the learner's fetch and with_retries, so each cost points twice
+(the 4xx one failed Q4's 4xx check, the off-by-one its retry budget); Q4 now runs get() with the course's parts."""
+
+
+@pytest.mark.parametrize("label", LAB02_EARLIER_MISTAKES)
+async def test_lab02_a_q1_or_q2_mistake_loses_no_point_in_q4(label: str) -> None:
+    variant = LAB02[label]
+    got = await _every_check(variant)
+    assert {got[name].question for name in _lost(got)} == {variant.question}, _lost(got)
+    q4 = [r for r in got.values() if r.question == "q4"]
+    assert all(r.passed for r in q4)
+    assert sum(r.points for r in q4) == sum(c.points for c in load_checks(variant.lab).of("q4"))
 
 
 # --------------------------------------------------------------------------- lab 07 (a block of its own)
