@@ -565,6 +565,14 @@ async def test_a_clean_session_notifier_is_named() -> None:
     assert "a clean session forgets what was sent while it was down" in got["keeps_what_arrives_while_down"].message
 
 
+async def test_a_notifier_that_ignores_job_failed_is_told_why() -> None:
+    """Only job.done notified: the feedback names the failed jobs as the unnotified ones and job.failed as the cause."""
+    done_only = submission(LAB, ("event.type in (JOB_DONE, JOB_FAILED) and", "event.type == JOB_DONE and"))
+    got = await results(done_only, {"notifies_each_user_once"})
+    message = got["notifies_each_user_once"].message
+    assert "the 1 failed job(s) were never notified, the done ones were: job.failed must notify too" in message, message
+
+
 async def test_a_new_client_id_per_start_is_named() -> None:
     got = await results(mistake("a new client id per start"), {"keeps_what_arrives_while_down"})
     assert "a new client id is a new session" in got["keeps_what_arrives_while_down"].message
