@@ -457,10 +457,14 @@ def check_design(chart: Flowchart) -> list[Finding]:
 
 
 _ANSWER_WORDS = re.compile(
-    r"\b(?:[1-5]\d\d|ok|accepted|created|no content|responses?|responds?|repl(?:y|ies)|answers?)\b", re.IGNORECASE
+    r"(?<![#/\w.:-])[1-5]\d\d\b|\b(?:ok|accepted|created|no content|responses?|responds?|repl(?:y|ies)|answers?)\b",
+    re.IGNORECASE,
 )
-"""What labels an answer: an HTTP status (202, "OK", "Accepted", "Created") or the words response, reply, answer."""
+"""What labels an answer: an HTTP status (202, "OK", "Accepted", "Created") or the words response, reply, answer.
+A number after ``#`` or ``/`` (job #123, /jobs/123) is an id, not a status."""
 
+_ENTITY = re.compile(r"#\w+;")
+"""A Mermaid entity code (``#123;`` for ``{``): its digits are no HTTP status."""
 _SYNC_CALLS = {(rule.src, rule.dst) for rule in _RULES if rule.kind == SYNC}
 _CALLS = {(rule.src, rule.dst) for rule in _RULES}
 
@@ -485,7 +489,7 @@ def _answer_findings(chart: Flowchart, role_of: dict[str, str], by_role: dict[st
         if (answerer, caller) in _CALLS:
             continue
         called = any(role_of.get(e.src) == caller and role_of.get(e.dst) == answerer for e in chart.edges)
-        status = _ANSWER_WORDS.search(edge.label)
+        status = _ANSWER_WORDS.search(_ENTITY.sub(" ", edge.label))
         back_along_a_call = (caller, answerer) in _SYNC_CALLS and kind_of(edge) == SYNC
         if not called or not (status or back_along_a_call):
             continue
