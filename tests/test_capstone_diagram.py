@@ -70,6 +70,25 @@ def test_a_correct_diagram_passes_every_finding(text: str) -> None:
     assert "the upload answers 202 at once" in messages
 
 
+@pytest.mark.parametrize(
+    ("arrow", "answer"),
+    [
+        ("    UP -->|HTTP 202 Accepted| U\n", "Upload -> User: this is the answer to User's call (HTTP 202)"),
+        ("    S -.->|MQTT response| UP\n", "Storage -> Upload: this is the answer to Upload's call (HTTP response)"),
+        ("    S -->|HTTP bytes of the original| P\n", "Storage -> AI Image Processor: this is the answer to AI Image"),
+    ],
+)
+def test_an_answer_drawn_as_an_arrow_is_named(arrow: str, answer: str) -> None:
+    """Calls and messages only: a status or response label back along a drawn call, or HTTP back along a sync call."""
+    assert answer in failing(WITH_BROKER + arrow, "this is the answer to")
+
+
+def test_calls_back_between_two_parts_are_not_answers() -> None:
+    """A message back along an async relation, with digits of an entity code (#123;) in its label, is a message."""
+    events = "    proc -.->|MQTT job.done for #35;123| upload\n    user -->|HTTP GET /jobs/#123;id#125;| upload\n"
+    assert failures(WITHOUT_BROKER + events) == []
+
+
 def test_the_processor_may_be_a_subgraph_of_consumers() -> None:
     text = """\
 flowchart LR

@@ -51,6 +51,12 @@ EDITS: dict[str, tuple[Edit, ...]] = {
     "malformed not caught": (
         ("    except InvalidEvent as exc:\n        record", "    except ZeroDivisionError as exc:\n        record"),
     ),
+    "malformed never acked": (
+        (
+            "                apply_once(event, ledger, applied)\n            ack(client, message)",
+            "                apply_once(event, ledger, applied)\n                ack(client, message)",
+        ),
+    ),
     "QoS 0": (("QOS = 1\n", "QOS = 0\n"),),
     # question 4's own QoS mistake: the loop subscribes at QoS 0 whatever QOS says
     "run_consumer subscribing at QoS 0": (
@@ -128,6 +134,15 @@ async def test_crashing_on_a_malformed_message_is_caught() -> None:
         submission(LAB, *EDITS["malformed not caught"]), {"dead_letters_and_keeps_going", "malformed_goes_to_dead_letters"}
     )
     assert not any(r.passed for r in got.values())
+
+
+async def test_a_dead_letter_never_acknowledged_is_named_as_such() -> None:
+    """Dead-lettered but never acked: the consumer stops too, and the feedback names the missing ack, not the dead letter."""
+    got = await results(submission(LAB, *EDITS["malformed never acked"]), {"dead_letters_and_keeps_going"})
+    message = got["dead_letters_and_keeps_going"].message
+    assert "dead-lettered the malformed message but never acknowledged it" in message, message
+    crashed = await results(submission(LAB, *EDITS["malformed not caught"]), {"dead_letters_and_keeps_going"})
+    assert "never acknowledged" not in crashed["dead_letters_and_keeps_going"].message
 
 
 async def test_qos_0_is_caught_on_every_broker_and_costs_question_1_only() -> None:

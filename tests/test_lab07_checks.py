@@ -293,6 +293,47 @@ async def test_an_upload_that_calls_the_processor_fails_the_design_in_either_lin
         assert got["marks_every_arrow"].passed == (arrow == "-->"), got["marks_every_arrow"].message
 
 
+USER_CALL = "    user([User]) -->|HTTP POST /images| upload[Upload]\n"
+STORAGE_CALL = "    upload -->|HTTP PUT original| storage[(Storage)]\n"
+
+
+async def test_answers_drawn_as_arrows_lose_the_design_points_by_name() -> None:
+    """Held-out: every required arrow plus `upload -->|HTTP 202 Accepted| user` and `storage -->|HTTP 201| upload` got
+    full marks, though the lab says to draw calls and messages, not answers. design_holds names each answer arrow;
+    nothing else in Q1 charges it."""
+    answers = diagram_with(
+        (USER_CALL, USER_CALL + "    upload -->|HTTP 202 Accepted| user\n"),
+        (STORAGE_CALL, STORAGE_CALL + "    storage -->|HTTP 201| upload\n"),
+    )
+    got = await results(submission(LAB), Q1_CHECKS, markdown=answers)
+    assert set(failed(got)) == {"design_holds"}, failed(got)
+    message = got["design_holds"].message
+    assert "Upload -> User: this is the answer to User's call (HTTP 202); draw the call only" in message
+    assert "Storage -> Upload: this is the answer to Upload's call (HTTP 201); draw the call only" in message
+    assert q1_points_lost(got) == 2
+
+
+async def test_an_unlabelled_answer_back_along_a_sync_call_is_named() -> None:
+    """A solid HTTP arrow back along a required sync call is an answer whatever its label says (Storage never calls)."""
+    back = diagram_with((STORAGE_CALL, STORAGE_CALL + "    storage -->|HTTP the stored key| upload\n"))
+    got = await results(submission(LAB), {"design_holds"}, markdown=back)
+    assert "Storage -> Upload: this is the answer to Upload's call" in got["design_holds"].message
+
+
+async def test_calls_the_other_way_are_not_answers() -> None:
+    """Correct diagrams draw arrows that go back between two parts: the notification pushed to the user, the user
+    polling its job, the processor's job events to the upload, brokers drawn as topic nodes. None is an answer."""
+    extra = (
+        "    user -->|HTTP GET /jobs/id| upload\n"
+        "    processor -.->|MQTT job events| events((jobs topic))\n"
+        "    events -.->|MQTT job events| upload\n"
+        "    notification -->|HTTP web push: 200 images ready| user\n"
+    )
+    calls = diagram_with((USER_CALL, USER_CALL + extra))
+    got = await results(submission(LAB), DIAGRAM_CHECKS, markdown=calls)
+    assert failed(got) == {}
+
+
 async def test_the_diagram_is_compared_with_the_code_where_the_learner_sees_it(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -522,6 +563,14 @@ async def test_a_clean_session_notifier_is_named() -> None:
     got = await results(mistake("a clean-session notifier"), {"keeps_what_arrives_while_down", "notifier_outage_loses_nothing"})
     assert not any(r.passed for r in got.values()), failed(got)
     assert "a clean session forgets what was sent while it was down" in got["keeps_what_arrives_while_down"].message
+
+
+async def test_a_notifier_that_ignores_job_failed_is_told_why() -> None:
+    """Only job.done notified: the feedback names the failed jobs as the unnotified ones and job.failed as the cause."""
+    done_only = submission(LAB, ("event.type in (JOB_DONE, JOB_FAILED) and", "event.type == JOB_DONE and"))
+    got = await results(done_only, {"notifies_each_user_once"})
+    message = got["notifies_each_user_once"].message
+    assert "the 1 failed job(s) were never notified, the done ones were: job.failed must notify too" in message, message
 
 
 async def test_a_new_client_id_per_start_is_named() -> None:

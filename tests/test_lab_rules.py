@@ -206,6 +206,11 @@ RULES["06_hybrid_job"] = {
     "success: succeeded, every step done, the result kept": Rule(
         "q2", "the last step finished: `succeeded`, every step done, keep the result", "follows_a_job_to_success"
     ),
+    "success before the last step_done: still every step done": Rule(
+        "q2",
+        "the last step finished: `succeeded`, every step done",
+        "success_before_the_last_step_done_counts_every_step",
+    ),
     "a failure: failed, with the step and the reason": Rule(
         "q2", "a step failed and the job stops there: `failed`, with the step and the reason", "a_failed_step_ends_the_job"
     ),
@@ -265,6 +270,7 @@ RULES["07_image_pipeline"] = {
     "every arrow marked sync or async": Rule("q1", "Every arrow carries one of the two markings", "marks_every_arrow"),
     "line style and label word agree": Rule("q1", "An arrow whose line style and label word disagree", "marks_every_arrow"),
     "only what comes before the 202 is sync": Rule("q1", "Only what must happen before the `202` is sync", "design_holds"),
+    "calls and messages, not answers": Rule("q1", "Draw calls and\n>   messages, not answers.", "design_holds"),
     "a marking mistake costs the marking check only": Rule(
         "q1", "the design and that comparison read such an arrow by its label word", "design_holds"
     ),

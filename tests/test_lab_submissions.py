@@ -246,12 +246,19 @@ LAB02 = {
         "every_attempt_goes_through_the_breaker",
         "with the retries outside it",
     ),
-    "02 mistake: a 4xx raised as ServiceError (Q4 names fetch)": Variant(
+    "02 mistake: a 4xx raised as ServiceError (only Q1 loses points)": Variant(
         "02_resilient_client",
         "q1",
         ((FIVE_XX, FIVE_XX.replace("500", "400")),),
         "fetch_raises_a_4xx_as_a_client_error",
         "a 4xx must not be retried",
+    ),
+    "02 mistake: one retry too many (only Q2 loses points)": Variant(
+        "02_resilient_client",
+        "q2",
+        (("stop=stop_after_attempt(attempts),", "stop=stop_after_attempt(attempts + 1),"),),
+        "stops_at_the_retry_budget",
+        "but the call was made",
     ),
     "02 mistake: the client ignores its timeout": Variant(
         "02_resilient_client",
@@ -482,13 +489,22 @@ async def test_lab02_retries_inside_the_breaker_fail_that_check_and_nothing_else
     assert set(_lost(got)) == {"every_attempt_goes_through_the_breaker"}, _lost(got)
 
 
-async def test_lab02_a_4xx_made_a_service_error_is_blamed_on_fetch_in_q4() -> None:
-    """fetch raising ServiceError for a 4xx (Q1) also fails Q4's 4xx check, which names fetch (not "after 0 answers")."""
-    got = await _every_check(LAB02["02 mistake: a 4xx raised as ServiceError (Q4 names fetch)"])
-    assert set(_lost(got)) == {"fetch_raises_a_4xx_as_a_client_error", "client_passes_a_4xx_through"}, _lost(got)
-    q4 = got["client_passes_a_4xx_through"].message
-    assert "your fetch raises ServiceError" in q4, q4
-    assert "after 0" not in q4, q4
+LAB02_EARLIER_MISTAKES = (
+    "02 mistake: a 4xx raised as ServiceError (only Q1 loses points)",
+    "02 mistake: one retry too many (only Q2 loses points)",
+)
+"""Mistakes of Q1 or Q2 whose get() is right. Q4 ran the learner's fetch and with_retries, so each cost points twice
+(the 4xx one failed Q4's 4xx check, the off-by-one its retry budget); Q4 now runs get() with the course's parts."""
+
+
+@pytest.mark.parametrize("label", LAB02_EARLIER_MISTAKES)
+async def test_lab02_a_q1_or_q2_mistake_loses_no_point_in_q4(label: str) -> None:
+    variant = LAB02[label]
+    got = await _every_check(variant)
+    assert {got[name].question for name in _lost(got)} == {variant.question}, _lost(got)
+    q4 = [r for r in got.values() if r.question == "q4"]
+    assert all(r.passed for r in q4)
+    assert sum(r.points for r in q4) == sum(c.points for c in load_checks(variant.lab).of("q4"))
 
 
 # --------------------------------------------------------------------------- lab 07 (a block of its own)
@@ -569,6 +585,23 @@ LAB07_VARIANTS: dict[str, MarkdownVariant] = {
             (
                 "    upload -->|HTTP PUT original| storage[(Storage)]\n",
                 "    upload -->|HTTP PUT original| storage[(Storage)]\n    upload -.->|MQTT original| storage\n",
+            ),
+        ),
+    ),
+    "07 mistake: every call drawn, and the answers too (held-out)": MarkdownVariant(
+        LAB07,
+        "q1",
+        (),
+        "design_holds",
+        "Upload -> User: this is the answer to User's call (HTTP 202); draw the call only",
+        markdown=(
+            (
+                "flowchart LR\n    user([User]) -->|HTTP POST /images| upload[Upload]\n",
+                "flowchart LR\n    user([User]) -->|HTTP POST /images| upload[Upload]\n    upload -->|HTTP 202 Accepted| user\n",
+            ),
+            (
+                "    upload -->|HTTP PUT original| storage[(Storage)]\n",
+                "    upload -->|HTTP PUT original| storage[(Storage)]\n    storage -->|HTTP 201| upload\n",
             ),
         ),
     ),
@@ -766,6 +799,18 @@ LAB06 = {
         "the_first_step_makes_the_job_running",
         "a step started means 'running'",
     ),
+    "06 mistake: job.succeeded that leaves job.done as it was (held-out; only Q2 loses points)": Variant(
+        "06_hybrid_job",
+        "q2",
+        (
+            (
+                'job.state, job.done, job.result = SUCCEEDED, job.total, data["result"]',
+                'job.state, job.result = SUCCEEDED, data["result"]',
+            ),
+        ),
+        "success_before_the_last_step_done_counts_every_step",
+        "a succeeded job has every step done",
+    ),
     "06 mistake: Retry-After '1s'": Variant(
         "06_hybrid_job",
         "q1",
@@ -804,7 +849,7 @@ async def test_a_lab06_q1_mistake_loses_no_point_in_q2_to_q4() -> None:
     later = [c for c in load_checks(variant.lab) if c.question != "q1"]
     got = {c.name: await run_check(c, ns) for c in later}
     assert {name: r.message for name, r in got.items() if not r.passed} == {}
-    assert sum(r.points for r in got.values()) == sum(c.points for c in later) == 16  # 15 before the first-step check
+    assert sum(r.points for r in got.values()) == sum(c.points for c in later) == 17  # 16 before the out-of-order success check
 
 
 @pytest.mark.broker
@@ -816,6 +861,17 @@ async def test_a_keyed_retry_that_starts_its_job_again_fails_that_check_only() -
     assert {name for name, r in got.items() if not r.passed} == {"a_retry_with_the_same_key_starts_nothing"}, {
         name: r.message for name, r in got.items() if not r.passed
     }
+
+
+@pytest.mark.broker
+async def test_lab06_a_success_that_leaves_steps_undone_loses_q2_points_only() -> None:
+    """It passed every check: none delivered job.succeeded before the last job.step_done. Now one Q2 check does, only it."""
+    variant = LAB06["06 mistake: job.succeeded that leaves job.done as it was (held-out; only Q2 loses points)"]
+    ns = submission(variant.lab, *variant.edits)
+    got = {c.name: await run_check(c, ns) for c in load_checks(variant.lab)}
+    lost = {name: r.message for name, r in got.items() if not r.passed}
+    assert set(lost) == {"success_before_the_last_step_done_counts_every_step"}, lost
+    assert {c.question for c in load_checks(variant.lab) if c.name in lost} == {"q2"}
 
 
 def test_lab06_has_six_submissions_with_alternatives_and_mistakes() -> None:

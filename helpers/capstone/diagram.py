@@ -451,8 +451,56 @@ def check_design(chart: Flowchart) -> list[Finding]:
             check = _check_sync_rule if rule.kind == SYNC else _check_async_rule
             findings.append(check(chart, by_role, rule))
     findings += _contradiction_findings(chart, role_of, by_role)
+    findings += _answer_findings(chart, role_of, by_role)
     findings += _no_waiting_findings(chart, by_role)
     return _dedupe(findings)
+
+
+_ANSWER_WORDS = re.compile(
+    r"(?<![#/\w.:-])[1-5]\d\d\b|\b(?:ok|accepted|created|no content|responses?|responds?|repl(?:y|ies)|answers?)\b",
+    re.IGNORECASE,
+)
+"""What labels an answer: an HTTP status (202, "OK", "Accepted", "Created") or the words response, reply, answer.
+A number after ``#`` or ``/`` (job #123, /jobs/123) is an id, not a status."""
+
+_ENTITY = re.compile(r"#\w+;")
+"""A Mermaid entity code (``#123;`` for ``{``): its digits are no HTTP status."""
+_SYNC_CALLS = {(rule.src, rule.dst) for rule in _RULES if rule.kind == SYNC}
+_CALLS = {(rule.src, rule.dst) for rule in _RULES}
+
+
+def _answer_findings(chart: Flowchart, role_of: dict[str, str], by_role: dict[str, list[str]]) -> list[Finding]:
+    """An answer drawn as an arrow: B -> A, where A -> B is drawn and B -> A is no call of the design.
+
+    The notation draws calls and messages only; the answer travels back on the call's own
+    connection. An answer arrow claims a call that does not exist (Upload calling the User),
+    and without this finding a diagram that draws every call plus its answers passed
+    everything. It is an answer when its label says so (an HTTP status, "OK", "response",
+    "reply", "answer"), or when it is a solid HTTP arrow back along a required sync call.
+    A call of the design the other way (Notification -> User, User -> Upload ``GET /jobs``,
+    the processor's job events to the Upload) is never one: only the reverse of a drawn
+    arrow, between parts that have no call that way, is judged.
+    """
+    findings = []
+    for edge in chart.edges:
+        answerer, caller = role_of.get(edge.src), role_of.get(edge.dst)
+        if answerer is None or caller is None or "broker" in (answerer, caller) or answerer == caller:
+            continue
+        if (answerer, caller) in _CALLS:
+            continue
+        called = any(role_of.get(e.src) == caller and role_of.get(e.dst) == answerer for e in chart.edges)
+        status = _ANSWER_WORDS.search(_ENTITY.sub(" ", edge.label))
+        back_along_a_call = (caller, answerer) in _SYNC_CALLS and kind_of(edge) == SYNC
+        if not called or not (status or back_along_a_call):
+            continue
+        name = f"{_role_name(chart, by_role, answerer)} -> {_role_name(chart, by_role, caller)}"
+        said = f"HTTP {status.group(0)}" if status else edge.label.strip()
+        message = (
+            f"{name}: this is the answer to {_role_name(chart, by_role, caller)}'s call ({said}); draw the call only "
+            "(an answer goes back on the call's own connection: no arrow)"
+        )
+        findings.append(Finding(False, name, message))
+    return findings
 
 
 _SAID_ELSEWHERE = {(rule.src, rule.dst) for rule in _RULES if rule.kind == ASYNC} | {("upload", "notification")}

@@ -95,6 +95,12 @@ def _once_each(inbox: Inbox, jobs: list[tuple[str, str, str]], label: str) -> No
     counts = inbox.per_job()
     missing = [j for j, _, _ in jobs if counts[j] == 0]
     doubled = [j for j, _, _ in jobs if counts[j] > 1]
+    failed = {j for j, _, state in jobs if state != "done"}
+    if missing and set(missing) <= failed and len(missing) < len(jobs):  # the done ones were notified: the cause is known
+        raise CheckFailed(
+            f"{label}: the {len(missing)} failed job(s) were never notified, the done ones were: job.failed must notify "
+            "too (subscribe to topics.jobs, which carries job.done and job.failed, and handle JOB_FAILED)"
+        )
     expect(not missing, f"{label}: {len(missing)} of {len(jobs)} finished jobs were never notified")
     expect(not doubled, f"{label}: {len(doubled)} job(s) were notified more than once: remember the notified job ids")
 

@@ -156,6 +156,39 @@ async def the_first_step_makes_the_job_running(ctx: Context) -> str:
 
 @checks.check(
     "q2",
+    hint="a succeeded job has every step done, even when job.succeeded overtakes the last job.step_done",
+    code_hint='elif event.type == JOB_SUCCEEDED: job.state, job.done, job.result = SUCCEEDED, job.total, data["result"]',
+)
+async def success_before_the_last_step_done_counts_every_step(ctx: Context) -> str:
+    """job.succeeded arriving before the last job.step_done still leaves every step done, and the late event changes nothing
+
+    Workers publish on their own connections, so the event table's "every step done" cannot
+    wait for the last job.step_done: follows_a_job_to_success sees them in order only.
+    """
+    job = _fresh_job(ctx)
+    last = len(job.steps)
+    for done, step in enumerate(job.steps[:-1], start=1):
+        await ctx.call("apply_event", job, _event(STEP_STARTED, job, step=step, index=done - 1, total=last))
+        await ctx.call("apply_event", job, _event(STEP_DONE, job, step=step, done=done, total=last))
+    result = {"report": f"r{ctx.rng.randint(1, 999)}"}
+    await ctx.call("apply_event", job, _event(JOB_SUCCEEDED, job, result=result))
+    expect(job.state == SUCCEEDED, f"job.succeeded left the job {job.state!r}")
+    expect(
+        job.done == job.total,
+        f"job.succeeded arrived before the last job.step_done and the job counts {job.done} of {job.total} steps done: "
+        "a succeeded job has every step done (set job.done = job.total on job.succeeded; events can arrive out of order)",
+    )
+    await ctx.call("apply_event", job, _event(STEP_DONE, job, step=job.steps[-1], done=last, total=last))  # the late one
+    expect(
+        job.state == SUCCEEDED and job.done == job.total and job.result == result,
+        f"the late job.step_done moved the succeeded job to {job.state!r}, {job.done} of {job.total} done: "
+        "a succeeded job has every step done and stays as it ended",
+    )
+    return f"succeeded with {job.done} of {job.total} steps done, the late job.step_done ignored"
+
+
+@checks.check(
+    "q2",
     hint="a finished job is final: late events change nothing",
     code_hint="if job.final: return  # first thing in apply_event",
 )

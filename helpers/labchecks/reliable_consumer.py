@@ -28,6 +28,7 @@ from helpers.labchecks._reliable_consumer_harness import (
     at_qos0,
     charged_once,
     consumer_name,
+    event_id_of,
     new_orders,
 )
 from helpers.pubsub.idempotency import Ledger, order_event
@@ -463,6 +464,13 @@ async def dead_letters_and_keeps_going(ctx: Context) -> None:
         await run.publish(after)
         counts = await run.wait_charged(after)
         dead = await collect(watcher, expected=1, idle=0.5, timeout=3)
+    malformed = [d for d in run.watch.on(run.topic) if event_id_of(d.payload) is None]
+    never_acked = bool(dead) and bool(malformed) and all(d.acked is None for d in malformed)
+    expect(
+        run.alive() or not never_acked,
+        "the consumer dead-lettered the malformed message but never acknowledged it, then stopped: ack it after the "
+        "dead-letter publish: every message is acknowledged once its handling is done, a malformed one too",
+    )
     expect(run.alive(), "the consumer stopped after the malformed message: dead-letter it and carry on")
     charged_once(counts, "the order after the malformed message")
     _record(dead)
