@@ -466,10 +466,12 @@ async def dead_letters_and_keeps_going(ctx: Context) -> None:
         dead = await collect(watcher, expected=1, idle=0.5, timeout=3)
     malformed = [d for d in run.watch.on(run.topic) if event_id_of(d.payload) is None]
     never_acked = bool(dead) and bool(malformed) and all(d.acked is None for d in malformed)
+    stopped = "" if run.alive() else ", then stopped"  # rumqttd drops a client whose acks skip a message; Mosquitto not
     expect(
-        run.alive() or not never_acked,
-        "the consumer dead-lettered the malformed message but never acknowledged it, then stopped: ack it after the "
-        "dead-letter publish: every message is acknowledged once its handling is done, a malformed one too",
+        not never_acked,
+        f"the consumer dead-lettered the malformed message but never acknowledged it{stopped}: ack it after the "
+        "dead-letter publish: every message is acknowledged once its handling is done, a malformed one too "
+        "(unacknowledged, the broker hands it over again at every restart)",
     )
     expect(run.alive(), "the consumer stopped after the malformed message: dead-letter it and carry on")
     charged_once(counts, "the order after the malformed message")
