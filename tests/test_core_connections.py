@@ -22,7 +22,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from helpers.core import connections
+from helpers.core import connections, http
 from helpers.core.http import Service, start_service
 from helpers.core.problems import PROBLEM_JSON
 from helpers.core.waiting import until
@@ -159,6 +159,36 @@ async def test_a_client_that_half_closes_after_its_request_still_gets_the_answer
     writer.close()
     assert answer.startswith(b"HTTP/1.0 200") or answer.startswith(b"HTTP/1.1 200"), answer[:200]
     assert answer.endswith(b'{"ok": true}'), answer[-200:]
+
+
+@pytest.mark.parametrize("keep_alive", [True, False], ids=["HTTP/1.1 kept alive", "HTTP/1.0 half-closed"])
+async def test_a_connection_the_client_closed_is_closed_by_the_server_too(service: Service, keep_alive: bool) -> None:
+    """The probe's descriptor leak: 234 clients that read their answer and left exhausted a 256-descriptor limit."""
+    for _ in range(20):
+        reader, writer = await asyncio.open_connection("127.0.0.1", service.port)
+        version = b"1.1" if keep_alive else b"1.0"
+        writer.write(b"GET /nope HTTP/" + version + b"\r\nHost: a\r\n\r\n")  # a 404, as the probe asked
+        if not keep_alive:
+            writer.write_eof()
+        await asyncio.wait_for(reader.readuntil(b"404: Not Found"), 5)  # the body: the whole answer is read
+        writer.close()
+        await writer.wait_closed()
+    assert await until(lambda: not open_connections(service), timeout=5), f"{len(open_connections(service))} of 20 still open"
+
+
+async def test_an_idle_kept_alive_connection_is_closed_after_the_keep_alive_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http, "KEEPALIVE_S", 0.5)  # aiohttp's default held it an hour
+    running = await start_service("keep-alive-test", web.Application())
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
+        writer.write(b"GET /nope HTTP/1.1\r\nHost: a\r\n\r\n")
+        await asyncio.wait_for(reader.readuntil(b"404: Not Found"), 5)  # the body: the whole answer is read
+        began = time.perf_counter()
+        assert await asyncio.wait_for(reader.read(), 10) == b"", "the server closes it: EOF, nothing else"
+        assert 0.4 <= time.perf_counter() - began < 5
+        writer.close()
+    finally:
+        await running.stop()
 
 
 # --- lingering close: a client still sending when its error answer goes out still reads it ---------

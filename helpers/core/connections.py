@@ -61,6 +61,7 @@ class ProblemRequestHandler(web.RequestHandler):
     _head_timer: asyncio.TimerHandle | None = None
     _heads_before = 0  # requests whose head had arrived when the head timer was armed
     _answered = 0  # requests answered on this connection
+    _client_done = False  # the client half-closed after its requests: close once they are answered
     _head_from = "connecting"
     _unframed = False
     _linger_ended: asyncio.Future[None] | None = None
@@ -107,6 +108,8 @@ class ProblemRequestHandler(web.RequestHandler):
         """
         resp, reset = await super().finish_response(request, resp, start_time)
         self._answered += 1
+        if self._client_done and self._answered == self._request_count:  # the half-closed client has its answers
+            self.force_close()
         if not reset and not resp.keep_alive and (self._unframed or not request.content.is_eof()):
             await self._linger()
         return resp, reset
@@ -143,8 +146,11 @@ class ProblemRequestHandler(web.RequestHandler):
         if self._linger_ended is not None:  # the client is done sending: nothing is left to read, close now
             self._end_linger()
             return True
+        if self._answered == self._request_count:  # nothing asked and unanswered: the client left, so close
+            return False  # (returning True here kept every such socket open, half-closed, for aiohttp's hour)
+        self._client_done = True
         request = self._current_request
-        return request is None or request.content.is_eof()
+        return request is None or request.content.is_eof()  # a request whose body is all here still gets its answer
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._head_timer is not None:

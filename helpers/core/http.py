@@ -36,6 +36,10 @@ AppLike = web.Application | web.RouteTableDef | Handler
 
 SHUTDOWN_TIMEOUT_S = 0.25
 """aiohttp waits 60 s for slow handlers on shutdown by default; a lesson cannot."""
+KEEPALIVE_S = 15.0
+"""How long an idle kept-alive connection stays open (aiohttp's default is an hour: an idle client that never closes
+held a descriptor that long, and a few hundred of them exhaust a 256-descriptor limit). 15 s is what aiohttp's own
+client keeps a connection for, so a client reusing it meets no surprise."""
 
 _services: dict[str, Service] = {}
 
@@ -181,7 +185,9 @@ async def start_service(name: str, target: AppLike, *, faults: Faults | None = N
         await old.stop()
     app[FAULTS] = faults or Faults()
     app[STATS] = Stats()
-    runner = ProblemAppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)  # malformed HTTP: problem+json
+    runner = ProblemAppRunner(  # malformed HTTP: problem+json
+        app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S, keepalive_timeout=KEEPALIVE_S
+    )
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
