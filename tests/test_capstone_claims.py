@@ -85,6 +85,8 @@ async def test_a_text_file_sent_as_a_jpeg_and_a_path_as_user_name_are_refused_ov
             415,
         ),
         "user ../../etc/passwd": (images.sample_photo(), "../../etc/passwd", {"Content-Type": "image/jpeg"}, 400),
+        "user ..": (images.sample_photo(), "..", {"Content-Type": "image/jpeg"}, 400),
+        "user -": (images.sample_photo(), "-", {"Content-Type": "image/jpeg"}, 400),
     }
     for label, (data, user, headers, expected) in sent.items():
         async with pipeline.session.post(f"{pipeline.url}/images", params={"user": user}, data=data, headers=headers) as response:

@@ -301,6 +301,9 @@ DECODED = {
     "identity": BODY,
     "gzip, identity": gzip.compress(BODY),
     "deflate, gzip": gzip.compress(zlib.compress(BODY)),
+    "": BODY,  # an empty list element names no coding (RFC 9110 5.6.1): the body as sent
+    ",,,": BODY,
+    "gzip, ,": gzip.compress(BODY),
 }
 
 

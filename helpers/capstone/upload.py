@@ -76,8 +76,9 @@ from helpers.core.problems import PROBLEM_BASE, expect_continue, problem, proble
 from helpers.core.reconnect import Publisher, reconnecting
 from helpers.core.timestamps import iso
 
-USER_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
-"""User names: they end up in events, inboxes and e-mail addresses, so only plain characters."""
+USER_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+"""User names: they end up in events, inboxes and e-mail addresses, so only plain characters, the first a letter or
+a digit (``.``, ``..`` and ``-`` are no one's name)."""
 KEY_PATTERN = re.compile(r"[\x21-\x7e]{1,255}")
 """Idempotency keys: printable ASCII without spaces, at most 255 characters (what clients send: UUIDs)."""
 RETRY_AFTER_S = jobhttp.RETRY_AFTER_S
@@ -261,7 +262,7 @@ def _invalid_user() -> web.Response:
     return problem(
         400,
         "Missing or invalid user",
-        "name the user as ?user=NAME: 1-64 letters, digits, '.', '_' or '-'",
+        "name the user as ?user=NAME: 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
         f"{PROBLEM_BASE}invalid-user",
     )
 

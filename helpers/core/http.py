@@ -284,11 +284,16 @@ class BodyEncodingUnsupported(BodyRefused):
 
 
 def content_codings(request: web.BaseRequest) -> list[str]:
-    """The body's Content-Encodings in the order they were applied (``identity`` left out); 415 for one not accepted."""
+    """The body's Content-Encodings in the order they were applied (``identity`` left out); 415 for one not accepted.
+
+    Empty list elements (``Content-Encoding:`` with no value, ``gzip,,``) are skipped, as RFC 9110 5.6.1 asks of
+    a recipient: they name no coding."""
     codings = []
     for value in request.headers.getall(hdrs.CONTENT_ENCODING, []):
         for item in value.split(","):
             coding = item.strip().lower()
+            if not coding:
+                continue
             coding = "gzip" if coding == "x-gzip" else coding
             if coding not in ACCEPTED_ENCODINGS:
                 raise BodyEncodingUnsupported(item.strip()[:40])
