@@ -566,11 +566,8 @@ def edge_kinds(chart: Flowchart) -> dict[tuple[str, str], Kind]:
 
 
 _SAID = {SYNC: "sync (HTTP)", ASYNC: "async (MQTT)"}
-_DID = {
-    SYNC: "called it synchronously (HTTP / in the request)",
-    ASYNC: "reached it asynchronously (a message through the broker)",
-}
 _HOW = {SYNC: "synchronously (HTTP / in the request)", ASYNC: "asynchronously (a message through the broker)"}
+_DID = {SYNC: f"called it {_HOW[SYNC]}", ASYNC: f"reached it {_HOW[ASYNC]}"}
 
 
 def compare_with_observed(chart: Flowchart, observed: dict[tuple[str, str], str]) -> list[Finding]:
