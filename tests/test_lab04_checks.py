@@ -68,6 +68,13 @@ EDITS: dict[str, tuple[Edit, ...]] = {
     ),
     # not a mistake: a correct consumer that takes 20 ms an order (a store that commits each id)
     "slow but correct": ((LOOP_BODY, LOOP_BODY.replace(IF_EVENT, "            await asyncio.sleep(0.02)\n" + IF_EVENT)),),
+    # held-out round 4's one miss: the argument ignored, the topic built from the message's own
+    "dead_letter_topic ignored": (
+        (
+            "        await client.publish(dead_letter_topic, record, qos=1)",
+            '        await client.publish(f"{message.topic}/dead-letter", record, qos=1)',
+        ),
+    ),
     "dead letter at QoS 0": (
         (
             "        await client.publish(dead_letter_topic, record, qos=1)",
@@ -206,6 +213,16 @@ async def test_recording_the_id_before_the_charge_is_caught() -> None:
 async def test_a_dead_letter_at_qos_0_is_caught() -> None:
     got = await results(submission(LAB, *EDITS["dead letter at QoS 0"]), {"malformed_goes_to_dead_letters"})
     assert "publish it with QoS 1" in got["malformed_goes_to_dead_letters"].message
+
+
+async def test_a_dead_letter_topic_built_from_the_message_is_caught() -> None:
+    """The check passes a dead-letter topic unrelated to the message's; publishing to TOPIC/dead-letter is named."""
+    got = await results(
+        submission(LAB, *EDITS["dead_letter_topic ignored"]), {"malformed_goes_to_dead_letters", "valid_event_passes_through"}
+    )
+    assert not got["malformed_goes_to_dead_letters"].passed
+    assert "not to the dead_letter_topic" in got["malformed_goes_to_dead_letters"].message
+    assert got["valid_event_passes_through"].passed, "a valid event publishes nothing: nothing to catch there"
 
 
 async def test_acks_out_of_arrival_order_are_named() -> None:

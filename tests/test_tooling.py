@@ -12,6 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from helpers.core.loop_lag import LoopLag
 from helpers.tools import bench, run_all
 from helpers.tools.serve import load_target
 
@@ -58,12 +59,18 @@ def test_serve_rejects_bad_targets_with_a_message(spec: str) -> None:
 
 
 async def test_generator_lateness_is_small_at_1000_per_second() -> None:
-    p50, p99 = await bench.generator_lateness_ms(rate=1000, seconds=1)
+    async with LoopLag() as lag:
+        p50, p99 = await bench.generator_lateness_ms(rate=1000, seconds=1)
     assert 0 <= p50 <= p99
     # A generator that falls behind its schedule drifts by hundreds of ms within the second; a busy
     # 2-core machine adds tens of ms of scheduling delay. make bench reports the real figure.
-    assert p50 < 20, f"lateness p50 {p50:.1f} ms, p99 {p99:.1f} ms"
-    assert p99 < 100, f"lateness p50 {p50:.1f} ms, p99 {p99:.1f} ms"
+    # A stall of the whole process (measured by the loop's ticker in the same second) makes every
+    # send it covers late by up to its length: the generator is not to blame for it, so it is allowed
+    # on top (a quiet run of make test once saw p99 309 ms with p50 0.9 ms).
+    stall_ms = lag.longest * 1000
+    said = f"lateness p50 {p50:.1f} ms, p99 {p99:.1f} ms, longest loop stall {stall_ms:.0f} ms"
+    assert p50 < 20 + stall_ms, said
+    assert p99 < 100 + stall_ms, said
 
 
 @pytest.mark.broker

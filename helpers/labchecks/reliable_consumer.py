@@ -273,10 +273,12 @@ async def records_only_after_charging(ctx: Context) -> None:
 
 async def _parse(ctx: Context, broker: Any, payload: bytes) -> tuple[Any, list[aiomqtt.Message]]:
     topic = ctx.topic("orders")
-    dead_topic = f"{topic}/dead-letter"
+    dead_topic = ctx.topic("quarantine")  # not derived from the message's topic: the argument must be used
+    guessed = f"{topic}/dead-letter"  # where a function that ignores its dead_letter_topic usually publishes
     message = aiomqtt.Message(topic, payload, 1, False, 1, None)
     async with broker.client() as watcher, broker.client() as client:
         await watcher.subscribe(dead_topic, qos=1)
+        await watcher.subscribe(guessed, qos=1)
         publish_as_asked = client.publish
         levels: list[int] = []
 
@@ -291,7 +293,13 @@ async def _parse(ctx: Context, broker: Any, payload: bytes) -> tuple[Any, list[a
         if parsed.error is not None:
             raise CheckFailed(f"parse_or_dead_letter() raised {parsed.raised}{_topic_advice(parsed.error)}")
         result = parsed.value
-        dead = await collect(watcher, expected=1, idle=0.5, timeout=3)
+        arrived = await collect(watcher, expected=1, idle=0.5, timeout=3)
+    dead = [m for m in arrived if str(m.topic) == dead_topic]
+    expect(
+        len(dead) == len(arrived),
+        f"the dead letter went to {guessed}, not to the dead_letter_topic parse_or_dead_letter was given "
+        f"({dead_topic}): publish to the topic the caller passes",
+    )
     expect(
         all(level == 1 for level in levels),
         f"the dead letter was published with QoS {min(levels, default=0)}: publish it with QoS 1, so a message that "
