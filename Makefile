@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 DEV    := $(VENV)/.installed-dev
 NB     ?= notebooks/00_welcome.ipynb
 # Tests and notebooks run side by side; a notebook's cells stay together on one worker (one kernel).
-JOBS   ?= 3
+JOBS   ?= 4
 PYTEST := $(BIN)/python -m pytest -n $(JOBS)
 
 .PHONY: lab test check test-busy lint run bench labs grade doctor wheels clean help

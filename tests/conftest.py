@@ -64,14 +64,16 @@ async def _stop_services() -> AsyncIterator[None]:
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """Side by side (``pytest -n 2``): a notebook's cells together on one worker, in order (they
-    share one kernel), every other test on its own, so one slow test file is no bottleneck."""
+    """Side by side (``pytest -n 4``): a notebook's cells together on one worker, in order (they
+    share one kernel), and the browser tests together (one JupyterLab and one Chromium, not one
+    per worker: 10-20 s of start-up each); every other test on its own, so one slow test file is
+    no bottleneck."""
     from xdist.scheduler import LoadScopeScheduling  # type: ignore[import-untyped]  # xdist ships no type hints
 
     class NotebooksTogether(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             path = nodeid.split("::", 1)[0]
-            return path if path.endswith(".ipynb") else nodeid
+            return path if path.endswith(".ipynb") or path.endswith("test_browser.py") else nodeid
 
     return NotebooksTogether(config, log)
 
@@ -87,8 +89,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # Longest first: the tests that start a Jupyter kernel (notebooks, the grader) take 10-90 s
     # each, the rest well under one. Handed out first, they overlap with each other and the
     # short tests fill the gaps at the end, instead of one 90 s test starting last and running
-    # alone. The sort is stable: a notebook's cells keep their order.
-    items.sort(key=lambda item: item.get_closest_marker("kernel") is None)
+    # alone. The browser tests (about 3 minutes on one worker) go first too. The sort is stable:
+    # a notebook's cells keep their order.
+    items.sort(key=lambda item: item.get_closest_marker("kernel") is None and item.get_closest_marker("browser") is None)
 
 
 @pytest.fixture(autouse=True)
