@@ -311,6 +311,13 @@ LAB_MUTANTS = {
         "wait=wait_random_exponential(multiplier=base_s, max=cap_s)",
         "wait=wait_exponential(multiplier=base_s, max=cap_s)",
     ),
+    # what a busy machine does to waits without jitter: each one a little longer than its window, never shorter
+    # (a quiet make test once passed plain backoff as jittered when stalls stretched some of its waits)
+    "backoff without jitter, stretched": (
+        "q2",
+        "wait=wait_random_exponential(multiplier=base_s, max=cap_s)",
+        "wait=wait_exponential(multiplier=base_s, max=cap_s) + wait_random(0, 0.028)",
+    ),
     "no overall deadline": ("q2", "return await asyncio.wait_for(attempt_all(), deadline_s)", "return await attempt_all()"),
     "retries everything": ("q2", "retry=retry_if_exception_type(RETRY_ON),", ""),
     "never half-open": ("q3", '            self.state = "half-open"', "            pass"),
