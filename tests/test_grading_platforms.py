@@ -42,6 +42,8 @@ SCHEMAS = Path(__file__).parent / "schemas"
 LAB = "00_warmup"
 GRADED = ("correct", "partial", "broken")
 KINDS = (*GRADED, "wrong_lab", "not_a_notebook")
+PLAIN_MISSED: dict[str, list[tuple[str, str]]] = {}
+"""The checks the plain grader failed, per kind (filled by the ``plain`` fixture)."""
 
 pytestmark = [pytest.mark.broker, pytest.mark.kernel]  # lab 00 graded in kernels that start the embedded broker
 
@@ -85,6 +87,9 @@ def plain(tmp_path_factory: pytest.TempPathFactory) -> dict[str, float]:
     paths = [p.rename(p.with_name(f"{kind}_{LAB}.ipynb")) for kind, p in zip(GRADED, paths, strict=True)]  # found by name
     results = asyncio.run(grade_many(paths, Options(jobs=2, seed="platforms")))  # timing checks still run alone
     assert [r.status for r in results] == ["graded"] * 3, [r.error for r in results]
+    # said when a platform's scores differ: which checks the plain grader failed, and why
+    for kind, r in zip(GRADED, results, strict=True):
+        PLAIN_MISSED[kind] = [(c.name, c.message) for c in r.checks if not c.passed]
     return {kind: r.score for kind, r in zip(GRADED, results, strict=True)}
 
 
@@ -171,7 +176,7 @@ def test_gradescope_package_grades_like_the_plain_grader(python: str, plain: dic
         doc = json.loads((gs / "results" / "results.json").read_text(encoding="utf-8"))
         validate(doc, "gradescope_results.schema.json")
         scores[kind], docs[kind] = doc["score"], doc
-    assert {k: scores[k] for k in GRADED} == plain
+    assert {k: scores[k] for k in GRADED} == plain, f"the plain grader failed {PLAIN_MISSED}"
     assert plain["correct"] == max_points() > plain["partial"] > plain["broken"] == 0
     correct = docs["correct"]["tests"]
     assert sum(t["max_score"] for t in correct) == max_points()
@@ -220,7 +225,7 @@ def test_prairielearn_package_grades_like_the_plain_grader(python: str, plain: d
         validate(doc, "prairielearn_results.schema.json")
         docs[kind] = doc
         scores[kind] = doc["score"] * max_points() if doc["gradable"] else None
-    assert {k: pytest.approx(scores[k]) for k in GRADED} == plain
+    assert {k: pytest.approx(scores[k]) for k in GRADED} == plain, f"the plain grader failed {PLAIN_MISSED}"
     hidden = [t for t in docs["partial"]["tests"] if "hidden check" in t["name"]]
     assert hidden
     assert all(t["message"] in ("passed", "failed") and t["description"] == "" for t in hidden)

@@ -263,11 +263,20 @@ class _Counted:
         return web.json_response({"ok": True})
 
 
-async def _measure(ctx: Context, latency: float, n: int) -> tuple[float, _Counted]:
+async def _measure(ctx: Context, latency: float, n: int, high: float = float("inf")) -> tuple[float, _Counted]:
+    """The learner's p50 of ``n`` calls to a service of ``latency`` s, and what that service saw.
+
+    A stall of this machine only ever raises a p50, so one above ``high`` is measured again, at
+    most 3 times: a mistake that reports too much (a total, a sum) is too high in every run.
+    """
     counted = _Counted(latency)
     svc = await ctx.service("measured", counted.handle)
-    p50 = await ctx.call("measure_p50", svc.url, n, timeout=8.0)
-    expect(finite(p50), f"measure_p50 should return a number of milliseconds, got {p50!r}")
+    for _ in range(3):
+        counted.requests = 0  # the last run's count: each run must send n
+        p50 = await ctx.call("measure_p50", svc.url, n, timeout=8.0)
+        expect(finite(p50), f"measure_p50 should return a number of milliseconds, got {p50!r}")
+        if float(p50) <= high:
+            break
     return float(p50), counted
 
 
@@ -299,7 +308,7 @@ async def sends_n_requests(ctx: Context) -> str:
 )
 async def p50_in_milliseconds(ctx: Context) -> str:
     """Against a service that takes 50 ms, measure_p50 reports 50-300 ms."""
-    p50, _ = await _measure(ctx, 0.05, 10)
+    p50, _ = await _measure(ctx, 0.05, 10, high=300)
     expect(p50 >= 1 or p50 <= 0, f"p50 = {p50:g}: that looks like seconds, return milliseconds")
     expect(50 <= p50 <= 300, f"the service takes 50 ms per request but you measured p50 = {p50:.1f} ms")
     return f"measured {p50:.0f} ms"
@@ -349,7 +358,7 @@ async def notebook_p50_is_plausible(ctx: Context) -> str:
 @checks.check("q3", hidden=True, hint="use the n you are given", code_hint="await time_calls(one_request, n)")
 async def respects_n(ctx: Context) -> None:
     """Hidden: measure_p50(url, 7) against a 100 ms service: 7 requests one at a time, p50 100-400 ms."""
-    p50, counted = await _measure(ctx, 0.1, 7)
+    p50, counted = await _measure(ctx, 0.1, 7, high=400)
     expect(counted.requests == 7, f"measure_p50(url, 7) sent {counted.requests} requests")
     _one_after_another(counted)
     expect(100 <= p50 <= 400, f"p50 = {p50:.1f} ms for a 100 ms service")
@@ -371,8 +380,11 @@ async def median_not_mean(ctx: Context) -> str:
         return web.json_response({"ok": True})
 
     svc = await ctx.service("mostly-fast", mostly_fast)
-    p50 = await ctx.call("measure_p50", svc.url, 10, timeout=8.0)
-    expect(finite(p50), f"measure_p50 should return a number, got {p50!r}")
+    for _ in range(3):  # a stall raises a median once; the mean (about 120 ms) is over 100 ms in every run
+        p50 = await ctx.call("measure_p50", svc.url, 10, timeout=8.0)
+        expect(finite(p50), f"measure_p50 should return a number, got {p50!r}")
+        if p50 < 100:
+            break
     expect(
         p50 < 100,
         f"7 of 10 answers were instant and 3 took 400 ms, but you report {p50:.1f} ms: that is near the mean "
