@@ -68,8 +68,10 @@ async def test_m5_producer_does_not_wait_for_500ms_consumers(broker: Broker, top
     assert sync_summary.errors == 0
     assert work.p50_ms >= 500, "the consumers really took 500 ms per order"
     assert sync_summary.p50_ms >= 500, f"sync caller p50 {sync_summary.p50_ms:.1f} ms"
-    # judged against the sync caller of the same run (a busy machine slows both): milliseconds vs the consumers' 500 ms
-    assert async_summary.p99_ms < sync_summary.p50_ms / 4, f"producer-side p99 {async_summary.p99_ms:.1f} ms"
+    # judged against the sync caller of the same run (a busy machine slows both). Waiting for a consumer costs its
+    # 500 ms; a stall of the machine delays an open-loop send too (counted from its intended time): 137-145 ms in
+    # a busy run with 4 test workers, so the bound is half the sync p50, not a quarter, as in lesson 03's M5
+    assert async_summary.p99_ms < sync_summary.p50_ms / 2, f"producer-side p99 {async_summary.p99_ms:.1f} ms"
 
 
 async def test_m7_only_qos1_with_a_persistent_session_survives_an_offline_consumer(broker: Broker, topic: str) -> None:
